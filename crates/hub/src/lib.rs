@@ -1,0 +1,6 @@
+//! panorama-hub: a self-hosted, Supabase-compatible control plane.
+//! See ARCHITECTURE.md for the map.
+
+pub mod auth;
+pub mod changes;
+pub mod schema;
