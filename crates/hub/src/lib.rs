@@ -3,4 +3,6 @@
 
 pub mod auth;
 pub mod changes;
+pub mod error;
+pub mod postgrest;
 pub mod schema;
