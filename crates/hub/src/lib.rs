@@ -6,3 +6,5 @@ pub mod changes;
 pub mod error;
 pub mod postgrest;
 pub mod schema;
+pub mod store;
+pub mod values;

@@ -1,0 +1,165 @@
+//! Storage behind one trait, designed for two backends: embedded SQLite (the
+//! default, [`sqlite::SqliteStore`]) and PostgreSQL (a later addition). The
+//! REST layer hands the store already-authorized, already-cast requests;
+//! the store compiles them to SQL ([`sql`]), runs each request in one
+//! transaction, and publishes committed row changes to the [`ChangeFeed`].
+
+pub mod sql;
+pub mod sqlite;
+
+use crate::changes::Row;
+use crate::error::ApiError;
+use crate::postgrest::{Filter, Order};
+use crate::schema::{Column, Table};
+use crate::values::SqlValue;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+pub struct SelectRequest {
+    pub table: &'static Table,
+    pub filters: Vec<Filter>,
+    pub order: Vec<Order>,
+    pub limit: Option<u64>,
+    pub offset: Option<u64>,
+    /// Also count every matching row (`Prefer: count=exact`).
+    pub count: bool,
+}
+
+pub struct SelectResult {
+    pub rows: Vec<Row>,
+    pub total: Option<u64>,
+}
+
+pub enum Conflict {
+    /// Plain insert: a duplicate key is a 23505.
+    Fail,
+    /// Upsert: update the existing row (`resolution=merge-duplicates`).
+    Merge(Vec<String>),
+    /// Upsert: keep the existing row (`resolution=ignore-duplicates`).
+    Ignore(Vec<String>),
+}
+
+pub struct InsertRequest {
+    pub table: &'static Table,
+    pub rows: Vec<Vec<(&'static Column, SqlValue)>>,
+    pub conflict: Conflict,
+    /// Roll back unless exactly one row results (`.single()`).
+    pub expect_single: bool,
+}
+
+/// Checks each (old, new) row pair of an update inside its transaction; an
+/// error rolls the whole statement back (the job transition guard, RLS
+/// `with check`).
+pub type UpdateGuard = Arc<dyn Fn(&Row, &Row) -> Result<(), ApiError> + Send + Sync>;
+
+pub struct UpdateRequest {
+    pub table: &'static Table,
+    pub filters: Vec<Filter>,
+    pub set: Vec<(&'static Column, SqlValue)>,
+    pub guard: Option<UpdateGuard>,
+    pub expect_single: bool,
+}
+
+pub struct DeleteRequest {
+    pub table: &'static Table,
+    pub filters: Vec<Filter>,
+    pub expect_single: bool,
+}
+
+/// The identity minted when a pairing code is redeemed.
+#[derive(Debug, Clone)]
+pub struct PairingGrant {
+    pub gateway_id: String,
+    pub team_id: String,
+    pub user_id: String,
+    pub session_id: String,
+}
+
+/// The identity behind a refresh token that was just rotated.
+#[derive(Debug, Clone)]
+pub struct RefreshGrant {
+    pub user_id: String,
+    pub session_id: String,
+    pub gateway_id: String,
+    pub team_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshError {
+    #[error("Invalid Refresh Token: Refresh Token Not Found")]
+    NotFound,
+    #[error("Invalid Refresh Token: Already Used")]
+    AlreadyUsed,
+    #[error("Invalid Refresh Token: No Valid Session Found")]
+    SessionGone,
+}
+
+impl RefreshError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            RefreshError::NotFound => "refresh_token_not_found",
+            RefreshError::AlreadyUsed => "refresh_token_already_used",
+            RefreshError::SessionGone => "session_not_found",
+        }
+    }
+}
+
+/// Seconds during which a just-rotated refresh token may still be used
+/// once more (a client that lost the response), as GoTrue allows.
+pub const REFRESH_REUSE_INTERVAL_SECS: i64 = 10;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn select(&self, req: SelectRequest) -> Result<SelectResult, ApiError>;
+    async fn insert(&self, req: InsertRequest) -> Result<Vec<Row>, ApiError>;
+    async fn update(&self, req: UpdateRequest) -> Result<Vec<Row>, ApiError>;
+    async fn delete(&self, req: DeleteRequest) -> Result<Vec<Row>, ApiError>;
+
+    /// `allocate_subagent_run_sequence` (spec §16.6): strictly increasing per
+    /// subagent, never colliding with an existing run.
+    async fn allocate_run_sequence(&self, subagent_id: &str) -> Result<i64, ApiError>;
+
+    /// Redeems a pairing code and creates the gateway, its auth identity and
+    /// its first session with `refresh_token_hash`, atomically (§16.9).
+    async fn pair_gateway(
+        &self,
+        code: &str,
+        device_name: Option<&str>,
+        refresh_token_hash: &str,
+    ) -> Result<PairingGrant, ApiError>;
+
+    /// Rotates a refresh token: `old_hash` is revoked and `new_hash` becomes
+    /// the session's active token. Reuse outside the grace interval revokes
+    /// the whole session.
+    async fn rotate_refresh_token(
+        &self,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> Result<RefreshGrant, RefreshError>;
+
+    /// Whether a session exists and is not revoked.
+    async fn session_active(&self, session_id: &str) -> Result<bool, ApiError>;
+
+    /// Whether the gateway row exists, belongs to the team and is not
+    /// revoked (`current_gateway_is_active()`).
+    async fn gateway_active(&self, gateway_id: &str, team_id: &str) -> Result<bool, ApiError>;
+
+    /// `gateway_record_heartbeat` (§16.7).
+    async fn record_heartbeat(
+        &self,
+        gateway_id: &str,
+        team_id: &str,
+        status: &str,
+        capabilities: &serde_json::Value,
+        device_name: Option<&str>,
+    ) -> Result<(), ApiError>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Hash under which a refresh token is stored (tokens are never stored in
+/// clear).
+pub fn hash_token(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
