@@ -262,9 +262,11 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
     }
 
+    type SupportRow = (&'static str, &'static [(&'static str, bool)], bool);
+
     #[test]
     fn provider_support_rows() {
-        let rows: [(&str, &[(&str, bool)], bool); 11] = [
+        let rows: [SupportRow; 11] = [
             ("claude_code", &[("permissionModeFlag", true)], true),
             (
                 "claude_code",
