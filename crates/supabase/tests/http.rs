@@ -360,7 +360,10 @@ async fn refreshes_before_expiry_and_reports_the_rotated_session() {
     let new = c.session().unwrap();
     assert_eq!(new.refresh_token, "rt-1");
     assert_eq!(rows[0]["who"], new.access_token);
-    assert_eq!(persisted.lock().unwrap().as_slice(), &[new.clone()]);
+    assert_eq!(
+        persisted.lock().unwrap().as_slice(),
+        std::slice::from_ref(&new)
+    );
 
     let r = &requests(&m, "/auth/v1/token")[0];
     assert_eq!(r.query.as_deref(), Some("grant_type=refresh_token"));
