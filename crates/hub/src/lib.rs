@@ -1,10 +1,21 @@
 //! panorama-hub: a self-hosted, Supabase-compatible control plane.
 //! See ARCHITECTURE.md for the map.
 
+// Handlers return a ready `Response` as their error: that is axum's idiom,
+// and the size of the error variant does not matter on this path.
+#![allow(clippy::result_large_err)]
+
+pub mod api;
 pub mod auth;
 pub mod changes;
+pub mod cli;
+pub mod client;
+pub mod config;
 pub mod error;
+pub mod policy;
 pub mod postgrest;
+pub mod realtime;
 pub mod schema;
+pub mod server;
 pub mod store;
 pub mod values;

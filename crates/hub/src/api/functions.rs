@@ -1,0 +1,294 @@
+//! `/functions/v1/<name>`: the edge functions the gateway calls (spec §5,
+//! §16.9). Failures answer `{success: false, error}` with a status that
+//! says whose fault it was.
+
+use super::{ensure_active, principal, State};
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::postgrest::Filter;
+use crate::schema;
+use crate::store::{hash_token, UpdateRequest};
+use crate::values::{now_timestamp, prepare_update};
+use axum::body::Bytes;
+use axum::extract::Path;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+fn failure(status: StatusCode, error: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"success": false, "error": error.into()})),
+    )
+        .into_response()
+}
+
+fn failure_of(e: ApiError) -> Response {
+    failure(e.status_code(), e.message)
+}
+
+/// A new opaque refresh token.
+pub fn new_refresh_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+pub async fn invoke(
+    state: State,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if method != Method::POST {
+        return failure(StatusCode::METHOD_NOT_ALLOWED, format!("{name} takes POST"));
+    }
+    let p = match principal(&state, &headers, None) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let body: Map<String, Value> = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(o)) => o,
+        _ => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "The request body must be a JSON object.",
+            )
+        }
+    };
+    match name.as_str() {
+        "exchange-gateway-pairing-code" => exchange_pairing_code(&state, body).await,
+        "gateway-heartbeat" => heartbeat(&state, &p, body).await,
+        "finalize-gateway-subagent-run" => finalize_run(&state, &p, body).await,
+        _ => failure(StatusCode::NOT_FOUND, format!("Function not found: {name}. The hub provides exchange-gateway-pairing-code, gateway-heartbeat and finalize-gateway-subagent-run.")),
+    }
+}
+
+async fn exchange_pairing_code(state: &State, body: Map<String, Value>) -> Response {
+    let code = body
+        .get("code")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .unwrap_or_default();
+    if code.is_empty() {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "A pairing code is required: send {\"code\": \"...\", \"device_name\": \"...\"}.",
+        );
+    }
+    let device_name = body.get("device_name").and_then(Value::as_str);
+    let refresh_token = new_refresh_token();
+    let grant = match state
+        .store
+        .pair_gateway(code, device_name, &hash_token(&refresh_token))
+        .await
+    {
+        Ok(g) => g,
+        Err(e) if e.code == "P0001" => {
+            return failure(StatusCode::NOT_FOUND, "Invalid or expired pairing code")
+        }
+        Err(e) => return failure_of(e),
+    };
+    let now = chrono::Utc::now().timestamp();
+    let access_token = state.keys.mint_gateway_token(
+        &grant.user_id,
+        &grant.session_id,
+        &grant.gateway_id,
+        &grant.team_id,
+        now,
+        state.access_token_ttl_secs,
+    );
+    let expires_at = chrono::DateTime::from_timestamp(now + state.access_token_ttl_secs, 0)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default();
+    tracing::info!(gateway_id = %grant.gateway_id, team_id = %grant.team_id, "gateway paired");
+    Json(json!({
+        "success": true,
+        "gateway_id": grant.gateway_id,
+        "team_id": grant.team_id,
+        "access_token": access_token,
+        "refresh_token": refresh_token,
+        "expires_at": expires_at,
+        "token_type": "bearer",
+    }))
+    .into_response()
+}
+
+fn gateway_of(p: &Principal) -> Result<(&str, &str), Response> {
+    p.gateway_ids().ok_or_else(|| {
+        failure(StatusCode::UNAUTHORIZED, "This function needs a gateway access token (Authorization: Bearer <token from pairing>).")
+    })
+}
+
+async fn heartbeat(state: &State, p: &Principal, body: Map<String, Value>) -> Response {
+    let (gateway_id, team_id) = match gateway_of(p) {
+        Ok(ids) => ids,
+        Err(r) => return r,
+    };
+    let status = body
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !schema::GATEWAY_STATUSES.contains(&status) {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            format!("Invalid status {status:?}: expected one of pending, ready, offline, error."),
+        );
+    }
+    let capabilities = body.get("capabilities").cloned().unwrap_or(Value::Null);
+    if !capabilities.is_object() {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "capabilities must be a JSON object.",
+        );
+    }
+    let device_name = body.get("device_name").and_then(Value::as_str);
+    match state
+        .store
+        .record_heartbeat(gateway_id, team_id, status, &capabilities, device_name)
+        .await
+    {
+        Ok(()) => Json(json!({"success": true, "egress_credential_renewal": null})).into_response(),
+        Err(e) if e.code == "42501" => failure(
+            StatusCode::FORBIDDEN,
+            "This gateway is revoked or no longer exists; pair it again.",
+        ),
+        Err(e) => failure_of(e),
+    }
+}
+
+/// The later gateway's terminal write (§5.3): both rows in their final
+/// state, the subagent only if this run is still its current one.
+async fn finalize_run(state: &State, p: &Principal, body: Map<String, Value>) -> Response {
+    let (gateway_id, team_id) = match gateway_of(p) {
+        Ok(ids) => ids,
+        Err(r) => return r,
+    };
+    if let Err(e) = ensure_active(state, p).await {
+        return failure_of(e);
+    }
+    let field = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (subagent_id, run_id, final_status) =
+        (field("subagent_id"), field("run_id"), field("final_status"));
+    if uuid::Uuid::parse_str(&subagent_id).is_err() || uuid::Uuid::parse_str(&run_id).is_err() {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "subagent_id and run_id must be UUIDs.",
+        );
+    }
+    if !matches!(final_status.as_str(), "completed" | "failed" | "cancelled") {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "final_status must be completed, failed or cancelled.",
+        );
+    }
+    let output = if final_status == "completed" {
+        body.get("output").cloned().unwrap_or(Value::Null)
+    } else {
+        body.get("failure_output").cloned().unwrap_or(Value::Null)
+    };
+    let error = body.get("final_error").cloned().unwrap_or(Value::Null);
+    let completed_at = body
+        .get("completed_at")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(now_timestamp);
+    let metadata_patch = body
+        .get("metadata_patch")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+
+    let run_filters = vec![
+        Filter::eq("id", &run_id),
+        Filter::eq("subagent_id", &subagent_id),
+        Filter::eq("team_id", team_id),
+        Filter::SubagentOfGateway(gateway_id.to_string()),
+    ];
+    let current = match state
+        .store
+        .select(crate::store::SelectRequest {
+            table: &schema::SUBAGENT_RUNS,
+            filters: run_filters.clone(),
+            order: vec![],
+            limit: Some(1),
+            offset: None,
+            count: false,
+        })
+        .await
+    {
+        Ok(r) => r.rows.into_iter().next(),
+        Err(e) => return failure_of(e),
+    };
+    let Some(run) = current else {
+        return Json(json!({"success": false, "error": "Subagent run not found for this gateway"}))
+            .into_response();
+    };
+    let mut metadata = run
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    metadata.extend(metadata_patch);
+    let mut run_patch = Map::new();
+    run_patch.insert("status".into(), json!(final_status));
+    run_patch.insert("output".into(), output.clone());
+    run_patch.insert("error".into(), error.clone());
+    run_patch.insert("completed_at".into(), json!(completed_at));
+    run_patch.insert("metadata".into(), Value::Object(metadata));
+    let set = match prepare_update(&schema::SUBAGENT_RUNS, &run_patch) {
+        Ok(s) => s,
+        Err(e) => return failure_of(e),
+    };
+    if let Err(e) = state
+        .store
+        .update(UpdateRequest {
+            table: &schema::SUBAGENT_RUNS,
+            filters: run_filters,
+            set,
+            guard: None,
+            expect_single: false,
+        })
+        .await
+    {
+        return failure_of(e);
+    }
+    let mut sub_patch = Map::new();
+    sub_patch.insert("status".into(), json!(final_status));
+    sub_patch.insert("output".into(), output.clone());
+    sub_patch.insert("error".into(), error.clone());
+    sub_patch.insert("completed_at".into(), json!(completed_at));
+    let set = match prepare_update(&schema::SUBAGENTS, &sub_patch) {
+        Ok(s) => s,
+        Err(e) => return failure_of(e),
+    };
+    let sub_filters = vec![
+        Filter::eq("id", &subagent_id),
+        Filter::eq("gateway_id", gateway_id),
+        Filter::eq("team_id", team_id),
+        Filter::eq("status", "running"),
+    ];
+    if let Err(e) = state
+        .store
+        .update(UpdateRequest {
+            table: &schema::SUBAGENTS,
+            filters: sub_filters,
+            set,
+            guard: None,
+            expect_single: false,
+        })
+        .await
+    {
+        return failure_of(e);
+    }
+    Json(json!({"success": true, "output": output, "status": final_status, "error": error}))
+        .into_response()
+}

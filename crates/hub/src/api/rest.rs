@@ -1,0 +1,622 @@
+//! `/rest/v1`: tables and RPCs with PostgREST's request and response rules
+//! (supabase-wire §2).
+
+use super::{ensure_active, principal, State};
+use crate::auth::Principal;
+use crate::changes::Row;
+use crate::error::ApiError;
+use crate::policy::{self, Verb};
+use crate::postgrest::{parse_query, Filter, Query};
+use crate::schema::{self, Table};
+use crate::store::{Conflict, DeleteRequest, InsertRequest, SelectRequest, UpdateRequest};
+use crate::values::{prepare_insert, prepare_update, to_json};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+
+const OBJECT_MEDIA: &str = "application/vnd.pgrst.object+json";
+
+/// The preferences of a request (`Prefer`, possibly several headers,
+/// comma-separated).
+#[derive(Debug, Default)]
+struct Prefs {
+    representation: bool,
+    count: bool,
+    merge_duplicates: bool,
+    ignore_duplicates: bool,
+    missing_default: bool,
+}
+
+impl Prefs {
+    fn parse(headers: &HeaderMap) -> Prefs {
+        let mut p = Prefs::default();
+        for value in headers.get_all("prefer") {
+            for token in value.to_str().unwrap_or_default().split(',').map(str::trim) {
+                match token {
+                    "return=representation" => p.representation = true,
+                    "return=minimal" | "return=headers-only" => p.representation = false,
+                    "count=exact" | "count=planned" | "count=estimated" => p.count = true,
+                    "resolution=merge-duplicates" => p.merge_duplicates = true,
+                    "resolution=ignore-duplicates" => p.ignore_duplicates = true,
+                    "missing=default" => p.missing_default = true,
+                    _ => {}
+                }
+            }
+        }
+        p
+    }
+
+    fn applied(&self) -> Option<String> {
+        let mut out = Vec::new();
+        if self.merge_duplicates {
+            out.push("resolution=merge-duplicates");
+        }
+        if self.ignore_duplicates {
+            out.push("resolution=ignore-duplicates");
+        }
+        if self.representation {
+            out.push("return=representation");
+        }
+        if self.count {
+            out.push("count=exact");
+        }
+        (!out.is_empty()).then(|| out.join(", "))
+    }
+}
+
+fn wants_object(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(OBJECT_MEDIA))
+}
+
+fn check_profile(headers: &HeaderMap, method: &Method) -> Result<(), ApiError> {
+    let name = if matches!(*method, Method::GET | Method::HEAD) {
+        "accept-profile"
+    } else {
+        "content-profile"
+    };
+    match headers.get(name).and_then(|v| v.to_str().ok()) {
+        None | Some("public") => Ok(()),
+        Some(other) => Err(
+            ApiError::new(406, "PGRST106", format!("Invalid schema: {other}"))
+                .hint("Only the following schemas are exposed: public"),
+        ),
+    }
+}
+
+fn lookup_table(name: &str) -> Result<&'static Table, ApiError> {
+    schema::table(name).ok_or_else(|| ApiError::unknown_table(name))
+}
+
+/// Keeps the `select`ed columns, in `select` order.
+fn project(
+    table: &Table,
+    rows: Vec<Row>,
+    select: &Option<Vec<String>>,
+) -> Result<Vec<Value>, ApiError> {
+    let Some(cols) = select else {
+        return Ok(rows.into_iter().map(Value::Object).collect());
+    };
+    for c in cols {
+        if table.column(c).is_none() {
+            return Err(ApiError::unknown_column(table.name, c));
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|mut row| {
+            let mut out = Map::new();
+            for c in cols {
+                out.insert(c.clone(), row.remove(c).unwrap_or(Value::Null));
+            }
+            Value::Object(out)
+        })
+        .collect())
+}
+
+fn content_range(offset: u64, n: usize, total: Option<u64>) -> String {
+    let total = total.map_or("*".to_string(), |t| t.to_string());
+    if n == 0 {
+        format!("*/{total}")
+    } else {
+        format!("{offset}-{}/{total}", offset + n as u64 - 1)
+    }
+}
+
+/// A JSON response: an array, or a bare object when `.single()` asked.
+fn rows_response(
+    status: StatusCode,
+    rows: Vec<Value>,
+    single: bool,
+    range: String,
+    prefs: Option<String>,
+    head: bool,
+) -> Result<Response, ApiError> {
+    let (body, media) = if single {
+        if rows.len() != 1 {
+            return Err(ApiError::not_single(rows.len()));
+        }
+        (rows.into_iter().next().unwrap_or(Value::Null), OBJECT_MEDIA)
+    } else {
+        (Value::Array(rows), "application/json")
+    };
+    let mut res = if head {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from(body.to_string()))
+    };
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&format!("{media}; charset=utf-8")).expect("static media type"),
+    );
+    insert_range(h, &range);
+    if let Some(p) = prefs {
+        if let Ok(v) = HeaderValue::from_str(&p) {
+            h.insert("preference-applied", v);
+        }
+    }
+    Ok(res)
+}
+
+fn insert_range(h: &mut HeaderMap, range: &str) {
+    if let Ok(v) = HeaderValue::from_str(range) {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+}
+
+fn empty_response(status: StatusCode, range: String) -> Response {
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = status;
+    insert_range(res.headers_mut(), &range);
+    res
+}
+
+/// Common preamble: who is asking, which table, what the query says.
+async fn prepare(
+    state: &State,
+    table: &str,
+    raw: &Option<String>,
+    headers: &HeaderMap,
+    method: &Method,
+    verb: Verb,
+) -> Result<(Principal, &'static Table, Query, Vec<Filter>), Response> {
+    let p = principal(state, headers, None)?;
+    let run = async {
+        check_profile(headers, method)?;
+        let table = lookup_table(table)?;
+        let query = parse_query(raw.as_deref().unwrap_or(""))?;
+        let policy = policy::row_filters(&p, table, verb)?;
+        ensure_active(state, &p).await?;
+        Ok::<_, ApiError>((table, query, policy))
+    };
+    match run.await {
+        Ok((table, query, policy)) => Ok((p, table, query, policy)),
+        Err(e) => Err(e.into_response()),
+    }
+}
+
+macro_rules! try_resp {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(r) => return r.into_response(),
+        }
+    };
+}
+
+pub async fn select(
+    state: State,
+    Path(table): Path<String>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let (_, table, query, policy) =
+        try_resp!(prepare(&state, &table, &raw, &headers, &method, Verb::Select).await);
+    let prefs = Prefs::parse(&headers);
+    let mut filters = query.filters.clone();
+    filters.extend(policy);
+    let result = try_resp!(
+        state
+            .store
+            .select(SelectRequest {
+                table,
+                filters,
+                order: query.order.clone(),
+                limit: query.limit,
+                offset: query.offset,
+                count: prefs.count,
+            })
+            .await
+    );
+    let offset = query.offset.unwrap_or(0);
+    if let Some(total) = result.total {
+        if offset > 0 && offset >= total && result.rows.is_empty() {
+            let mut e = ApiError::new(416, "PGRST103", "Requested range not satisfiable")
+                .details(format!(
+                    "An offset of {offset} was requested, but there are only {total} rows."
+                ))
+                .into_response();
+            insert_range(e.headers_mut(), &format!("*/{total}"));
+            return e;
+        }
+    }
+    let n = result.rows.len();
+    let rows = try_resp!(project(table, result.rows, &query.select));
+    let status = match result.total {
+        Some(total) if (n as u64) < total => StatusCode::PARTIAL_CONTENT,
+        _ => StatusCode::OK,
+    };
+    let range = content_range(offset, n, result.total);
+    try_resp!(rows_response(
+        status,
+        rows,
+        wants_object(&headers),
+        range,
+        None,
+        method == Method::HEAD
+    ))
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::invalid_body("Empty or invalid json")
+            .details("the request body is empty; send a JSON object or array"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_body("Empty or invalid json").details(e.to_string()))
+}
+
+pub async fn insert(
+    state: State,
+    Path(table): Path<String>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (p, table, query, _) =
+        try_resp!(prepare(&state, &table, &raw, &headers, &method, Verb::Insert).await);
+    let prefs = Prefs::parse(&headers);
+    let body = try_resp!(parse_body(&body));
+    let objects: Vec<Row> = match body {
+        Value::Object(o) => vec![o],
+        Value::Array(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::Object(o) => out.push(o),
+                    _ => {
+                        return ApiError::invalid_body("All object keys must match")
+                            .details("a bulk insert is an array of JSON objects")
+                            .into_response()
+                    }
+                }
+            }
+            out
+        }
+        _ => {
+            return ApiError::invalid_body("Empty or invalid json")
+                .details("send a JSON object or an array of objects")
+                .into_response()
+        }
+    };
+    let mut rows = Vec::with_capacity(objects.len());
+    for obj in &objects {
+        try_resp!(policy::check_columns(&p, table, Verb::Insert, obj));
+        let prepared = try_resp!(prepare_insert(
+            table,
+            obj,
+            query.columns.as_deref(),
+            prefs.missing_default
+        ));
+        let as_json: Row = prepared
+            .iter()
+            .map(|(c, v)| (c.name.to_string(), to_json(c, v.clone())))
+            .collect();
+        try_resp!(policy::check_insert(&p, table, &as_json, &state.store).await);
+        rows.push(prepared);
+    }
+    let target = query
+        .on_conflict
+        .clone()
+        .unwrap_or_else(|| vec![table.primary_key.to_string()]);
+    let conflict = if prefs.ignore_duplicates {
+        Conflict::Ignore(target)
+    } else if prefs.merge_duplicates {
+        Conflict::Merge(target)
+    } else {
+        Conflict::Fail
+    };
+    let single = wants_object(&headers);
+    let inserted = try_resp!(
+        state
+            .store
+            .insert(InsertRequest {
+                table,
+                rows,
+                conflict,
+                expect_single: single,
+            })
+            .await
+    );
+    let n = inserted.len();
+    let total = prefs.count.then_some(n as u64);
+    let range = content_range(0, 0, total);
+    if prefs.representation {
+        let rows = try_resp!(project(table, inserted, &query.select));
+        return try_resp!(rows_response(
+            StatusCode::CREATED,
+            rows,
+            single,
+            range,
+            prefs.applied(),
+            false
+        ));
+    }
+    empty_response(StatusCode::CREATED, range)
+}
+
+pub async fn update(
+    state: State,
+    Path(table): Path<String>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (p, table, query, policy) =
+        try_resp!(prepare(&state, &table, &raw, &headers, &method, Verb::Update).await);
+    let prefs = Prefs::parse(&headers);
+    let Value::Object(patch) = try_resp!(parse_body(&body)) else {
+        return ApiError::invalid_body("Empty or invalid json")
+            .details("an update body is one JSON object")
+            .into_response();
+    };
+    try_resp!(policy::check_columns(&p, table, Verb::Update, &patch));
+    let set = try_resp!(prepare_update(table, &patch));
+    let mut filters = query.filters.clone();
+    filters.extend(policy);
+    let single = wants_object(&headers);
+    let updated = try_resp!(
+        state
+            .store
+            .update(UpdateRequest {
+                table,
+                filters,
+                set,
+                guard: policy::update_guard(&p, table),
+                expect_single: single,
+            })
+            .await
+    );
+    let n = updated.len();
+    let range = content_range(0, n, prefs.count.then_some(n as u64));
+    if prefs.representation {
+        let rows = try_resp!(project(table, updated, &query.select));
+        return try_resp!(rows_response(
+            StatusCode::OK,
+            rows,
+            single,
+            range,
+            prefs.applied(),
+            false
+        ));
+    }
+    empty_response(StatusCode::NO_CONTENT, range)
+}
+
+pub async fn delete(
+    state: State,
+    Path(table): Path<String>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let (_, table, query, policy) =
+        try_resp!(prepare(&state, &table, &raw, &headers, &method, Verb::Delete).await);
+    let prefs = Prefs::parse(&headers);
+    let mut filters = query.filters.clone();
+    filters.extend(policy);
+    let single = wants_object(&headers);
+    let deleted = try_resp!(
+        state
+            .store
+            .delete(DeleteRequest {
+                table,
+                filters,
+                expect_single: single,
+            })
+            .await
+    );
+    let n = deleted.len();
+    let range = content_range(0, 0, prefs.count.then_some(n as u64));
+    if prefs.representation {
+        let rows = try_resp!(project(table, deleted, &query.select));
+        return try_resp!(rows_response(
+            StatusCode::OK,
+            rows,
+            single,
+            range,
+            prefs.applied(),
+            false
+        ));
+    }
+    empty_response(StatusCode::NO_CONTENT, range)
+}
+
+fn scalar_response(v: Value) -> Response {
+    let mut res = Response::new(Body::from(v.to_string()));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    insert_range(res.headers_mut(), "0-0/*");
+    res
+}
+
+fn function_not_found(name: &str, args: &Map<String, Value>) -> ApiError {
+    let keys: Vec<&str> = args.keys().map(String::as_str).collect();
+    ApiError::new(404, "PGRST202", format!("Could not find the function public.{name}({}) in the schema cache", keys.join(", ")))
+        .details(format!(
+            "Searched for the function public.{name} with parameters {} or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.",
+            keys.join(", ")
+        ))
+        .hint("The hub provides allocate_subagent_run_sequence(p_subagent_id) and gateway_record_heartbeat(p_status, p_capabilities, p_device_name).")
+}
+
+pub async fn rpc(
+    state: State,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let args = if body.is_empty() {
+        Map::new()
+    } else {
+        match try_resp!(parse_body(&body)) {
+            Value::Object(o) => o,
+            _ => {
+                return ApiError::invalid_body("Empty or invalid json")
+                    .details("RPC arguments are one JSON object of named arguments")
+                    .into_response()
+            }
+        }
+    };
+    call_rpc(state, name, method, headers, args).await
+}
+
+pub async fn rpc_get(
+    state: State,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let args: Map<String, Value> = form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect();
+    call_rpc(state, name, method, headers, args).await
+}
+
+async fn call_rpc(
+    state: State,
+    name: String,
+    method: Method,
+    headers: HeaderMap,
+    args: Map<String, Value>,
+) -> Response {
+    let p = try_resp!(principal(&state, &headers, None));
+    try_resp!(check_profile(&headers, &method));
+    let keys: Vec<&str> = {
+        let mut k: Vec<&str> = args.keys().map(String::as_str).collect();
+        k.sort_unstable();
+        k
+    };
+    match (name.as_str(), keys.as_slice()) {
+        ("allocate_subagent_run_sequence", ["p_subagent_id"]) => {
+            if p == Principal::Anon {
+                return ApiError::permission_denied(
+                    "function allocate_subagent_run_sequence",
+                    false,
+                )
+                .into_response();
+            }
+            try_resp!(ensure_active(&state, &p).await);
+            let id = args["p_subagent_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if uuid::Uuid::parse_str(&id).is_err() {
+                return ApiError::invalid_input(
+                    "uuid",
+                    args["p_subagent_id"].to_string().trim_matches('"'),
+                )
+                .into_response();
+            }
+            if let Principal::Gateway {
+                gateway_id,
+                team_id,
+                ..
+            } = &p
+            {
+                let own = try_resp!(
+                    state
+                        .store
+                        .select(SelectRequest {
+                            table: &schema::SUBAGENTS,
+                            filters: vec![
+                                Filter::eq("id", &id),
+                                Filter::eq("gateway_id", gateway_id),
+                                Filter::eq("team_id", team_id)
+                            ],
+                            order: vec![],
+                            limit: Some(1),
+                            offset: None,
+                            count: false,
+                        })
+                        .await
+                );
+                if own.rows.is_empty() {
+                    return ApiError::pg("42501", "subagent not accessible").into_response();
+                }
+            }
+            let n = try_resp!(state.store.allocate_run_sequence(&id).await);
+            scalar_response(Value::from(n))
+        }
+        ("gateway_record_heartbeat", ["p_capabilities", "p_device_name", "p_status"]) => {
+            let Principal::Gateway {
+                gateway_id,
+                team_id,
+                ..
+            } = &p
+            else {
+                return ApiError::pg("42501", "gateway not found or revoked")
+                    .hint("Call this function with a gateway access token.")
+                    .into_response();
+            };
+            let status = args["p_status"].as_str().unwrap_or_default();
+            let device = args["p_device_name"].as_str();
+            try_resp!(
+                state
+                    .store
+                    .record_heartbeat(gateway_id, team_id, status, &args["p_capabilities"], device)
+                    .await
+            );
+            scalar_response(serde_json::json!({"success": true, "egress_credential_renewal": null}))
+        }
+        _ => function_not_found(&name, &args).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges_follow_postgrest() {
+        assert_eq!(content_range(0, 0, None), "*/*");
+        assert_eq!(content_range(0, 0, Some(0)), "*/0");
+        assert_eq!(content_range(0, 3, None), "0-2/*");
+        assert_eq!(content_range(5, 2, Some(10)), "5-6/10");
+    }
+
+    #[test]
+    fn prefer_headers_may_be_combined_or_repeated() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "prefer",
+            HeaderValue::from_static("resolution=merge-duplicates, return=representation"),
+        );
+        h.append("prefer", HeaderValue::from_static("count=exact"));
+        let p = Prefs::parse(&h);
+        assert!(p.representation && p.merge_duplicates && p.count && !p.ignore_duplicates);
+    }
+}

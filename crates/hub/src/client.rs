@@ -1,0 +1,129 @@
+//! The operator CLI's HTTP client: talks to a running hub with the service
+//! key, over the same REST API everything else uses.
+
+use serde_json::Value;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the hub at {url}: {source}. Is `panorama-hub serve` running? Point elsewhere with --hub URL or PANORAMA_HUB_URL")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("the hub refused the request ({status}): {message}{}", hint.as_deref().map(|h| format!(" — {h}")).unwrap_or_default())]
+    Refused {
+        status: u16,
+        message: String,
+        hint: Option<String>,
+    },
+    #[error("the hub answered with something that is not JSON: {0}")]
+    Decode(String),
+}
+
+pub struct HubClient {
+    pub url: String,
+    service_key: String,
+    http: reqwest::Client,
+}
+
+impl HubClient {
+    pub fn new(url: &str, service_key: &str) -> HubClient {
+        HubClient {
+            url: url.trim_end_matches('/').to_string(),
+            service_key: service_key.to_string(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("a TLS-less reqwest client builds"),
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .header("apikey", &self.service_key)
+            .header("authorization", format!("Bearer {}", self.service_key))
+            .header(
+                "x-client-info",
+                concat!("panorama-hub-cli/", env!("CARGO_PKG_VERSION")),
+            )
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let res = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.url.clone(),
+                source,
+            })?;
+        let status = res.status().as_u16();
+        let text = res
+            .text()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.url.clone(),
+                source,
+            })?;
+        let body: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).map_err(|_| ClientError::Decode(text.clone()))?
+        };
+        if status >= 400 {
+            let field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+            return Err(ClientError::Refused {
+                status,
+                message: field("message").or_else(|| field("error")).unwrap_or(text),
+                hint: field("hint").or_else(|| field("details")),
+            });
+        }
+        Ok(body)
+    }
+
+    /// GET /rest/v1/<table>?<query>
+    pub async fn select(
+        &self,
+        table: &str,
+        query: &[(&str, String)],
+    ) -> Result<Vec<Value>, ClientError> {
+        let req = self
+            .request(reqwest::Method::GET, &format!("/rest/v1/{table}"))
+            .query(query);
+        match self.send(req).await? {
+            Value::Array(rows) => Ok(rows),
+            other => Err(ClientError::Decode(other.to_string())),
+        }
+    }
+
+    pub async fn insert(&self, table: &str, row: &Value) -> Result<Value, ClientError> {
+        let req = self
+            .request(reqwest::Method::POST, &format!("/rest/v1/{table}"))
+            .header("prefer", "return=representation")
+            .json(row);
+        match self.send(req).await? {
+            Value::Array(mut rows) if !rows.is_empty() => Ok(rows.remove(0)),
+            other => Err(ClientError::Decode(other.to_string())),
+        }
+    }
+
+    pub async fn update(
+        &self,
+        table: &str,
+        query: &[(&str, String)],
+        patch: &Value,
+    ) -> Result<Vec<Value>, ClientError> {
+        let req = self
+            .request(reqwest::Method::PATCH, &format!("/rest/v1/{table}"))
+            .header("prefer", "return=representation")
+            .query(query)
+            .json(patch);
+        match self.send(req).await? {
+            Value::Array(rows) => Ok(rows),
+            other => Err(ClientError::Decode(other.to_string())),
+        }
+    }
+
+    pub async fn health(&self) -> Result<Value, ClientError> {
+        self.send(self.request(reqwest::Method::GET, "/health"))
+            .await
+    }
+}

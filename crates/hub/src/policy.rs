@@ -1,0 +1,423 @@
+//! Authorization as row-level security would do it (control-plane spec
+//! §16.5): the service key sees everything, the anon key nothing but the
+//! pairing function, and a gateway token only its own team's rows (and
+//! only its own gateway's jobs, subagents and runs). Policies are written as
+//! extra filters and row checks, so both storage backends enforce them the
+//! same way.
+
+use crate::auth::Principal;
+use crate::changes::Row;
+use crate::error::ApiError;
+use crate::postgrest::{Filter, Op, Operand};
+use crate::schema::Table;
+use crate::store::{SelectRequest, SharedStore, UpdateGuard};
+use serde_json::Value;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Select,
+    Insert,
+    Update,
+    Delete,
+}
+
+/// Columns a gateway may write, per table and verb (the SQL grants).
+fn gateway_writable(table: &str, verb: Verb) -> Option<&'static [&'static str]> {
+    match (table, verb) {
+        ("gateway_jobs", Verb::Update) => Some(&[
+            "status",
+            "gateway_id",
+            "started_at",
+            "completed_at",
+            "result",
+            "error",
+            "debug",
+        ]),
+        ("gateway_events", Verb::Insert) => Some(&[
+            "gateway_id",
+            "team_id",
+            "provider",
+            "level",
+            "code",
+            "message",
+            "details",
+        ]),
+        ("subagents", Verb::Update) => Some(&[
+            "status",
+            "output",
+            "error",
+            "started_at",
+            "completed_at",
+            "metadata",
+        ]),
+        ("subagent_runs", Verb::Insert) => Some(&[
+            "id",
+            "subagent_id",
+            "team_id",
+            "gateway_id",
+            "run_sequence",
+            "status",
+            "prompt",
+            "output",
+            "error",
+            "metadata",
+            "started_at",
+            "completed_at",
+        ]),
+        ("subagent_runs", Verb::Update) => Some(&[
+            "status",
+            "output",
+            "error",
+            "metadata",
+            "started_at",
+            "completed_at",
+        ]),
+        ("subagent_run_events", Verb::Insert) => Some(&[
+            "run_id",
+            "subagent_id",
+            "team_id",
+            "gateway_id",
+            "sequence",
+            "event_type",
+            "payload",
+        ]),
+        _ => None,
+    }
+}
+
+fn gateway_can_select(table: &str) -> bool {
+    matches!(
+        table,
+        "team_gateways"
+            | "gateway_jobs"
+            | "subagents"
+            | "subagent_runs"
+            | "subagent_run_events"
+            | "team_resources"
+    )
+}
+
+/// The filters that restrict `principal` to the rows it may see or change
+/// (`USING`), or an error when it has no grant at all.
+pub fn row_filters(
+    principal: &Principal,
+    table: &Table,
+    verb: Verb,
+) -> Result<Vec<Filter>, ApiError> {
+    let (gateway_id, team_id) = match principal {
+        Principal::Service => return Ok(Vec::new()),
+        Principal::Anon => return Err(ApiError::permission_denied(table.name, false)),
+        Principal::Gateway {
+            gateway_id,
+            team_id,
+            ..
+        } => (gateway_id.as_str(), team_id.as_str()),
+    };
+    let granted = match verb {
+        Verb::Select => gateway_can_select(table.name),
+        Verb::Delete => false,
+        Verb::Insert | Verb::Update => gateway_writable(table.name, verb).is_some(),
+    };
+    if !granted {
+        return Err(ApiError::permission_denied(table.name, true));
+    }
+    let team = Filter::eq("team_id", team_id);
+    Ok(match table.name {
+        "team_gateways" => vec![Filter::eq("id", gateway_id), team],
+        "gateway_jobs" | "subagents" => vec![team, Filter::eq("gateway_id", gateway_id)],
+        "subagent_runs" | "subagent_run_events" => {
+            vec![team, Filter::SubagentOfGateway(gateway_id.to_string())]
+        }
+        "team_resources" => vec![team, Filter::eq("resource_type", "remote_shell")],
+        // Insert-only tables: nothing to read back through a policy.
+        _ => vec![team, Filter::eq("gateway_id", gateway_id)],
+    })
+}
+
+/// Refuses body columns the principal may not write (column grants).
+pub fn check_columns(
+    principal: &Principal,
+    table: &Table,
+    verb: Verb,
+    row: &Row,
+) -> Result<(), ApiError> {
+    let Principal::Gateway { .. } = principal else {
+        return Ok(());
+    };
+    let allowed = gateway_writable(table.name, verb).unwrap_or(&[]);
+    match row.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(
+            ApiError::permission_denied(table.name, true).details(format!(
+                "a gateway may not write column {k:?} of {}",
+                table.name
+            )),
+        ),
+        None => Ok(()),
+    }
+}
+
+fn str_field<'a>(row: &'a Row, key: &str) -> Option<&'a str> {
+    row.get(key).and_then(Value::as_str)
+}
+
+/// `WITH CHECK` for an inserted row: it must belong to the gateway's team
+/// and gateway, and (for runs and events) to a subagent of this gateway.
+pub async fn check_insert(
+    principal: &Principal,
+    table: &'static Table,
+    row: &Row,
+    store: &SharedStore,
+) -> Result<(), ApiError> {
+    let Principal::Gateway {
+        gateway_id,
+        team_id,
+        ..
+    } = principal
+    else {
+        return Ok(());
+    };
+    let own_team = str_field(row, "team_id") == Some(team_id.as_str());
+    let gw = str_field(row, "gateway_id");
+    let ok = match table.name {
+        "gateway_events" | "subagent_runs" => own_team && gw == Some(gateway_id.as_str()),
+        "subagent_run_events" => own_team && gw.is_none_or(|g| g == gateway_id),
+        _ => false,
+    };
+    if !ok {
+        return Err(ApiError::rls_violation(table.name));
+    }
+    let subagent_ok = match table.name {
+        "subagent_runs" | "subagent_run_events" => {
+            let subagent_id = str_field(row, "subagent_id").unwrap_or_default();
+            let mut filters = vec![
+                Filter::eq("id", subagent_id),
+                Filter::eq("gateway_id", gateway_id),
+                Filter::eq("team_id", team_id),
+            ];
+            if subagent_id.is_empty() || uuid::Uuid::parse_str(subagent_id).is_err() {
+                filters = vec![Filter::False];
+            }
+            let found = store
+                .select(SelectRequest {
+                    table: &crate::schema::SUBAGENTS,
+                    filters,
+                    order: vec![],
+                    limit: Some(1),
+                    offset: None,
+                    count: false,
+                })
+                .await?;
+            let mut ok = !found.rows.is_empty();
+            if ok && table.name == "subagent_run_events" {
+                let run_id = str_field(row, "run_id").unwrap_or_default();
+                ok = uuid::Uuid::parse_str(run_id).is_ok()
+                    && !store
+                        .select(SelectRequest {
+                            table: &crate::schema::SUBAGENT_RUNS,
+                            filters: vec![
+                                Filter::eq("id", run_id),
+                                Filter::eq("subagent_id", subagent_id),
+                            ],
+                            order: vec![],
+                            limit: Some(1),
+                            offset: None,
+                            count: false,
+                        })
+                        .await?
+                        .rows
+                        .is_empty();
+            }
+            ok
+        }
+        _ => true,
+    };
+    if subagent_ok {
+        Ok(())
+    } else {
+        Err(ApiError::rls_violation(table.name))
+    }
+}
+
+/// The per-row check run inside an update's transaction: `WITH CHECK` (the
+/// row stays in the gateway's team and gateway) and, for jobs, the
+/// transition guard of spec §16.4.
+pub fn update_guard(principal: &Principal, table: &'static Table) -> Option<UpdateGuard> {
+    let Principal::Gateway {
+        gateway_id,
+        team_id,
+        ..
+    } = principal
+    else {
+        return None;
+    };
+    let (gateway_id, team_id) = (gateway_id.clone(), team_id.clone());
+    Some(Arc::new(move |old: &Row, new: &Row| {
+        if str_field(new, "team_id") != Some(team_id.as_str()) {
+            return Err(ApiError::rls_violation(table.name));
+        }
+        if matches!(table.name, "gateway_jobs" | "subagents")
+            && str_field(new, "gateway_id") != Some(gateway_id.as_str())
+        {
+            return Err(ApiError::rls_violation(table.name));
+        }
+        if table.name == "gateway_jobs" {
+            check_job_transition(old, new)?;
+        }
+        Ok(())
+    }))
+}
+
+/// Spec §16.4: a gateway may move a job only queued → running and
+/// running → completed | failed | cancelled.
+pub fn check_job_transition(old: &Row, new: &Row) -> Result<(), ApiError> {
+    let from = str_field(old, "status").unwrap_or_default();
+    let to = str_field(new, "status").unwrap_or_default();
+    let legal = from == to
+        || (from == "queued" && to == "running")
+        || (from == "running" && matches!(to, "completed" | "failed" | "cancelled"));
+    if legal {
+        Ok(())
+    } else {
+        Err(ApiError::pg("42501", format!("illegal job transition {from} -> {to}"))
+            .hint("A gateway may move a job only from queued to running, and from running to completed, failed or cancelled."))
+    }
+}
+
+/// Whether `principal` may see `row` of `table` (realtime delivery uses
+/// the select policy). Simple policies are decided in memory; the ones that
+/// need a join ask the store.
+pub async fn row_visible(
+    principal: &Principal,
+    table: &'static Table,
+    row: &Row,
+    store: &SharedStore,
+) -> bool {
+    let Ok(filters) = row_filters(principal, table, Verb::Select) else {
+        return false;
+    };
+    let mut needs_store = false;
+    for f in &filters {
+        match f {
+            Filter::Cond {
+                column,
+                op: Op::Eq,
+                operand: Operand::Value(v),
+            } => {
+                if str_field(row, column) != Some(v.as_str()) {
+                    return false;
+                }
+            }
+            _ => needs_store = true,
+        }
+    }
+    if !needs_store {
+        return true;
+    }
+    let Some(pk) = str_field(row, table.primary_key) else {
+        return false;
+    };
+    let mut filters = filters;
+    filters.push(Filter::eq(table.primary_key, pk));
+    store
+        .select(SelectRequest {
+            table,
+            filters,
+            order: vec![],
+            limit: Some(1),
+            offset: None,
+            count: false,
+        })
+        .await
+        .map(|r| !r.rows.is_empty())
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema;
+    use serde_json::json;
+
+    fn gw() -> Principal {
+        Principal::Gateway {
+            gateway_id: "g1".into(),
+            team_id: "t1".into(),
+            user_id: "u1".into(),
+            session_id: "s1".into(),
+        }
+    }
+
+    #[test]
+    fn anon_and_ungranted_tables_are_refused() {
+        let e = row_filters(&Principal::Anon, &schema::GATEWAY_JOBS, Verb::Select).unwrap_err();
+        assert_eq!((e.status, e.code.as_str()), (401, "42501"));
+        for t in [
+            &schema::TEAMS,
+            &schema::GATEWAY_PAIRING_CODES,
+            &schema::GATEWAY_EVENTS,
+        ] {
+            let e = row_filters(&gw(), t, Verb::Select).unwrap_err();
+            assert_eq!((e.status, e.code.as_str()), (403, "42501"), "{}", t.name);
+        }
+        assert!(row_filters(&gw(), &schema::GATEWAY_JOBS, Verb::Delete).is_err());
+        assert!(row_filters(&gw(), &schema::GATEWAY_JOBS, Verb::Insert).is_err());
+        assert!(
+            row_filters(&Principal::Service, &schema::TEAMS, Verb::Delete)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn gateways_may_write_only_granted_columns() {
+        let ok = json!({"status": "running", "started_at": "x"});
+        assert!(check_columns(
+            &gw(),
+            &schema::GATEWAY_JOBS,
+            Verb::Update,
+            ok.as_object().unwrap()
+        )
+        .is_ok());
+        let bad = json!({"payload": {}});
+        assert!(check_columns(
+            &gw(),
+            &schema::GATEWAY_JOBS,
+            Verb::Update,
+            bad.as_object().unwrap()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn job_transition_guard_table() {
+        let row = |s: &str| json!({"status": s}).as_object().unwrap().clone();
+        for (from, to, legal) in [
+            ("queued", "running", true),
+            ("running", "completed", true),
+            ("running", "failed", true),
+            ("running", "cancelled", true),
+            ("running", "running", true),
+            ("queued", "completed", false),
+            ("completed", "running", false),
+            ("failed", "queued", false),
+            ("cancelled", "completed", false),
+        ] {
+            assert_eq!(
+                check_job_transition(&row(from), &row(to)).is_ok(),
+                legal,
+                "{from} -> {to}"
+            );
+        }
+    }
+
+    #[test]
+    fn update_guard_keeps_rows_in_their_gateway() {
+        let g = update_guard(&gw(), &schema::GATEWAY_JOBS).unwrap();
+        let old = json!({"status": "queued", "team_id": "t1", "gateway_id": "g1"});
+        let new = json!({"status": "running", "team_id": "t1", "gateway_id": "g2"});
+        assert!(g(old.as_object().unwrap(), new.as_object().unwrap()).is_err());
+        let new = json!({"status": "running", "team_id": "t1", "gateway_id": "g1"});
+        assert!(g(old.as_object().unwrap(), new.as_object().unwrap()).is_ok());
+    }
+}
