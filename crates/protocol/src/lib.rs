@@ -3,6 +3,8 @@ pub mod cancel;
 pub mod capabilities;
 pub mod full_control;
 pub mod operational;
+pub mod remote_shell;
 pub mod rows;
+pub mod shell_gate;
 pub mod status;
 pub mod time;
