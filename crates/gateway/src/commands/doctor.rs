@@ -1,0 +1,127 @@
+//! `doctor [--json]` (runtime.md §1.6.6).
+
+use serde_json::json;
+
+use super::Context;
+use crate::config::GatewayConfig;
+use crate::error::Result;
+use crate::network::{self, ProviderCheckRequest};
+use crate::output::Row;
+
+/// Truncate provider errors in the status list (200 chars + `...`).
+fn short_error(text: &str) -> String {
+    if text.chars().count() > 200 {
+        format!("{}...", text.chars().take(200).collect::<String>())
+    } else {
+        text.to_string()
+    }
+}
+
+pub fn run(ctx: &Context, json_output: bool) -> Result<()> {
+    let prepared = ctx.prepare()?;
+    let paths = &prepared.paths;
+    let out = &ctx.out;
+    let config_exists = paths.config_path.exists();
+    let mut config = None;
+    if config_exists {
+        match GatewayConfig::load(&paths.config_path) {
+            Ok(c) => config = Some(c),
+            Err(e) => out.warn(
+                "Unable to read gateway config.",
+                &[
+                    Row::verbose("Config path", Some(out.path(&paths.config_path))),
+                    Row::verbose("Error", Some(e.to_string())),
+                ],
+            ),
+        }
+    }
+    let mut report = json!({
+        "config_dir": paths.config_dir.display().to_string(),
+        "config_path": paths.config_path.display().to_string(),
+        "paired": config_exists,
+        "full_control_enabled": config.as_ref().map(|c| c.full_control_enabled),
+        "gateway_id": config.as_ref().map(|c| c.gateway_id.clone()),
+        "team_id": config.as_ref().map(|c| c.team_id.clone()),
+        "fallback_from": prepared.migrated_from.as_ref().map(|p| p.display().to_string()),
+        "providers": null,
+        "any_provider_ready": null,
+    });
+    if !json_output {
+        out.info(
+            "Gateway doctor report",
+            &[
+                Row::new("Config dir", Some(out.path(&paths.config_dir))),
+                Row::new(
+                    "Paired",
+                    Some(if config_exists { "Yes" } else { "No" }.to_string()),
+                ),
+                Row::new(
+                    "Install full control",
+                    config.as_ref().map(|c| {
+                        if c.full_control_enabled {
+                            "Enabled"
+                        } else {
+                            "Disabled"
+                        }
+                        .to_string()
+                    }),
+                ),
+                Row::verbose("Gateway ID", config.as_ref().map(|c| c.gateway_id.clone())),
+                Row::verbose("Team ID", config.as_ref().map(|c| c.team_id.clone())),
+            ],
+        );
+        out.info("Validating providers...", &[]);
+    }
+    let outcome = network::check_providers(&ProviderCheckRequest {
+        paths: paths.clone(),
+        config: config.clone(),
+        migrated_from: prepared.migrated_from.clone(),
+        context: "doctor",
+        verbose: ctx.global.verbose,
+    });
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            if json_output {
+                report["error"] = json!(e.to_string());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            }
+            return Err(e);
+        }
+    };
+    if let Some(config) = config.as_mut() {
+        config.set_provider_health(&outcome.provider_health);
+        config.save(&paths.config_path)?;
+    }
+    if json_output {
+        report["providers"] = serde_json::to_value(&outcome.provider_health).unwrap_or_default();
+        report["any_provider_ready"] = json!(outcome.any_provider_ready);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let lines: Vec<String> = outcome
+        .provider_health
+        .iter()
+        .map(|(id, h)| match h.error.as_deref() {
+            Some(err) if !err.is_empty() => format!("- {id}: {} ({})", h.status, short_error(err)),
+            _ => format!("- {id}: {}", h.status),
+        })
+        .collect();
+    out.info("Provider status:", &[]);
+    for line in lines {
+        out.info(&format!("  {line}"), &[]);
+    }
+    if !outcome.any_provider_ready {
+        out.warn(
+            "No providers passed validation. Install/authenticate a provider before starting the gateway.",
+            &[],
+        );
+    }
+    Ok(())
+}

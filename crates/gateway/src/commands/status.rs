@@ -1,0 +1,174 @@
+//! `status [--json]` (runtime.md §1.6.4): local state only, no side
+//! effects except the config chmod that every config load does.
+
+use serde::Serialize;
+
+use super::Context;
+use crate::config::GatewayConfig;
+use crate::error::Result;
+use crate::output::Row;
+use crate::pidfile;
+
+/// Parse `ps -o etime=` output (`[[D-]HH:]MM:SS`) into seconds.
+pub fn parse_etime(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (days, rest) = match text.split_once('-') {
+        Some((d, rest)) => (d.parse::<u64>().ok()?, rest),
+        None => (0, text),
+    };
+    let parts: Vec<u64> = rest
+        .split(':')
+        .map(|p| p.parse::<u64>().ok())
+        .collect::<Option<_>>()?;
+    let (h, m, s) = match parts.as_slice() {
+        [m, s] => (0, *m, *s),
+        [h, m, s] => (*h, *m, *s),
+        _ => return None,
+    };
+    Some(((days * 24 + h) * 60 + m) * 60 + s)
+}
+
+/// `2h 5m`, `7m` or `42s`.
+pub fn format_uptime(seconds: u64) -> String {
+    let (h, m, s) = (seconds / 3600, (seconds % 3600) / 60, seconds % 60);
+    if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Uptime of `pid` via `ps`; `None` if `ps` fails. Unparsable output is
+/// returned raw.
+fn uptime(pid: i32) -> Option<(String, Option<u64>)> {
+    let output = std::process::Command::new("ps")
+        .args(["-p", &pid.to_string(), "-o", "etime="])
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let raw = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if raw.is_empty() {
+        return None;
+    }
+    match parse_etime(&raw) {
+        Some(secs) => Some((format_uptime(secs), Some(secs))),
+        None => Some((raw, None)),
+    }
+}
+
+/// The `status --json` document.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub running: bool,
+    pub version: &'static str,
+    pub pid: Option<i32>,
+    pub stale_pid: Option<i32>,
+    pub uptime: Option<String>,
+    pub uptime_seconds: Option<u64>,
+    pub paired: bool,
+    /// `null` when the config is missing or unreadable.
+    pub full_control_enabled: Option<bool>,
+    pub device_name: Option<String>,
+    pub gateway_id: Option<String>,
+    pub team_id: Option<String>,
+    pub config_dir: String,
+    pub config_path: String,
+    pub log_path: String,
+    pub pid_path: String,
+}
+
+pub fn collect(ctx: &Context) -> StatusReport {
+    let paths = ctx.paths();
+    let pid = pidfile::read_pid(&paths.pid_path);
+    let running = pid.is_some_and(pidfile::is_alive);
+    let (uptime_text, uptime_seconds) = match pid.filter(|_| running).and_then(uptime) {
+        Some((text, secs)) => (Some(text), secs),
+        None => (None, None),
+    };
+    let paired = paths.config_path.exists();
+    let config = if paired {
+        GatewayConfig::load(&paths.config_path).ok()
+    } else {
+        None
+    };
+    let non_empty = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
+    StatusReport {
+        running,
+        version: env!("CARGO_PKG_VERSION"),
+        pid: pid.filter(|_| running),
+        stale_pid: pid.filter(|_| !running),
+        uptime: uptime_text,
+        uptime_seconds,
+        paired,
+        full_control_enabled: config.as_ref().map(|c| c.full_control_enabled),
+        device_name: config.as_ref().and_then(|c| c.device_name.clone()),
+        gateway_id: config.as_ref().and_then(|c| non_empty(&c.gateway_id)),
+        team_id: config.as_ref().and_then(|c| non_empty(&c.team_id)),
+        config_dir: paths.config_dir.display().to_string(),
+        config_path: paths.config_path.display().to_string(),
+        log_path: paths.log_path.display().to_string(),
+        pid_path: paths.pid_path.display().to_string(),
+    }
+}
+
+pub fn run(ctx: &Context, json: bool) -> Result<()> {
+    let report = collect(ctx);
+    if json {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_else(|_| "{}".to_string());
+        println!("{text}");
+        return Ok(());
+    }
+    let out = &ctx.out;
+    let path = |p: &str| Some(out.path(std::path::Path::new(p)));
+    out.info(
+        &format!(
+            "Gateway Status: {}",
+            if report.running { "Running" } else { "Stopped" }
+        ),
+        &[
+            Row::new("Version", Some(report.version.to_string())),
+            Row::new("Uptime", report.uptime.clone()),
+            Row::new(
+                "Paired",
+                Some(if report.paired { "Yes" } else { "No" }.to_string()),
+            ),
+            Row::new(
+                "Install full control",
+                report
+                    .full_control_enabled
+                    .map(|on| if on { "Enabled" } else { "Disabled" }.to_string()),
+            ),
+            Row::verbose("Device", report.device_name.clone()),
+            Row::verbose("Gateway ID", report.gateway_id.clone()),
+            Row::verbose("Team ID", report.team_id.clone()),
+            Row::verbose("PID", report.pid.map(|p| p.to_string())),
+            Row::verbose("Stale PID", report.stale_pid.map(|p| p.to_string())),
+            Row::verbose("Config Path", path(&report.config_path)),
+            Row::verbose("Log Path", path(&report.log_path)),
+            Row::verbose("PID Path", path(&report.pid_path)),
+        ],
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etime_parsing_and_formatting() {
+        assert_eq!(parse_etime("00:42"), Some(42));
+        assert_eq!(parse_etime(" 07:03 "), Some(423));
+        assert_eq!(parse_etime("02:05:00"), Some(7500));
+        assert_eq!(parse_etime("1-01:00:00"), Some(90000));
+        assert_eq!(parse_etime("garbage"), None);
+        assert_eq!(format_uptime(42), "42s");
+        assert_eq!(format_uptime(423), "7m");
+        assert_eq!(format_uptime(7500), "2h 5m");
+        assert_eq!(format_uptime(90000), "25h 0m");
+    }
+}

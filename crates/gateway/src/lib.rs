@@ -1,0 +1,20 @@
+//! `panorama-gateway`: the host-side gateway that runs control-plane jobs
+//! on a team's machine. This crate is the CLI and its local half (files,
+//! paths, config, PID and log files, child environment, redaction); every
+//! network step goes through [`network`].
+
+pub mod backend;
+pub mod child_env;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod env;
+pub mod error;
+pub mod logfile;
+pub mod network;
+pub mod output;
+pub mod paths;
+pub mod pidfile;
+pub mod redact;
+
+pub use error::{GatewayError, Result};

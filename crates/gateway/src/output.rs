@@ -1,0 +1,154 @@
+//! Output conventions (runtime.md §1.5): `OK`/plain/`WARN`/`ERROR` lines with
+//! two-space-indented detail rows, verbose-only rows and `~` path display.
+
+use std::io::Write;
+use std::path::Path;
+
+/// One `  <Label>: <value>` row under a message.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub label: String,
+    pub value: Option<String>,
+    pub verbose_only: bool,
+}
+
+impl Row {
+    /// A row that is always shown (when it has a value).
+    pub fn new(label: &str, value: impl Into<Option<String>>) -> Self {
+        Row {
+            label: label.to_string(),
+            value: value.into(),
+            verbose_only: false,
+        }
+    }
+
+    /// A row shown only with `--verbose`.
+    pub fn verbose(label: &str, value: impl Into<Option<String>>) -> Self {
+        Row {
+            verbose_only: true,
+            ..Row::new(label, value)
+        }
+    }
+}
+
+/// Replace the home directory prefix with `~`.
+pub fn display_path(path: &Path, home: Option<&Path>) -> String {
+    if let Some(home) = home {
+        if path == home {
+            return "~".to_string();
+        }
+        if let Ok(rest) = path.strip_prefix(home) {
+            return format!("~/{}", rest.display());
+        }
+    }
+    path.display().to_string()
+}
+
+/// Render a message with its rows (no trailing newline after the last row).
+pub fn render(prefix: &str, message: &str, rows: &[Row], verbose: bool) -> String {
+    let mut out = format!("{prefix}{message}");
+    for row in rows {
+        if row.verbose_only && !verbose {
+            continue;
+        }
+        let Some(value) = row.value.as_deref() else {
+            continue;
+        };
+        if value.trim().is_empty() {
+            continue;
+        }
+        let mut lines = value.split('\n');
+        out.push_str(&format!(
+            "\n  {}: {}",
+            row.label,
+            lines.next().unwrap_or("")
+        ));
+        for line in lines {
+            out.push_str(&format!("\n  {line}"));
+        }
+    }
+    out
+}
+
+/// Prints CLI output following the Node gateway's conventions.
+#[derive(Debug, Clone)]
+pub struct Printer {
+    pub verbose: bool,
+    pub home: Option<std::path::PathBuf>,
+}
+
+impl Printer {
+    pub fn new(verbose: bool) -> Self {
+        Printer {
+            verbose,
+            home: dirs::home_dir(),
+        }
+    }
+
+    pub fn path(&self, path: &Path) -> String {
+        display_path(path, self.home.as_deref())
+    }
+
+    fn emit(&self, stderr: bool, prefix: &str, message: &str, rows: &[Row]) {
+        let text = render(prefix, message, rows, self.verbose);
+        // Output errors (closed pipe) are deliberately ignored, like console.log.
+        if stderr {
+            let _ = writeln!(std::io::stderr(), "{text}");
+        } else {
+            let _ = writeln!(std::io::stdout(), "{text}");
+        }
+    }
+
+    pub fn success(&self, message: &str, rows: &[Row]) {
+        self.emit(false, "OK ", message, rows);
+    }
+    pub fn info(&self, message: &str, rows: &[Row]) {
+        self.emit(false, "", message, rows);
+    }
+    pub fn warn(&self, message: &str, rows: &[Row]) {
+        self.emit(true, "WARN ", message, rows);
+    }
+    pub fn error(&self, message: &str, rows: &[Row]) {
+        self.emit(true, "ERROR ", message, rows);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_skip_blank_and_verbose_only() {
+        let rows = [
+            Row::new("A", Some("1".to_string())),
+            Row::new("Blank", Some("  ".to_string())),
+            Row::new("None", None),
+            Row::verbose("V", Some("x".to_string())),
+        ];
+        assert_eq!(render("OK ", "Done", &rows, false), "OK Done\n  A: 1");
+        assert_eq!(
+            render("OK ", "Done", &rows, true),
+            "OK Done\n  A: 1\n  V: x"
+        );
+    }
+
+    #[test]
+    fn multiline_values_are_indented() {
+        let rows = [Row::new("Details", Some("one\ntwo".to_string()))];
+        assert_eq!(
+            render("ERROR ", "Bad", &rows, false),
+            "ERROR Bad\n  Details: one\n  two"
+        );
+    }
+
+    #[test]
+    fn home_becomes_tilde() {
+        let home = Path::new("/home/u");
+        assert_eq!(display_path(Path::new("/home/u"), Some(home)), "~");
+        assert_eq!(
+            display_path(Path::new("/home/u/.panorama/gateway"), Some(home)),
+            "~/.panorama/gateway"
+        );
+        assert_eq!(display_path(Path::new("/tmp/x"), Some(home)), "/tmp/x");
+    }
+}
