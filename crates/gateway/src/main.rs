@@ -12,7 +12,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return clap_failure(err),
     };
-    let verbose = cli.global.verbose;
+    // A daemonized gateway writes to its log file: always include details there.
+    let verbose = cli.global.verbose
+        || std::env::var_os(panorama_gateway::commands::start::DAEMON_CHILD_ENV).is_some();
     match commands::run(cli).map_err(anyhow::Error::from) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -20,13 +20,26 @@ pub fn write_pid(path: &Path, pid: u32) -> Result<()> {
 
 /// Is a process with this PID alive? Signal 0 must succeed; any error,
 /// including EPERM, counts as dead (Node semantics). PID reuse is not
-/// detected.
+/// detected. On Linux a zombie (exited, not yet reaped) also counts as dead.
 pub fn is_alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;
     }
     // SAFETY: kill with signal 0 only checks for existence; no signal is sent.
-    unsafe { libc::kill(pid, 0) == 0 }
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    !is_zombie(pid)
+}
+
+fn is_zombie(pid: i32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Format: `pid (comm) S ...`; comm may contain spaces and parentheses.
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .is_some_and(|state| state == "Z" || state == "X")
 }
 
 /// Remove the PID file only if it still holds `pid`. Returns whether it was
