@@ -294,6 +294,26 @@ mod tests {
     }
 
     #[test]
+    fn tracing_records_are_json_lines_in_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("gateway.log");
+        let log = RotatingLog::open(&path, DEFAULT_MAX_BYTES, DEFAULT_KEEP).unwrap();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(log)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(gateway_id = "gw-1", "Gateway running");
+        });
+        let text = fs::read_to_string(&path).unwrap();
+        let record: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(record["message"], "Gateway running");
+        assert_eq!(record["gateway_id"], "gw-1");
+        assert_eq!(record["level"], "INFO");
+    }
+
+    #[test]
     fn follower_sees_appends_and_truncation() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("gateway.log");
