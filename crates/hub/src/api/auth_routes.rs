@@ -73,7 +73,11 @@ pub async fn token(
     let new_token = super::functions::new_refresh_token();
     let grant = match state
         .store
-        .rotate_refresh_token(&hash_token(&refresh_token), &hash_token(&new_token))
+        .rotate_refresh_token(
+            &hash_token(&refresh_token),
+            &hash_token(&new_token),
+            state.refresh_reuse_interval_secs,
+        )
         .await
     {
         Ok(g) => g,

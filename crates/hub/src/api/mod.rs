@@ -33,6 +33,8 @@ pub struct AppState {
     pub keys: Keys,
     pub feed: ChangeFeed,
     pub access_token_ttl_secs: i64,
+    /// Grace period for re-presenting a just-rotated refresh token.
+    pub refresh_reuse_interval_secs: i64,
 }
 
 impl AppState {
@@ -41,8 +43,25 @@ impl AppState {
             store,
             keys,
             feed,
-            access_token_ttl_secs: ACCESS_TOKEN_TTL_SECS,
+            access_token_ttl_secs: env_secs("PANORAMA_HUB_ACCESS_TOKEN_TTL", ACCESS_TOKEN_TTL_SECS),
+            refresh_reuse_interval_secs: env_secs(
+                "PANORAMA_HUB_REFRESH_REUSE_INTERVAL",
+                crate::store::REFRESH_REUSE_INTERVAL_SECS,
+            ),
         })
+    }
+}
+
+/// A duration in seconds from the environment (for operators and tests
+/// that need short-lived tokens), or the default when unset or invalid.
+fn env_secs(name: &str, default: i64) -> i64 {
+    match std::env::var(name).ok().map(|v| v.trim().parse::<i64>()) {
+        Some(Ok(n)) if n >= 0 => n,
+        Some(_) => {
+            tracing::warn!("{name} is not a non-negative number of seconds; using {default}");
+            default
+        }
+        None => default,
     }
 }
 

@@ -104,8 +104,8 @@ impl RefreshError {
     }
 }
 
-/// Seconds during which a just-rotated refresh token may still be used
-/// once more (a client that lost the response), as GoTrue allows.
+/// Default seconds during which a just-rotated refresh token may still be
+/// used once more (a client that lost the response), as GoTrue allows.
 pub const REFRESH_REUSE_INTERVAL_SECS: i64 = 10;
 
 #[async_trait]
@@ -135,6 +135,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         old_hash: &str,
         new_hash: &str,
+        reuse_interval_secs: i64,
     ) -> Result<RefreshGrant, RefreshError>;
 
     /// Whether a session exists and is not revoked.

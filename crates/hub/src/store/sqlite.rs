@@ -5,7 +5,7 @@
 use super::sql::{order_clause, quote_ident, where_clause, Dialect, Params};
 use super::{
     hash_token, Conflict, DeleteRequest, InsertRequest, PairingGrant, RefreshError, RefreshGrant,
-    SelectRequest, SelectResult, Store, UpdateRequest, REFRESH_REUSE_INTERVAL_SECS,
+    SelectRequest, SelectResult, Store, UpdateRequest,
 };
 use crate::changes::{ChangeFeed, ChangeKind, Row, RowChange};
 use crate::error::ApiError;
@@ -771,6 +771,7 @@ impl Store for SqliteStore {
         &self,
         old_hash: &str,
         new_hash: &str,
+        reuse_interval_secs: i64,
     ) -> Result<RefreshGrant, RefreshError> {
         let old_hash = old_hash.to_string();
         let new_hash = new_hash.to_string();
@@ -804,7 +805,7 @@ impl Store for SqliteStore {
                 let now = chrono::Utc::now();
                 if let Some(revoked) = revoked_at {
                     let within_grace = parse_timestamp(&revoked)
-                        .is_some_and(|t| (now - t).num_seconds() < REFRESH_REUSE_INTERVAL_SECS);
+                        .is_some_and(|t| (now - t).num_seconds() < reuse_interval_secs);
                     if !within_grace {
                         // Reuse of an old token: treat the family as stolen.
                         tx.execute(

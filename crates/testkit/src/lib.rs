@@ -1,0 +1,247 @@
+//! Test support shared by the workspace's integration tests: a real
+//! `panorama-hub` process on a free loopback port with its own data
+//! directory, and fixtures created through its public API (never by
+//! touching its database).
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Finds the `panorama-hub` binary next to the running test's target dir,
+/// building it when it is missing (e.g. `cargo test -p panorama-gateway`).
+pub fn hub_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PANORAMA_HUB_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/panorama-hub
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let bin = profile_dir.join("panorama-hub");
+    if !bin.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "panorama-hub", "--bin", "panorama-hub"])
+            .status()
+            .expect("run cargo build for panorama-hub");
+        assert!(
+            status.success(),
+            "building panorama-hub for the tests failed"
+        );
+    }
+    bin
+}
+
+/// A running hub. Killed when dropped.
+pub struct Hub {
+    pub url: String,
+    pub anon_key: String,
+    pub service_key: String,
+    pub data_dir: tempfile::TempDir,
+    child: Child,
+    http: reqwest::blocking::Client,
+}
+
+impl Hub {
+    /// Starts a hub on a free port with a fresh data directory.
+    pub fn start() -> Hub {
+        Self::start_with_env(&[])
+    }
+
+    pub fn start_with_env(env: &[(&str, &str)]) -> Hub {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(data_dir, "127.0.0.1:0", env)
+    }
+
+    /// Starts a hub on `listen` using `data_dir` (reused across restarts).
+    pub fn start_in(data_dir: tempfile::TempDir, listen: &str, env: &[(&str, &str)]) -> Hub {
+        let mut cmd = Command::new(hub_binary());
+        cmd.args(["--json", "serve", "--listen", listen])
+            .env("PANORAMA_HUB_DATA_DIR", data_dir.path())
+            .env("PANORAMA_HUB_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn panorama-hub");
+        let stdout = child.stdout.take().expect("hub stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read hub ready line");
+        let ready: Value = serde_json::from_str(line.trim())
+            .unwrap_or_else(|_| panic!("hub did not start: {line:?}"));
+        let keys: Value = serde_json::from_str(
+            &std::fs::read_to_string(data_dir.path().join("keys.json")).expect("keys.json"),
+        )
+        .expect("keys.json is JSON");
+        Hub {
+            url: ready["url"].as_str().expect("url").to_string(),
+            anon_key: keys["anon_key"].as_str().expect("anon").to_string(),
+            service_key: keys["service_key"].as_str().expect("service").to_string(),
+            data_dir,
+            child,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    /// Stops the process (SIGKILL) and hands back its data directory.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.data_dir, dir)
+    }
+
+    pub fn http(&self) -> &reqwest::blocking::Client {
+        &self.http
+    }
+
+    /// A request with `apikey: anon` and `Authorization: Bearer <token>`.
+    pub fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::blocking::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .header("apikey", &self.anon_key)
+            .header("authorization", format!("Bearer {token}"))
+    }
+
+    /// Inserts one row with the service key and returns it.
+    pub fn insert(&self, table: &str, row: Value) -> Value {
+        let res = self
+            .req(
+                reqwest::Method::POST,
+                &format!("/rest/v1/{table}"),
+                &self.service_key,
+            )
+            .header("prefer", "return=representation")
+            .json(&row)
+            .send()
+            .expect("insert request");
+        let status = res.status();
+        let body: Value = res.json().expect("insert response JSON");
+        assert!(
+            status.is_success(),
+            "insert into {table} failed: {status} {body}"
+        );
+        body[0].clone()
+    }
+
+    /// Selects rows with the service key.
+    pub fn select(&self, table: &str, query: &str) -> Vec<Value> {
+        let res = self
+            .req(
+                reqwest::Method::GET,
+                &format!("/rest/v1/{table}?{query}"),
+                &self.service_key,
+            )
+            .send()
+            .expect("select request");
+        let status = res.status();
+        let body: Value = res.json().expect("select response JSON");
+        assert!(
+            status.is_success(),
+            "select from {table} failed: {status} {body}"
+        );
+        body.as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn create_team(&self, name: &str) -> String {
+        self.insert("teams", json!({"name": name}))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn create_pairing_code(&self, team_id: &str) -> String {
+        let code = format!("T{}", &uuid_like()[..8]).to_uppercase();
+        self.insert(
+            "gateway_pairing_codes",
+            json!({"code": code, "team_id": team_id, "expires_at": "2999-01-01T00:00:00Z"}),
+        );
+        code
+    }
+
+    /// Pairs a new gateway into `team_id` through the pairing function.
+    pub fn pair(&self, team_id: &str, device_name: &str) -> PairedGateway {
+        let code = self.create_pairing_code(team_id);
+        let res = self
+            .req(
+                reqwest::Method::POST,
+                "/functions/v1/exchange-gateway-pairing-code",
+                &self.anon_key,
+            )
+            .json(&json!({"code": code, "device_name": device_name}))
+            .send()
+            .expect("pairing request");
+        let body: Value = res.json().expect("pairing JSON");
+        assert_eq!(body["success"], json!(true), "pairing failed: {body}");
+        PairedGateway {
+            gateway_id: body["gateway_id"].as_str().unwrap().into(),
+            team_id: body["team_id"].as_str().unwrap().into(),
+            access_token: body["access_token"].as_str().unwrap().into(),
+            refresh_token: body["refresh_token"].as_str().unwrap().into(),
+        }
+    }
+
+    /// Waits until `f` returns Some, polling every 50 ms, or panics after
+    /// `timeout` with `what`.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PairedGateway {
+    pub gateway_id: String,
+    pub team_id: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+/// A random hex string (no uuid dependency needed here).
+pub fn uuid_like() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::new();
+    for _ in 0..2 {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u128(Instant::now().elapsed().as_nanos());
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}
