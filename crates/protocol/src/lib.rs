@@ -3,6 +3,7 @@ pub mod cancel;
 pub mod capabilities;
 pub mod full_control;
 pub mod guard;
+pub mod jobs;
 pub mod operational;
 pub mod remote_shell;
 pub mod rows;
