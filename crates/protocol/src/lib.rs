@@ -6,6 +6,7 @@ pub mod guard;
 pub mod jobs;
 pub mod operational;
 pub mod remote_shell;
+pub mod results;
 pub mod rows;
 pub mod shell_gate;
 pub mod status;
