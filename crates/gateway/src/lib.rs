@@ -12,9 +12,11 @@ pub mod env;
 pub mod error;
 pub mod logfile;
 pub mod network;
+pub mod outbox;
 pub mod output;
 pub mod paths;
 pub mod pidfile;
+pub mod recovery;
 pub mod redact;
 
 pub use error::{GatewayError, Result};
