@@ -683,7 +683,7 @@ impl ShellReadPayload {
     }
 }
 
-/// §8.6 `shell_exec` [LATER]. Call [`parse_resource_id`] and validate the
+/// §8.6 `shell_exec` \[LATER\]. Call [`parse_resource_id`] and validate the
 /// resource first; this parser then checks `command`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShellExecPayload {
@@ -741,6 +741,7 @@ impl ShellExecPayload {
 // ---------------------------------------------------------------- envelope
 
 pub const MSG_HANDLER_THREW: &str = "Gateway job processing failed";
+/// \[LATER\] only; the seed reports cancel-job crashes with [`MSG_HANDLER_THREW`].
 pub const MSG_CANCEL_HANDLER_THREW: &str = "Gateway cancel job processing failed";
 pub const MSG_UNSUPPORTED_JOB_TYPE: &str = "Unsupported job type";
 pub const MSG_IDEMPOTENCY_DUPLICATE: &str =
@@ -840,16 +841,12 @@ pub fn complete_job(job_type: &JobType, outcome: HandlerOutcome) -> JobCompletio
     }
 }
 
-/// §8.0: the handler threw. Cancel jobs use the later cancel-specific text.
+/// §8.0: the handler threw. The seed uses one text for every job type; the
+/// later cancel-specific text is [`MSG_CANCEL_HANDLER_THREW`].
 pub fn handler_threw(job_type: &JobType, message: &str) -> JobCompletion {
-    let result_message = if *job_type == JobType::SubagentCancel {
-        MSG_CANCEL_HANDLER_THREW
-    } else {
-        MSG_HANDLER_THREW
-    };
     JobCompletion {
         status: JobStatus::Failed,
-        result: Some(json!({ "message": result_message, "job_type": job_type.as_str() })),
+        result: Some(json!({ "message": MSG_HANDLER_THREW, "job_type": job_type.as_str() })),
         error: Some(message.to_string()),
         run_subagent_failure_fallback: *job_type == JobType::SubagentRun,
     }
@@ -1332,9 +1329,12 @@ mod tests {
         );
         let c = handler_threw(&JobType::SubagentCancel, "boom");
         assert_eq!(
-            c.result.unwrap()["message"],
-            "Gateway cancel job processing failed"
+            c.result,
+            Some(
+                json!({"message": "Gateway job processing failed", "job_type": "subagent_cancel"})
+            )
         );
+        assert!(!c.run_subagent_failure_fallback);
         // unsupported type.
         let c = unsupported_job_type(&JobType::parse("teleport"));
         assert_eq!(

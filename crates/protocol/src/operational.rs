@@ -54,7 +54,7 @@ impl IngressState {
 /// Which rule decides row 2 of the operational-status table (§12.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OperationalStatusRule {
-    /// Seed [INFERRED]: `error` when no AI provider is ready.
+    /// Seed \[INFERRED\]: `error` when no AI provider is ready.
     SeedProviderReadiness,
     /// Later: `error` only when `hosts.gateway.available` is not true, so a
     /// host without any AI CLI still reports `ready` (model readiness lives in

@@ -27,7 +27,7 @@ pub struct ControlState {
     /// The raw status string, or `unknown` when it is not a string.
     pub status: String,
     pub last_seen_at: Option<String>,
-    /// [LATER] v1-valid capabilities, or `None` (invalid counts as missing).
+    /// \[LATER\] v1-valid capabilities, or `None` (invalid counts as missing).
     pub capabilities: Option<Capabilities>,
 }
 
