@@ -299,14 +299,29 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::PairingCode(PairingCmd::Create { team, ttl_minutes }) => {
             let code = new_pairing_code();
             let expires = chrono::Utc::now() + chrono::Duration::minutes(*ttl_minutes);
-            let row = client(&cli)?
+            let c = client(&cli)?;
+            let row = c
                 .insert(
                     "gateway_pairing_codes",
                     &json!({"code": code, "team_id": team, "expires_at": expires.to_rfc3339()}),
                 )
                 .await?;
-            print(&cli, &row, || {
-                format!("pairing code: {}\nexpires at:   {}\npair a machine with: panorama-gateway pair {}", s(&row, "code"), s(&row, "expires_at"), s(&row, "code"))
+            let anon = config::read_key_file(&data_dir(&cli)?)?.map(|k| k.anon_key);
+            let pair_cmd = format!(
+                "panorama-gateway pair {} --supabase-url {} --anon-key {}",
+                s(&row, "code"),
+                c.url,
+                anon.as_deref()
+                    .unwrap_or("<the hub's anon key: panorama-hub keys>")
+            );
+            let mut v = row.clone();
+            v["pair_command"] = json!(pair_cmd);
+            print(&cli, &v, || {
+                format!(
+                    "pairing code: {}\nexpires at:   {}\npair a machine with:\n  {pair_cmd}",
+                    s(&row, "code"),
+                    s(&row, "expires_at")
+                )
             });
             Ok(0)
         }
