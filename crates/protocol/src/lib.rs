@@ -17,6 +17,7 @@
 //! | [`shell_gate`] | control state, machine-control gates, subagent-run gateway gate | §10.2, §13.4; runtime §4.9 |
 //! | [`remote_shell`] | remote-shell resource validation | §13.5; runtime §5.3 |
 //! | [`guard`] | `gateway_jobs` transition guard for gateway principals | §16.4 |
+//! | [`subagent`] | output envelope, run-event payload trimming, provider failure message | §8.2, §10.6, §10.7 |
 //! | [`time`] | RFC 3339 timestamp parsing | §3.1 freshness |
 //!
 //! # Invariant: no I/O
@@ -42,4 +43,5 @@ pub mod results;
 pub mod rows;
 pub mod shell_gate;
 pub mod status;
+pub mod subagent;
 pub mod time;
