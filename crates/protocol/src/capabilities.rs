@@ -82,7 +82,7 @@ pub struct ProviderHealth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<f64>,
+    pub duration_ms: Option<serde_json::Number>,
 }
 
 impl ProviderHealth {
@@ -809,6 +809,17 @@ mod tests {
             assert_eq!(err.path, path, "{err}");
         }
         assert!(validate_capabilities_v1(&json!(null)).is_err());
+    }
+
+    #[test]
+    fn health_duration_keeps_integer_form() {
+        let mut value = sample(true).to_value();
+        value["providers"]["claude_code"]["health"]["duration_ms"] = json!(412);
+        let caps = validate_capabilities_v1(&value).unwrap();
+        assert_eq!(
+            caps.to_value()["providers"]["claude_code"]["health"]["duration_ms"],
+            json!(412)
+        );
     }
 
     #[test]
