@@ -262,26 +262,27 @@ pub fn update_guard(principal: &Principal, table: &'static Table) -> Option<Upda
             return Err(ApiError::rls_violation(table.name));
         }
         if table.name == "gateway_jobs" {
-            check_job_transition(old, new)?;
+            check_job_transition(old, new, &gateway_id)?;
         }
         Ok(())
     }))
 }
 
-/// Spec §16.4: a gateway may move a job only queued → running and
-/// running → completed | failed | cancelled.
-pub fn check_job_transition(old: &Row, new: &Row) -> Result<(), ApiError> {
-    let from = str_field(old, "status").unwrap_or_default();
-    let to = str_field(new, "status").unwrap_or_default();
-    let legal = from == to
-        || (from == "queued" && to == "running")
-        || (from == "running" && matches!(to, "completed" | "failed" | "cancelled"));
-    if legal {
-        Ok(())
-    } else {
-        Err(ApiError::pg("42501", format!("illegal job transition {from} -> {to}"))
-            .hint("A gateway may move a job only from queued to running, and from running to completed, failed or cancelled."))
-    }
+/// Spec §16.4, decided by the protocol crate's guard: identity fields are
+/// immutable, the job stays this gateway's, and the status moves only
+/// queued → running → completed | failed | cancelled.
+fn check_job_transition(old: &Row, new: &Row, gateway_id: &str) -> Result<(), ApiError> {
+    use panorama_protocol::rows::GatewayJobRow;
+    let decode = |row: &Row| {
+        serde_json::from_value::<GatewayJobRow>(Value::Object(row.clone()))
+            .map_err(|e| ApiError::internal(format!("stored job row does not decode: {e}")))
+    };
+    panorama_protocol::guard::check_gateway_job_transition(&decode(old)?, &decode(new)?, gateway_id)
+        .map_err(|e| {
+            ApiError::pg(e.sqlstate(), e.to_string()).hint(
+                "A gateway may move its own job only from queued to running, and from running to completed, failed or cancelled.",
+            )
+        })
 }
 
 /// Whether `principal` may see `row` of `table` (realtime delivery uses
@@ -390,34 +391,24 @@ mod tests {
     }
 
     #[test]
-    fn job_transition_guard_table() {
-        let row = |s: &str| json!({"status": s}).as_object().unwrap().clone();
-        for (from, to, legal) in [
-            ("queued", "running", true),
-            ("running", "completed", true),
-            ("running", "failed", true),
-            ("running", "cancelled", true),
-            ("running", "running", true),
-            ("queued", "completed", false),
-            ("completed", "running", false),
-            ("failed", "queued", false),
-            ("cancelled", "completed", false),
-        ] {
-            assert_eq!(
-                check_job_transition(&row(from), &row(to)).is_ok(),
-                legal,
-                "{from} -> {to}"
-            );
-        }
-    }
-
-    #[test]
     fn update_guard_keeps_rows_in_their_gateway() {
         let g = update_guard(&gw(), &schema::GATEWAY_JOBS).unwrap();
-        let old = json!({"status": "queued", "team_id": "t1", "gateway_id": "g1"});
-        let new = json!({"status": "running", "team_id": "t1", "gateway_id": "g2"});
-        assert!(g(old.as_object().unwrap(), new.as_object().unwrap()).is_err());
-        let new = json!({"status": "running", "team_id": "t1", "gateway_id": "g1"});
-        assert!(g(old.as_object().unwrap(), new.as_object().unwrap()).is_ok());
+        let job = |status: &str, gateway: &str| {
+            json!({"id": "j1", "team_id": "t1", "gateway_id": gateway, "job_type": "diagnostic", "status": status,
+                   "payload": {}, "created_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:00Z"})
+            .as_object()
+            .unwrap()
+            .clone()
+        };
+        assert!(
+            g(&job("queued", "g1"), &job("running", "g2")).is_err(),
+            "handing the job to another gateway"
+        );
+        assert!(g(&job("queued", "g1"), &job("running", "g1")).is_ok());
+        let e = g(&job("queued", "g1"), &job("completed", "g1")).unwrap_err();
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("42501", "illegal job transition queued -> completed")
+        );
     }
 }
