@@ -91,7 +91,9 @@ impl Binding {
     /// human-readable explanation.
     pub fn parse(entry: &Value, id: u32) -> Result<Binding, String> {
         let Some(obj) = entry.as_object() else {
-            return Err(format!("a postgres_changes entry must be an object, got {entry}"));
+            return Err(format!(
+                "a postgres_changes entry must be an object, got {entry}"
+            ));
         };
         let text = |key: &str| -> Result<Option<&str>, String> {
             match obj.get(key) {
@@ -101,9 +103,8 @@ impl Binding {
             }
         };
         let event = match text("event")? {
-            Some(e) => EventKind::parse(e).ok_or_else(|| {
-                format!("unknown event {e:?}: use INSERT, UPDATE, DELETE or *")
-            })?,
+            Some(e) => EventKind::parse(e)
+                .ok_or_else(|| format!("unknown event {e:?}: use INSERT, UPDATE, DELETE or *"))?,
             None => return Err("missing `event` (INSERT, UPDATE, DELETE or *)".into()),
         };
         match text("schema")? {
@@ -119,7 +120,11 @@ impl Binding {
             Some(name) => Some(schema::table(name).ok_or_else(|| {
                 format!(
                     "relation \"public.{name}\" does not exist; published tables: {}",
-                    schema::TABLES.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+                    schema::TABLES
+                        .iter()
+                        .map(|t| t.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })?),
         };
@@ -141,10 +146,7 @@ impl Binding {
     pub fn matches(&self, table: &Table, kind: ChangeKind, row: &Row) -> bool {
         self.table.is_none_or(|t| t.name == table.name)
             && self.event.accepts(kind)
-            && self
-                .conds
-                .iter()
-                .all(|c| c.eval(table, row) == Some(true))
+            && self.conds.iter().all(|c| c.eval(table, row) == Some(true))
     }
 }
 
@@ -251,7 +253,11 @@ pub fn parse_filter(filter: &str, table: Option<&Table>) -> Result<Vec<Cond>, St
         };
         let expr = match rest.split_once('.') {
             Some((op, value)) if op != "in" => {
-                format!("{}{op}.{}", if negated { "not." } else { "" }, unquote(value)?)
+                format!(
+                    "{}{op}.{}",
+                    if negated { "not." } else { "" },
+                    unquote(value)?
+                )
             }
             _ => expr.to_string(),
         };
@@ -365,9 +371,7 @@ impl Cond {
                     match item {
                         None => saw_null = true,
                         Some(v) => {
-                            if cast_text(col, v)
-                                .ok()
-                                .and_then(|r| compare(&lhs, &r))
+                            if cast_text(col, v).ok().and_then(|r| compare(&lhs, &r))
                                 == Some(Ordering::Equal)
                             {
                                 found = true;
@@ -504,7 +508,9 @@ mod tests {
     }
 
     fn jobs(filter: &str) -> Binding {
-        binding(json!({"event": "*", "schema": "public", "table": "gateway_jobs", "filter": filter}))
+        binding(
+            json!({"event": "*", "schema": "public", "table": "gateway_jobs", "filter": filter}),
+        )
     }
 
     fn hit(filter: &str, row: &Row) -> bool {
@@ -562,7 +568,11 @@ mod tests {
         assert!(hit(&format!("team_id=eq.{A},status=eq.queued"), &r));
         assert!(!hit(&format!("team_id=eq.{A},status=eq.running"), &r));
         assert!(hit(&format!("status=in.(a,queued),team_id=eq.{A}"), &r));
-        let quoted = parse_filter(r#"status=eq."a,b",error=is.null"#, Some(&schema::GATEWAY_JOBS)).unwrap();
+        let quoted = parse_filter(
+            r#"status=eq."a,b",error=is.null"#,
+            Some(&schema::GATEWAY_JOBS),
+        )
+        .unwrap();
         assert_eq!(quoted.len(), 2);
         assert_eq!(quoted[0].test, Test::Cmp(CmpOp::Eq, "a,b".into()));
     }
@@ -589,10 +599,21 @@ mod tests {
     #[test]
     fn bad_bindings_are_explained() {
         let err = |entry: Value| Binding::parse(&entry, 1).unwrap_err();
-        assert!(err(json!({"event": "INSERT", "schema": "public", "table": "nope"})).contains("does not exist"));
-        assert!(err(json!({"event": "UPSERT", "schema": "public", "table": "gateway_jobs"})).contains("unknown event"));
-        assert!(err(json!({"schema": "public", "table": "gateway_jobs"})).contains("missing `event`"));
-        assert!(err(json!({"event": "*", "schema": "private", "table": "gateway_jobs"})).contains("public"));
+        assert!(
+            err(json!({"event": "INSERT", "schema": "public", "table": "nope"}))
+                .contains("does not exist")
+        );
+        assert!(
+            err(json!({"event": "UPSERT", "schema": "public", "table": "gateway_jobs"}))
+                .contains("unknown event")
+        );
+        assert!(
+            err(json!({"schema": "public", "table": "gateway_jobs"})).contains("missing `event`")
+        );
+        assert!(
+            err(json!({"event": "*", "schema": "private", "table": "gateway_jobs"}))
+                .contains("public")
+        );
         assert!(err(json!("x")).contains("object"));
         for bad in [
             "team_id",
@@ -607,12 +628,18 @@ mod tests {
             "status=match.x",
             "or=(a.eq.1)",
         ] {
-            let e = err(json!({"event": "*", "schema": "public", "table": "gateway_jobs", "filter": bad}));
+            let e = err(
+                json!({"event": "*", "schema": "public", "table": "gateway_jobs", "filter": bad}),
+            );
             assert!(e.starts_with("Error parsing `filter` params"), "{bad}: {e}");
         }
         // Empty and null filters mean no filter.
         assert!(jobs("").conds.is_empty());
-        assert!(binding(json!({"event": "*", "table": "gateway_jobs", "filter": null})).conds.is_empty());
+        assert!(
+            binding(json!({"event": "*", "table": "gateway_jobs", "filter": null}))
+                .conds
+                .is_empty()
+        );
     }
 
     #[test]
@@ -640,7 +667,13 @@ mod tests {
     fn columns_use_pg_typnames() {
         let cols = columns_json(&schema::GATEWAY_JOBS);
         assert_eq!(cols[0], json!({"name": "id", "type": "uuid"}));
-        assert!(cols.as_array().unwrap().contains(&json!({"name": "payload", "type": "jsonb"})));
-        assert!(cols.as_array().unwrap().contains(&json!({"name": "created_at", "type": "timestamptz"})));
+        assert!(cols
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "payload", "type": "jsonb"})));
+        assert!(cols
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "created_at", "type": "timestamptz"})));
     }
 }

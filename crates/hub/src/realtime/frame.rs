@@ -224,8 +224,17 @@ mod tests {
             reply().encode(Vsn::V2),
             r#"["6","6","realtime:room1","phx_reply",{"status":"ok","response":{}}]"#
         );
-        let push = Frame::new(Value::Null, Value::Null, "realtime:x", "postgres_changes", json!({"ids": [1]}));
-        assert_eq!(push.encode(Vsn::V2), r#"[null,null,"realtime:x","postgres_changes",{"ids":[1]}]"#);
+        let push = Frame::new(
+            Value::Null,
+            Value::Null,
+            "realtime:x",
+            "postgres_changes",
+            json!({"ids": [1]}),
+        );
+        assert_eq!(
+            push.encode(Vsn::V2),
+            r#"[null,null,"realtime:x","postgres_changes",{"ids":[1]}]"#
+        );
     }
 
     #[test]
@@ -253,7 +262,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v1, v2);
-        let v1hb = Frame::decode(r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"7"}"#).unwrap();
+        let v1hb =
+            Frame::decode(r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"7"}"#)
+                .unwrap();
         assert_eq!(v1hb.join_ref, Value::Null);
         // Numeric refs are kept as numbers so they echo back identically.
         let num = Frame::decode(r#"[null,7,"phoenix","heartbeat",null]"#).unwrap();
@@ -280,11 +291,20 @@ mod tests {
 
     #[test]
     fn round_trip_through_both_serializers() {
-        let f = Frame::new(json!("3"), json!("4"), "realtime:a", "broadcast", json!({"k": [1, "x"]}));
+        let f = Frame::new(
+            json!("3"),
+            json!("4"),
+            "realtime:a",
+            "broadcast",
+            json!({"k": [1, "x"]}),
+        );
         assert_eq!(Frame::decode(&f.encode(Vsn::V2)).unwrap(), f);
         let back = Frame::decode(&f.encode(Vsn::V1)).unwrap();
         assert_eq!(back.join_ref, Value::Null);
-        assert_eq!((back.ref_, back.topic, back.event, back.payload), (f.ref_, f.topic, f.event, f.payload));
+        assert_eq!(
+            (back.ref_, back.topic, back.event, back.payload),
+            (f.ref_, f.topic, f.event, f.payload)
+        );
     }
 
     #[test]
@@ -298,7 +318,12 @@ mod tests {
         b.extend_from_slice(br#"{"a":1}"#);
         let p = BinaryPush::decode(&b).unwrap();
         assert_eq!(
-            (p.join_ref.as_str(), p.ref_.as_str(), p.topic.as_str(), p.event.as_str()),
+            (
+                p.join_ref.as_str(),
+                p.ref_.as_str(),
+                p.topic.as_str(),
+                p.event.as_str()
+            ),
             ("3", "9", "rt:ab", "ev")
         );
         assert_eq!((p.metadata.as_slice(), p.encoding), (&b"{}"[..], 1));

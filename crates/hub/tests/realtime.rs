@@ -1,0 +1,1101 @@
+//! The realtime server end to end: an in-process hub on 127.0.0.1, rows
+//! written through the REST API with the service key, and a WebSocket
+//! client speaking the Phoenix protocol the way realtime-js does
+//! (supabase-wire §5).
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::RawQuery;
+use axum::http::HeaderMap;
+use futures_util::{SinkExt, StreamExt};
+use panorama_hub::api::{self, AppState};
+use panorama_hub::auth::Keys;
+use panorama_hub::changes::ChangeFeed;
+use panorama_hub::realtime::{self, RealtimeOptions};
+use panorama_hub::store::sqlite::SqliteStore;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const SECRET: &[u8] = b"realtime-test-secret-0123456789abcdef";
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Hub {
+    base: String,
+    state: Arc<AppState>,
+    http: reqwest::Client,
+}
+
+struct Gateway {
+    id: String,
+    team: String,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    format!("127.0.0.1:{}", addr.port())
+}
+
+fn new_state() -> Arc<AppState> {
+    let feed = ChangeFeed::default();
+    let store = SqliteStore::open_in_memory(feed.clone()).unwrap();
+    AppState::new(Arc::new(store), Keys::from_secret(SECRET, now()), feed)
+}
+
+impl Hub {
+    async fn start() -> Hub {
+        let state = new_state();
+        let base = serve(api::router(state.clone())).await;
+        Hub {
+            base,
+            state,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A hub whose realtime route uses `opts` (short timeouts).
+    async fn start_with(opts: RealtimeOptions) -> Hub {
+        let state = new_state();
+        let st = state.clone();
+        let app = axum::Router::new()
+            .route(
+                "/realtime/v1/websocket",
+                axum::routing::get(
+                    move |RawQuery(q): RawQuery,
+                          headers: HeaderMap,
+                          ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>| {
+                        let st = st.clone();
+                        async move { realtime::upgrade(st, q.as_deref(), &headers, ws, opts) }
+                    },
+                ),
+            )
+            .fallback_service(api::router(state.clone()));
+        let base = serve(app).await;
+        Hub {
+            base,
+            state,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn rest(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let key = &self.state.keys.service_key;
+        let res = self
+            .http
+            .request(method, format!("http://{}{path}", self.base))
+            .header("apikey", key)
+            .header("authorization", format!("Bearer {key}"))
+            .header("prefer", "return=representation")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body
+    }
+
+    async fn insert(&self, table: &str, row: Value) -> Value {
+        let rows = self
+            .rest(reqwest::Method::POST, &format!("/rest/v1/{table}"), row)
+            .await;
+        rows[0].clone()
+    }
+
+    async fn update(&self, table: &str, id: &str, set: Value) -> Value {
+        let rows = self
+            .rest(
+                reqwest::Method::PATCH,
+                &format!("/rest/v1/{table}?id=eq.{id}"),
+                set,
+            )
+            .await;
+        rows[0].clone()
+    }
+
+    async fn team(&self, name: &str) -> String {
+        let row = self.insert("teams", json!({"name": name})).await;
+        row["id"].as_str().unwrap().to_string()
+    }
+
+    async fn gateway(&self, team: &str) -> Gateway {
+        let row = self
+            .insert(
+                "team_gateways",
+                json!({"team_id": team, "device_name": "box"}),
+            )
+            .await;
+        Gateway {
+            id: row["id"].as_str().unwrap().to_string(),
+            team: team.to_string(),
+        }
+    }
+
+    fn token(&self, gw: &Gateway) -> String {
+        self.token_at(gw, now(), 3600)
+    }
+
+    fn token_at(&self, gw: &Gateway, iat: i64, lifetime: i64) -> String {
+        self.state.keys.mint_gateway_token(
+            "6a1c2b9e-0000-4000-8000-000000000001",
+            "6a1c2b9e-0000-4000-8000-000000000002",
+            &gw.id,
+            &gw.team,
+            iat,
+            lifetime,
+        )
+    }
+
+    async fn job(&self, gw: &Gateway) -> String {
+        let row = self
+            .insert(
+                "gateway_jobs",
+                json!({"team_id": gw.team, "gateway_id": gw.id, "job_type": "diagnostic", "payload": {"n": 1}}),
+            )
+            .await;
+        row["id"].as_str().unwrap().to_string()
+    }
+
+    async fn connect(&self, vsn: Option<&str>) -> Ws {
+        self.connect_key(&self.state.keys.anon_key.clone(), vsn)
+            .await
+    }
+
+    async fn connect_key(&self, key: &str, vsn: Option<&str>) -> Ws {
+        let mut url = format!(
+            "ws://{}/realtime/v1/websocket?apikey={key}&log_level=info",
+            self.base
+        );
+        if let Some(v) = vsn {
+            url.push_str(&format!("&vsn={v}"));
+        }
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Ws {
+            stream,
+            v2: vsn == Some("2.0.0"),
+        }
+    }
+}
+
+/// A received frame, normalised from either serializer.
+#[derive(Debug)]
+struct In {
+    join_ref: Value,
+    ref_: Value,
+    topic: String,
+    event: String,
+    payload: Value,
+    raw: Value,
+}
+
+struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    v2: bool,
+}
+
+impl Ws {
+    async fn push(
+        &mut self,
+        join_ref: Value,
+        ref_: &str,
+        topic: &str,
+        event: &str,
+        payload: Value,
+    ) {
+        let text = if self.v2 {
+            json!([join_ref, ref_, topic, event, payload]).to_string()
+        } else {
+            let mut o = json!({"topic": topic, "event": event, "payload": payload, "ref": ref_});
+            if !join_ref.is_null() {
+                o["join_ref"] = join_ref;
+            }
+            o.to_string()
+        };
+        self.stream.send(Message::text(text)).await.unwrap();
+    }
+
+    async fn raw(&mut self, text: &str) {
+        self.stream.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The next text frame (pings are skipped); panics after 5 s.
+    async fn recv(&mut self) -> In {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("no frame from the server within 5 s")
+                .expect("socket ended")
+                .expect("socket failed");
+            let text = match msg {
+                Message::Text(t) => t.to_string(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected message {other:?}"),
+            };
+            let raw: Value = serde_json::from_str(&text).unwrap();
+            return if self.v2 {
+                let a = raw.as_array().expect("vsn 2.0.0 frames are arrays");
+                assert_eq!(a.len(), 5);
+                In {
+                    join_ref: a[0].clone(),
+                    ref_: a[1].clone(),
+                    topic: a[2].as_str().unwrap().into(),
+                    event: a[3].as_str().unwrap().into(),
+                    payload: a[4].clone(),
+                    raw,
+                }
+            } else {
+                let o = raw.as_object().expect("vsn 1.0.0 frames are objects");
+                assert!(
+                    !o.contains_key("join_ref"),
+                    "V1 server frames carry no join_ref: {text}"
+                );
+                In {
+                    join_ref: Value::Null,
+                    ref_: o["ref"].clone(),
+                    topic: o["topic"].as_str().unwrap().into(),
+                    event: o["event"].as_str().unwrap().into(),
+                    payload: o["payload"].clone(),
+                    raw,
+                }
+            };
+        }
+    }
+
+    async fn heartbeat(&mut self, ref_: &str) {
+        self.push(Value::Null, ref_, "phoenix", "heartbeat", json!({}))
+            .await;
+        let r = self.recv().await;
+        assert_eq!(
+            (r.topic.as_str(), r.event.as_str(), &r.ref_, &r.payload),
+            (
+                "phoenix",
+                "phx_reply",
+                &json!(ref_),
+                &json!({"status": "ok", "response": {}})
+            ),
+            "{:?}",
+            r.raw
+        );
+        assert_eq!(r.join_ref, Value::Null);
+    }
+
+    /// Joins `realtime:<name>` and returns the reply.
+    async fn join(&mut self, name: &str, jr: &str, bindings: Value, token: Option<&str>) -> In {
+        let mut payload = json!({
+            "config": {
+                "broadcast": {"ack": false, "self": false},
+                "presence": {"key": "", "enabled": false},
+                "postgres_changes": bindings,
+                "private": false
+            }
+        });
+        if let Some(t) = token {
+            payload["access_token"] = json!(t);
+        }
+        self.push(
+            json!(jr),
+            jr,
+            &format!("realtime:{name}"),
+            "phx_join",
+            payload,
+        )
+        .await;
+        let r = self.recv().await;
+        assert_eq!(r.event, "phx_reply", "{:?}", r.raw);
+        assert_eq!(r.ref_, json!(jr));
+        assert_eq!(r.topic, format!("realtime:{name}"));
+        r
+    }
+
+    /// Joins and expects success, the echoed bindings and the `system`
+    /// message; returns the binding ids.
+    async fn join_ok(
+        &mut self,
+        name: &str,
+        jr: &str,
+        bindings: Value,
+        token: Option<&str>,
+    ) -> Vec<Value> {
+        let r = self.join(name, jr, bindings.clone(), token).await;
+        assert_eq!(r.payload["status"], "ok", "{:?}", r.raw);
+        let echo = r.payload["response"]["postgres_changes"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let sent = bindings.as_array().unwrap();
+        assert_eq!(echo.len(), sent.len());
+        let mut ids = Vec::new();
+        for (e, s) in echo.iter().zip(sent) {
+            let mut e = e.clone();
+            let id = e.as_object_mut().unwrap().remove("id").expect("an id");
+            assert!(id.as_u64().is_some_and(|n| n < 1 << 27), "{id}");
+            assert_eq!(&e, s, "the echo is the binding unchanged plus id");
+            ids.push(id);
+        }
+        if !sent.is_empty() {
+            let sys = self.recv().await;
+            assert_eq!(sys.event, "system");
+            if self.v2 {
+                assert_eq!((sys.join_ref, sys.ref_), (json!(jr), Value::Null));
+            }
+            assert_eq!(
+                sys.payload,
+                json!({"extension": "postgres_changes", "status": "ok", "message": "Subscribed to PostgreSQL", "channel": name})
+            );
+        }
+        ids
+    }
+
+    /// The next frame must be a `postgres_changes` on `topic` for `id`.
+    async fn change(&mut self, topic: &str, kind: &str, id: &str) -> In {
+        let r = self.recv().await;
+        assert_eq!(
+            (r.topic.as_str(), r.event.as_str()),
+            (format!("realtime:{topic}").as_str(), "postgres_changes"),
+            "{:?}",
+            r.raw
+        );
+        assert_eq!((&r.join_ref, &r.ref_), (&Value::Null, &Value::Null));
+        let data = &r.payload["data"];
+        assert_eq!(data["type"], kind, "{:?}", r.raw);
+        let row_id = if kind == "DELETE" {
+            &data["old_record"]["id"]
+        } else {
+            &data["record"]["id"]
+        };
+        assert_eq!(row_id, id, "{:?}", r.raw);
+        r
+    }
+
+    async fn expect_closed(&mut self) -> Option<tungstenite::protocol::CloseFrame> {
+        loop {
+            match tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("socket still open after 5 s")
+            {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("unexpected {other:?}"),
+                None | Some(Err(_)) => return None,
+            }
+        }
+    }
+}
+
+fn jobs_binding(event: &str, team: &str) -> Value {
+    json!({"event": event, "schema": "public", "table": "gateway_jobs", "filter": format!("team_id=eq.{team}")})
+}
+
+struct World {
+    hub: Hub,
+    a1: Gateway,
+    a2: Gateway,
+    b1: Gateway,
+}
+
+async fn world() -> World {
+    let hub = Hub::start().await;
+    let team_a = hub.team("a").await;
+    let team_b = hub.team("b").await;
+    let a1 = hub.gateway(&team_a).await;
+    let a2 = hub.gateway(&team_a).await;
+    let b1 = hub.gateway(&team_b).await;
+    World { hub, a1, a2, b1 }
+}
+
+#[tokio::test]
+async fn a_gateway_gets_its_own_team_jobs_only_vsn2() {
+    let World { hub, a1, a2, b1 } = world().await;
+    let mut ws = hub.connect(Some("2.0.0")).await;
+    let name = format!("gateway_jobs_{}", a1.id);
+    let token = hub.token(&a1);
+    let ids = ws
+        .join_ok(
+            &name,
+            "6",
+            json!([jobs_binding("INSERT", &a1.team)]),
+            Some(&token),
+        )
+        .await;
+    ws.heartbeat("7").await;
+
+    let own = hub.job(&a1).await;
+    let r = ws.change(&name, "INSERT", &own).await;
+    assert_eq!(r.payload["ids"], json!(ids));
+    let data = &r.payload["data"];
+    assert_eq!(data["schema"], "public");
+    assert_eq!(data["table"], "gateway_jobs");
+    assert_eq!(data["errors"], Value::Null);
+    assert!(data.get("old_record").is_none(), "no old_record on INSERT");
+    let record = &data["record"];
+    assert_eq!(record["team_id"], a1.team.as_str());
+    assert_eq!(record["gateway_id"], a1.id.as_str());
+    assert_eq!(record["status"], "queued");
+    assert_eq!(record["job_type"], "diagnostic");
+    assert_eq!(record["payload"], json!({"n": 1}));
+    assert_eq!(record["attempt"], json!(1));
+    let ts = data["commit_timestamp"].as_str().unwrap();
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.',
+        "YYYY-MM-DDTHH:MM:SS.mmmZ, got {ts}"
+    );
+    let columns = data["columns"].as_array().unwrap();
+    assert_eq!(columns[0], json!({"name": "id", "type": "uuid"}));
+    assert!(columns.contains(&json!({"name": "payload", "type": "jsonb"})));
+    assert!(columns.contains(&json!({"name": "attempt", "type": "int4"})));
+    assert_eq!(columns.len(), record.as_object().unwrap().len());
+
+    // Team B's job (filter) and team A's job for another gateway (RLS)
+    // are not delivered: the next frame is the next own job.
+    hub.job(&b1).await;
+    hub.job(&a2).await;
+    let own2 = hub.job(&a1).await;
+    ws.change(&name, "INSERT", &own2).await;
+
+    // An update does not match an INSERT binding.
+    hub.update("gateway_jobs", &own, json!({"status": "running"}))
+        .await;
+    let own3 = hub.job(&a1).await;
+    ws.change(&name, "INSERT", &own3).await;
+    ws.heartbeat("8").await;
+}
+
+#[tokio::test]
+async fn vsn1_object_frames() {
+    let World { hub, a1, b1, .. } = world().await;
+    let mut ws = hub.connect(Some("1.0.0")).await;
+    let token = hub.token(&a1);
+    let ids = ws
+        .join_ok(
+            "jobs",
+            "3",
+            json!([jobs_binding("INSERT", &a1.team)]),
+            Some(&token),
+        )
+        .await;
+    ws.heartbeat("4").await;
+    hub.job(&b1).await;
+    let own = hub.job(&a1).await;
+    let r = ws.change("jobs", "INSERT", &own).await;
+    assert_eq!(r.payload["ids"], json!(ids));
+    assert_eq!(r.raw["ref"], Value::Null);
+
+    // Without `vsn` the socket speaks 1.0.0 (Phoenix's default).
+    let mut ws = hub.connect(None).await;
+    ws.heartbeat("1").await;
+}
+
+#[tokio::test]
+async fn update_bindings_and_several_ids() {
+    let World { hub, a1, .. } = world().await;
+    let mut ws = hub.connect(Some("2.0.0")).await;
+    let token = hub.token(&a1);
+    let ids = ws
+        .join_ok(
+            "jobs",
+            "1",
+            json!([
+                jobs_binding("UPDATE", &a1.team),
+                jobs_binding("*", &a1.team)
+            ]),
+            Some(&token),
+        )
+        .await;
+    assert_ne!(ids[0], ids[1]);
+
+    let job = hub.job(&a1).await;
+    let r = ws.change("jobs", "INSERT", &job).await;
+    assert_eq!(
+        r.payload["ids"],
+        json!([ids[1]]),
+        "INSERT matches only the * binding"
+    );
+
+    hub.update("gateway_jobs", &job, json!({"status": "running"}))
+        .await;
+    let r = ws.change("jobs", "UPDATE", &job).await;
+    assert_eq!(r.payload["ids"], json!(ids));
+    let data = &r.payload["data"];
+    assert_eq!(data["record"]["status"], "running");
+    assert_eq!(
+        data["old_record"],
+        json!({"id": job}),
+        "default replica identity: primary key only"
+    );
+
+    // A status filter is checked against the new row.
+    let mut ws2 = hub.connect(Some("2.0.0")).await;
+    ws2.join_ok(
+        "done",
+        "1",
+        json!([{"event": "UPDATE", "schema": "public", "table": "gateway_jobs", "filter": "status=in.(completed,failed)"}]),
+        Some(&token),
+    )
+    .await;
+    hub.update(
+        "gateway_jobs",
+        &job,
+        json!({"status": "completed", "result": {}}),
+    )
+    .await;
+    let r = ws2.change("done", "UPDATE", &job).await;
+    assert_eq!(r.payload["data"]["record"]["status"], "completed");
+}
+
+#[tokio::test]
+async fn bad_tokens_and_bad_bindings_refuse_the_join() {
+    let World { hub, a1, .. } = world().await;
+    let mut ws = hub.connect(Some("2.0.0")).await;
+    let binding = json!([jobs_binding("INSERT", &a1.team)]);
+    let reason = |r: &In| {
+        assert_eq!(r.payload["status"], "error", "{:?}", r.raw);
+        r.payload["response"]["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    let expired = hub.token_at(&a1, now() - 7200, 3600);
+    let r = ws.join("jobs", "1", binding.clone(), Some(&expired)).await;
+    let why = reason(&r);
+    assert!(
+        why.starts_with("InvalidJWTToken: Token has expired "),
+        "{why}"
+    );
+    assert!(why.ends_with(" seconds ago"), "{why}");
+
+    let forged = Keys::from_secret(b"some other secret, not the hub's!!", now())
+        .mint_gateway_token("u", "s", &a1.id, &a1.team, now(), 3600);
+    let r = ws.join("jobs", "2", binding.clone(), Some(&forged)).await;
+    assert!(
+        reason(&r).starts_with("InvalidJWTToken: Signature error"),
+        "{:?}",
+        r.raw
+    );
+
+    let r = ws
+        .join("jobs", "3", binding.clone(), Some("not-a-jwt"))
+        .await;
+    assert_eq!(
+        reason(&r),
+        "MalformedJWT: The token provided is not a valid JWT"
+    );
+
+    let r = ws
+        .join(
+            "jobs",
+            "4",
+            json!([{"event": "INSERT", "schema": "public", "table": "no_such_table"}]),
+            Some(&hub.token(&a1)),
+        )
+        .await;
+    let why = reason(&r);
+    assert!(
+        why.contains("no_such_table") && why.contains("does not exist"),
+        "{why}"
+    );
+
+    for filter in [
+        "team_id=eq.not-a-uuid",
+        "team_id",
+        "nope=eq.1",
+        "team_id=between.1",
+    ] {
+        let r = ws
+            .join(
+                "jobs",
+                "5",
+                json!([{"event": "INSERT", "schema": "public", "table": "gateway_jobs", "filter": filter}]),
+                Some(&hub.token(&a1)),
+            )
+            .await;
+        let why = reason(&r);
+        assert!(
+            why.contains("Error parsing `filter` params"),
+            "{filter}: {why}"
+        );
+    }
+
+    let r = ws.join("", "6", json!([]), None).await;
+    assert_eq!(
+        reason(&r),
+        "TopicNameRequired: You must provide a topic name"
+    );
+
+    // A revoked gateway may not join.
+    hub.update(
+        "team_gateways",
+        &a1.id,
+        json!({"revoked_at": "2025-01-01T00:00:00Z"}),
+    )
+    .await;
+    let r = ws.join("jobs", "7", binding, Some(&hub.token(&a1))).await;
+    assert!(
+        reason(&r).starts_with("Unauthorized: gateway"),
+        "{:?}",
+        r.raw
+    );
+
+    // None of the refused joins left a channel behind.
+    ws.push(json!("7"), "8", "realtime:jobs", "phx_leave", json!({}))
+        .await;
+    let r = ws.recv().await;
+    assert_eq!(
+        (r.ref_, r.payload),
+        (
+            json!("8"),
+            json!({"status": "error", "response": {"reason": "unmatched topic"}})
+        )
+    );
+}
+
+#[tokio::test]
+async fn access_token_updates_the_channel_principal() {
+    let World { hub, a1, .. } = world().await;
+    let mut ws = hub.connect(Some("2.0.0")).await;
+    let binding = json!([jobs_binding("INSERT", &a1.team)]);
+    // Without a token the channel acts as the anon key: it sees nothing.
+    ws.join_ok("jobs", "1", binding.clone(), None).await;
+    // A service-key channel on the same socket is the sentinel.
+    ws.join_ok(
+        "all",
+        "2",
+        binding.clone(),
+        Some(&hub.state.keys.service_key.clone()),
+    )
+    .await;
+    let j1 = hub.job(&a1).await;
+    ws.change("all", "INSERT", &j1).await;
+
+    // The gateway's token: no reply, then its jobs flow.
+    ws.push(
+        json!("1"),
+        "3",
+        "realtime:jobs",
+        "access_token",
+        json!({"access_token": hub.token(&a1)}),
+    )
+    .await;
+    ws.heartbeat("4").await;
+    let j2 = hub.job(&a1).await;
+    ws.change("jobs", "INSERT", &j2).await;
+    ws.change("all", "INSERT", &j2).await;
+
+    // A refreshed token (different iat) keeps the subscription; so do an
+    // unchanged one, a null one and an `sb_` key.
+    for t in [
+        json!(hub.token_at(&a1, now() - 10, 3600)),
+        Value::Null,
+        json!("sb_publishable_x"),
+    ] {
+        ws.push(
+            json!("1"),
+            "5",
+            "realtime:jobs",
+            "access_token",
+            json!({"access_token": t}),
+        )
+        .await;
+    }
+    ws.heartbeat("6").await;
+    let j3 = hub.job(&a1).await;
+    ws.change("jobs", "INSERT", &j3).await;
+    ws.change("all", "INSERT", &j3).await;
+
+    // An expired token closes the channel: system error, then phx_close.
+    let expired = hub.token_at(&a1, now() - 7200, 3600);
+    ws.push(
+        json!("1"),
+        "7",
+        "realtime:jobs",
+        "access_token",
+        json!({"access_token": expired}),
+    )
+    .await;
+    let sys = ws.recv().await;
+    assert_eq!(
+        (sys.event.as_str(), &sys.join_ref, &sys.ref_),
+        ("system", &json!("1"), &Value::Null)
+    );
+    assert_eq!(sys.payload["extension"], "system");
+    assert_eq!(sys.payload["status"], "error");
+    assert_eq!(sys.payload["channel"], "jobs");
+    assert!(
+        sys.payload["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Token has expired"),
+        "{:?}",
+        sys.raw
+    );
+    let close = ws.recv().await;
+    assert_eq!(
+        close.raw,
+        json!(["1", "1", "realtime:jobs", "phx_close", {}])
+    );
+    let j4 = hub.job(&a1).await;
+    ws.change("all", "INSERT", &j4).await;
+    let j5 = hub.job(&a1).await;
+    ws.change("all", "INSERT", &j5).await;
+}
+
+#[tokio::test]
+async fn a_channel_closes_when_its_token_expires() {
+    let World { hub, a1, .. } = world().await;
+    let mut ws = hub.connect(Some("2.0.0")).await;
+    let short = hub.token_at(&a1, now(), 2);
+    ws.join_ok(
+        "jobs",
+        "1",
+        json!([jobs_binding("INSERT", &a1.team)]),
+        Some(&short),
+    )
+    .await;
+    let sys = ws.recv().await;
+    assert_eq!(sys.event, "system", "{:?}", sys.raw);
+    assert!(sys.payload["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Token has expired"));
+    let close = ws.recv().await;
+    assert_eq!(
+        close.raw,
+        json!(["1", "1", "realtime:jobs", "phx_close", {}])
+    );
+}
+
+#[tokio::test]
+async fn anon_sees_nothing_and_service_sees_everything() {
+    let World { hub, a1, b1, .. } = world().await;
+    let mut anon = hub.connect(Some("2.0.0")).await;
+    anon.join_ok(
+        "all",
+        "1",
+        json!([{"event": "*", "schema": "public"}]),
+        None,
+    )
+    .await;
+    let service_key = hub.state.keys.service_key.clone();
+    let mut service = hub.connect_key(&service_key, Some("2.0.0")).await;
+    // No access_token: the socket's key decides.
+    service
+        .join_ok(
+            "all",
+            "1",
+            json!([{"event": "*", "schema": "public", "table": "gateway_jobs"}]),
+            None,
+        )
+        .await;
+    // The anon channel's sentinel is a service channel on the same socket.
+    anon.join_ok(
+        "sentinel",
+        "2",
+        json!([{"event": "INSERT", "schema": "public", "table": "teams"}]),
+        Some(&service_key),
+    )
+    .await;
+
+    let jb = hub.job(&b1).await;
+    let ja = hub.job(&a1).await;
+    service.change("all", "INSERT", &jb).await;
+    service.change("all", "INSERT", &ja).await;
+    let team = hub.team("c").await;
+    anon.change("sentinel", "INSERT", &team).await;
+}
+
+#[tokio::test]
+async fn leave_rejoin_and_delete() {
+    let World { hub, a1, .. } = world().await;
+    let mut ws = hub.connect(Some("2.0.0")).await;
+    let token = hub.token(&a1);
+    let binding = json!([jobs_binding("*", &a1.team)]);
+    ws.join_ok("jobs", "1", binding.clone(), Some(&token)).await;
+    ws.join_ok("sentinel", "2", binding.clone(), Some(&token))
+        .await;
+
+    // Re-joining a joined topic closes the old join first.
+    ws.push(
+        json!("3"),
+        "3",
+        "realtime:jobs",
+        "phx_join",
+        json!({"config": {"postgres_changes": binding.clone()}, "access_token": token}),
+    )
+    .await;
+    let close = ws.recv().await;
+    assert_eq!(
+        close.raw,
+        json!(["1", "1", "realtime:jobs", "phx_close", {}])
+    );
+    let reply = ws.recv().await;
+    assert_eq!(
+        (reply.event.as_str(), &reply.ref_, &reply.payload["status"]),
+        ("phx_reply", &json!("3"), &json!("ok"))
+    );
+    assert_eq!(ws.recv().await.event, "system");
+
+    // Deletes carry the primary key in old_record and no record. (The
+    // re-joined channel now comes after the sentinel.)
+    let job = hub.job(&a1).await;
+    ws.change("sentinel", "INSERT", &job).await;
+    ws.change("jobs", "INSERT", &job).await;
+    hub.rest(
+        reqwest::Method::DELETE,
+        &format!("/rest/v1/gateway_jobs?id=eq.{job}"),
+        json!(null),
+    )
+    .await;
+    ws.change("sentinel", "DELETE", &job).await;
+    let r = ws.change("jobs", "DELETE", &job).await;
+    assert!(r.payload["data"].get("record").is_none());
+    assert_eq!(r.payload["data"]["old_record"], json!({"id": job}));
+
+    // A stale leave (older join_ref) does not end the current join.
+    ws.push(json!("1"), "4", "realtime:jobs", "phx_leave", json!({}))
+        .await;
+    assert_eq!(
+        ws.recv().await.raw,
+        json!(["1", "4", "realtime:jobs", "phx_reply", {"status": "ok", "response": {}}])
+    );
+
+    ws.push(json!("3"), "5", "realtime:jobs", "phx_leave", json!({}))
+        .await;
+    assert_eq!(
+        ws.recv().await.raw,
+        json!(["3", "5", "realtime:jobs", "phx_reply", {"status": "ok", "response": {}}])
+    );
+    assert_eq!(
+        ws.recv().await.raw,
+        json!(["3", "3", "realtime:jobs", "phx_close", {}])
+    );
+    let job2 = hub.job(&a1).await;
+    ws.change("sentinel", "INSERT", &job2).await;
+    let job3 = hub.job(&a1).await;
+    ws.change("sentinel", "INSERT", &job3).await;
+    ws.push(
+        json!("3"),
+        "6",
+        "realtime:jobs",
+        "access_token",
+        json!({"access_token": token}),
+    )
+    .await;
+    assert_eq!(
+        ws.recv().await.raw,
+        json!(["3", "6", "realtime:jobs", "phx_reply", {"status": "error", "response": {"reason": "unmatched topic"}}])
+    );
+}
+
+#[tokio::test]
+async fn revoking_a_gateway_closes_its_channels() {
+    let World { hub, a1, a2, .. } = world().await;
+    let mut ws = hub.connect(Some("2.0.0")).await;
+    ws.join_ok(
+        "jobs",
+        "1",
+        json!([jobs_binding("INSERT", &a1.team)]),
+        Some(&hub.token(&a1)),
+    )
+    .await;
+    ws.join_ok(
+        "other",
+        "2",
+        json!([jobs_binding("INSERT", &a2.team)]),
+        Some(&hub.token(&a2)),
+    )
+    .await;
+    hub.update(
+        "team_gateways",
+        &a1.id,
+        json!({"revoked_at": "2025-01-01T00:00:00Z"}),
+    )
+    .await;
+    let sys = ws.recv().await;
+    assert_eq!(
+        (sys.event.as_str(), sys.topic.as_str()),
+        ("system", "realtime:jobs"),
+        "{:?}",
+        sys.raw
+    );
+    assert!(sys.payload["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Unauthorized: gateway"));
+    assert_eq!(
+        ws.recv().await.raw,
+        json!(["1", "1", "realtime:jobs", "phx_close", {}])
+    );
+    // The other gateway's channel lives on.
+    let j = hub.job(&a2).await;
+    ws.change("other", "INSERT", &j).await;
+}
+
+#[tokio::test]
+async fn malformed_frames_broadcast_presence_and_unknown_topics() {
+    let World { hub, .. } = world().await;
+    let mut ws = hub.connect(Some("2.0.0")).await;
+    for junk in [
+        "not json",
+        "[1,2]",
+        "{\"topic\":5}",
+        "[null,{},\"phoenix\",\"heartbeat\",{}]",
+        "null",
+    ] {
+        ws.raw(junk).await;
+    }
+    ws.stream
+        .send(Message::binary(vec![9u8, 1, 2]))
+        .await
+        .unwrap();
+    ws.heartbeat("1").await;
+
+    ws.push(json!("2"), "2", "realtime:nowhere", "broadcast", json!({}))
+        .await;
+    assert_eq!(
+        ws.recv().await.raw,
+        json!(["2", "2", "realtime:nowhere", "phx_reply", {"status": "error", "response": {"reason": "unmatched topic"}}])
+    );
+    ws.push(Value::Null, "3", "phoenix", "nonsense", json!({}))
+        .await;
+    assert_eq!(
+        ws.recv().await.payload["response"]["reason"],
+        "unmatched topic"
+    );
+    ws.push(json!("4"), "4", "elsewhere:x", "phx_join", json!({}))
+        .await;
+    assert_eq!(
+        ws.recv().await.payload["response"]["reason"],
+        "unmatched topic"
+    );
+
+    // A join without postgres_changes: ok, empty list, no system message;
+    // broadcast with ack and self; presence acknowledged.
+    ws.push(
+        json!("5"),
+        "5",
+        "realtime:room",
+        "phx_join",
+        json!({"config": {"broadcast": {"ack": true, "self": true}, "presence": {"key": "", "enabled": true}, "postgres_changes": [], "private": false}, "unknown": 1}),
+    )
+    .await;
+    assert_eq!(
+        ws.recv().await.raw,
+        json!(["5", "5", "realtime:room", "phx_reply", {"status": "ok", "response": {"postgres_changes": []}}])
+    );
+    assert_eq!(
+        ws.recv().await.raw,
+        json!(["5", null, "realtime:room", "presence_state", {}])
+    );
+    let msg = json!({"type": "broadcast", "event": "hello", "payload": {"x": 1}});
+    ws.push(json!("5"), "6", "realtime:room", "broadcast", msg.clone())
+        .await;
+    assert_eq!(
+        ws.recv().await.raw,
+        json!(["5", "6", "realtime:room", "phx_reply", {"status": "ok", "response": {}}])
+    );
+    assert_eq!(
+        ws.recv().await.raw,
+        json!([null, null, "realtime:room", "broadcast", msg])
+    );
+    ws.push(
+        json!("5"),
+        "7",
+        "realtime:room",
+        "presence",
+        json!({"type": "presence", "event": "track", "payload": {}}),
+    )
+    .await;
+    assert_eq!(
+        ws.recv().await.raw,
+        json!(["5", "7", "realtime:room", "phx_reply", {"status": "ok", "response": {}}])
+    );
+
+    // Binary broadcast (kind 3): acknowledged, echoed as kind 4.
+    let mut b = vec![3u8, 1, 1, 13, 2, 0, 1];
+    b.extend_from_slice(b"58realtime:roomhi{\"y\":2}");
+    ws.stream.send(Message::binary(b)).await.unwrap();
+    assert_eq!(
+        ws.recv().await.raw,
+        json!(["5", "8", "realtime:room", "phx_reply", {"status": "ok", "response": {}}])
+    );
+    let echo = tokio::time::timeout(WAIT, ws.stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mut want = vec![4u8, 13, 2, 0, 1];
+    want.extend_from_slice(b"realtime:roomhi{\"y\":2}");
+    assert_eq!(echo, Message::binary(want));
+
+    // Unknown events on a joined channel get an error reply.
+    ws.push(json!("5"), "9", "realtime:room", "whatever", json!({}))
+        .await;
+    let r = ws.recv().await;
+    assert_eq!(r.payload["status"], "error");
+    assert!(r.payload["response"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("whatever"));
+    ws.heartbeat("10").await;
+}
+
+#[tokio::test]
+async fn the_upgrade_needs_a_valid_api_key() {
+    let hub = Hub::start().await;
+    for (query, message) in [
+        ("vsn=2.0.0", "No API key found in request"),
+        ("apikey=wrong&vsn=2.0.0", "Invalid API key"),
+    ] {
+        let url = format!("ws://{}/realtime/v1/websocket?{query}", hub.base);
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tungstenite::Error::Http(res)) => {
+                assert_eq!(res.status(), 401);
+                let body: Value = serde_json::from_slice(res.body().as_deref().unwrap()).unwrap();
+                assert_eq!(body["message"], message);
+            }
+            other => panic!("expected a 401, got {:?}", other.map(|_| ())),
+        }
+    }
+    let url = format!(
+        "ws://{}/realtime/v1/websocket?apikey={}&vsn=9.9.9",
+        hub.base, hub.state.keys.anon_key
+    );
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tungstenite::Error::Http(res)) => assert_eq!(res.status(), 400),
+        other => panic!("expected a 400, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn silent_sockets_are_closed_and_heartbeating_ones_are_not() {
+    let hub = Hub::start_with(RealtimeOptions {
+        idle_timeout: Duration::from_millis(800),
+        ..RealtimeOptions::default()
+    })
+    .await;
+    let mut silent = hub.connect(Some("2.0.0")).await;
+    let mut alive = hub.connect(Some("2.0.0")).await;
+    let started = std::time::Instant::now();
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        alive.heartbeat(&i.to_string()).await;
+    }
+    let frame = silent.expect_closed().await;
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    if let Some(f) = frame {
+        assert_eq!(f.reason.as_str(), "heartbeat timeout");
+    }
+    alive.heartbeat("last").await;
+}
