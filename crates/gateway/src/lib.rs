@@ -18,5 +18,6 @@ pub mod paths;
 pub mod pidfile;
 pub mod recovery;
 pub mod redact;
+pub mod runtime;
 
 pub use error::{GatewayError, Result};

@@ -1,7 +1,7 @@
 //! The network boundary: every step that needs the control-plane client
-//! (crate `panorama-supabase`, in progress) goes through exactly one
-//! function here. Each currently returns [`GatewayError::NotAvailable`];
-//! the integrator replaces the bodies, everything around them is done.
+//! (crate `panorama-supabase`) goes through exactly one function here. The
+//! commands are synchronous; each function runs its own tokio runtime and
+//! delegates to [`crate::runtime`].
 
 use std::path::PathBuf;
 
@@ -34,10 +34,25 @@ pub struct PairingExchange {
 /// Errors: `Pairing response missing required fields`,
 /// `Pairing failed with status <n>` or the body's `error` string.
 ///
-/// WIRE HERE (pair).
-pub fn exchange_pairing_code(_request: &PairingRequest) -> Result<PairingExchange> {
-    Err(GatewayError::NotAvailable {
-        what: "Pairing with the control plane",
+pub fn exchange_pairing_code(request: &PairingRequest) -> Result<PairingExchange> {
+    tokio_runtime(false)?.block_on(crate::runtime::pairing::exchange(request))
+}
+
+/// A runtime for one command: current-thread for short calls, two workers
+/// for the gateway runtime (so the heartbeat task never waits on job work).
+fn tokio_runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime> {
+    let mut builder = if multi_thread {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|e| {
+        GatewayError::cli(
+            "Could not start the gateway's async runtime.",
+            format!("{e}. Check the process limits (threads, open files)."),
+        )
     })
 }
 
@@ -60,12 +75,12 @@ pub struct RuntimeRequest {
 /// `pidfile::write_pid` after the first heartbeat, remove with
 /// `pidfile::remove_own` at shutdown), signal handling. Returns when the
 /// gateway has shut down.
-///
-/// WIRE HERE (start).
-pub fn run_gateway_runtime(_request: RuntimeRequest) -> Result<()> {
-    Err(GatewayError::NotAvailable {
-        what: "The gateway runtime (control-plane session and job processing)",
-    })
+pub fn run_gateway_runtime(request: RuntimeRequest) -> Result<()> {
+    let runtime = tokio_runtime(true)?;
+    let result = runtime.block_on(crate::runtime::run(request));
+    // Do not wait for stragglers (e.g. a channel still closing).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 /// Input of the provider checks of `doctor` and of `pair` step 8.
@@ -85,6 +100,9 @@ pub struct ProviderCheckRequest {
 pub struct ProviderCheckOutcome {
     pub provider_health: BTreeMap<String, ProviderHealth>,
     pub any_provider_ready: bool,
+    /// Set when no provider was validated because this build has no
+    /// provider support: the gateway runs host-only (not an error).
+    pub host_only: Option<String>,
 }
 
 /// `doctor` steps 2–4 and `pair` steps 8 and 11: CLI discovery, full
@@ -93,9 +111,70 @@ pub struct ProviderCheckOutcome {
 /// `provider_validation` events. The caller prints the summary and saves
 /// `providerHealth`.
 ///
-/// WIRE HERE (doctor, and pair's post-pairing validation).
-pub fn check_providers(_request: &ProviderCheckRequest) -> Result<ProviderCheckOutcome> {
-    Err(GatewayError::NotAvailable {
-        what: "Provider validation",
+/// Provider support is a later issue: no provider is validated and the
+/// outcome says so (host-only mode). When paired and the fallback config
+/// dir is in use, the `config_dir_fallback` event is still emitted.
+pub fn check_providers(request: &ProviderCheckRequest) -> Result<ProviderCheckOutcome> {
+    if let (Some(config), Some(previous)) = (&request.config, &request.migrated_from) {
+        match tokio_runtime(false) {
+            Ok(rt) => rt.block_on(emit_fallback_event(request, config, previous)),
+            Err(e) => tracing::error!(error = %e, "Failed to record gateway event"),
+        }
+    }
+    Ok(ProviderCheckOutcome {
+        provider_health: BTreeMap::new(),
+        any_provider_ready: false,
+        host_only: Some(crate::runtime::heartbeat::HOST_ONLY_NOTE.to_string()),
     })
+}
+
+/// The event client of pair/doctor (control-plane.md §2.4): authenticate
+/// (persisting any rotated tokens), queue the event in the outbox, deliver.
+async fn emit_fallback_event(
+    request: &ProviderCheckRequest,
+    config: &GatewayConfig,
+    previous: &std::path::Path,
+) {
+    use crate::runtime;
+    if config.gateway_id.is_empty() || config.team_id.is_empty() {
+        return;
+    }
+    let client = match runtime::authenticate(
+        &config.supabase_url,
+        &config.supabase_anon_key,
+        &request.paths.config_path,
+        &config.access_token,
+        &config.refresh_token,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "Failed to authenticate gateway event session");
+            return;
+        }
+    };
+    let outbox = match crate::outbox::Outbox::open(&runtime::outbox_dir(&request.paths)) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "Failed to record gateway event");
+            return;
+        }
+    };
+    runtime::events::emit(
+        &outbox,
+        &config.gateway_id,
+        &config.team_id,
+        runtime::events::config_dir_fallback_row(
+            &config.gateway_id,
+            &config.team_id,
+            previous,
+            &request.paths.config_dir,
+        ),
+    );
+    let task = outbox.start(client);
+    if !outbox.flush(std::time::Duration::from_secs(5)).await {
+        tracing::warn!("Gateway event not delivered yet; it is retried at the next start");
+    }
+    task.abort();
 }

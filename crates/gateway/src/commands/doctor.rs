@@ -99,6 +99,7 @@ pub fn run(ctx: &Context, json_output: bool) -> Result<()> {
     if json_output {
         report["providers"] = serde_json::to_value(&outcome.provider_health).unwrap_or_default();
         report["any_provider_ready"] = json!(outcome.any_provider_ready);
+        report["host_only"] = json!(outcome.host_only.is_some());
         println!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
@@ -117,7 +118,9 @@ pub fn run(ctx: &Context, json_output: bool) -> Result<()> {
     for line in lines {
         out.info(&format!("  {line}"), &[]);
     }
-    if !outcome.any_provider_ready {
+    if let Some(note) = &outcome.host_only {
+        out.info(note, &[]);
+    } else if !outcome.any_provider_ready {
         out.warn(
             "No providers passed validation. Install/authenticate a provider before starting the gateway.",
             &[],

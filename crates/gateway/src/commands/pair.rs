@@ -114,7 +114,9 @@ pub fn run(ctx: &Context, args: &PairArgs) -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(", "),
             );
-            if !outcome.any_provider_ready {
+            if let Some(note) = &outcome.host_only {
+                out.info(note, &[]);
+            } else if !outcome.any_provider_ready {
                 out.warn(
                     "No gateway providers passed validation. Install/authenticate a provider before starting the gateway.",
                     &[Row::verbose("Provider health", health_summary.clone())],

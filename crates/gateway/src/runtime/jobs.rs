@@ -1,0 +1,275 @@
+//! Claim → process → complete (runtime.md §4.4, control-plane.md §3.2.2–
+//! §3.2.4, §8.0). Completions go through the durable outbox, and every
+//! claim is recorded in the claim ledger until its completion is queued.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use panorama_protocol::jobs::{
+    complete_job, handler_threw, idempotency_duplicate, unsupported_job_type, JobCompletion,
+};
+use panorama_protocol::rows::{decode_gateway_job_row, GatewayJobRow};
+use panorama_protocol::status::{JobStatus, JobType};
+use serde_json::{json, Value};
+
+use super::{diagnostic, now_iso, Gateway};
+use crate::outbox::OutboxWrite;
+use crate::recovery::ClaimedJob;
+
+/// Message for job types this build knows but does not run yet.
+pub fn not_supported_yet_message(job_type: &JobType) -> String {
+    format!(
+        "Job type {} is not supported by this gateway yet; update panorama-gateway to a version that supports it.",
+        job_type.as_str()
+    )
+}
+
+/// Completion for a known job type whose handler is not built yet.
+pub fn not_supported_yet(job_type: &JobType) -> JobCompletion {
+    let message = not_supported_yet_message(job_type);
+    JobCompletion {
+        status: JobStatus::Failed,
+        result: Some(json!({ "message": message, "job_type": job_type.as_str() })),
+        error: Some(message),
+        run_subagent_failure_fallback: false,
+    }
+}
+
+/// The completion PATCH as an outbox write (§3.2.3): conditional on
+/// `status=eq.running`, so a replay or a server-side cancel is harmless.
+pub fn completion_write(
+    job_id: &str,
+    completion: &JobCompletion,
+    completed_at: &str,
+) -> OutboxWrite {
+    OutboxWrite::Update {
+        table: "gateway_jobs".to_string(),
+        filters: vec![
+            ("id".to_string(), format!("eq.{job_id}")),
+            ("status".to_string(), "eq.running".to_string()),
+        ],
+        patch: completion.update_body(completed_at),
+    }
+}
+
+/// Conditional claim (§3.2.2). `Ok(None)`: not ours any more (0 rows).
+async fn claim(gw: &Gateway, job: &GatewayJobRow) -> Result<Option<GatewayJobRow>, String> {
+    let rows = gw
+        .client
+        .from("gateway_jobs")
+        .update(json!({
+            "status": "running",
+            "gateway_id": gw.gateway_id,
+            "started_at": now_iso(),
+        }))
+        .eq("id", job.id.as_str())
+        .eq("team_id", gw.team_id.as_str())
+        .eq("status", "queued")
+        .eq("gateway_id", gw.gateway_id.as_str())
+        .select("*")
+        .execute()
+        .await
+        .map_err(|e| e.to_string())?;
+    match rows.first() {
+        None => Ok(None),
+        // Use the updated row; fall back to ours if it does not decode.
+        Some(row) => Ok(Some(decode_gateway_job_row(row).unwrap_or_else(|_| {
+            let mut claimed = job.clone();
+            claimed.status = JobStatus::Running;
+            claimed
+        }))),
+    }
+}
+
+/// §3.2.4: another job with the same key and attempt already running or
+/// completed → cancel this one. Query errors are logged and ignored.
+async fn idempotency_conflict(gw: &Gateway, job: &GatewayJobRow) -> Option<JobCompletion> {
+    let key = job.idempotency_key.as_deref().filter(|k| !k.is_empty())?;
+    let attempt = job.attempt_or_default();
+    let found = gw
+        .client
+        .from("gateway_jobs")
+        .select("id,status,result,error")
+        .eq("team_id", job.team_id.as_str())
+        .eq("idempotency_key", key)
+        .eq("attempt", attempt)
+        .in_("status", &["running", "completed"])
+        .neq("id", job.id.as_str())
+        .order("created_at", true, None)
+        .limit(1)
+        .maybe_single()
+        .await;
+    match found {
+        Ok(Some(_)) => Some(idempotency_duplicate(key, attempt)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %e, jobId = %job.id, "Failed to check gateway job idempotency");
+            None
+        }
+    }
+}
+
+fn payload_str<'a>(payload: &'a Value, key: &str) -> Option<&'a str> {
+    payload.get(key).and_then(Value::as_str)
+}
+
+/// Provider of a `subagent_run`, inferred from `subagent_type`.
+fn subagent_provider(subagent_type: Option<&str>) -> Option<&'static str> {
+    let t = subagent_type?.to_ascii_lowercase();
+    if t.contains("claude") {
+        Some("claude_code")
+    } else if t.contains("codex") {
+        Some("codex")
+    } else if t.contains("gemini") {
+        Some("gemini")
+    } else {
+        None
+    }
+}
+
+fn log_processing(job: &GatewayJobRow) {
+    let p = &job.payload;
+    let subagent_type = payload_str(p, "subagent_type");
+    let provider = match job.job_type {
+        JobType::ModelRun => payload_str(p, "provider"),
+        JobType::SubagentRun => subagent_provider(subagent_type),
+        _ => None,
+    };
+    tracing::info!(
+        jobId = %job.id,
+        jobType = %job.job_type.as_str(),
+        jobKind = %job.job_type.job_kind(),
+        provider = ?provider,
+        model = ?payload_str(p, "model"),
+        subagentType = ?subagent_type,
+        shellAction = ?payload_str(p, "action"),
+        "Processing gateway job"
+    );
+}
+
+/// Run the handler for a claimed job. Every job type is decided here.
+async fn dispatch(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
+    match &job.job_type {
+        JobType::Diagnostic => complete_job(
+            &job.job_type,
+            diagnostic::handle(Some(gw.paths.tmp_dir.as_path())).await,
+        ),
+        JobType::ModelRun
+        | JobType::SubagentRun
+        | JobType::SubagentCancel
+        | JobType::ShellSession
+        | JobType::ShellExec => not_supported_yet(&job.job_type),
+        JobType::Unknown(_) => unsupported_job_type(&job.job_type),
+    }
+}
+
+/// Queue the completion in the outbox, then release the ledger entry.
+pub fn complete(gw: &Gateway, job_id: &str, completion: &JobCompletion) {
+    match gw
+        .outbox
+        .push(completion_write(job_id, completion, &now_iso()))
+    {
+        Ok(_) => {
+            if let Err(e) = gw.ledger.release(job_id) {
+                tracing::error!(error = %e, jobId = %job_id, "Failed to release gateway job claim");
+            }
+        }
+        // The claim stays in the ledger; startup recovery finalizes it.
+        Err(e) => {
+            tracing::error!(error = %e, jobId = %job_id, "Failed to update gateway job result")
+        }
+    }
+}
+
+/// The whole life of one job in this process.
+pub async fn process_job(gw: &Arc<Gateway>, job: GatewayJobRow) {
+    if !job.is_targeted_at(&gw.gateway_id) {
+        return;
+    }
+    let claimed = match claim(gw, &job).await {
+        Ok(Some(row)) => row,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(error = %e, jobId = %job.id, "Failed to claim gateway job");
+            return;
+        }
+    };
+    let record = ClaimedJob {
+        job_id: claimed.id.clone(),
+        job_type: claimed.job_type.as_str().to_string(),
+        payload: claimed.payload.clone(),
+        claimed_at: now_iso(),
+        pid: std::process::id(),
+    };
+    if let Err(e) = gw.ledger.record(&record) {
+        tracing::error!(error = %e, jobId = %claimed.id, "Failed to record gateway job claim");
+    }
+    let completion = match idempotency_conflict(gw, &claimed).await {
+        Some(duplicate) => duplicate,
+        None => {
+            log_processing(&claimed);
+            match AssertUnwindSafe(dispatch(gw, &claimed))
+                .catch_unwind()
+                .await
+            {
+                Ok(completion) => completion,
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "handler panicked".to_string());
+                    tracing::error!(jobId = %claimed.id, error = %message, "Gateway job processing failed");
+                    handler_threw(&claimed.job_type, &message)
+                }
+            }
+        }
+    };
+    complete(gw, &claimed.id, &completion);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_is_conditional_on_running() {
+        let c = not_supported_yet(&JobType::ModelRun);
+        assert_eq!(c.status, JobStatus::Failed);
+        assert_eq!(
+            c.error.as_deref(),
+            Some("Job type model_run is not supported by this gateway yet; update panorama-gateway to a version that supports it.")
+        );
+        let OutboxWrite::Update {
+            table,
+            filters,
+            patch,
+        } = completion_write("j1", &c, "2025-01-01T00:00:00.000Z")
+        else {
+            panic!("expected an update");
+        };
+        assert_eq!(table, "gateway_jobs");
+        assert_eq!(
+            filters,
+            vec![
+                ("id".to_string(), "eq.j1".to_string()),
+                ("status".to_string(), "eq.running".to_string())
+            ]
+        );
+        assert_eq!(patch["status"], "failed");
+        assert_eq!(patch["result"]["job_type"], "model_run");
+        assert_eq!(patch["completed_at"], "2025-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn provider_inference() {
+        assert_eq!(
+            subagent_provider(Some("claude_code_gateway")),
+            Some("claude_code")
+        );
+        assert_eq!(subagent_provider(Some("codex_gateway")), Some("codex"));
+        assert_eq!(subagent_provider(Some("other")), None);
+        assert_eq!(subagent_provider(None), None);
+    }
+}

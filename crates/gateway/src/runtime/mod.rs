@@ -1,0 +1,413 @@
+//! The foreground gateway runtime (runtime.md §4; control-plane.md §2.4,
+//! §6, §7, §8, §12, §14): session, heartbeat, job ingress, queue, job
+//! processing, durable reporting and graceful shutdown.
+//!
+//! Tasks:
+//! * heartbeat ([`heartbeat`]): its own task, every 30 s, plus immediate
+//!   sends when the operational status changes;
+//! * ingress ([`ingress`]): the realtime channel and the 5 s reconcile;
+//! * one task per job ([`jobs`]); job work never runs on the heartbeat task;
+//! * the outbox delivery task (crate `outbox`), which carries every outcome
+//!   write (job completions, `gateway_events`).
+
+pub mod diagnostic;
+pub mod events;
+pub mod heartbeat;
+pub mod ingress;
+pub mod jobs;
+pub mod pairing;
+pub mod queue;
+pub mod shutdown;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use panorama_protocol::capabilities::Capabilities;
+use panorama_protocol::operational::{
+    compute_operational_status, IngressState, OperationalStatusRule,
+};
+use panorama_protocol::rows::GatewayJobRow;
+use panorama_protocol::status::GatewayStatus;
+use panorama_supabase::{Client, Session};
+use tokio::sync::watch;
+
+use crate::config::GatewayConfig;
+use crate::error::{GatewayError, Result};
+use crate::network::RuntimeRequest;
+use crate::outbox::Outbox;
+use crate::output::{Printer, Row};
+use crate::paths::GatewayPaths;
+use crate::pidfile;
+use crate::recovery::{self, ClaimLedger};
+
+use queue::JobQueue;
+
+/// Shutdown grace for running jobs (runtime.md §4.8 step 6).
+pub const SHUTDOWN_GRACE_MS: u64 = 15_000;
+/// How long shutdown waits for the outbox to deliver before exiting.
+pub const OUTBOX_FLUSH_TIMEOUT_MS: u64 = 10_000;
+
+/// Now as an ISO timestamp with milliseconds (`Date.toISOString()`).
+pub fn now_iso() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Directory of the durable outbox: next to `gateway.json`.
+pub fn outbox_dir(paths: &GatewayPaths) -> PathBuf {
+    paths.config_dir.join("outbox")
+}
+
+/// Directory of the claim ledger: next to `gateway.json`.
+pub fn claims_dir(paths: &GatewayPaths) -> PathBuf {
+    paths.config_dir.join("claims")
+}
+
+/// Mutable runtime state, behind one lock (never held across an await).
+#[derive(Default)]
+pub struct State {
+    pub queue: JobQueue,
+    pub accepting: bool,
+    pub shutting_down: bool,
+    pub ingress: Option<IngressState>,
+    pub last_ingress_success_ms: Option<i64>,
+    pub last_ingress_error: Option<String>,
+    pub capabilities: Option<Capabilities>,
+    pub full_control_enabled: bool,
+    /// The active-claimed map: every job handed to a task, until it ends.
+    pub active: HashMap<String, tokio::task::AbortHandle>,
+}
+
+/// Everything the runtime's tasks share.
+pub struct Gateway {
+    pub client: Client,
+    pub gateway_id: String,
+    pub team_id: String,
+    pub device_name: String,
+    pub paths: GatewayPaths,
+    pub outbox: Outbox,
+    pub ledger: ClaimLedger,
+    pub concurrency: usize,
+    pub state: Mutex<State>,
+    /// Last status sent; the lock also serializes heartbeat requests.
+    pub last_sent: tokio::sync::Mutex<Option<GatewayStatus>>,
+    pub reconcile_in_flight: AtomicBool,
+    pub shutdown_tx: watch::Sender<bool>,
+}
+
+impl Gateway {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.lock().shutting_down
+    }
+
+    /// The operational status now (later rule: host availability).
+    pub fn compute_status(&self) -> GatewayStatus {
+        let st = self.lock();
+        compute_operational_status(
+            st.capabilities.as_ref(),
+            st.ingress,
+            st.accepting,
+            OperationalStatusRule::HostAvailability,
+        )
+    }
+
+    /// Record the outcome of a reconcile and recompute the ingress state.
+    pub fn record_ingress(&self, outcome: std::result::Result<(), String>) {
+        let now = now_ms();
+        let mut st = self.lock();
+        match outcome {
+            Ok(()) => {
+                st.last_ingress_success_ms = Some(now);
+                st.last_ingress_error = None;
+            }
+            Err(e) => st.last_ingress_error = Some(e),
+        }
+        if !st.shutting_down {
+            st.ingress = Some(IngressState::after_reconcile(
+                st.last_ingress_success_ms,
+                st.last_ingress_error.is_some(),
+                now,
+            ));
+        }
+    }
+
+    /// Offer a job (runtime.md §4.2 "Enqueue").
+    pub fn enqueue(self: &Arc<Self>, job: GatewayJobRow) {
+        let mut st = self.lock();
+        if st.shutting_down || !job.is_targeted_at(&self.gateway_id) {
+            return;
+        }
+        if job.job_type.bypasses_queue() {
+            if st.queue.mark_seen(&job.id) {
+                self.spawn_job(&mut st, job, None);
+            }
+            return;
+        }
+        if !st.accepting {
+            return;
+        }
+        if st.queue.enqueue(job) {
+            self.pump(&mut st);
+        }
+    }
+
+    /// Start as many queued jobs as the concurrency allows.
+    fn pump(self: &Arc<Self>, st: &mut State) {
+        if !st.accepting {
+            return;
+        }
+        for taken in st.queue.take_available(self.concurrency) {
+            self.spawn_job(st, taken.job, taken.reserved_subagent_id);
+        }
+    }
+
+    fn spawn_job(self: &Arc<Self>, st: &mut State, job: GatewayJobRow, reserved: Option<String>) {
+        let gw = Arc::clone(self);
+        let id = job.id.clone();
+        let task_id = id.clone();
+        // The task's epilogue takes the state lock, which we hold until the
+        // handle is registered, so it cannot remove the entry before it exists.
+        let handle = tokio::spawn(async move {
+            jobs::process_job(&gw, job).await;
+            gw.job_finished(&task_id, reserved.as_deref());
+        });
+        st.active.insert(id, handle.abort_handle());
+    }
+
+    fn job_finished(self: &Arc<Self>, job_id: &str, reserved: Option<&str>) {
+        let mut st = self.lock();
+        st.active.remove(job_id);
+        st.queue.mark_done(job_id, reserved);
+        self.pump(&mut st);
+    }
+}
+
+/// Persist a (possibly rotated) session into `gateway.json`; runs inside
+/// the client's session callback, synchronously, before the new tokens are
+/// used (control-plane.md §2.4).
+pub fn persist_session(config_path: &Path, session: &Session) {
+    let result = GatewayConfig::load(config_path).and_then(|mut config| {
+        if config.access_token == session.access_token
+            && config.refresh_token == session.refresh_token
+        {
+            return Ok(false);
+        }
+        config.access_token = session.access_token.clone();
+        config.refresh_token = session.refresh_token.clone();
+        config.save(config_path).map(|_| true)
+    });
+    match result {
+        Ok(true) => tracing::info!("Gateway session refreshed"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "Failed to persist refreshed gateway session"),
+    }
+}
+
+/// Create the client, register token persistence first, then
+/// `setSession` (runtime.md §1.6.2 B.6–B.7).
+pub async fn authenticate(
+    url: &str,
+    anon_key: &str,
+    config_path: &Path,
+    access_token: &str,
+    refresh_token: &str,
+) -> std::result::Result<Client, AuthError> {
+    let client = Client::new(url, anon_key).map_err(|e| AuthError::Client(e.to_string()))?;
+    let path = config_path.to_path_buf();
+    client.on_session_change(Box::new(move |session| persist_session(&path, session)));
+    client
+        .set_session(access_token, refresh_token)
+        .await
+        .map_err(|e| AuthError::Session(e.to_string()))?;
+    Ok(client)
+}
+
+/// Why [`authenticate`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid backend configuration: {0}")]
+    Client(String),
+    #[error("{0}")]
+    Session(String),
+}
+
+impl From<AuthError> for GatewayError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Client(detail) => GatewayError::cli(
+                "Invalid Supabase configuration for gateway start.",
+                format!("{detail}. Check --supabase-url / PANORAMA_SUPABASE_URL."),
+            ),
+            AuthError::Session(detail) => GatewayError::cli(
+                "Failed to authenticate gateway session.",
+                format!(
+                    "{}. If the gateway was removed or its session expired, run \"panorama-gateway pair <CODE>\" again.",
+                    if detail.is_empty() { "No session returned" } else { &detail }
+                ),
+            ),
+        }
+    }
+}
+
+/// `run_gateway_runtime`: everything after step B.5. Returns after shutdown.
+pub async fn run(request: RuntimeRequest) -> Result<()> {
+    let RuntimeRequest {
+        paths,
+        config,
+        backend,
+        device_name,
+        migrated_from,
+        verbose,
+    } = request;
+    let out = Printer::new(verbose);
+    if config.gateway_id.is_empty() || config.team_id.is_empty() {
+        return Err(GatewayError::cli(
+            "Gateway config is missing gatewayId or teamId.",
+            "Run \"panorama-gateway pair <CODE>\" to pair this machine again.".to_string(),
+        ));
+    }
+    // Signals are caught from here on, so an early SIGTERM is not fatal.
+    let mut signals = shutdown::Signals::install()?;
+
+    let client = authenticate(
+        &backend.url,
+        &backend.anon_key,
+        &paths.config_path,
+        &config.access_token,
+        &config.refresh_token,
+    )
+    .await?;
+    let auto_refresh = client.start_auto_refresh();
+
+    let outbox = Outbox::open(&outbox_dir(&paths))
+        .map_err(|e| GatewayError::cli("Could not open the gateway outbox.", e.to_string()))?;
+    let ledger = ClaimLedger::open(&claims_dir(&paths)).map_err(|e| {
+        GatewayError::cli("Could not open the gateway claim ledger.", e.to_string())
+    })?;
+    let outbox_task = outbox.start(client.clone());
+    match recovery::recover_interrupted_jobs(
+        &client,
+        &outbox,
+        &ledger,
+        &config.gateway_id,
+        &config.team_id,
+    )
+    .await
+    {
+        Ok(report) if !report.recovered_jobs.is_empty() || !report.already_terminal.is_empty() => {
+            tracing::info!(
+                recovered = ?report.recovered_jobs,
+                already_terminal = ?report.already_terminal,
+                "Recovered jobs interrupted by an earlier gateway process"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "Failed to recover interrupted gateway jobs"),
+    }
+
+    let (shutdown_tx, _) = watch::channel(false);
+    let concurrency =
+        queue::concurrency_from(crate::paths::process_env(queue::CONCURRENCY_ENV).as_deref());
+    let gw = Arc::new(Gateway {
+        client: client.clone(),
+        gateway_id: config.gateway_id.clone(),
+        team_id: config.team_id.clone(),
+        device_name: device_name.clone(),
+        paths: paths.clone(),
+        outbox: outbox.clone(),
+        ledger,
+        concurrency,
+        state: Mutex::new(State {
+            accepting: true,
+            full_control_enabled: config.full_control_enabled,
+            ..State::default()
+        }),
+        last_sent: tokio::sync::Mutex::new(None),
+        reconcile_in_flight: AtomicBool::new(false),
+        shutdown_tx,
+    });
+
+    // §4.1 steps 1–5: capabilities (host-only until provider support lands).
+    out.info("Validating providers...", &[]);
+    out.info(&format!("  {}", heartbeat::HOST_ONLY_NOTE), &[]);
+    {
+        let mut st = gw.lock();
+        st.capabilities = Some(heartbeat::build_capabilities(
+            &device_name,
+            config.full_control_enabled,
+        ));
+        st.ingress = Some(IngressState::STARTUP);
+    }
+    tracing::info!(
+        providers = %heartbeat::providers_summary(&gw),
+        concurrency,
+        "Gateway capabilities loaded"
+    );
+    // Step 6: events.
+    if let Some(previous) = &migrated_from {
+        events::emit(
+            &outbox,
+            &gw.gateway_id,
+            &gw.team_id,
+            events::config_dir_fallback_row(
+                &gw.gateway_id,
+                &gw.team_id,
+                previous,
+                &paths.config_dir,
+            ),
+        );
+    }
+    // Step 7: first heartbeat, then the PID file.
+    let initial = gw.compute_status();
+    heartbeat::send(&gw, initial).await;
+    pidfile::write_pid(&paths.pid_path, std::process::id())?;
+    // Step 8: heartbeat interval on its own task.
+    let heartbeat_task = tokio::spawn(heartbeat::run_loop(Arc::clone(&gw)));
+    // Steps 9–10: ingress (realtime + reconcile).
+    let ingress = ingress::start(Arc::clone(&gw));
+
+    tracing::info!(
+        gatewayId = %gw.gateway_id,
+        teamId = %gw.team_id,
+        deviceName = %device_name,
+        installFullControlEnabled = config.full_control_enabled,
+        heartbeatIntervalMs = heartbeat::HEARTBEAT_INTERVAL.as_millis() as u64,
+        concurrency,
+        "Gateway running"
+    );
+    out.success(
+        "Gateway running",
+        &[
+            Row::new("Mode", Some("Foreground".to_string())),
+            Row::new("Device", Some(device_name.clone())),
+            Row::new(
+                "Install full control",
+                Some(
+                    if config.full_control_enabled {
+                        "Enabled"
+                    } else {
+                        "Disabled"
+                    }
+                    .to_string(),
+                ),
+            ),
+            Row::verbose("Gateway ID", Some(gw.gateway_id.clone())),
+            Row::verbose("Team ID", Some(gw.team_id.clone())),
+        ],
+    );
+
+    let signal = signals.wait().await;
+    shutdown::perform_shutdown(&gw, signal, heartbeat_task, ingress).await;
+    auto_refresh.abort();
+    outbox_task.abort();
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! The gateway runtime against a real hub process: pairing, the
+//! foreground runtime, heartbeats, diagnostic jobs, unsupported job types,
+//! `status --json` and SIGTERM shutdown. Every network call is on 127.0.0.1.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use panorama_testkit::Hub;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+const FAKE_VERSION: &str = "2.0.14 (Claude Code)";
+
+/// A temp HOME with a config dir and a fake `claude` that records each call.
+struct Machine {
+    home: tempfile::TempDir,
+}
+
+impl Machine {
+    fn new() -> Machine {
+        let home = tempfile::tempdir().expect("temp home");
+        let claude = home.path().join("fake-claude");
+        std::fs::write(
+            &claude,
+            format!(
+                "#!/bin/sh\necho \"$$\" >> '{}'\necho '{FAKE_VERSION}'\n",
+                home.path().join("claude-calls").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Machine { home }
+    }
+
+    fn config_dir(&self) -> PathBuf {
+        self.home.path().join(".panorama").join("gateway")
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.config_dir().join("gateway.json")
+    }
+
+    fn pid_path(&self) -> PathBuf {
+        self.config_dir().join("gateway.pid")
+    }
+
+    fn claude_calls(&self) -> usize {
+        std::fs::read_to_string(self.home.path().join("claude-calls"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn command(&self, hub: &Hub, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_panorama-gateway"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("PANORAMA_") || key.starts_with("SUPABASE_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("HOME", self.home.path())
+            .env("PANORAMA_GATEWAY_LOG", "info")
+            .current_dir(self.home.path())
+            .arg("--config-dir")
+            .arg(self.config_dir())
+            .args(["--supabase-url", &hub.url, "--anon-key", &hub.anon_key])
+            .arg("--claude-cli")
+            .arg(self.home.path().join("fake-claude"))
+            .args(["--device-name", "test-box"])
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, hub: &Hub, args: &[&str]) -> Output {
+        self.command(hub, args)
+            .output()
+            .expect("run panorama-gateway")
+    }
+
+    /// Write a paired config for `gw` (as `pair` would), without the CLI.
+    fn write_config(&self, hub: &Hub, gw: &panorama_testkit::PairedGateway) {
+        std::fs::create_dir_all(self.config_dir()).unwrap();
+        let doc = json!({
+            "supabaseUrl": hub.url,
+            "supabaseAnonKey": hub.anon_key,
+            "accessToken": gw.access_token,
+            "refreshToken": gw.refresh_token,
+            "gatewayId": gw.gateway_id,
+            "teamId": gw.team_id,
+            "full_control_enabled": false,
+            "deviceName": "test-box",
+        });
+        std::fs::write(
+            self.config_path(),
+            serde_json::to_string_pretty(&doc).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn config(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.config_path()).unwrap()).unwrap()
+    }
+}
+
+/// A running gateway process; SIGKILLed if a test fails before stopping it.
+struct Running {
+    child: Option<Child>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Running {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn gateway");
+        Running { child: Some(child) }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM and wait (bounded) for the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("gateway did not exit within {WAIT:?} after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn gateway_row(hub: &Hub, gateway_id: &str) -> Option<Value> {
+    hub.select("team_gateways", &format!("id=eq.{gateway_id}&select=*"))
+        .into_iter()
+        .next()
+}
+
+fn wait_status(hub: &Hub, gateway_id: &str, status: &str) -> Value {
+    hub.wait_for(&format!("gateway {status}"), WAIT, || {
+        gateway_row(hub, gateway_id).filter(|r| r["status"] == status)
+    })
+}
+
+fn job(hub: &Hub, id: &str) -> Value {
+    hub.select("gateway_jobs", &format!("id=eq.{id}&select=*"))
+        .into_iter()
+        .next()
+        .expect("job row")
+}
+
+fn wait_job_terminal(hub: &Hub, id: &str) -> Value {
+    hub.wait_for(&format!("job {id} to finish"), WAIT, || {
+        let row = job(hub, id);
+        matches!(
+            row["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        )
+        .then_some(row)
+    })
+}
+
+/// A started foreground gateway for a freshly paired gateway row.
+fn started(hub: &Hub, machine: &Machine) -> (panorama_testkit::PairedGateway, Running) {
+    let team = hub.create_team("runtime-team");
+    let gw = hub.pair(&team, "test-box");
+    machine.write_config(hub, &gw);
+    let running = Running::spawn(machine.command(hub, &["start", "--foreground"]));
+    wait_status(hub, &gw.gateway_id, "ready");
+    (gw, running)
+}
+
+fn insert_job(hub: &Hub, gw: &panorama_testkit::PairedGateway, job_type: &str) -> String {
+    hub.insert(
+        "gateway_jobs",
+        json!({"team_id": gw.team_id, "gateway_id": gw.gateway_id, "job_type": job_type, "payload": {}}),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn pair_then_foreground_runtime_reports_ready_and_shuts_down_offline() {
+    let hub = Hub::start();
+    let machine = Machine::new();
+    let team = hub.create_team("pair-team");
+    let code = hub.create_pairing_code(&team);
+    let mut running = Running::spawn(machine.command(&hub, &["pair", &code, "--foreground"]));
+
+    let config = hub.wait_for("paired config", WAIT, || {
+        std::fs::read_to_string(machine.config_path())
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .filter(|c| c["gatewayId"].as_str().is_some_and(|s| !s.is_empty()))
+    });
+    assert_eq!(config["teamId"], team.as_str());
+    let gateway_id = config["gatewayId"].as_str().unwrap().to_string();
+
+    let row = wait_status(&hub, &gateway_id, "ready");
+    let caps = &row["capabilities"];
+    assert_eq!(caps["schema_version"], "v1");
+    assert_eq!(caps["hosts"]["gateway"]["kind"], "gateway");
+    assert_eq!(caps["hosts"]["gateway"]["available"], true);
+    assert_eq!(caps["hosts"]["gateway"]["label"], "test-box");
+    assert_eq!(
+        caps["hosts"]["gateway"]["metadata"]["install_full_control_enabled"],
+        false
+    );
+    assert_eq!(caps["services"]["remote_shell"]["ready"], true);
+    assert_eq!(caps["services"]["model_execution"]["ready"], false);
+    assert_eq!(row["device_name"], "test-box");
+
+    // The PID file is written after the first heartbeat.
+    let pid = hub.wait_for("pid file", WAIT, || {
+        std::fs::read_to_string(machine.pid_path()).ok()
+    });
+    assert_eq!(pid.trim(), running.pid().to_string());
+    // The session was persisted (setSession wrote the tokens back).
+    assert!(!machine.config()["refreshToken"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+
+    let status = running.terminate();
+    assert!(status.success(), "gateway exit status {status:?}");
+    let row = gateway_row(&hub, &gateway_id).unwrap();
+    assert_eq!(row["status"], "offline");
+    assert!(!machine.pid_path().exists(), "PID file removed at shutdown");
+}
+
+#[test]
+fn status_json_while_running() {
+    let hub = Hub::start();
+    let machine = Machine::new();
+    let (gw, mut running) = started(&hub, &machine);
+    hub.wait_for("pid file", WAIT, || {
+        machine.pid_path().exists().then_some(())
+    });
+    let out = machine.run(&hub, &["status", "--json"]);
+    assert!(out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(report["running"], true);
+    assert_eq!(report["pid"], json!(running.pid()));
+    assert_eq!(report["paired"], true);
+    assert_eq!(report["gateway_id"], gw.gateway_id.as_str());
+    assert!(running.terminate().success());
+    let out = machine.run(&hub, &["status", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(report["running"], false);
+}
+
+#[test]
+fn diagnostic_job_completes_with_the_version_result() {
+    let hub = Hub::start();
+    let machine = Machine::new();
+    let (gw, mut running) = started(&hub, &machine);
+    let id = insert_job(&hub, &gw, "diagnostic");
+    let row = wait_job_terminal(&hub, &id);
+    assert_eq!(row["status"], "completed", "row: {row}");
+    let result = &row["result"];
+    let fake = machine.home.path().join("fake-claude");
+    assert_eq!(result["command"], format!("{} --version", fake.display()));
+    assert_eq!(result["stdout"], format!("{FAKE_VERSION}\n"));
+    assert_eq!(result["stderr"], "");
+    assert_eq!(result["exit_code"], 0);
+    assert_eq!(result["version"], FAKE_VERSION);
+    assert!(result["duration_ms"].is_u64());
+    assert!(result.get("error").is_none());
+    assert_eq!(row["error"], Value::Null);
+    assert!(row["started_at"].is_string());
+    assert!(row["completed_at"].is_string());
+    assert!(running.terminate().success());
+}
+
+#[test]
+fn twenty_diagnostic_jobs_complete_exactly_once() {
+    let hub = Hub::start();
+    let machine = Machine::new();
+    let (gw, mut running) = started(&hub, &machine);
+    let ids: Vec<String> = (0..20)
+        .map(|_| insert_job(&hub, &gw, "diagnostic"))
+        .collect();
+    for id in &ids {
+        let row = wait_job_terminal(&hub, id);
+        assert_eq!(row["status"], "completed", "row: {row}");
+        assert_eq!(row["result"]["version"], FAKE_VERSION);
+    }
+    // Let any duplicate (realtime + reconcile) attempt show up, then count.
+    std::thread::sleep(Duration::from_millis(5_500));
+    assert_eq!(machine.claude_calls(), 20, "each job ran exactly once");
+    assert!(running.terminate().success());
+}
+
+#[test]
+fn unknown_and_unbuilt_job_types_fail_with_clear_messages() {
+    let hub = Hub::start();
+    let machine = Machine::new();
+    let (gw, mut running) = started(&hub, &machine);
+    let unknown = insert_job(&hub, &gw, "teleport");
+    let model = insert_job(&hub, &gw, "model_run");
+    let row = wait_job_terminal(&hub, &unknown);
+    assert_eq!(row["status"], "failed");
+    assert_eq!(row["error"], "Unsupported job type: teleport");
+    assert_eq!(
+        row["result"],
+        json!({"message": "Unsupported job type", "job_type": "teleport"})
+    );
+    let row = wait_job_terminal(&hub, &model);
+    assert_eq!(row["status"], "failed");
+    let error = row["error"].as_str().unwrap();
+    assert!(
+        error.contains("model_run is not supported by this gateway yet"),
+        "error: {error}"
+    );
+    assert_eq!(row["result"]["job_type"], "model_run");
+    assert_eq!(machine.claude_calls(), 0);
+    assert!(running.terminate().success());
+}
+
+#[test]
+fn jobs_for_other_gateways_are_left_alone() {
+    let hub = Hub::start();
+    let machine = Machine::new();
+    let (gw, mut running) = started(&hub, &machine);
+    let other = hub.pair(&gw.team_id, "other-box");
+    let foreign = hub.insert(
+        "gateway_jobs",
+        json!({"team_id": gw.team_id, "gateway_id": other.gateway_id, "job_type": "diagnostic"}),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mine = insert_job(&hub, &gw, "diagnostic");
+    assert_eq!(wait_job_terminal(&hub, &mine)["status"], "completed");
+    std::thread::sleep(Duration::from_millis(5_500));
+    assert_eq!(job(&hub, &foreign)["status"], "queued");
+    assert!(running.terminate().success());
+}
+
+#[test]
+fn doctor_succeeds_host_only_without_ai_clis() {
+    let hub = Hub::start();
+    let machine = Machine::new();
+    let out = machine.run(&hub, &["doctor", "--json"]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+    assert_eq!(report["paired"], false);
+    assert_eq!(report["host_only"], true);
+    assert_eq!(report["any_provider_ready"], false);
+}
+
+#[test]
+fn start_with_a_revoked_session_fails_with_the_spec_message() {
+    let hub = Hub::start();
+    let machine = Machine::new();
+    let team = hub.create_team("bad-session");
+    let gw = hub.pair(&team, "test-box");
+    let mut broken = gw.clone();
+    broken.access_token = "not-a-jwt".into();
+    broken.refresh_token = "nope".into();
+    machine.write_config(&hub, &broken);
+    let out = machine.run(&hub, &["start", "--foreground"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Failed to authenticate gateway session."),
+        "stderr: {stderr}"
+    );
+    assert!(!Path::new(&machine.pid_path()).exists());
+}
