@@ -1,15 +1,70 @@
 //! Crash recovery of jobs an earlier process of this gateway claimed.
-//! (Skeleton; completed in a follow-up commit.)
+//!
+//! The runtime records every successful claim in a [`ClaimLedger`] (one
+//! small owner-only file per job, fsynced) before the job runs, and
+//! releases it once the job's completion is pushed to the [`Outbox`]. A
+//! ledger entry that survives into the next process therefore means "this
+//! job was running when the gateway died, and its outcome was never
+//! queued".
+//!
+//! At start, before taking new work, the runtime calls
+//! [`recover_interrupted_jobs`]. It finalizes every such job (and every job
+//! the hub still lists as `running` for this gateway, which catches a claim
+//! whose ledger write was lost) through the outbox, the way the spec's
+//! shutdown path does (control-plane §10.8.6, §14), but as `failed` with
+//! [`RESTART_MESSAGE`]:
+//!
+//! 1. for a `subagent_run` job whose run row is still `running`:
+//!    * the run → `failed` (CAS `status=eq.running`), with `error`, the
+//!      error output envelope, `completed_at` and metadata
+//!      `{…run metadata, schema_version, runner, subagent_type, last_run_at, gateway_error}`;
+//!    * the subagent → `failed` (CAS on the status just read) when it is
+//!      `running`, or when its `metadata.current_run_id` is this run and it
+//!      is not already terminal; same fields, merged into its own metadata;
+//!    * a `run_failed` event `{reason, source:"gateway_restart"}` at
+//!      max(`sequence`) + 1 (`duplicate_is_delivered`);
+//! 2. the job → `failed` (CAS `status=eq.running`) with
+//!    `result {message, recovered:true}`, `error` and `completed_at`.
+//!
+//! Then the ledger entry is released. Every write is conditional or keyed,
+//! so running recovery twice, or replaying its outbox entries, is harmless.
+//!
+//! **Preconditions** (the runtime's job): this is the only live process of
+//! the gateway (the PID file), and the outbox delivery task is started
+//! ([`Outbox::start`]) so that what the previous process left in the outbox
+//! is delivered *before* recovery reads the hub; otherwise a job whose
+//! completion was queued but not yet delivered would look interrupted.
 
+use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::outbox::{Outbox, OutboxError};
+use serde_json::{json, Map, Value};
 
-/// Owner-only ledger of claimed jobs.
-#[derive(Clone)]
+use crate::outbox::{
+    ensure_private_dir, fsync_dir, io_err, open_private, Outbox, OutboxError, OutboxWrite,
+};
+
+/// The error written on jobs, runs and subagents interrupted by a restart.
+pub const RESTART_MESSAGE: &str = "gateway restarted while the job was running";
+
+/// `source` of the `run_failed` event recovery appends.
+pub const RESTART_EVENT_SOURCE: &str = "gateway_restart";
+
+/// How long recovery waits for the previous process's outbox entries.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+const CLAIM_PREFIX: &str = "claim-";
+const CLAIM_SUFFIX: &str = ".json";
+
+/// Owner-only ledger of claimed jobs: one `claim-<job id>.json` file per
+/// claim in its directory (0700; files 0600), written atomically and
+/// fsynced (tmp file + rename + directory fsync).
+#[derive(Clone, Debug)]
 pub struct ClaimLedger {
-    _dir: Arc<PathBuf>,
+    dir: Arc<PathBuf>,
 }
 
 /// A job this gateway claimed.
@@ -22,45 +77,436 @@ pub struct ClaimedJob {
     pub pid: u32,
 }
 
+/// File name for a job id: ids are UUIDs; anything else is hex-encoded so
+/// it cannot escape the directory.
+fn claim_file_name(job_id: &str) -> String {
+    let safe = !job_id.is_empty()
+        && job_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if safe {
+        format!("{CLAIM_PREFIX}{job_id}{CLAIM_SUFFIX}")
+    } else {
+        let hex: String = job_id.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{CLAIM_PREFIX}x{hex}{CLAIM_SUFFIX}")
+    }
+}
+
 impl ClaimLedger {
-    /// Opens (creating) the ledger directory.
+    /// Opens (creating owner-only, 0700) the ledger directory.
     pub fn open(dir: &Path) -> Result<ClaimLedger, OutboxError> {
-        std::fs::create_dir_all(dir).map_err(|source| OutboxError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        ensure_private_dir(dir)?;
         Ok(ClaimLedger {
-            _dir: Arc::new(dir.to_path_buf()),
+            dir: Arc::new(dir.to_path_buf()),
         })
     }
+
+    /// The ledger directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Recorded (fsync'd) right after a successful claim, before the job runs.
-    pub fn record(&self, _job: &ClaimedJob) -> Result<(), OutboxError> {
-        Ok(())
+    pub fn record(&self, job: &ClaimedJob) -> Result<(), OutboxError> {
+        let path = self.dir.join(claim_file_name(&job.job_id));
+        let tmp = self
+            .dir
+            .join(format!("{}.tmp", claim_file_name(&job.job_id)));
+        let body = serde_json::to_vec(job).map_err(|e| {
+            OutboxError::InvalidWrite(format!(
+                "the claim of job {} cannot be serialized: {e}",
+                job.job_id
+            ))
+        })?;
+        {
+            let mut f = open_private(&tmp, false)?;
+            f.write_all(&body).map_err(io_err("writing", &tmp))?;
+            f.sync_all().map_err(io_err("syncing", &tmp))?;
+        }
+        fs::rename(&tmp, &path).map_err(io_err("renaming into place", &path))?;
+        fsync_dir(&self.dir)
     }
-    /// Removed once the job's completion is pushed to the outbox.
-    pub fn release(&self, _job_id: &str) -> Result<(), OutboxError> {
-        Ok(())
+
+    /// Removed once the job's completion is pushed to the outbox. Releasing
+    /// an unknown job is not an error.
+    pub fn release(&self, job_id: &str) -> Result<(), OutboxError> {
+        let path = self.dir.join(claim_file_name(job_id));
+        match fs::remove_file(&path) {
+            Ok(()) => fsync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", &path)(e)),
+        }
     }
-    /// Claims recorded and not released.
+
+    /// Claims recorded and not released, oldest claim first. Unreadable
+    /// files (which `record` never leaves behind) are logged and skipped.
     pub fn outstanding(&self) -> Vec<ClaimedJob> {
-        Vec::new()
+        let entries = match fs::read_dir(self.dir.as_path()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "cannot list the claim ledger");
+                return Vec::new();
+            }
+        };
+        let mut jobs = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with(CLAIM_PREFIX) && name.ends_with(CLAIM_SUFFIX)) {
+                continue;
+            }
+            let path = entry.path();
+            match fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<ClaimedJob>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(job) => jobs.push(job),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable claim ledger entry")
+                }
+            }
+        }
+        jobs.sort_by(|a, b| {
+            a.claimed_at
+                .cmp(&b.claimed_at)
+                .then_with(|| a.job_id.cmp(&b.job_id))
+        });
+        jobs
     }
 }
 
 /// What [`recover_interrupted_jobs`] did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RecoveryReport {
+    /// Jobs that were still `running` on the hub; their failure is queued.
     pub recovered_jobs: Vec<String>,
+    /// Ledger entries whose job was already terminal (or gone, or no longer
+    /// this gateway's); only released.
     pub already_terminal: Vec<String>,
 }
 
-/// Finalizes jobs interrupted by a crash (see module docs).
+fn hub_err(what: impl Into<String>) -> impl FnOnce(panorama_supabase::Error) -> OutboxError {
+    let what = what.into();
+    move |source| OutboxError::Hub {
+        what,
+        source: Box::new(source),
+    }
+}
+
+fn now_iso() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+fn merged(base: Option<&Value>, extra: &Map<String, Value>) -> Value {
+    let mut out = match base {
+        Some(Value::Object(m)) => m.clone(),
+        _ => Map::new(),
+    };
+    for (k, v) in extra {
+        out.insert(k.clone(), v.clone());
+    }
+    Value::Object(out)
+}
+
+fn eq(col: &str, value: &str) -> (String, String) {
+    (col.to_string(), format!("eq.{value}"))
+}
+
+fn error_envelope(message: &str) -> Value {
+    serde_json::to_value(panorama_protocol::subagent::OutputEnvelope::error(message))
+        .unwrap_or_else(|_| {
+            json!({"schema_version":1,"content":message,"content_type":"text","errors":[message]})
+        })
+}
+
+/// Run at start, before taking new work: every ledger entry whose job is still `running` on the hub
+/// (and every `gateway_jobs?gateway_id=eq.<gw>&status=eq.running`, to catch claims whose ledger
+/// write was lost) is finalized through the outbox as described in the module docs; then the
+/// ledger entries are released.
+///
+/// Errors: a hub read failed ([`OutboxError::Hub`]; nothing was released
+/// for the jobs not yet handled, so call it again), the previous process's
+/// outbox entries could not be delivered first ([`OutboxError::NotDrained`]),
+/// or a local file failed.
 pub async fn recover_interrupted_jobs(
-    _client: &panorama_supabase::Client,
-    _outbox: &Outbox,
-    _ledger: &ClaimLedger,
-    _gateway_id: &str,
-    _team_id: &str,
+    client: &panorama_supabase::Client,
+    outbox: &Outbox,
+    ledger: &ClaimLedger,
+    gateway_id: &str,
+    team_id: &str,
 ) -> Result<RecoveryReport, OutboxError> {
-    Ok(RecoveryReport::default())
+    if outbox.pending() > 0 && !outbox.flush(DRAIN_TIMEOUT).await {
+        return Err(OutboxError::NotDrained {
+            pending: outbox.pending(),
+            waited: DRAIN_TIMEOUT,
+        });
+    }
+    let mut report = RecoveryReport::default();
+    let ledger_jobs = ledger.outstanding();
+    let mut candidates: Vec<String> = ledger_jobs.iter().map(|j| j.job_id.clone()).collect();
+    let running = client
+        .from("gateway_jobs")
+        .select("id")
+        .eq("team_id", team_id)
+        .eq("gateway_id", gateway_id)
+        .eq("status", "running")
+        .order("created_at", true, None)
+        .execute()
+        .await
+        .map_err(hub_err("this gateway's running jobs"))?;
+    for row in &running {
+        if let Some(id) = str_of(row, "id") {
+            if !candidates.iter().any(|c| c == id) {
+                candidates.push(id.to_string());
+            }
+        }
+    }
+
+    for job_id in candidates {
+        let job = client
+            .from("gateway_jobs")
+            .select("id,team_id,gateway_id,job_type,status,payload")
+            .eq("id", &job_id)
+            .maybe_single()
+            .await
+            .map_err(hub_err(format!("job {job_id}")))?;
+        let interrupted = job.as_ref().is_some_and(|j| {
+            str_of(j, "status") == Some("running") && str_of(j, "gateway_id") == Some(gateway_id)
+        });
+        match (job, interrupted) {
+            (Some(job), true) => {
+                if str_of(&job, "job_type") == Some("subagent_run") {
+                    fail_subagent_run(client, outbox, &job).await?;
+                }
+                let now = now_iso();
+                outbox.push(OutboxWrite::Update {
+                    table: "gateway_jobs".into(),
+                    filters: vec![eq("id", &job_id), eq("status", "running")],
+                    patch: json!({
+                        "status": "failed",
+                        "result": {"message": RESTART_MESSAGE, "recovered": true},
+                        "error": RESTART_MESSAGE,
+                        "completed_at": now,
+                    }),
+                })?;
+                tracing::warn!(job_id = %job_id, "job interrupted by a gateway restart; marking it failed");
+                report.recovered_jobs.push(job_id.clone());
+            }
+            _ => report.already_terminal.push(job_id.clone()),
+        }
+        ledger.release(&job_id)?;
+    }
+    Ok(report)
+}
+
+/// Queues the run, subagent and event writes for an interrupted
+/// `subagent_run` job whose run is still running.
+async fn fail_subagent_run(
+    client: &panorama_supabase::Client,
+    outbox: &Outbox,
+    job: &Value,
+) -> Result<(), OutboxError> {
+    let payload = job.get("payload").cloned().unwrap_or(Value::Null);
+    let Some(subagent_id) = str_of(&payload, "subagent_id")
+        .or_else(|| str_of(&payload, "subagentId"))
+        .map(str::to_string)
+    else {
+        return Ok(());
+    };
+    let subagent = client
+        .from("subagents")
+        .select("id,team_id,gateway_id,subagent_type,status,input,metadata")
+        .eq("id", &subagent_id)
+        .maybe_single()
+        .await
+        .map_err(hub_err(format!("subagent {subagent_id}")))?;
+    let Some(subagent) = subagent else {
+        return Ok(());
+    };
+    let run_select = "id,subagent_id,status,metadata";
+    let requested = panorama_protocol::jobs::resolve_run_id(
+        str_of(&payload, "run_id").or_else(|| str_of(&payload, "runId")),
+        subagent.get("input").and_then(|i| str_of(i, "run_id")),
+    );
+    let run = match &requested {
+        Some(run_id) => client
+            .from("subagent_runs")
+            .select(run_select)
+            .eq("id", run_id)
+            .eq("subagent_id", &subagent_id)
+            .maybe_single()
+            .await
+            .map_err(hub_err(format!("subagent run {run_id}")))?,
+        None => client
+            .from("subagent_runs")
+            .select(run_select)
+            .eq("subagent_id", &subagent_id)
+            .eq("status", "running")
+            .order("run_sequence", false, None)
+            .limit(1)
+            .maybe_single()
+            .await
+            .map_err(hub_err(format!(
+                "the running run of subagent {subagent_id}"
+            )))?,
+    };
+    let Some(run) = run.filter(|r| str_of(r, "status") == Some("running")) else {
+        return Ok(());
+    };
+    let run_id = str_of(&run, "id").unwrap_or_default().to_string();
+    let last_event = client
+        .from("subagent_run_events")
+        .select("sequence")
+        .eq("run_id", &run_id)
+        .order("sequence", false, None)
+        .limit(1)
+        .maybe_single()
+        .await
+        .map_err(hub_err(format!("the last event sequence of run {run_id}")))?;
+    let next_sequence = last_event
+        .as_ref()
+        .and_then(|e| e.get("sequence"))
+        .and_then(Value::as_i64)
+        .map_or(0, |s| s + 1);
+
+    let now = now_iso();
+    let envelope = error_envelope(RESTART_MESSAGE);
+    let mut extra = Map::new();
+    extra.insert("schema_version".into(), json!(1));
+    extra.insert("runner".into(), json!("gateway"));
+    if let Some(t) = subagent.get("subagent_type") {
+        extra.insert("subagent_type".into(), t.clone());
+    }
+    extra.insert("last_run_at".into(), json!(now));
+    extra.insert("gateway_error".into(), json!(RESTART_MESSAGE));
+
+    outbox.push(OutboxWrite::Update {
+        table: "subagent_runs".into(),
+        filters: vec![eq("id", &run_id), eq("status", "running")],
+        patch: json!({
+            "status": "failed",
+            "error": RESTART_MESSAGE,
+            "output": envelope,
+            "completed_at": now,
+            "metadata": merged(run.get("metadata"), &extra),
+        }),
+    })?;
+
+    let sub_status = str_of(&subagent, "status").unwrap_or_default().to_string();
+    let current_run_is_this = subagent
+        .get("metadata")
+        .and_then(|m| str_of(m, "current_run_id"))
+        == Some(run_id.as_str());
+    let terminal = matches!(sub_status.as_str(), "completed" | "failed" | "cancelled");
+    if sub_status == "running" || (current_run_is_this && !terminal && !sub_status.is_empty()) {
+        outbox.push(OutboxWrite::Update {
+            table: "subagents".into(),
+            filters: vec![eq("id", &subagent_id), eq("status", &sub_status)],
+            patch: json!({
+                "status": "failed",
+                "error": RESTART_MESSAGE,
+                "output": envelope,
+                "completed_at": now,
+                "metadata": merged(subagent.get("metadata"), &extra),
+            }),
+        })?;
+    }
+
+    outbox.push(OutboxWrite::Insert {
+        table: "subagent_run_events".into(),
+        rows: json!({
+            "run_id": run_id,
+            "subagent_id": subagent_id,
+            "team_id": subagent.get("team_id").cloned().unwrap_or(Value::Null),
+            "gateway_id": subagent.get("gateway_id").cloned().unwrap_or(Value::Null),
+            "sequence": next_sequence,
+            "event_type": "run_failed",
+            "payload": {"reason": RESTART_MESSAGE, "source": RESTART_EVENT_SOURCE},
+        }),
+        duplicate_is_delivered: true,
+    })?;
+    tracing::warn!(run_id = %run_id, subagent_id = %subagent_id, "subagent run interrupted by a gateway restart; marking it failed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn job(id: &str, at: &str) -> ClaimedJob {
+        ClaimedJob {
+            job_id: id.into(),
+            job_type: "diagnostic".into(),
+            payload: json!({"k": 1}),
+            claimed_at: at.into(),
+            pid: 42,
+        }
+    }
+
+    #[test]
+    fn ledger_records_survive_reopen_and_release_removes_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("claims");
+        let ledger = ClaimLedger::open(&dir).unwrap();
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let a = job(
+            "11111111-1111-4111-8111-111111111111",
+            "2024-01-01T00:00:02Z",
+        );
+        let b = job(
+            "22222222-2222-4222-8222-222222222222",
+            "2024-01-01T00:00:01Z",
+        );
+        ledger.record(&a).unwrap();
+        ledger.record(&b).unwrap();
+        ledger.record(&a).unwrap(); // idempotent
+        let file = dir.join(claim_file_name(&a.job_id));
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let reopened = ClaimLedger::open(&dir).unwrap();
+        assert_eq!(reopened.outstanding(), vec![b.clone(), a.clone()]);
+        reopened.release(&b.job_id).unwrap();
+        reopened.release("never-recorded").unwrap();
+        assert_eq!(ledger.outstanding(), vec![a]);
+    }
+
+    #[test]
+    fn ledger_skips_torn_and_foreign_files_and_escapes_odd_ids() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = ClaimLedger::open(tmp.path()).unwrap();
+        fs::write(tmp.path().join("claim-broken.json"), b"{\"job_id\":").unwrap();
+        fs::write(tmp.path().join("claim-x.json.tmp"), b"{}").unwrap();
+        fs::write(tmp.path().join("notes.txt"), b"hi").unwrap();
+        let odd = job("../../etc/passwd", "2024-01-01T00:00:00Z");
+        ledger.record(&odd).unwrap();
+        assert!(claim_file_name(&odd.job_id).starts_with("claim-x"));
+        assert!(!claim_file_name(&odd.job_id).contains('/'));
+        assert_eq!(ledger.outstanding(), vec![odd.clone()]);
+        ledger.release(&odd.job_id).unwrap();
+        assert!(ledger.outstanding().is_empty());
+    }
+
+    #[test]
+    fn metadata_merge_overrides_and_keeps_other_keys() {
+        let mut extra = Map::new();
+        extra.insert("gateway_error".into(), json!("x"));
+        let m = merged(
+            Some(&json!({"session_id": "s", "gateway_error": "old"})),
+            &extra,
+        );
+        assert_eq!(m, json!({"session_id": "s", "gateway_error": "x"}));
+        assert_eq!(merged(None, &extra), json!({"gateway_error": "x"}));
+        let env = error_envelope(RESTART_MESSAGE);
+        assert_eq!(env["errors"], json!([RESTART_MESSAGE]));
+        assert_eq!(env["content_type"], json!("text"));
+    }
 }
