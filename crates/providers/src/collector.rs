@@ -1,0 +1,236 @@
+//! Stream-JSON collector (providers.md §7, runtime.md §3.4).
+//!
+//! Bytes in, numbered line entries out. Keeps the first 5,000,000 bytes of
+//! stdout, the last 2,000 entries and at most 200,000 chars of unterminated
+//! line buffer (the tail is kept).
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+use serde_json::Value;
+
+pub const MAX_OUTPUT_BYTES: usize = 5_000_000;
+pub const MAX_STREAM_EVENTS: usize = 2_000;
+pub const MAX_BUFFER_CHARS: usize = 200_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollectorLimits {
+    pub max_output_bytes: usize,
+    pub max_events: usize,
+    pub max_buffer_chars: usize,
+}
+
+impl Default for CollectorLimits {
+    fn default() -> Self {
+        CollectorLimits {
+            max_output_bytes: MAX_OUTPUT_BYTES,
+            max_events: MAX_STREAM_EVENTS,
+            max_buffer_chars: MAX_BUFFER_CHARS,
+        }
+    }
+}
+
+/// One non-empty, trimmed stdout line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StreamEntry {
+    /// 0-based over all lines seen (also the dropped ones).
+    pub sequence: u64,
+    pub raw: String,
+    /// Parsed JSON, or `None` (`null`) for a non-JSON line.
+    pub event: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamResult {
+    /// The captured stdout (first `max_output_bytes` bytes, lossy UTF-8).
+    pub stdout: String,
+    pub events: Vec<StreamEntry>,
+    /// The stdout copy hit its byte cap, or the line buffer overflowed.
+    pub stdout_truncated: bool,
+    /// Entries were dropped (oldest first).
+    pub events_truncated: bool,
+}
+
+impl StreamResult {
+    /// What the runner reports as `stdoutTruncated` (OR of all flags).
+    pub fn any_truncated(&self) -> bool {
+        self.stdout_truncated || self.events_truncated
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamJsonCollector {
+    limits: CollectorLimits,
+    stdout: Vec<u8>,
+    stdout_truncated: bool,
+    buffer_truncated: bool,
+    events_truncated: bool,
+    /// Undecoded tail bytes of an incomplete UTF-8 sequence.
+    pending_bytes: Vec<u8>,
+    buffer: String,
+    events: VecDeque<StreamEntry>,
+    sequence: u64,
+}
+
+impl Default for StreamJsonCollector {
+    fn default() -> Self {
+        Self::new(CollectorLimits::default())
+    }
+}
+
+impl StreamJsonCollector {
+    pub fn new(limits: CollectorLimits) -> Self {
+        StreamJsonCollector {
+            limits,
+            stdout: Vec::new(),
+            stdout_truncated: false,
+            buffer_truncated: false,
+            events_truncated: false,
+            pending_bytes: Vec::new(),
+            buffer: String::new(),
+            events: VecDeque::new(),
+            sequence: 0,
+        }
+    }
+
+    /// Feeds a stdout chunk; returns the entries completed by it (also kept internally).
+    pub fn append(&mut self, chunk: &[u8]) -> Vec<StreamEntry> {
+        let remaining = self
+            .limits
+            .max_output_bytes
+            .saturating_sub(self.stdout.len());
+        if chunk.len() > remaining {
+            self.stdout.extend_from_slice(&chunk[..remaining]);
+            self.stdout_truncated = true;
+        } else {
+            self.stdout.extend_from_slice(chunk);
+        }
+        self.pending_bytes.extend_from_slice(chunk);
+        let text = match std::str::from_utf8(&self.pending_bytes) {
+            Ok(s) => {
+                let s = s.to_string();
+                self.pending_bytes.clear();
+                s
+            }
+            Err(e) if e.error_len().is_none() => {
+                let valid = e.valid_up_to();
+                let s = String::from_utf8_lossy(&self.pending_bytes[..valid]).into_owned();
+                self.pending_bytes.drain(..valid);
+                s
+            }
+            Err(_) => {
+                let s = String::from_utf8_lossy(&self.pending_bytes).into_owned();
+                self.pending_bytes.clear();
+                s
+            }
+        };
+        self.buffer.push_str(&text);
+        let mut out = Vec::new();
+        while let Some(idx) = self.buffer.find('\n') {
+            let line: String = self.buffer.drain(..=idx).collect();
+            if let Some(entry) = self.parse_line(&line) {
+                out.push(entry);
+            }
+        }
+        let chars = self.buffer.chars().count();
+        if chars > self.limits.max_buffer_chars {
+            let skip = chars - self.limits.max_buffer_chars;
+            self.buffer = self.buffer.chars().skip(skip).collect();
+            self.buffer_truncated = true;
+        }
+        out
+    }
+
+    fn parse_line(&mut self, line: &str) -> Option<StreamEntry> {
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            return None;
+        }
+        let entry = StreamEntry {
+            sequence: self.sequence,
+            raw: trimmed.to_string(),
+            event: serde_json::from_str(trimmed).ok(),
+        };
+        self.sequence += 1;
+        self.events.push_back(entry.clone());
+        if self.events.len() > self.limits.max_events {
+            self.events.pop_front();
+            self.events_truncated = true;
+        }
+        Some(entry)
+    }
+
+    /// Flushes the unterminated tail and returns everything collected.
+    pub fn finalize(mut self) -> (StreamResult, Vec<StreamEntry>) {
+        if !self.pending_bytes.is_empty() {
+            let tail = String::from_utf8_lossy(&self.pending_bytes).into_owned();
+            self.buffer.push_str(&tail);
+            self.pending_bytes.clear();
+        }
+        let rest = std::mem::take(&mut self.buffer);
+        let last = self.parse_line(&rest).into_iter().collect();
+        (
+            StreamResult {
+                stdout: String::from_utf8_lossy(&self.stdout).into_owned(),
+                events: self.events.into_iter().collect(),
+                stdout_truncated: self.stdout_truncated || self.buffer_truncated,
+                events_truncated: self.events_truncated,
+            },
+            last,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_lines_trims_and_keeps_noise() {
+        let mut c = StreamJsonCollector::default();
+        let a = c.append(b"{\"a\":1}\n  \nnoise line  \n{\"b\"");
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].event, Some(serde_json::json!({"a":1})));
+        assert_eq!(a[1].raw, "noise line");
+        assert_eq!(a[1].event, None);
+        assert_eq!(a[1].sequence, 1);
+        assert!(c.append(b":2}").is_empty());
+        let (r, last) = c.finalize();
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].event, Some(serde_json::json!({"b":2})));
+        assert_eq!(r.events.len(), 3);
+        assert_eq!(r.stdout, "{\"a\":1}\n  \nnoise line  \n{\"b\":2}");
+        assert!(!r.any_truncated());
+    }
+
+    #[test]
+    fn utf8_split_across_chunks() {
+        let mut c = StreamJsonCollector::default();
+        let bytes = "{\"t\":\"é\"}\n".as_bytes();
+        c.append(&bytes[..7]);
+        let out = c.append(&bytes[7..]);
+        assert_eq!(out[0].event, Some(serde_json::json!({"t":"é"})));
+    }
+
+    #[test]
+    fn limits_set_flags() {
+        let limits = CollectorLimits {
+            max_output_bytes: 10,
+            max_events: 2,
+            max_buffer_chars: 5,
+        };
+        let mut c = StreamJsonCollector::new(limits);
+        c.append(b"1\n2\n3\n");
+        c.append(b"abcdefghij");
+        let (r, last) = c.finalize();
+        assert_eq!(r.stdout.len(), 10);
+        assert!(r.stdout_truncated);
+        assert!(r.events_truncated);
+        assert_eq!(last[0].raw, "fghij");
+        let seqs: Vec<u64> = r.events.iter().map(|e| e.sequence).collect();
+        assert_eq!(seqs, vec![2, 3]);
+        assert_eq!(MAX_OUTPUT_BYTES, 5_000_000);
+        assert_eq!(MAX_STREAM_EVENTS, 2_000);
+        assert_eq!(MAX_BUFFER_CHARS, 200_000);
+    }
+}
