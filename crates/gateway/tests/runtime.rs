@@ -20,12 +20,17 @@ struct Machine {
 
 impl Machine {
     fn new() -> Machine {
+        Self::with_claude_delay(0)
+    }
+
+    /// A machine whose fake `claude --version` takes `delay_s` seconds.
+    fn with_claude_delay(delay_s: u32) -> Machine {
         let home = tempfile::tempdir().expect("temp home");
         let claude = home.path().join("fake-claude");
         std::fs::write(
             &claude,
             format!(
-                "#!/bin/sh\necho \"$$\" >> '{}'\necho '{FAKE_VERSION}'\n",
+                "#!/bin/sh\nsleep {delay_s}\necho \"$$\" >> '{}'\necho '{FAKE_VERSION}'\n",
                 home.path().join("claude-calls").display()
             ),
         )
@@ -44,6 +49,10 @@ impl Machine {
 
     fn pid_path(&self) -> PathBuf {
         self.config_dir().join("gateway.pid")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("gateway-stderr.log")).unwrap_or_default()
     }
 
     fn claude_calls(&self) -> usize {
@@ -110,10 +119,12 @@ struct Running {
 }
 
 impl Running {
-    fn spawn(mut cmd: Command) -> Running {
+    /// Spawn with stderr (the runtime's log records) in `<home>/gateway-stderr.log`.
+    fn spawn(machine: &Machine, mut cmd: Command) -> Running {
+        let log = std::fs::File::create(machine.home.path().join("gateway-stderr.log")).unwrap();
         let child = cmd
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn gateway");
         Running { child: Some(child) }
@@ -186,7 +197,7 @@ fn started(hub: &Hub, machine: &Machine) -> (panorama_testkit::PairedGateway, Ru
     let team = hub.create_team("runtime-team");
     let gw = hub.pair(&team, "test-box");
     machine.write_config(hub, &gw);
-    let running = Running::spawn(machine.command(hub, &["start", "--foreground"]));
+    let running = Running::spawn(machine, machine.command(hub, &["start", "--foreground"]));
     wait_status(hub, &gw.gateway_id, "ready");
     (gw, running)
 }
@@ -207,7 +218,10 @@ fn pair_then_foreground_runtime_reports_ready_and_shuts_down_offline() {
     let machine = Machine::new();
     let team = hub.create_team("pair-team");
     let code = hub.create_pairing_code(&team);
-    let mut running = Running::spawn(machine.command(&hub, &["pair", &code, "--foreground"]));
+    let mut running = Running::spawn(
+        &machine,
+        machine.command(&hub, &["pair", &code, "--foreground"]),
+    );
 
     let config = hub.wait_for("paired config", WAIT, || {
         std::fs::read_to_string(machine.config_path())
@@ -243,8 +257,21 @@ fn pair_then_foreground_runtime_reports_ready_and_shuts_down_offline() {
         .unwrap()
         .is_empty());
 
+    // Realtime joined once; no reconnect churn.
+    let log = hub.wait_for("realtime subscription", WAIT, || {
+        let log = machine.log();
+        log.contains("Gateway subscribed to job queue")
+            .then_some(log)
+    });
+    assert!(log.contains("Gateway running"), "log: {log}");
+    assert!(
+        !log.contains("Gateway realtime channel unavailable"),
+        "log: {log}"
+    );
+
     let status = running.terminate();
     assert!(status.success(), "gateway exit status {status:?}");
+    assert!(machine.log().contains("Gateway shutting down"));
     let row = gateway_row(&hub, &gateway_id).unwrap();
     assert_eq!(row["status"], "offline");
     assert!(!machine.pid_path().exists(), "PID file removed at shutdown");
@@ -393,4 +420,27 @@ fn start_with_a_revoked_session_fails_with_the_spec_message() {
         "stderr: {stderr}"
     );
     assert!(!Path::new(&machine.pid_path()).exists());
+}
+
+#[test]
+fn sigterm_waits_for_a_running_job_then_goes_offline() {
+    let hub = Hub::start();
+    let machine = Machine::with_claude_delay(2);
+    let (gw, mut running) = started(&hub, &machine);
+    let id = insert_job(&hub, &gw, "diagnostic");
+    hub.wait_for("job running", WAIT, || {
+        (job(&hub, &id)["status"] == "running").then_some(())
+    });
+    let status = running.terminate();
+    assert!(status.success(), "gateway exit status {status:?}");
+    // The job finished inside the grace period and its completion was
+    // delivered before the offline heartbeat.
+    let row = job(&hub, &id);
+    assert_eq!(row["status"], "completed", "row: {row}");
+    assert_eq!(row["result"]["version"], FAKE_VERSION);
+    assert_eq!(
+        gateway_row(&hub, &gw.gateway_id).unwrap()["status"],
+        "offline"
+    );
+    assert!(!machine.pid_path().exists());
 }

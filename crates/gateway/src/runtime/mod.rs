@@ -269,12 +269,6 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         verbose,
     } = request;
     let out = Printer::new(verbose);
-    if config.gateway_id.is_empty() || config.team_id.is_empty() {
-        return Err(GatewayError::cli(
-            "Gateway config is missing gatewayId or teamId.",
-            "Run \"panorama-gateway pair <CODE>\" to pair this machine again.".to_string(),
-        ));
-    }
     // Signals are caught from here on, so an early SIGTERM is not fatal.
     let mut signals = shutdown::Signals::install()?;
 
@@ -286,6 +280,13 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         &config.refresh_token,
     )
     .await?;
+    // Not a spec step: without both ids no query could match our jobs.
+    if config.gateway_id.is_empty() || config.team_id.is_empty() {
+        return Err(GatewayError::cli(
+            "Gateway config is missing gatewayId or teamId.",
+            "Run \"panorama-gateway pair <CODE>\" to pair this machine again.".to_string(),
+        ));
+    }
     let auto_refresh = client.start_auto_refresh();
 
     let outbox = Outbox::open(&outbox_dir(&paths))
@@ -294,15 +295,30 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         GatewayError::cli("Could not open the gateway claim ledger.", e.to_string())
     })?;
     let outbox_task = outbox.start(client.clone());
-    match recovery::recover_interrupted_jobs(
-        &client,
-        &outbox,
-        &ledger,
-        &config.gateway_id,
-        &config.team_id,
-    )
-    .await
-    {
+    // Recovery finalizes every job the hub lists as running for this
+    // gateway, so it must only run when no other live process owns it.
+    let other_live = pidfile::read_pid(&paths.pid_path)
+        .filter(|pid| *pid != std::process::id() as i32 && pidfile::is_alive(*pid));
+    let recovered = match other_live {
+        Some(pid) => {
+            tracing::warn!(
+                pid,
+                "Another gateway process is running for this config; skipping recovery of interrupted jobs"
+            );
+            Ok(recovery::RecoveryReport::default())
+        }
+        None => {
+            recovery::recover_interrupted_jobs(
+                &client,
+                &outbox,
+                &ledger,
+                &config.gateway_id,
+                &config.team_id,
+            )
+            .await
+        }
+    };
+    match recovered {
         Ok(report) if !report.recovered_jobs.is_empty() || !report.already_terminal.is_empty() => {
             tracing::info!(
                 recovered = ?report.recovered_jobs,
