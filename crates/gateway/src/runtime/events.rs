@@ -37,8 +37,10 @@ pub fn json_safe_details(details: Value) -> Value {
     }
 }
 
-/// One `gateway_events` row. A client-side id makes outbox replays
-/// idempotent (a duplicate insert counts as delivered).
+/// One `gateway_events` row. It carries no client-side id: the gateway
+/// may insert only the columns the control plane grants it (spec §16.5),
+/// so events are at-least-once (an outbox replay after a lost
+/// acknowledgement can repeat one).
 pub fn event_row(
     gateway_id: &str,
     team_id: &str,
@@ -49,7 +51,6 @@ pub fn event_row(
     details: Value,
 ) -> Value {
     json!({
-        "id": uuid::Uuid::new_v4().to_string(),
         "gateway_id": gateway_id,
         "team_id": team_id,
         "provider": provider,
@@ -70,7 +71,7 @@ pub fn emit(outbox: &Outbox, gateway_id: &str, team_id: &str, row: Value) {
     if let Err(e) = outbox.push(OutboxWrite::Insert {
         table: "gateway_events".to_string(),
         rows: row,
-        duplicate_is_delivered: true,
+        duplicate_is_delivered: false,
     }) {
         tracing::error!(error = %e, code = %code, "Failed to record gateway event");
     }
@@ -117,7 +118,10 @@ mod tests {
         assert!(row["message"].as_str().unwrap().ends_with("..."));
         assert_eq!(row["details"], json!({"a": 1}));
         assert_eq!(row["provider"], Value::Null);
-        assert!(uuid::Uuid::parse_str(row["id"].as_str().unwrap()).is_ok());
+        assert!(
+            row.get("id").is_none(),
+            "the gateway may not write gateway_events.id"
+        );
         let row = event_row("g", "t", None, "warn", None, "m", json!("not an object"));
         assert_eq!(row["details"], json!({}));
         let fb = config_dir_fallback_row(
