@@ -18,6 +18,7 @@ pub mod paths;
 pub mod pidfile;
 pub mod recovery;
 pub mod redact;
+pub mod shell;
 pub mod runtime;
 
 pub use error::{GatewayError, Result};

@@ -1,0 +1,240 @@
+//! One-shot `shell_exec` execution (runtime.md §5.7): `<shell> -lc <cmd>`
+//! in `/`, its own session and process group, output captured inline (5 MB
+//! per stream), the whole tree killed on timeout.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use panorama_protocol::results::{ShellExecMessage, ShellExecResult};
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+use super::proctree::{self, PROCESS_KILL_GRACE};
+
+/// Per-stream capture cap.
+pub const SHELL_EXEC_OUTPUT_CAP: usize = 5_000_000;
+pub const SHELL_EXEC_CWD: &str = "/";
+
+/// `/bin/bash` if it exists, else `/bin/sh`, else `$SHELL`, else `/bin/bash`.
+pub fn exec_shell() -> String {
+    for candidate in ["/bin/bash", "/bin/sh"] {
+        if Path::new(candidate).exists() {
+            return candidate.to_string();
+        }
+    }
+    std::env::var("SHELL")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "/bin/bash".into())
+}
+
+/// What running the command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecRun {
+    pub shell: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub exit_code: Option<i32>,
+    /// The terminating signal number, when there was one.
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// The spawn error, when the command could not start.
+    pub spawn_error: Option<String>,
+    pub duration_ms: u64,
+    /// The shell's PID (leader of its session and process group).
+    pub pid: Option<i32>,
+}
+
+impl ExecRun {
+    pub fn into_result(self, resource_id: &str, command: &str, timeout_ms: u64) -> ShellExecResult {
+        let message =
+            ShellExecMessage::classify(self.spawn_error.is_some(), self.timed_out, self.exit_code);
+        let error = match message {
+            ShellExecMessage::Completed => None,
+            ShellExecMessage::FailedToStart => self.spawn_error.clone(),
+            ShellExecMessage::TimedOut => Some(format!("Command timed out after {timeout_ms} ms")),
+            ShellExecMessage::NonZeroExit => Some(match (self.exit_code, self.signal) {
+                (Some(code), _) => format!("Command exited with code {code}"),
+                (None, Some(sig)) => format!("Command terminated by signal {sig}"),
+                (None, None) => "Command exited abnormally".to_string(),
+            }),
+        };
+        ShellExecResult {
+            message,
+            resource_id: resource_id.to_string(),
+            command: command.to_string(),
+            shell: self.shell,
+            exec_user: None,
+            workload_id: None,
+            cgroup: None,
+            cgroup_termination_error: None,
+            process_tree_contained: false,
+            cwd: SHELL_EXEC_CWD.to_string(),
+            output_truncated: self.stdout_truncated || self.stderr_truncated,
+            stdout: self.stdout,
+            stderr: self.stderr,
+            exit_code: self.exit_code,
+            duration_ms: self.duration_ms,
+            timed_out: self.timed_out,
+            success: message == ShellExecMessage::Completed,
+            readiness_evidence: None,
+            stdout_truncated: self.stdout_truncated,
+            stderr_truncated: self.stderr_truncated,
+            error,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Capture {
+    bytes: Vec<u8>,
+    truncated: bool,
+}
+
+fn spawn_reader<R>(mut stream: R, sink: Arc<Mutex<Capture>>) -> tokio::task::JoinHandle<()>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut c = sink.lock().unwrap_or_else(|p| p.into_inner());
+                    let room = SHELL_EXEC_OUTPUT_CAP.saturating_sub(c.bytes.len());
+                    if n > room {
+                        c.truncated = true;
+                    }
+                    c.bytes.extend_from_slice(&buf[..n.min(room)]);
+                }
+            }
+        }
+    })
+}
+
+fn spawn_error_text(shell: &str, e: &std::io::Error) -> String {
+    let code = match e.raw_os_error() {
+        Some(libc::ENOENT) => "ENOENT",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::ENOEXEC) => "ENOEXEC",
+        Some(libc::E2BIG) => "E2BIG",
+        _ => return format!("spawn {shell} failed: {e}"),
+    };
+    format!("spawn {shell} {code}")
+}
+
+/// Runs `<shell> -lc <command>` in `/` with `env`, for at most `timeout`.
+/// On timeout the whole tree gets SIGTERM, then SIGKILL after `kill_grace`.
+pub async fn run_command(
+    shell: &str,
+    command: &str,
+    env: &[(String, String)],
+    timeout: Duration,
+    kill_grace: Duration,
+) -> ExecRun {
+    let started = Instant::now();
+    let tag = proctree::new_tree_tag();
+    let mut cmd = Command::new(shell);
+    cmd.arg("-lc")
+        .arg(command)
+        .current_dir(SHELL_EXEC_CWD)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env(proctree::TREE_TAG_ENV, &tag)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: setsid is async-signal-safe; the child becomes the leader of a
+    // new session and process group, so its whole tree can be found.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut run = ExecRun {
+        shell: shell.to_string(),
+        ..Default::default()
+    };
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            run.spawn_error = Some(spawn_error_text(shell, &e));
+            run.duration_ms = started.elapsed().as_millis() as u64;
+            return run;
+        }
+    };
+    let pid = child.id().map(|p| p as i32);
+    run.pid = pid;
+    let out = Arc::new(Mutex::new(Capture::default()));
+    let err = Arc::new(Mutex::new(Capture::default()));
+    let mut readers = Vec::new();
+    if let Some(s) = child.stdout.take() {
+        readers.push(spawn_reader(s, out.clone()));
+    }
+    if let Some(s) = child.stderr.take() {
+        readers.push(spawn_reader(s, err.clone()));
+    }
+
+    // Like Node's `close`: the exit status and the end of both streams.
+    let finished = tokio::time::timeout(timeout, async {
+        let status = child.wait().await;
+        for r in readers.iter_mut() {
+            let _ = r.await;
+        }
+        status
+    })
+    .await;
+    let status = match finished {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            run.timed_out = true;
+            if let Some(pid) = pid {
+                let tree = proctree::TreeId::new(pid, Some(tag));
+                let _ = tokio::task::spawn_blocking(move || {
+                    proctree::terminate_tree(&tree, kill_grace, &[])
+                })
+                .await;
+            }
+            let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .ok()
+                .and_then(Result::ok);
+            for r in readers {
+                let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
+            }
+            status
+        }
+    };
+    if let Some(status) = status {
+        use std::os::unix::process::ExitStatusExt;
+        run.exit_code = status.code();
+        run.signal = status.signal();
+    }
+    let take = |c: &Arc<Mutex<Capture>>| {
+        let c = c.lock().unwrap_or_else(|p| p.into_inner());
+        (String::from_utf8_lossy(&c.bytes).into_owned(), c.truncated)
+    };
+    (run.stdout, run.stdout_truncated) = take(&out);
+    (run.stderr, run.stderr_truncated) = take(&err);
+    run.duration_ms = started.elapsed().as_millis() as u64;
+    run
+}
+
+/// [`run_command`] with the default grace.
+pub async fn run_command_default(
+    shell: &str,
+    command: &str,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> ExecRun {
+    run_command(shell, command, env, timeout, PROCESS_KILL_GRACE).await
+}

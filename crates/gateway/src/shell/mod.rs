@@ -1,0 +1,233 @@
+//! Shell jobs: `shell_session` (runtime.md §5, control-plane §8.5) on real
+//! pseudo-terminals, and `shell_exec` (§5.7, §8.6).
+//!
+//! The runtime owns one [`ShellSessions`] for the process lifetime and, per
+//! job, builds a [`ShellContext`] with a [`ShellControlState`] backed by its
+//! hub client, then calls [`handle_shell_session_job`] or
+//! [`handle_shell_exec_job`] and maps the result with [`shell_outcome`].
+//! Shutdown calls [`ShellSessions::close_all`]; an upgrade restart waits for
+//! [`ShellSessions::running_count`] to reach 0.
+
+pub mod buffer;
+pub mod error;
+pub mod exec;
+pub mod gate;
+pub mod proctree;
+pub mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use panorama_protocol::jobs::{
+    parse_resource_id, parse_session_id, ShellExecPayload, ShellSessionAction,
+    MSG_INVALID_SHELL_ACTION,
+};
+use panorama_protocol::remote_shell::ShellAccess;
+use panorama_protocol::results::{MSG_SHELL_EXEC_JOB_CANCELLED, MSG_SHELL_JOB_CANCELLED};
+use panorama_protocol::rows::TeamResourceRow;
+use serde_json::{json, Value};
+
+pub use error::{shell_outcome, ShellJobError};
+pub use gate::{
+    check_machine_control, check_resource, check_shell_gate, GateInputs, ShellGateKind,
+    ShellIdentity,
+};
+pub use session::{Clock, Session, ShellSessions, ShellSessionsConfig};
+
+pub const MSG_SECRETS_OUTSIDE_VM: &str = "Team secrets can only be injected inside a managed VM";
+
+/// What the shell handlers need from the control plane. The runtime
+/// implements it with its hub client; every call is made fresh per job.
+#[async_trait]
+pub trait ShellControlState: Send + Sync {
+    /// Re-reads `gateway_jobs.status` (§3.2.6): `true` only when it is now
+    /// `cancelled` (a failed read counts as not cancelled).
+    async fn job_cancelled(&self, job_id: &str) -> bool;
+
+    /// Re-reads the install flag from `gateway.json` and loads the
+    /// `team_gateways` control state (`full_control_enabled, status,
+    /// last_seen_at, capabilities, vm_id`, by id and team). A failed load or
+    /// a missing row is `control_state: None`; the implementation logs
+    /// `Failed to load gateway control state`. See
+    /// [`GateInputs::from_gateway_row`].
+    async fn load_gate_inputs(&self) -> GateInputs;
+
+    /// Loads the `team_resources` row (`id, team_id, resource_type,
+    /// max_access_level, metadata`) by id and team: `Ok(None)` when there is
+    /// no row, `Err(detail)` when the load failed (logged by the
+    /// implementation as `Failed to load remote shell resource for gateway
+    /// validation`).
+    async fn load_resource(&self, resource_id: &str) -> Result<Option<TeamResourceRow>, String>;
+}
+
+/// Everything a shell job needs. Build one per job; `sessions` is shared.
+#[derive(Clone)]
+pub struct ShellContext {
+    pub sessions: Arc<ShellSessions>,
+    pub control: Arc<dyn ShellControlState>,
+    /// The job being processed (for the cancelled re-read).
+    pub job_id: String,
+    /// `config.teamId` / `config.gatewayId`.
+    pub identity: ShellIdentity,
+}
+
+/// A `shell_session` action: the five of the spec plus `resize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionAction {
+    Spec(ShellSessionAction),
+    /// Extension: set the PTY size (`cols`, `rows`). Needs write access.
+    Resize,
+}
+
+impl SessionAction {
+    /// Trimmed and case-insensitive; `None` → `Invalid shell session action`.
+    pub fn parse(payload: &Value) -> Option<Self> {
+        let raw = payload.get("action")?.as_str()?;
+        if raw.trim().eq_ignore_ascii_case("resize") {
+            return Some(SessionAction::Resize);
+        }
+        ShellSessionAction::normalize(raw).map(SessionAction::Spec)
+    }
+
+    pub fn required_access(self) -> ShellAccess {
+        match self {
+            SessionAction::Spec(a) => a.required_access(),
+            SessionAction::Resize => ShellAccess::Write,
+        }
+    }
+}
+
+async fn validate_resource(
+    ctx: &ShellContext,
+    kind: ShellGateKind,
+    inputs: &GateInputs,
+    resource_id: &str,
+    access: ShellAccess,
+) -> Result<(), String> {
+    let row = ctx.control.load_resource(resource_id).await;
+    check_resource(
+        kind,
+        &ctx.identity,
+        inputs,
+        row.as_ref().map(Option::as_ref).map_err(String::as_str),
+        access,
+    )
+}
+
+/// A `shell_session` job (runtime.md §5.2–§5.5). `Ok` is the `completed`
+/// result; `Err` a `failed` job (see [`shell_outcome`]).
+pub async fn handle_shell_session_job(
+    ctx: &ShellContext,
+    payload: &Value,
+) -> Result<Value, ShellJobError> {
+    let sessions = &ctx.sessions;
+    // 1. Purge.
+    sessions.purge_expired();
+    // 2. Cancelled since it was claimed?
+    if ctx.control.job_cancelled(&ctx.job_id).await {
+        return Err(ShellJobError::with_fields(
+            MSG_SHELL_JOB_CANCELLED,
+            json!({ "cancelled": true }),
+        ));
+    }
+    // 3. Machine control.
+    let inputs = ctx.control.load_gate_inputs().await;
+    check_machine_control(ShellGateKind::Session, &inputs, sessions.now_ms())
+        .map_err(ShellJobError::message)?;
+    // 4–5. Action, resource id.
+    let action = SessionAction::parse(payload)
+        .ok_or_else(|| ShellJobError::message(MSG_INVALID_SHELL_ACTION))?;
+    let resource_id = parse_resource_id(payload).map_err(|e| ShellJobError::from_payload(&e))?;
+
+    if action == SessionAction::Spec(ShellSessionAction::Open) {
+        validate_resource(
+            ctx,
+            ShellGateKind::Session,
+            &inputs,
+            &resource_id,
+            ShellAccess::Write,
+        )
+        .await
+        .map_err(|m| ShellJobError::with_fields(m, json!({ "resource_id": resource_id })))?;
+        return sessions.open(&ctx.identity, &resource_id, payload).await;
+    }
+
+    let session_id = parse_session_id(payload).map_err(|e| ShellJobError::from_payload(&e))?;
+    let session = sessions.lookup(&ctx.identity, &resource_id, &session_id)?;
+    if let Err(message) = validate_resource(
+        ctx,
+        ShellGateKind::Session,
+        &inputs,
+        &resource_id,
+        action.required_access(),
+    )
+    .await
+    {
+        sessions.revoke(&session, &message);
+        return Err(ShellJobError::with_fields(
+            message,
+            serde_json::to_value(session.summary()).unwrap_or(Value::Null),
+        ));
+    }
+    match action {
+        SessionAction::Spec(ShellSessionAction::Status) => Ok(sessions.status(&session)),
+        SessionAction::Spec(ShellSessionAction::Read) => Ok(sessions.read(&session, payload)),
+        SessionAction::Spec(ShellSessionAction::Write) => sessions.write(&session, payload).await,
+        SessionAction::Spec(ShellSessionAction::Close) => Ok(sessions.close(&session)),
+        SessionAction::Resize => sessions.resize(&session, payload),
+        SessionAction::Spec(other) => Err(ShellJobError::message(format!(
+            "Unsupported shell session action: {other}"
+        ))),
+    }
+}
+
+/// A `shell_exec` job (runtime.md §5.7, control-plane §8.6). The job
+/// completes (`Ok`) even when the command fails; `Err` is a refusal.
+pub async fn handle_shell_exec_job(
+    ctx: &ShellContext,
+    payload: &Value,
+) -> Result<Value, ShellJobError> {
+    if ctx.control.job_cancelled(&ctx.job_id).await {
+        return Err(ShellJobError::with_fields(
+            MSG_SHELL_EXEC_JOB_CANCELLED,
+            json!({ "cancelled": true }),
+        ));
+    }
+    let inputs = ctx.control.load_gate_inputs().await;
+    check_machine_control(ShellGateKind::Exec, &inputs, ctx.sessions.now_ms())
+        .map_err(ShellJobError::message)?;
+    let resource_id = parse_resource_id(payload).map_err(|e| ShellJobError::from_payload(&e))?;
+    validate_resource(
+        ctx,
+        ShellGateKind::Exec,
+        &inputs,
+        &resource_id,
+        ShellAccess::Write,
+    )
+    .await
+    .map_err(|m| ShellJobError::with_fields(m, json!({ "resource_id": resource_id })))?;
+    let parsed = ShellExecPayload::parse(payload).map_err(|e| ShellJobError::from_payload(&e))?;
+    // Secret injection is for managed VMs only: fail closed everywhere else.
+    let wants_secrets = match &parsed.secret_env {
+        Some(Value::Object(map)) => !map.is_empty(),
+        Some(_) => true,
+        None => false,
+    };
+    if wants_secrets {
+        return Err(ShellJobError::message(MSG_SECRETS_OUTSIDE_VM));
+    }
+    let config = ctx.sessions.config();
+    let env = config.child_env(&[]);
+    let timeout_ms = parsed.timeout_ms.max(1) as u64;
+    let run = exec::run_command(
+        &exec::exec_shell(),
+        &parsed.command,
+        &env,
+        Duration::from_millis(timeout_ms),
+        config.kill_grace,
+    )
+    .await;
+    let result = run.into_result(&resource_id, &parsed.command, timeout_ms);
+    Ok(serde_json::to_value(result).unwrap_or(Value::Null))
+}

@@ -1,0 +1,856 @@
+//! In-memory shell sessions on real pseudo-terminals (runtime.md §5.4–§5.6).
+//!
+//! Differences from the seed, by design: the shell runs on a PTY (so there
+//! is job control, a prompt and `resize`); all terminal output is reported
+//! on the `stdout` stream; termination reaches the whole process tree
+//! (session and group of the shell, and its descendants) instead of the
+//! direct child only.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use panorama_protocol::jobs::{
+    ShellOpenPayload, ShellReadPayload, ShellWritePayload, MSG_MISSING_INPUT,
+};
+use panorama_protocol::results::{
+    ShellOpenResult, ShellReadResult, ShellSessionState, ShellSessionSummary, ShellStream,
+    ShellSummaryResult, ShellWriteResult, DEFAULT_SHELL_COLUMNS, DEFAULT_SHELL_ROWS,
+    MAX_ACTIVE_SHELL_SESSIONS,
+};
+use panorama_protocol::time::parse_timestamp_ms;
+use portable_pty::{native_pty_system, CommandBuilder, MasterPty, PtySize};
+use serde_json::{json, Value};
+
+use super::buffer::{EventBuffer, Utf8Chunker};
+use super::error::ShellJobError;
+use super::gate::ShellIdentity;
+use super::proctree::{self, Termination, TreeId, PROCESS_KILL_GRACE, TREE_TAG_ENV};
+use crate::child_env::build_child_env;
+
+/// Retention of non-running sessions after `updated_at`.
+pub const SHELL_SESSION_RETENTION_MS: i64 = 15 * 60_000;
+pub const DEFAULT_SHELL_TERM: &str = "xterm-256color";
+/// How long `write` waits for the PTY to accept the input.
+pub const SHELL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest accepted `resize` dimension.
+pub const MAX_RESIZE_DIMENSION: i64 = 1000;
+/// How long after the shell exits its remaining output may still arrive
+/// before `Session exited with code …` is appended.
+const EXIT_DRAIN: Duration = Duration::from_millis(300);
+/// `waitForChildStartup`: one short turn before checking for an early exit.
+const STARTUP_CHECK_DELAY: Duration = Duration::from_millis(20);
+
+pub const MSG_TOO_MANY_SESSIONS: &str = "Too many active shell sessions (max 64)";
+pub const MSG_SESSION_ID_EXISTS: &str = "Shell session ID already exists";
+pub const MSG_SESSION_ID_ALLOCATION: &str = "Failed to allocate unique shell session ID";
+pub const MSG_SESSION_NOT_FOUND: &str = "Shell session not found or expired";
+pub const MSG_SESSION_OTHER_CONTEXT: &str = "Shell session belongs to another gateway context";
+pub const MSG_SESSION_RESOURCE_MISMATCH: &str = "Shell session resource mismatch";
+pub const MSG_INVALID_RESIZE: &str =
+    "Invalid resize dimensions in payload (expected cols and rows from 1 to 1000)";
+
+/// The time source (tests move it forward to exercise retention).
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+fn iso(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Settings of a [`ShellSessions`] manager.
+#[derive(Clone)]
+pub struct ShellSessionsConfig {
+    /// `<config dir>/tmp`: children get `TMPDIR`, `TMP` and `TEMP` set to it.
+    pub tmp_dir: Option<PathBuf>,
+    /// Base environment; `None` means the gateway's own.
+    pub base_env: Option<Vec<(String, String)>>,
+    /// SIGTERM → SIGKILL grace.
+    pub kill_grace: Duration,
+    pub clock: Clock,
+}
+
+impl Default for ShellSessionsConfig {
+    fn default() -> Self {
+        ShellSessionsConfig {
+            tmp_dir: None,
+            base_env: None,
+            kill_grace: PROCESS_KILL_GRACE,
+            clock: Arc::new(Utc::now),
+        }
+    }
+}
+
+impl ShellSessionsConfig {
+    /// The scrubbed child environment with `overrides` applied last.
+    pub fn child_env(&self, overrides: &[(String, Option<String>)]) -> Vec<(String, String)> {
+        let base: Vec<(String, String)> = match &self.base_env {
+            Some(env) => env.clone(),
+            None => std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        };
+        build_child_env(base, self.tmp_dir.as_deref(), overrides)
+            .into_iter()
+            .collect()
+    }
+}
+
+struct SessionState {
+    status: ShellSessionState,
+    updated_at: String,
+    exit_code: Option<i32>,
+    error: Option<String>,
+    buffer: EventBuffer,
+    /// Set once the shell has been reaped.
+    exit: Option<ExitInfo>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ExitInfo {
+    code: Option<i32>,
+    signal: Option<&'static str>,
+}
+
+struct SessionIo {
+    /// The live shell (`session.child` in the seed); `None` once it exited
+    /// or was detached by cleanup.
+    child_pid: Option<i32>,
+    writer: Option<Arc<Mutex<Box<dyn Write + Send>>>>,
+    master: Option<Box<dyn MasterPty + Send>>,
+}
+
+/// One shell session.
+pub struct Session {
+    pub id: String,
+    pub team_id: String,
+    pub gateway_id: String,
+    pub resource_id: String,
+    pub shell: String,
+    pub shell_args: Vec<String>,
+    pub cwd: Option<String>,
+    pub created_at: String,
+    /// The shell's PID: session and process-group leader of its tree.
+    pub leader_pid: i32,
+    /// The shell's process tree (leader and environment tag).
+    pub tree: TreeId,
+    state: Mutex<SessionState>,
+    io: Mutex<SessionIo>,
+    clock: Clock,
+}
+
+impl Session {
+    fn now(&self) -> String {
+        iso((self.clock)())
+    }
+
+    /// Appends an event (empty data is dropped) and refreshes `updated_at`.
+    fn append(&self, stream: ShellStream, data: &str) {
+        let now = self.now();
+        let mut st = lock(&self.state);
+        if st.buffer.append(stream, data, &now) {
+            st.updated_at = now;
+        }
+    }
+
+    pub fn status(&self) -> ShellSessionState {
+        lock(&self.state).status
+    }
+
+    pub fn summary(&self) -> ShellSessionSummary {
+        let st = lock(&self.state);
+        self.summary_locked(&st)
+    }
+
+    fn summary_locked(&self, st: &SessionState) -> ShellSessionSummary {
+        ShellSessionSummary {
+            session_id: self.id.clone(),
+            resource_id: self.resource_id.clone(),
+            status: st.status,
+            shell: self.shell.clone(),
+            shell_args: self.shell_args.clone(),
+            cwd: self.cwd.clone(),
+            created_at: self.created_at.clone(),
+            updated_at: st.updated_at.clone(),
+            exit_code: st.exit_code,
+            error: st.error.clone(),
+            latest_sequence: st.buffer.latest_sequence(),
+        }
+    }
+
+    /// `(buffered events, buffered byte estimate, oldest sequence)`.
+    pub fn buffer_stats(&self) -> (usize, usize, Option<u64>) {
+        let st = lock(&self.state);
+        (
+            st.buffer.len(),
+            st.buffer.buffered_bytes(),
+            st.buffer.first_sequence(),
+        )
+    }
+
+    /// The shell was reaped: record it and append the exit event.
+    fn on_exit(&self, exit: ExitInfo) {
+        {
+            let mut io = lock(&self.io);
+            io.child_pid = None;
+            io.writer = None;
+        }
+        let now = self.now();
+        let mut st = lock(&self.state);
+        st.exit = Some(exit);
+        st.exit_code = exit.code;
+        if st.status == ShellSessionState::Running {
+            st.status = ShellSessionState::Exited;
+        }
+        st.updated_at = now.clone();
+        let code = exit
+            .code
+            .map_or_else(|| "unknown".to_string(), |c| c.to_string());
+        st.buffer.append(
+            ShellStream::System,
+            &format!("Session exited with code {code}"),
+            &now,
+        );
+    }
+
+    fn set_updated_now(&self) {
+        let now = self.now();
+        lock(&self.state).updated_at = now;
+    }
+
+    /// Rewinds `updated_at` (tests of retention and purge).
+    pub fn set_updated_at(&self, updated_at: &str) {
+        lock(&self.state).updated_at = updated_at.to_string();
+    }
+}
+
+/// The session manager: at most 64 running sessions, kept in memory only.
+pub struct ShellSessions {
+    config: ShellSessionsConfig,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// Serializes `open` so the 64-session cap cannot be overshot.
+    open_lock: tokio::sync::Mutex<()>,
+    terminations: Mutex<Vec<std::thread::JoinHandle<Termination>>>,
+}
+
+impl Default for ShellSessions {
+    fn default() -> Self {
+        ShellSessions::new(ShellSessionsConfig::default())
+    }
+}
+
+impl ShellSessions {
+    pub fn new(config: ShellSessionsConfig) -> Self {
+        ShellSessions {
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            open_lock: tokio::sync::Mutex::new(()),
+            terminations: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn config(&self) -> &ShellSessionsConfig {
+        &self.config
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.config.clock)().timestamp_millis()
+    }
+
+    /// Sessions with status `running` (the 64 cap and restart blocking).
+    pub fn running_count(&self) -> usize {
+        lock(&self.sessions)
+            .values()
+            .filter(|s| s.status() == ShellSessionState::Running)
+            .count()
+    }
+
+    pub fn get(&self, session_id: &str) -> Option<Arc<Session>> {
+        lock(&self.sessions).get(session_id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Preamble step 1: drop every non-running session whose `updated_at`
+    /// does not parse or is at least 15 minutes old.
+    pub fn purge_expired(&self) {
+        let now = self.now_ms();
+        lock(&self.sessions).retain(|_, s| {
+            let st = lock(&s.state);
+            if st.status == ShellSessionState::Running {
+                return true;
+            }
+            match parse_timestamp_ms(&st.updated_at) {
+                Some(updated) => now - updated < SHELL_SESSION_RETENTION_MS,
+                None => false,
+            }
+        });
+    }
+
+    /// `open` after resource validation: the cap, the payload, the spawn.
+    pub async fn open(
+        &self,
+        owner: &ShellIdentity,
+        resource_id: &str,
+        payload: &Value,
+    ) -> Result<Value, ShellJobError> {
+        let _guard = self.open_lock.lock().await;
+        if self.running_count() >= MAX_ACTIVE_SHELL_SESSIONS {
+            return Err(ShellJobError::with_fields(
+                MSG_TOO_MANY_SESSIONS,
+                json!({ "max_active_sessions": MAX_ACTIVE_SHELL_SESSIONS }),
+            ));
+        }
+        let parsed =
+            ShellOpenPayload::parse(payload).map_err(|e| ShellJobError::from_payload(&e))?;
+        let shell = parsed.shell.clone().unwrap_or_else(default_shell);
+        let session_id = match &parsed.session_id {
+            Some(requested) => {
+                if self.get(requested).is_some() {
+                    return Err(ShellJobError::with_fields(
+                        MSG_SESSION_ID_EXISTS,
+                        json!({ "session_id": requested }),
+                    ));
+                }
+                requested.clone()
+            }
+            None => {
+                let mut id = uuid::Uuid::new_v4().to_string();
+                let mut retries = 0;
+                while self.get(&id).is_some() && retries < 5 {
+                    id = uuid::Uuid::new_v4().to_string();
+                    retries += 1;
+                }
+                if self.get(&id).is_some() {
+                    return Err(ShellJobError::message(MSG_SESSION_ID_ALLOCATION));
+                }
+                id
+            }
+        };
+
+        let mut session_env = parsed.env.clone();
+        session_env
+            .entry("TERM".into())
+            .or_insert_with(|| DEFAULT_SHELL_TERM.into());
+        session_env
+            .entry("COLUMNS".into())
+            .or_insert_with(|| DEFAULT_SHELL_COLUMNS.to_string());
+        session_env
+            .entry("LINES".into())
+            .or_insert_with(|| DEFAULT_SHELL_ROWS.to_string());
+        let size = PtySize {
+            cols: dimension(session_env.get("COLUMNS"), DEFAULT_SHELL_COLUMNS),
+            rows: dimension(session_env.get("LINES"), DEFAULT_SHELL_ROWS),
+            pixel_width: 0,
+            pixel_height: 0,
+        };
+        let tag = proctree::new_tree_tag();
+        let mut overrides: Vec<(String, Option<String>)> =
+            session_env.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        overrides.push((TREE_TAG_ENV.to_string(), Some(tag.clone())));
+        let env = self.config.child_env(&overrides);
+
+        let fail = |message: String| {
+            let message = format!("Failed to open shell session: {message}");
+            ShellJobError::message(message)
+        };
+        let cwd = match &parsed.cwd {
+            Some(dir) => PathBuf::from(dir),
+            None => std::env::current_dir().map_err(|e| fail(format!("cwd: {e}")))?,
+        };
+        let program = resolve_program(&shell, &env, &cwd).map_err(fail)?;
+
+        let now = iso((self.config.clock)());
+        let spawned = spawn_pty(&program, &parsed.shell_args, &env, &cwd, size)
+            .map_err(|e| fail(format!("spawn {shell} {e}")))?;
+        let session = Arc::new(Session {
+            id: session_id.clone(),
+            team_id: owner.team_id.clone(),
+            gateway_id: owner.gateway_id.clone(),
+            resource_id: resource_id.to_string(),
+            shell: shell.clone(),
+            shell_args: parsed.shell_args.clone(),
+            cwd: parsed.cwd.clone(),
+            created_at: now.clone(),
+            leader_pid: spawned.pid,
+            tree: TreeId::new(spawned.pid, Some(tag)),
+            state: Mutex::new(SessionState {
+                status: ShellSessionState::Running,
+                updated_at: now,
+                exit_code: None,
+                error: None,
+                buffer: EventBuffer::default(),
+                exit: None,
+            }),
+            io: Mutex::new(SessionIo {
+                child_pid: Some(spawned.pid),
+                writer: Some(Arc::new(Mutex::new(spawned.writer))),
+                master: Some(spawned.master),
+            }),
+            clock: self.config.clock.clone(),
+        });
+        start_io_threads(&session, spawned.reader, spawned.child);
+
+        // waitForChildStartup: a short turn, then an early exit is an error.
+        tokio::time::sleep(STARTUP_CHECK_DELAY).await;
+        let (status, exit) = {
+            let st = lock(&session.state);
+            (st.status, st.exit)
+        };
+        if let Some(exit) = exit {
+            let detail = match (exit.code, exit.signal) {
+                (_, Some(sig)) => format!("signal {sig}"),
+                (Some(code), None) => format!("code {code}"),
+                (None, None) => "code null".to_string(),
+            };
+            return Err(fail(format!("Process exited during startup ({detail})")));
+        }
+        if status != ShellSessionState::Running {
+            // Secondary guard (unreachable with a PTY: no `error` event).
+            let st = lock(&session.state);
+            let message = st.error.clone().unwrap_or_else(|| match st.exit_code {
+                Some(code) => format!("Shell session exited during startup with code {code}"),
+                None => "Shell session exited during startup".to_string(),
+            });
+            let summary = session.summary_locked(&st);
+            return Err(ShellJobError::with_fields(
+                message,
+                serde_json::to_value(summary).unwrap_or(Value::Null),
+            ));
+        }
+        lock(&self.sessions).insert(session_id, session.clone());
+        let opened = if parsed.shell_args.is_empty() {
+            format!("Session opened ({shell})")
+        } else {
+            format!("Session opened ({shell} {})", parsed.shell_args.join(" "))
+        };
+        session.append(ShellStream::System, &opened);
+        Ok(to_value(ShellOpenResult::new(session.summary())))
+    }
+
+    /// Shared checks 2–4 for actions on an existing session.
+    pub fn lookup(
+        &self,
+        owner: &ShellIdentity,
+        resource_id: &str,
+        session_id: &str,
+    ) -> Result<Arc<Session>, ShellJobError> {
+        let with_id = |m: &str| ShellJobError::with_fields(m, json!({ "session_id": session_id }));
+        let session = self
+            .get(session_id)
+            .ok_or_else(|| with_id(MSG_SESSION_NOT_FOUND))?;
+        if session.team_id != owner.team_id || session.gateway_id != owner.gateway_id {
+            return Err(with_id(MSG_SESSION_OTHER_CONTEXT));
+        }
+        if session.resource_id != resource_id {
+            return Err(with_id(MSG_SESSION_RESOURCE_MISMATCH));
+        }
+        Ok(session)
+    }
+
+    /// Cleanup(reason): terminate and detach the child, `running` → `closed`.
+    pub fn cleanup(&self, session: &Session, reason: &str) {
+        let (had_child, writer, master) = {
+            let mut io = lock(&session.io);
+            (io.child_pid.take(), io.writer.take(), io.master.take())
+        };
+        drop(writer);
+        // Mark it closed first, so the exit the signals cause keeps `closed`.
+        {
+            let now = session.now();
+            let mut st = lock(&session.state);
+            if st.status == ShellSessionState::Running {
+                st.status = ShellSessionState::Closed;
+            }
+            st.updated_at = now;
+        }
+        let tree_alive = !proctree::live_tree(&session.tree).is_empty();
+        if had_child.is_some() || tree_alive {
+            let tree = session.tree.clone();
+            let grace = self.config.kill_grace;
+            let session_id = session.id.clone();
+            let reason = reason.to_string();
+            let handle = std::thread::spawn(move || {
+                let report = proctree::terminate_tree(&tree, grace, &[libc::SIGHUP]);
+                if !report.survivors.is_empty() {
+                    tracing::error!(
+                        context = "shell_session_cleanup",
+                        session_id = %session_id,
+                        reason = %reason,
+                        survivors = ?report.survivors,
+                        "Failed to send child process termination signal"
+                    );
+                }
+                // The master outlives the tree so the shell never sees a
+                // half-closed terminal while it is being signalled.
+                drop(master);
+                report
+            });
+            let mut pending = lock(&self.terminations);
+            pending.retain(|h| !h.is_finished());
+            pending.push(handle);
+        }
+        let now = session.now();
+        let mut st = lock(&session.state);
+        if st.status == ShellSessionState::Running {
+            st.status = ShellSessionState::Closed;
+        }
+        st.updated_at = now;
+    }
+
+    /// Revocation after a failed re-validation.
+    pub fn revoke(&self, session: &Session, message: &str) {
+        session.append(ShellStream::System, &format!("Session closed: {message}"));
+        self.cleanup(session, "shell_session_resource_revoked");
+        let now = session.now();
+        let mut st = lock(&session.state);
+        st.status = ShellSessionState::Closed;
+        st.updated_at = now;
+    }
+
+    pub fn status(&self, session: &Session) -> Value {
+        to_value(ShellSummaryResult::status(session.summary()))
+    }
+
+    pub fn read(&self, session: &Session, payload: &Value) -> Value {
+        let p = ShellReadPayload::parse(payload);
+        let st = lock(&session.state);
+        let page = st.buffer.read(p.since_sequence, p.max_events);
+        to_value(ShellReadResult::new(
+            session.summary_locked(&st),
+            p.since_sequence,
+            p.max_events,
+            page.has_more,
+            page.events,
+        ))
+    }
+
+    pub async fn write(&self, session: &Session, payload: &Value) -> Result<Value, ShellJobError> {
+        let p = ShellWritePayload::parse(payload).map_err(|_| {
+            ShellJobError::with_fields(MSG_MISSING_INPUT, json!({ "session_id": session.id }))
+        })?;
+        let writer = {
+            let io = lock(&session.io);
+            match (session.status(), &io.writer) {
+                (ShellSessionState::Running, Some(w)) => w.clone(),
+                (status, _) => {
+                    return Err(summary_error(
+                        session,
+                        format!("Shell session is not writable (status: {status})"),
+                    ))
+                }
+            }
+        };
+        let data = p.data();
+        let bytes = data.clone().into_bytes();
+        let written = tokio::time::timeout(
+            SHELL_WRITE_TIMEOUT,
+            tokio::task::spawn_blocking(move || {
+                let mut w = lock(&writer);
+                w.write_all(&bytes)?;
+                w.flush()
+            }),
+        )
+        .await;
+        let failure = match written {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(e))) => Some(e.to_string()),
+            Ok(Err(join)) => Some(join.to_string()),
+            Err(_) => Some(format!(
+                "write timed out after {} ms",
+                SHELL_WRITE_TIMEOUT.as_millis()
+            )),
+        };
+        if let Some(e) = failure {
+            return Err(summary_error(
+                session,
+                format!("Failed to write to shell session: {e}"),
+            ));
+        }
+        session.set_updated_now();
+        Ok(to_value(ShellWriteResult::new(
+            session.summary(),
+            data.len() as u64,
+            p.append_newline,
+        )))
+    }
+
+    /// `resize` (extension): `cols` (or `columns`) and `rows`, 1..=1000.
+    pub fn resize(&self, session: &Session, payload: &Value) -> Result<Value, ShellJobError> {
+        let dim = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| payload.get(*k).filter(|v| !v.is_null()))
+                .and_then(|v| match v {
+                    Value::Number(n) => n.as_i64(),
+                    Value::String(s) => s.trim().parse().ok(),
+                    _ => None,
+                })
+                .filter(|n| (1..=MAX_RESIZE_DIMENSION).contains(n))
+        };
+        let (Some(cols), Some(rows)) = (dim(&["cols", "columns"]), dim(&["rows", "lines"])) else {
+            return Err(ShellJobError::with_fields(
+                MSG_INVALID_RESIZE,
+                json!({ "session_id": session.id }),
+            ));
+        };
+        {
+            let io = lock(&session.io);
+            let master = match (session.status(), &io.master, io.child_pid) {
+                (ShellSessionState::Running, Some(m), Some(_)) => m,
+                (status, _, _) => {
+                    drop(io);
+                    return Err(summary_error(
+                        session,
+                        format!("Shell session is not resizable (status: {status})"),
+                    ));
+                }
+            };
+            let size = PtySize {
+                cols: cols as u16,
+                rows: rows as u16,
+                pixel_width: 0,
+                pixel_height: 0,
+            };
+            if let Err(e) = master.resize(size) {
+                drop(io);
+                return Err(summary_error(
+                    session,
+                    format!("Failed to resize shell session: {e}"),
+                ));
+            }
+        }
+        session.set_updated_now();
+        let mut result = to_value(session.summary());
+        if let Value::Object(map) = &mut result {
+            map.insert("message".into(), json!("Shell session resized"));
+            map.insert("columns".into(), json!(cols));
+            map.insert("rows".into(), json!(rows));
+        }
+        Ok(result)
+    }
+
+    pub fn close(&self, session: &Session) -> Value {
+        if session.status() == ShellSessionState::Running {
+            self.cleanup(session, "shell_session_close");
+            session.append(ShellStream::System, "Session closed by request");
+        }
+        {
+            let now = session.now();
+            let mut st = lock(&session.state);
+            st.status = ShellSessionState::Closed;
+            st.updated_at = now;
+        }
+        to_value(ShellSummaryResult::closed(session.summary()))
+    }
+
+    /// Shutdown: close every running session and wait until each tree is
+    /// gone (SIGTERM, then SIGKILL after the grace).
+    pub async fn close_all(&self) {
+        let sessions: Vec<Arc<Session>> = lock(&self.sessions).values().cloned().collect();
+        for s in &sessions {
+            if s.status() == ShellSessionState::Running {
+                self.cleanup(s, "shell_session_shutdown");
+                s.append(ShellStream::System, "Session closed: gateway shutting down");
+            }
+        }
+        self.wait_for_terminations().await;
+    }
+
+    /// Waits for every termination started so far.
+    pub async fn wait_for_terminations(&self) {
+        let handles: Vec<_> = std::mem::take(&mut *lock(&self.terminations));
+        let _ = tokio::task::spawn_blocking(move || {
+            for h in handles {
+                let _ = h.join();
+            }
+        })
+        .await;
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn summary_error(session: &Session, message: String) -> ShellJobError {
+    ShellJobError::with_fields(message, to_value(session.summary()))
+}
+
+/// `$SHELL` (trimmed), else `/bin/bash`.
+pub fn default_shell() -> String {
+    std::env::var("SHELL")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "/bin/bash".into())
+}
+
+fn dimension(raw: Option<&String>, default: u32) -> u16 {
+    raw.and_then(|s| s.trim().parse::<u16>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default as u16)
+}
+
+/// Node-style spawn checks, so errors read `spawn <shell> ENOENT`: the
+/// program must resolve (through the child's `PATH` when it has no slash)
+/// and the cwd must exist. Returns the program to run.
+fn resolve_program(shell: &str, env: &[(String, String)], cwd: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let enoent = || format!("spawn {shell} ENOENT");
+    if !cwd.is_dir() {
+        return Err(enoent());
+    }
+    let executable = |p: &Path| {
+        std::fs::metadata(p).map(|m| m.is_file().then_some(m.permissions().mode() & 0o111 != 0))
+    };
+    if shell.contains('/') {
+        let path = if Path::new(shell).is_absolute() {
+            PathBuf::from(shell)
+        } else {
+            cwd.join(shell)
+        };
+        return match executable(&path) {
+            Ok(Some(true)) => Ok(path),
+            Ok(_) => Err(format!("spawn {shell} EACCES")),
+            Err(_) => Err(enoent()),
+        };
+    }
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path_var) {
+        let candidate = cwd.join(dir).join(shell);
+        if let Ok(Some(true)) = executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(enoent())
+}
+
+struct SpawnedPty {
+    pid: i32,
+    master: Box<dyn MasterPty + Send>,
+    writer: Box<dyn Write + Send>,
+    reader: Box<dyn Read + Send>,
+    child: Box<dyn portable_pty::Child + Send + Sync>,
+}
+
+fn spawn_pty(
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    cwd: &Path,
+    size: PtySize,
+) -> Result<SpawnedPty, String> {
+    let pair = native_pty_system()
+        .openpty(size)
+        .map_err(|e| format!("EPTY ({e})"))?;
+    let mut cmd = CommandBuilder::new(program);
+    cmd.args(args);
+    cmd.env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.cwd(cwd);
+    let child = pair
+        .slave
+        .spawn_command(cmd)
+        .map_err(|e| format!("ENOEXEC ({e})"))?;
+    drop(pair.slave);
+    let pid = child
+        .process_id()
+        .map(|p| p as i32)
+        .ok_or_else(|| "ESRCH (no process id)".to_string())?;
+    let reader = pair
+        .master
+        .try_clone_reader()
+        .map_err(|e| format!("EIO ({e})"))?;
+    let writer = pair
+        .master
+        .take_writer()
+        .map_err(|e| format!("EIO ({e})"))?;
+    Ok(SpawnedPty {
+        pid,
+        master: pair.master,
+        writer,
+        reader,
+        child,
+    })
+}
+
+/// Signal names for `strsignal` texts portable-pty reports.
+fn signal_name(text: &str) -> &'static str {
+    match text {
+        "Hangup" => "SIGHUP",
+        "Interrupt" => "SIGINT",
+        "Quit" => "SIGQUIT",
+        "Killed" => "SIGKILL",
+        "Terminated" => "SIGTERM",
+        "Aborted" => "SIGABRT",
+        "Segmentation fault" => "SIGSEGV",
+        "Broken pipe" => "SIGPIPE",
+        _ => "SIGUNKNOWN",
+    }
+}
+
+/// The reader thread turns terminal output into `stdout` events; the waiter
+/// thread reaps the shell and appends the exit event once the output has
+/// drained (or after a short bound, when a background process keeps the
+/// terminal open).
+fn start_io_threads(
+    session: &Arc<Session>,
+    mut reader: Box<dyn Read + Send>,
+    mut child: Box<dyn portable_pty::Child + Send + Sync>,
+) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let s = session.clone();
+    std::thread::spawn(move || {
+        let mut chunker = Utf8Chunker::default();
+        let mut buf = [0u8; 8192];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => s.append(ShellStream::Stdout, &chunker.push(&buf[..n])),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break, // EIO once every slave fd is closed
+            }
+        }
+        s.append(ShellStream::Stdout, &chunker.finish());
+        let _ = done_tx.send(());
+    });
+    let s = session.clone();
+    std::thread::spawn(move || {
+        let exit = match child.wait() {
+            Ok(status) => match status.signal() {
+                Some(sig) => ExitInfo {
+                    code: None,
+                    signal: Some(signal_name(sig)),
+                },
+                None => ExitInfo {
+                    code: Some(status.exit_code() as i32),
+                    signal: None,
+                },
+            },
+            Err(_) => ExitInfo {
+                code: None,
+                signal: None,
+            },
+        };
+        let _ = done_rx.recv_timeout(EXIT_DRAIN);
+        s.on_exit(exit);
+    });
+}
