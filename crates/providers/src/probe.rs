@@ -145,13 +145,16 @@ pub async fn detect_provider(
             error: None,
             supported_flags: probe_flags(resolved.provider, &resolved.command, options).await,
         },
-        Err(e) => ProviderDetection {
-            provider: resolved.provider,
-            command: resolved.command.clone(),
-            available: false,
-            version: None,
-            error: Some(e.to_string()),
-            supported_flags: SupportedFlags::default(),
-        },
+        Err(e) => {
+            tracing::debug!(provider = %resolved.provider, command = %resolved.command, error = %e, "provider CLI unavailable");
+            ProviderDetection {
+                provider: resolved.provider,
+                command: resolved.command.clone(),
+                available: false,
+                version: None,
+                error: Some(e.to_string()),
+                supported_flags: SupportedFlags::default(),
+            }
+        }
     }
 }
