@@ -71,6 +71,9 @@ pub enum Command {
     /// Team resources (remote-shell targets).
     #[command(subcommand)]
     Resource(ResourceCmd),
+    /// Interactive remote shells through shell_session jobs.
+    #[command(subcommand)]
+    Shell(crate::attach::ShellCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -435,6 +438,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Run(RunCmd::Events { run_id, follow }) => run_events(&cli, run_id, *follow).await,
+        Command::Shell(cmd) => crate::attach::run(&client(&cli)?, cmd).await,
         Command::Resource(ResourceCmd::Create {
             team,
             gateway,

@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+pub mod attach;
 pub mod auth;
 pub mod changes;
 pub mod cli;
