@@ -407,3 +407,23 @@ async fn server_close_is_closed() {
         RealtimeEventKind::Status(ChannelStatus::Closed(CloseReason::ServerClosed))
     );
 }
+
+/// An `https://` project URL gives a `wss://` socket: the TLS connector is
+/// compiled in, so the attempt fails on the network (nothing listens on
+/// this loopback port), not with "TLS support not enabled".
+#[tokio::test]
+async fn wss_urls_are_supported() {
+    let client = Client::new("https://127.0.0.1:9", "anon").unwrap();
+    let (rt, mut events) = client.realtime(RealtimeOptions::default());
+    let _ch = rt.channel("gateway_jobs_1", vec![]);
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("a status within 10 s")
+        .expect("an event");
+    match event.kind {
+        RealtimeEventKind::Status(ChannelStatus::ChannelError(message)) => {
+            assert!(!message.to_lowercase().contains("tls"), "{message}");
+        }
+        other => panic!("expected a connection error, got {other:?}"),
+    }
+}
