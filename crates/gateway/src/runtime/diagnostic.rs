@@ -1,7 +1,10 @@
 //! `diagnostic` jobs (runtime.md §6, control-plane.md §8.1): run
 //! `<claude command> --version` directly (no shell) with a 10 s timeout in
-//! the scrubbed child environment.
+//! the scrubbed child environment. The child leads its own process group;
+//! a timeout or a cancellation (shutdown) stops the whole group: SIGTERM,
+//! then SIGKILL after [`KILL_GRACE`].
 
+use std::future::Future;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -10,6 +13,7 @@ use panorama_protocol::jobs::HandlerOutcome;
 use panorama_protocol::results::{DiagnosticResult, DIAGNOSTIC_TIMEOUT_MS};
 use tokio::io::AsyncReadExt;
 
+use super::procgroup::{terminate_group, GroupGuard, KILL_GRACE};
 use crate::child_env;
 
 /// Env var holding the Claude CLI override (`--claude-cli`).
@@ -46,12 +50,29 @@ async fn read_capped<R: AsyncReadExt + Unpin>(reader: Option<R>) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// Run the check with `command` and return the handler outcome.
+/// How long the output readers may lag behind the child's exit (a
+/// process that escaped the group could hold the pipes open forever).
+const READER_GRACE: Duration = Duration::from_secs(2);
+
+async fn join_reader(task: tokio::task::JoinHandle<String>) -> String {
+    let abort = task.abort_handle();
+    match tokio::time::timeout(READER_GRACE, task).await {
+        Ok(out) => out.unwrap_or_default(),
+        Err(_) => {
+            abort.abort();
+            String::new()
+        }
+    }
+}
+
+/// Run the check with `command` and return the handler outcome; `None`
+/// when `cancel` completed first (the child's process group was stopped).
 pub async fn run_diagnostic(
     command: &str,
     tmp_dir: Option<&Path>,
     timeout: Duration,
-) -> HandlerOutcome {
+    cancel: impl Future<Output = ()>,
+) -> Option<HandlerOutcome> {
     let label = format!("{command} --version");
     let started = Instant::now();
     let elapsed = |s: Instant| s.elapsed().as_millis() as u64;
@@ -62,6 +83,7 @@ pub async fn run_diagnostic(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
@@ -70,28 +92,34 @@ pub async fn run_diagnostic(
                 std::io::ErrorKind::NotFound => format!("spawn {command} ENOENT"),
                 _ => format!("spawn {command} failed: {e}"),
             };
-            return failure(
+            return Some(failure(
                 label,
                 String::new(),
                 String::new(),
                 None,
                 elapsed(started),
                 message,
-            );
+            ));
         }
     };
+    let pgid = child.id().map(|id| id as i32);
+    let mut guard = GroupGuard::new(pgid);
     let stdout = tokio::spawn(read_capped(child.stdout.take()));
     let stderr = tokio::spawn(read_capped(child.stderr.take()));
-    let waited = tokio::time::timeout(timeout, child.wait()).await;
-    let timed_out = waited.is_err();
-    if timed_out {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+    let waited = tokio::select! {
+        waited = tokio::time::timeout(timeout, child.wait()) => Some(waited),
+        () = cancel => None,
+    };
+    let stop = !matches!(waited, Some(Ok(_)));
+    if let (true, Some(pgid)) = (stop, pgid) {
+        terminate_group(&mut child, pgid, KILL_GRACE).await;
     }
-    let stdout = stdout.await.unwrap_or_default();
-    let stderr = stderr.await.unwrap_or_default();
+    guard.disarm();
+    let stdout = join_reader(stdout).await;
+    let stderr = join_reader(stderr).await;
     let duration_ms = elapsed(started);
-    match waited {
+    let waited = waited?;
+    Some(match waited {
         Err(_) => failure(
             label.clone(),
             stdout,
@@ -116,7 +144,7 @@ pub async fn run_diagnostic(
             }
             failure(label, stdout, stderr, status.code(), duration_ms, message)
         }
-    }
+    })
 }
 
 fn failure(
@@ -133,13 +161,17 @@ fn failure(
     HandlerOutcome::failure(serde_json::to_value(result).unwrap_or_default(), job_error)
 }
 
-/// The diagnostic handler as the runtime calls it.
-pub async fn handle(tmp_dir: Option<&Path>) -> HandlerOutcome {
+/// The diagnostic handler as the runtime calls it; `None` when cancelled.
+pub async fn handle(
+    tmp_dir: Option<&Path>,
+    cancel: impl Future<Output = ()>,
+) -> Option<HandlerOutcome> {
     let command = claude_command(crate::paths::process_env);
     run_diagnostic(
         &command,
         tmp_dir,
         Duration::from_millis(DIAGNOSTIC_TIMEOUT_MS),
+        cancel,
     )
     .await
 }
@@ -167,7 +199,10 @@ mod tests {
     async fn success_failure_missing_and_timeout() {
         let tmp = tempfile::tempdir().unwrap();
         let ok = script(tmp.path(), "ok", "echo '2.0.14 (Claude Code)'");
-        let out = run_diagnostic(&ok, None, Duration::from_secs(5)).await;
+        let never = std::future::pending::<()>;
+        let out = run_diagnostic(&ok, None, Duration::from_secs(5), never())
+            .await
+            .unwrap();
         assert!(out.ok);
         let r = out.result.unwrap();
         assert_eq!(r["command"], format!("{ok} --version"));
@@ -176,7 +211,9 @@ mod tests {
         assert!(r.get("error").is_none());
 
         let bad = script(tmp.path(), "bad", "echo oops >&2; exit 3");
-        let out = run_diagnostic(&bad, None, Duration::from_secs(5)).await;
+        let out = run_diagnostic(&bad, None, Duration::from_secs(5), never())
+            .await
+            .unwrap();
         assert!(!out.ok);
         let r = out.result.unwrap();
         assert_eq!(r["exit_code"], 3);
@@ -184,15 +221,32 @@ mod tests {
         assert!(out.error.unwrap().contains("Command failed"));
 
         let missing = tmp.path().join("nope").display().to_string();
-        let out = run_diagnostic(&missing, None, Duration::from_secs(5)).await;
+        let out = run_diagnostic(&missing, None, Duration::from_secs(5), never())
+            .await
+            .unwrap();
         assert_eq!(
             out.error.as_deref(),
             Some(format!("spawn {missing} ENOENT").as_str())
         );
         assert_eq!(out.result.unwrap()["exit_code"], serde_json::Value::Null);
 
-        let slow = script(tmp.path(), "slow", "sleep 5");
-        let out = run_diagnostic(&slow, None, Duration::from_millis(200)).await;
+        // A grandchild holding stdout open does not keep a timed-out run
+        // waiting: the whole group is stopped.
+        let slow = script(tmp.path(), "slow", "sleep 30 & sleep 30");
+        let began = Instant::now();
+        let out = run_diagnostic(&slow, None, Duration::from_millis(200), never())
+            .await
+            .unwrap();
         assert!(out.error.unwrap().contains("timed out"));
+        assert!(began.elapsed() < Duration::from_secs(5));
+
+        let cancelled = run_diagnostic(
+            &slow,
+            None,
+            Duration::from_secs(10),
+            tokio::time::sleep(Duration::from_millis(100)),
+        )
+        .await;
+        assert!(cancelled.is_none());
     }
 }

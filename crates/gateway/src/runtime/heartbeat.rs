@@ -159,7 +159,44 @@ pub async fn refresh(gw: &Gateway) {
         st.capabilities = Some(build_capabilities(&gw.device_name, enabled));
     }
     let status = gw.compute_status();
-    send(gw, status).await;
+    send_and_calibrate(gw, status).await;
+}
+
+/// Send a heartbeat, then measure the server clock from the `last_seen_at`
+/// it just set (control-plane.md §17 item 14; see [`super::clock`]).
+pub async fn send_and_calibrate(gw: &Gateway, status: GatewayStatus) -> bool {
+    let sent = super::now_ms();
+    if !send(gw, status).await {
+        return false;
+    }
+    let recv = super::now_ms();
+    let row = gw
+        .client
+        .from("team_gateways")
+        .select("last_seen_at")
+        .eq("id", gw.gateway_id.as_str())
+        .eq("team_id", gw.team_id.as_str())
+        .maybe_single()
+        .await;
+    match row {
+        Ok(Some(row)) => {
+            let seen = row.get("last_seen_at").and_then(serde_json::Value::as_str);
+            if let Some(seen) = seen {
+                // Only a value our heartbeat could have set can calibrate.
+                if gw.clock.observe_timestamp(seen, sent, recv) {
+                    tracing::debug!(
+                        offset_ms = gw.clock.offset_ms(),
+                        "Measured the control-plane clock offset"
+                    );
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::debug!(error = %e, "Could not read last_seen_at to measure the clock offset")
+        }
+    }
+    true
 }
 
 /// The heartbeat task: every 30 s until shutdown begins.

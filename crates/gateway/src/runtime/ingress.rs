@@ -249,7 +249,12 @@ pub async fn reconcile(gw: &Arc<Gateway>, reason: &str) {
         });
     match listed {
         Ok(rows) => {
+            let was_failing = gw.lock().last_ingress_error.is_some();
             gw.record_ingress(Ok(()));
+            if was_failing {
+                // The hub is reachable again: cut the outbox's retry backoff short.
+                gw.outbox.notify();
+            }
             // Send a changed status (e.g. pending → ready) before releasing
             // the batch (control-plane.md §7.4 race note).
             heartbeat::sync_if_changed(gw).await;

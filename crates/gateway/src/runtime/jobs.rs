@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use panorama_protocol::jobs::{
-    complete_job, handler_threw, idempotency_duplicate, unsupported_job_type, JobCompletion,
+    complete_job, handler_threw, idempotency_duplicate, residual_shutdown_completion,
+    unsupported_job_type, JobCompletion,
 };
 use panorama_protocol::rows::{decode_gateway_job_row, GatewayJobRow};
 use panorama_protocol::status::{JobStatus, JobType};
@@ -151,10 +152,13 @@ fn log_processing(job: &GatewayJobRow) {
 /// Run the handler for a claimed job. Every job type is decided here.
 async fn dispatch(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
     match &job.job_type {
-        JobType::Diagnostic => complete_job(
-            &job.job_type,
-            diagnostic::handle(Some(gw.paths.tmp_dir.as_path())).await,
-        ),
+        JobType::Diagnostic => {
+            match diagnostic::handle(Some(gw.paths.tmp_dir.as_path()), gw.cancelled()).await {
+                Some(outcome) => complete_job(&job.job_type, outcome),
+                // Stopped by the shutdown (§4.8 step 7): a residual job.
+                None => residual_shutdown_completion(&gw.cancel_reason().unwrap_or_default()),
+            }
+        }
         JobType::ModelRun
         | JobType::SubagentRun
         | JobType::SubagentCancel
@@ -165,7 +169,12 @@ async fn dispatch(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
 }
 
 /// Queue the completion in the outbox, then release the ledger entry.
+/// Only the first completion of a job counts (the job's own task and the
+/// shutdown's residual finalization may race).
 pub fn complete(gw: &Gateway, job_id: &str, completion: &JobCompletion) {
+    if !gw.lock().finalized.insert(job_id.to_string()) {
+        return;
+    }
     match gw
         .outbox
         .push(completion_write(job_id, completion, &now_iso()))

@@ -10,16 +10,19 @@
 //! * the outbox delivery task (crate `outbox`), which carries every outcome
 //!   write (job completions, `gateway_events`).
 
+pub mod clock;
 pub mod diagnostic;
 pub mod events;
 pub mod heartbeat;
 pub mod ingress;
 pub mod jobs;
 pub mod pairing;
+pub mod procgroup;
 pub mod queue;
+pub mod restart;
 pub mod shutdown;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -81,6 +84,8 @@ pub struct State {
     pub full_control_enabled: bool,
     /// The active-claimed map: every job handed to a task, until it ends.
     pub active: HashMap<String, tokio::task::AbortHandle>,
+    /// Jobs whose completion was queued by this process.
+    pub finalized: HashSet<String>,
 }
 
 /// Everything the runtime's tasks share.
@@ -98,6 +103,11 @@ pub struct Gateway {
     pub last_sent: tokio::sync::Mutex<Option<GatewayStatus>>,
     pub reconcile_in_flight: AtomicBool,
     pub shutdown_tx: watch::Sender<bool>,
+    /// Set (with the reason) when running jobs must stop their children
+    /// (shutdown step 7).
+    pub cancel_tx: watch::Sender<Option<String>>,
+    /// Server-clock estimate for freshness checks (control-plane.md §17).
+    pub clock: clock::ServerClock,
 }
 
 impl Gateway {
@@ -107,6 +117,21 @@ impl Gateway {
 
     pub fn is_shutting_down(&self) -> bool {
         self.lock().shutting_down
+    }
+
+    /// Resolves once running jobs are asked to stop.
+    pub fn cancelled(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.cancel_tx.subscribe();
+        async move {
+            if rx.wait_for(Option::is_some).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// The reason running jobs were asked to stop, if they were.
+    pub fn cancel_reason(&self) -> Option<String> {
+        self.cancel_tx.borrow().clone()
     }
 
     /// The operational status now (later rule: host availability).
@@ -227,7 +252,17 @@ pub async fn authenticate(
     client
         .set_session(access_token, refresh_token)
         .await
-        .map_err(|e| AuthError::Session(e.to_string()))?;
+        .map_err(|e| {
+            // No HTTP answer (or a 5xx): the hub was not reached, so the
+            // session is not known to be bad; pairing again would not help.
+            let unreachable = e.is_transport()
+                || matches!(e, panorama_supabase::Error::Auth { status, retryable: true, .. } if status == 0 || status >= 500);
+            if unreachable {
+                AuthError::Unreachable(e.to_string())
+            } else {
+                AuthError::Session(e.to_string())
+            }
+        })?;
     Ok(client)
 }
 
@@ -238,6 +273,8 @@ pub enum AuthError {
     Client(String),
     #[error("{0}")]
     Session(String),
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 impl From<AuthError> for GatewayError {
@@ -250,8 +287,14 @@ impl From<AuthError> for GatewayError {
             AuthError::Session(detail) => GatewayError::cli(
                 "Failed to authenticate gateway session.",
                 format!(
-                    "{}. If the gateway was removed or its session expired, run \"panorama-gateway pair <CODE>\" again.",
+                    "{}. The control plane refused this gateway's session: it was removed or revoked, or its session expired. Run \"panorama-gateway pair <CODE>\" again with a new pairing code.",
                     if detail.is_empty() { "No session returned" } else { &detail }
+                ),
+            ),
+            AuthError::Unreachable(detail) => GatewayError::cli(
+                "Failed to authenticate gateway session.",
+                format!(
+                    "{detail}. The control plane could not be reached; check the network connection and --supabase-url / PANORAMA_SUPABASE_URL, then start the gateway again."
                 ),
             ),
         }
@@ -329,6 +372,18 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "Failed to recover interrupted gateway jobs"),
     }
+    // Deliver the recovered jobs' failures before any new job is claimed,
+    // so the hub never shows a new job running next to an orphan.
+    if outbox.pending() > 0
+        && !outbox
+            .flush(std::time::Duration::from_millis(OUTBOX_FLUSH_TIMEOUT_MS))
+            .await
+    {
+        tracing::warn!(
+            pending = outbox.pending(),
+            "Gateway outbox not delivered before taking new jobs; delivery continues in the background"
+        );
+    }
 
     let (shutdown_tx, _) = watch::channel(false);
     let concurrency =
@@ -350,6 +405,8 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         last_sent: tokio::sync::Mutex::new(None),
         reconcile_in_flight: AtomicBool::new(false),
         shutdown_tx,
+        cancel_tx: watch::channel(None).0,
+        clock: clock::ServerClock::new(),
     });
 
     // §4.1 steps 1–5: capabilities (host-only until provider support lands).
@@ -384,11 +441,15 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     }
     // Step 7: first heartbeat, then the PID file.
     let initial = gw.compute_status();
-    heartbeat::send(&gw, initial).await;
+    heartbeat::send_and_calibrate(&gw, initial).await;
     pidfile::write_pid(&paths.pid_path, std::process::id())?;
     // Step 8: heartbeat interval on its own task.
     let heartbeat_task = tokio::spawn(heartbeat::run_loop(Arc::clone(&gw)));
-    // Steps 9–10: ingress (realtime + reconcile).
+    // Step 9: auto-restart watcher (captures the executable now).
+    let watcher = restart::Watcher::for_current_exe(restart::RestartConfig::from_env(
+        crate::paths::process_env,
+    ));
+    // Step 10: ingress (realtime + reconcile).
     let ingress = ingress::start(Arc::clone(&gw));
 
     tracing::info!(
@@ -421,9 +482,28 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         ],
     );
 
-    let signal = signals.wait().await;
-    shutdown::perform_shutdown(&gw, signal, heartbeat_task, ingress).await;
+    let kind = tokio::select! {
+        signal = signals.wait() => shutdown::ShutdownKind::Signal(signal),
+        reason = restart::wait_for_restart(Arc::clone(&gw), watcher.clone()) => {
+            shutdown::ShutdownKind::Restart(reason)
+        }
+    };
+    shutdown::perform_shutdown(&gw, &kind, heartbeat_task, ingress).await;
     auto_refresh.abort();
     outbox_task.abort();
+    if let (shutdown::ShutdownKind::Restart(_), Some(watcher)) = (&kind, watcher) {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        let err = restart::exec_self(&watcher.exe);
+        shutdown::remove_pid_file(&gw);
+        return Err(GatewayError::cli(
+            "Gateway restart failed.",
+            format!(
+                "Could not execute {}: {err}. Start the gateway again with \"panorama-gateway start\" (a service manager restarts it automatically).",
+                watcher.exe.display()
+            ),
+        ));
+    }
     Ok(())
 }

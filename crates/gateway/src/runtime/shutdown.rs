@@ -1,9 +1,12 @@
 //! Signals and graceful shutdown (runtime.md §4.8, control-plane.md §14).
 //!
 //! Order: stop intake and clear pending jobs, stop the timers, sync the
-//! heartbeat (`pending`), wait up to 15 s for running jobs, finalize
-//! residual jobs as `cancelled`, flush the outbox, send `offline`,
-//! unsubscribe, remove our PID file.
+//! heartbeat (`pending`), wait up to 15 s for running jobs, stop the
+//! residual jobs' process groups (SIGTERM, SIGKILL after 2 s) and finalize
+//! them as `cancelled`, flush the outbox, send `offline`, unsubscribe,
+//! remove our PID file. A restart (§4.7) runs the same sequence without
+//! the `offline` heartbeat and keeps the PID file (the re-executed process
+//! keeps the PID).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +17,7 @@ use panorama_protocol::status::GatewayStatus;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::ingress::IngressHandle;
+use super::procgroup::KILL_GRACE;
 use super::{heartbeat, jobs, Gateway, OUTBOX_FLUSH_TIMEOUT_MS, SHUTDOWN_GRACE_MS};
 use crate::error::{GatewayError, Result};
 use crate::pidfile;
@@ -50,13 +54,51 @@ impl Signals {
     }
 }
 
+/// Overrides the 15 s grace for running jobs (an operator knob, e.g. to
+/// fit a service manager's stop timeout). Not in the reference.
+pub const SHUTDOWN_GRACE_ENV: &str = "PANORAMA_GATEWAY_SHUTDOWN_GRACE_MS";
+
+/// The grace from `PANORAMA_GATEWAY_SHUTDOWN_GRACE_MS` (a non-negative
+/// integer), else 15 s.
+pub fn grace_from(raw: Option<&str>) -> Duration {
+    Duration::from_millis(
+        raw.and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(SHUTDOWN_GRACE_MS),
+    )
+}
+
+/// Why the runtime stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShutdownKind {
+    /// SIGINT / SIGTERM: full shutdown, `offline` heartbeat.
+    Signal(&'static str),
+    /// Restart on upgrade with this reason: no `offline` heartbeat, the PID
+    /// file stays for the re-executed process.
+    Restart(String),
+}
+
+impl ShutdownKind {
+    /// `SIGTERM`, or `restart:<reason>`.
+    pub fn label(&self) -> String {
+        match self {
+            ShutdownKind::Signal(s) => s.to_string(),
+            ShutdownKind::Restart(reason) => format!("restart:{reason}"),
+        }
+    }
+}
+
+/// How long residual jobs get to stop their children and report.
+const RESIDUAL_STOP_WAIT: Duration = Duration::from_millis(KILL_GRACE.as_millis() as u64 + 3_000);
+
 /// Run the shutdown sequence once.
 pub async fn perform_shutdown(
     gw: &Arc<Gateway>,
-    signal: &str,
+    kind: &ShutdownKind,
     heartbeat_task: tokio::task::JoinHandle<()>,
     ingress: IngressHandle,
 ) {
+    let signal = kind.label();
+    let signal = signal.as_str();
     // 1. Stop intake.
     {
         let mut st = gw.lock();
@@ -67,22 +109,30 @@ pub async fn perform_shutdown(
         st.accepting = false;
         st.queue.clear_pending();
     }
-    tracing::info!(signal, "Gateway shutting down");
+    match kind {
+        ShutdownKind::Signal(_) => tracing::info!(signal, "Gateway shutting down"),
+        ShutdownKind::Restart(_) => tracing::info!(signal, "Gateway shutting down for a restart"),
+    }
     // 3. Stop the heartbeat, reconcile and reconnect timers.
     let _ = gw.shutdown_tx.send(true);
     heartbeat_task.abort();
     // 4. Status sync (normally `pending`).
     heartbeat::sync_if_changed(gw).await;
+    // 5. Agent runs are stopped now (SIGTERM to the group, SIGKILL after 5 s).
     // 6. Let running jobs finish within the grace period.
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_GRACE_MS);
-    while !gw.lock().active.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // 7. Residual jobs: stop them and complete them as cancelled (only a
-    // job we claimed is `running`, so the conditional update cannot touch
-    // an unclaimed one).
-    let residual: Vec<(String, tokio::task::AbortHandle)> = gw.lock().active.drain().collect();
+    let grace = grace_from(crate::paths::process_env(SHUTDOWN_GRACE_ENV).as_deref());
+    wait_for_no_active(gw, grace).await;
+    // 7. Residual jobs: ask them to stop (each stops its child's whole
+    // process group, SIGTERM then SIGKILL, and completes as cancelled);
+    // what is still there after that is aborted and completed as cancelled
+    // here (only a job we claimed is `running`, so the conditional update
+    // cannot touch an unclaimed one).
     let reason = format!("Gateway shutting down ({signal})");
+    if !gw.lock().active.is_empty() {
+        gw.cancel_tx.send_replace(Some(reason.clone()));
+        wait_for_no_active(gw, RESIDUAL_STOP_WAIT).await;
+    }
+    let residual: Vec<(String, tokio::task::AbortHandle)> = gw.lock().active.drain().collect();
     for (job_id, handle) in residual {
         handle.abort();
         tracing::warn!(jobId = %job_id, reason = %reason, "Cancelling gateway job still running at shutdown");
@@ -99,12 +149,47 @@ pub async fn perform_shutdown(
             "Gateway outbox not fully delivered at shutdown; it is retried at next start"
         );
     }
-    // 9. Offline heartbeat.
+    // 9. Offline heartbeat (not for a restart: the replacement reports).
     gw.lock().ingress = Some(IngressState::SHUTDOWN);
-    heartbeat::send(gw, GatewayStatus::Offline).await;
+    if matches!(kind, ShutdownKind::Signal(_)) {
+        heartbeat::send(gw, GatewayStatus::Offline).await;
+    }
     // 10. Unsubscribe and remove our PID file.
     ingress.close().await;
+    if matches!(kind, ShutdownKind::Signal(_)) {
+        remove_pid_file(gw);
+    }
+}
+
+/// Remove our PID file (logged on failure).
+pub fn remove_pid_file(gw: &Gateway) {
     if let Err(e) = pidfile::remove_own(&gw.paths.pid_path) {
         tracing::warn!(error = %e, "Could not remove the gateway PID file");
+    }
+}
+
+/// Poll every 100 ms until no job is active or `limit` passes.
+async fn wait_for_no_active(gw: &Gateway, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !gw.lock().active.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grace_and_labels() {
+        assert_eq!(grace_from(None), Duration::from_millis(15_000));
+        assert_eq!(grace_from(Some(" 1500 ")), Duration::from_millis(1_500));
+        assert_eq!(grace_from(Some("0")), Duration::ZERO);
+        assert_eq!(grace_from(Some("-1")), Duration::from_millis(15_000));
+        assert_eq!(ShutdownKind::Signal("SIGTERM").label(), "SIGTERM");
+        assert_eq!(
+            ShutdownKind::Restart("gateway entry changed (x)".into()).label(),
+            "restart:gateway entry changed (x)"
+        );
     }
 }

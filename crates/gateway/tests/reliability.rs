@@ -1,0 +1,601 @@
+//! Reliability of the gateway runtime against a real hub process: the hub
+//! dying mid-job, the gateway killed with SIGKILL, SIGTERM past the grace
+//! (whole process groups stopped), expiring and revoked sessions,
+//! auto-restart on upgrade, and exactly-once job runs under a burst.
+//! Every network call is on 127.0.0.1.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use panorama_testkit::{Hub, PairedGateway};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+const FAKE_VERSION: &str = "2.0.14 (Claude Code)";
+const RESTART_MESSAGE: &str = "gateway restarted while the job was running";
+
+/// A temp HOME with a config dir and a fake `claude`.
+struct Machine {
+    home: tempfile::TempDir,
+    program: PathBuf,
+}
+
+impl Machine {
+    /// A fake `claude --version` that sleeps `delay_s` seconds and records
+    /// each call in `claude-calls`.
+    fn with_claude_delay(delay_s: u32) -> Machine {
+        let m = Self::bare();
+        m.write_claude(&format!(
+            "sleep {delay_s}\necho \"$$\" >> '{}'\necho '{FAKE_VERSION}'",
+            m.path("claude-calls").display()
+        ));
+        m
+    }
+
+    fn bare() -> Machine {
+        Machine {
+            home: tempfile::tempdir().expect("temp home"),
+            program: PathBuf::from(env!("CARGO_BIN_EXE_panorama-gateway")),
+        }
+    }
+
+    /// The fake `claude` runs `body` once the machine is armed; before
+    /// that (the gateway's startup CLI discovery and provider validation)
+    /// it only prints the version.
+    fn write_claude(&self, body: &str) {
+        let claude = self.path("fake-claude");
+        std::fs::write(
+            &claude,
+            format!(
+                "#!/bin/sh\nif [ ! -f '{}' ]; then echo '{FAKE_VERSION}'; exit 0; fi\n{body}\n",
+                self.path("armed").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// From now on the fake `claude` behaves as the test wants (diagnostic
+    /// jobs); startup probes are done.
+    fn arm(&self) {
+        std::fs::write(self.path("armed"), b"").unwrap();
+    }
+
+    fn disarm(&self) {
+        let _ = std::fs::remove_file(self.path("armed"));
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.home.path().join(name)
+    }
+
+    fn config_dir(&self) -> PathBuf {
+        self.path(".panorama").join("gateway")
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.config_dir().join("gateway.json")
+    }
+
+    fn pid_path(&self) -> PathBuf {
+        self.config_dir().join("gateway.pid")
+    }
+
+    fn outbox_log(&self) -> PathBuf {
+        self.config_dir().join("outbox").join("outbox.jsonl")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("gateway-stderr.log")).unwrap_or_default()
+    }
+
+    fn claude_calls(&self) -> usize {
+        std::fs::read_to_string(self.path("claude-calls"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn command(&self, hub: &Hub, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.program);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("PANORAMA_") || key.starts_with("SUPABASE_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("HOME", self.home.path())
+            .env("PANORAMA_GATEWAY_LOG", "info")
+            .current_dir(self.home.path())
+            .arg("--config-dir")
+            .arg(self.config_dir())
+            .args(["--supabase-url", &hub.url, "--anon-key", &hub.anon_key])
+            .arg("--claude-cli")
+            .arg(self.path("fake-claude"))
+            .args(["--device-name", "test-box"])
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, hub: &Hub, args: &[&str]) -> Output {
+        self.command(hub, args)
+            .output()
+            .expect("run panorama-gateway")
+    }
+
+    fn write_config(&self, hub: &Hub, gw: &PairedGateway) {
+        std::fs::create_dir_all(self.config_dir()).unwrap();
+        let doc = json!({
+            "supabaseUrl": hub.url,
+            "supabaseAnonKey": hub.anon_key,
+            "accessToken": gw.access_token,
+            "refreshToken": gw.refresh_token,
+            "gatewayId": gw.gateway_id,
+            "teamId": gw.team_id,
+            "full_control_enabled": false,
+            "deviceName": "test-box",
+        });
+        std::fs::write(
+            self.config_path(),
+            serde_json::to_string_pretty(&doc).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn config(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.config_path()).unwrap()).unwrap()
+    }
+}
+
+/// A running gateway; SIGKILLed if a test fails before stopping it.
+struct Running {
+    child: Option<Child>,
+}
+
+impl Running {
+    /// Spawn with stderr in `<home>/gateway-stderr.log` (appended, so a
+    /// re-executed or restarted gateway keeps one log).
+    fn spawn(machine: &Machine, mut cmd: Command) -> Running {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(machine.path("gateway-stderr.log"))
+            .unwrap();
+        cmd.stdout(Stdio::null()).stderr(Stdio::from(log));
+        // A freshly written executable can be briefly "busy" while another
+        // test thread's fork still holds its write descriptor.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match cmd.spawn() {
+                Ok(child) => return Running { child: Some(child) },
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("spawn gateway: {e}"),
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    fn sigkill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("gateway did not exit within {WAIT:?} after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn gateway_row(hub: &Hub, gateway_id: &str) -> Value {
+    hub.select("team_gateways", &format!("id=eq.{gateway_id}&select=*"))
+        .into_iter()
+        .next()
+        .expect("gateway row")
+}
+
+fn wait_status(hub: &Hub, gateway_id: &str, status: &str) -> Value {
+    hub.wait_for(&format!("gateway {status}"), WAIT, || {
+        Some(gateway_row(hub, gateway_id)).filter(|r| r["status"] == status)
+    })
+}
+
+fn job(hub: &Hub, id: &str) -> Value {
+    hub.select("gateway_jobs", &format!("id=eq.{id}&select=*"))
+        .into_iter()
+        .next()
+        .expect("job row")
+}
+
+fn wait_job_status(hub: &Hub, id: &str, status: &str) -> Value {
+    hub.wait_for(&format!("job {id} {status}"), WAIT, || {
+        Some(job(hub, id)).filter(|r| r["status"] == status)
+    })
+}
+
+fn wait_job_terminal(hub: &Hub, id: &str) -> Value {
+    hub.wait_for(&format!("job {id} to finish"), WAIT, || {
+        let row = job(hub, id);
+        matches!(
+            row["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        )
+        .then_some(row)
+    })
+}
+
+fn wait_log(hub: &Hub, machine: &Machine, what: &str) -> String {
+    hub.wait_for(&format!("log line {what:?}"), WAIT, || {
+        let log = machine.log();
+        log.contains(what).then_some(log)
+    })
+}
+
+fn pair(hub: &Hub, machine: &Machine) -> PairedGateway {
+    let team = hub.create_team("reliability-team");
+    let gw = hub.pair(&team, "test-box");
+    machine.write_config(hub, &gw);
+    gw
+}
+
+/// Pair, start `start --foreground` (with `env`), wait until `ready` and
+/// the PID file exists.
+fn started(hub: &Hub, machine: &Machine, env: &[(&str, &str)]) -> (PairedGateway, Running) {
+    let gw = pair(hub, machine);
+    let mut cmd = machine.command(hub, &["start", "--foreground"]);
+    cmd.envs(env.iter().copied());
+    let running = Running::spawn(machine, cmd);
+    wait_status(hub, &gw.gateway_id, "ready");
+    hub.wait_for("pid file", WAIT, || {
+        machine.pid_path().exists().then_some(())
+    });
+    machine.arm();
+    (gw, running)
+}
+
+fn insert_job(hub: &Hub, gw: &PairedGateway) -> String {
+    hub.insert(
+        "gateway_jobs",
+        json!({"team_id": gw.team_id, "gateway_id": gw.gateway_id, "job_type": "diagnostic", "payload": {}}),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn ts_ms(v: &Value) -> i64 {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("timestamp expected, got {v}"));
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("bad timestamp {s}: {e}"))
+        .timestamp_millis()
+}
+
+/// Alive and not a zombie (an orphan may wait to be reaped by init).
+fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url}"))
+}
+
+fn outbox_empty(machine: &Machine) -> bool {
+    std::fs::metadata(machine.outbox_log()).map_or(true, |m| m.len() == 0)
+}
+
+#[test]
+fn hub_killed_mid_job_the_job_completes_and_the_outbox_drains_after_it_returns() {
+    let hub = Hub::start();
+    let machine = Machine::with_claude_delay(2);
+    let (gw, mut running) = started(&hub, &machine, &[]);
+    let id = insert_job(&hub, &gw);
+    wait_job_status(&hub, &id, "running");
+
+    let port = port_of(&hub.url);
+    let data = hub.kill();
+    // The job finishes while the hub is down: its completion waits in the
+    // outbox, the reconcile keeps failing (logged), the process carries on.
+    let deadline = Instant::now() + WAIT;
+    while !(machine.claude_calls() == 1
+        && machine
+            .log()
+            .contains("Failed to reconcile queued gateway jobs"))
+    {
+        assert!(Instant::now() < deadline, "log: {}", machine.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        running.is_running(),
+        "gateway exited while the hub was down"
+    );
+    assert!(
+        !outbox_empty(&machine),
+        "the completion waits in the outbox"
+    );
+
+    let hub = Hub::start_in(data, &format!("127.0.0.1:{port}"), &[]);
+    let row = wait_job_terminal(&hub, &id);
+    assert_eq!(row["status"], "completed", "row: {row}");
+    assert_eq!(row["result"]["version"], FAKE_VERSION);
+    hub.wait_for("outbox drained", WAIT, || {
+        outbox_empty(&machine).then_some(())
+    });
+    assert!(!machine
+        .config_dir()
+        .join("outbox")
+        .join("dead-letters.jsonl")
+        .exists());
+    // Ingress recovered: a new job runs.
+    let next = insert_job(&hub, &gw);
+    assert_eq!(wait_job_terminal(&hub, &next)["status"], "completed");
+    assert!(running.is_running());
+    let status = running.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(gateway_row(&hub, &gw.gateway_id)["status"], "offline");
+}
+
+#[test]
+fn sigkill_mid_job_then_start_finalizes_the_orphan_before_claiming_new_work() {
+    let hub = Hub::start();
+    let machine = Machine::with_claude_delay(2);
+    let (gw, mut running) = started(&hub, &machine, &[]);
+    let orphan = insert_job(&hub, &gw);
+    wait_job_status(&hub, &orphan, "running");
+    running.sigkill();
+    let queued = insert_job(&hub, &gw);
+    assert!(machine.pid_path().exists(), "a SIGKILL leaves the PID file");
+    // Keep the new process's startup probes fast.
+    machine.disarm();
+
+    let mut running = Running::spawn(&machine, machine.command(&hub, &["start", "--foreground"]));
+    let orphan_row = wait_job_terminal(&hub, &orphan);
+    assert_eq!(orphan_row["status"], "failed", "row: {orphan_row}");
+    assert_eq!(orphan_row["error"], RESTART_MESSAGE);
+    assert_eq!(orphan_row["result"]["recovered"], true);
+    let new_row = wait_job_terminal(&hub, &queued);
+    assert_eq!(new_row["status"], "completed", "row: {new_row}");
+    assert!(
+        ts_ms(&orphan_row["completed_at"]) <= ts_ms(&new_row["started_at"]),
+        "orphan finalized at {} after the new job started at {}",
+        orphan_row["completed_at"],
+        new_row["started_at"]
+    );
+    assert!(machine
+        .log()
+        .contains("Recovered jobs interrupted by an earlier gateway process"));
+    assert!(running.terminate().success());
+}
+
+#[test]
+fn sigterm_past_the_grace_cancels_the_job_and_kills_its_whole_process_group() {
+    let hub = Hub::start();
+    let machine = Machine::bare();
+    let pids = machine.path("pids");
+    // Ignores SIGTERM, and so does its grandchild.
+    machine.write_claude(&format!(
+        "trap '' TERM\nsleep 60 &\necho $! >> '{0}'\necho $$ >> '{0}'\nwait",
+        pids.display()
+    ));
+    let (gw, mut running) = started(
+        &hub,
+        &machine,
+        &[("PANORAMA_GATEWAY_SHUTDOWN_GRACE_MS", "1000")],
+    );
+    let id = insert_job(&hub, &gw);
+    wait_job_status(&hub, &id, "running");
+    let recorded: Vec<i32> = hub.wait_for("child pids", WAIT, || {
+        let list: Vec<i32> = std::fs::read_to_string(&pids)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        (list.len() == 2).then_some(list)
+    });
+    assert!(recorded.iter().all(|p| pid_alive(*p)));
+
+    let began = Instant::now();
+    let status = running.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    // Grace (1 s) + SIGTERM→SIGKILL (2 s), not the 10 s diagnostic timeout.
+    assert!(
+        began.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        began.elapsed()
+    );
+    let row = job(&hub, &id);
+    assert_eq!(row["status"], "cancelled", "row: {row}");
+    assert_eq!(row["error"], "Gateway shutting down (SIGTERM)");
+    assert_eq!(
+        row["result"],
+        json!({"message": "Gateway shutting down (SIGTERM)", "cancelled": true})
+    );
+    assert!(row["completed_at"].is_string());
+    assert_eq!(gateway_row(&hub, &gw.gateway_id)["status"], "offline");
+    assert!(!machine.pid_path().exists(), "PID file removed");
+    let survivors: Vec<i32> = recorded.into_iter().filter(|p| pid_alive(*p)).collect();
+    assert!(survivors.is_empty(), "still alive: {survivors:?}");
+}
+
+#[test]
+fn expiring_access_tokens_are_refreshed_rotated_and_persisted() {
+    let hub = Hub::start_with_env(&[("PANORAMA_HUB_ACCESS_TOKEN_TTL", "3")]);
+    let machine = Machine::with_claude_delay(0);
+    let (gw, mut running) = started(&hub, &machine, &[]);
+    let first_refresh = machine.config()["refreshToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Jobs keep completing across several token lifetimes.
+    let began = Instant::now();
+    let mut done = 0;
+    while began.elapsed() < Duration::from_secs(10) || done < 4 {
+        let id = insert_job(&hub, &gw);
+        let row = wait_job_terminal(&hub, &id);
+        assert_eq!(row["status"], "completed", "row: {row}");
+        done += 1;
+        std::thread::sleep(Duration::from_millis(1_500));
+    }
+    assert!(running.is_running());
+    let config = machine.config();
+    assert_ne!(config["refreshToken"], first_refresh.as_str());
+    assert_ne!(config["refreshToken"], gw.refresh_token.as_str());
+    assert!(machine.log().contains("Gateway session refreshed"));
+    // The persisted (rotated) session is the live one: a fresh start works.
+    assert!(running.terminate().success());
+    let mut again = Running::spawn(&machine, machine.command(&hub, &["start", "--foreground"]));
+    wait_status(&hub, &gw.gateway_id, "ready");
+    let id = insert_job(&hub, &gw);
+    assert_eq!(wait_job_terminal(&hub, &id)["status"], "completed");
+    assert!(again.terminate().success());
+}
+
+#[test]
+fn start_with_a_revoked_gateway_fails_and_says_pair_again() {
+    let hub = Hub::start();
+    let machine = Machine::with_claude_delay(0);
+    let gw = pair(&hub, &machine);
+    let res = hub
+        .req(
+            reqwest::Method::PATCH,
+            &format!("/rest/v1/team_gateways?id=eq.{}", gw.gateway_id),
+            &hub.service_key,
+        )
+        .json(&json!({"revoked_at": "2025-01-01T00:00:00Z"}))
+        .send()
+        .unwrap();
+    assert!(res.status().is_success(), "revoke: {}", res.status());
+    let started = Instant::now();
+    let out = machine.run(&hub, &["start", "--foreground"]);
+    assert!(!out.status.success(), "a revoked gateway must not start");
+    assert!(started.elapsed() < WAIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Failed to authenticate gateway session."),
+        "stderr: {stderr}"
+    );
+    // The details (verbose-only, runtime.md §1.5) say what to do.
+    let out = machine.run(&hub, &["--verbose", "start", "--foreground"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("revoked") && stderr.contains("panorama-gateway pair <CODE>\" again"),
+        "stderr: {stderr}"
+    );
+    assert!(!machine.pid_path().exists());
+}
+
+#[test]
+fn replacing_the_executable_re_execs_in_place_and_keeps_working() {
+    let hub = Hub::start();
+    let mut machine = Machine::with_claude_delay(0);
+    let bin_dir = machine.path("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let exe = bin_dir.join("panorama-gateway");
+    std::fs::copy(&machine.program, &exe).unwrap();
+    machine.program = exe.clone();
+    let (gw, mut running) = started(
+        &hub,
+        &machine,
+        &[
+            ("PANORAMA_GATEWAY_AUTO_RESTART", "1"),
+            ("PANORAMA_GATEWAY_RESTART_CHECK_MS", "200"),
+        ],
+    );
+    wait_log(&hub, &machine, "Gateway auto-restart enabled");
+    let pid = running.pid();
+
+    // An "upgrade": new bytes renamed over the installed path.
+    let mut bytes = std::fs::read(&exe).unwrap();
+    bytes.extend_from_slice(b"\0reliability-upgrade\0");
+    let staged = bin_dir.join("panorama-gateway.new");
+    std::fs::write(&staged, &bytes).unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &exe).unwrap();
+
+    wait_log(&hub, &machine, "Gateway restarting");
+    let log = hub.wait_for("second startup", WAIT, || {
+        let log = machine.log();
+        (log.matches("Gateway running").count() >= 2).then_some(log)
+    });
+    assert!(
+        log.contains("Gateway update detected; draining before restart"),
+        "log: {log}"
+    );
+    assert!(!log.contains("Gateway shutting down {"), "log: {log}");
+    assert!(running.is_running(), "the process was replaced in place");
+    assert_eq!(running.pid(), pid);
+    let pid_file = hub.wait_for("pid file", WAIT, || {
+        std::fs::read_to_string(machine.pid_path()).ok()
+    });
+    assert_eq!(pid_file.trim(), pid.to_string());
+    wait_status(&hub, &gw.gateway_id, "ready");
+    let id = insert_job(&hub, &gw);
+    let row = wait_job_terminal(&hub, &id);
+    assert_eq!(row["status"], "completed", "row: {row}");
+    assert!(running.terminate().success());
+    assert_eq!(gateway_row(&hub, &gw.gateway_id)["status"], "offline");
+    assert!(!Path::new(&machine.pid_path()).exists());
+}
+
+#[test]
+fn a_burst_of_thirty_jobs_runs_each_exactly_once() {
+    let hub = Hub::start();
+    let machine = Machine::with_claude_delay(0);
+    let (gw, mut running) = started(&hub, &machine, &[]);
+    let ids: Vec<String> = (0..30).map(|_| insert_job(&hub, &gw)).collect();
+    for id in &ids {
+        let row = wait_job_terminal(&hub, id);
+        assert_eq!(row["status"], "completed", "row: {row}");
+    }
+    // A sentinel inserted after the burst went through the same realtime
+    // and reconcile paths; a duplicate run of a burst job would be in the
+    // call log by now.
+    let sentinel = insert_job(&hub, &gw);
+    assert_eq!(wait_job_terminal(&hub, &sentinel)["status"], "completed");
+    assert_eq!(machine.claude_calls(), 31, "each job ran exactly once");
+    assert!(running.terminate().success());
+}
