@@ -159,11 +159,10 @@ async fn dispatch(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
                 None => residual_shutdown_completion(&gw.cancel_reason().unwrap_or_default()),
             }
         }
-        JobType::ModelRun
-        | JobType::SubagentRun
-        | JobType::SubagentCancel
-        | JobType::ShellSession
-        | JobType::ShellExec => not_supported_yet(&job.job_type),
+        JobType::ShellSession | JobType::ShellExec => super::shell_glue::handle(gw, job).await,
+        JobType::ModelRun | JobType::SubagentRun | JobType::SubagentCancel => {
+            not_supported_yet(&job.job_type)
+        }
         JobType::Unknown(_) => unsupported_job_type(&job.job_type),
     }
 }

@@ -20,6 +20,7 @@ pub mod pairing;
 pub mod procgroup;
 pub mod queue;
 pub mod restart;
+pub mod shell_glue;
 pub mod shutdown;
 
 use std::collections::{HashMap, HashSet};
@@ -108,6 +109,8 @@ pub struct Gateway {
     pub cancel_tx: watch::Sender<Option<String>>,
     /// Server-clock estimate for freshness checks (control-plane.md §17).
     pub clock: clock::ServerClock,
+    /// Shell sessions of this process (runtime.md §5), closed at shutdown.
+    pub shell_sessions: Arc<crate::shell::ShellSessions>,
 }
 
 impl Gateway {
@@ -407,6 +410,7 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         shutdown_tx,
         cancel_tx: watch::channel(None).0,
         clock: clock::ServerClock::new(),
+        shell_sessions: shell_glue::new_sessions(&paths),
     });
 
     // §4.1 steps 1–5: capabilities (host-only until provider support lands).

@@ -138,6 +138,8 @@ pub async fn perform_shutdown(
         tracing::warn!(jobId = %job_id, reason = %reason, "Cancelling gateway job still running at shutdown");
         jobs::complete(gw, &job_id, &residual_shutdown_completion(&reason));
     }
+    // 8. Close every shell session (local only).
+    super::shell_glue::close_all_sessions(gw).await;
     // Deliver outcomes before announcing `offline`.
     if !gw
         .outbox

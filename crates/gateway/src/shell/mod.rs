@@ -59,6 +59,13 @@ pub trait ShellControlState: Send + Sync {
     /// implementation as `Failed to load remote shell resource for gateway
     /// validation`).
     async fn load_resource(&self, resource_id: &str) -> Result<Option<TeamResourceRow>, String>;
+
+    /// "Now" (ms since the epoch) for the heartbeat-freshness rule, on the
+    /// server's clock when the implementation knows it (control-plane §17
+    /// item 14). `None` (the default) uses the sessions' clock.
+    fn freshness_now_ms(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// Everything a shell job needs. Build one per job; `sessions` is shared.
@@ -133,7 +140,11 @@ pub async fn handle_shell_session_job(
     }
     // 3. Machine control.
     let inputs = ctx.control.load_gate_inputs().await;
-    check_machine_control(ShellGateKind::Session, &inputs, sessions.now_ms())
+    let now_ms = ctx
+        .control
+        .freshness_now_ms()
+        .unwrap_or_else(|| sessions.now_ms());
+    check_machine_control(ShellGateKind::Session, &inputs, now_ms)
         .map_err(ShellJobError::message)?;
     // 4–5. Action, resource id.
     let action = SessionAction::parse(payload)
@@ -195,8 +206,11 @@ pub async fn handle_shell_exec_job(
         ));
     }
     let inputs = ctx.control.load_gate_inputs().await;
-    check_machine_control(ShellGateKind::Exec, &inputs, ctx.sessions.now_ms())
-        .map_err(ShellJobError::message)?;
+    let now_ms = ctx
+        .control
+        .freshness_now_ms()
+        .unwrap_or_else(|| ctx.sessions.now_ms());
+    check_machine_control(ShellGateKind::Exec, &inputs, now_ms).map_err(ShellJobError::message)?;
     let resource_id = parse_resource_id(payload).map_err(|e| ShellJobError::from_payload(&e))?;
     validate_resource(
         ctx,

@@ -1,0 +1,181 @@
+//! Runtime glue for the shell jobs (runtime.md §5, §4.9; control-plane
+//! §8.5, §8.6): the [`ShellControlState`] backed by the gateway's hub
+//! client and `gateway.json`, the process-wide [`ShellSessions`], and the
+//! dispatch of `shell_session` / `shell_exec` jobs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use panorama_protocol::jobs::{complete_job, JobCompletion};
+use panorama_protocol::rows::{GatewayJobRow, TeamResourceRow};
+use panorama_protocol::status::JobType;
+use panorama_supabase::Client;
+use serde_json::Value;
+
+use super::{now_ms, Gateway};
+use crate::config::GatewayConfig;
+use crate::paths::GatewayPaths;
+use crate::shell::{
+    handle_shell_exec_job, handle_shell_session_job, shell_outcome, GateInputs, ShellContext,
+    ShellControlState, ShellIdentity, ShellSessions, ShellSessionsConfig,
+};
+
+/// Columns of the `team_gateways` control state (§4.9, later §13.4).
+pub const GATEWAY_CONTROL_COLUMNS: &str =
+    "full_control_enabled,status,last_seen_at,capabilities,vm_id";
+/// Columns of the `team_resources` row (§5.3).
+pub const RESOURCE_COLUMNS: &str = "id,team_id,resource_type,max_access_level,metadata";
+
+/// The one session manager of this process: children get the gateway's
+/// tmp dir as `TMPDIR`.
+pub fn new_sessions(paths: &GatewayPaths) -> Arc<ShellSessions> {
+    Arc::new(ShellSessions::new(ShellSessionsConfig {
+        tmp_dir: Some(paths.tmp_dir.clone()),
+        ..Default::default()
+    }))
+}
+
+/// Running shell sessions: they block an upgrade restart (§4.7 drain).
+pub fn running_shell_sessions(gw: &Gateway) -> usize {
+    gw.shell_sessions.running_count()
+}
+
+/// Shutdown step 8: close every session and wait for their process trees.
+pub async fn close_all_sessions(gw: &Gateway) {
+    let running = gw.shell_sessions.running_count();
+    if running > 0 {
+        tracing::info!(running, "Closing shell sessions");
+    }
+    gw.shell_sessions.close_all().await;
+}
+
+/// [`ShellControlState`] over the hub client; every call reads fresh state.
+pub struct HubShellControl {
+    pub client: Client,
+    pub gateway_id: String,
+    pub team_id: String,
+    pub config_path: PathBuf,
+    /// `server − local` clock offset measured by the heartbeat.
+    pub clock_offset_ms: i64,
+}
+
+impl HubShellControl {
+    pub fn new(gw: &Gateway) -> Self {
+        HubShellControl {
+            client: gw.client.clone(),
+            gateway_id: gw.gateway_id.clone(),
+            team_id: gw.team_id.clone(),
+            config_path: gw.paths.config_path.clone(),
+            clock_offset_ms: gw.clock.offset_ms(),
+        }
+    }
+}
+
+/// The install flag as `gateway.json` says now: JSON `true` only; an
+/// unreadable config fails closed.
+pub fn install_full_control(config_path: &Path) -> bool {
+    match GatewayConfig::load(config_path) {
+        Ok(config) => config.full_control_enabled,
+        Err(e) => {
+            tracing::error!(error = %e, "Failed to re-read install full control from gateway config");
+            false
+        }
+    }
+}
+
+#[async_trait]
+impl ShellControlState for HubShellControl {
+    async fn job_cancelled(&self, job_id: &str) -> bool {
+        let row = self
+            .client
+            .from("gateway_jobs")
+            .select("status")
+            .eq("id", job_id)
+            .eq("team_id", self.team_id.as_str())
+            .maybe_single()
+            .await;
+        match row {
+            Ok(Some(row)) => row.get("status").and_then(Value::as_str) == Some("cancelled"),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, jobId = %job_id, "Failed to re-read gateway job status");
+                false
+            }
+        }
+    }
+
+    async fn load_gate_inputs(&self) -> GateInputs {
+        let install = install_full_control(&self.config_path);
+        let row = self
+            .client
+            .from("team_gateways")
+            .select(GATEWAY_CONTROL_COLUMNS)
+            .eq("id", self.gateway_id.as_str())
+            .eq("team_id", self.team_id.as_str())
+            .maybe_single()
+            .await;
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::error!(error = %e, gatewayId = %self.gateway_id, "Failed to load gateway control state");
+                None
+            }
+        };
+        GateInputs::from_gateway_row(install, row.as_ref())
+    }
+
+    async fn load_resource(&self, resource_id: &str) -> Result<Option<TeamResourceRow>, String> {
+        let row = self
+            .client
+            .from("team_resources")
+            .select(RESOURCE_COLUMNS)
+            .eq("id", resource_id)
+            .eq("team_id", self.team_id.as_str())
+            .maybe_single()
+            .await;
+        let decoded = match row {
+            Ok(None) => return Ok(None),
+            Ok(Some(row)) => serde_json::from_value::<TeamResourceRow>(without_nulls(row))
+                .map(Some)
+                .map_err(|e| format!("invalid team_resources row: {e}")),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = &decoded {
+            tracing::error!(error = %e, resourceId = %resource_id, "Failed to load remote shell resource for gateway validation");
+        }
+        decoded
+    }
+
+    fn freshness_now_ms(&self) -> Option<i64> {
+        Some(now_ms() + self.clock_offset_ms)
+    }
+}
+
+/// A SQL `null` reads like an absent column (serde defaults apply).
+fn without_nulls(row: Value) -> Value {
+    match row {
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
+        other => other,
+    }
+}
+
+/// Runs a `shell_session` or `shell_exec` job and maps its outcome.
+pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
+    let ctx = ShellContext {
+        sessions: Arc::clone(&gw.shell_sessions),
+        control: Arc::new(HubShellControl::new(gw)),
+        job_id: job.id.clone(),
+        identity: ShellIdentity {
+            team_id: gw.team_id.clone(),
+            gateway_id: gw.gateway_id.clone(),
+        },
+    };
+    let result = match job.job_type {
+        JobType::ShellExec => handle_shell_exec_job(&ctx, &job.payload).await,
+        _ => handle_shell_session_job(&ctx, &job.payload).await,
+    };
+    complete_job(&job.job_type, shell_outcome(result))
+}
