@@ -335,6 +335,7 @@ fn hub_killed_mid_job_the_job_completes_and_the_outbox_drains_after_it_returns()
     let id = insert_job(&hub, &gw);
     wait_job_status(&hub, &id, "running");
 
+    let seen_before = ts_ms(&gateway_row(&hub, &gw.gateway_id)["last_seen_at"]);
     let port = port_of(&hub.url);
     let data = hub.kill();
     // The job finishes while the hub is down: its completion waits in the
@@ -356,6 +357,17 @@ fn hub_killed_mid_job_the_job_completes_and_the_outbox_drains_after_it_returns()
         !outbox_empty(&machine),
         "the completion waits in the outbox"
     );
+    // Once ingress has failed for longer than its 15 s window the status
+    // changes and a heartbeat is attempted (and fails, logged).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !machine.log().contains("Failed to send gateway heartbeat") {
+        assert!(Instant::now() < deadline, "log: {}", machine.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        running.is_running(),
+        "gateway exited while the hub was down"
+    );
 
     let hub = Hub::start_in(data, &format!("127.0.0.1:{port}"), &[]);
     let row = wait_job_terminal(&hub, &id);
@@ -369,6 +381,11 @@ fn hub_killed_mid_job_the_job_completes_and_the_outbox_drains_after_it_returns()
         .join("outbox")
         .join("dead-letters.jsonl")
         .exists());
+    // Heartbeats land again: the recovered `ready` status is reported.
+    hub.wait_for("a heartbeat after the hub returned", WAIT, || {
+        let row = gateway_row(&hub, &gw.gateway_id);
+        (row["status"] == "ready" && ts_ms(&row["last_seen_at"]) > seen_before).then_some(())
+    });
     // Ingress recovered: a new job runs.
     let next = insert_job(&hub, &gw);
     assert_eq!(wait_job_terminal(&hub, &next)["status"], "completed");
@@ -529,9 +546,9 @@ fn start_with_a_revoked_gateway_fails_and_says_pair_again() {
 }
 
 #[test]
-fn replacing_the_executable_re_execs_in_place_and_keeps_working() {
+fn replacing_the_executable_drains_then_re_execs_in_place_and_keeps_working() {
     let hub = Hub::start();
-    let mut machine = Machine::with_claude_delay(0);
+    let mut machine = Machine::with_claude_delay(2);
     let bin_dir = machine.path("bin");
     std::fs::create_dir_all(&bin_dir).unwrap();
     let exe = bin_dir.join("panorama-gateway");
@@ -547,6 +564,9 @@ fn replacing_the_executable_re_execs_in_place_and_keeps_working() {
     );
     wait_log(&hub, &machine, "Gateway auto-restart enabled");
     let pid = running.pid();
+    // A job is running when the upgrade lands: the restart waits for it.
+    let busy = insert_job(&hub, &gw);
+    wait_job_status(&hub, &busy, "running");
 
     // An "upgrade": new bytes renamed over the installed path.
     let mut bytes = std::fs::read(&exe).unwrap();
@@ -556,6 +576,13 @@ fn replacing_the_executable_re_execs_in_place_and_keeps_working() {
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&staged, &exe).unwrap();
 
+    wait_log(
+        &hub,
+        &machine,
+        "Gateway update detected; draining before restart",
+    );
+    let row = wait_job_terminal(&hub, &busy);
+    assert_eq!(row["status"], "completed", "drained, not cancelled: {row}");
     wait_log(&hub, &machine, "Gateway restarting");
     let log = hub.wait_for("second startup", WAIT, || {
         let log = machine.log();
@@ -598,4 +625,37 @@ fn a_burst_of_thirty_jobs_runs_each_exactly_once() {
     assert_eq!(wait_job_terminal(&hub, &sentinel)["status"], "completed");
     assert_eq!(machine.claude_calls(), 31, "each job ran exactly once");
     assert!(running.terminate().success());
+}
+
+#[test]
+fn a_replacement_that_cannot_be_executed_makes_the_gateway_exit_non_zero() {
+    let hub = Hub::start();
+    let mut machine = Machine::with_claude_delay(0);
+    let bin_dir = machine.path("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let exe = bin_dir.join("panorama-gateway");
+    std::fs::copy(&machine.program, &exe).unwrap();
+    machine.program = exe.clone();
+    let (gw, mut running) = started(
+        &hub,
+        &machine,
+        &[
+            ("PANORAMA_GATEWAY_AUTO_RESTART", "true"),
+            ("PANORAMA_GATEWAY_RESTART_CHECK_MS", "200"),
+        ],
+    );
+    wait_log(&hub, &machine, "Gateway auto-restart enabled");
+    // A broken "upgrade": the new file lost its execute permission.
+    let staged = bin_dir.join("panorama-gateway.new");
+    std::fs::write(&staged, std::fs::read(&exe).unwrap()).unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::rename(&staged, &exe).unwrap();
+
+    let mut child = running.child.take().unwrap();
+    let status = hub.wait_for("gateway exit", WAIT, || child.try_wait().unwrap());
+    assert!(!status.success(), "exit status {status:?}");
+    let log = machine.log();
+    assert!(log.contains("Gateway restart failed"), "log: {log}");
+    assert!(!machine.pid_path().exists(), "PID file removed");
+    assert_eq!(gateway_row(&hub, &gw.gateway_id)["status"], "offline");
 }

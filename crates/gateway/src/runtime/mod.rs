@@ -500,6 +500,10 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         let err = restart::exec_self(&watcher.exe);
+        // No replacement will report: say so, then let a service manager
+        // (or the user) start us again.
+        tracing::error!(error = %err, exe = %watcher.exe.display(), "Gateway restart failed");
+        heartbeat::send(&gw, panorama_protocol::status::GatewayStatus::Offline).await;
         shutdown::remove_pid_file(&gw);
         return Err(GatewayError::cli(
             "Gateway restart failed.",

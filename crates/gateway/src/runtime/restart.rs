@@ -168,35 +168,43 @@ impl Watcher {
     }
 }
 
+/// What blocks a restart: active queue jobs (subagent and model runs are
+/// jobs in the active map) and running shell sessions, which outlive the
+/// job that opened them (§4.7).
+fn blockers(gw: &Gateway) -> (usize, usize) {
+    let jobs = gw.lock().active.len();
+    (jobs, gw.shell_sessions.running_count())
+}
+
 /// Drain for a restart (§4.7 "Drain"): stop intake, sync the heartbeat,
-/// wait for active jobs (bounded by the max wait when set).
+/// wait for active jobs and running shell sessions (bounded by the max
+/// wait when set).
 pub async fn drain(gw: &Arc<Gateway>, reason: &str, max_wait: Option<Duration>) {
-    let active = {
+    {
         let mut st = gw.lock();
         st.accepting = false;
         st.queue.clear_pending();
-        st.active.len()
-    };
+    }
+    let (jobs, shells) = blockers(gw);
     tracing::info!(
         reason,
-        active_jobs = active,
-        active_subagent_runs = 0,
-        active_model_runs = 0,
-        active_shell_sessions = 0,
+        active_jobs = jobs,
+        active_shell_sessions = shells,
         "Gateway update detected; draining before restart"
     );
     heartbeat::sync_if_changed(gw).await;
     let started = tokio::time::Instant::now();
     loop {
-        let active = gw.lock().active.len();
-        if active == 0 {
+        let (jobs, shells) = blockers(gw);
+        if jobs == 0 && shells == 0 {
             return;
         }
         if let Some(max) = max_wait {
             if started.elapsed() >= max {
                 tracing::warn!(
                     wait_ms = max.as_millis() as u64,
-                    active_jobs = active,
+                    active_jobs = jobs,
+                    active_shell_sessions = shells,
                     "Gateway restart max wait reached; restarting anyway"
                 );
                 return;
@@ -214,8 +222,8 @@ pub async fn wait_for_restart(gw: Arc<Gateway>, watcher: Option<Watcher>) -> Str
     };
     let reason = watcher.changed().await;
     drain(&gw, &reason, watcher.config.max_wait).await;
-    let active = gw.lock().active.len();
-    tracing::info!(reason = %reason, active_jobs = active, "Gateway restarting");
+    let (jobs, shells) = blockers(&gw);
+    tracing::info!(reason = %reason, active_jobs = jobs, active_shell_sessions = shells, "Gateway restarting");
     reason
 }
 
