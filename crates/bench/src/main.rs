@@ -1,0 +1,587 @@
+//! `panorama-bench`: starts a hub, pairs our gateway and the reference Node
+//! gateway (`@panorama-ai/gateway`, installed with npm into a temp dir) to
+//! it, runs the P1–P6 workloads of issue 7 and prints one table (also
+//! written to `target/bench/last.json`). Loopback traffic only; every loop
+//! is bounded in count and time.
+
+mod gateway;
+mod hub;
+mod peer;
+mod phx;
+mod procs;
+mod report;
+mod scenarios;
+mod shim;
+mod sim;
+mod stats;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use gateway::Flavor;
+use report::{Report, Target};
+use scenarios::{Env, P3};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "panorama-bench",
+    about = "Benchmarks panorama-gateway and panorama-hub against the reference Node gateway"
+)]
+struct Args {
+    /// Small counts and short windows (a smoke run).
+    #[arg(long)]
+    quick: bool,
+    /// Comma-separated scenarios to run (P1,P2,P3,P4,P5,P6); default all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Do not install or run the reference Node gateway.
+    #[arg(long)]
+    no_peer: bool,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "target/bench/last.json")]
+    json: PathBuf,
+}
+
+struct Counts {
+    p1_jobs: usize,
+    p1_budget: Duration,
+    floor: usize,
+    p2_jobs: usize,
+    p4_window: Duration,
+    p5_runs: usize,
+    p6_steps: Vec<usize>,
+    p6_final_jobs: usize,
+    p6_step_jobs: usize,
+}
+
+impl Counts {
+    fn new(quick: bool) -> Counts {
+        if quick {
+            Counts {
+                p1_jobs: 50,
+                p1_budget: Duration::from_secs(60),
+                floor: 100,
+                p2_jobs: 50,
+                p4_window: Duration::from_secs(10),
+                p5_runs: 5,
+                p6_steps: vec![100, 300],
+                p6_final_jobs: 30,
+                p6_step_jobs: 10,
+            }
+        } else {
+            Counts {
+                p1_jobs: 1000,
+                p1_budget: Duration::from_secs(600),
+                floor: 1000,
+                p2_jobs: 500,
+                p4_window: Duration::from_secs(60),
+                p5_runs: 20,
+                p6_steps: vec![1000, 2500, 5000, 10_000],
+                p6_final_jobs: 300,
+                p6_step_jobs: 50,
+            }
+        }
+    }
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("__agent-shim") {
+        std::process::exit(shim::run(&argv[2..]));
+    }
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("panorama-bench: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// target/release next to this binary (target/release/panorama-bench).
+fn release_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe
+        .parent()
+        .ok_or_else(|| anyhow!("no exe dir"))?
+        .to_path_buf())
+}
+
+fn locate_binaries(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let names = ["panorama-hub", "panorama-gateway", "panorama-fake-agent"];
+    if names.iter().any(|n| !dir.join(n).exists()) {
+        eprintln!(
+            "[bench] release binaries missing in {}: building them",
+            dir.display()
+        );
+        let status =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "panorama-hub",
+                    "-p",
+                    "panorama-gateway",
+                    "-p",
+                    "panorama-providers",
+                    "--bins",
+                ])
+                .status()
+                .context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build --release failed");
+        }
+    }
+    let [a, b, c] = names.map(|n| dir.join(n));
+    Ok((a, b, c))
+}
+
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_total = mem
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .unwrap_or("")
+        .to_string();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": model,
+        "mem_total": mem_total.split_whitespace().skip(1).collect::<Vec<_>>().join(" "),
+        "kernel": kernel.trim(),
+        "loadavg_at_start": load.trim(),
+    })
+}
+
+async fn run(args: Args) -> Result<()> {
+    let counts = Counts::new(args.quick);
+    let want =
+        |p: &str| args.only.is_empty() || args.only.iter().any(|o| o.eq_ignore_ascii_case(p));
+    let nofile = procs::raise_nofile(65_536);
+    let dir = release_dir()?;
+    let (hub_bin, gw_bin, fake_agent) = locate_binaries(&dir)?;
+    let machine = machine();
+    eprintln!("[bench] machine: {machine}; open-file limit {nofile}");
+    let mut report = Report::default();
+    let started = Instant::now();
+
+    let work = tempfile::tempdir()?;
+    let claude = work.path().join("claude");
+    std::os::unix::fs::symlink(&fake_agent, &claude)?;
+    let ours = Flavor::Ours { bin: gw_bin };
+
+    let needs_gateways = ["P1", "P2", "P3", "P4", "P5"].iter().any(|p| want(p));
+    let peer = if args.no_peer || !needs_gateways {
+        if args.no_peer {
+            report.note("peer: not run (--no-peer)");
+        }
+        None
+    } else {
+        match tokio::task::spawn_blocking(peer::install).await? {
+            Ok(p) => {
+                report.note(format!(
+                    "peer: {} on Node {}",
+                    peer::PEER_PACKAGE,
+                    p.node_version
+                ));
+                Some(p)
+            }
+            Err(e) => {
+                report.note(format!(
+                    "peer: could not be installed ({e:#}); reporting our figures alone"
+                ));
+                None
+            }
+        }
+    };
+    let peer_flavor = peer.as_ref().map(|p| p.flavor.clone());
+    let mut caps = json!({"schema_version": "v1"});
+
+    if needs_gateways {
+        let hub = hub::Hub::start(&hub_bin)?;
+        let env = Env {
+            hub: &hub,
+            quick: args.quick,
+            claude: claude.clone(),
+            fake_agent: fake_agent.clone(),
+            self_exe: std::env::current_exe()?,
+            work: work.path().to_path_buf(),
+        };
+        // Runs `f` for ours and the peer; a peer failure is noted, not fatal.
+        macro_rules! both {
+            ($name:expr, $f:ident => $body:expr) => {{
+                eprintln!("[bench] {}: ours", $name);
+                let o = {
+                    let $f: &Flavor = &ours;
+                    $body.await
+                };
+                let p = match &peer_flavor {
+                    Some(pf) => {
+                        eprintln!("[bench] {}: peer", $name);
+                        let $f: &Flavor = pf;
+                        Some($body.await)
+                    }
+                    None => None,
+                };
+                (o, p)
+            }};
+        }
+        fn peer_ok<T>(report: &mut Report, what: &str, p: Option<Result<T>>) -> Option<T> {
+            match p {
+                Some(Ok(v)) => Some(v),
+                Some(Err(e)) => {
+                    report.note(format!("peer {what} failed: {e:#}"));
+                    None
+                }
+                None => None,
+            }
+        }
+
+        if want("P1") {
+            let floor = scenarios::floor(&env, counts.floor).await?;
+            let fl = stats::summarize(&floor).ok_or_else(|| anyhow!("no floor samples"))?;
+            let (o, p) = both!("P1", f => scenarios::p1(&env, f, counts.p1_jobs, counts.p1_budget));
+            let p = peer_ok(&mut report, "P1", p).and_then(|v| stats::summarize(&v));
+            report.add(
+                "P1",
+                "floor p50 (WS push + PATCH)",
+                "ms",
+                Some(fl.p50),
+                None,
+                Target::None,
+                &format!("n={}", fl.n),
+            );
+            match o.map(|v| stats::summarize(&v)) {
+                Ok(Some(s)) => {
+                    let note = format!(
+                        "n={} ours{}",
+                        s.n,
+                        p.map(|p| format!(", n={} peer", p.n)).unwrap_or_default()
+                    );
+                    report.add(
+                        "P1",
+                        "dispatch p50 vs floor",
+                        "ms",
+                        Some(s.p50),
+                        None,
+                        Target::AtMostRef(5.0, fl.p50),
+                        &note,
+                    );
+                    report.add(
+                        "P1",
+                        "dispatch p50 vs peer",
+                        "ms",
+                        Some(s.p50),
+                        p.map(|p| p.p50),
+                        Target::AtMostPeer(0.2),
+                        "INSERT → running, listener clock",
+                    );
+                    report.add(
+                        "P1",
+                        "dispatch p99",
+                        "ms",
+                        Some(s.p99),
+                        p.map(|p| p.p99),
+                        Target::None,
+                        "",
+                    );
+                }
+                Ok(None) => report.skip("P1", "dispatch", "no samples"),
+                Err(e) => report.skip("P1", "dispatch", &format!("{e:#}")),
+            }
+        }
+        if want("P2") {
+            let (o, p) = both!("P2", f => scenarios::p2(&env, f, counts.p2_jobs));
+            let p = peer_ok(&mut report, "P2", p);
+            match o {
+                Ok((tput, ok, failed)) => report.add(
+                    "P2",
+                    "throughput (diagnostic)",
+                    "jobs/s",
+                    Some(tput),
+                    p.map(|p| p.0),
+                    Target::AtLeastPeer(10.0),
+                    &format!(
+                        "{} jobs, {ok} completed, {failed} failed{}",
+                        counts.p2_jobs,
+                        p.map(|p| format!("; peer {} completed, {} failed", p.1, p.2))
+                            .unwrap_or_default()
+                    ),
+                ),
+                Err(e) => report.skip("P2", "throughput", &format!("{e:#}")),
+            }
+        }
+        if want("P3") {
+            let (o, p) = both!("P3", f => scenarios::p3(&env, f));
+            let p = match peer_ok(&mut report, "P3", p) {
+                Some(P3::Done {
+                    exit_to_terminal_ms,
+                    lag,
+                    events,
+                    matched,
+                    run_status,
+                }) => {
+                    report.note(format!(
+                        "peer P3: {events} event rows, {matched} matched, run {run_status}"
+                    ));
+                    Some((exit_to_terminal_ms, lag))
+                }
+                Some(P3::Skipped(why)) => {
+                    report.note(format!("peer P3 skipped: {why}"));
+                    None
+                }
+                None => None,
+            };
+            match o {
+                Ok(P3::Done {
+                    exit_to_terminal_ms,
+                    lag,
+                    events,
+                    matched,
+                    run_status,
+                }) => {
+                    let note = format!("{events} event rows, {matched} matched, run {run_status}");
+                    report.add(
+                        "P3",
+                        "agent exit → run terminal",
+                        "ms",
+                        Some(exit_to_terminal_ms),
+                        p.map(|p| p.0),
+                        Target::AtMostPeer(0.05),
+                        &note,
+                    );
+                    report.add(
+                        "P3",
+                        "live lag p50",
+                        "ms",
+                        Some(lag.p50),
+                        p.map(|p| p.1.p50),
+                        Target::None,
+                        "line written → event row seen",
+                    );
+                    report.add(
+                        "P3",
+                        "live lag p99",
+                        "ms",
+                        Some(lag.p99),
+                        p.map(|p| p.1.p99),
+                        Target::AtMost(250.0),
+                        "",
+                    );
+                }
+                Ok(P3::Skipped(why)) => {
+                    report.skip("P3", "event persistence", &why);
+                    if let Some(p) = p {
+                        report.add(
+                            "P3",
+                            "agent exit → run terminal",
+                            "ms",
+                            None,
+                            Some(p.0),
+                            Target::None,
+                            "peer only",
+                        );
+                        report.add(
+                            "P3",
+                            "live lag p99",
+                            "ms",
+                            None,
+                            Some(p.1.p99),
+                            Target::None,
+                            "peer only",
+                        );
+                    }
+                }
+                Err(e) => report.skip("P3", "event persistence", &format!("{e:#}")),
+            }
+        }
+        if want("P4") || want("P5") {
+            let (o, p) =
+                both!("P4/P5", f => scenarios::p4_p5(&env, f, counts.p4_window, counts.p5_runs));
+            let p = peer_ok(&mut report, "P4/P5", p);
+            match o {
+                Ok(f) => {
+                    let w = format!("{} s window", counts.p4_window.as_secs());
+                    if want("P4") {
+                        report.add(
+                            "P4",
+                            "idle RSS (mean)",
+                            "MiB",
+                            Some(f.rss_mib),
+                            p.as_ref().map(|p| p.rss_mib),
+                            Target::AtMostPeer(0.125),
+                            &format!(
+                                "{w}; max ours {:.1}{}",
+                                f.rss_max_mib,
+                                p.as_ref()
+                                    .map(|p| format!(", peer {:.1}", p.rss_max_mib))
+                                    .unwrap_or_default()
+                            ),
+                        );
+                        report.add(
+                            "P4",
+                            "idle CPU",
+                            "%",
+                            Some(f.cpu_percent),
+                            p.as_ref().map(|p| p.cpu_percent),
+                            Target::Below(0.1),
+                            &w,
+                        );
+                    }
+                    if want("P5") {
+                        report.add(
+                            "P5",
+                            "`status` wall",
+                            "ms",
+                            Some(f.status_ms),
+                            p.as_ref().map(|p| p.status_ms),
+                            Target::AtMostPeer(0.05),
+                            &format!("median of {}", counts.p5_runs),
+                        );
+                        report.add(
+                            "P5",
+                            "`--help` wall",
+                            "ms",
+                            Some(f.help_ms),
+                            p.as_ref().map(|p| p.help_ms),
+                            Target::AtMostPeer(0.05),
+                            &format!("median of {}", counts.p5_runs),
+                        );
+                    }
+                }
+                Err(e) => report.skip("P4/P5", "footprint and CLI", &format!("{e:#}")),
+            }
+        }
+        if let Ok(rows) = hub
+            .select(
+                "team_gateways",
+                "select=capabilities&status=eq.ready&limit=1",
+            )
+            .await
+        {
+            if let Some(c) = rows
+                .first()
+                .map(|r| r["capabilities"].clone())
+                .filter(|c| c.is_object())
+            {
+                caps = c;
+            }
+        }
+    }
+
+    if want("P6") {
+        let hub = Arc::new(hub::Hub::start(&hub_bin)?);
+        match sim::run(
+            hub.clone(),
+            &counts.p6_steps,
+            counts.p6_final_jobs,
+            counts.p6_step_jobs,
+            caps,
+        )
+        .await
+        {
+            Ok(r) => {
+                report.note(format!(
+                    "P6: paired {} simulated gateways in {:.1} s; hub RSS before sockets {} MiB",
+                    r.target,
+                    r.pair_secs,
+                    r.baseline_kib / 1024
+                ));
+                for s in &r.steps {
+                    let last = s.connected == r.reached && std::ptr::eq(s, r.steps.last().unwrap());
+                    let label = format!("{} sims: pickup p99", s.connected);
+                    let target = if last {
+                        Target::AtMost(50.0)
+                    } else {
+                        Target::None
+                    };
+                    report.add(
+                        "P6",
+                        &label,
+                        "ms",
+                        s.pickup.map(|p| p.p99),
+                        None,
+                        target,
+                        &format!(
+                            "p50 {}; missed {}; hub RSS {} MiB, {:.1} KiB/conn",
+                            s.pickup
+                                .map(|p| report::fmt_num(p.p50))
+                                .unwrap_or("-".into()),
+                            s.missed,
+                            s.hub_rss_kib / 1024,
+                            s.per_conn_kib
+                        ),
+                    );
+                }
+                if let Some(s) = r.steps.last() {
+                    report.add(
+                        "P6",
+                        "hub memory per connection",
+                        "KiB",
+                        Some(s.per_conn_kib),
+                        None,
+                        Target::None,
+                        &format!("at {} connections", s.connected),
+                    );
+                }
+                report.add(
+                    "P6",
+                    "simulated gateways reached",
+                    "",
+                    Some(r.reached as f64),
+                    None,
+                    Target::AtLeast(r.target as f64),
+                    r.stop_reason.as_deref().unwrap_or(""),
+                );
+            }
+            Err(e) => report.skip("P6", "hub scale", &format!("{e:#}")),
+        }
+    }
+
+    let table = report.table();
+    println!("\n{table}");
+    for n in &report.notes {
+        println!("- {n}");
+    }
+    let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "- machine: {machine}; loadavg at end {}; run took {:.0} s",
+        load_end.trim(),
+        started.elapsed().as_secs_f64()
+    );
+    let doc = json!({
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "quick": args.quick,
+        "machine": machine,
+        "loadavg_at_end": load_end.trim(),
+        "elapsed_secs": started.elapsed().as_secs_f64(),
+        "rows": report.rows,
+        "notes": report.notes,
+        "table_markdown": table,
+    });
+    if let Some(parent) = args.json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&doc)?)?;
+    eprintln!("[bench] wrote {}", args.json.display());
+    drop(peer);
+    Ok(())
+}
