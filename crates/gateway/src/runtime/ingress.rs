@@ -119,6 +119,28 @@ pub fn start(gw: Arc<Gateway>) -> IngressHandle {
     }
 }
 
+/// Like [`start`], but only once `before` completed (crash recovery that
+/// could not reach the hub at startup). Closing before that skips ingress.
+pub fn start_after<F>(gw: Arc<Gateway>, before: F) -> IngressHandle
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (close_tx, mut close_rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            _ = &mut close_rx => return,
+            () = before => {}
+        }
+        if !gw.is_shutting_down() {
+            run(gw, close_rx).await;
+        }
+    });
+    IngressHandle {
+        close_tx: Some(close_tx),
+        task,
+    }
+}
+
 async fn run(gw: Arc<Gateway>, mut close_rx: oneshot::Receiver<()>) {
     let (rt, mut events) = gw.client.realtime(RealtimeOptions::default());
     let mut channel = Some(open_channel(&rt, &gw));

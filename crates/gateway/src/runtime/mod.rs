@@ -304,6 +304,67 @@ impl From<AuthError> for GatewayError {
     }
 }
 
+/// How long one recovery attempt waits for an earlier process's outbox.
+const RECOVERY_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest pause between recovery attempts while the hub is unreachable.
+const RECOVERY_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One attempt at crash recovery (crate `recovery`): deliver what an
+/// earlier process left in the outbox, finalize the jobs it left running,
+/// and deliver those failures before any new job is claimed. False when it
+/// must be retried (the hub could not be reached).
+async fn recover_once(gw: &Gateway) -> bool {
+    if gw.outbox.pending() > 0 && !gw.outbox.flush(RECOVERY_DRAIN_TIMEOUT).await {
+        tracing::warn!(
+            pending = gw.outbox.pending(),
+            "Gateway outbox of an earlier process not delivered yet; recovery of interrupted jobs will be retried"
+        );
+        return false;
+    }
+    match recovery::recover_interrupted_jobs(
+        &gw.client,
+        &gw.outbox,
+        &gw.ledger,
+        &gw.gateway_id,
+        &gw.team_id,
+    )
+    .await
+    {
+        Ok(report) if !report.recovered_jobs.is_empty() || !report.already_terminal.is_empty() => {
+            tracing::info!(
+                recovered = ?report.recovered_jobs,
+                already_terminal = ?report.already_terminal,
+                "Recovered jobs interrupted by an earlier gateway process"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "Failed to recover interrupted gateway jobs; retrying before taking new jobs");
+            return false;
+        }
+    }
+    // Deliver the recovered jobs' failures before any new job is claimed,
+    // so the hub never shows a new job running next to an orphan.
+    gw.outbox.pending() == 0
+        || gw
+            .outbox
+            .flush(std::time::Duration::from_millis(OUTBOX_FLUSH_TIMEOUT_MS))
+            .await
+}
+
+/// Retry [`recover_once`] with a capped backoff until it succeeds (or the
+/// gateway shuts down, which drops this future).
+async fn recover_until_done(gw: Arc<Gateway>) {
+    let mut delay = std::time::Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(delay).await;
+        if recover_once(&gw).await {
+            return;
+        }
+        delay = (delay * 2).min(RECOVERY_RETRY_MAX);
+    }
+}
+
 /// `run_gateway_runtime`: everything after step B.5. Returns after shutdown.
 pub async fn run(request: RuntimeRequest) -> Result<()> {
     let RuntimeRequest {
@@ -341,53 +402,6 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         GatewayError::cli("Could not open the gateway claim ledger.", e.to_string())
     })?;
     let outbox_task = outbox.start(client.clone());
-    // Recovery finalizes every job the hub lists as running for this
-    // gateway, so it must only run when no other live process owns it.
-    let other_live = pidfile::read_pid(&paths.pid_path)
-        .filter(|pid| *pid != std::process::id() as i32 && pidfile::is_alive(*pid));
-    let recovered = match other_live {
-        Some(pid) => {
-            tracing::warn!(
-                pid,
-                "Another gateway process is running for this config; skipping recovery of interrupted jobs"
-            );
-            Ok(recovery::RecoveryReport::default())
-        }
-        None => {
-            recovery::recover_interrupted_jobs(
-                &client,
-                &outbox,
-                &ledger,
-                &config.gateway_id,
-                &config.team_id,
-            )
-            .await
-        }
-    };
-    match recovered {
-        Ok(report) if !report.recovered_jobs.is_empty() || !report.already_terminal.is_empty() => {
-            tracing::info!(
-                recovered = ?report.recovered_jobs,
-                already_terminal = ?report.already_terminal,
-                "Recovered jobs interrupted by an earlier gateway process"
-            )
-        }
-        Ok(_) => {}
-        Err(e) => tracing::error!(error = %e, "Failed to recover interrupted gateway jobs"),
-    }
-    // Deliver the recovered jobs' failures before any new job is claimed,
-    // so the hub never shows a new job running next to an orphan.
-    if outbox.pending() > 0
-        && !outbox
-            .flush(std::time::Duration::from_millis(OUTBOX_FLUSH_TIMEOUT_MS))
-            .await
-    {
-        tracing::warn!(
-            pending = outbox.pending(),
-            "Gateway outbox not delivered before taking new jobs; delivery continues in the background"
-        );
-    }
-
     let (shutdown_tx, _) = watch::channel(false);
     let concurrency =
         queue::concurrency_from(crate::paths::process_env(queue::CONCURRENCY_ENV).as_deref());
@@ -412,6 +426,24 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         clock: clock::ServerClock::new(),
         shell_sessions: shell_glue::new_sessions(&paths),
     });
+
+    // Jobs an earlier process left running are finalized before this one
+    // takes work. Recovery finalizes every job the hub lists as running for
+    // this gateway, so it only runs when no other live process owns it. If
+    // the hub cannot be reached now, it is retried in the background and
+    // ingress starts only once it succeeded.
+    let other_live = pidfile::read_pid(&paths.pid_path)
+        .filter(|pid| *pid != std::process::id() as i32 && pidfile::is_alive(*pid));
+    let recovered = match other_live {
+        Some(pid) => {
+            tracing::warn!(
+                pid,
+                "Another gateway process is running for this config; skipping recovery of interrupted jobs"
+            );
+            true
+        }
+        None => recover_once(&gw).await,
+    };
 
     // §4.1 steps 1–5: capabilities (host-only until provider support lands).
     out.info("Validating providers...", &[]);
@@ -453,8 +485,12 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     let watcher = restart::Watcher::for_current_exe(restart::RestartConfig::from_env(
         crate::paths::process_env,
     ));
-    // Step 10: ingress (realtime + reconcile).
-    let ingress = ingress::start(Arc::clone(&gw));
+    // Step 10: ingress (realtime + reconcile), after recovery.
+    let ingress = if recovered {
+        ingress::start(Arc::clone(&gw))
+    } else {
+        ingress::start_after(Arc::clone(&gw), recover_until_done(Arc::clone(&gw)))
+    };
 
     tracing::info!(
         gatewayId = %gw.gateway_id,
