@@ -659,3 +659,49 @@ fn a_replacement_that_cannot_be_executed_makes_the_gateway_exit_non_zero() {
     assert!(!machine.pid_path().exists(), "PID file removed");
     assert_eq!(gateway_row(&hub, &gw.gateway_id)["status"], "offline");
 }
+
+#[test]
+fn a_symlink_swapped_to_a_new_version_is_re_executed() {
+    let hub = Hub::start();
+    let mut machine = Machine::with_claude_delay(0);
+    let bin_dir = machine.path("bin");
+    for version in ["v1", "v2"] {
+        std::fs::create_dir_all(bin_dir.join(version)).unwrap();
+        std::fs::copy(
+            &machine.program,
+            bin_dir.join(version).join("panorama-gateway"),
+        )
+        .unwrap();
+    }
+    let link = bin_dir.join("panorama-gateway");
+    std::os::unix::fs::symlink(bin_dir.join("v1").join("panorama-gateway"), &link).unwrap();
+    machine.program = link.clone();
+    let (gw, mut running) = started(
+        &hub,
+        &machine,
+        &[
+            ("PANORAMA_GATEWAY_AUTO_RESTART", "on"),
+            ("PANORAMA_GATEWAY_RESTART_CHECK_MS", "200"),
+        ],
+    );
+    wait_log(&hub, &machine, "Gateway auto-restart enabled");
+    let pid = running.pid();
+    let exe_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe_of(pid), bin_dir.join("v1").join("panorama-gateway"));
+
+    // The installer points the stable path at the new version (atomically).
+    let staged = bin_dir.join("panorama-gateway.next");
+    std::os::unix::fs::symlink(bin_dir.join("v2").join("panorama-gateway"), &staged).unwrap();
+    std::fs::rename(&staged, &link).unwrap();
+
+    hub.wait_for("re-exec of v2", WAIT, || {
+        (exe_of(pid) == bin_dir.join("v2").join("panorama-gateway")).then_some(())
+    });
+    hub.wait_for("second startup", WAIT, || {
+        (machine.log().matches("Gateway running").count() >= 2).then_some(())
+    });
+    assert!(running.is_running());
+    let id = insert_job(&hub, &gw);
+    assert_eq!(wait_job_terminal(&hub, &id)["status"], "completed");
+    assert!(running.terminate().success());
+}

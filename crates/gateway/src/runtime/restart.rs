@@ -23,7 +23,7 @@
 //! Node's "running from source").
 
 use std::ffi::OsString;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +81,38 @@ impl RestartConfig {
     }
 }
 
+/// The path this process was started as (runtime.md §4.7: "a path
+/// captured at startup, not /proc/self/exe"): `argv[0]` made absolute
+/// against the working directory, or looked up in `PATH` when it has no
+/// slash. An upgrade that swaps a symlink (`/usr/local/bin/x` → a new
+/// versioned file) is then seen, and the re-exec runs the new target.
+/// `None` when it cannot be determined (the caller falls back to
+/// `current_exe`).
+pub fn installed_exe_path(
+    argv0: Option<OsString>,
+    cwd: Option<PathBuf>,
+    path_var: Option<OsString>,
+) -> Option<PathBuf> {
+    let argv0 = PathBuf::from(argv0?);
+    if argv0.as_os_str().is_empty() {
+        return None;
+    }
+    if argv0.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return Some(if argv0.is_absolute() {
+            argv0
+        } else {
+            cwd?.join(argv0)
+        });
+    }
+    std::env::split_paths(&path_var?)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(&argv0))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// Identity of the executable file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fingerprint {
@@ -118,7 +150,12 @@ impl Watcher {
             tracing::debug!("Gateway auto-restart disabled ({AUTO_RESTART_ENV})");
             return None;
         }
-        let exe = match std::env::current_exe() {
+        let invoked = installed_exe_path(
+            std::env::args_os().next(),
+            std::env::current_dir().ok(),
+            std::env::var_os("PATH"),
+        );
+        let exe = match invoked.map(Ok).unwrap_or_else(std::env::current_exe) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "Gateway auto-restart disabled (executable not found)");
@@ -283,6 +320,38 @@ mod tests {
         assert_eq!(c.enabled, !cfg!(debug_assertions));
         assert_eq!(parse_bool("0"), Some(false));
         assert_eq!(parse_bool("TRUE"), Some(true));
+    }
+
+    #[test]
+    fn the_installed_path_comes_from_argv0() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let exe = bin.join("panorama-gateway");
+        std::fs::write(&exe, b"x").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = std::env::join_paths([Path::new("/nonexistent"), bin.as_path()]).unwrap();
+        assert_eq!(
+            installed_exe_path(Some("panorama-gateway".into()), None, Some(path.clone())),
+            Some(exe.clone())
+        );
+        assert_eq!(
+            installed_exe_path(
+                Some("bin/panorama-gateway".into()),
+                Some(tmp.path().into()),
+                None
+            ),
+            Some(exe.clone())
+        );
+        assert_eq!(
+            installed_exe_path(Some(exe.clone().into()), None, None),
+            Some(exe)
+        );
+        assert_eq!(
+            installed_exe_path(Some("missing".into()), None, Some(path)),
+            None
+        );
+        assert_eq!(installed_exe_path(None, None, None), None);
     }
 
     #[tokio::test]
