@@ -386,6 +386,16 @@ fn hub_killed_mid_job_the_job_completes_and_the_outbox_drains_after_it_returns()
         let row = gateway_row(&hub, &gw.gateway_id);
         (row["status"] == "ready" && ts_ms(&row["last_seen_at"]) > seen_before).then_some(())
     });
+    // The realtime channel reconnects too (the reconcile alone would hide
+    // a dead channel).
+    hub.wait_for("realtime resubscribed", WAIT, || {
+        (machine
+            .log()
+            .matches("Gateway subscribed to job queue")
+            .count()
+            >= 2)
+            .then_some(())
+    });
     // Ingress recovered: a new job runs.
     let next = insert_job(&hub, &gw);
     assert_eq!(wait_job_terminal(&hub, &next)["status"], "completed");
