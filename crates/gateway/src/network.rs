@@ -105,35 +105,59 @@ pub struct ProviderCheckOutcome {
     pub host_only: Option<String>,
 }
 
-/// `doctor` steps 2–4 and `pair` steps 8 and 11: CLI discovery, full
-/// provider validation with progress lines, then (when paired) an event
-/// client that flushes queued events, `config_dir_fallback` and
-/// `provider_validation` events. The caller prints the summary and saves
+/// `doctor` steps 2–4 and `pair` steps 8 and 11: CLI discovery and a full
+/// provider validation (a real `Say hi.` model run per available CLI, with
+/// progress lines in the log), then (when paired) an event client that
+/// delivers `config_dir_fallback` and the `provider_validation` events
+/// (control-plane §11). The caller prints the summary and saves
 /// `providerHealth`.
-///
-/// Provider support is a later issue: no provider is validated and the
-/// outcome says so (host-only mode). When paired and the fallback config
-/// dir is in use, the `config_dir_fallback` event is still emitted.
 pub fn check_providers(request: &ProviderCheckRequest) -> Result<ProviderCheckOutcome> {
-    if let (Some(config), Some(previous)) = (&request.config, &request.migrated_from) {
-        match tokio_runtime(false) {
-            Ok(rt) => rt.block_on(emit_fallback_event(request, config, previous)),
-            Err(e) => tracing::error!(error = %e, "Failed to record gateway event"),
+    let rt = tokio_runtime(false)?;
+    let previous = request
+        .config
+        .as_ref()
+        .map(|c| crate::delegated::providers::from_stored(&c.provider_health()))
+        .unwrap_or_default();
+    let _ = std::fs::create_dir_all(&request.paths.tmp_dir);
+    let report = rt.block_on(crate::delegated::providers::validate(
+        panorama_providers::health::ValidationMode::Full,
+        &previous,
+        &request.paths,
+        &|line| tracing::info!("{}", line.trim()),
+    ));
+    if let Some(config) = &request.config {
+        let mut rows = Vec::new();
+        if let Some(previous) = &request.migrated_from {
+            rows.push(crate::runtime::events::config_dir_fallback_row(
+                &config.gateway_id,
+                &config.team_id,
+                previous,
+                &request.paths.config_dir,
+            ));
+        }
+        rows.extend(crate::delegated::providers::validation_event_rows(
+            &report,
+            &config.gateway_id,
+            &config.team_id,
+            request.context,
+        ));
+        if !rows.is_empty() {
+            rt.block_on(emit_events(request, config, rows));
         }
     }
     Ok(ProviderCheckOutcome {
-        provider_health: BTreeMap::new(),
-        any_provider_ready: false,
-        host_only: Some(crate::runtime::heartbeat::HOST_ONLY_NOTE.to_string()),
+        provider_health: crate::delegated::providers::to_stored(&report.health),
+        any_provider_ready: report.any_provider_ready(),
+        host_only: None,
     })
 }
 
 /// The event client of pair/doctor (control-plane.md §2.4): authenticate
 /// (persisting any rotated tokens), queue the event in the outbox, deliver.
-async fn emit_fallback_event(
+async fn emit_events(
     request: &ProviderCheckRequest,
     config: &GatewayConfig,
-    previous: &std::path::Path,
+    rows: Vec<serde_json::Value>,
 ) {
     use crate::runtime;
     if config.gateway_id.is_empty() || config.team_id.is_empty() {
@@ -161,17 +185,9 @@ async fn emit_fallback_event(
             return;
         }
     };
-    runtime::events::emit(
-        &outbox,
-        &config.gateway_id,
-        &config.team_id,
-        runtime::events::config_dir_fallback_row(
-            &config.gateway_id,
-            &config.team_id,
-            previous,
-            &request.paths.config_dir,
-        ),
-    );
+    for row in rows {
+        runtime::events::emit(&outbox, &config.gateway_id, &config.team_id, row);
+    }
     let task = outbox.start(client);
     if !outbox.flush(std::time::Duration::from_secs(5)).await {
         tracing::warn!("Gateway event not delivered yet; it is retried at the next start");

@@ -486,14 +486,17 @@ fn doctor_reports_local_state_in_host_only_mode() {
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert_eq!(
         r.stdout(),
-        "Gateway doctor report\n  Config dir: ~/.panorama/gateway\n  Paired: Yes\n  Install full control: Enabled\nValidating providers...\nProvider status:\nNo providers validated: provider support is not in this gateway build yet (host-only mode).\n"
+        "Gateway doctor report\n  Config dir: ~/.panorama/gateway\n  Paired: Yes\n  Install full control: Enabled\nValidating providers...\nProvider status:\n  - claude_code: unavailable (spawn claude ENOENT)\n  - codex: unavailable (spawn codex ENOENT)\n  - gemini: unavailable (spawn gemini ENOENT)\n"
     );
     let r = home.run(&["doctor", "--json"]);
     let doc: Value = serde_json::from_str(&r.stdout()).unwrap();
     assert_eq!(doc["paired"], true);
     assert_eq!(doc["full_control_enabled"], true);
-    assert_eq!(doc["host_only"], true);
-    assert_eq!(doc["providers"], serde_json::json!({}));
+    // No AI CLI on this PATH: every provider is unavailable, none ready.
+    assert_eq!(doc["host_only"], false);
+    assert_eq!(doc["any_provider_ready"], false);
+    assert_eq!(doc["providers"]["claude_code"]["status"], "unavailable");
+    assert_eq!(doc["providers"]["codex"]["check_type"], "full");
 }
 
 #[test]

@@ -147,6 +147,10 @@ pub async fn refresh(gw: &Gateway) {
             None
         }
     };
+    crate::delegated::get()
+        .providers
+        .light_refresh(&gw.paths)
+        .await;
     {
         let mut st = gw.lock();
         if let Some(enabled) = flag {
@@ -156,7 +160,10 @@ pub async fn refresh(gw: &Gateway) {
             st.full_control_enabled = enabled;
         }
         let enabled = st.full_control_enabled;
-        st.capabilities = Some(build_capabilities(&gw.device_name, enabled));
+        st.capabilities = Some(crate::delegated::providers::capabilities(
+            &gw.device_name,
+            enabled,
+        ));
     }
     let status = gw.compute_status();
     send_and_calibrate(gw, status).await;

@@ -160,9 +160,15 @@ async fn dispatch(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
             }
         }
         JobType::ShellSession | JobType::ShellExec => super::shell_glue::handle(gw, job).await,
-        JobType::ModelRun | JobType::SubagentRun | JobType::SubagentCancel => {
-            not_supported_yet(&job.job_type)
-        }
+        JobType::ModelRun => complete_job(
+            &job.job_type,
+            crate::delegated::model_run::handle(gw, job).await,
+        ),
+        JobType::SubagentRun => crate::delegated::subagent_run::run_job(gw, job).await,
+        JobType::SubagentCancel => complete_job(
+            &job.job_type,
+            crate::delegated::cancel::handle(gw, job).await,
+        ),
         JobType::Unknown(_) => unsupported_job_type(&job.job_type),
     }
 }

@@ -445,12 +445,11 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         None => recover_once(&gw).await,
     };
 
-    // §4.1 steps 1–5: capabilities (host-only until provider support lands).
-    out.info("Validating providers...", &[]);
-    out.info(&format!("  {}", heartbeat::HOST_ONLY_NOTE), &[]);
+    // §4.1 steps 1–5: provider discovery and `auto` validation, capabilities.
+    crate::delegated::startup(&gw, &out).await;
     {
         let mut st = gw.lock();
-        st.capabilities = Some(heartbeat::build_capabilities(
+        st.capabilities = Some(crate::delegated::providers::capabilities(
             &device_name,
             config.full_control_enabled,
         ));

@@ -119,6 +119,7 @@ pub async fn perform_shutdown(
     // 4. Status sync (normally `pending`).
     heartbeat::sync_if_changed(gw).await;
     // 5. Agent runs are stopped now (SIGTERM to the group, SIGKILL after 5 s).
+    crate::delegated::shutdown::request_termination(&format!("Gateway shutting down ({signal})"));
     // 6. Let running jobs finish within the grace period.
     let grace = grace_from(crate::paths::process_env(SHUTDOWN_GRACE_ENV).as_deref());
     wait_for_no_active(gw, grace).await;
@@ -136,6 +137,7 @@ pub async fn perform_shutdown(
     for (job_id, handle) in residual {
         handle.abort();
         tracing::warn!(jobId = %job_id, reason = %reason, "Cancelling gateway job still running at shutdown");
+        crate::delegated::shutdown::finalize_residual(gw, &job_id, &reason).await;
         jobs::complete(gw, &job_id, &residual_shutdown_completion(&reason));
     }
     // 8. Close every shell session (local only).

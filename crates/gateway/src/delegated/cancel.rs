@@ -1,0 +1,278 @@
+//! `subagent_cancel` (control-plane §8.4, §9.5). Unlike the reference, an
+//! `accepted` answer is only ever given after the cancel was persisted and
+//! signalled: a lost subagent CAS is re-resolved and retried.
+
+use panorama_protocol::cancel::{
+    build_requested_cancel_metadata, cancel_adapter_for, cancel_supported, resolve_cancel_request,
+    CancelOutcome, CancelRequest, CancelResolution, CancelState,
+};
+use panorama_protocol::jobs::{HandlerOutcome, SubagentCancelPayload};
+use panorama_protocol::results::CancelJobResult;
+use panorama_protocol::rows::GatewayJobRow;
+use panorama_protocol::status::{RunEventType, SubagentStatus};
+use serde_json::{json, Value};
+
+use super::active::CancelSignal;
+use super::events::{next_sequence_at_hub, push_out_of_band, RunIds};
+use crate::runtime::{now_iso, Gateway};
+
+/// CAS attempts before giving up on a subagent whose state keeps changing.
+const MAX_CAS_ATTEMPTS: usize = 3;
+pub const MSG_CANCEL_STATE_CHANGED: &str =
+    "Subagent state changed while the cancel was being recorded; send the cancel again.";
+
+fn result(r: CancelJobResult) -> HandlerOutcome {
+    HandlerOutcome::success(serde_json::to_value(r).unwrap_or(Value::Null))
+}
+
+fn fail(message: &str, subagent_id: &str, error: String) -> HandlerOutcome {
+    HandlerOutcome::failure(
+        json!({"message": message, "subagent_id": subagent_id}),
+        error,
+    )
+}
+
+async fn newest_running_run(gw: &Gateway, sid: &str) -> Result<Option<Value>, String> {
+    gw.client
+        .from("subagent_runs")
+        .select("id,metadata")
+        .eq("subagent_id", sid)
+        .eq("status", "running")
+        .order("run_sequence", false, None)
+        .limit(1)
+        .maybe_single()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
+    let payload = match SubagentCancelPayload::parse(&job.payload) {
+        Ok(p) => p,
+        Err(e) => return HandlerOutcome::from_payload_error(&e),
+    };
+    let sid = payload.subagent_id.as_str();
+    let reason = payload.reason.as_str();
+    let requested = payload.run_id.as_deref();
+    let sub = match gw
+        .client
+        .from("subagents")
+        .select("id,team_id,gateway_id,subagent_type,status,metadata")
+        .eq("id", sid)
+        .maybe_single()
+        .await
+    {
+        Ok(Some(s)) => s,
+        Ok(None) => return result(CancelJobResult::not_found(sid, requested, reason)),
+        Err(e) => {
+            return fail(
+                "Failed to load subagent for cancellation",
+                sid,
+                e.to_string(),
+            )
+        }
+    };
+    let assigned = sub.get("gateway_id").and_then(Value::as_str);
+    if assigned != Some(gw.gateway_id.as_str()) {
+        return result(CancelJobResult::other_gateway(sid, requested, reason));
+    }
+    let subagent_type = sub
+        .get("subagent_type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let adapter = cancel_adapter_for(subagent_type);
+    let supported = cancel_supported(&adapter, assigned);
+    let team_id = sub
+        .get("team_id")
+        .and_then(Value::as_str)
+        .unwrap_or(&gw.team_id)
+        .to_string();
+    let mut status = sub
+        .get("status")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let mut sub_metadata = sub.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let mut run =
+        if status.as_deref().map(SubagentStatus::normalize) == Some(SubagentStatus::Running) {
+            match newest_running_run(gw, sid).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return fail(
+                        "Failed to resolve active subagent run for cancellation",
+                        sid,
+                        e,
+                    )
+                }
+            }
+        } else {
+            None
+        };
+    let mut first_pass = true;
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let resolution = resolve_cancel_request(CancelRequest {
+            subagent_status: status.as_deref(),
+            requested_run_id: requested,
+            active_run_id: run.as_ref().and_then(|r| r["id"].as_str()),
+            cancel_supported: supported,
+        });
+        if !resolution.accepted {
+            return result(if first_pass {
+                CancelJobResult::rejected(sid, reason, supported, &resolution)
+            } else {
+                CancelJobResult::after_race(sid, reason, supported, &resolution)
+            });
+        }
+        first_pass = false;
+        let Some(run_id) = resolution.resolved_run_id.clone() else {
+            return fail(
+                "Cancel accepted without an active run_id",
+                sid,
+                "Cancel accepted without an active run_id".into(),
+            );
+        };
+        let now = now_iso();
+        let metadata = build_requested_cancel_metadata(
+            &sub_metadata,
+            Some(&run_id),
+            reason,
+            &now,
+            adapter.support,
+            adapter.scope,
+        );
+        let updated = gw
+            .client
+            .from("subagents")
+            .update(json!({"metadata": metadata}))
+            .eq("status", "running")
+            .eq("id", sid)
+            .select("id")
+            .execute()
+            .await;
+        let rows = match updated {
+            Ok(rows) => rows,
+            Err(e) => {
+                return fail(
+                    "Failed to persist subagent cancellation metadata",
+                    sid,
+                    e.to_string(),
+                )
+            }
+        };
+        if rows.is_empty() {
+            // Race: refresh and resolve again.
+            match gw
+                .client
+                .from("subagents")
+                .select("status,metadata")
+                .eq("id", sid)
+                .maybe_single()
+                .await
+            {
+                Ok(row) => {
+                    status = row
+                        .as_ref()
+                        .and_then(|r| r["status"].as_str())
+                        .map(str::to_string);
+                    sub_metadata = row
+                        .and_then(|r| r.get("metadata").cloned())
+                        .unwrap_or_else(|| json!({}));
+                }
+                Err(e) => {
+                    return fail(
+                        "Failed to refresh subagent status after cancel race",
+                        sid,
+                        e.to_string(),
+                    )
+                }
+            }
+            run = if status.as_deref().map(SubagentStatus::normalize)
+                == Some(SubagentStatus::Running)
+            {
+                match newest_running_run(gw, sid).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return fail(
+                            "Failed to refresh active subagent run after cancel race",
+                            sid,
+                            e,
+                        )
+                    }
+                }
+            } else {
+                None
+            };
+            continue;
+        }
+        let run_metadata = build_requested_cancel_metadata(
+            run.as_ref()
+                .and_then(|r| r.get("metadata"))
+                .unwrap_or(&json!({})),
+            Some(&run_id),
+            reason,
+            &now,
+            adapter.support,
+            adapter.scope,
+        );
+        if let Err(e) = gw
+            .client
+            .from("subagent_runs")
+            .update(json!({"metadata": run_metadata}))
+            .eq("id", run_id.as_str())
+            .eq("status", "running")
+            .execute()
+            .await
+        {
+            return fail(
+                "Failed to persist run cancellation metadata",
+                sid,
+                e.to_string(),
+            );
+        }
+        let signal = super::get().active.request_cancel(sid, Some(&run_id), reason, |local| {
+            local.sink.emit(
+                RunEventType::CancellationRequested,
+                json!({"reason": reason, "source": "gateway_cancel_job", "active_process": true, "cancel_state": "requested"}),
+            );
+            local.sink.flush();
+        });
+        let active_process = signal == CancelSignal::Active;
+        if !active_process {
+            let ids = RunIds {
+                run_id: run_id.clone(),
+                subagent_id: sid.to_string(),
+                team_id: team_id.clone(),
+                gateway_id: gw.gateway_id.clone(),
+            };
+            let first = next_sequence_at_hub(&gw.client, &run_id).await.unwrap_or(0);
+            push_out_of_band(
+                &gw.outbox,
+                &ids,
+                first,
+                vec![(
+                    RunEventType::CancellationRequested,
+                    json!({"reason": reason, "source": "gateway_cancel_job", "active_process": false, "cancel_state": "requested"}),
+                )],
+            );
+        }
+        return result(CancelJobResult::accepted(
+            sid,
+            reason,
+            &resolution,
+            active_process,
+            adapter.support,
+        ));
+    }
+    let resolution = CancelResolution {
+        accepted: false,
+        cancel_result: CancelOutcome::Rejected,
+        cancel_state: CancelState::None,
+        resolved_run_id: None,
+        message: MSG_CANCEL_STATE_CHANGED.to_string(),
+        status: SubagentStatus::normalize(status.as_deref().unwrap_or("")),
+    };
+    result(CancelJobResult::after_race(
+        sid,
+        reason,
+        supported,
+        &resolution,
+    ))
+}

@@ -1,0 +1,120 @@
+//! Shutdown of delegated work (runtime.md §4.8 steps 5 and 7,
+//! control-plane §10.8.6).
+
+use panorama_protocol::cancel::{build_requested_cancel_metadata, CancelScope, CancelSupport};
+use panorama_protocol::status::RunEventType;
+use panorama_protocol::subagent::OutputEnvelope;
+use serde_json::{json, Value};
+
+use super::events::{next_sequence_at_hub, push_out_of_band, RunIds};
+use super::process::kill_group;
+use crate::runtime::{now_iso, Gateway};
+
+/// Step 5: cancel every active subagent run (SIGTERM, SIGKILL after 5 s)
+/// and stop every model run (2 s grace).
+pub fn request_termination(reason: &str) {
+    super::get().active.shutdown(reason);
+}
+
+/// Whether delegated runs are still active (the shutdown wait includes them).
+pub fn active_runs() -> usize {
+    super::get().active.run_count()
+}
+
+/// Step 7, for one residual job (its task was aborted): kill what is left
+/// of its agent's process group and, for a live subagent run, cancel the
+/// run and the subagent in the database and emit the shutdown events.
+pub async fn finalize_residual(gw: &Gateway, job_id: &str, reason: &str) {
+    let active = &super::get().active;
+    if let Some(pgid) = active.pgid_for_job(job_id) {
+        kill_group(pgid);
+    }
+    active.remove_model_run(job_id);
+    let Some(run) = active.run_for_job(job_id) else {
+        return;
+    };
+    active.remove(&run.run_id);
+    run.sink.flush();
+    let now = now_iso();
+    let envelope = serde_json::to_value(OutputEnvelope::error(reason)).unwrap_or(Value::Null);
+    let current = gw
+        .client
+        .from("subagent_runs")
+        .select("metadata")
+        .eq("id", run.run_id.as_str())
+        .maybe_single()
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.get("metadata").cloned())
+        .unwrap_or_else(|| json!({}));
+    let mut metadata = build_requested_cancel_metadata(
+        &current,
+        Some(&run.run_id),
+        reason,
+        &now,
+        Some(CancelSupport::Gateway),
+        Some(CancelScope::Gateway),
+    );
+    metadata.insert("cancel_state".into(), json!("acknowledged"));
+    metadata.insert("cancelled".into(), json!(true));
+    metadata.insert("last_run_at".into(), json!(now));
+    let updated = gw
+        .client
+        .from("subagent_runs")
+        .update(json!({"status": "cancelled", "output": envelope, "error": reason, "completed_at": now, "metadata": metadata}))
+        .eq("id", run.run_id.as_str())
+        .eq("status", "running")
+        .select("id")
+        .execute()
+        .await;
+    let sub_meta = json!({
+        "cancel_run_id": run.run_id, "cancel_requested_at": now, "cancel_reason": reason,
+        "cancel_state": "acknowledged", "cancel_support": "gateway", "cancellation_scope": "gateway",
+        "cancelled": true, "last_run_at": now,
+    });
+    let existing = gw
+        .client
+        .from("subagents")
+        .select("metadata")
+        .eq("id", run.subagent_id.as_str())
+        .maybe_single()
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.get("metadata").cloned())
+        .unwrap_or_else(|| json!({}));
+    let mut merged = existing.as_object().cloned().unwrap_or_default();
+    if let Value::Object(m) = sub_meta {
+        merged.extend(m);
+    }
+    if let Err(e) = gw
+        .client
+        .from("subagents")
+        .update(json!({"status": "cancelled", "output": envelope, "error": reason, "completed_at": now, "metadata": merged}))
+        .eq("id", run.subagent_id.as_str())
+        .eq("status", "running")
+        .execute()
+        .await
+    {
+        tracing::error!(error = %e, subagentId = %run.subagent_id, "Failed to cancel subagent at shutdown");
+    }
+    let matched = matches!(&updated, Ok(rows) if !rows.is_empty());
+    if matched {
+        let ids: RunIds = run.sink.ids().clone();
+        let first = next_sequence_at_hub(&gw.client, &ids.run_id)
+            .await
+            .unwrap_or_else(|_| run.sink.next_sequence())
+            .max(run.sink.next_sequence());
+        let payload = json!({"reason": reason, "source": "gateway_shutdown", "cancellation_scope": "gateway"});
+        push_out_of_band(
+            &gw.outbox,
+            &ids,
+            first,
+            vec![
+                (RunEventType::CancellationAcknowledged, payload.clone()),
+                (RunEventType::RunCancelled, payload),
+            ],
+        );
+    }
+}

@@ -1,0 +1,802 @@
+//! Delegated runs end to end: a real hub, the real gateway binary and
+//! `panorama-fake-agent` symlinked as `claude`/`codex`/`gemini` on a temp
+//! PATH. Every network call is on 127.0.0.1.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use panorama_testkit::{Hub, PairedGateway};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(40);
+
+/// `target/<profile>/panorama-fake-agent`, built when missing.
+fn fake_agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let bin = profile_dir.join("panorama-fake-agent");
+    if !bin.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "-p",
+                "panorama-providers",
+                "--bin",
+                "panorama-fake-agent",
+            ])
+            .status()
+            .expect("run cargo build for panorama-fake-agent");
+        assert!(status.success(), "building panorama-fake-agent failed");
+    }
+    bin
+}
+
+struct Machine {
+    home: tempfile::TempDir,
+}
+
+impl Machine {
+    fn new() -> Machine {
+        let home = tempfile::tempdir().expect("temp home");
+        let bin = home.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let agent = fake_agent_binary();
+        for name in ["claude", "codex", "gemini"] {
+            symlink(&agent, bin.join(name)).unwrap();
+        }
+        Machine { home }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.home.path().join(rel)
+    }
+
+    fn config_dir(&self) -> PathBuf {
+        self.path(".panorama/gateway")
+    }
+
+    fn write_config(&self, hub: &Hub, gw: &PairedGateway, full_control: bool) {
+        std::fs::create_dir_all(self.config_dir()).unwrap();
+        let doc = json!({
+            "supabaseUrl": hub.url, "supabaseAnonKey": hub.anon_key,
+            "accessToken": gw.access_token, "refreshToken": gw.refresh_token,
+            "gatewayId": gw.gateway_id, "teamId": gw.team_id,
+            "full_control_enabled": full_control, "deviceName": "agent-box",
+        });
+        std::fs::write(self.config_dir().join("gateway.json"), doc.to_string()).unwrap();
+    }
+
+    fn start(&self, hub: &Hub, env: &[(&str, String)]) -> Running {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_panorama-gateway"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("PANORAMA_")
+                || key.starts_with("SUPABASE_")
+                || key.starts_with("FAKE_AGENT")
+            {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("HOME", self.home.path())
+            .env(
+                "PATH",
+                format!("{}:/usr/bin:/bin", self.path("bin").display()),
+            )
+            .env("PANORAMA_GATEWAY_LOG", "info")
+            // Secrets and internal variables a child must never see.
+            .env("SUPABASE_SERVICE_ROLE_KEY", "service-role-secret")
+            .env("OPENROUTER_API_KEY", "openrouter-secret")
+            .env("PANORAMA_SUPABASE_ANON_KEY", hub.anon_key.as_str())
+            .env("FAKE_AGENT_LOG", self.path("agent-log.jsonl"))
+            .current_dir(self.home.path())
+            .arg("--config-dir")
+            .arg(self.config_dir())
+            .args(["--supabase-url", &hub.url, "--anon-key", &hub.anon_key])
+            .args(["start", "--foreground"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(self.path("gateway.log")).unwrap(),
+            ));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Running {
+            child: Some(cmd.spawn().expect("spawn gateway")),
+        }
+    }
+
+    fn agent_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.path("agent-log.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+struct Running {
+    child: Option<Child>,
+}
+
+impl Running {
+    fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + WAIT;
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("gateway did not exit after SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+struct Setup {
+    hub: Hub,
+    machine: Machine,
+    gw: PairedGateway,
+    running: Running,
+}
+
+fn setup(full_control: bool, env: &[(&str, String)]) -> Setup {
+    let hub = Hub::start();
+    let machine = Machine::new();
+    let team = hub.create_team("delegated-team");
+    let gw = hub.pair(&team, "agent-box");
+    if full_control {
+        let res = hub
+            .req(
+                reqwest::Method::PATCH,
+                &format!("/rest/v1/team_gateways?id=eq.{}", gw.gateway_id),
+                &hub.service_key,
+            )
+            .json(&json!({"full_control_enabled": true}))
+            .send()
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+    machine.write_config(&hub, &gw, full_control);
+    let running = machine.start(&hub, env);
+    hub.wait_for("gateway ready", WAIT, || {
+        hub.select(
+            "team_gateways",
+            &format!("id=eq.{}&select=*", gw.gateway_id),
+        )
+        .into_iter()
+        .next()
+        .filter(|r| r["status"] == "ready")
+    });
+    Setup {
+        hub,
+        machine,
+        gw,
+        running,
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.machine.path("gateway.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "--- gateway log (last lines, newest first) ---\n{}",
+                tail.join("\n")
+            );
+            let agents =
+                std::fs::read_to_string(self.machine.path("agent-log.jsonl")).unwrap_or_default();
+            eprintln!("--- agent log ---\n{agents}");
+        }
+    }
+}
+
+impl Setup {
+    fn subagent(
+        &self,
+        subagent_type: &str,
+        config: Value,
+        input: Value,
+        metadata: Value,
+    ) -> String {
+        let id = new_id();
+        self.hub.insert(
+            "subagents",
+            json!({"id": id, "team_id": self.gw.team_id, "gateway_id": self.gw.gateway_id,
+                   "subagent_type": subagent_type, "status": "idle", "config": config,
+                   "input": input, "metadata": metadata}),
+        );
+        id
+    }
+
+    fn job(&self, job_type: &str, payload: Value) -> String {
+        self.hub.insert(
+            "gateway_jobs",
+            json!({"team_id": self.gw.team_id, "gateway_id": self.gw.gateway_id, "job_type": job_type, "payload": payload}),
+        )["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn job_row(&self, id: &str) -> Value {
+        self.hub
+            .select("gateway_jobs", &format!("id=eq.{id}&select=*"))
+            .remove(0)
+    }
+
+    fn wait_job(&self, id: &str) -> Value {
+        self.hub.wait_for(&format!("job {id}"), WAIT, || {
+            let row = self.job_row(id);
+            matches!(
+                row["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            )
+            .then_some(row)
+        })
+    }
+
+    fn events(&self, run_id: &str) -> Vec<Value> {
+        self.hub.select(
+            "subagent_run_events",
+            &format!("run_id=eq.{run_id}&select=*&order=sequence.asc"),
+        )
+    }
+
+    fn types(&self, run_id: &str) -> Vec<String> {
+        self.events(run_id)
+            .iter()
+            .map(|e| e["event_type"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn row(&self, table: &str, id: &str) -> Value {
+        self.hub
+            .select(table, &format!("id=eq.{id}&select=*"))
+            .remove(0)
+    }
+
+    /// Waits for the terminal event of a run and returns the event types.
+    fn wait_terminal_events(&self, run_id: &str) -> Vec<String> {
+        self.hub.wait_for("terminal run event", WAIT, || {
+            let t = self.types(run_id);
+            t.iter()
+                .any(|t| matches!(t.as_str(), "run_completed" | "run_failed" | "run_cancelled"))
+                .then_some(t)
+        })
+    }
+}
+
+fn assert_dense(events: &[Value]) {
+    let seqs: Vec<i64> = events
+        .iter()
+        .map(|e| e["sequence"].as_i64().unwrap())
+        .collect();
+    let expected: Vec<i64> = (0..seqs.len() as i64).collect();
+    assert_eq!(
+        seqs, expected,
+        "sequences must be dense from 0 without duplicates"
+    );
+}
+
+fn iso_ms(s: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .expect("timestamp")
+        .timestamp_millis()
+}
+
+#[test]
+fn claude_stream_run_is_live_in_order_and_completes() {
+    const LINES: usize = 200;
+    const DELAY_MS: i64 = 20;
+    let transcripts = tempfile::tempdir().unwrap();
+    let mut body = String::from(
+        "{\"type\":\"system\",\"subtype\":\"init\",\"session_id\":\"sess-live\",\"model\":\"m\"}\n",
+    );
+    for i in 0..LINES {
+        body.push_str(&format!(
+            "{{\"type\":\"assistant\",\"message\":{{\"id\":\"msg_{i}\",\"role\":\"assistant\",\"content\":[{{\"type\":\"tool_use\",\"id\":\"tu_{i}\",\"name\":\"Read\",\"input\":{{\"file_path\":\"/f{i}\"}}}}]}}}}\n"
+        ));
+    }
+    body.push_str("{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"result\":\"All read.\",\"session_id\":\"sess-live\",\"total_cost_usd\":0.01,\"usage\":{\"input_tokens\":1}}\n");
+    std::fs::write(transcripts.path().join("slow.jsonl"), body).unwrap();
+    let s = setup(
+        false,
+        &[
+            (
+                "FAKE_AGENT_TRANSCRIPT_DIR",
+                transcripts.path().display().to_string(),
+            ),
+            ("FAKE_AGENT_LINE_DELAY_MS", DELAY_MS.to_string()),
+        ],
+    );
+    let sid = s.subagent(
+        "claude_code_gateway",
+        json!({"output_format": "stream-json"}),
+        json!({"prompt": "Read every file [[fake:slow]]"}),
+        json!({}),
+    );
+    let run_id = new_id();
+    let job = s.job(
+        "subagent_run",
+        json!({"subagent_id": sid, "run_id": run_id}),
+    );
+    // Events show up while the agent (and the job) is still running.
+    s.hub.wait_for("live events", WAIT, || {
+        let n = s.events(&run_id).len();
+        (n > 20 && s.job_row(&job)["status"] == "running").then_some(())
+    });
+    let row = s.wait_job(&job);
+    assert_eq!(row["status"], "completed", "job: {row}");
+    assert_eq!(row["result"]["status"], "completed");
+    assert_eq!(row["result"]["output"]["content"], "All read.");
+    assert_eq!(row["result"]["output"]["content_type"], "markdown");
+    let types = s.wait_terminal_events(&run_id);
+    let events = s.events(&run_id);
+    assert_dense(&events);
+    assert_eq!(types.len(), LINES + 3, "types: {types:?}");
+    assert_eq!(types[0], "run_started");
+    assert_eq!(types[1], "run_progress");
+    assert!(types[2..2 + LINES].iter().all(|t| t == "tool_call"));
+    assert_eq!(types[LINES + 2], "run_completed");
+    for (i, e) in events[2..2 + LINES].iter().enumerate() {
+        assert_eq!(e["payload"]["tool_use_id"], format!("tu_{i}"));
+    }
+    let run = s.hub.wait_for("run completed", WAIT, || {
+        Some(s.row("subagent_runs", &run_id)).filter(|r| r["status"] == "completed")
+    });
+    assert_eq!(run["metadata"]["session_id"], "sess-live");
+    assert_eq!(run["metadata"]["output_format"], "stream-json");
+    assert_eq!(run["metadata"]["adapter_id"], "claude_code");
+    let sub = s.hub.wait_for("subagent completed", WAIT, || {
+        Some(s.row("subagents", &sid)).filter(|r| r["status"] == "completed")
+    });
+    assert_eq!(sub["metadata"]["current_run_id"], run_id.as_str());
+
+    // Lag: line i is written at agent start + i·delay (an upper bound on
+    // the real write time is later, so this over-estimates the lag).
+    let start = s
+        .machine
+        .agent_log()
+        .into_iter()
+        .find(|l| l["role"] == "agent" && l["argv"].to_string().contains("stream-json"))
+        .expect("agent log")["ts_ms"]
+        .as_i64()
+        .unwrap();
+    let mut lags: Vec<i64> = events[2..2 + LINES]
+        .iter()
+        .enumerate()
+        .map(|(i, e)| iso_ms(e["created_at"].as_str().unwrap()) - (start + i as i64 * DELAY_MS))
+        .collect();
+    lags.sort();
+    let p50 = lags[LINES / 2];
+    let p99 = lags[(LINES * 99) / 100 - 1];
+    eprintln!(
+        "live-event lag over {LINES} lines: p50={p50} ms p99={p99} ms max={} ms",
+        lags[LINES - 1]
+    );
+    assert!(p99 <= 250, "p99 lag {p99} ms > 250 ms (lags: {lags:?})");
+}
+
+#[test]
+fn codex_gemini_model_run_and_scrubbed_environment() {
+    let dumps = tempfile::tempdir().unwrap();
+    let dump = dumps.path().join("env.json");
+    let s = setup(
+        false,
+        &[("FAKE_AGENT_ENV_DUMP", dump.display().to_string())],
+    );
+    let codex = s.subagent(
+        "codex_gateway",
+        json!({}),
+        json!({"prompt": "Summarize"}),
+        json!({}),
+    );
+    let gemini = s.subagent(
+        "gemini_gateway",
+        json!({}),
+        json!({"prompt": "Summarize"}),
+        json!({}),
+    );
+    let j1 = s.job("subagent_run", json!({"subagent_id": codex}));
+    let j2 = s.job("subagent_run", json!({"subagentId": gemini}));
+    let r1 = s.wait_job(&j1);
+    assert_eq!(r1["status"], "completed", "codex: {r1}");
+    assert_eq!(r1["result"]["output"]["content_type"], "json");
+    assert_eq!(r1["result"]["output"]["content"]["files"], 3);
+    let r2 = s.wait_job(&j2);
+    assert_eq!(r2["status"], "completed", "gemini: {r2}");
+    assert_eq!(r2["result"]["status"], "completed");
+
+    let m = s.job(
+        "model_run",
+        json!({"prompt": "Say hi.", "model": "__default__", "json_schema": {"type": "object"}}),
+    );
+    let row = s.wait_job(&m);
+    assert_eq!(row["status"], "completed", "model_run: {row}");
+    assert_eq!(row["result"]["output"], json!({"message": "Hi!"}));
+    assert_eq!(row["result"]["exit_code"], 0);
+    assert!(row["result"]["command"]
+        .as_str()
+        .unwrap()
+        .contains("--json-schema <redacted>"));
+
+    // Malformed payloads fail with clear errors.
+    let bad_model = s.wait_job(&s.job("model_run", json!({"prompt": "x"})));
+    assert_eq!(bad_model["status"], "failed");
+    assert_eq!(bad_model["error"], "Missing prompt or model");
+    let bad_schema = s.wait_job(&s.job("model_run", json!({"prompt": "x", "model": "m"})));
+    assert_eq!(bad_schema["error"], "Missing json_schema");
+    let bad_run = s.wait_job(&s.job("subagent_run", json!({"run_id": "x"})));
+    assert_eq!(bad_run["status"], "failed");
+    assert_eq!(
+        bad_run["result"]["message"],
+        "Missing subagent_id in payload"
+    );
+    let bad_cancel = s.wait_job(&s.job("subagent_cancel", json!({"subagent_id": 5})));
+    assert_eq!(bad_cancel["status"], "failed");
+    assert_eq!(
+        bad_cancel["result"]["message"],
+        "Missing subagent_id in payload"
+    );
+
+    let env: Value = serde_json::from_str(&std::fs::read_to_string(&dump).unwrap()).unwrap();
+    let env = env.as_object().unwrap();
+    let tmp = s.machine.config_dir().join("tmp");
+    assert_eq!(env["TMPDIR"], tmp.display().to_string());
+    for (k, v) in env {
+        let v = v.as_str().unwrap_or_default();
+        assert!(!k.starts_with("SUPABASE_"), "leaked {k}");
+        assert!(
+            !k.starts_with("PANORAMA_") || k.ends_with("_CLI"),
+            "leaked internal variable {k}"
+        );
+        assert!(!k.contains("OPENROUTER"), "leaked {k}");
+        for secret in [&s.gw.access_token, &s.gw.refresh_token, &s.hub.anon_key] {
+            assert!(!v.contains(secret.as_str()), "{k} carries a gateway secret");
+        }
+    }
+}
+
+#[test]
+fn retries_resume_fallback_denials_and_limits() {
+    let transcripts = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../providers/fixtures/claude");
+    for f in [
+        "rate_limited.jsonl",
+        "resume_not_found.jsonl",
+        "success.jsonl",
+    ] {
+        std::fs::copy(fixtures.join(f), transcripts.path().join(f)).unwrap();
+    }
+    // Past every collector limit: 2,100 lines, > 5 MB, a 300,000-char unterminated tail.
+    let mut big = String::new();
+    for i in 0..2_100 {
+        big.push_str(&format!("{{\"type\":\"assistant\",\"message\":{{\"id\":\"m{i}\",\"content\":[{{\"type\":\"tool_use\",\"id\":\"t{i}\",\"name\":\"Read\",\"input\":{{\"pad\":\"{}\"}}}}]}}}}\n", "x".repeat(2_500)));
+    }
+    big.push_str(&"y".repeat(300_000));
+    std::fs::write(transcripts.path().join("huge.jsonl"), big).unwrap();
+    let s = setup(
+        false,
+        &[(
+            "FAKE_AGENT_TRANSCRIPT_DIR",
+            transcripts.path().display().to_string(),
+        )],
+    );
+
+    // A retryable error is retried (and stays failing here: 2 attempts).
+    let retry_cfg = json!({"output_format": "stream-json", "retry": {"max_attempts": 2, "backoff_ms": 10, "retry_on_capacity": true}});
+    let sid = s.subagent(
+        "claude_code_gateway",
+        retry_cfg,
+        json!({"prompt": "go [[fake:rate_limited]]"}),
+        json!({}),
+    );
+    let run_id = new_id();
+    let row = s.wait_job(&s.job(
+        "subagent_run",
+        json!({"subagent_id": sid, "run_id": run_id}),
+    ));
+    assert_eq!(row["status"], "failed", "{row}");
+    let error = row["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("Gateway provider Claude is unhealthy."),
+        "{error}"
+    );
+    let types = s.wait_terminal_events(&run_id);
+    let progress: Vec<Value> = s
+        .events(&run_id)
+        .into_iter()
+        .filter(|e| e["event_type"] == "run_progress")
+        .map(|e| e["payload"].clone())
+        .collect();
+    assert_eq!(progress[0]["phase"], "attempt_started");
+    assert_eq!(progress[1]["phase"], "retry_scheduled");
+    assert_eq!(progress[1]["reason"], "capacity");
+    assert_eq!(progress[2]["attempt"], 2);
+    assert_eq!(types.last().unwrap(), "run_failed");
+    assert_dense(&s.events(&run_id));
+
+    // Resume failure falls back to a fresh session and says so.
+    let sid = s.subagent(
+        "claude_code_gateway",
+        json!({"output_format": "stream-json"}),
+        json!({"prompt": "continue [[fake:resume_not_found]]"}),
+        json!({"session_id": "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"}),
+    );
+    let run_id = new_id();
+    let row = s.wait_job(&s.job(
+        "subagent_run",
+        json!({"subagent_id": sid, "run_id": run_id}),
+    ));
+    let types = s.wait_terminal_events(&run_id);
+    let system = s
+        .events(&run_id)
+        .into_iter()
+        .find(|e| e["event_type"] == "system")
+        .expect("system event");
+    assert_eq!(system["payload"]["kind"], "resume_fallback");
+    let argvs: Vec<String> = s
+        .machine
+        .agent_log()
+        .iter()
+        .map(|l| l["argv"].to_string())
+        .collect();
+    assert!(argvs
+        .iter()
+        .any(|a| a.contains("--resume") && a.contains("resume_not_found")));
+    assert!(types.contains(&"system".to_string()), "{types:?} {row}");
+
+    // Full control requested but the install layer is off: exact seed reason.
+    let sid = s.subagent(
+        "claude_code_gateway",
+        json!({"full_control": true}),
+        json!({"prompt": "x"}),
+        json!({}),
+    );
+    let run_id = new_id();
+    let row = s.wait_job(&s.job(
+        "subagent_run",
+        json!({"subagent_id": sid, "run_id": run_id}),
+    ));
+    let reason = "Gateway install full control is disabled. Run \"panorama-gateway full-control enable\" on the host.";
+    assert_eq!(row["status"], "failed");
+    assert_eq!(row["error"], reason);
+    assert_eq!(
+        row["result"],
+        json!({"message": reason, "subagent_id": sid})
+    );
+    assert_eq!(
+        s.wait_terminal_events(&run_id),
+        vec!["run_started", "run_failed"]
+    );
+    let run = s.hub.wait_for("run failed", WAIT, || {
+        Some(s.row("subagent_runs", &run_id)).filter(|r| r["status"] == "failed")
+    });
+    assert_eq!(run["metadata"]["full_control_denied_reason"], reason);
+
+    // Output past every collector limit is truncated with flags.
+    let sid = s.subagent(
+        "claude_code_gateway",
+        json!({"output_format": "stream-json"}),
+        json!({"prompt": "x [[fake:huge]]"}),
+        json!({}),
+    );
+    let run_id = new_id();
+    s.wait_job(&s.job(
+        "subagent_run",
+        json!({"subagent_id": sid, "run_id": run_id}),
+    ));
+    let run = s.hub.wait_for("huge run terminal", WAIT, || {
+        Some(s.row("subagent_runs", &run_id)).filter(|r| r["status"] != "running")
+    });
+    assert_eq!(
+        run["metadata"]["stdout_truncated"], true,
+        "{}",
+        run["metadata"]
+    );
+    assert_eq!(run["metadata"]["stream_events_truncated"], true);
+    let types = s.wait_terminal_events(&run_id);
+    let calls = types.iter().filter(|t| *t == "tool_call").count();
+    assert!(calls <= 2_000, "{calls} tool calls stored");
+    assert!(types.contains(&"system".to_string()));
+}
+
+#[test]
+fn cancels_before_start_during_run_and_unknown() {
+    let transcripts = tempfile::tempdir().unwrap();
+    std::fs::write(
+        transcripts.path().join("hold.jsonl"),
+        "{\"type\":\"assistant\",\"message\":{\"id\":\"m1\",\"content\":[{\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"Bash\",\"input\":{\"command\":\"make\"}}]}}\n#!fake sleep 60000\n",
+    )
+    .unwrap();
+    let s = setup(
+        true,
+        &[
+            ("FAKE_AGENT_IGNORE_TERM", "1".to_string()),
+            ("FAKE_AGENT_GRANDCHILDREN", "2".to_string()),
+            (
+                "FAKE_AGENT_TRANSCRIPT_DIR",
+                transcripts.path().display().to_string(),
+            ),
+        ],
+    );
+    // Unknown subagent.
+    let unknown = new_id();
+    let row = s.wait_job(&s.job(
+        "subagent_cancel",
+        json!({"subagent_id": unknown, "reason": "  "}),
+    ));
+    assert_eq!(row["status"], "completed");
+    assert_eq!(row["result"]["status"], "not_found");
+    assert_eq!(row["result"]["reason"], "Cancelled");
+    assert_eq!(
+        row["result"]["message"],
+        "Subagent not found; no active run to cancel."
+    );
+    // Idle subagent: nothing to cancel.
+    let idle = s.subagent(
+        "claude_code_gateway",
+        json!({}),
+        json!({"prompt": "x"}),
+        json!({}),
+    );
+    let row = s.wait_job(&s.job("subagent_cancel", json!({"subagent_id": idle})));
+    assert_eq!(row["result"]["cancel_result"], "no_active_run");
+    assert_eq!(row["result"]["active_run_id"], Value::Null);
+
+    // Cancelled before start (the control plane recorded the cancel).
+    let pre_run = new_id();
+    let pre = s.subagent(
+        "claude_code_gateway",
+        json!({}),
+        json!({"prompt": "x"}),
+        json!({"cancel_run_id": pre_run, "cancel_reason": "Stopped early"}),
+    );
+    let row = s.wait_job(&s.job(
+        "subagent_run",
+        json!({"subagent_id": pre, "run_id": pre_run}),
+    ));
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["status"], "cancelled");
+    assert_eq!(row["result"]["error"], "Stopped early");
+    let types = s.wait_terminal_events(&pre_run);
+    assert_eq!(
+        types,
+        vec![
+            "cancellation_requested",
+            "cancellation_acknowledged",
+            "run_cancelled"
+        ]
+    );
+    assert_eq!(s.row("subagent_runs", &pre_run)["status"], "cancelled");
+    s.hub.wait_for("subagent cancelled", WAIT, || {
+        (s.row("subagents", &pre)["status"] == "cancelled").then_some(())
+    });
+
+    // Cancel during a run whose agent ignores SIGTERM and has grandchildren.
+    let sid = s.subagent(
+        "claude_code_gateway",
+        json!({"output_format": "stream-json"}),
+        json!({"prompt": "work [[fake:hold]]"}),
+        json!({}),
+    );
+    let run_id = new_id();
+    let job = s.job(
+        "subagent_run",
+        json!({"subagent_id": sid, "run_id": run_id}),
+    );
+    let pids: Vec<i32> = s.hub.wait_for("agent and grandchildren", WAIT, || {
+        let log = s.machine.agent_log();
+        let agent = log
+            .iter()
+            .find(|l| l["role"] == "agent" && l["argv"].to_string().contains("fake:hold"))?["pid"]
+            .as_i64()?;
+        // The whole process group of the agent (lines of concurrent log
+        // writers can interleave, so /proc is the source of truth).
+        let mut pids = group_members(agent as i32);
+        pids.extend(
+            log.iter()
+                .filter(|l| l["role"] == "grandchild" && l["ppid"].as_i64() == Some(agent))
+                .filter_map(|l| l["pid"].as_i64().map(|p| p as i32)),
+        );
+        pids.sort();
+        pids.dedup();
+        // Events are live: the first message is at the hub before the cancel.
+        (pids.len() >= 3 && s.types(&run_id).contains(&"tool_call".to_string())).then_some(pids)
+    });
+    let cancel = s.job(
+        "subagent_cancel",
+        json!({"subagent_id": sid, "run_id": run_id, "reason": "User stopped the task"}),
+    );
+    let row = s.wait_job(&cancel);
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["cancel_result"], "accepted");
+    assert_eq!(row["result"]["cancelled_active_run"], true);
+    assert_eq!(
+        row["result"]["message"],
+        "Cancel requested and forwarded to gateway."
+    );
+    let cancelled_at = Instant::now();
+    let run_row = s.wait_job(&job);
+    assert_eq!(run_row["status"], "completed");
+    assert_eq!(run_row["result"]["status"], "cancelled");
+    assert_eq!(run_row["result"]["error"], "User stopped the task");
+    // Grace is 5 s; one second later nothing of the tree is alive.
+    let settle = Duration::from_secs(6).saturating_sub(cancelled_at.elapsed());
+    std::thread::sleep(settle);
+    for pid in &pids {
+        assert!(!alive(*pid), "pid {pid} of the agent tree is still alive");
+    }
+    let types = s.wait_terminal_events(&run_id);
+    let tail: Vec<&str> = types
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        tail,
+        vec![
+            "cancellation_requested",
+            "cancellation_acknowledged",
+            "run_cancelled"
+        ]
+    );
+    assert_dense(&s.events(&run_id));
+    s.hub.wait_for("subagent cancelled", WAIT, || {
+        (s.row("subagents", &sid)["status"] == "cancelled").then_some(())
+    });
+    let mut s = s;
+    s.running.terminate();
+    assert!(s.machine.path("gateway.log").exists());
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// `/proc/<pid>/stat` fields after the `(comm)`: state, ppid, pgrp.
+fn stat(pid: i32) -> Option<(char, i32, i32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some((state, ppid, pgrp))
+}
+
+/// Alive = exists and is not a zombie (a zombie has already exited).
+fn alive(pid: i32) -> bool {
+    stat(pid).is_some_and(|(state, _, _)| state != 'Z' && state != 'X')
+}
+
+fn group_members(pgid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| stat(*pid).is_some_and(|(_, _, g)| g == pgid))
+                .collect()
+        })
+        .unwrap_or_default()
+}
