@@ -692,6 +692,66 @@ fn cancels_before_start_during_run_and_unknown() {
         (s.row("subagents", &pre)["status"] == "cancelled").then_some(())
     });
 
+    // Cancel accepted for a run this gateway does not run yet (the run row
+    // exists upstream): remembered, then applied when the run job starts.
+    let up = s.subagent(
+        "claude_code_gateway",
+        json!({}),
+        json!({"prompt": "x"}),
+        json!({}),
+    );
+    let up_run = new_id();
+    let res = s
+        .hub
+        .req(
+            reqwest::Method::PATCH,
+            &format!("/rest/v1/subagents?id=eq.{up}"),
+            &s.hub.service_key,
+        )
+        .json(&json!({"status": "running"}))
+        .send()
+        .unwrap();
+    assert!(res.status().is_success());
+    s.hub.insert(
+        "subagent_runs",
+        json!({"id": up_run, "subagent_id": up, "team_id": s.gw.team_id, "gateway_id": s.gw.gateway_id,
+               "run_sequence": 1, "status": "running", "prompt": "x"}),
+    );
+    let row = s.wait_job(&s.job(
+        "subagent_cancel",
+        json!({"subagent_id": up, "reason": "Not now"}),
+    ));
+    assert_eq!(row["result"]["cancel_result"], "accepted", "{row}");
+    assert_eq!(row["result"]["run_id"], up_run.as_str());
+    assert_eq!(row["result"]["cancelled_active_run"], false);
+    let sub = s.row("subagents", &up);
+    assert_eq!(sub["metadata"]["cancel_run_id"], up_run.as_str());
+    assert_eq!(sub["metadata"]["cancel_state"], "requested");
+    let row = s.wait_job(&s.job("subagent_run", json!({"subagent_id": up, "run_id": up_run})));
+    assert_eq!(row["result"]["status"], "cancelled", "{row}");
+    assert_eq!(row["result"]["error"], "Not now");
+    let events = s.events(&up_run);
+    assert_dense(&events);
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            "cancellation_requested",
+            "cancellation_requested",
+            "cancellation_acknowledged",
+            "run_cancelled"
+        ]
+    );
+    assert_eq!(events[0]["payload"]["source"], "gateway_cancel_job");
+    assert_eq!(events[1]["payload"]["source"], "pending_cancel");
+    assert_eq!(s.row("subagent_runs", &up_run)["status"], "cancelled");
+    s.hub.wait_for("upstream subagent cancelled", WAIT, || {
+        (s.row("subagents", &up)["status"] == "cancelled").then_some(())
+    });
+
     // Cancel during a run whose agent ignores SIGTERM and has grandchildren.
     let sid = s.subagent(
         "claude_code_gateway",
@@ -799,4 +859,123 @@ fn group_members(pgid: i32) -> Vec<i32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[test]
+fn shutdown_cancels_runs_capabilities_and_failure_fallback() {
+    let transcripts = tempfile::tempdir().unwrap();
+    std::fs::write(
+        transcripts.path().join("hold.jsonl"),
+        "{\"type\":\"assistant\",\"message\":{\"id\":\"m1\",\"content\":[{\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"Bash\",\"input\":{\"command\":\"make\"}}]}}\n#!fake sleep 60000\n",
+    )
+    .unwrap();
+    let mut s = setup(
+        false,
+        &[
+            ("FAKE_AGENT_IGNORE_TERM", "1".to_string()),
+            ("FAKE_AGENT_GRANDCHILDREN", "1".to_string()),
+            (
+                "FAKE_AGENT_TRANSCRIPT_DIR",
+                transcripts.path().display().to_string(),
+            ),
+        ],
+    );
+    // Per-provider capabilities in the heartbeat.
+    let caps = s.hub.select(
+        "team_gateways",
+        &format!("id=eq.{}&select=*", s.gw.gateway_id),
+    )[0]["capabilities"]
+        .clone();
+    let claude = &caps["providers"]["claude_code"];
+    assert_eq!(claude["available"], true, "{caps}");
+    assert_eq!(claude["version"], "2.0.14 (Claude Code)");
+    assert_eq!(claude["supported_flags"]["permissionModeFlag"], true);
+    assert_eq!(claude["health"]["check_type"], "full");
+    assert_eq!(caps["providers"]["codex"]["available"], true);
+    // providerHealth is cached in gateway.json.
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(s.machine.config_dir().join("gateway.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        config["providerHealth"]["gemini"]["status"].is_string(),
+        "{config}"
+    );
+
+    // Job-failure fallback: a running subagent is failed, an idle one is left alone.
+    let running = s.subagent(
+        "mystery_gateway",
+        json!({}),
+        json!({"prompt": "x"}),
+        json!({}),
+    );
+    s.hub
+        .req(
+            reqwest::Method::PATCH,
+            &format!("/rest/v1/subagents?id=eq.{running}"),
+            &s.hub.service_key,
+        )
+        .json(&json!({"status": "running"}))
+        .send()
+        .unwrap();
+    let idle = s.subagent(
+        "mystery_gateway",
+        json!({}),
+        json!({"prompt": "x"}),
+        json!({}),
+    );
+    let row = s.wait_job(&s.job("subagent_run", json!({"subagent_id": running})));
+    assert_eq!(row["status"], "failed");
+    assert_eq!(row["error"], "Unsupported subagent type: mystery_gateway");
+    let failed = s.hub.wait_for("fallback", WAIT, || {
+        Some(s.row("subagents", &running)).filter(|r| r["status"] == "failed")
+    });
+    assert_eq!(
+        failed["metadata"]["gateway_error"],
+        "Unsupported subagent type: mystery_gateway"
+    );
+    let row = s.wait_job(&s.job("subagent_run", json!({"subagent_id": idle})));
+    assert_eq!(row["status"], "failed");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.row("subagents", &idle)["status"], "idle");
+
+    // Shutdown while an agent that ignores SIGTERM is running.
+    let sid = s.subagent(
+        "claude_code_gateway",
+        json!({"output_format": "stream-json"}),
+        json!({"prompt": "work [[fake:hold]]"}),
+        json!({}),
+    );
+    let run_id = new_id();
+    let job = s.job(
+        "subagent_run",
+        json!({"subagent_id": sid, "run_id": run_id}),
+    );
+    let agent = s.hub.wait_for("agent running", WAIT, || {
+        let agent = s
+            .machine
+            .agent_log()
+            .iter()
+            .find(|l| l["role"] == "agent" && l["argv"].to_string().contains("fake:hold"))?["pid"]
+            .as_i64()? as i32;
+        (s.types(&run_id).contains(&"tool_call".to_string())).then_some(agent)
+    });
+    let tree = group_members(agent);
+    assert!(tree.len() >= 2, "agent and grandchild: {tree:?}");
+    s.running.terminate();
+    for pid in &tree {
+        assert!(!alive(*pid), "pid {pid} survived the gateway shutdown");
+    }
+    let row = s.job_row(&job);
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["status"], "cancelled");
+    assert_eq!(row["result"]["error"], "Gateway shutting down (SIGTERM)");
+    let events = s.events(&run_id);
+    assert_dense(&events);
+    let last: Vec<&Value> = events.iter().rev().take(2).collect();
+    assert_eq!(last[1]["event_type"], "cancellation_acknowledged");
+    assert_eq!(last[0]["event_type"], "run_cancelled");
+    assert_eq!(last[0]["payload"]["source"], "gateway_shutdown");
+    assert_eq!(s.row("subagent_runs", &run_id)["status"], "cancelled");
+    assert_eq!(s.row("subagents", &sid)["status"], "cancelled");
 }

@@ -242,6 +242,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
                 team_id: team_id.clone(),
                 gateway_id: gw.gateway_id.clone(),
             };
+            gw.outbox.flush(std::time::Duration::from_secs(2)).await;
             let first = next_sequence_at_hub(&gw.client, &run_id).await.unwrap_or(0);
             push_out_of_band(
                 &gw.outbox,

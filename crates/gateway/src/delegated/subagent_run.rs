@@ -1092,6 +1092,8 @@ async fn cancelled_before_start(
                 e.to_string(),
             );
         }
+        // Events queued earlier (e.g. by the cancel job) land first.
+        gw.outbox.flush(Duration::from_secs(2)).await;
         first = next_sequence_at_hub(&gw.client, &ids.run_id)
             .await
             .unwrap_or(0);
