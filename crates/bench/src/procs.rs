@@ -73,17 +73,17 @@ pub fn raise_nofile(want: u64) -> u64 {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 0;
         }
-        let target = want.min(lim.rlim_max as u64);
-        if (lim.rlim_cur as u64) < target {
+        let target = want.min(lim.rlim_max);
+        if lim.rlim_cur < target {
             let new = libc::rlimit {
-                rlim_cur: target as libc::rlim_t,
+                rlim_cur: target,
                 rlim_max: lim.rlim_max,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &new) == 0 {
                 return target;
             }
         }
-        lim.rlim_cur as u64
+        lim.rlim_cur
     }
 }
 
