@@ -502,6 +502,16 @@ fn retries_resume_fallback_denials_and_limits() {
         )],
     );
 
+    // A successful run first: Claude becomes healthy (startup validation failed).
+    let ok_sid = s.subagent(
+        "claude_code_gateway",
+        json!({"output_format": "stream-json"}),
+        json!({"prompt": "go [[fake:success]]"}),
+        json!({}),
+    );
+    let row = s.wait_job(&s.job("subagent_run", json!({"subagent_id": ok_sid})));
+    assert_eq!(row["status"], "completed", "{row}");
+
     // A retryable error is retried (and stays failing here: 2 attempts).
     let retry_cfg = json!({"output_format": "stream-json", "retry": {"max_attempts": 2, "backoff_ms": 10, "retry_on_capacity": true}});
     let sid = s.subagent(
@@ -534,6 +544,30 @@ fn retries_resume_fallback_denials_and_limits() {
     assert_eq!(progress[2]["attempt"], 2);
     assert_eq!(types.last().unwrap(), "run_failed");
     assert_dense(&s.events(&run_id));
+
+    // Gateway events: startup validation (the custom transcript dir has no
+    // validation transcript) and the runtime transition to unhealthy.
+    let events = s.hub.wait_for("provider events", WAIT, || {
+        let rows = s.hub.select(
+            "gateway_events",
+            &format!("gateway_id=eq.{}&select=*", s.gw.gateway_id),
+        );
+        rows.iter()
+            .any(|r| r["code"] == "provider_unhealthy")
+            .then_some(rows)
+    });
+    let validation = events
+        .iter()
+        .find(|r| r["code"] == "provider_validation" && r["provider"] == "claude_code")
+        .expect("provider_validation event");
+    assert_eq!(validation["details"]["context"], "startup");
+    assert_eq!(validation["level"], "error");
+    let unhealthy = events
+        .iter()
+        .find(|r| r["code"] == "provider_unhealthy")
+        .unwrap();
+    assert_eq!(unhealthy["message"], "Claude provider marked unhealthy.");
+    assert_eq!(unhealthy["details"]["context"], "subagent_run");
 
     // Resume failure falls back to a fresh session and says so.
     let sid = s.subagent(
@@ -960,9 +994,25 @@ fn shutdown_cancels_runs_capabilities_and_failure_fallback() {
             .as_i64()? as i32;
         (s.types(&run_id).contains(&"tool_call".to_string())).then_some(agent)
     });
-    let tree = group_members(agent);
+    let mut tree = group_members(agent);
     assert!(tree.len() >= 2, "agent and grandchild: {tree:?}");
+    // A model run in flight is stopped by the shutdown too.
+    let model_job = s.job(
+        "model_run",
+        json!({"prompt": "think [[fake:hold]]", "model": "__default__", "output_format": "text"}),
+    );
+    let model_agent = s.hub.wait_for("model agent running", WAIT, || {
+        s.machine.agent_log().iter().find(|l| {
+            l["role"] == "agent" && l["argv"].to_string().contains("think [[fake:hold]]")
+        })?["pid"]
+            .as_i64()
+            .map(|p| p as i32)
+    });
+    tree.extend(group_members(model_agent));
     s.running.terminate();
+    let model_row = s.job_row(&model_job);
+    assert_eq!(model_row["status"], "cancelled", "{model_row}");
+    assert_eq!(model_row["result"]["cancelled"], true);
     for pid in &tree {
         assert!(!alive(*pid), "pid {pid} survived the gateway shutdown");
     }

@@ -70,6 +70,17 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             &mut |_| {},
         )
         .await;
+        if r.stopped {
+            // Shutdown (runtime.md §4.8 step 5): reported like a residual job.
+            let reason = super::get()
+                .active
+                .shutdown_reason()
+                .unwrap_or_else(|| "Gateway shutting down".to_string());
+            return HandlerOutcome {
+                job_status: Some(panorama_protocol::status::JobStatus::Cancelled),
+                ..HandlerOutcome::failure(json!({"message": reason, "cancelled": true}), reason)
+            };
+        }
         if r.stdout_truncated {
             let message = format!("Gateway model stdout exceeded the {MAX_CAPTURE_BYTES}-byte output limit");
             return HandlerOutcome::failure(
