@@ -597,6 +597,10 @@ fn retries_resume_fallback_denials_and_limits() {
     assert!(argvs
         .iter()
         .any(|a| a.contains("--resume") && a.contains("resume_not_found")));
+    // The fresh attempt ran without --resume.
+    assert!(argvs
+        .iter()
+        .any(|a| !a.contains("--resume") && a.contains("resume_not_found")));
     assert!(types.contains(&"system".to_string()), "{types:?} {row}");
 
     // Full control requested but the install layer is off: exact seed reason.
