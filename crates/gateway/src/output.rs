@@ -111,6 +111,79 @@ impl Printer {
     pub fn error(&self, message: &str, rows: &[Row]) {
         self.emit(true, "ERROR ", message, rows);
     }
+
+    /// A long step announced by the plain line `message` (e.g.
+    /// `Validating providers...`). When [`spinners_enabled`] (stderr is a
+    /// terminal, not `--json`, not `--verbose`), a spinner with the message
+    /// runs on stderr while the step works and the plain line is printed
+    /// once it is done; otherwise the plain line is printed at once, so
+    /// piped and scripted output is exactly the spec's.
+    pub fn step(&self, message: &str, json: bool) -> Step {
+        self.step_with(message, spinners_enabled(json, self.verbose))
+    }
+
+    /// [`Printer::step`] with the spinner decision made by the caller.
+    pub fn step_with(&self, message: &str, spinner: bool) -> Step {
+        if !spinner {
+            self.info(message, &[]);
+            return Step {
+                spinner: None,
+                message: message.to_string(),
+                printer: self.clone(),
+            };
+        }
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_message(message.to_string());
+        bar.enable_steady_tick(SPINNER_TICK);
+        Step {
+            spinner: Some(bar),
+            message: message.to_string(),
+            printer: self.clone(),
+        }
+    }
+}
+
+/// How often a spinner redraws.
+const SPINNER_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Spinners only for people: stderr is a terminal, and neither `--json`
+/// (machine output) nor `--verbose` (log records share stderr) is set.
+pub fn spinners_enabled(json: bool, verbose: bool) -> bool {
+    use std::io::IsTerminal;
+    !json && !verbose && std::io::stderr().is_terminal()
+}
+
+/// A running long step; see [`Printer::step`]. Dropping it (also on an
+/// early `?` return) ends the spinner.
+#[derive(Debug)]
+pub struct Step {
+    spinner: Option<indicatif::ProgressBar>,
+    message: String,
+    printer: Printer,
+}
+
+impl Step {
+    /// Whether a spinner is shown (false: the plain line was printed).
+    pub fn is_spinning(&self) -> bool {
+        self.spinner.is_some()
+    }
+
+    /// Ends the step (same as dropping it).
+    pub fn finish(self) {}
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        if let Some(bar) = self.spinner.take() {
+            bar.finish_and_clear();
+            self.printer.info(&self.message, &[]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +212,17 @@ mod tests {
             render("ERROR ", "Bad", &rows, false),
             "ERROR Bad\n  Details: one\n  two"
         );
+    }
+
+    #[test]
+    fn steps_without_a_spinner_print_nothing_more() {
+        let out = Printer::new(false);
+        let step = out.step_with("Validating providers...", false);
+        assert!(!step.is_spinning());
+        step.finish();
+        // Machine output never spins, whatever stderr is.
+        assert!(!spinners_enabled(true, false));
+        assert!(!spinners_enabled(false, true));
     }
 
     #[test]

@@ -70,8 +70,9 @@ pub fn run(ctx: &Context, json_output: bool) -> Result<()> {
                 Row::verbose("Team ID", config.as_ref().map(|c| c.team_id.clone())),
             ],
         );
-        out.info("Validating providers...", &[]);
     }
+    // `--json` prints no progress line and never spins.
+    let step = (!json_output).then(|| out.step("Validating providers...", json_output));
     let outcome = network::check_providers(&ProviderCheckRequest {
         paths: paths.clone(),
         config: config.clone(),
@@ -79,6 +80,7 @@ pub fn run(ctx: &Context, json_output: bool) -> Result<()> {
         context: "doctor",
         verbose: ctx.global.verbose,
     });
+    drop(step);
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {

@@ -71,7 +71,7 @@ pub fn run(ctx: &Context, args: &PairArgs) -> Result<()> {
             )
         })?),
     };
-    out.info("Pairing with team...", &[]);
+    let step = out.step("Pairing with team...", false);
     let backend = backend::resolve_backend(
         ctx.global.supabase_url.as_deref(),
         ctx.global.anon_key.as_deref(),
@@ -93,16 +93,19 @@ pub fn run(ctx: &Context, args: &PairArgs) -> Result<()> {
         &device_name,
         requested_full_control,
     )?;
+    step.finish();
 
-    out.info("Validating providers...", &[]);
+    let step = out.step("Validating providers...", false);
     let mut health_summary = None;
-    match network::check_providers(&ProviderCheckRequest {
+    let checked = network::check_providers(&ProviderCheckRequest {
         paths: paths.clone(),
         config: Some(config.clone()),
         migrated_from: prepared.migrated_from.clone(),
         context: "pairing",
         verbose: ctx.global.verbose,
-    }) {
+    });
+    step.finish();
+    match checked {
         Ok(outcome) => {
             config.set_provider_health(&outcome.provider_health);
             config.save(&paths.config_path)?;
