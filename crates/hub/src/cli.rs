@@ -39,6 +39,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Start a local hub and gateway, run a diagnostic job through them, keep serving until Ctrl-C.
+    Up(crate::up::UpArgs),
     /// Run the hub (HTTP + WebSocket on one port).
     Serve {
         /// Address to listen on.
@@ -256,6 +258,7 @@ const TERMINAL: &[&str] = &["completed", "failed", "cancelled"];
 pub async fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
         Command::Serve { listen, db } => serve(&cli, listen, db.clone()).await,
+        Command::Up(args) => crate::up::run(&cli, args).await,
         Command::Keys => {
             let dir = data_dir(&cli)?;
             let kf = config::read_key_file(&dir)?.ok_or_else(|| {

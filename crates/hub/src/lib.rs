@@ -19,4 +19,5 @@ pub mod realtime;
 pub mod schema;
 pub mod server;
 pub mod store;
+pub mod up;
 pub mod values;

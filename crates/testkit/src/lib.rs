@@ -36,6 +36,40 @@ pub fn hub_binary() -> PathBuf {
     bin
 }
 
+/// Finds the `panorama-gateway` binary in the running test's target dir
+/// (next to `panorama-hub`, where `panorama-hub up` looks for it),
+/// building it when it is missing (e.g. `cargo test -p panorama-hub`).
+pub fn gateway_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PANORAMA_GATEWAY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/panorama-gateway
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let bin = profile_dir.join("panorama-gateway");
+    if !bin.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "-p",
+                "panorama-gateway",
+                "--bin",
+                "panorama-gateway",
+            ])
+            .status()
+            .expect("run cargo build for panorama-gateway");
+        assert!(
+            status.success(),
+            "building panorama-gateway for the tests failed"
+        );
+    }
+    bin
+}
+
 /// A running hub. Killed when dropped.
 pub struct Hub {
     pub url: String,
