@@ -19,7 +19,7 @@ pub mod paths;
 pub mod pidfile;
 pub mod recovery;
 pub mod redact;
-pub mod shell;
 pub mod runtime;
+pub mod shell;
 
 pub use error::{GatewayError, Result};
