@@ -9,65 +9,53 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod gateway;
+pub mod procs;
+
+pub use gateway::{fake_agent_binary, GatewayHost, RunningGateway};
+
 /// Finds the `panorama-hub` binary next to the running test's target dir,
 /// building it when it is missing (e.g. `cargo test -p panorama-gateway`).
+/// `PANORAMA_HUB_BIN` overrides.
 pub fn hub_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("PANORAMA_HUB_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/panorama-hub
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
-    let bin = profile_dir.join("panorama-hub");
-    if !bin.exists() {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "panorama-hub", "--bin", "panorama-hub"])
-            .status()
-            .expect("run cargo build for panorama-hub");
-        assert!(
-            status.success(),
-            "building panorama-hub for the tests failed"
-        );
-    }
-    bin
+    workspace_binary("PANORAMA_HUB_BIN", "panorama-hub", "panorama-hub")
 }
 
 /// Finds the `panorama-gateway` binary in the running test's target dir
 /// (next to `panorama-hub`, where `panorama-hub up` looks for it),
 /// building it when it is missing (e.g. `cargo test -p panorama-hub`).
+/// `PANORAMA_GATEWAY_BIN` overrides.
 pub fn gateway_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("PANORAMA_GATEWAY_BIN") {
+    workspace_binary(
+        "PANORAMA_GATEWAY_BIN",
+        "panorama-gateway",
+        "panorama-gateway",
+    )
+}
+
+/// `target/<profile>/<bin>` of the running test, built with
+/// `cargo build -p <package> --bin <bin>` when missing: an integration test
+/// only gets its own package's binaries built for it.
+pub(crate) fn workspace_binary(override_var: &str, package: &str, bin: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(override_var) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/panorama-gateway
+    // target/<profile>/deps/<test> → target/<profile>/<bin>
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target dir")
         .to_path_buf();
-    let bin = profile_dir.join("panorama-gateway");
-    if !bin.exists() {
+    let path = profile_dir.join(bin);
+    if !path.exists() {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "-p",
-                "panorama-gateway",
-                "--bin",
-                "panorama-gateway",
-            ])
+            .args(["build", "-p", package, "--bin", bin])
             .status()
-            .expect("run cargo build for panorama-gateway");
-        assert!(
-            status.success(),
-            "building panorama-gateway for the tests failed"
-        );
+            .unwrap_or_else(|e| panic!("run cargo build for {bin}: {e}"));
+        assert!(status.success(), "building {bin} for the tests failed");
     }
-    bin
+    path
 }
 
 /// A running hub. Killed when dropped.
@@ -190,6 +178,97 @@ impl Hub {
             "select from {table} failed: {status} {body}"
         );
         body.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Like [`Hub::select`], but an unreachable hub or an error status is
+    /// an `Err` (for harnesses that restart the hub under load).
+    pub fn try_select(&self, table: &str, query: &str) -> Result<Vec<Value>, String> {
+        let res = self
+            .req(
+                reqwest::Method::GET,
+                &format!("/rest/v1/{table}?{query}"),
+                &self.service_key,
+            )
+            .send()
+            .map_err(|e| format!("select from {table}: {e}"))?;
+        let status = res.status();
+        let body: Value = res
+            .json()
+            .map_err(|e| format!("select from {table}: response is not JSON: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("select from {table} failed: {status} {body}"));
+        }
+        Ok(body.as_array().cloned().unwrap_or_default())
+    }
+
+    /// `PATCH /rest/v1/<table>?<query>` with the service key; returns the
+    /// changed rows.
+    pub fn patch(&self, table: &str, query: &str, body: Value) -> Vec<Value> {
+        let res = self
+            .req(
+                reqwest::Method::PATCH,
+                &format!("/rest/v1/{table}?{query}"),
+                &self.service_key,
+            )
+            .header("prefer", "return=representation")
+            .json(&body)
+            .send()
+            .expect("patch request");
+        let status = res.status();
+        let out: Value = res.json().expect("patch response JSON");
+        assert!(
+            status.is_success(),
+            "patch of {table} failed: {status} {out}"
+        );
+        out.as_array().cloned().unwrap_or_default()
+    }
+
+    /// The row of `table` with this `id`, if any.
+    pub fn row(&self, table: &str, id: &str) -> Option<Value> {
+        self.select(table, &format!("id=eq.{id}&select=*"))
+            .into_iter()
+            .next()
+    }
+
+    /// Inserts a `gateway_jobs` row for this gateway; returns its id.
+    pub fn insert_job(&self, gw: &PairedGateway, job_type: &str, payload: Value) -> String {
+        self.insert(
+            "gateway_jobs",
+            json!({"team_id": gw.team_id, "gateway_id": gw.gateway_id,
+                   "job_type": job_type, "payload": payload}),
+        )["id"]
+            .as_str()
+            .expect("inserted job id")
+            .to_string()
+    }
+
+    /// Waits until the job is `completed`, `failed` or `cancelled`.
+    pub fn wait_job_terminal(&self, id: &str, timeout: Duration) -> Value {
+        self.wait_for(&format!("job {id} to finish"), timeout, || {
+            self.row("gateway_jobs", id).filter(|row| {
+                matches!(
+                    row["status"].as_str(),
+                    Some("completed" | "failed" | "cancelled")
+                )
+            })
+        })
+    }
+
+    /// Waits until the gateway's `team_gateways.status` is `status`.
+    pub fn wait_gateway_status(&self, gateway_id: &str, status: &str, timeout: Duration) -> Value {
+        self.wait_for(&format!("gateway {status}"), timeout, || {
+            self.row("team_gateways", gateway_id)
+                .filter(|row| row["status"] == status)
+        })
+    }
+
+    /// Sets `team_gateways.full_control_enabled` (the operator's switch).
+    pub fn set_full_control(&self, gateway_id: &str, on: bool) {
+        self.patch(
+            "team_gateways",
+            &format!("id=eq.{gateway_id}"),
+            json!({"full_control_enabled": on}),
+        );
     }
 
     pub fn create_team(&self, name: &str) -> String {

@@ -1,0 +1,124 @@
+//! Process inspection through `/proc`, for tests that prove no child,
+//! grandchild or process group outlives a cancel, timeout or shutdown.
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match stat(pid) {
+        Some(s) => s.state != 'Z',
+        None => false,
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` the tests need.
+#[derive(Debug, Clone, Copy)]
+pub struct Stat {
+    pub state: char,
+    pub ppid: i32,
+    pub pgid: i32,
+}
+
+/// `/proc/<pid>/stat`, or `None` when the process is gone.
+pub fn stat(pid: i32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: the fields
+    // we want follow the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgid = fields.next()?.parse().ok()?;
+    Some(Stat { state, ppid, pgid })
+}
+
+/// Every live pid on the machine.
+pub fn all_pids() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Live (non-zombie) members of process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| stat(p).is_some_and(|s| s.pgid == pgid && s.state != 'Z'))
+        .collect()
+}
+
+/// Live descendants of `root` (children, grandchildren, …), not `root`.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let table: Vec<(i32, Stat)> = all_pids()
+        .into_iter()
+        .filter_map(|p| Some((p, stat(p)?)))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, s) in &table {
+            if s.ppid == parent && s.state != 'Z' && !out.contains(pid) {
+                out.push(*pid);
+                frontier.push(*pid);
+            }
+        }
+    }
+    out
+}
+
+/// The environment of a live process (`/proc/<pid>/environ`).
+pub fn environ(pid: i32) -> Option<Vec<(String, String)>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    Some(
+        raw.split(|&b| b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                match kv.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (kv.to_string(), String::new()),
+                }
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_own_process() {
+        let me = std::process::id() as i32;
+        assert!(alive(me));
+        let s = stat(me).expect("own stat");
+        assert!(s.ppid > 0);
+        assert!(group_members(s.pgid).contains(&me));
+        assert!(environ(me).is_some_and(|env| !env.is_empty()));
+    }
+
+    #[test]
+    fn finds_a_child_and_a_grandchild() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .expect("spawn sh");
+        let me = std::process::id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let found = loop {
+            let d = descendants(me);
+            if d.len() >= 2 || std::time::Instant::now() > deadline {
+                break d;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&(child.id() as i32)), "child in {found:?}");
+        assert!(found.len() >= 2, "grandchild sleep in {found:?}");
+        for pid in found {
+            // SAFETY: kill(2) on the sleep we started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
