@@ -2,20 +2,25 @@
 //! foreground runtime, heartbeats, diagnostic jobs, unsupported job types,
 //! `status --json` and SIGTERM shutdown. Every network call is on 127.0.0.1.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use panorama_testkit::Hub;
+use panorama_testkit::{GatewayHost, Hub, PairedGateway, RunningGateway};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
 const FAKE_VERSION: &str = "2.0.14 (Claude Code)";
 
-/// A temp HOME with a config dir and a fake `claude` that records each call.
+/// A gateway host whose only agent CLI is a shell-script `claude` that
+/// prints a version and records each call.
 struct Machine {
-    home: tempfile::TempDir,
+    host: GatewayHost,
+}
+
+impl std::ops::Deref for Machine {
+    type Target = GatewayHost;
+    fn deref(&self) -> &GatewayHost {
+        &self.host
+    }
 }
 
 impl Machine {
@@ -25,191 +30,56 @@ impl Machine {
 
     /// A machine whose fake `claude --version` takes `delay_s` seconds.
     fn with_claude_delay(delay_s: u32) -> Machine {
-        let home = tempfile::tempdir().expect("temp home");
-        let claude = home.path().join("fake-claude");
-        std::fs::write(
-            &claude,
-            format!(
-                "#!/bin/sh\nsleep {delay_s}\necho \"$$\" >> '{}'\necho '{FAKE_VERSION}'\n",
-                home.path().join("claude-calls").display()
+        let host = GatewayHost::bare();
+        host.write_script(
+            "claude",
+            &format!(
+                "sleep {delay_s}\necho \"$$\" >> '{}'\necho '{FAKE_VERSION}'",
+                host.path("claude-calls").display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Machine { home }
-    }
-
-    fn config_dir(&self) -> PathBuf {
-        self.home.path().join(".panorama").join("gateway")
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.config_dir().join("gateway.json")
-    }
-
-    fn pid_path(&self) -> PathBuf {
-        self.config_dir().join("gateway.pid")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.home.path().join("gateway-stderr.log")).unwrap_or_default()
+        );
+        Machine { host }
     }
 
     fn claude_calls(&self) -> usize {
-        std::fs::read_to_string(self.home.path().join("claude-calls"))
+        std::fs::read_to_string(self.path("claude-calls"))
             .map(|s| s.lines().count())
             .unwrap_or(0)
     }
 
-    fn command(&self, hub: &Hub, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_panorama-gateway"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("PANORAMA_") || key.starts_with("SUPABASE_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("HOME", self.home.path())
-            .env("PANORAMA_GATEWAY_LOG", "info")
-            .current_dir(self.home.path())
-            .arg("--config-dir")
-            .arg(self.config_dir())
-            .args(["--supabase-url", &hub.url, "--anon-key", &hub.anon_key])
-            .arg("--claude-cli")
-            .arg(self.home.path().join("fake-claude"))
-            .args(["--device-name", "test-box"])
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, hub: &Hub, args: &[&str]) -> Output {
-        self.command(hub, args)
-            .output()
-            .expect("run panorama-gateway")
-    }
-
-    /// Write a paired config for `gw` (as `pair` would), without the CLI.
-    fn write_config(&self, hub: &Hub, gw: &panorama_testkit::PairedGateway) {
-        std::fs::create_dir_all(self.config_dir()).unwrap();
-        let doc = json!({
-            "supabaseUrl": hub.url,
-            "supabaseAnonKey": hub.anon_key,
-            "accessToken": gw.access_token,
-            "refreshToken": gw.refresh_token,
-            "gatewayId": gw.gateway_id,
-            "teamId": gw.team_id,
-            "full_control_enabled": false,
-            "deviceName": "test-box",
-        });
-        std::fs::write(
-            self.config_path(),
-            serde_json::to_string_pretty(&doc).unwrap(),
-        )
-        .unwrap();
-    }
-
-    fn config(&self) -> Value {
-        serde_json::from_str(&std::fs::read_to_string(self.config_path()).unwrap()).unwrap()
-    }
-}
-
-/// A running gateway process; SIGKILLed if a test fails before stopping it.
-struct Running {
-    child: Option<Child>,
-}
-
-impl Running {
-    /// Spawn with stderr (the runtime's log records) in `<home>/gateway-stderr.log`.
-    fn spawn(machine: &Machine, mut cmd: Command) -> Running {
-        let log = std::fs::File::create(machine.home.path().join("gateway-stderr.log")).unwrap();
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn gateway");
-        Running { child: Some(child) }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    /// SIGTERM and wait (bounded) for the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("gateway did not exit within {WAIT:?} after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    fn spawn(&self, hub: &Hub, args: &[&str]) -> RunningGateway {
+        self.host.spawn(self.command(hub, args))
     }
 }
 
 fn gateway_row(hub: &Hub, gateway_id: &str) -> Option<Value> {
-    hub.select("team_gateways", &format!("id=eq.{gateway_id}&select=*"))
-        .into_iter()
-        .next()
+    hub.row("team_gateways", gateway_id)
 }
 
 fn wait_status(hub: &Hub, gateway_id: &str, status: &str) -> Value {
-    hub.wait_for(&format!("gateway {status}"), WAIT, || {
-        gateway_row(hub, gateway_id).filter(|r| r["status"] == status)
-    })
+    hub.wait_gateway_status(gateway_id, status, WAIT)
 }
 
 fn job(hub: &Hub, id: &str) -> Value {
-    hub.select("gateway_jobs", &format!("id=eq.{id}&select=*"))
-        .into_iter()
-        .next()
-        .expect("job row")
+    hub.row("gateway_jobs", id).expect("job row")
 }
 
 fn wait_job_terminal(hub: &Hub, id: &str) -> Value {
-    hub.wait_for(&format!("job {id} to finish"), WAIT, || {
-        let row = job(hub, id);
-        matches!(
-            row["status"].as_str(),
-            Some("completed" | "failed" | "cancelled")
-        )
-        .then_some(row)
-    })
+    hub.wait_job_terminal(id, WAIT)
 }
 
 /// A started foreground gateway for a freshly paired gateway row.
-fn started(hub: &Hub, machine: &Machine) -> (panorama_testkit::PairedGateway, Running) {
+fn started(hub: &Hub, machine: &Machine) -> (PairedGateway, RunningGateway) {
     let team = hub.create_team("runtime-team");
     let gw = hub.pair(&team, "test-box");
-    machine.write_config(hub, &gw);
-    let running = Running::spawn(machine, machine.command(hub, &["start", "--foreground"]));
+    machine.write_config(hub, &gw, false);
+    let running = machine.spawn(hub, &["start", "--foreground"]);
     wait_status(hub, &gw.gateway_id, "ready");
     (gw, running)
 }
 
-fn insert_job(hub: &Hub, gw: &panorama_testkit::PairedGateway, job_type: &str) -> String {
-    hub.insert(
-        "gateway_jobs",
-        json!({"team_id": gw.team_id, "gateway_id": gw.gateway_id, "job_type": job_type, "payload": {}}),
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
+fn insert_job(hub: &Hub, gw: &PairedGateway, job_type: &str) -> String {
+    hub.insert_job(gw, job_type, json!({}))
 }
 
 #[test]
@@ -218,10 +88,7 @@ fn pair_then_foreground_runtime_reports_ready_and_shuts_down_offline() {
     let machine = Machine::new();
     let team = hub.create_team("pair-team");
     let code = hub.create_pairing_code(&team);
-    let mut running = Running::spawn(
-        &machine,
-        machine.command(&hub, &["pair", &code, "--foreground"]),
-    );
+    let mut running = machine.spawn(&hub, &["pair", &code, "--foreground"]);
 
     let config = hub.wait_for("paired config", WAIT, || {
         std::fs::read_to_string(machine.config_path())
@@ -269,7 +136,7 @@ fn pair_then_foreground_runtime_reports_ready_and_shuts_down_offline() {
         "log: {log}"
     );
 
-    let status = running.terminate();
+    let status = running.terminate(WAIT);
     assert!(status.success(), "gateway exit status {status:?}");
     assert!(machine.log().contains("Gateway shutting down"));
     let row = gateway_row(&hub, &gateway_id).unwrap();
@@ -292,7 +159,7 @@ fn status_json_while_running() {
     assert_eq!(report["pid"], json!(running.pid()));
     assert_eq!(report["paired"], true);
     assert_eq!(report["gateway_id"], gw.gateway_id.as_str());
-    assert!(running.terminate().success());
+    assert!(running.terminate(WAIT).success());
     let out = machine.run(&hub, &["status", "--json"]);
     let report: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
     assert_eq!(report["running"], false);
@@ -307,8 +174,8 @@ fn diagnostic_job_completes_with_the_version_result() {
     let row = wait_job_terminal(&hub, &id);
     assert_eq!(row["status"], "completed", "row: {row}");
     let result = &row["result"];
-    let fake = machine.home.path().join("fake-claude");
-    assert_eq!(result["command"], format!("{} --version", fake.display()));
+    // Found on PATH, the CLI is invoked (and reported) by its bare name.
+    assert_eq!(result["command"], "claude --version");
     assert_eq!(result["stdout"], format!("{FAKE_VERSION}\n"));
     assert_eq!(result["stderr"], "");
     assert_eq!(result["exit_code"], 0);
@@ -318,7 +185,7 @@ fn diagnostic_job_completes_with_the_version_result() {
     assert_eq!(row["error"], Value::Null);
     assert!(row["started_at"].is_string());
     assert!(row["completed_at"].is_string());
-    assert!(running.terminate().success());
+    assert!(running.terminate(WAIT).success());
 }
 
 #[test]
@@ -343,7 +210,7 @@ fn twenty_diagnostic_jobs_complete_exactly_once() {
         20,
         "each job ran exactly once"
     );
-    assert!(running.terminate().success());
+    assert!(running.terminate(WAIT).success());
 }
 
 #[test]
@@ -370,7 +237,7 @@ fn unknown_and_unbuilt_job_types_fail_with_clear_messages() {
         json!({"message": "Missing prompt or model for gateway model run"})
     );
     assert_eq!(machine.claude_calls(), baseline);
-    assert!(running.terminate().success());
+    assert!(running.terminate(WAIT).success());
 }
 
 #[test]
@@ -390,7 +257,7 @@ fn jobs_for_other_gateways_are_left_alone() {
     assert_eq!(wait_job_terminal(&hub, &mine)["status"], "completed");
     std::thread::sleep(Duration::from_millis(5_500));
     assert_eq!(job(&hub, &foreign)["status"], "queued");
-    assert!(running.terminate().success());
+    assert!(running.terminate(WAIT).success());
 }
 
 #[test]
@@ -422,7 +289,7 @@ fn start_with_a_revoked_session_fails_with_the_spec_message() {
     let mut broken = gw.clone();
     broken.access_token = "not-a-jwt".into();
     broken.refresh_token = "nope".into();
-    machine.write_config(&hub, &broken);
+    machine.write_config(&hub, &broken, false);
     let out = machine.run(&hub, &["start", "--foreground"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -430,7 +297,7 @@ fn start_with_a_revoked_session_fails_with_the_spec_message() {
         stderr.contains("Failed to authenticate gateway session."),
         "stderr: {stderr}"
     );
-    assert!(!Path::new(&machine.pid_path()).exists());
+    assert!(!machine.pid_path().exists());
 }
 
 #[test]
@@ -442,7 +309,7 @@ fn sigterm_waits_for_a_running_job_then_goes_offline() {
     hub.wait_for("job running", WAIT, || {
         (job(&hub, &id)["status"] == "running").then_some(())
     });
-    let status = running.terminate();
+    let status = running.terminate(WAIT);
     assert!(status.success(), "gateway exit status {status:?}");
     // The job finished inside the grace period and its completion was
     // delivered before the offline heartbeat.
