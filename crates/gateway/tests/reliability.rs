@@ -6,27 +6,40 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use panorama_testkit::{Hub, PairedGateway};
+use panorama_testkit::{GatewayHost, Hub, PairedGateway, RunningGateway};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
 const FAKE_VERSION: &str = "2.0.14 (Claude Code)";
 const RESTART_MESSAGE: &str = "gateway restarted while the job was running";
 
-/// A temp HOME with a config dir and a fake `claude`.
+/// A gateway host whose only agent CLI is a shell-script `claude`.
 struct Machine {
-    home: tempfile::TempDir,
-    program: PathBuf,
+    host: GatewayHost,
+}
+
+impl std::ops::Deref for Machine {
+    type Target = GatewayHost;
+    fn deref(&self) -> &GatewayHost {
+        &self.host
+    }
+}
+
+impl std::ops::DerefMut for Machine {
+    fn deref_mut(&mut self) -> &mut GatewayHost {
+        &mut self.host
+    }
 }
 
 impl Machine {
     /// A fake `claude --version` that sleeps `delay_s` seconds and records
     /// each call in `claude-calls`.
     fn with_claude_delay(delay_s: u32) -> Machine {
-        let m = Self::bare();
+        let m = Machine {
+            host: GatewayHost::bare(),
+        };
         m.write_claude(&format!(
             "sleep {delay_s}\necho \"$$\" >> '{}'\necho '{FAKE_VERSION}'",
             m.path("claude-calls").display()
@@ -34,27 +47,17 @@ impl Machine {
         m
     }
 
-    fn bare() -> Machine {
-        Machine {
-            home: tempfile::tempdir().expect("temp home"),
-            program: PathBuf::from(env!("CARGO_BIN_EXE_panorama-gateway")),
-        }
-    }
-
     /// The fake `claude` runs `body` once the machine is armed; before
     /// that (the gateway's startup CLI discovery and provider validation)
     /// it only prints the version.
     fn write_claude(&self, body: &str) {
-        let claude = self.path("fake-claude");
-        std::fs::write(
-            &claude,
-            format!(
-                "#!/bin/sh\nif [ ! -f '{}' ]; then echo '{FAKE_VERSION}'; exit 0; fi\n{body}\n",
+        self.write_script(
+            "claude",
+            &format!(
+                "if [ ! -f '{}' ]; then echo '{FAKE_VERSION}'; exit 0; fi\n{body}",
                 self.path("armed").display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
     }
 
     /// From now on the fake `claude` behaves as the test wants (diagnostic
@@ -67,28 +70,8 @@ impl Machine {
         let _ = std::fs::remove_file(self.path("armed"));
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.home.path().join(name)
-    }
-
-    fn config_dir(&self) -> PathBuf {
-        self.path(".panorama").join("gateway")
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.config_dir().join("gateway.json")
-    }
-
-    fn pid_path(&self) -> PathBuf {
-        self.config_dir().join("gateway.pid")
-    }
-
     fn outbox_log(&self) -> PathBuf {
         self.config_dir().join("outbox").join("outbox.jsonl")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("gateway-stderr.log")).unwrap_or_default()
     }
 
     fn claude_calls(&self) -> usize {
@@ -97,124 +80,8 @@ impl Machine {
             .unwrap_or(0)
     }
 
-    fn command(&self, hub: &Hub, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.program);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("PANORAMA_") || key.starts_with("SUPABASE_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("HOME", self.home.path())
-            .env("PANORAMA_GATEWAY_LOG", "info")
-            .current_dir(self.home.path())
-            .arg("--config-dir")
-            .arg(self.config_dir())
-            .args(["--supabase-url", &hub.url, "--anon-key", &hub.anon_key])
-            .arg("--claude-cli")
-            .arg(self.path("fake-claude"))
-            .args(["--device-name", "test-box"])
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, hub: &Hub, args: &[&str]) -> Output {
-        self.command(hub, args)
-            .output()
-            .expect("run panorama-gateway")
-    }
-
-    fn write_config(&self, hub: &Hub, gw: &PairedGateway) {
-        std::fs::create_dir_all(self.config_dir()).unwrap();
-        let doc = json!({
-            "supabaseUrl": hub.url,
-            "supabaseAnonKey": hub.anon_key,
-            "accessToken": gw.access_token,
-            "refreshToken": gw.refresh_token,
-            "gatewayId": gw.gateway_id,
-            "teamId": gw.team_id,
-            "full_control_enabled": false,
-            "deviceName": "test-box",
-        });
-        std::fs::write(
-            self.config_path(),
-            serde_json::to_string_pretty(&doc).unwrap(),
-        )
-        .unwrap();
-    }
-
-    fn config(&self) -> Value {
-        serde_json::from_str(&std::fs::read_to_string(self.config_path()).unwrap()).unwrap()
-    }
-}
-
-/// A running gateway; SIGKILLed if a test fails before stopping it.
-struct Running {
-    child: Option<Child>,
-}
-
-impl Running {
-    /// Spawn with stderr in `<home>/gateway-stderr.log` (appended, so a
-    /// re-executed or restarted gateway keeps one log).
-    fn spawn(machine: &Machine, mut cmd: Command) -> Running {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(machine.path("gateway-stderr.log"))
-            .unwrap();
-        cmd.stdout(Stdio::null()).stderr(Stdio::from(log));
-        // A freshly written executable can be briefly "busy" while another
-        // test thread's fork still holds its write descriptor.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match cmd.spawn() {
-                Ok(child) => return Running { child: Some(child) },
-                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(e) => panic!("spawn gateway: {e}"),
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
-    }
-
-    fn sigkill(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("gateway did not exit within {WAIT:?} after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    fn start_plain(&self, hub: &Hub) -> RunningGateway {
+        self.spawn(self.command(hub, &["start", "--foreground"]))
     }
 }
 
@@ -265,17 +132,17 @@ fn wait_log(hub: &Hub, machine: &Machine, what: &str) -> String {
 fn pair(hub: &Hub, machine: &Machine) -> PairedGateway {
     let team = hub.create_team("reliability-team");
     let gw = hub.pair(&team, "test-box");
-    machine.write_config(hub, &gw);
+    machine.write_config(hub, &gw, false);
     gw
 }
 
 /// Pair, start `start --foreground` (with `env`), wait until `ready` and
 /// the PID file exists.
-fn started(hub: &Hub, machine: &Machine, env: &[(&str, &str)]) -> (PairedGateway, Running) {
+fn started(hub: &Hub, machine: &Machine, env: &[(&str, &str)]) -> (PairedGateway, RunningGateway) {
     let gw = pair(hub, machine);
     let mut cmd = machine.command(hub, &["start", "--foreground"]);
     cmd.envs(env.iter().copied());
-    let running = Running::spawn(machine, cmd);
+    let running = machine.spawn(cmd);
     wait_status(hub, &gw.gateway_id, "ready");
     hub.wait_for("pid file", WAIT, || {
         machine.pid_path().exists().then_some(())
@@ -400,7 +267,7 @@ fn hub_killed_mid_job_the_job_completes_and_the_outbox_drains_after_it_returns()
     let next = insert_job(&hub, &gw);
     assert_eq!(wait_job_terminal(&hub, &next)["status"], "completed");
     assert!(running.is_running());
-    let status = running.terminate();
+    let status = running.terminate(WAIT);
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(gateway_row(&hub, &gw.gateway_id)["status"], "offline");
 }
@@ -418,7 +285,7 @@ fn sigkill_mid_job_then_start_finalizes_the_orphan_before_claiming_new_work() {
     // Keep the new process's startup probes fast.
     machine.disarm();
 
-    let mut running = Running::spawn(&machine, machine.command(&hub, &["start", "--foreground"]));
+    let mut running = machine.start_plain(&hub);
     let orphan_row = wait_job_terminal(&hub, &orphan);
     assert_eq!(orphan_row["status"], "failed", "row: {orphan_row}");
     assert_eq!(orphan_row["error"], RESTART_MESSAGE);
@@ -434,13 +301,15 @@ fn sigkill_mid_job_then_start_finalizes_the_orphan_before_claiming_new_work() {
     assert!(machine
         .log()
         .contains("Recovered jobs interrupted by an earlier gateway process"));
-    assert!(running.terminate().success());
+    assert!(running.terminate(WAIT).success());
 }
 
 #[test]
 fn sigterm_past_the_grace_cancels_the_job_and_kills_its_whole_process_group() {
     let hub = Hub::start();
-    let machine = Machine::bare();
+    let machine = Machine {
+        host: GatewayHost::bare(),
+    };
     let pids = machine.path("pids");
     // Ignores SIGTERM, and so does its grandchild.
     machine.write_claude(&format!(
@@ -465,7 +334,7 @@ fn sigterm_past_the_grace_cancels_the_job_and_kills_its_whole_process_group() {
     assert!(recorded.iter().all(|p| pid_alive(*p)));
 
     let began = Instant::now();
-    let status = running.terminate();
+    let status = running.terminate(WAIT);
     assert!(status.success(), "exit status {status:?}");
     // Grace (1 s) + SIGTERM→SIGKILL (2 s), not the 10 s diagnostic timeout.
     assert!(
@@ -512,12 +381,12 @@ fn expiring_access_tokens_are_refreshed_rotated_and_persisted() {
     assert_ne!(config["refreshToken"], gw.refresh_token.as_str());
     assert!(machine.log().contains("Gateway session refreshed"));
     // The persisted (rotated) session is the live one: a fresh start works.
-    assert!(running.terminate().success());
-    let mut again = Running::spawn(&machine, machine.command(&hub, &["start", "--foreground"]));
+    assert!(running.terminate(WAIT).success());
+    let mut again = machine.start_plain(&hub);
     wait_status(&hub, &gw.gateway_id, "ready");
     let id = insert_job(&hub, &gw);
     assert_eq!(wait_job_terminal(&hub, &id)["status"], "completed");
-    assert!(again.terminate().success());
+    assert!(again.terminate(WAIT).success());
 }
 
 #[test]
@@ -613,7 +482,7 @@ fn replacing_the_executable_drains_then_re_execs_in_place_and_keeps_working() {
     let id = insert_job(&hub, &gw);
     let row = wait_job_terminal(&hub, &id);
     assert_eq!(row["status"], "completed", "row: {row}");
-    assert!(running.terminate().success());
+    assert!(running.terminate(WAIT).success());
     assert_eq!(gateway_row(&hub, &gw.gateway_id)["status"], "offline");
     assert!(!Path::new(&machine.pid_path()).exists());
 }
@@ -634,7 +503,7 @@ fn a_burst_of_thirty_jobs_runs_each_exactly_once() {
     let sentinel = insert_job(&hub, &gw);
     assert_eq!(wait_job_terminal(&hub, &sentinel)["status"], "completed");
     assert_eq!(machine.claude_calls(), 31, "each job ran exactly once");
-    assert!(running.terminate().success());
+    assert!(running.terminate(WAIT).success());
 }
 
 #[test]
@@ -661,8 +530,7 @@ fn a_replacement_that_cannot_be_executed_makes_the_gateway_exit_non_zero() {
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::rename(&staged, &exe).unwrap();
 
-    let mut child = running.child.take().unwrap();
-    let status = hub.wait_for("gateway exit", WAIT, || child.try_wait().unwrap());
+    let status = running.wait_exit(WAIT).expect("gateway exit");
     assert!(!status.success(), "exit status {status:?}");
     let log = machine.log();
     assert!(log.contains("Gateway restart failed"), "log: {log}");
@@ -713,5 +581,5 @@ fn a_symlink_swapped_to_a_new_version_is_re_executed() {
     assert!(running.is_running());
     let id = insert_job(&hub, &gw);
     assert_eq!(wait_job_terminal(&hub, &id)["status"], "completed");
-    assert!(running.terminate().success());
+    assert!(running.terminate(WAIT).success());
 }

@@ -31,6 +31,9 @@ pub struct GatewayHost {
     home: tempfile::TempDir,
     /// The name the gateway reports (`--device-name`).
     pub device_name: String,
+    /// The gateway executable to run: the workspace build unless a test
+    /// installs a copy (upgrade and restart tests).
+    pub program: PathBuf,
 }
 
 impl GatewayHost {
@@ -51,6 +54,7 @@ impl GatewayHost {
         GatewayHost {
             home,
             device_name: "test-box".into(),
+            program: crate::gateway_binary(),
         }
     }
 
@@ -132,7 +136,7 @@ impl GatewayHost {
     /// with `HOME`, a private `PATH` and none of the test runner's
     /// `PANORAMA_*`, `SUPABASE_*` or `FAKE_AGENT_*` variables.
     pub fn command(&self, hub: &Hub, args: &[&str]) -> Command {
-        let mut cmd = Command::new(crate::gateway_binary());
+        let mut cmd = Command::new(&self.program);
         for (key, _) in std::env::vars() {
             if key.starts_with("PANORAMA_")
                 || key.starts_with("SUPABASE_")
