@@ -4,12 +4,10 @@
 //! `remote_shell` resource bound to the gateway. Every network call is on
 //! 127.0.0.1.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use panorama_testkit::Hub;
+use panorama_testkit::{GatewayHost, Hub, RunningGateway};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -25,51 +23,31 @@ const MSG_OTHER_GATEWAY: &str = "Remote shell resource targets a different gatew
 const MSG_MISSING_GATEWAY_ID: &str = "Remote shell resource is missing metadata.gateway_id";
 const MSG_RESOURCE_CONTROL_OFF: &str = "Remote shell resource machine control is disabled";
 
-/// A temp HOME with the gateway's config dir and a fake `claude`.
+/// A gateway host whose only agent CLI is a `claude` that prints a version.
 struct Machine {
-    home: tempfile::TempDir,
+    host: GatewayHost,
+}
+
+impl std::ops::Deref for Machine {
+    type Target = GatewayHost;
+    fn deref(&self) -> &GatewayHost {
+        &self.host
+    }
 }
 
 impl Machine {
     fn new() -> Machine {
-        let home = tempfile::tempdir().expect("temp home");
-        let claude = home.path().join("fake-claude");
-        std::fs::write(&claude, "#!/bin/sh\necho '2.0.14 (Claude Code)'\n").unwrap();
-        std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Machine { home }
+        let mut host = GatewayHost::bare();
+        host.device_name = "shell-box".into();
+        host.write_script("claude", "echo '2.0.14 (Claude Code)'");
+        Machine { host }
     }
 
-    fn config_dir(&self) -> PathBuf {
-        self.home.path().join(".panorama").join("gateway")
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.config_dir().join("gateway.json")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.home.path().join("gateway-stderr.log")).unwrap_or_default()
-    }
-
+    /// Sessions open the user's `$SHELL`: pin it so the test does not
+    /// depend on the runner's.
     fn command(&self, hub: &Hub, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_panorama-gateway"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("PANORAMA_") || key.starts_with("SUPABASE_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("HOME", self.home.path())
-            .env("SHELL", "/bin/bash")
-            .env("PANORAMA_GATEWAY_LOG", "info")
-            .current_dir(self.home.path())
-            .arg("--config-dir")
-            .arg(self.config_dir())
-            .args(["--supabase-url", &hub.url, "--anon-key", &hub.anon_key])
-            .arg("--claude-cli")
-            .arg(self.home.path().join("fake-claude"))
-            .args(["--device-name", "shell-box"])
-            .args(args)
-            .stdin(Stdio::null());
+        let mut cmd = self.host.command(hub, args);
+        cmd.env("SHELL", "/bin/bash");
         cmd
     }
 
@@ -78,53 +56,6 @@ impl Machine {
             .output()
             .expect("run panorama-gateway")
     }
-
-    fn config(&self) -> Value {
-        serde_json::from_str(&std::fs::read_to_string(self.config_path()).unwrap()).unwrap()
-    }
-}
-
-/// The gateway process; SIGKILLed if a test fails before stopping it.
-struct Running {
-    child: Option<Child>,
-}
-
-impl Running {
-    fn spawn(machine: &Machine, mut cmd: Command) -> Running {
-        let log = std::fs::File::create(machine.home.path().join("gateway-stderr.log")).unwrap();
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn gateway");
-        Running { child: Some(child) }
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("gateway did not exit within {WAIT:?} after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// A hub, a gateway paired with `--full-control true` and running in the
@@ -132,7 +63,7 @@ impl Drop for Running {
 struct Setup {
     hub: Hub,
     machine: Machine,
-    running: Running,
+    running: RunningGateway,
     gateway_id: String,
     team_id: String,
     resource_id: String,
@@ -151,13 +82,10 @@ impl Setup {
         let machine = Machine::new();
         let team_id = hub.create_team("shell-team");
         let code = hub.create_pairing_code(&team_id);
-        let running = Running::spawn(
-            &machine,
-            machine.command(
-                &hub,
-                &["pair", &code, "--full-control", "true", "--foreground"],
-            ),
-        );
+        let running = machine.spawn(machine.command(
+            &hub,
+            &["pair", &code, "--full-control", "true", "--foreground"],
+        ));
         let config = hub.wait_for("paired config", WAIT, || {
             std::fs::read_to_string(machine.config_path())
                 .ok()
@@ -807,7 +735,7 @@ fn shutdown_closes_running_sessions() {
     assert_eq!(opened["status"], "completed", "open: {opened}");
     let sid = session_id(&opened["result"]);
     let pid = s.shell_pid(&r, &sid);
-    let status = s.running.terminate();
+    let status = s.running.terminate(WAIT);
     assert!(status.success(), "gateway exit status {status:?}");
     assert!(!process_alive(pid), "the shell outlived the gateway");
     assert_eq!(s.gateway_row().unwrap()["status"], "offline");
