@@ -1,11 +1,14 @@
 //! Row changes committed by the store, fanned out to realtime subscribers.
 //!
 //! The store publishes one [`RowChange`] per inserted, updated or deleted row
-//! *after* its transaction commits; the realtime server filters them per
-//! subscription and per subscriber's authorization.
+//! *after* its transaction commits. One dispatcher task per feed
+//! ([`crate::realtime::dispatch`]) receives them and routes each only to the
+//! realtime sockets whose subscriptions can match; those filter it per
+//! binding and per subscriber's authorization.
 
+use crate::realtime::dispatch::Dispatcher;
 use serde_json::{Map, Value};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::broadcast;
 
 pub type Row = Map<String, Value>;
@@ -44,12 +47,18 @@ pub struct RowChange {
 #[derive(Clone)]
 pub struct ChangeFeed {
     tx: broadcast::Sender<Arc<RowChange>>,
+    /// Started on first use, from inside the runtime that serves sockets
+    /// (the feed itself may be built before there is one).
+    dispatcher: Arc<OnceLock<Dispatcher>>,
 }
 
 impl ChangeFeed {
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity);
-        ChangeFeed { tx }
+        ChangeFeed {
+            tx,
+            dispatcher: Arc::new(OnceLock::new()),
+        }
     }
 
     /// Publishes a committed change. Having no subscriber is not an error.
@@ -60,10 +69,19 @@ impl ChangeFeed {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RowChange>> {
         self.tx.subscribe()
     }
+
+    /// The feed's one realtime dispatcher, started (on the current Tokio
+    /// runtime) the first time it is asked for.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        self.dispatcher
+            .get_or_init(|| Dispatcher::start(self.tx.subscribe()))
+    }
 }
 
 impl Default for ChangeFeed {
     fn default() -> Self {
-        ChangeFeed::new(4096)
+        // Only the dispatcher reads the ring, and it does little per
+        // change; the slack absorbs bursts such as large bulk inserts.
+        ChangeFeed::new(8192)
     }
 }

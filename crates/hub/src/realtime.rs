@@ -4,9 +4,13 @@
 //!
 //! One task per socket. It reads client frames, answers heartbeats, joins
 //! and leaves channels, and — while at least one joined channel has
-//! `postgres_changes` bindings — listens to the store's [`ChangeFeed`] and
-//! forwards each committed change that matches a binding and that the
-//! channel's principal may see ([`crate::policy::row_visible`]). Sockets
+//! `postgres_changes` bindings — is registered with the hub's one change
+//! [`dispatch`]er, which routes each committed change of the store's
+//! [`ChangeFeed`](crate::changes::ChangeFeed) into the queues of only the
+//! sockets whose bindings can match it (an exact lookup for `col=eq.value`
+//! filters). The socket task forwards each queued change that matches a
+//! binding and that the channel's principal may see
+//! ([`crate::policy::row_visible`]). Sockets
 //! that stay silent past [`RealtimeOptions::idle_timeout`] are closed; a
 //! channel whose token expires, is replaced by an invalid one, or whose
 //! gateway is revoked, is closed with a `system` error then `phx_close`.
@@ -22,8 +26,12 @@
 //!   a `phx_reply` error rather than an ok followed by a `system` error, so
 //!   that the client reports `CHANNEL_ERROR`;
 //! * broadcast is echoed only to the sender (`self: true`); it is not fanned
-//!   out to other sockets. Presence pushes are acknowledged and not tracked.
+//!   out to other sockets. Presence pushes are acknowledged and not tracked;
+//! * a socket too slow to take its changes (its dispatcher queue filled up)
+//!   gets `phx_error` on its bound channels, so that clients rejoin and
+//!   reconcile (see [`Conn::fail_bound_channels`]).
 
+pub mod dispatch;
 pub mod filter;
 pub mod frame;
 
@@ -38,13 +46,13 @@ use axum::extract::RawQuery;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use dispatch::{Item, Route, Subscription};
 use filter::{binding_id, columns_json, Binding};
 use frame::{BinaryPush, Frame, Vsn};
 use serde_json::{json, Map, Value};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 
 /// Tunables of the realtime server.
@@ -144,7 +152,7 @@ pub fn upgrade(
                 socket_principal: principal,
                 socket,
                 channels: Vec::new(),
-                feed: None,
+                sub: None,
             };
             conn.run().await;
         })
@@ -182,8 +190,9 @@ struct Conn {
     socket_principal: Principal,
     socket: WebSocket,
     channels: Vec<Channel>,
-    /// Subscribed only while some channel has bindings.
-    feed: Option<broadcast::Receiver<Arc<RowChange>>>,
+    /// Registered with the dispatcher only while some channel has bindings
+    /// (idle sockets cost no wake-ups); dropping it unregisters.
+    sub: Option<Subscription>,
 }
 
 /// A refused token, as Realtime words it (`"<Code>: <message>"`).
@@ -290,7 +299,7 @@ impl Conn {
                         self.on_message(msg).await
                     }
                 },
-                change = next_change(&mut self.feed) => self.on_change(change).await,
+                item = next_item(&mut self.sub) => self.on_item(item).await,
                 () = &mut sleep => self.on_timer(last_seen).await,
             };
             if flow.is_err() {
@@ -565,7 +574,7 @@ impl Conn {
                 self.channels.push(channel);
                 // Listen before replying, so that every change committed
                 // after the client sees SUBSCRIBED is delivered.
-                self.sync_feed();
+                self.sync_routes();
                 self.reply(
                     &frame,
                     json!({"status": "ok", "response": {"postgres_changes": echo}}),
@@ -595,7 +604,7 @@ impl Conn {
             }
             Err(reason) => {
                 tracing::debug!(topic = %frame.topic, %reason, "realtime join refused");
-                self.sync_feed();
+                self.sync_routes();
                 self.reply(&frame, error_reply(&reason)).await
             }
         }
@@ -688,7 +697,7 @@ impl Conn {
             return self.reply(&frame, ok_reply()).await;
         }
         let channel = self.channels.remove(idx);
-        self.sync_feed();
+        self.sync_routes();
         self.reply(&frame, ok_reply()).await?;
         self.send(Frame::new(
             channel.join_ref.clone(),
@@ -704,7 +713,7 @@ impl Conn {
     /// `phx_close` (supabase-wire §5.7).
     async fn close_channel(&mut self, idx: usize, message: &str) -> Flow {
         let channel = self.channels.remove(idx);
-        self.sync_feed();
+        self.sync_routes();
         tracing::info!(topic = %channel.topic, %message, "realtime channel closed by the server");
         self.send(Frame::new(
             channel.join_ref.clone(),
@@ -742,6 +751,8 @@ impl Conn {
                 c.principal = principal;
                 c.expires_at = exp;
                 c.token_hash = Some(hash);
+                // The gateway a channel is revoked with may have changed.
+                self.sync_routes();
                 Ok(())
             }
             Err(e) => self.close_channel(idx, &e.message).await,
@@ -773,33 +784,101 @@ impl Conn {
         Ok(())
     }
 
-    /// Subscribes to the change feed while some channel has bindings, and
-    /// drops the subscription otherwise (idle sockets cost no wake-ups).
-    fn sync_feed(&mut self) {
-        let wanted = self.channels.iter().any(|c| !c.bindings.is_empty());
-        match (wanted, self.feed.is_some()) {
-            (true, false) => self.feed = Some(self.state.feed.subscribe()),
-            (false, true) => self.feed = None,
-            _ => {}
+    /// What this socket must be woken for: every binding of its channels
+    /// and, for revocation, the gateways its channels act as. Nothing while
+    /// no channel has bindings.
+    fn routes(&self) -> Vec<Route> {
+        let mut routes = Vec::new();
+        if self.channels.iter().all(|c| c.bindings.is_empty()) {
+            return routes;
+        }
+        for c in &self.channels {
+            let gateway = c
+                .principal
+                .gateway_ids()
+                .map(|(g, _)| Route::Gateway(g.to_string()));
+            for r in c.bindings.iter().map(Route::of_binding).chain(gateway) {
+                if !routes.contains(&r) {
+                    routes.push(r);
+                }
+            }
+        }
+        routes
+    }
+
+    /// Brings the dispatcher registration in line with the channels. Called
+    /// before a join is acknowledged, so that every change committed after
+    /// the client sees SUBSCRIBED is delivered.
+    fn sync_routes(&mut self) {
+        let routes = self.routes();
+        match (&mut self.sub, routes.is_empty()) {
+            (None, true) => {}
+            (Some(_), true) => self.sub = None,
+            (Some(sub), false) => sub.set_routes(routes),
+            (None, false) => {
+                let label = match self.channels.iter().find_map(|c| c.principal.gateway_ids()) {
+                    Some((g, t)) => format!("gateway {g} (team {t})"),
+                    None => format!(
+                        "{:?} on {}",
+                        self.socket_principal,
+                        self.channels.first().map_or("", |c| c.topic.as_str())
+                    ),
+                };
+                self.sub = Some(self.state.feed.dispatcher().register(routes, label));
+            }
         }
     }
 
-    async fn on_change(&mut self, change: Result<Arc<RowChange>, RecvError>) -> Flow {
-        match change {
-            Ok(change) => self.deliver(&change).await,
-            Err(RecvError::Lagged(skipped)) => {
-                tracing::warn!(
-                    skipped,
-                    "realtime socket fell behind the change feed; {skipped} changes were not delivered to it (clients reconcile by polling)"
-                );
-                Ok(())
-            }
-            Err(RecvError::Closed) => {
-                tracing::warn!("the change feed closed; realtime delivery stops for this socket");
-                self.feed = None;
-                Ok(())
-            }
+    async fn on_item(&mut self, item: Item) -> Flow {
+        if let Item::Change(change) = item {
+            self.deliver(&change).await?;
         }
+        let lost = self.sub.as_ref().map_or(0, Subscription::take_lost);
+        if lost > 0 {
+            self.fail_bound_channels(lost).await?;
+        }
+        Ok(())
+    }
+
+    /// Some changes for this socket were dropped because its queue was
+    /// full (it does not read fast enough). What the client is told follows
+    /// real Realtime: it bounds each channel process's memory
+    /// (`max_heap_size`) and kills a channel whose mailbox outgrows it, and
+    /// Phoenix then sends the client `phx_error`. realtime-js (and our
+    /// client) answer `phx_error` with CHANNEL_ERROR and rejoin by
+    /// themselves after a backoff; the gateway's reconcile poll then picks
+    /// up the jobs it missed. So every channel with bindings gets a `system`
+    /// error saying why (the form of Realtime's channel shutdowns), then
+    /// `phx_error`, and is dropped here so that the rejoin starts clean.
+    async fn fail_bound_channels(&mut self, lost: u64) -> Flow {
+        let (failed, kept) = std::mem::take(&mut self.channels)
+            .into_iter()
+            .partition::<Vec<_>, _>(|c| !c.bindings.is_empty());
+        self.channels = kept;
+        self.sync_routes();
+        let message = format!(
+            "SubscriberTooSlow: {lost} changes could not be queued for this socket because it did not read them fast enough; rejoin and reconcile"
+        );
+        for channel in failed {
+            tracing::debug!(topic = %channel.topic, lost, "realtime channel failed: the socket fell behind");
+            self.send(Frame::new(
+                channel.join_ref.clone(),
+                Value::Null,
+                &channel.topic,
+                "system",
+                json!({"extension": "system", "status": "error", "message": message, "channel": channel.sub_topic()}),
+            ))
+            .await?;
+            self.send(Frame::new(
+                channel.join_ref.clone(),
+                channel.join_ref,
+                &channel.topic,
+                "phx_error",
+                json!({}),
+            ))
+            .await?;
+        }
+        Ok(())
     }
 
     async fn deliver(&mut self, change: &RowChange) -> Flow {
@@ -893,11 +972,9 @@ impl Conn {
     }
 }
 
-async fn next_change(
-    feed: &mut Option<broadcast::Receiver<Arc<RowChange>>>,
-) -> Result<Arc<RowChange>, RecvError> {
-    match feed {
-        Some(rx) => rx.recv().await,
+async fn next_item(sub: &mut Option<Subscription>) -> Item {
+    match sub {
+        Some(sub) => sub.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -150,6 +150,28 @@ impl Binding {
     }
 }
 
+impl Binding {
+    /// The first plain `col=eq.value` condition, as the column and the
+    /// value cast to its type: every row this binding matches holds exactly
+    /// that value there, so realtime's dispatcher can index on it.
+    pub fn eq_condition(&self) -> Option<(&str, SqlValue)> {
+        let table = self.table?;
+        self.conds.iter().find_map(|c| match (&c.test, c.negated) {
+            (Test::Cmp(CmpOp::Eq, v), false) => {
+                let col = table.column(&c.column)?;
+                Some((c.column.as_str(), cast_text(col, v).ok()?))
+            }
+            _ => None,
+        })
+    }
+}
+
+/// A row's value in `column`, in the form [`Binding::eq_condition`] values
+/// take (equal exactly when the condition would hold).
+pub fn row_value(table: &Table, column: &str, row: &Row) -> Option<SqlValue> {
+    sql_of_json(table.column(column)?, row.get(column)?)
+}
+
 /// A stable id for a binding entry (FNV-1a of its JSON, below 2^27),
 /// moved past any id in `taken` so that ids are unique on a channel.
 pub fn binding_id(entry: &Value, taken: &[u32]) -> u32 {
