@@ -1,0 +1,750 @@
+//! Soak and outage tests: a real hub, the real gateway binary and the fake
+//! agents, under injected faults. Every network call is on 127.0.0.1.
+//!
+//! * `soak_mixed_jobs_under_faults` submits `SOAK_JOBS` jobs of every type
+//!   (diagnostic, model_run, subagent_run, subagent_cancel, shell_exec)
+//!   while `SOAK_FAULTS` faults are injected at seeded random points:
+//!   kill -9 of the gateway (then a restart) and kill -9 of the hub (then a
+//!   restart on the same data dir and port). At the end every job must be
+//!   terminal, no job may have executed twice, a job reported as completed
+//!   must have executed, and every run's events must be dense from 0, in
+//!   order, end with exactly one terminal event, and be complete for a run
+//!   that completed. `SOAK_SEED` replays a run.
+//! * `hub_outage_during_streaming_run` stops the hub for `OUTAGE_SECS`
+//!   (default 8; the long form uses 60) while a subagent run streams, and
+//!   checks every event and the terminal state land after the hub returns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use panorama_testkit::{GatewayHost, Hub, PairedGateway, RunningGateway};
+use serde_json::{json, Value};
+
+/// Seeded splitmix64: reproducible fault schedules.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..hi` (`lo` when the range is empty).
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            lo
+        } else {
+            lo + self.next() % (hi - lo)
+        }
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.range(0, 100) < percent
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+const TERMINAL_EVENTS: [&str; 3] = ["run_completed", "run_failed", "run_cancelled"];
+const RESTART_MESSAGE: &str = "gateway restarted while the job was running";
+
+/// A Claude stream-json transcript: init, `lines` tool calls, result.
+/// Normalized, a completed run has `lines + 3` events: run_started,
+/// run_progress, `lines` × tool_call, run_completed.
+fn write_stream_transcript(path: &Path, lines: usize) {
+    let mut body = String::from(
+        "{\"type\":\"system\",\"subtype\":\"init\",\"session_id\":\"sess-soak\",\"model\":\"m\"}\n",
+    );
+    for i in 0..lines {
+        body.push_str(&format!(
+            "{{\"type\":\"assistant\",\"message\":{{\"id\":\"msg_{i}\",\"role\":\"assistant\",\"content\":[{{\"type\":\"tool_use\",\"id\":\"tu_{i}\",\"name\":\"Read\",\"input\":{{\"file_path\":\"/f{i}\"}}}}]}}}}\n"
+        ));
+    }
+    body.push_str("{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"result\":\"Done.\",\"session_id\":\"sess-soak\",\"total_cost_usd\":0.01,\"usage\":{\"input_tokens\":1}}\n");
+    std::fs::write(path, body).expect("write transcript");
+}
+
+/// The world under test: a hub that can be restarted on the same port and
+/// data dir, and a gateway host whose gateway can be killed and restarted.
+struct World {
+    hub: Option<Hub>,
+    listen: String,
+    url: String,
+    anon_key: String,
+    host: GatewayHost,
+    gw: PairedGateway,
+    running: Option<RunningGateway>,
+    gateway_env: Vec<(String, String)>,
+    resource_id: String,
+}
+
+impl World {
+    fn new(gateway_env: Vec<(String, String)>) -> World {
+        let hub = Hub::start();
+        let listen = hub
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let team = hub.create_team("soak-team");
+        let gw = hub.pair(&team, "soak-box");
+        hub.set_full_control(&gw.gateway_id, true);
+        let resource_id = hub.insert(
+            "team_resources",
+            json!({"team_id": gw.team_id, "resource_type": "remote_shell", "title": "soak shell",
+                   "max_access_level": "editor",
+                   "metadata": {"gateway_id": gw.gateway_id, "full_control": true}}),
+        )["id"]
+            .as_str()
+            .expect("resource id")
+            .to_string();
+        let host = GatewayHost::new();
+        host.write_config(&hub, &gw, true);
+        let mut world = World {
+            url: hub.url.clone(),
+            anon_key: hub.anon_key.clone(),
+            hub: Some(hub),
+            listen,
+            host,
+            gw,
+            running: None,
+            gateway_env,
+            resource_id,
+        };
+        world.start_gateway();
+        world
+            .hub()
+            .wait_gateway_status(&world.gw.gateway_id, "ready", Duration::from_secs(60));
+        world
+    }
+
+    fn hub(&self) -> &Hub {
+        self.hub.as_ref().expect("hub is up")
+    }
+
+    fn agent_log_path(&self) -> PathBuf {
+        self.host.path("agent-log.jsonl")
+    }
+
+    fn shell_log_path(&self) -> PathBuf {
+        self.host.path("shell-exec.log")
+    }
+
+    /// Starts the gateway; works while the hub is down (the gateway must
+    /// then wait for it), so it does not go through a live [`Hub`].
+    fn start_gateway(&mut self) {
+        let mut cmd = std::process::Command::new(panorama_testkit::gateway_binary());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("PANORAMA_")
+                || key.starts_with("SUPABASE_")
+                || key.starts_with("FAKE_AGENT")
+            {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("HOME", self.host.home())
+            .env(
+                "PATH",
+                format!("{}:/usr/bin:/bin", self.host.bin_dir().display()),
+            )
+            .env("PANORAMA_GATEWAY_LOG", "info")
+            .env("FAKE_AGENT_LOG", self.agent_log_path())
+            .current_dir(self.host.home())
+            .arg("--config-dir")
+            .arg(self.host.config_dir())
+            .args(["--supabase-url", &self.url, "--anon-key", &self.anon_key])
+            .args(["--device-name", &self.host.device_name])
+            .args(["start", "--foreground"])
+            .stdin(std::process::Stdio::null());
+        for (k, v) in &self.gateway_env {
+            cmd.env(k, v);
+        }
+        self.running = Some(self.host.spawn(cmd));
+    }
+
+    fn kill_gateway(&mut self) {
+        if let Some(mut g) = self.running.take() {
+            g.sigkill();
+        }
+    }
+
+    fn stop_hub(&mut self) -> tempfile::TempDir {
+        self.hub.take().expect("hub is up").kill()
+    }
+
+    fn start_hub(&mut self, dir: tempfile::TempDir) {
+        self.hub = Some(Hub::start_in(dir, &self.listen, &[]));
+    }
+
+    /// POST with the service key; `Err` when the hub cannot be reached.
+    fn try_insert(&self, table: &str, row: &Value) -> Result<Value, String> {
+        let hub = self.hub();
+        let res = hub
+            .req(
+                reqwest::Method::POST,
+                &format!("/rest/v1/{table}"),
+                &hub.service_key,
+            )
+            .header("prefer", "return=representation")
+            .json(row)
+            .send()
+            .map_err(|e| e.to_string())?;
+        let status = res.status();
+        let body: Value = res.json().map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("insert into {table}: {status} {body}"));
+        }
+        Ok(body[0].clone())
+    }
+
+    fn insert(&self, table: &str, row: Value) -> Value {
+        let mut tries = 0;
+        loop {
+            match self.try_insert(table, &row) {
+                Ok(v) => return v,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    eprintln!("soak: insert into {table} retried: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn job(&self, job_type: &str, payload: Value) -> String {
+        self.insert(
+            "gateway_jobs",
+            json!({"team_id": self.gw.team_id, "gateway_id": self.gw.gateway_id,
+                   "job_type": job_type, "payload": payload}),
+        )["id"]
+            .as_str()
+            .expect("job id")
+            .to_string()
+    }
+
+    fn subagent(&self, subagent_type: &str, config: Value, prompt: &str) -> String {
+        let id = new_id();
+        self.insert(
+            "subagents",
+            json!({"id": id, "team_id": self.gw.team_id, "gateway_id": self.gw.gateway_id,
+                   "subagent_type": subagent_type, "status": "idle", "config": config,
+                   "input": {"prompt": prompt}, "metadata": {}}),
+        );
+        id
+    }
+
+    fn events(&self, run_id: &str) -> Vec<Value> {
+        self.hub().select(
+            "subagent_run_events",
+            &format!("run_id=eq.{run_id}&select=*&order=sequence.asc"),
+        )
+    }
+
+    fn jobs_by_id(&self) -> HashMap<String, Value> {
+        self.hub()
+            .select(
+                "gateway_jobs",
+                &format!("gateway_id=eq.{}&select=*", self.gw.gateway_id),
+            )
+            .into_iter()
+            .filter_map(|r| Some((r["id"].as_str()?.to_string(), r)))
+            .collect()
+    }
+
+    fn agent_executions(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.agent_log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["role"] == "agent")
+            .collect()
+    }
+
+    fn dump_on_panic(&self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- gateway log (last 60 lines) ---\n{}",
+                self.host.log_tail(60)
+            );
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.dump_on_panic();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Diagnostic,
+    ModelRun,
+    StreamRun,
+    CodexRun,
+    ShellExec,
+    Cancel,
+}
+
+#[derive(Debug)]
+struct Job {
+    id: String,
+    kind: Kind,
+    marker: String,
+    /// subagent_run: (subagent id, run id).
+    run: Option<(String, String)>,
+}
+
+/// What the checks found.
+#[derive(Default, Debug)]
+struct Findings {
+    lost: Vec<String>,
+    duplicated: Vec<String>,
+    phantom: Vec<String>,
+    missing_events: usize,
+    event_defects: Vec<String>,
+}
+
+impl Findings {
+    fn is_clean(&self) -> bool {
+        self.lost.is_empty()
+            && self.duplicated.is_empty()
+            && self.phantom.is_empty()
+            && self.missing_events == 0
+            && self.event_defects.is_empty()
+    }
+}
+
+/// Checks one run's events: dense from 0 (no gap, no duplicate), exactly
+/// one terminal event, last; with `expected` (a completed run), exactly
+/// that many events. Returns the number of missing events and defects.
+fn check_run_events(
+    run_id: &str,
+    events: &[Value],
+    expected: Option<usize>,
+    stream_lines: Option<usize>,
+) -> (usize, Vec<String>) {
+    let mut defects = Vec::new();
+    let mut missing = 0;
+    let seqs: Vec<i64> = events
+        .iter()
+        .map(|e| e["sequence"].as_i64().unwrap_or(-1))
+        .collect();
+    for (i, s) in seqs.iter().enumerate() {
+        if *s != i as i64 {
+            defects.push(format!(
+                "run {run_id}: sequences not dense from 0: {seqs:?}"
+            ));
+            missing += seqs
+                .last()
+                .map_or(0, |l| (*l + 1) as usize)
+                .saturating_sub(seqs.len());
+            break;
+        }
+    }
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap_or(""))
+        .collect();
+    let terminals = types.iter().filter(|t| TERMINAL_EVENTS.contains(t)).count();
+    if !events.is_empty() {
+        if terminals != 1 || !TERMINAL_EVENTS.contains(types.last().unwrap()) {
+            defects.push(format!(
+                "run {run_id}: expected exactly one terminal event, last: {types:?}"
+            ));
+        }
+        if types.iter().filter(|t| **t == "run_started").count() > 1 {
+            defects.push(format!("run {run_id}: run_started twice: {types:?}"));
+        }
+    }
+    if let Some(lines) = stream_lines {
+        // Tool calls arrive in transcript order, each once.
+        let ids: Vec<&str> = events
+            .iter()
+            .filter(|e| e["event_type"] == "tool_call")
+            .filter_map(|e| e["payload"]["tool_use_id"].as_str())
+            .collect();
+        let want: Vec<String> = (0..ids.len().min(lines))
+            .map(|i| format!("tu_{i}"))
+            .collect();
+        if ids.len() > lines || ids.iter().zip(&want).any(|(a, b)| a != b) {
+            defects.push(format!(
+                "run {run_id}: tool calls out of order or repeated: {ids:?}"
+            ));
+        }
+    }
+    if let Some(n) = expected {
+        if events.len() < n {
+            missing += n - events.len();
+            defects.push(format!(
+                "run {run_id}: completed with {} of {n} events: {types:?}",
+                events.len()
+            ));
+        } else if events.len() > n {
+            defects.push(format!(
+                "run {run_id}: {} events, expected {n}",
+                events.len()
+            ));
+        }
+    }
+    (missing, defects)
+}
+
+/// Extracts `soak-<n>-<seed>` markers from a logged argv.
+fn markers_in(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("soakjob-") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn soak_mixed_jobs_under_faults() {
+    let started = Instant::now();
+    let jobs_n = env_u64("SOAK_JOBS", 200) as usize;
+    let faults_n = env_u64("SOAK_FAULTS", 12) as usize;
+    let lines = env_u64("SOAK_LINES", 30) as usize;
+    let line_delay = env_u64("SOAK_LINE_DELAY_MS", 10);
+    let seed = std::env::var("SOAK_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                & 0xFFFF_FFFF
+        });
+    eprintln!(
+        "soak: seed={seed} jobs={jobs_n} faults={faults_n} lines={lines} line_delay_ms={line_delay} (replay with SOAK_SEED={seed})"
+    );
+    let mut rng = Rng(seed);
+
+    let transcripts = tempfile::tempdir().unwrap();
+    let stream = transcripts.path().join("soak-stream.jsonl");
+    write_stream_transcript(&stream, lines);
+
+    let mut world = World::new(vec![(
+        "FAKE_AGENT_LINE_DELAY_MS".to_string(),
+        line_delay.to_string(),
+    )]);
+    let shell_log = world.shell_log_path();
+
+    // Fault points: job indices before which a fault is injected.
+    let mut fault_at: Vec<usize> = (0..faults_n)
+        .map(|_| rng.range(1, jobs_n as u64) as usize)
+        .collect();
+    fault_at.sort();
+    let mut faults: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    // Runs a cancel will be sent for later: (due at job index, job index).
+    let mut pending_cancels: Vec<(usize, usize)> = Vec::new();
+    let mut next_fault = 0;
+
+    let mut i = 0;
+    while i < jobs_n {
+        while next_fault < fault_at.len() && fault_at[next_fault] <= i {
+            next_fault += 1;
+            let roll = rng.range(0, 100);
+            if roll < 55 {
+                world.kill_gateway();
+                std::thread::sleep(Duration::from_millis(rng.range(0, 800)));
+                world.start_gateway();
+                *faults.entry("gateway_kill9").or_default() += 1;
+            } else if roll < 90 {
+                let dir = world.stop_hub();
+                std::thread::sleep(Duration::from_millis(rng.range(100, 2500)));
+                world.start_hub(dir);
+                *faults.entry("hub_restart").or_default() += 1;
+            } else {
+                // Both at once: the gateway dies while the hub is down.
+                let dir = world.stop_hub();
+                std::thread::sleep(Duration::from_millis(rng.range(0, 500)));
+                world.kill_gateway();
+                world.start_gateway();
+                std::thread::sleep(Duration::from_millis(rng.range(100, 1500)));
+                world.start_hub(dir);
+                *faults.entry("hub_and_gateway").or_default() += 1;
+            }
+        }
+
+        // Cancels that are due.
+        let due: Vec<usize> = pending_cancels
+            .iter()
+            .filter(|(at, _)| *at <= i)
+            .map(|(_, j)| *j)
+            .collect();
+        pending_cancels.retain(|(at, _)| *at > i);
+        for j in due {
+            if i >= jobs_n {
+                break;
+            }
+            let (sid, run_id) = jobs[j].run.clone().unwrap();
+            let marker = format!("soakjob-{i}-{seed}");
+            let id = world.job(
+                "subagent_cancel",
+                json!({"subagent_id": sid, "run_id": run_id, "reason": format!("stop {marker}")}),
+            );
+            jobs.push(Job {
+                id,
+                kind: Kind::Cancel,
+                marker,
+                run: Some((sid, run_id)),
+            });
+            i += 1;
+        }
+        if i >= jobs_n {
+            break;
+        }
+
+        let marker = format!("soakjob-{i}-{seed}");
+        let roll = rng.range(0, 100);
+        let job = if roll < 15 {
+            let id = world.job("diagnostic", json!({"note": marker}));
+            Job {
+                id,
+                kind: Kind::Diagnostic,
+                marker,
+                run: None,
+            }
+        } else if roll < 30 {
+            let (model, extra) = match rng.range(0, 3) {
+                0 => (
+                    "__default__",
+                    json!({"provider": "claude", "json_schema": {"type": "object"}}),
+                ),
+                1 => (
+                    "__default__",
+                    json!({"provider": "codex", "output_format": "text"}),
+                ),
+                _ => (
+                    "__default__",
+                    json!({"provider": "gemini", "output_format": "text"}),
+                ),
+            };
+            let mut payload = json!({"prompt": format!("Say hi {marker}."), "model": model});
+            for (k, v) in extra.as_object().unwrap() {
+                payload[k] = v.clone();
+            }
+            let id = world.job("model_run", payload);
+            Job {
+                id,
+                kind: Kind::ModelRun,
+                marker,
+                run: None,
+            }
+        } else if roll < 70 {
+            let prompt = format!("{marker} [[fake:{}]]", stream.display());
+            let sid = world.subagent(
+                "claude_code_gateway",
+                json!({"output_format": "stream-json"}),
+                &prompt,
+            );
+            let run_id = new_id();
+            let id = world.job(
+                "subagent_run",
+                json!({"subagent_id": sid, "run_id": run_id}),
+            );
+            if rng.chance(30) {
+                pending_cancels.push((i + rng.range(0, 6) as usize, jobs.len()));
+            }
+            Job {
+                id,
+                kind: Kind::StreamRun,
+                marker,
+                run: Some((sid, run_id)),
+            }
+        } else if roll < 80 {
+            let sid = world.subagent("codex_gateway", json!({}), &format!("Summarize {marker}"));
+            let run_id = new_id();
+            let id = world.job(
+                "subagent_run",
+                json!({"subagent_id": sid, "run_id": run_id}),
+            );
+            Job {
+                id,
+                kind: Kind::CodexRun,
+                marker,
+                run: Some((sid, run_id)),
+            }
+        } else {
+            let id = world.job(
+                "shell_exec",
+                json!({"resource_id": world.resource_id,
+                       "command": format!("echo {marker} >> '{}'", shell_log.display()),
+                       "timeout_ms": 20000}),
+            );
+            Job {
+                id,
+                kind: Kind::ShellExec,
+                marker,
+                run: None,
+            }
+        };
+        jobs.push(job);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(rng.range(0, 60)));
+    }
+    let submitted_in = started.elapsed();
+
+    // Every job terminal.
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(env_u64("SOAK_SETTLE_SECS", 120));
+    let rows = loop {
+        let rows = world.jobs_by_id();
+        let open: Vec<&String> = ids
+            .iter()
+            .filter(|id| {
+                !matches!(
+                    rows.get(*id).and_then(|r| r["status"].as_str()),
+                    Some("completed" | "failed" | "cancelled")
+                )
+            })
+            .collect();
+        if open.is_empty() || Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    // Terminal run events land after the job completion in some paths:
+    // let the outbox drain (terminal events of every started run).
+    let run_ids: Vec<String> = jobs
+        .iter()
+        .filter(|j| matches!(j.kind, Kind::StreamRun | Kind::CodexRun))
+        .map(|j| j.run.as_ref().unwrap().1.clone())
+        .collect();
+    let drain_deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let unfinished = run_ids.iter().any(|r| {
+            let ev = world.events(r);
+            !ev.is_empty()
+                && !ev
+                    .iter()
+                    .any(|e| TERMINAL_EVENTS.contains(&e["event_type"].as_str().unwrap_or("")))
+        });
+        if !unfinished || Instant::now() > drain_deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    let mut f = Findings::default();
+    let executions = world.agent_executions();
+    let mut exec_count: HashMap<String, usize> = HashMap::new();
+    for e in &executions {
+        for m in markers_in(&e["argv"].to_string()) {
+            *exec_count.entry(m).or_default() += 1;
+        }
+    }
+    let shell_text = std::fs::read_to_string(&shell_log).unwrap_or_default();
+    for line in shell_text.lines() {
+        *exec_count.entry(line.trim().to_string()).or_default() += 1;
+    }
+    let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
+    let mut restarted = 0;
+    for job in &jobs {
+        let Some(row) = rows.get(&job.id) else {
+            f.lost
+                .push(format!("{} ({:?}): row missing", job.id, job.kind));
+            continue;
+        };
+        let status = row["status"].as_str().unwrap_or("").to_string();
+        *by_status
+            .entry(format!("{:?}/{status}", job.kind))
+            .or_default() += 1;
+        if !matches!(status.as_str(), "completed" | "failed" | "cancelled") {
+            f.lost
+                .push(format!("{} ({:?}): still {status}", job.id, job.kind));
+            continue;
+        }
+        if row["error"] == RESTART_MESSAGE {
+            restarted += 1;
+        }
+        let n = exec_count.get(&job.marker).copied().unwrap_or(0);
+        let executes = matches!(
+            job.kind,
+            Kind::ModelRun | Kind::StreamRun | Kind::CodexRun | Kind::ShellExec
+        );
+        if executes && n > 1 {
+            f.duplicated
+                .push(format!("{} ({:?}) executed {n} times", job.id, job.kind));
+        }
+        // A job reported as having run to completion must have executed.
+        let ran_ok = status == "completed"
+            && match job.kind {
+                Kind::ModelRun => row["result"]["exit_code"] == 0,
+                Kind::StreamRun | Kind::CodexRun => row["result"]["status"] == "completed",
+                Kind::ShellExec => row["result"]["exit_code"] == 0,
+                _ => false,
+            };
+        if ran_ok && n == 0 {
+            f.phantom.push(format!(
+                "{} ({:?}) completed but never executed: {row}",
+                job.id, job.kind
+            ));
+        }
+        if let (Kind::StreamRun | Kind::CodexRun, Some((_, run_id))) = (job.kind, &job.run) {
+            let events = world.events(run_id);
+            let completed = row["result"]["status"] == "completed";
+            let expected = (job.kind == Kind::StreamRun && completed).then_some(lines + 3);
+            let stream = (job.kind == Kind::StreamRun).then_some(lines);
+            let (missing, defects) = check_run_events(run_id, &events, expected, stream);
+            f.missing_events += missing;
+            f.event_defects.extend(defects);
+            if let Some(run) = world.hub().row("subagent_runs", run_id) {
+                if run["status"] == "running" || run["status"] == "queued" {
+                    f.event_defects.push(format!(
+                        "run {run_id}: job is {status} but the run is still {}",
+                        run["status"]
+                    ));
+                }
+            }
+        }
+    }
+
+    let faults_total: usize = faults.values().sum();
+    eprintln!("soak: outcomes by kind/status: {by_status:?}; failed by restart: {restarted}; agent executions: {}", executions.len());
+    println!(
+        "SOAK seed={seed} jobs={} faults={faults_total} {:?} lost={} duplicated={} phantom={} missing_events={} event_defects={} submitted_in={:.1}s elapsed={:.1}s",
+        jobs.len(),
+        faults,
+        f.lost.len(),
+        f.duplicated.len(),
+        f.phantom.len(),
+        f.missing_events,
+        f.event_defects.len(),
+        submitted_in.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(jobs.len() >= jobs_n, "submitted {} jobs", jobs.len());
+    assert!(faults_total >= faults_n.min(1), "no fault injected");
+    assert!(
+        f.is_clean(),
+        "soak found defects (seed {seed}):\nlost: {:#?}\nduplicated: {:#?}\nphantom: {:#?}\nevents: {:#?}",
+        f.lost,
+        f.duplicated,
+        f.phantom,
+        f.event_defects
+    );
+}
