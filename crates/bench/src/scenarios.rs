@@ -270,16 +270,33 @@ pub async fn p3(env: &Env<'_>, flavor: &Flavor) -> Result<P3> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let subagent_id = uuid::Uuid::new_v4().to_string();
     let run_id = uuid::Uuid::new_v4().to_string();
+    let prompt = "bench P3 [[fake:bench]]";
     hub.insert(
         "subagents",
         json!({"id": subagent_id, "team_id": gw.team_id, "gateway_id": g,
                "subagent_type": "claude_code_gateway", "status": "running",
                "config": {"output_format": "stream-json"},
-               "input": {"prompt": "bench P3 [[fake:bench]]", "schema_version": 1, "run_id": run_id,
+               "input": {"prompt": prompt, "schema_version": 1, "run_id": run_id, "run_sequence": 1,
                          "prompt_at": chrono::Utc::now().to_rfc3339()},
-               "metadata": {"current_run_id": run_id}}),
+               "metadata": {"current_run_id": run_id, "current_run_sequence": 1}}),
     )
     .await?;
+    // The peer speaks a later protocol in which the control plane accepts
+    // the run atomically (the `subagent_runs` row exists, `running`, with
+    // the input's run_sequence and prompt) before the job is sent; it
+    // cancels a job without one ("Gateway job has no atomically accepted
+    // subagent run"). Ours follows the spec's SEED flow and creates the run
+    // row itself (a pre-existing row would be a conflict), so each gets the
+    // protocol it speaks; the measured path (lines → event rows → terminal
+    // run) is the same for both.
+    if matches!(flavor, Flavor::Peer { .. }) {
+        hub.insert(
+            "subagent_runs",
+            json!({"id": run_id, "subagent_id": subagent_id, "team_id": gw.team_id, "gateway_id": g,
+                   "run_sequence": 1, "status": "running", "prompt": prompt}),
+        )
+        .await?;
+    }
     let job_id = gw
         .insert_job(
             hub,

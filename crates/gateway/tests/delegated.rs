@@ -396,6 +396,88 @@ fn claude_stream_run_is_live_in_order_and_completes() {
     assert!(p99 <= 250, "p99 lag {p99} ms > 250 ms (lags: {lags:?})");
 }
 
+/// runtime.md §3.4 / providers.md §7: the stream keeps the LAST 2,000
+/// entries, oldest dropped. Live rows cannot be taken back, so the first
+/// 2,000 lines are live and of the later ones the newest 2,000 are stored
+/// when the stream ends; the lines in between are the dropped ones.
+#[test]
+fn stream_past_the_event_cap_keeps_the_last_lines() {
+    const CAP: usize = 2_000;
+    const LINES: usize = 4_500;
+    let transcripts = tempfile::tempdir().unwrap();
+    let mut body = String::from(
+        "{\"type\":\"system\",\"subtype\":\"init\",\"session_id\":\"sess-cap\",\"model\":\"m\"}\n",
+    );
+    for i in 0..LINES {
+        body.push_str(&format!(
+            "{{\"type\":\"assistant\",\"message\":{{\"id\":\"msg_{i}\",\"role\":\"assistant\",\"content\":[{{\"type\":\"tool_use\",\"id\":\"tu_{i}\",\"name\":\"Read\",\"input\":{{\"file_path\":\"/f{i}\"}}}}]}}}}\n"
+        ));
+    }
+    body.push_str("{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"result\":\"Last answer.\",\"session_id\":\"sess-cap\",\"total_cost_usd\":0.01}\n");
+    std::fs::write(transcripts.path().join("long.jsonl"), body).unwrap();
+    let s = setup(
+        false,
+        &[(
+            "FAKE_AGENT_TRANSCRIPT_DIR",
+            transcripts.path().display().to_string(),
+        )],
+    );
+    let sid = s.subagent(
+        "claude_code_gateway",
+        json!({"output_format": "stream-json"}),
+        json!({"prompt": "Read everything [[fake:long]]"}),
+        json!({}),
+    );
+    let run_id = new_id();
+    let row = s.wait_job(&s.job(
+        "subagent_run",
+        json!({"subagent_id": sid, "run_id": run_id}),
+    ));
+    assert_eq!(row["status"], "completed", "job: {row}");
+    assert_eq!(row["result"]["output"]["content"], "Last answer.");
+    s.wait_terminal_events(&run_id);
+    let events = s.events(&run_id);
+    assert_dense(&events);
+    let stored: Vec<usize> = events
+        .iter()
+        .filter(|e| e["event_type"] == "tool_call")
+        .map(|e| {
+            e["payload"]["tool_use_id"].as_str().unwrap()["tu_".len()..]
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    // Stdout lines: init (line 1), tu_i (line i + 2), result (last). Lines
+    // 1..=CAP are live: init plus tu_0..tu_{CAP-2}. The last CAP lines are
+    // tu_{LINES-CAP+1}..tu_{LINES-1} plus the result line.
+    let total_lines = LINES + 2;
+    let dropped = total_lines - 2 * CAP;
+    let expected: Vec<usize> = (0..CAP - 1).chain(LINES - CAP + 1..LINES).collect();
+    assert_eq!(stored.len(), expected.len());
+    assert_eq!(stored, expected, "tool calls stored, in sequence order");
+    assert_eq!(
+        *stored.last().unwrap(),
+        LINES - 1,
+        "the newest line is never dropped"
+    );
+    let notice = events
+        .iter()
+        .find(|e| e["payload"]["kind"] == "stream_truncated")
+        .expect("a stream_truncated system event");
+    assert_eq!(notice["event_type"], "system");
+    assert_eq!(notice["payload"]["dropped_lines"], dropped as u64);
+    assert_eq!(notice["payload"]["max_events"], CAP as u64);
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.last(), Some(&"run_completed"));
+    let run = s.hub.wait_for("run completed", WAIT, || {
+        Some(s.row("subagent_runs", &run_id)).filter(|r| r["status"] == "completed")
+    });
+    assert_eq!(run["metadata"]["stream_events_truncated"], true);
+}
+
 #[test]
 fn codex_gemini_model_run_and_scrubbed_environment() {
     let dumps = tempfile::tempdir().unwrap();
@@ -487,10 +569,11 @@ fn retries_resume_fallback_denials_and_limits() {
     ] {
         std::fs::copy(fixtures.join(f), transcripts.path().join(f)).unwrap();
     }
-    // Past every collector limit: 2,100 lines, > 5 MB, a 300,000-char unterminated tail.
+    // Past every collector limit: 4,100 lines (more than the live head plus
+    // the kept tail, 2 × 2,000), > 5 MB, a 300,000-char unterminated tail.
     let mut big = String::new();
-    for i in 0..2_100 {
-        big.push_str(&format!("{{\"type\":\"assistant\",\"message\":{{\"id\":\"m{i}\",\"content\":[{{\"type\":\"tool_use\",\"id\":\"t{i}\",\"name\":\"Read\",\"input\":{{\"pad\":\"{}\"}}}}]}}}}\n", "x".repeat(2_500)));
+    for i in 0..4_100 {
+        big.push_str(&format!("{{\"type\":\"assistant\",\"message\":{{\"id\":\"m{i}\",\"content\":[{{\"type\":\"tool_use\",\"id\":\"t{i}\",\"name\":\"Read\",\"input\":{{\"pad\":\"{}\"}}}}]}}}}\n", "x".repeat(1_300)));
     }
     big.push_str(&"y".repeat(300_000));
     std::fs::write(transcripts.path().join("huge.jsonl"), big).unwrap();
@@ -654,7 +737,7 @@ fn retries_resume_fallback_denials_and_limits() {
     assert_eq!(run["metadata"]["stream_events_truncated"], true);
     let types = s.wait_terminal_events(&run_id);
     let calls = types.iter().filter(|t| *t == "tool_call").count();
-    assert!(calls <= 2_000, "{calls} tool calls stored");
+    assert!(calls <= 4_000, "{calls} tool calls stored");
     assert!(types.contains(&"system".to_string()));
 }
 

@@ -425,23 +425,48 @@ impl RunCtx<'_> {
 }
 
 /// A stream-format stdout: lines → collector → normalizer → live events.
+///
+/// The spec keeps the LAST 2,000 stream entries (runtime §3.4, providers §7:
+/// "oldest dropped"). Rows cannot be taken back once they are live, so the
+/// first `MAX_STREAM_EVENTS` lines are emitted as they arrive (a run under
+/// the cap is fully live), and past the cap the newest `MAX_STREAM_EVENTS`
+/// lines are held in `tail` (the oldest of them dropped) and emitted when
+/// the stream ends: the final lines of a long run — its answer — are never
+/// lost, and stored stream rows stay bounded (2 × the cap).
 struct StreamState {
     collector: StreamJsonCollector,
     normalizer: Box<dyn StreamNormalizer + Send>,
     sink: EventSink,
     lines: usize,
+    /// Normalized events of the lines past the cap, one entry per line.
+    tail: std::collections::VecDeque<Vec<NormalizedEvent>>,
     dropped_lines: u64,
 }
 
 impl StreamState {
+    fn new(normalizer: Box<dyn StreamNormalizer + Send>, sink: EventSink) -> StreamState {
+        StreamState {
+            collector: StreamJsonCollector::default(),
+            normalizer,
+            sink,
+            lines: 0,
+            tail: std::collections::VecDeque::new(),
+            dropped_lines: 0,
+        }
+    }
+
     fn line(&mut self, raw: &str) {
         let events = self.normalizer.push_line(raw);
         self.lines += 1;
-        if self.lines > MAX_STREAM_EVENTS {
-            self.dropped_lines += 1;
+        if self.lines <= MAX_STREAM_EVENTS {
+            self.emit(events);
             return;
         }
-        self.emit(events);
+        self.tail.push_back(events);
+        if self.tail.len() > MAX_STREAM_EVENTS {
+            self.tail.pop_front();
+            self.dropped_lines += 1;
+        }
     }
 
     fn emit(&mut self, events: Vec<NormalizedEvent>) {
@@ -469,14 +494,15 @@ impl StreamState {
         for entry in last {
             self.line(&entry.raw);
         }
-        let tail = self.normalizer.finish();
-        if self.lines <= MAX_STREAM_EVENTS {
-            self.emit(tail);
+        while let Some(events) = self.tail.pop_front() {
+            self.emit(events);
         }
+        let tail = self.normalizer.finish();
+        self.emit(tail);
         if self.dropped_lines > 0 {
             self.sink.emit(
                 RunEventType::System,
-                json!({"kind": "stream_truncated", "message": format!("Stream event limit reached; {} later lines were not stored as events.", self.dropped_lines), "max_events": MAX_STREAM_EVENTS, "dropped_lines": self.dropped_lines}),
+                json!({"kind": "stream_truncated", "message": format!("Stream event limit reached; {} earlier lines were not stored as events.", self.dropped_lines), "max_events": MAX_STREAM_EVENTS, "dropped_lines": self.dropped_lines}),
             );
         }
         result.any_truncated()
@@ -522,13 +548,7 @@ async fn run_attempt(
         stop_grace: CANCEL_KILL_GRACE,
     };
     let streaming = is_stream(provider, plan);
-    let mut state = StreamState {
-        collector: StreamJsonCollector::default(),
-        normalizer: normalizer_for(provider),
-        sink: run.sink.clone(),
-        lines: 0,
-        dropped_lines: 0,
-    };
+    let mut state = StreamState::new(normalizer_for(provider), run.sink.clone());
     let run_for_spawn = Arc::clone(run);
     let process = run_process(
         &spec,
