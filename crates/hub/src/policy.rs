@@ -157,6 +157,22 @@ pub fn check_columns(
     }
 }
 
+/// `ON CONFLICT DO UPDATE` (PostgREST's `resolution=merge-duplicates`)
+/// needs, as in PostgreSQL, the UPDATE grant on the table and on every
+/// column it sets. Without this check the store's merge overwrote whatever
+/// row the conflict target met, another team's included. Every table a
+/// gateway may insert into requires `team_id`, which no gateway may update,
+/// so a gateway's merge is always refused and the update policy (`USING`)
+/// on the conflicting row never has to be consulted.
+pub fn check_merge(principal: &Principal, table: &Table, row: &Row) -> Result<(), ApiError> {
+    let Principal::Gateway { .. } = principal else {
+        return Ok(());
+    };
+    row_filters(principal, table, Verb::Insert)?;
+    row_filters(principal, table, Verb::Update)?;
+    check_columns(principal, table, Verb::Update, row)
+}
+
 fn str_field<'a>(row: &'a Row, key: &str) -> Option<&'a str> {
     row.get(key).and_then(Value::as_str)
 }
@@ -388,6 +404,30 @@ mod tests {
             bad.as_object().unwrap()
         )
         .is_err());
+    }
+
+    #[test]
+    fn gateways_may_not_merge_into_any_table() {
+        // A well-formed insert of each table a gateway may insert into:
+        // the merge must still be refused (it would update the row the
+        // conflict meets, whoever owns it).
+        for t in schema::TABLES {
+            let Some(cols) = gateway_writable(t.name, Verb::Insert) else {
+                assert!(check_merge(&gw(), t, &Row::new()).is_err(), "{}", t.name);
+                continue;
+            };
+            let row: Row = cols.iter().map(|c| (c.to_string(), json!("x"))).collect();
+            assert!(check_columns(&gw(), t, Verb::Insert, &row).is_ok());
+            let e = check_merge(&gw(), t, &row).unwrap_err();
+            assert_eq!((e.status, e.code.as_str()), (403, "42501"), "{}", t.name);
+        }
+        let any = json!({"id": "x"});
+        assert!(check_merge(
+            &Principal::Service,
+            &schema::SUBAGENT_RUNS,
+            any.as_object().unwrap()
+        )
+        .is_ok());
     }
 
     #[test]

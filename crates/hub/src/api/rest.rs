@@ -307,9 +307,19 @@ pub async fn insert(
                 .into_response()
         }
     };
+    let target = query
+        .on_conflict
+        .clone()
+        .unwrap_or_else(|| vec![table.primary_key.to_string()]);
+    if prefs.merge_duplicates || prefs.ignore_duplicates {
+        try_resp!(check_conflict_target(table, &target));
+    }
     let mut rows = Vec::with_capacity(objects.len());
     for obj in &objects {
         try_resp!(policy::check_columns(&p, table, Verb::Insert, obj));
+        if prefs.merge_duplicates {
+            try_resp!(policy::check_merge(&p, table, obj));
+        }
         let prepared = try_resp!(prepare_insert(
             table,
             obj,
@@ -323,10 +333,6 @@ pub async fn insert(
         try_resp!(policy::check_insert(&p, table, &as_json, &state.store).await);
         rows.push(prepared);
     }
-    let target = query
-        .on_conflict
-        .clone()
-        .unwrap_or_else(|| vec![table.primary_key.to_string()]);
     let conflict = if prefs.ignore_duplicates {
         Conflict::Ignore(target)
     } else if prefs.merge_duplicates {
@@ -361,6 +367,46 @@ pub async fn insert(
         ));
     }
     empty_response(StatusCode::CREATED, range)
+}
+
+/// Unique keys besides the primary key (control-plane spec §16.3).
+const UNIQUE_KEYS: &[(&str, &[&str])] = &[
+    ("team_gateways", &["auth_user_id"]),
+    ("subagent_runs", &["subagent_id", "run_sequence"]),
+    ("subagent_run_events", &["run_id", "sequence"]),
+];
+
+/// `on_conflict` must name a unique key, as PostgreSQL requires of an
+/// `ON CONFLICT` target (42P10). Any other column list let an upsert find
+/// ("conflict with") an arbitrary row, another team's included, and so
+/// probe for or overwrite it.
+fn check_conflict_target(table: &Table, target: &[String]) -> Result<(), ApiError> {
+    let mut wanted: Vec<&str> = target.iter().map(String::as_str).collect();
+    wanted.sort_unstable();
+    let unique = std::iter::once(&[table.primary_key][..])
+        .chain(
+            UNIQUE_KEYS
+                .iter()
+                .filter(|(t, _)| *t == table.name)
+                .map(|(_, k)| *k),
+        )
+        .any(|key| {
+            let mut key = key.to_vec();
+            key.sort_unstable();
+            key == wanted
+        });
+    if unique {
+        Ok(())
+    } else {
+        Err(ApiError::pg(
+            "42P10",
+            "there is no unique or exclusion constraint matching the ON CONFLICT specification",
+        )
+        .hint(format!(
+            "on_conflict must name the primary key of {} ({}) or one of its unique keys",
+            table.name, table.primary_key
+        )))
+    }
 }
 
 pub async fn update(
@@ -578,9 +624,13 @@ async fn call_rpc(
                 ..
             } = &p
             else {
-                return ApiError::pg("42501", "gateway not found or revoked")
-                    .hint("Call this function with a gateway access token.")
-                    .into_response();
+                // 42501 is 401 for the anon role, 403 for a JWT (wire §2.10).
+                let mut e = ApiError::pg("42501", "gateway not found or revoked")
+                    .hint("Call this function with a gateway access token.");
+                if p == Principal::Anon {
+                    e.status = 401;
+                }
+                return e.into_response();
             };
             let status = args["p_status"].as_str().unwrap_or_default();
             let device = args["p_device_name"].as_str();
@@ -606,6 +656,20 @@ mod tests {
         assert_eq!(content_range(0, 0, Some(0)), "*/0");
         assert_eq!(content_range(0, 3, None), "0-2/*");
         assert_eq!(content_range(5, 2, Some(10)), "5-6/10");
+    }
+
+    #[test]
+    fn conflict_targets_must_be_unique_keys() {
+        let ok = |t: &Table, cols: &[&str]| {
+            let cols: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+            check_conflict_target(t, &cols).is_ok()
+        };
+        assert!(ok(&schema::GATEWAY_EVENTS, &["id"]));
+        assert!(ok(&schema::SUBAGENT_RUNS, &["run_sequence", "subagent_id"]));
+        assert!(!ok(&schema::GATEWAY_EVENTS, &["message"]));
+        assert!(!ok(&schema::SUBAGENT_RUNS, &["subagent_id"]));
+        let e = check_conflict_target(&schema::TEAMS, &["name".into()]).unwrap_err();
+        assert_eq!((e.status, e.code.as_str()), (400, "42P10"));
     }
 
     #[test]
