@@ -207,12 +207,21 @@ pub async fn run(
         } else {
             step_jobs
         };
+        // Hub CPU over the pickup window (heartbeats of every connected sim
+        // included): the fan-out's cost shows here before it shows in
+        // pickup latency.
+        let (cpu0, t0) = (procs::tree_cpu_secs(hub_pid), Instant::now());
         let (pickup, missed) = pickup(&hub, &paired[..connected], jobs, &mut picked_rx).await?;
+        let hub_cpu = stats::cpu_percent(
+            procs::tree_cpu_secs(hub_pid) - cpu0,
+            t0.elapsed().as_secs_f64(),
+        );
         eprintln!(
-            "[bench] P6: {connected} connected, hub RSS {} MiB, pickup p50 {:?} p99 {:?} ms, missed {missed}",
+            "[bench] P6: {connected} connected, hub RSS {} MiB, pickup p50 {:?} p99 {:?} ms, missed {missed}, hub CPU {:.0} % during pickups",
             rss / 1024,
             pickup.map(|s| s.p50),
-            pickup.map(|s| s.p99)
+            pickup.map(|s| s.p99),
+            hub_cpu.unwrap_or_default()
         );
         out.steps.push(Step {
             connected,
