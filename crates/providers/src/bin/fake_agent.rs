@@ -154,7 +154,9 @@ fn log_execution(role: &str, provider: Provider, argv: &[String]) {
         .append(true)
         .open(path)
     {
-        let _ = writeln!(f, "{entry}");
+        // One write(2) per line: with O_APPEND, concurrent agents' lines
+        // cannot interleave (`writeln!` of a `Value` is many small writes).
+        let _ = f.write_all(format!("{entry}\n").as_bytes());
     }
 }
 
