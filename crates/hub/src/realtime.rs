@@ -123,6 +123,10 @@ pub fn upgrade(
         Ok(p) => p,
         Err(resp) => return resp,
     };
+    let socket_token = match principal {
+        Principal::Gateway { .. } => api::bearer(headers).map(str::to_string),
+        _ => None,
+    };
     let vsn = match vsn_param.as_deref() {
         None => Vsn::DEFAULT,
         Some(s) => match Vsn::parse(s) {
@@ -150,6 +154,7 @@ pub fn upgrade(
                 opts,
                 vsn,
                 socket_principal: principal,
+                socket_token,
                 socket,
                 channels: Vec::new(),
                 sub: None,
@@ -188,6 +193,11 @@ struct Conn {
     vsn: Vsn,
     /// Who the socket's `apikey` stands for (a join without a token).
     socket_principal: Principal,
+    /// The upgrade's `Authorization` bearer when it is a user JWT: a join
+    /// without a token inherits it, and must then be held to the same
+    /// checks as a join token (expiry, revocation), not to the principal
+    /// resolved once at the upgrade.
+    socket_token: Option<String>,
     socket: WebSocket,
     channels: Vec<Channel>,
     /// Registered with the dispatcher only while some channel has bindings
@@ -563,6 +573,7 @@ impl Conn {
             &self.state,
             &self.opts,
             &self.socket_principal,
+            self.socket_token.as_deref(),
             self.channels.len(),
             &frame,
         )
@@ -617,6 +628,7 @@ async fn prepare_channel(
     state: &AppState,
     opts: &RealtimeOptions,
     socket_principal: &Principal,
+    socket_token: Option<&str>,
     joined: usize,
     frame: &Frame,
 ) -> Result<(Channel, Vec<Value>, bool), String> {
@@ -625,14 +637,18 @@ async fn prepare_channel(
     }
     let empty = Map::new();
     let payload = frame.payload.as_object().unwrap_or(&empty);
-    let (principal, expires_at, token_hash) = match payload.get("access_token") {
-        None | Some(Value::Null) => (socket_principal.clone(), None, None),
-        Some(Value::String(t)) if t.starts_with("sb_") => (socket_principal.clone(), None, None),
-        Some(Value::String(t)) => {
+    let token = match payload.get("access_token") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) if t.starts_with("sb_") => None,
+        Some(Value::String(t)) => Some(t.as_str()),
+        Some(_) => return Err("MalformedJWT: The token provided is not a valid JWT".into()),
+    };
+    let (principal, expires_at, token_hash) = match token.or(socket_token) {
+        None => (socket_principal.clone(), None, None),
+        Some(t) => {
             let (p, exp) = resolve_token(state, t).await.map_err(|e| e.reason())?;
             (p, exp, Some(hash_token(t)))
         }
-        Some(_) => return Err("MalformedJWT: The token provided is not a valid JWT".into()),
     };
     let config = payload
         .get("config")
