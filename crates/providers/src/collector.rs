@@ -106,39 +106,77 @@ impl StreamJsonCollector {
             self.stdout.extend_from_slice(chunk);
         }
         self.pending_bytes.extend_from_slice(chunk);
-        let text = match std::str::from_utf8(&self.pending_bytes) {
-            Ok(s) => {
-                let s = s.to_string();
-                self.pending_bytes.clear();
-                s
-            }
-            Err(e) if e.error_len().is_none() => {
-                let valid = e.valid_up_to();
-                let s = String::from_utf8_lossy(&self.pending_bytes[..valid]).into_owned();
-                self.pending_bytes.drain(..valid);
-                s
-            }
-            Err(_) => {
-                let s = String::from_utf8_lossy(&self.pending_bytes).into_owned();
-                self.pending_bytes.clear();
-                s
-            }
-        };
+        let text = self.decode_pending();
         self.buffer.push_str(&text);
+        // Split completed lines off in one pass: draining the buffer line by
+        // line would move the rest of a chunk once per line (quadratic).
+        let buffer = std::mem::take(&mut self.buffer);
         let mut out = Vec::new();
-        while let Some(idx) = self.buffer.find('\n') {
-            let line: String = self.buffer.drain(..=idx).collect();
-            if let Some(entry) = self.parse_line(&line) {
+        let mut start = 0;
+        while let Some(rel) = buffer[start..].find('\n') {
+            let end = start + rel;
+            if let Some(entry) = self.parse_line(&buffer[start..end]) {
                 out.push(entry);
             }
+            start = end + 1;
+        }
+        self.buffer = buffer[start..].to_string();
+        self.cap_buffer();
+        out
+    }
+
+    /// Decodes `pending_bytes` like one lossy decode of the whole stream
+    /// would: each invalid sequence becomes one U+FFFD, and only an
+    /// incomplete sequence at the very end is held back for the next chunk.
+    /// (Decoding the whole pending run lossily as soon as it held one invalid
+    /// byte made the text depend on where chunks were cut.)
+    fn decode_pending(&mut self) -> String {
+        let mut text = String::new();
+        let mut rest: &[u8] = &self.pending_bytes;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    text.push_str(s);
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    text.push_str(&String::from_utf8_lossy(valid));
+                    match e.error_len() {
+                        Some(n) => {
+                            text.push(char::REPLACEMENT_CHARACTER);
+                            rest = &after[n..];
+                        }
+                        None => {
+                            rest = after;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.pending_bytes = rest.to_vec();
+        text
+    }
+
+    /// Keeps the last `max_buffer_chars` chars of the unterminated line.
+    fn cap_buffer(&mut self) {
+        // Byte length bounds the char count: count only when it may be over.
+        if self.buffer.len() <= self.limits.max_buffer_chars {
+            return;
         }
         let chars = self.buffer.chars().count();
         if chars > self.limits.max_buffer_chars {
             let skip = chars - self.limits.max_buffer_chars;
-            self.buffer = self.buffer.chars().skip(skip).collect();
+            let cut = self
+                .buffer
+                .char_indices()
+                .nth(skip)
+                .map_or(self.buffer.len(), |(i, _)| i);
+            self.buffer.drain(..cut);
             self.buffer_truncated = true;
         }
-        out
     }
 
     fn parse_line(&mut self, line: &str) -> Option<StreamEntry> {
@@ -166,6 +204,8 @@ impl StreamJsonCollector {
             let tail = String::from_utf8_lossy(&self.pending_bytes).into_owned();
             self.buffer.push_str(&tail);
             self.pending_bytes.clear();
+            // The held-back bytes count against the buffer cap too.
+            self.cap_buffer();
         }
         let rest = std::mem::take(&mut self.buffer);
         let last = self.parse_line(&rest).into_iter().collect();
@@ -232,5 +272,47 @@ mod tests {
         assert_eq!(MAX_OUTPUT_BYTES, 5_000_000);
         assert_eq!(MAX_STREAM_EVENTS, 2_000);
         assert_eq!(MAX_BUFFER_CHARS, 200_000);
+    }
+
+    /// Regression (prop_parsers): an invalid byte in one chunk made the
+    /// whole pending run decode lossily, so a valid sequence split across
+    /// the next boundary turned into extra U+FFFDs.
+    #[test]
+    fn invalid_utf8_decodes_the_same_whatever_the_chunking() {
+        let bytes = [
+            0x80, 0xc2, 0x80, b'x', 0xf0, 0x9f, 0x98, 0x80, b'\n', 0xff, 0xe2, 0x82,
+        ];
+        let whole = {
+            let mut c = StreamJsonCollector::default();
+            c.append(&bytes);
+            c.finalize()
+        };
+        for cut in 0..=bytes.len() {
+            let mut c = StreamJsonCollector::default();
+            let mut seen = c.append(&bytes[..cut]);
+            seen.extend(c.append(&bytes[cut..]));
+            let (r, last) = c.finalize();
+            seen.extend(last);
+            assert_eq!(r, whole.0, "cut at {cut}");
+            assert_eq!(seen, r.events, "cut at {cut}");
+        }
+        assert_eq!(whole.0.events[0].raw, "\u{fffd}\u{80}x\u{1f600}");
+        assert_eq!(whole.0.events[1].raw, "\u{fffd}\u{fffd}");
+    }
+
+    /// Regression (prop_parsers): an incomplete UTF-8 tail held back at the
+    /// end was added to the line buffer after its cap was applied.
+    #[test]
+    fn held_back_bytes_count_against_the_buffer_cap() {
+        let limits = CollectorLimits {
+            max_output_bytes: 100,
+            max_events: 10,
+            max_buffer_chars: 3,
+        };
+        let mut c = StreamJsonCollector::new(limits);
+        c.append(b"abc\xf0\x9f");
+        let (r, last) = c.finalize();
+        assert_eq!(last[0].raw, "bc\u{fffd}");
+        assert!(r.stdout_truncated);
     }
 }
