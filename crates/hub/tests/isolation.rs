@@ -561,6 +561,30 @@ fn run_rpc(
         }
         *baseline = after;
     }
+    // GoTrue's `GET /auth/v1/user`: a bad or revoked token gets 401/403
+    // (403 `bad_jwt`, supabase-wire §4.3); a gateway gets only itself.
+    let res = caller
+        .request(hub, Method::GET, "/auth/v1/user")
+        .send()
+        .unwrap();
+    let status = res.status().as_u16();
+    let body: Value = res.json().unwrap_or_default();
+    n += 1;
+    tally.cases += 1;
+    let own_gateway = caller.own.as_ref().map(|o| o.gateway.as_str());
+    match status {
+        401 | 403 => tally.refused += 1,
+        200 if own_gateway.is_some()
+            && body["app_metadata"]["gateway_id"].as_str() == own_gateway
+            && own_gateway != Some(victim.ident.gateway.as_str()) =>
+        {
+            tally.empty += 1
+        }
+        _ => tally.leaks.push(format!(
+            "{} GET /auth/v1/user [{status}]: {body}",
+            caller.name
+        )),
+    }
     n
 }
 
@@ -653,6 +677,7 @@ fn no_principal_reaches_another_principals_rows() {
     }
     let matrix = tally.cases;
     assert_eq!(matrix, TABLES.len() * VERBS.len() * pairs.len());
+    let (matrix_refused, matrix_leaks) = (tally.refused, tally.leaks.len());
     let mut rpcs = 0;
     for (caller, victim) in &pairs {
         rpcs += run_rpc(&hub, caller, victim, &mut tally, &mut baseline);
@@ -735,6 +760,26 @@ fn no_principal_reaches_another_principals_rows() {
             ));
         }
     }
+    // A revoked gateway cannot mint itself a new access token.
+    let res = hub
+        .http()
+        .post(format!(
+            "{}/auth/v1/token?grant_type=refresh_token",
+            hub.url
+        ))
+        .header("apikey", &hub.anon_key)
+        .json(&json!({"refresh_token": gws["Brev"].refresh_token}))
+        .send()
+        .unwrap();
+    tally.cases += 1;
+    if res.status() == 400 {
+        tally.refused += 1;
+    } else {
+        tally.leaks.push(format!(
+            "revoked gateway refreshed its session: {}",
+            res.status()
+        ));
+    }
     let after = snapshot(&hub);
     if victim_view(&after, b_ident) != victim_view(&baseline, b_ident) {
         tally.leaks.push("extra cases changed B's rows".into());
@@ -750,11 +795,12 @@ fn no_principal_reaches_another_principals_rows() {
     let controls = positive_controls(&hub, &owned, &gws, &mut baseline);
 
     println!(
-        "isolation matrix: {matrix} cases ({} tables × {} verbs × {} principals), {} rpc/function cases, {extra} extra cases; {} refused (401/403, or 400 for a non-unique on_conflict), {} answered with no victim row, {} team-wide reads allowed by policy, {} leaked; {controls} positive controls passed",
+        "isolation matrix: {matrix} cases ({} tables × {} verbs × {} principals), {matrix_refused} refused, {matrix_leaks} leaked; \
+         with {rpcs} rpc/function/auth cases and {extra} extra cases: {} cases, {} refused (401/403; 400 for a non-unique on_conflict or a revoked refresh), {} answered with no victim row, {} team-wide reads allowed by policy, {} leaked; {controls} positive controls passed",
         TABLES.len(),
         VERBS.len(),
         pairs.len(),
-        rpcs,
+        tally.cases,
         tally.refused,
         tally.empty,
         tally.team_wide,

@@ -600,6 +600,7 @@ async fn subscribe_and_change(
     // Positive controls first: they prove the changes went out.
     let mut report = Vec::new();
     let mut quiet_subs = 0;
+    let mut closed_at_expiry = 0;
     for (s, ws) in subs.iter().zip(sockets.iter_mut()) {
         if s.expect != Expect::Everything {
             continue;
@@ -684,6 +685,18 @@ async fn subscribe_and_change(
         if own_frames == 0 {
             quiet_subs += 1;
         }
+        if s.name.starts_with("expiring") {
+            // Its channels end when the token does (system error, then
+            // phx_close), as for a join token.
+            let closes = ws.log.iter().filter(|f| f["event"] == "phx_close").count();
+            assert_eq!(
+                closes,
+                channels.len(),
+                "{}: channels closed at expiry",
+                s.name
+            );
+            closed_at_expiry += closes;
+        }
         report.push(format!(
             "  {}: {:?}, {own_frames} frames of its own rows, {} other frames",
             s.name,
@@ -700,7 +713,7 @@ async fn subscribe_and_change(
         .filter(|s| s.expect != Expect::Everything)
         .count();
     let summary = format!(
-        "realtime: {cases} cases ({} subscribers × {} channels, {per_sub} bindings each; {negative} subscribers must not see B), {refused_at_join} refused at join, {closed_by_push} channels closed by a bad access_token push, {quiet_subs} subscribers received nothing, {} leaked\n{}",
+        "realtime: {cases} cases ({} subscribers × {} channels, {per_sub} bindings each; {negative} subscribers must not see B), {refused_at_join} refused at join, {closed_by_push} channels closed by a bad access_token push, {closed_at_expiry} closed when the socket's token expired, {quiet_subs} subscribers received nothing, {} leaked\n{}",
         subs.len(),
         channels.len(),
         leaked.len(),
