@@ -386,6 +386,11 @@ fn no_subscriber_receives_another_principals_rows() {
         ("A, then a forged access_token", forged.clone(), true),
         ("A, then an expired access_token", expired.clone(), true),
         ("A, then an alg=none access_token", none.clone(), true),
+        (
+            "A, then the revoked gateway's token",
+            gw["Brev"].access_token.clone(),
+            true,
+        ),
         ("A, then the anon key", hub.anon_key.clone(), false),
     ] {
         subs.push(Sub {
