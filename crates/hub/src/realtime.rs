@@ -809,10 +809,10 @@ impl Conn {
             return routes;
         }
         for c in &self.channels {
-            let gateway = c
-                .principal
-                .gateway_ids()
-                .map(|(g, _)| Route::Gateway(g.to_string()));
+            let gateway = c.principal.gateway_ids().map(|(g, t)| Route::Gateway {
+                id: g.to_string(),
+                team: t.to_string(),
+            });
             for r in c.bindings.iter().map(Route::of_binding).chain(gateway) {
                 if !routes.contains(&r) {
                     routes.push(r);

@@ -608,3 +608,45 @@ async fn two_thousand_gateways_each_get_only_their_own_jobs() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn heartbeats_wake_no_socket_and_revocation_still_closes() {
+    let hub = Hub::start(RealtimeOptions::default()).await;
+    let gws = hub.gateways(1, 1).await;
+    let g = gws[0].clone();
+    let mut ws = hub.connect().await;
+    ws.join(
+        "jobs",
+        json!([jobs_binding(
+            "INSERT",
+            Some(format!("team_id=eq.{}", g.team))
+        )]),
+        Some(&hub.token(&g)),
+    )
+    .await;
+    let path = format!("/rest/v1/team_gateways?id=eq.{}", g.id);
+    let patch = |set: Value| hub.rest(reqwest::Method::PATCH, &path, set);
+    // A heartbeat-like UPDATE of the gateway's own row is routed nowhere
+    // (before the dispatcher, every such UPDATE woke every socket).
+    for _ in 0..5 {
+        patch(json!({"last_seen_at": "2025-01-01T00:00:00Z", "status": "ready"})).await;
+    }
+    // The job inserted after them arrives: they were all dispatched.
+    let j = hub.jobs(&gws, json!({})).await[0].clone();
+    ws.change("jobs", &j).await;
+    assert_eq!(hub.state.feed.dispatcher().counts(), (1, 0));
+
+    // Revoking it reaches the socket, which closes the channel.
+    patch(json!({"revoked_at": "2025-01-01T00:00:00Z"})).await;
+    let sys = ws.recv().await;
+    assert_eq!(
+        (sys.event.as_str(), sys.topic.as_str()),
+        ("system", "realtime:jobs")
+    );
+    assert!(sys.payload["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Unauthorized: gateway"));
+    assert_eq!(ws.recv().await.event, "phx_close");
+    assert_eq!((subs(&hub.state), entries(&hub.state)), (0, 0));
+}

@@ -13,7 +13,9 @@
 //!   table) list, and bindings on every table (`table: "*"`) in a per-kind
 //!   list; both are checked per change;
 //! * a channel whose principal is a gateway is also found by gateway id,
-//!   for `team_gateways` changes of that gateway (revocation).
+//!   for `team_gateways` changes of that gateway that revoke it (delete,
+//!   `revoked_at` set, moved to another team). Heartbeats, the bulk of
+//!   `team_gateways` UPDATEs, wake no socket without a binding on the table.
 //!
 //! The index is a superset filter: the socket task still tests each
 //! binding ([`super::filter::Binding::matches`]) and the select policy
@@ -77,8 +79,9 @@ pub enum Route {
         event: EventKind,
         eq: Option<(String, Key)>,
     },
-    /// Changes to this gateway's own `team_gateways` row.
-    Gateway(String),
+    /// Changes that revoke this gateway (`id`, acting for `team`): its
+    /// row deleted, `revoked_at` set, or `team_id` changed.
+    Gateway { id: String, team: String },
 }
 
 impl Route {
@@ -149,7 +152,8 @@ struct Index {
     next_id: SubId,
     subs: HashMap<SubId, Sub>,
     kinds: [Lists; 3],
-    gateways: HashMap<String, Vec<SubId>>,
+    /// Gateway id → (socket, team the socket's channel acts for).
+    gateways: HashMap<String, Vec<(SubId, String)>>,
     /// When the dispatcher's own lag was last logged.
     last_lag_warn: Option<Instant>,
 }
@@ -157,7 +161,11 @@ struct Index {
 impl Index {
     fn add(&mut self, id: SubId, route: &Route) {
         match route {
-            Route::Gateway(g) => self.gateways.entry(g.clone()).or_default().push(id),
+            Route::Gateway { id: g, team } => self
+                .gateways
+                .entry(g.clone())
+                .or_default()
+                .push((id, team.clone())),
             Route::Binding { table, event, eq } => {
                 for &k in kinds_of(*event) {
                     let lists = &mut self.kinds[k];
@@ -182,9 +190,11 @@ impl Index {
     /// Undoes one [`Index::add`], dropping emptied entries (no leak).
     fn remove(&mut self, id: SubId, route: &Route) {
         match route {
-            Route::Gateway(g) => {
+            Route::Gateway { id: g, team } => {
                 if let Some(list) = self.gateways.get_mut(g) {
-                    remove_one(list, id);
+                    if let Some(i) = list.iter().position(|(x, t)| *x == id && t == team) {
+                        list.swap_remove(i);
+                    }
                     if list.is_empty() {
                         self.gateways.remove(g);
                     }
@@ -247,13 +257,21 @@ impl Index {
             }
         }
         if change.table == schema::TEAM_GATEWAYS.name {
-            if let Some(list) = change
-                .record
+            let row = &change.record;
+            if let Some(list) = row
                 .get("id")
                 .and_then(Value::as_str)
                 .and_then(|id| self.gateways.get(id))
             {
-                out.extend_from_slice(list);
+                // The same test as the socket's revocation check.
+                let gone = change.kind == ChangeKind::Delete
+                    || !row.get("revoked_at").is_none_or(Value::is_null);
+                let team = row.get("team_id").and_then(Value::as_str);
+                out.extend(
+                    list.iter()
+                        .filter(|(_, t)| gone || team != Some(t.as_str()))
+                        .map(|(s, _)| *s),
+                );
             }
         }
         if out.len() > 1 {
@@ -268,11 +286,13 @@ impl Index {
         let Some(sub) = self.subs.get_mut(&id) else {
             return;
         };
+        // Counted before the send so that a socket never holds a change the
+        // count does not include yet (tests compare it exactly).
+        stats.queued.fetch_add(1, Ordering::Relaxed);
         match sub.tx.try_send(item) {
-            Ok(()) => {
-                stats.queued.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok(()) => {}
             Err(TrySendError::Full(_)) => {
+                stats.queued.fetch_sub(1, Ordering::Relaxed);
                 sub.lost.fetch_add(1, Ordering::Relaxed);
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 sub.unwarned += 1;
@@ -290,7 +310,9 @@ impl Index {
             }
             // The socket task is ending; dropping its Subscription
             // unregisters it.
-            Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Closed(_)) => {
+                stats.queued.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -539,7 +561,11 @@ mod tests {
         ix.add(2, &all_jobs);
         ix.add(3, &every);
         ix.add(4, &neq);
-        ix.add(5, &Route::Gateway("g1".into()));
+        let g1 = Route::Gateway {
+            id: "g1".into(),
+            team: team_a.into(),
+        };
+        ix.add(5, &g1);
         ix.add(6, &eq_a);
         ix.add(6, &all_jobs);
 
@@ -563,15 +589,31 @@ mod tests {
         assert_eq!(targets(&ix, &upd_a), vec![2, 6]);
         let del_gw = change("team_gateways", ChangeKind::Delete, json!({"id": "g1"}));
         assert_eq!(targets(&ix, &del_gw), vec![3, 5]);
-        let hb = change("team_gateways", ChangeKind::Update, json!({"id": "g2"}));
-        assert!(targets(&ix, &hb).is_empty());
+        // A heartbeat of g1 wakes nobody; revoking or moving it wakes its
+        // socket.
+        let gw = |extra: Value| {
+            let mut r =
+                json!({"id": "g1", "team_id": team_a, "revoked_at": null, "last_seen_at": "now"});
+            r.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            change("team_gateways", ChangeKind::Update, r)
+        };
+        assert!(targets(&ix, &gw(json!({}))).is_empty());
+        assert_eq!(
+            targets(&ix, &gw(json!({"revoked_at": "2025-01-01T00:00:00Z"}))),
+            vec![5]
+        );
+        assert_eq!(targets(&ix, &gw(json!({"team_id": team_b}))), vec![5]);
+        let other = change("team_gateways", ChangeKind::Delete, json!({"id": "g2"}));
+        assert_eq!(targets(&ix, &other), vec![3]);
 
         for (id, r) in [
             (1, &eq_a),
             (2, &all_jobs),
             (3, &every),
             (4, &neq),
-            (5, &Route::Gateway("g1".into())),
+            (5, &g1),
             (6, &eq_a),
             (6, &all_jobs),
         ] {
