@@ -1,7 +1,13 @@
 //! Agent processes: spawned in their own process group with a scrubbed
 //! environment; stdout streamed to a callback; a stop request or timeout
-//! sends SIGTERM to the whole group and SIGKILL after the grace; leftovers
-//! of the group are always reaped before the run returns.
+//! sends SIGTERM to the whole tree and SIGKILL after the grace; leftovers
+//! of the tree are always reaped before the run returns.
+//!
+//! The tree is the agent's process group, every process tagged with the
+//! run's [`RUN_TREE_ENV`] value (inherited through the environment, so a
+//! descendant that left the group with `setsid` — a daemonizing MCP server
+//! — or was orphaned is still found), and every descendant of those. On
+//! Linux it is read from `/proc`; elsewhere only the group is signalled.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -88,6 +94,106 @@ pub fn stderr_tail(stderr: &str) -> String {
     collapsed.chars().take(500).collect()
 }
 
+/// Environment variable that tags every process of an agent's tree (a
+/// random id per run; not a secret, and not `PANORAMA_*` so it reads as
+/// no gateway internal).
+pub const RUN_TREE_ENV: &str = "GATEWAY_RUN_TREE_ID";
+
+/// `pgid → tag` of the agent trees alive now, for [`kill_group`].
+static TREE_TAGS: std::sync::Mutex<BTreeMap<i32, String>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn tree_tags() -> std::sync::MutexGuard<'static, BTreeMap<i32, String>> {
+    TREE_TAGS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Live members of the tree of group `pgid` tagged `tag`: members of the
+/// group, tagged processes, and descendants of either (zombies excluded).
+/// The leader's PID alone is not a criterion: once reaped it may be reused.
+#[cfg(target_os = "linux")]
+fn tree_members(pgid: i32, tag: &str) -> Vec<crate::shell::proctree::ProcStat> {
+    use crate::shell::proctree::parse_stat;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let procs: Vec<_> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?))
+        .collect();
+    let own = std::process::id() as i32;
+    let needle = format!("{RUN_TREE_ENV}={tag}").into_bytes();
+    let tagged = |pid: i32| {
+        pid != own
+            && std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_slice()))
+                .unwrap_or(false)
+    };
+    let mut members: std::collections::BTreeSet<i32> = procs
+        .iter()
+        .filter(|p| pgid > 1 && (p.pgid == pgid || p.sid == pgid) || tagged(p.pid))
+        .map(|p| p.pid)
+        .collect();
+    loop {
+        let before = members.len();
+        for p in &procs {
+            if members.contains(&p.ppid) {
+                members.insert(p.pid);
+            }
+        }
+        if members.len() == before {
+            break;
+        }
+    }
+    members.remove(&own);
+    procs
+        .into_iter()
+        .filter(|p| members.contains(&p.pid) && !p.is_zombie())
+        .collect()
+}
+
+/// `signal` to group `pgid` and to every live member of its tree.
+fn signal_tree(pgid: i32, tag: &str, signal: i32) {
+    signal_group(pgid, signal);
+    #[cfg(target_os = "linux")]
+    for m in tree_members(pgid, tag) {
+        // Skip a PID that was reused since the scan.
+        let same = std::fs::read_to_string(format!("/proc/{}/stat", m.pid))
+            .ok()
+            .and_then(|s| crate::shell::proctree::parse_stat(&s))
+            .is_some_and(|now| now.start_time == m.start_time && !now.is_zombie());
+        if same {
+            // SAFETY: kill(2) on a member of a tree we started.
+            unsafe { libc::kill(m.pid, signal) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = tag;
+}
+
+/// Whether anything of the tree is alive (zombies do not count).
+fn tree_alive(pgid: i32, tag: &str) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        !tree_members(pgid, tag).is_empty()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = tag;
+        group_alive(pgid)
+    }
+}
+
+/// SIGKILL the tree until nothing of it is left (bounded). Blocking.
+fn kill_tree_blocking(pgid: i32, tag: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        signal_tree(pgid, tag, libc::SIGKILL);
+        std::thread::sleep(Duration::from_millis(20));
+        if !tree_alive(pgid, tag) || Instant::now() >= deadline {
+            return;
+        }
+    }
+}
+
 fn signal_group(pgid: i32, signal: i32) {
     if pgid <= 1 {
         return;
@@ -127,9 +233,20 @@ pub fn group_alive(pgid: i32) -> bool {
         })
 }
 
-/// SIGKILL the whole group now (shutdown of an aborted run).
+/// SIGKILL the whole tree of group `pgid` now (shutdown of an aborted run).
 pub fn kill_group(pgid: i32) {
-    signal_group(pgid, libc::SIGKILL);
+    let tag = tree_tags().remove(&pgid);
+    match tag {
+        Some(tag) => kill_tree_blocking(pgid, &tag),
+        None => signal_group(pgid, libc::SIGKILL),
+    }
+}
+
+async fn tree_alive_async(pgid: i32, tag: &str) -> bool {
+    let tag = tag.to_string();
+    tokio::task::spawn_blocking(move || tree_alive(pgid, &tag))
+        .await
+        .unwrap_or(true)
 }
 
 async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> (Vec<u8>, bool) {
@@ -167,11 +284,13 @@ pub async fn run_process(
         result.stopped = true;
         return result;
     }
+    let tag = uuid::Uuid::new_v4().to_string();
     let mut cmd = tokio::process::Command::new(&spec.command);
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .env_clear()
         .envs(&spec.env)
+        .env(RUN_TREE_ENV, &tag)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -190,6 +309,7 @@ pub async fn run_process(
     let pid = child.id().unwrap_or(0);
     result.pid = Some(pid);
     let pgid = pid as i32;
+    tree_tags().insert(pgid, tag.clone());
     on_spawn(pid);
     let mut stdout = child.stdout.take();
     let stderr_task = child.stderr.take().map(|e| tokio::spawn(read_capped(e)));
@@ -239,14 +359,14 @@ pub async fn run_process(
             }
             _ = &mut timeout, if !result.timed_out && status.is_none() && kill_at.is_none() => {
                 result.timed_out = true;
-                signal_group(pgid, libc::SIGTERM);
+                signal_tree(pgid, &tag, libc::SIGTERM);
                 kill_at = Some(tokio::time::Instant::now() + PROCESS_KILL_GRACE);
             }
             changed = stop.changed(), if stop_open && kill_at.is_none() => {
                 match changed {
                     Ok(()) if stop.borrow().is_some() => {
                         result.stopped = true;
-                        signal_group(pgid, libc::SIGTERM);
+                        signal_tree(pgid, &tag, libc::SIGTERM);
                         kill_at = Some(tokio::time::Instant::now() + spec.stop_grace);
                     }
                     Ok(()) => {}
@@ -254,7 +374,7 @@ pub async fn run_process(
                 }
             }
             _ = tokio::time::sleep_until(kill_deadline), if kill_at.is_some() && !killed => {
-                signal_group(pgid, libc::SIGKILL);
+                signal_tree(pgid, &tag, libc::SIGKILL);
                 killed = true;
             }
             _ = tokio::time::sleep_until(drain_deadline), if exited_at.is_some() && stdout.is_some() => {
@@ -262,19 +382,19 @@ pub async fn run_process(
             }
         }
     }
-    // Reap the rest of the group: after a stop or timeout wait out the grace
-    // (SIGKILL then), otherwise leftovers of a finished agent are killed now.
-    if group_alive(pgid) {
-        match kill_at {
-            Some(at) if !killed => {
-                while group_alive(pgid) && tokio::time::Instant::now() < at {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                signal_group(pgid, libc::SIGKILL);
-            }
-            _ => signal_group(pgid, libc::SIGKILL),
+    // Reap the rest of the tree: after a stop or timeout wait out the grace
+    // (SIGKILL then), otherwise leftovers of a finished agent (also those
+    // that left the group) are killed now.
+    if let Some(at) = kill_at.filter(|_| !killed) {
+        while tokio::time::Instant::now() < at && tree_alive_async(pgid, &tag).await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    if tree_alive_async(pgid, &tag).await {
+        let t = tag.clone();
+        let _ = tokio::task::spawn_blocking(move || kill_tree_blocking(pgid, &t)).await;
+    }
+    tree_tags().remove(&pgid);
     if let Some(task) = stderr_task {
         // Leftovers holding stderr are dead now, so this ends promptly.
         match tokio::time::timeout(Duration::from_secs(2), task).await {

@@ -390,13 +390,25 @@ fn main() {
     let mut grandchildren = Vec::new();
     for _ in 0..env_u64("FAKE_AGENT_GRANDCHILDREN").unwrap_or(0) {
         if let Ok(exe) = std::env::current_exe() {
-            let spawned = std::process::Command::new(exe)
-                .args(["--as", provider.name()])
+            let mut cmd = std::process::Command::new(exe);
+            cmd.args(["--as", provider.name()])
                 .env("FAKE_AGENT_ROLE", "grandchild")
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn();
+                .stderr(std::process::Stdio::null());
+            if env("FAKE_AGENT_GRANDCHILD_SETSID").as_deref() == Some("1") {
+                // Leave the agent's session and process group, as a
+                // daemonizing MCP server would.
+                use std::os::unix::process::CommandExt;
+                // SAFETY: setsid(2) is async-signal-safe.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::setsid();
+                        Ok(())
+                    });
+                }
+            }
+            let spawned = cmd.spawn();
             if let Ok(child) = spawned {
                 grandchildren.push(child);
             }
