@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use panorama_protocol::jobs::{complete_job, JobCompletion};
+use panorama_protocol::jobs::{complete_job, residual_shutdown_completion, JobCompletion};
 use panorama_protocol::rows::{GatewayJobRow, TeamResourceRow};
 use panorama_protocol::status::JobType;
 use panorama_supabase::Client;
@@ -58,6 +58,8 @@ pub struct HubShellControl {
     pub config_path: PathBuf,
     /// `server − local` clock offset measured by the heartbeat.
     pub clock_offset_ms: i64,
+    /// The shutdown's stop request for running jobs (§4.8 step 7).
+    pub stop: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl HubShellControl {
@@ -68,6 +70,7 @@ impl HubShellControl {
             team_id: gw.team_id.clone(),
             config_path: gw.paths.config_path.clone(),
             clock_offset_ms: gw.clock.offset_ms(),
+            stop: gw.cancel_tx.subscribe(),
         }
     }
 }
@@ -150,6 +153,10 @@ impl ShellControlState for HubShellControl {
     fn freshness_now_ms(&self) -> Option<i64> {
         Some(now_ms() + self.clock_offset_ms)
     }
+
+    fn stop_signal(&self) -> Option<tokio::sync::watch::Receiver<Option<String>>> {
+        Some(self.stop.clone())
+    }
 }
 
 /// A SQL `null` reads like an absent column (serde defaults apply).
@@ -162,8 +169,21 @@ fn without_nulls(row: Value) -> Value {
     }
 }
 
+/// A full-control change on the host since the last heartbeat refresh
+/// (`panorama-gateway full-control enable` while running): rebuild the
+/// capabilities and heartbeat now, so `services.machine_control` (which the
+/// `shell_exec` gate reads from `team_gateways.capabilities`) is current
+/// instead of up to 30 s stale.
+pub async fn sync_install_flag(gw: &Gateway) {
+    let on_disk = install_full_control(&gw.paths.config_path);
+    if on_disk != gw.lock().full_control_enabled {
+        super::heartbeat::refresh(gw).await;
+    }
+}
+
 /// Runs a `shell_session` or `shell_exec` job and maps its outcome.
 pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
+    sync_install_flag(gw).await;
     let ctx = ShellContext {
         sessions: Arc::clone(&gw.shell_sessions),
         control: Arc::new(HubShellControl::new(gw)),
@@ -177,5 +197,12 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
         JobType::ShellExec => handle_shell_exec_job(&ctx, &job.payload).await,
         _ => handle_shell_session_job(&ctx, &job.payload).await,
     };
+    // A command stopped by the shutdown (its tree terminated) is a
+    // residual job: cancelled, like the other job kinds (§4.8 step 7).
+    if let (Err(e), Some(reason)) = (&result, gw.cancel_reason()) {
+        if e.result.get("cancelled") == Some(&Value::Bool(true)) && e.error == reason {
+            return residual_shutdown_completion(&reason);
+        }
+    }
     complete_job(&job.job_type, shell_outcome(result))
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use panorama_protocol::results::{ShellExecMessage, ShellExecResult};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
+use tokio::sync::watch;
 
 use super::proctree::{self, PROCESS_KILL_GRACE};
 
@@ -47,6 +48,9 @@ pub struct ExecRun {
     pub duration_ms: u64,
     /// The shell's PID (leader of its session and process group).
     pub pid: Option<i32>,
+    /// The stop reason, when a stop request (gateway shutdown) ended the
+    /// command: its whole tree was terminated like on a timeout.
+    pub stopped: Option<String>,
 }
 
 impl ExecRun {
@@ -137,6 +141,30 @@ pub async fn run_command(
     timeout: Duration,
     kill_grace: Duration,
 ) -> ExecRun {
+    run_command_until(shell, command, env, timeout, kill_grace, None).await
+}
+
+/// Resolves with the stop reason once `stop` carries one; never without a
+/// receiver (or once its sender is gone).
+async fn stop_reason(stop: Option<watch::Receiver<Option<String>>>) -> String {
+    if let Some(mut rx) = stop {
+        if let Ok(reason) = rx.wait_for(Option::is_some).await {
+            return reason.clone().unwrap_or_default();
+        }
+    }
+    std::future::pending().await
+}
+
+/// [`run_command`] that also ends, terminating the whole tree the same
+/// way, when `stop` carries a reason (the gateway's shutdown).
+pub async fn run_command_until(
+    shell: &str,
+    command: &str,
+    env: &[(String, String)],
+    timeout: Duration,
+    kill_grace: Duration,
+    stop: Option<watch::Receiver<Option<String>>>,
+) -> ExecRun {
     let started = Instant::now();
     let tag = proctree::new_tree_tag();
     let mut cmd = Command::new(shell);
@@ -185,18 +213,23 @@ pub async fn run_command(
     }
 
     // Like Node's `close`: the exit status and the end of both streams.
-    let finished = tokio::time::timeout(timeout, async {
-        let status = child.wait().await;
-        for r in readers.iter_mut() {
-            let _ = r.await;
-        }
-        status
-    })
-    .await;
+    let finished = tokio::select! {
+        finished = tokio::time::timeout(timeout, async {
+            let status = child.wait().await;
+            for r in readers.iter_mut() {
+                let _ = r.await;
+            }
+            status
+        }) => finished.map_err(|_| None),
+        reason = stop_reason(stop) => Err(Some(reason)),
+    };
     let status = match finished {
         Ok(status) => status.ok(),
-        Err(_) => {
-            run.timed_out = true;
+        Err(stopped) => {
+            match stopped {
+                Some(reason) => run.stopped = Some(reason),
+                None => run.timed_out = true,
+            }
             if let Some(pid) = pid {
                 let tree = proctree::TreeId::new(pid, Some(tag));
                 let _ = tokio::task::spawn_blocking(move || {

@@ -66,6 +66,13 @@ pub trait ShellControlState: Send + Sync {
     fn freshness_now_ms(&self) -> Option<i64> {
         None
     }
+
+    /// Carries a reason once running `shell_exec` commands must stop (the
+    /// gateway's shutdown); their whole trees are then terminated. `None`
+    /// (the default): never.
+    fn stop_signal(&self) -> Option<tokio::sync::watch::Receiver<Option<String>>> {
+        None
+    }
 }
 
 /// Everything a shell job needs. Build one per job; `sessions` is shared.
@@ -234,14 +241,23 @@ pub async fn handle_shell_exec_job(
     let config = ctx.sessions.config();
     let env = config.child_env(&[]);
     let timeout_ms = parsed.timeout_ms.max(1) as u64;
-    let run = exec::run_command(
+    let run = exec::run_command_until(
         &exec::exec_shell(),
         &parsed.command,
         &env,
         Duration::from_millis(timeout_ms),
         config.kill_grace,
+        ctx.control.stop_signal(),
     )
     .await;
+    let stopped = run.stopped.clone();
     let result = run.into_result(&resource_id, &parsed.command, timeout_ms);
+    if let Some(reason) = stopped {
+        // Stopped by the shutdown: a residual job (`cancelled: true`).
+        return Err(ShellJobError::with_fields(
+            reason,
+            json!({ "cancelled": true, "stdout": result.stdout, "stderr": result.stderr }),
+        ));
+    }
     Ok(serde_json::to_value(result).unwrap_or(Value::Null))
 }
