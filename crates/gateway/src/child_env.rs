@@ -29,13 +29,51 @@ pub const SCRUBBED_KEYS: &[&str] = &[
 ];
 
 /// Key prefixes removed from every child environment. `PANORAMA_GATEWAY_`
-/// is the spec's; `PANORAMA_SUPABASE_` covers future internal backend keys.
-/// `PANORAMA_CLAUDE_CLI` and friends are deliberately kept.
-pub const SCRUBBED_PREFIXES: &[&str] = &["PANORAMA_GATEWAY_", "PANORAMA_SUPABASE_"];
+/// is the spec's. Wider than the spec: every `PANORAMA_*` (our internal
+/// configuration, hub and backend keys) and every `SUPABASE_*` variable
+/// (service keys, access tokens, JWT secrets, database passwords under
+/// whatever name a deployment uses) — except [`KEPT_KEYS`].
+pub const SCRUBBED_PREFIXES: &[&str] = &["PANORAMA_", "SUPABASE_"];
+
+/// The agent CLI overrides are deliberately passed on (runtime.md §3.1).
+pub const KEPT_KEYS: &[&str] = &[
+    "PANORAMA_CLAUDE_CLI",
+    "PANORAMA_CODEX_CLI",
+    "PANORAMA_GEMINI_CLI",
+];
 
 /// Whether `key` is scrubbed from child environments.
 pub fn is_scrubbed(key: &str) -> bool {
-    SCRUBBED_KEYS.contains(&key) || SCRUBBED_PREFIXES.iter().any(|p| key.starts_with(p))
+    !KEPT_KEYS.contains(&key)
+        && (SCRUBBED_KEYS.contains(&key) || SCRUBBED_PREFIXES.iter().any(|p| key.starts_with(p)))
+}
+
+/// Gateway secret values (its access and refresh tokens, the anon key):
+/// a variable carrying one is scrubbed whatever its name.
+static SECRET_VALUES: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Shortest value treated as a secret (shorter ones would match by chance).
+const MIN_SECRET_LEN: usize = 12;
+
+/// Remember a gateway secret (called when tokens are loaded or rotated).
+pub fn register_secret(value: &str) {
+    let value = value.trim();
+    if value.len() < MIN_SECRET_LEN {
+        return;
+    }
+    let mut secrets = SECRET_VALUES.write().unwrap_or_else(|e| e.into_inner());
+    if !secrets.iter().any(|s| s == value) {
+        secrets.push(value.to_string());
+    }
+}
+
+/// Whether a scrubbed key's value is a credential by its name, so the same
+/// value under another name is scrubbed too.
+fn secret_name(key: &str) -> bool {
+    let upper = key.to_ascii_uppercase();
+    ["KEY", "TOKEN", "SECRET", "PASSWORD", "DATABASE_URL"]
+        .iter()
+        .any(|w| upper.contains(w))
 }
 
 /// Build a child environment from `base` (normally the gateway's own
@@ -54,10 +92,22 @@ where
     K: Into<String>,
     V: Into<String>,
 {
-    let mut env: BTreeMap<String, String> = base
+    let base: Vec<(String, String)> = base
         .into_iter()
         .map(|(k, v)| (k.into(), v.into()))
-        .filter(|(k, _)| !is_scrubbed(k))
+        .collect();
+    let mut secrets = SECRET_VALUES
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    secrets.extend(
+        base.iter()
+            .filter(|(k, v)| is_scrubbed(k) && secret_name(k) && v.trim().len() >= MIN_SECRET_LEN)
+            .map(|(_, v)| v.trim().to_string()),
+    );
+    let mut env: BTreeMap<String, String> = base
+        .into_iter()
+        .filter(|(k, v)| !is_scrubbed(k) && !secrets.iter().any(|s| v.contains(s.as_str())))
         .collect();
     if let Some(tmp) = tmp_dir {
         let tmp = tmp.to_string_lossy().into_owned();
@@ -106,7 +156,27 @@ mod tests {
             ("PANORAMA_CLAUDE_CLI", "/bin/claude"),
             ("HTTPS_PROXY", "http://proxy"),
             ("TMPDIR", "/tmp"),
+            ("SUPABASE_SERVICE_KEY", "svc-key-0123456789"),
+            ("PANORAMA_HUB_TOKEN", "hub-token-0123456789"),
+            ("COPIED_KEY", "svc-key-0123456789"),
         ]
+    }
+
+    #[test]
+    fn scrubs_gateway_secrets_under_any_name() {
+        register_secret("gateway-access-token-xyz");
+        register_secret("short");
+        let mut with_token = base();
+        with_token.push(("MY_TOKEN", "gateway-access-token-xyz"));
+        with_token.push(("SHORT", "short"));
+        let env = build_child_env(with_token, None, &[]);
+        assert_eq!(env["SHORT"], "short");
+        assert!(!env.contains_key("MY_TOKEN"));
+        assert!(!env.contains_key("COPIED_KEY"));
+        assert!(!env.contains_key("SUPABASE_SERVICE_KEY"));
+        assert!(!env.contains_key("PANORAMA_HUB_TOKEN"));
+        assert!(is_scrubbed("PANORAMA_ANYTHING"));
+        assert!(!is_scrubbed("PANORAMA_CODEX_CLI"));
     }
 
     #[test]

@@ -250,8 +250,15 @@ pub async fn authenticate(
     refresh_token: &str,
 ) -> std::result::Result<Client, AuthError> {
     let client = Client::new(url, anon_key).map_err(|e| AuthError::Client(e.to_string()))?;
+    for secret in [anon_key, access_token, refresh_token] {
+        crate::child_env::register_secret(secret);
+    }
     let path = config_path.to_path_buf();
-    client.on_session_change(Box::new(move |session| persist_session(&path, session)));
+    client.on_session_change(Box::new(move |session| {
+        crate::child_env::register_secret(&session.access_token);
+        crate::child_env::register_secret(&session.refresh_token);
+        persist_session(&path, session)
+    }));
     client
         .set_session(access_token, refresh_token)
         .await

@@ -22,7 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// Environment variable that tags every process of a shell tree.
-pub const TREE_TAG_ENV: &str = "PANORAMA_SHELL_TREE_ID";
+/// (Not `PANORAMA_*`: children see no gateway-internal variable.)
+pub const TREE_TAG_ENV: &str = "GATEWAY_SHELL_TREE_ID";
 
 /// A process tree: its leader and its environment tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
