@@ -566,3 +566,72 @@ fn tokens_expired_forged_and_anon_are_refused() {
         .unwrap();
     assert_eq!(res.status(), 401);
 }
+
+#[test]
+fn merge_upsert_overwrites_only_the_columns_it_names() {
+    let hub = Hub::start();
+    let team = hub.create_team("upsert-team");
+    let gw = hub.pair(&team, "upsert-box");
+    let job = hub.insert(
+        "gateway_jobs",
+        json!({"team_id": team, "gateway_id": gw.gateway_id, "job_type": "diagnostic",
+               "payload": {"keep": true}, "requested_via": "test"}),
+    );
+    let id = job["id"].as_str().unwrap();
+    let upsert = |body: Value, query: &str| {
+        let res = hub
+            .req(
+                Method::POST,
+                &format!("/rest/v1/gateway_jobs{query}"),
+                &hub.service_key,
+            )
+            .header(
+                "prefer",
+                "resolution=merge-duplicates,return=representation",
+            )
+            .json(&body)
+            .send()
+            .unwrap();
+        let status = res.status();
+        let rows: Value = res.json().unwrap();
+        assert!(status.is_success(), "{status} {rows}");
+        rows[0].clone()
+    };
+    // As in PostgreSQL, the proposed row must satisfy NOT NULL before the
+    // conflict is resolved, so the required columns are sent; `payload`,
+    // `requested_via` and `created_at` are not, and stay.
+    let required =
+        json!({"id": id, "team_id": team, "gateway_id": gw.gateway_id, "job_type": "diagnostic"});
+    let with = |extra: Value| {
+        let mut body = required.clone();
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let row = upsert(with(json!({"error": "note"})), "");
+    assert_eq!(row["error"], "note");
+    assert_eq!(row["payload"], json!({"keep": true}));
+    assert_eq!(row["requested_via"], "test");
+    assert_eq!(row["created_at"], job["created_at"]);
+    assert_eq!(row["status"], "queued");
+    // Nothing new: the row comes back unchanged.
+    let same = upsert(required.clone(), "");
+    assert_eq!(same["error"], "note");
+    assert_eq!(same["payload"], json!({"keep": true}));
+    // `columns=` limits what is written even when the body has more keys.
+    let row = upsert(
+        with(json!({"error": "second", "payload": {"keep": false}})),
+        "?columns=id,team_id,gateway_id,job_type,error",
+    );
+    assert_eq!(row["error"], "second");
+    assert_eq!(row["payload"], json!({"keep": true}));
+    // A new key is still a plain insert with defaults.
+    let fresh = new_uuid();
+    let row = upsert(
+        json!({"id": fresh, "team_id": team, "gateway_id": gw.gateway_id, "job_type": "diagnostic"}),
+        "",
+    );
+    assert_eq!(row["id"], fresh.as_str());
+    assert_eq!(row["status"], "queued");
+}

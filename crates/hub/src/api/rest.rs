@@ -336,7 +336,10 @@ pub async fn insert(
     let conflict = if prefs.ignore_duplicates {
         Conflict::Ignore(target)
     } else if prefs.merge_duplicates {
-        Conflict::Merge(target)
+        Conflict::Merge {
+            on: target,
+            set: merge_columns(table, &objects, query.columns.as_deref()),
+        }
     } else {
         Conflict::Fail
     };
@@ -375,6 +378,31 @@ const UNIQUE_KEYS: &[(&str, &[&str])] = &[
     ("subagent_runs", &["subagent_id", "run_sequence"]),
     ("subagent_run_events", &["run_id", "sequence"]),
 ];
+
+/// The columns a merge-upsert overwrites on an existing row: those the
+/// request named (the `columns=` list, else every key of the body objects,
+/// like PostgREST's `DO UPDATE SET c = EXCLUDED.c`), plus `updated_at`
+/// where the schema's update trigger would refresh it.
+fn merge_columns(table: &Table, objects: &[Row], columns: Option<&[String]>) -> Vec<String> {
+    let mut set: Vec<String> = match columns {
+        Some(cols) => cols.to_vec(),
+        None => {
+            let mut keys: Vec<String> = Vec::new();
+            for obj in objects {
+                for key in obj.keys() {
+                    if !keys.contains(key) {
+                        keys.push(key.clone());
+                    }
+                }
+            }
+            keys
+        }
+    };
+    if table.touch_updated_at && !set.iter().any(|c| c == "updated_at") {
+        set.push("updated_at".to_string());
+    }
+    set
+}
 
 /// `on_conflict` must name a unique key, as PostgreSQL requires of an
 /// `ON CONFLICT` target (42P10). Any other column list let an upsert find

@@ -33,8 +33,12 @@ pub struct SelectResult {
 pub enum Conflict {
     /// Plain insert: a duplicate key is a 23505.
     Fail,
-    /// Upsert: update the existing row (`resolution=merge-duplicates`).
-    Merge(Vec<String>),
+    /// Upsert: update the existing row (`resolution=merge-duplicates`) on
+    /// the `on` columns. Only the `set` columns (those the request named)
+    /// are overwritten, as PostgreSQL's `ON CONFLICT DO UPDATE SET c =
+    /// EXCLUDED.c` for the payload's columns: an omitted column keeps its
+    /// value rather than falling back to its default.
+    Merge { on: Vec<String>, set: Vec<String> },
     /// Upsert: keep the existing row (`resolution=ignore-duplicates`).
     Ignore(Vec<String>),
 }

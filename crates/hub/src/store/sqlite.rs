@@ -490,7 +490,7 @@ impl Store for SqliteStore {
             for values in &req.rows {
                 let conflict_cols = match &req.conflict {
                     Conflict::Fail => None,
-                    Conflict::Merge(c) | Conflict::Ignore(c) => Some(c),
+                    Conflict::Merge { on: c, .. } | Conflict::Ignore(c) => Some(c),
                 };
                 let existing = match conflict_cols {
                     Some(cols) => {
@@ -522,19 +522,27 @@ impl Store for SqliteStore {
                 };
                 match (existing, &req.conflict) {
                     (Some(_), Conflict::Ignore(_)) => continue,
-                    (Some(old), Conflict::Merge(_)) => {
-                        // Merge: the provided values overwrite the row; the
-                        // primary key and creation time stay.
+                    (Some(old), Conflict::Merge { set, .. }) => {
+                        // Merge: the values the request named overwrite the
+                        // row; the primary key and creation time stay, and
+                        // so does every column the request left out.
                         let mut p = Params::new(Dialect::Sqlite);
                         let sets = values
                             .iter()
                             .filter(|(c, _)| c.name != table.primary_key && c.name != "created_at")
+                            .filter(|(c, _)| set.iter().any(|s| s == c.name))
                             .map(|(c, v)| {
                                 format!("{} = {}", quote_ident(c.name), p.push(v.clone()))
                             })
                             .collect::<Vec<_>>()
                             .join(", ");
                         let pk = pk_of(table, &old);
+                        if sets.is_empty() {
+                            // Nothing but the key was sent: PostgreSQL's
+                            // `DO UPDATE` of no column returns the row as is.
+                            out.push(old);
+                            continue;
+                        }
                         let ph = p.push(SqlValue::Text(pk.clone()));
                         let sql = format!(
                             "UPDATE {} SET {sets} WHERE {} = {ph}",
