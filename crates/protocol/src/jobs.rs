@@ -522,18 +522,54 @@ pub fn parse_session_id(payload: &Value) -> Result<String, PayloadError> {
     required_trimmed(&map, "session_id", MSG_MISSING_SESSION_ID)
 }
 
-/// JavaScript `String(value)` for env numbers (integers print without `.0`).
+/// JavaScript `String(value)` for env numbers (ECMA-262 Number::toString):
+/// integers print without `.0`, `-0` prints `0`, positional notation for
+/// 1e-6 <= |n| < 1e21, otherwise exponential with a signed exponent
+/// (`1e+21`, `1.5e-7`); integers beyond 2^53 are first rounded to the
+/// nearest double, as `JSON.parse` does. serde_json's own formatting differs
+/// on `-0`, on exponents (`1e21`) and on small numbers (`1.5e-6` vs
+/// `0.0000015`).
 fn js_number_string(n: &serde_json::Number) -> String {
-    match n.as_f64() {
-        Some(f)
-            if n.as_i64().is_none()
-                && n.as_u64().is_none()
-                && f.fract() == 0.0
-                && f.abs() < 1e21 =>
-        {
-            format!("{f:.0}")
-        }
-        _ => n.to_string(),
+    // JavaScript numbers are doubles: only integers up to 2^53 are exact.
+    const MAX_SAFE: u64 = 1 << 53;
+    if let Some(i) = n.as_i64().filter(|i| i.unsigned_abs() <= MAX_SAFE) {
+        return i.to_string();
+    }
+    let Some(f) = n.as_f64().filter(|f| f.is_finite()) else {
+        return n.to_string();
+    };
+    if f == 0.0 {
+        return "0".to_string();
+    }
+    // `{:e}` prints the shortest digits that round-trip, like JavaScript.
+    let sci = format!("{:e}", f.abs());
+    let Some((mantissa, exp)) = sci.split_once('e') else {
+        return n.to_string();
+    };
+    let Ok(exp) = exp.parse::<i64>() else {
+        return n.to_string();
+    };
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let k = digits.len() as i64;
+    // The decimal point sits after `n` digits: value = 0.digits × 10^n.
+    let point = exp + 1;
+    let body = if k <= point && point <= 21 {
+        format!("{digits}{}", "0".repeat((point - k) as usize))
+    } else if 0 < point && point <= 21 {
+        let (int, frac) = digits.split_at(point as usize);
+        format!("{int}.{frac}")
+    } else if -6 < point && point <= 0 {
+        format!("0.{}{digits}", "0".repeat(point.unsigned_abs() as usize))
+    } else {
+        let (first, rest) = digits.split_at(1);
+        let dot = if rest.is_empty() { "" } else { "." };
+        let sign = if point > 0 { '+' } else { '-' };
+        format!("{first}{dot}{rest}e{sign}{}", (point - 1).abs())
+    };
+    if f < 0.0 {
+        format!("-{body}")
+    } else {
+        body
     }
 }
 
@@ -1391,6 +1427,43 @@ mod tests {
         assert_eq!(
             idempotency_duplicate("k", 1).status,
             final_job_status(JobSituation::IdempotencyDuplicate)
+        );
+    }
+
+    /// Regression (prop_payloads): env numbers were printed with
+    /// serde_json's formatting (`-0`, `1e21`, `1.5e-6`), not JavaScript's
+    /// `String(n)`. Expected texts are what Node prints.
+    #[test]
+    fn env_numbers_print_like_javascript() {
+        for (n, js) in [
+            (-0.0, "0"),
+            (1e21, "1e+21"),
+            (1.5e300, "1.5e+300"),
+            (1e-7, "1e-7"),
+            (1.5e-7, "1.5e-7"),
+            (1.5e-6, "0.0000015"),
+            (0.000001, "0.000001"),
+            (123.456, "123.456"),
+            (1e16, "10000000000000000"),
+            (-1.5e-10, "-1.5e-10"),
+            (5e-324, "5e-324"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
+            (0.1, "0.1"),
+            (1e20, "100000000000000000000"),
+        ] {
+            let number = serde_json::Number::from_f64(n).unwrap();
+            assert_eq!(js_number_string(&number), js, "{n:e}");
+            let p = ShellOpenPayload::parse(&json!({"env": {"N": n}})).unwrap();
+            assert_eq!(p.env["N"], js, "{n:e}");
+        }
+        assert_eq!(js_number_string(&serde_json::Number::from(-42)), "-42");
+        assert_eq!(
+            js_number_string(&serde_json::Number::from(u64::MAX)),
+            "18446744073709552000"
+        );
+        assert_eq!(
+            js_number_string(&serde_json::Number::from(9007199254740993u64)),
+            "9007199254740992"
         );
     }
 }
