@@ -106,24 +106,26 @@ impl Frame {
                 .ok_or_else(|| bad(&format!("missing {what}")))
         };
         match v {
-            Value::Array(a) => {
+            Value::Array(mut a) => {
                 if a.len() != 5 {
                     return Err(bad("array frame must have 5 elements"));
                 }
+                // Moved out, not cloned: the payload is the whole row.
+                let payload = a.pop().unwrap_or(Value::Null);
                 Ok(Frame {
                     join_ref: opt_ref(a.first())?,
                     ref_: opt_ref(a.get(1))?,
                     topic: req_str(a.get(2), "topic")?,
                     event: req_str(a.get(3), "event")?,
-                    payload: a[4].clone(),
+                    payload,
                 })
             }
-            Value::Object(m) => Ok(Frame {
+            Value::Object(mut m) => Ok(Frame {
                 join_ref: opt_ref(m.get("join_ref"))?,
                 ref_: opt_ref(m.get("ref"))?,
                 topic: req_str(m.get("topic"), "topic")?,
                 event: req_str(m.get("event"), "event")?,
-                payload: m.get("payload").cloned().unwrap_or(Value::Null),
+                payload: m.remove("payload").unwrap_or(Value::Null),
             }),
             _ => Err(bad("frame is neither an array nor an object")),
         }
@@ -542,7 +544,18 @@ impl ChannelTask {
         );
         let connect = tokio::time::timeout(
             self.opts.push_timeout,
-            tokio_tungstenite::connect_async(url.as_str()),
+            // tungstenite zero-fills the whole spare read buffer on every
+            // read (128 KiB by default: ~2 × 128 KiB memset per pushed job,
+            // the largest cost on the gateway's dispatch path); frames here
+            // are small and the buffer still grows for a large one.
+            tokio_tungstenite::connect_async_with_config(
+                url.as_str(),
+                Some(
+                    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                        .read_buffer_size(8 * 1024),
+                ),
+                true,
+            ),
         )
         .await;
         let ws = match connect {

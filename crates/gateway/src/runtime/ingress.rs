@@ -76,11 +76,12 @@ pub enum Action {
 }
 
 impl ChannelTracker {
-    pub fn on_event(&mut self, event: &RealtimeEvent, stopping: bool) -> Action {
+    /// Takes a change's record out of `event` (no copy on the job path).
+    pub fn on_event(&mut self, event: &mut RealtimeEvent, stopping: bool) -> Action {
         if self.current != Some(event.generation) {
             return Action::Ignore;
         }
-        match &event.kind {
+        match &mut event.kind {
             RealtimeEventKind::Status(ChannelStatus::Subscribed) => {
                 Action::Subscribed(self.reason.clone())
             }
@@ -92,8 +93,8 @@ impl ChannelTracker {
                 self.reconnect = Some(reason.clone());
                 Action::ScheduleReconnect(reason)
             }
-            RealtimeEventKind::Change(change) => match &change.record {
-                Some(record) => Action::Row(Box::new(record.clone())),
+            RealtimeEventKind::Change(change) => match change.record.take() {
+                Some(record) => Action::Row(Box::new(record)),
                 None => Action::Ignore,
             },
         }
@@ -181,8 +182,8 @@ async fn run(gw: Arc<Gateway>, mut close_rx: oneshot::Receiver<()>) {
                 channel = Some(fresh);
             }
             event = events.recv() => {
-                let Some(event) = event else { break };
-                match tracker.on_event(&event, stopping) {
+                let Some(mut event) = event else { break };
+                match tracker.on_event(&mut event, stopping) {
                     Action::Ignore => {}
                     Action::Subscribed(reason) => {
                         tracing::info!(reason = %reason, "Gateway subscribed to job queue");
@@ -314,21 +315,24 @@ mod tests {
         };
         assert_eq!(
             t.on_event(
-                &status(1, ChannelStatus::Closed(CloseReason::Unsubscribed)),
+                &mut status(1, ChannelStatus::Closed(CloseReason::Unsubscribed)),
                 false
             ),
             Action::Ignore
         );
         assert_eq!(
-            t.on_event(&status(2, ChannelStatus::Subscribed), false),
+            t.on_event(&mut status(2, ChannelStatus::Subscribed), false),
             Action::Subscribed("startup".into())
         );
         assert_eq!(
-            t.on_event(&status(2, ChannelStatus::TimedOut), false),
+            t.on_event(&mut status(2, ChannelStatus::TimedOut), false),
             Action::ScheduleReconnect("reconnect:timed_out".into())
         );
         assert_eq!(
-            t.on_event(&status(2, ChannelStatus::ChannelError("x".into())), false),
+            t.on_event(
+                &mut status(2, ChannelStatus::ChannelError("x".into())),
+                false
+            ),
             Action::Unavailable
         );
         let mut stopping = ChannelTracker {
@@ -337,7 +341,7 @@ mod tests {
         };
         assert_eq!(
             stopping.on_event(
-                &status(3, ChannelStatus::Closed(CloseReason::ServerClosed)),
+                &mut status(3, ChannelStatus::Closed(CloseReason::ServerClosed)),
                 true
             ),
             Action::Unavailable

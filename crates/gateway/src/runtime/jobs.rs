@@ -54,32 +54,98 @@ pub fn completion_write(
     }
 }
 
+/// First pause before re-sending a claim whose answer was lost.
+const CLAIM_RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(100);
+/// Longest pause between claim attempts while the hub is unreachable.
+const CLAIM_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// No answer, or an answer that says "try again": the claim may or may
+/// not have been applied.
+fn claim_error_is_transient(e: &panorama_supabase::Error) -> bool {
+    matches!(e, panorama_supabase::Error::Transport { .. })
+        || e.status().is_some_and(|s| s >= 500 || s == 408 || s == 429)
+}
+
+/// Whether `row` carries the claim this process sent with `started_at`.
+fn claimed_by_us(gw: &Gateway, row: &Value, started_at: &str) -> bool {
+    let ms = |v: Option<&str>| {
+        v.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.timestamp_millis())
+    };
+    row.get("status").and_then(Value::as_str) == Some("running")
+        && row.get("gateway_id").and_then(Value::as_str) == Some(gw.gateway_id.as_str())
+        && ms(Some(started_at)).is_some()
+        && ms(row.get("started_at").and_then(Value::as_str)) == ms(Some(started_at))
+}
+
 /// Conditional claim (§3.2.2). `Ok(None)`: not ours any more (0 rows).
+///
+/// A claim that got no answer (hub down or restarting) is retried with a
+/// capped backoff until the hub answers or the gateway shuts down: the job
+/// was handed out once by the queue and is not offered again, and the
+/// first attempt may have been applied without its answer arriving. Every
+/// attempt carries the same `started_at`, so after such an attempt a
+/// 0-row answer is checked against the row: `running` for this gateway
+/// with our `started_at` means the lost answer was our own claim.
 async fn claim(gw: &Gateway, job: &GatewayJobRow) -> Result<Option<GatewayJobRow>, String> {
-    let rows = gw
-        .client
-        .from("gateway_jobs")
-        .update(json!({
-            "status": "running",
-            "gateway_id": gw.gateway_id,
-            "started_at": now_iso(),
-        }))
-        .eq("id", job.id.as_str())
-        .eq("team_id", gw.team_id.as_str())
-        .eq("status", "queued")
-        .eq("gateway_id", gw.gateway_id.as_str())
-        .select("*")
-        .execute()
-        .await
-        .map_err(|e| e.to_string())?;
-    match rows.first() {
-        None => Ok(None),
-        // Use the updated row; fall back to ours if it does not decode.
-        Some(row) => Ok(Some(decode_gateway_job_row(row).unwrap_or_else(|_| {
-            let mut claimed = job.clone();
-            claimed.status = JobStatus::Running;
-            claimed
-        }))),
+    let started_at = now_iso();
+    let mut delay = CLAIM_RETRY_BASE;
+    let mut unanswered = false;
+    loop {
+        let attempt = async {
+            let rows = gw
+                .client
+                .from("gateway_jobs")
+                .update(json!({
+                    "status": "running",
+                    "gateway_id": gw.gateway_id,
+                    "started_at": started_at,
+                }))
+                .eq("id", job.id.as_str())
+                .eq("team_id", gw.team_id.as_str())
+                .eq("status", "queued")
+                .eq("gateway_id", gw.gateway_id.as_str())
+                .select("*")
+                .execute()
+                .await?;
+            if !rows.is_empty() || !unanswered {
+                return Ok(rows);
+            }
+            let row = gw
+                .client
+                .from("gateway_jobs")
+                .select("*")
+                .eq("id", job.id.as_str())
+                .maybe_single()
+                .await?;
+            Ok(row
+                .filter(|r| claimed_by_us(gw, r, &started_at))
+                .into_iter()
+                .collect())
+        };
+        let rows: Vec<Value> = match attempt.await {
+            Ok(rows) => rows,
+            Err(e) if claim_error_is_transient(&e) && gw.cancel_reason().is_none() => {
+                tracing::warn!(error = %e, jobId = %job.id, delay_ms = delay.as_millis() as u64, "Gateway job claim got no answer; retrying");
+                unanswered = true;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = gw.cancelled() => return Err(e.to_string()),
+                }
+                delay = (delay * 2).min(CLAIM_RETRY_MAX);
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        return match rows.first() {
+            None => Ok(None),
+            // Use the updated row; fall back to ours if it does not decode.
+            Some(row) => Ok(Some(decode_gateway_job_row(row).unwrap_or_else(|_| {
+                let mut claimed = job.clone();
+                claimed.status = JobStatus::Running;
+                claimed
+            }))),
+        };
     }
 }
 
@@ -223,7 +289,10 @@ pub async fn process_job(gw: &Arc<Gateway>, job: GatewayJobRow) {
         Some(duplicate) => duplicate,
         None => {
             log_processing(&claimed);
-            match AssertUnwindSafe(dispatch(gw, &claimed))
+            // Boxed: the handlers' futures are large, and inline they made
+            // the spawned job task large too, so every spawn (before the
+            // claim PATCH) copied it; boxed, that cost moves after the claim.
+            match AssertUnwindSafe(Box::pin(dispatch(gw, &claimed)))
                 .catch_unwind()
                 .await
             {
