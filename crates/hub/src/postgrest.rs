@@ -341,15 +341,25 @@ fn parse_list(inner: &str) -> Vec<Option<String>> {
     out
 }
 
+/// Deepest `or(…)`/`and(…)` nesting accepted. The parser recurses once per
+/// level, so unbounded nesting from a query string would overflow the
+/// stack and abort the whole hub.
+pub const MAX_LOGIC_DEPTH: usize = 64;
+
 /// Recursive-descent parser for `or=(…)` / `and=(…)` trees.
 struct LogicParser<'a> {
     src: &'a str,
     pos: usize,
+    depth: usize,
 }
 
 impl<'a> LogicParser<'a> {
     fn new(src: &'a str) -> Self {
-        LogicParser { src, pos: 0 }
+        LogicParser {
+            src,
+            pos: 0,
+            depth: 0,
+        }
     }
 
     fn rest(&self) -> &'a str {
@@ -385,6 +395,18 @@ impl<'a> LogicParser<'a> {
     }
 
     fn logic(&mut self) -> Result<Vec<Filter>, ApiError> {
+        if self.depth >= MAX_LOGIC_DEPTH {
+            return Err(self.error(&format!(
+                "logic trees may nest at most {MAX_LOGIC_DEPTH} levels deep"
+            )));
+        }
+        self.depth += 1;
+        let items = self.logic_items();
+        self.depth -= 1;
+        items
+    }
+
+    fn logic_items(&mut self) -> Result<Vec<Filter>, ApiError> {
         if !self.eat("(") {
             return Err(self.error("a logic tree starts with '('"));
         }
@@ -452,8 +474,25 @@ impl<'a> LogicParser<'a> {
     fn value(&mut self, list: bool) -> Result<String, ApiError> {
         let rest = self.rest();
         if list {
+            // The list ends at the first ')' outside a quoted item: a quoted
+            // item may itself contain ')' (`in.("a)b",c)`).
+            let (mut quoted, mut escaped) = (false, false);
             let end = rest
-                .find(')')
+                .char_indices()
+                .find(|&(_, c)| {
+                    if escaped {
+                        escaped = false;
+                        return false;
+                    }
+                    match c {
+                        '\\' if quoted => escaped = true,
+                        '"' => quoted = !quoted,
+                        ')' if !quoted => return true,
+                        _ => {}
+                    }
+                    false
+                })
+                .map(|(i, _)| i)
                 .ok_or_else(|| self.error("unterminated in.(…) list"))?;
             self.pos += end + 1;
             return Ok(rest[..=end].to_string());
@@ -632,5 +671,53 @@ mod tests {
         assert_eq!(q.on_conflict, Some(vec!["id".into()]));
         assert_eq!(q.columns, Some(vec!["a".into(), "b".into()]));
         assert_eq!(q.offset, Some(5));
+    }
+
+    /// Regression (prop_parsers): inside a logic tree an `in` list ended at
+    /// the first ')', even one inside a quoted item.
+    #[test]
+    fn quoted_parenthesis_inside_an_in_list_of_a_logic_tree() {
+        let q = parse_query("or=(a.in.(\")\",\"x\\\"y)\",b),c.eq.1)").unwrap();
+        assert_eq!(
+            q.filters[0],
+            Filter::Or(vec![
+                cond(
+                    "a",
+                    Op::In,
+                    Operand::List(vec![
+                        Some(")".into()),
+                        Some("x\"y)".into()),
+                        Some("b".into())
+                    ])
+                ),
+                cond("c", Op::Eq, Operand::Value("1".into())),
+            ])
+        );
+        assert_eq!(
+            parse_query("or=(a.in.(\"x)")
+                .unwrap_err()
+                .details
+                .as_deref(),
+            Some("unterminated in.(…) list")
+        );
+    }
+
+    /// Regression (prop_parsers): deeply nested logic trees recursed without
+    /// bound; a long enough query string overflowed the stack (abort).
+    #[test]
+    fn logic_tree_depth_is_bounded() {
+        let nested = |depth: usize| {
+            format!(
+                "or=({}a.eq.1{})",
+                "and(".repeat(depth - 1),
+                ")".repeat(depth - 1)
+            )
+        };
+        assert!(parse_query(&nested(MAX_LOGIC_DEPTH)).is_ok());
+        let err = parse_query(&nested(MAX_LOGIC_DEPTH + 1)).unwrap_err();
+        assert_eq!(err.code, "PGRST100");
+        assert!(err.details.unwrap().contains("nest at most"));
+        // Far deeper than any stack allows: still just an error.
+        assert!(parse_query(&nested(1_000_000)).is_err());
     }
 }

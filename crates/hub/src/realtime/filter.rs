@@ -460,22 +460,60 @@ fn compare(a: &SqlValue, b: &SqlValue) -> Option<Ordering> {
     }
 }
 
-/// SQL LIKE: `%` any run, `_` one character, `\` escapes.
+/// SQL LIKE: `%` any run, `_` one character, `\\` escapes.
+///
+/// Greedy matching with a single backtrack point (the last `%`): O(p·t)
+/// time and no recursion. The former recursive matcher was exponential in
+/// the number of `%` and recursed once per pattern character, so a client's
+/// filter could hang or overflow the stack of the realtime fan-out.
 fn like(pattern: &str, text: &str) -> bool {
-    fn go(p: &[char], t: &[char]) -> bool {
-        match p.split_first() {
-            None => t.is_empty(),
-            Some(('%', rest)) => (0..=t.len()).any(|i| go(rest, &t[i..])),
-            Some(('_', rest)) => !t.is_empty() && go(rest, &t[1..]),
-            Some(('\\', rest)) if !rest.is_empty() => {
-                t.first() == Some(&rest[0]) && go(&rest[1..], &t[1..])
+    #[derive(PartialEq)]
+    enum Tok {
+        Any,
+        One,
+        Lit(char),
+    }
+    let mut toks = Vec::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        toks.push(match c {
+            '%' => Tok::Any,
+            '_' => Tok::One,
+            // A trailing backslash is a literal backslash.
+            '\\' => Tok::Lit(chars.next().unwrap_or('\\')),
+            c => Tok::Lit(c),
+        });
+    }
+    let t: Vec<char> = text.chars().collect();
+    let (mut p, mut i) = (0, 0);
+    // After the last `%` seen: where the pattern resumes, and the text
+    // position that `%` currently extends to.
+    let mut backtrack: Option<(usize, usize)> = None;
+    while i < t.len() {
+        match toks.get(p) {
+            Some(Tok::Any) => {
+                p += 1;
+                backtrack = Some((p, i));
             }
-            Some((c, rest)) => t.first() == Some(c) && go(rest, &t[1..]),
+            Some(Tok::One) => {
+                p += 1;
+                i += 1;
+            }
+            Some(Tok::Lit(c)) if *c == t[i] => {
+                p += 1;
+                i += 1;
+            }
+            _ => match backtrack {
+                Some((resume, start)) => {
+                    p = resume;
+                    i = start + 1;
+                    backtrack = Some((resume, start + 1));
+                }
+                None => return false,
+            },
         }
     }
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    go(&p, &t)
+    toks[p..].iter().all(|tok| *tok == Tok::Any)
 }
 
 /// The PostgreSQL `typname` of a column type, as `columns[].type` carries it.
@@ -683,6 +721,23 @@ mod tests {
         assert!(like("%", ""));
         assert!(like("50\\%", "50%"));
         assert!(!like("50\\%", "500"));
+    }
+
+    /// Regression (prop_parsers): the recursive matcher took exponential
+    /// time on many `%` and overflowed the stack on a long pattern.
+    #[test]
+    fn like_is_linear_enough_and_does_not_recurse() {
+        let text = "a".repeat(200);
+        let many = format!("{}b", "%a".repeat(60));
+        assert!(!like(&many, &text));
+        assert!(like(&format!("{}a", "%a".repeat(60)), &text));
+        let long = "_".repeat(1_000_000);
+        assert!(like(&long, &"x".repeat(1_000_000)));
+        assert!(!like(&long, "x"));
+        // Trailing backslash is literal; `%` at the end matches the rest.
+        assert!(like("a\\", "a\\"));
+        assert!(like("a%", "a"));
+        assert!(!like("a_", "a"));
     }
 
     #[test]

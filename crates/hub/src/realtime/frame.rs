@@ -340,4 +340,18 @@ mod tests {
         assert!(BinaryPush::decode(&[4, 0, 0, 0, 0, 0]).is_none());
         assert!(BinaryPush::decode(&[]).is_none());
     }
+
+    /// Regression (prop_parsers): without serde_json's `float_roundtrip`
+    /// some floats decoded one ULP off, so an echoed payload changed.
+    #[test]
+    fn floats_survive_decode_and_encode_exactly() {
+        let x = 1.944_454_041_241_531_8e-73_f64;
+        let text = format!("[null,null,\"t\",\"e\",[{x:e}]]");
+        let f = Frame::decode(&text).unwrap();
+        assert_eq!(f.payload[0].as_f64(), Some(x));
+        assert_eq!(
+            Frame::decode(&f.encode(Vsn::V1)).unwrap().payload,
+            f.payload
+        );
+    }
 }
