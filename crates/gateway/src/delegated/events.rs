@@ -78,6 +78,15 @@ impl SinkInner {
     }
 }
 
+/// The last clone going away (a finished run, or a job task aborted at
+/// shutdown) queues what is still buffered instead of losing it.
+impl Drop for SinkInner {
+    fn drop(&mut self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush_locked(&mut st);
+    }
+}
+
 /// The event emitter of one run. Cheap to clone; the flusher task stops when
 /// the last clone is dropped.
 #[derive(Clone)]
@@ -209,5 +218,8 @@ mod tests {
         assert_eq!(sink.next_sequence(), 153);
         sink.flush();
         assert_eq!(outbox.pending(), 2, "an empty flush pushes nothing");
+        sink.emit(RunEventType::Message, json!({"i": "last"}));
+        drop(sink);
+        assert_eq!(outbox.pending(), 3, "dropping the sink queues its buffer");
     }
 }

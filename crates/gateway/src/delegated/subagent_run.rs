@@ -565,7 +565,10 @@ async fn run_attempt(
     if streaming {
         collector_truncated = state.finish();
     }
-    run.sink.flush();
+    // No flush here: every way out of an attempt (terminal, cancel, retry
+    // wait) flushes or leaves it to the 50 ms flusher, so the stream's last
+    // rows and the terminal event share one outbox entry — one delivery and
+    // one ack (three fsyncs) fewer between agent exit and the terminal row.
     let adapter = if streaming && provider == ProviderId::ClaudeCode {
         claude_stream_output(state.normalizer.summary())
     } else {
