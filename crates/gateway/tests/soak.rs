@@ -15,7 +15,11 @@
 //!   checks every event and the terminal state land after the hub returns.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use panorama_testkit::{GatewayHost, Hub, PairedGateway, RunningGateway};
@@ -89,10 +93,18 @@ struct World {
     running: Option<RunningGateway>,
     gateway_env: Vec<(String, String)>,
     resource_id: String,
+    /// Gateways started again by [`World::supervise`].
+    supervisor_restarts: usize,
 }
 
 impl World {
     fn new(gateway_env: Vec<(String, String)>) -> World {
+        World::build(gateway_env, None)
+    }
+
+    /// A world whose gateway talks to the hub through `proxy` (started
+    /// here, in front of the new hub) instead of directly.
+    fn build(gateway_env: Vec<(String, String)>, proxy: Option<Arc<ProxyRules>>) -> World {
         let hub = Hub::start();
         let listen = hub
             .url
@@ -113,8 +125,12 @@ impl World {
             .to_string();
         let host = GatewayHost::new();
         host.write_config(&hub, &gw, true);
+        let url = match proxy {
+            Some(rules) => start_proxy(&listen, rules),
+            None => hub.url.clone(),
+        };
         let mut world = World {
-            url: hub.url.clone(),
+            url,
             anon_key: hub.anon_key.clone(),
             hub: Some(hub),
             listen,
@@ -123,6 +139,7 @@ impl World {
             running: None,
             gateway_env,
             resource_id,
+            supervisor_restarts: 0,
         };
         world.start_gateway();
         world
@@ -173,6 +190,19 @@ impl World {
             cmd.env(k, v);
         }
         self.running = Some(self.host.spawn(cmd));
+    }
+
+    /// Plays the service manager (systemd `Restart=always`): a gateway that
+    /// exited on its own is started again. A gateway started while the hub
+    /// is down exits with "Failed to authenticate gateway session." (the
+    /// spec's start-up contract, runtime.md §1.6.2 B.6).
+    fn supervise(&mut self) {
+        if let Some(g) = self.running.as_mut() {
+            if !g.is_running() {
+                self.supervisor_restarts += 1;
+                self.start_gateway();
+            }
+        }
     }
 
     fn kill_gateway(&mut self) {
@@ -265,17 +295,29 @@ impl World {
             .collect()
     }
 
-    fn agent_executions(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.agent_log_path())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|l| l["role"] == "agent")
-            .collect()
+    /// The fake agents' executions, and how many log lines did not parse
+    /// (a torn line would hide an execution).
+    fn agent_executions(&self) -> (Vec<Value>, usize) {
+        let text = std::fs::read_to_string(self.agent_log_path()).unwrap_or_default();
+        let mut torn = 0;
+        let mut out = Vec::new();
+        for line in text.lines() {
+            match serde_json::from_str::<Value>(line) {
+                Ok(v) if v["role"] == "agent" => out.push(v),
+                Ok(_) => {}
+                Err(_) => torn += 1,
+            }
+        }
+        (out, torn)
     }
 
     fn dump_on_panic(&self) {
         if std::thread::panicking() {
+            let keep =
+                std::env::temp_dir().join(format!("soak-gateway-{}.log", std::process::id()));
+            let _ = std::fs::copy(self.host.log_path(), &keep);
+            let _ = std::fs::copy(self.agent_log_path(), keep.with_extension("agents.jsonl"));
+            eprintln!("soak: gateway log kept at {}", keep.display());
             eprintln!(
                 "--- gateway log (last 60 lines) ---\n{}",
                 self.host.log_tail(60)
@@ -464,6 +506,7 @@ fn soak_mixed_jobs_under_faults() {
 
     let mut i = 0;
     while i < jobs_n {
+        world.supervise();
         while next_fault < fault_at.len() && fault_at[next_fault] <= i {
             next_fault += 1;
             let roll = rng.range(0, 100);
@@ -612,6 +655,7 @@ fn soak_mixed_jobs_under_faults() {
     let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
     let deadline = Instant::now() + Duration::from_secs(env_u64("SOAK_SETTLE_SECS", 120));
     let rows = loop {
+        world.supervise();
         let rows = world.jobs_by_id();
         let open: Vec<&String> = ids
             .iter()
@@ -643,6 +687,7 @@ fn soak_mixed_jobs_under_faults() {
                     .iter()
                     .any(|e| TERMINAL_EVENTS.contains(&e["event_type"].as_str().unwrap_or("")))
         });
+        world.supervise();
         if !unfinished || Instant::now() > drain_deadline {
             break;
         }
@@ -650,7 +695,8 @@ fn soak_mixed_jobs_under_faults() {
     }
 
     let mut f = Findings::default();
-    let executions = world.agent_executions();
+    let (executions, torn) = world.agent_executions();
+    assert_eq!(torn, 0, "torn lines in the fake agents' execution log");
     let mut exec_count: HashMap<String, usize> = HashMap::new();
     for e in &executions {
         for m in markers_in(&e["argv"].to_string()) {
@@ -663,6 +709,7 @@ fn soak_mixed_jobs_under_faults() {
     }
     let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
     let mut restarted = 0;
+    let mut other_errors: BTreeMap<String, usize> = BTreeMap::new();
     for job in &jobs {
         let Some(row) = rows.get(&job.id) else {
             f.lost
@@ -680,6 +727,11 @@ fn soak_mixed_jobs_under_faults() {
         }
         if row["error"] == RESTART_MESSAGE {
             restarted += 1;
+        } else if let Some(e) = row["error"].as_str() {
+            let e: String = e.chars().take(90).collect();
+            *other_errors
+                .entry(format!("{:?}: {e}", job.kind))
+                .or_default() += 1;
         }
         let n = exec_count.get(&job.marker).copied().unwrap_or(0);
         let executes = matches!(
@@ -711,7 +763,16 @@ fn soak_mixed_jobs_under_faults() {
             let stream = (job.kind == Kind::StreamRun).then_some(lines);
             let (missing, defects) = check_run_events(run_id, &events, expected, stream);
             f.missing_events += missing;
-            f.event_defects.extend(defects);
+            let context = format!(
+                " [job {} {:?} status={status} error={} result.status={} subagent={}]",
+                job.id,
+                job.kind,
+                row["error"],
+                row["result"]["status"],
+                job.run.as_ref().unwrap().0
+            );
+            f.event_defects
+                .extend(defects.into_iter().map(|d| d + &context));
             if let Some(run) = world.hub().row("subagent_runs", run_id) {
                 if run["status"] == "running" || run["status"] == "queued" {
                     f.event_defects.push(format!(
@@ -724,11 +785,12 @@ fn soak_mixed_jobs_under_faults() {
     }
 
     let faults_total: usize = faults.values().sum();
-    eprintln!("soak: outcomes by kind/status: {by_status:?}; failed by restart: {restarted}; agent executions: {}", executions.len());
+    eprintln!("soak: outcomes by kind/status: {by_status:?}; failed by restart: {restarted}; other errors: {other_errors:#?}; agent executions: {}", executions.len());
     println!(
-        "SOAK seed={seed} jobs={} faults={faults_total} {:?} lost={} duplicated={} phantom={} missing_events={} event_defects={} submitted_in={:.1}s elapsed={:.1}s",
+        "SOAK seed={seed} jobs={} faults={faults_total} {:?} supervisor_restarts={} lost={} duplicated={} phantom={} missing_events={} event_defects={} submitted_in={:.1}s elapsed={:.1}s",
         jobs.len(),
         faults,
+        world.supervisor_restarts,
         f.lost.len(),
         f.duplicated.len(),
         f.phantom.len(),
@@ -746,5 +808,141 @@ fn soak_mixed_jobs_under_faults() {
         f.duplicated,
         f.phantom,
         f.event_defects
+    );
+}
+
+/// What the loopback proxy in front of the hub does to requests.
+#[derive(Default)]
+struct ProxyRules {
+    /// Claims (`PATCH gateway_jobs … status=eq.queued`) whose answer is
+    /// dropped after the hub applied them (the connection is closed
+    /// instead), counting down.
+    drop_claim_answers: AtomicUsize,
+    /// Claim answers dropped so far.
+    dropped: AtomicUsize,
+}
+
+/// Starts an HTTP/1 proxy on a free loopback port forwarding to
+/// `upstream` (`host:port`); returns its base URL. One request per client
+/// connection (the request is forwarded with `Connection: close`);
+/// WebSocket upgrades are piped both ways.
+fn start_proxy(upstream: &str, rules: Arc<ProxyRules>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = upstream.to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let upstream = upstream.clone();
+            let rules = Arc::clone(&rules);
+            std::thread::spawn(move || {
+                let _ = proxy_one(client, &upstream, &rules);
+            });
+        }
+    });
+    url
+}
+
+fn proxy_one(client: TcpStream, upstream: &str, rules: &ProxyRules) -> std::io::Result<()> {
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let end = line == "\r\n";
+        head.push(line);
+        if end {
+            break;
+        }
+    }
+    let lower: Vec<String> = head.iter().map(|l| l.to_ascii_lowercase()).collect();
+    let length: usize = lower
+        .iter()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    let mut up = TcpStream::connect(upstream)?;
+    if lower.iter().any(|l| l.starts_with("upgrade:")) {
+        up.write_all(head.concat().as_bytes())?;
+        up.write_all(&body)?;
+        let buffered = reader.buffer().to_vec();
+        up.write_all(&buffered)?;
+        let (mut c_read, mut u_write) = (reader.into_inner(), up.try_clone()?);
+        let (mut u_read, mut c_write) = (up, client);
+        let t = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut c_read, &mut u_write);
+            let _ = u_write.shutdown(Shutdown::Both);
+        });
+        let _ = std::io::copy(&mut u_read, &mut c_write);
+        let _ = c_write.shutdown(Shutdown::Both);
+        let _ = t.join();
+        return Ok(());
+    }
+    let mut out = String::new();
+    for (line, l) in head.iter().zip(&lower) {
+        if !l.starts_with("connection:") && line != "\r\n" {
+            out.push_str(line);
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    up.write_all(out.as_bytes())?;
+    up.write_all(&body)?;
+    let mut response = Vec::new();
+    up.read_to_end(&mut response)?;
+    let is_claim =
+        head[0].starts_with("PATCH /rest/v1/gateway_jobs") && head[0].contains("status=eq.queued");
+    if is_claim
+        && rules
+            .drop_claim_answers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        rules.dropped.fetch_add(1, Ordering::SeqCst);
+        return client.shutdown(Shutdown::Both);
+    }
+    let mut client = client;
+    client.write_all(&response)?;
+    client.shutdown(Shutdown::Both)
+}
+
+/// Regression (soak): a claim the hub applied but whose answer was lost
+/// left the job `running` with nobody running it (the queue never offers
+/// a handed-out job again). The claim is now retried with the same
+/// `started_at` and a 0-row answer is checked against the row.
+#[test]
+fn claim_whose_answer_is_lost_still_runs_the_job_once() {
+    let rules = Arc::new(ProxyRules::default());
+    rules.drop_claim_answers.store(2, Ordering::SeqCst);
+    let world = World::build(Vec::new(), Some(Arc::clone(&rules)));
+    let log = world.shell_log_path();
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        ids.push(world.job(
+            "shell_exec",
+            json!({"resource_id": world.resource_id,
+                   "command": format!("echo lost-answer-{i} >> '{}'", log.display())}),
+        ));
+    }
+    for id in &ids {
+        let row = world.hub().wait_job_terminal(id, Duration::from_secs(30));
+        assert_eq!(row["status"], "completed", "{row}");
+        assert_eq!(row["result"]["exit_code"], 0, "{row}");
+    }
+    assert_eq!(
+        rules.dropped.load(Ordering::SeqCst),
+        2,
+        "claim answers dropped"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec!["lost-answer-0", "lost-answer-1"],
+        "each job ran once"
     );
 }
