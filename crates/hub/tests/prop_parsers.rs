@@ -14,7 +14,7 @@ use panorama_hub::postgrest::{
 };
 use panorama_hub::realtime::filter::{parse_filter, Binding};
 use panorama_hub::realtime::frame::{BinaryPush, Frame, Vsn};
-use panorama_hub::schema;
+use panorama_hub::{schema, values};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::{json, Map, Number, Value};
@@ -619,5 +619,31 @@ proptest! {
         let got = b.matches(&schema::GATEWAY_JOBS, ChangeKind::Insert, &job_row(&text));
         // Realtime reads `*` as `%`.
         prop_assert_eq!(got, like_oracle(&pattern.replace('*', "%"), &text));
+    }
+
+    /// Filter values and body values are cast per column type without
+    /// panicking; a refused filter value is a 22P02; an accepted timestamp
+    /// re-parses to the same instant from its canonical form.
+    #[test]
+    fn column_casts_never_panic(
+        text in prop_oneof![
+            query_text(),
+            "[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]{1,9})?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?)?",
+            "-?[0-9]{1,20}",
+            any::<String>(),
+        ],
+        value in json_value(),
+    ) {
+        for table in schema::TABLES {
+            for col in table.columns {
+                if let Err(e) = values::cast_text(col, &text) {
+                    prop_assert_eq!(e.code.as_str(), "22P02");
+                }
+                let _ = values::cast_json(table, col, &value);
+            }
+        }
+        if let Some(t) = values::parse_timestamp(&text) {
+            prop_assert_eq!(values::parse_timestamp(&values::format_timestamp(t)), Some(t));
+        }
     }
 }

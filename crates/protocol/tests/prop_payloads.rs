@@ -490,4 +490,33 @@ proptest! {
         prop_assert_eq!(read.since_sequence, since.map_or(0, |s| s.max(0)));
         prop_assert_eq!(read.max_events, SHELL_READ_DEFAULT_MAX_EVENTS);
     }
+
+    /// The other decoders of control-plane data never panic on arbitrary
+    /// input: timestamps (well-formed ones round-trip through their
+    /// fields), job rows and capability documents.
+    #[test]
+    fn other_decoders_never_panic(
+        raw in prop_oneof![
+            "[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]{0,9})?)?([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)?)?",
+            "\\PC{0,32}",
+        ],
+        (y, mo, d, h, mi, sec, ms) in (1970i64..3000, 1u32..=12, 1u32..=28, 0u32..24, 0u32..60, 0u32..60, 0u32..1000),
+        row in payload(),
+        caps in json_value(),
+    ) {
+        let _ = panorama_protocol::time::parse_timestamp_ms(&raw);
+        let text = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{sec:02}.{ms:03}Z");
+        let t = panorama_protocol::time::parse_timestamp_ms(&text)
+            .ok_or_else(|| TestCaseError::fail(format!("{text} refused")))?;
+        // Days since the epoch by counting, independently of the parser.
+        let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let mut days: i64 = (1970..y).map(|y| if leap(y) { 366 } else { 365 }).sum();
+        let month_days = [31, if leap(y) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        days += month_days[..(mo - 1) as usize].iter().sum::<i64>() + i64::from(d) - 1;
+        let want = ((days * 24 + i64::from(h)) * 60 + i64::from(mi)) * 60_000
+            + i64::from(sec) * 1000 + i64::from(ms);
+        prop_assert_eq!(t, want, "{}", text);
+        let _ = panorama_protocol::rows::decode_gateway_job_row(&row);
+        let _ = panorama_protocol::capabilities::validate_capabilities_v1(&caps);
+    }
 }
