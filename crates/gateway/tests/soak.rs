@@ -946,3 +946,100 @@ fn claim_whose_answer_is_lost_still_runs_the_job_once() {
         "each job ran once"
     );
 }
+
+/// The hub is down for `OUTAGE_SECS` (default 8; the long form uses 60)
+/// while a Claude stream-json run streams one line every 50 ms through
+/// the whole outage. After the hub returns, every event and the terminal
+/// state land: dense from 0, in transcript order, none lost or duplicated.
+#[test]
+fn hub_outage_during_streaming_run() {
+    let outage = Duration::from_secs(env_u64("OUTAGE_SECS", 8));
+    const DELAY_MS: u64 = 50;
+    // The agent streams for the outage plus ~6 s on either side.
+    let lines = ((outage.as_millis() as u64 + 6_000) / DELAY_MS) as usize;
+    let transcripts = tempfile::tempdir().unwrap();
+    let stream = transcripts.path().join("outage-stream.jsonl");
+    write_stream_transcript(&stream, lines);
+    let mut world = World::new(vec![(
+        "FAKE_AGENT_LINE_DELAY_MS".to_string(),
+        DELAY_MS.to_string(),
+    )]);
+    let sid = world.subagent(
+        "claude_code_gateway",
+        json!({"output_format": "stream-json"}),
+        &format!("outage [[fake:{}]]", stream.display()),
+    );
+    let run_id = new_id();
+    let job = world.job(
+        "subagent_run",
+        json!({"subagent_id": sid, "run_id": run_id}),
+    );
+    let before = world.hub().wait_for(
+        "live events before the outage",
+        Duration::from_secs(60),
+        || {
+            let n = world.events(&run_id).len();
+            (n >= 20).then_some(n)
+        },
+    );
+    let dir = world.stop_hub();
+    let down_at = Instant::now();
+    std::thread::sleep(outage);
+    // The agent is still streaming when the hub comes back.
+    let agent = world
+        .agent_executions()
+        .0
+        .into_iter()
+        .find(|l| l["argv"].to_string().contains("outage-stream"))
+        .expect("agent execution");
+    assert!(
+        panorama_testkit::procs::alive(agent["pid"].as_i64().unwrap() as i32),
+        "the agent finished during the outage; the run must stream through it"
+    );
+    world.start_hub(dir);
+    let up_at = Instant::now();
+    let row = world
+        .hub()
+        .wait_job_terminal(&job, Duration::from_secs(120) + outage);
+    let job_landed = up_at.elapsed();
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["status"], "completed", "{row}");
+    let events = world
+        .hub()
+        .wait_for("terminal event", Duration::from_secs(60), || {
+            let ev = world.events(&run_id);
+            ev.iter()
+                .any(|e| TERMINAL_EVENTS.contains(&e["event_type"].as_str().unwrap_or("")))
+                .then_some(ev)
+        });
+    let (missing, defects) = check_run_events(&run_id, &events, Some(lines + 3), Some(lines));
+    assert!(defects.is_empty() && missing == 0, "{defects:#?}");
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types[0], "run_started");
+    assert_eq!(types[lines + 2], "run_completed");
+    let run = world.hub().row("subagent_runs", &run_id).expect("run row");
+    assert_eq!(run["status"], "completed", "{run}");
+    let sub = world.hub().row("subagents", &sid).expect("subagent row");
+    assert_eq!(sub["status"], "completed", "{sub}");
+    assert_eq!(
+        world
+            .agent_executions()
+            .0
+            .iter()
+            .filter(|l| l["argv"].to_string().contains("outage-stream"))
+            .count(),
+        1,
+        "the run executed once"
+    );
+    println!(
+        "OUTAGE outage={}s lines={lines} events={} at_hub_before_stop>={before} landed_after={} job_terminal_after_return={:.1}s total={:.1}s",
+        outage.as_secs(),
+        events.len(),
+        events.len() - before,
+        job_landed.as_secs_f64(),
+        down_at.elapsed().as_secs_f64()
+    );
+}
