@@ -814,12 +814,34 @@ fn soak_mixed_jobs_under_faults() {
 /// What the loopback proxy in front of the hub does to requests.
 #[derive(Default)]
 struct ProxyRules {
-    /// Claims (`PATCH gateway_jobs … status=eq.queued`) whose answer is
-    /// dropped after the hub applied them (the connection is closed
-    /// instead), counting down.
-    drop_claim_answers: AtomicUsize,
-    /// Claim answers dropped so far.
+    /// `(request line prefix, text the request line contains, count)`: the
+    /// answers of the next `count` matching requests are dropped after the
+    /// hub applied them (the client connection is closed instead).
+    drops: std::sync::Mutex<Vec<(String, String, usize)>>,
+    /// Answers dropped so far.
     dropped: AtomicUsize,
+}
+
+impl ProxyRules {
+    fn drop_answers(&self, prefix: &str, contains: &str, count: usize) {
+        self.drops
+            .lock()
+            .unwrap()
+            .push((prefix.into(), contains.into(), count));
+    }
+
+    /// Whether to drop the answer to a request with this request line.
+    fn take(&self, line: &str) -> bool {
+        let mut drops = self.drops.lock().unwrap();
+        for (prefix, contains, count) in drops.iter_mut() {
+            if *count > 0 && line.starts_with(prefix.as_str()) && line.contains(contains.as_str()) {
+                *count -= 1;
+                self.dropped.fetch_add(1, Ordering::SeqCst);
+                return true;
+            }
+        }
+        false
+    }
 }
 
 /// Starts an HTTP/1 proxy on a free loopback port forwarding to
@@ -893,15 +915,7 @@ fn proxy_one(client: TcpStream, upstream: &str, rules: &ProxyRules) -> std::io::
     up.write_all(&body)?;
     let mut response = Vec::new();
     up.read_to_end(&mut response)?;
-    let is_claim =
-        head[0].starts_with("PATCH /rest/v1/gateway_jobs") && head[0].contains("status=eq.queued");
-    if is_claim
-        && rules
-            .drop_claim_answers
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-    {
-        rules.dropped.fetch_add(1, Ordering::SeqCst);
+    if rules.take(&head[0]) {
         return client.shutdown(Shutdown::Both);
     }
     let mut client = client;
@@ -916,7 +930,7 @@ fn proxy_one(client: TcpStream, upstream: &str, rules: &ProxyRules) -> std::io::
 #[test]
 fn claim_whose_answer_is_lost_still_runs_the_job_once() {
     let rules = Arc::new(ProxyRules::default());
-    rules.drop_claim_answers.store(2, Ordering::SeqCst);
+    rules.drop_answers("PATCH /rest/v1/gateway_jobs?", "status=eq.queued", 2);
     let world = World::build(Vec::new(), Some(Arc::clone(&rules)));
     let log = world.shell_log_path();
     let mut ids = Vec::new();
@@ -1041,5 +1055,56 @@ fn hub_outage_during_streaming_run() {
         events.len() - before,
         job_landed.as_secs_f64(),
         down_at.elapsed().as_secs_f64()
+    );
+}
+
+/// Regression (soak): when the hub's answer to the run-row insert or to
+/// "mark the subagent running" was lost, the job failed at once and left
+/// its run row `running` forever with no terminal event. Both writes are
+/// now retried while the hub gives no answer, and an insert that had in
+/// fact landed is recognized as this run's own row.
+#[test]
+fn run_start_writes_whose_answers_are_lost_still_run_once() {
+    let rules = Arc::new(ProxyRules::default());
+    rules.drop_answers("POST /rest/v1/subagent_runs", "", 1);
+    rules.drop_answers("PATCH /rest/v1/subagents?", "", 1);
+    let world = World::build(Vec::new(), Some(Arc::clone(&rules)));
+    let transcripts = tempfile::tempdir().unwrap();
+    let stream = transcripts.path().join("lost-answers.jsonl");
+    const LINES: usize = 5;
+    write_stream_transcript(&stream, LINES);
+    let sid = world.subagent(
+        "claude_code_gateway",
+        json!({"output_format": "stream-json"}),
+        &format!("lost answers [[fake:{}]]", stream.display()),
+    );
+    let run_id = new_id();
+    let job = world.job(
+        "subagent_run",
+        json!({"subagent_id": sid, "run_id": run_id}),
+    );
+    let row = world.hub().wait_job_terminal(&job, Duration::from_secs(60));
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["status"], "completed", "{row}");
+    assert_eq!(rules.dropped.load(Ordering::SeqCst), 2, "answers dropped");
+    let events = world
+        .hub()
+        .wait_for("terminal event", Duration::from_secs(30), || {
+            let ev = world.events(&run_id);
+            (ev.len() == LINES + 3).then_some(ev)
+        });
+    let (missing, defects) = check_run_events(&run_id, &events, Some(LINES + 3), Some(LINES));
+    assert!(defects.is_empty() && missing == 0, "{defects:#?}");
+    assert_eq!(
+        world.hub().row("subagent_runs", &run_id).unwrap()["status"],
+        "completed"
+    );
+    let runs = world.agent_executions().0;
+    assert_eq!(
+        runs.iter()
+            .filter(|l| l["argv"].to_string().contains("lost-answers"))
+            .count(),
+        1,
+        "the agent ran once"
     );
 }

@@ -180,6 +180,40 @@ fn push(gw: &Gateway, write: OutboxWrite) {
     }
 }
 
+/// Runs a hub write again while the hub gives no answer (transport error,
+/// 5xx, 408, 429), with a capped backoff, until it answers or the gateway
+/// shuts down: a blip of the hub must not fail a run that has not started
+/// yet. Returns the last result and whether an earlier attempt went
+/// unanswered (it may have been applied).
+async fn retry_unanswered<T, Fut>(
+    gw: &Gateway,
+    what: &str,
+    mut op: impl FnMut() -> Fut,
+) -> (Result<T, panorama_supabase::Error>, bool)
+where
+    Fut: std::future::Future<Output = Result<T, panorama_supabase::Error>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut unanswered = false;
+    loop {
+        match op().await {
+            Err(e)
+                if crate::runtime::jobs::claim_error_is_transient(&e)
+                    && gw.cancel_reason().is_none() =>
+            {
+                tracing::warn!(error = %e, write = what, delay_ms = delay.as_millis() as u64, "Hub write got no answer; retrying");
+                unanswered = true;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = gw.cancelled() => return (Err(e), unanswered),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            result => return (result, unanswered),
+        }
+    }
+}
+
 fn prompt_of(input: &Value) -> Option<String> {
     ["prompt", "query", "task"].iter().find_map(|k| {
         input
@@ -752,17 +786,42 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
 
     // §10.4 step 2–3: the run row.
     let now = now_iso();
-    let inserted = gw
-        .client
-        .from("subagent_runs")
-        .insert(json!({
-            "id": run_id, "subagent_id": sid, "team_id": team_id, "gateway_id": gw.gateway_id,
-            "run_sequence": run_sequence, "status": "running", "prompt": prompt, "started_at": now,
-            "metadata": start_metadata,
-        }))
-        .select("id")
-        .execute()
-        .await;
+    let (mut inserted, unanswered) = retry_unanswered(gw, "POST /rest/v1/subagent_runs", || {
+        gw.client
+            .from("subagent_runs")
+            .insert(json!({
+                "id": run_id, "subagent_id": sid, "team_id": team_id, "gateway_id": gw.gateway_id,
+                "run_sequence": run_sequence, "status": "running", "prompt": prompt, "started_at": now,
+                "metadata": start_metadata,
+            }))
+            .select("id")
+            .execute()
+    })
+    .await;
+    // An unanswered earlier attempt that was applied: the conflicting row is
+    // our own run (same id, subagent, gateway and started_at), so go on.
+    if unanswered && inserted.as_ref().is_err_and(|e| e.is_unique_violation()) {
+        let existing = gw
+            .client
+            .from("subagent_runs")
+            .select("id,subagent_id,gateway_id,status,started_at")
+            .eq("id", run_id.as_str())
+            .maybe_single()
+            .await;
+        let ms = |v: Option<&str>| {
+            v.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.timestamp_millis())
+        };
+        if let Ok(Some(row)) = existing {
+            if row["subagent_id"].as_str() == Some(sid.as_str())
+                && row["gateway_id"].as_str() == Some(gw.gateway_id.as_str())
+                && row["status"] == "running"
+                && ms(row["started_at"].as_str()) == ms(Some(now.as_str()))
+            {
+                inserted = Ok(vec![row]);
+            }
+        }
+    }
     if let Err(e) = inserted {
         if e.is_unique_violation() {
             let active_run = gw
@@ -853,15 +912,41 @@ async fn run_registered(
     let mut sub_meta = ctx.sub_metadata.clone();
     sub_meta.insert("current_run_id".into(), json!(ctx.run_id));
     sub_meta.insert("current_run_sequence".into(), json!(r.run_sequence));
-    if let Err(e) = gw
-        .client
-        .from("subagents")
-        .update(json!({"status": "running", "started_at": now_iso(), "metadata": sub_meta}))
-        .eq("id", ctx.sid.as_str())
-        .execute()
-        .await
-    {
+    let started_at = now_iso();
+    let (marked, _) = retry_unanswered(gw, "PATCH /rest/v1/subagents", || {
+        gw.client
+            .from("subagents")
+            .update(json!({"status": "running", "started_at": started_at, "metadata": sub_meta}))
+            .eq("id", ctx.sid.as_str())
+            .execute()
+    })
+    .await;
+    if let Err(e) = marked {
         tracing::error!(error = %e, subagentId = %ctx.sid, "Failed to mark subagent as running");
+        // The run row we created must not stay `running` (the job-failure
+        // fallback only acts on a running subagent): fail it, with its
+        // terminal event.
+        let message = "Failed to mark subagent as running";
+        ctx.sink.emit(
+            RunEventType::RunFailed,
+            json!({"reason": message, "source": "gateway_job_failure"}),
+        );
+        ctx.sink.flush();
+        let mut metadata = ctx.start_metadata.clone();
+        metadata.insert("last_run_at".into(), json!(now_iso()));
+        metadata.insert("gateway_error".into(), json!(message));
+        push(
+            gw,
+            OutboxWrite::Update {
+                table: "subagent_runs".into(),
+                filters: vec![
+                    ("id".into(), format!("eq.{}", ctx.run_id)),
+                    ("status".into(), "eq.running".into()),
+                ],
+                patch: json!({"status": "failed", "output": error_envelope(message), "error": message,
+                              "completed_at": now_iso(), "metadata": metadata}),
+            },
+        );
         return HandlerOutcome::failure(
             json!({"message": "Failed to mark subagent as running", "subagent_id": ctx.sid, "run_id": ctx.run_id}),
             "Failed to mark subagent as running",

@@ -61,7 +61,7 @@ const CLAIM_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// No answer, or an answer that says "try again": the claim may or may
 /// not have been applied.
-fn claim_error_is_transient(e: &panorama_supabase::Error) -> bool {
+pub(crate) fn claim_error_is_transient(e: &panorama_supabase::Error) -> bool {
     matches!(e, panorama_supabase::Error::Transport { .. })
         || e.status().is_some_and(|s| s >= 500 || s == 408 || s == 429)
 }
