@@ -315,4 +315,23 @@ mod tests {
         assert_eq!(last[0].raw, "bc\u{fffd}");
         assert!(r.stdout_truncated);
     }
+
+    /// Many lines in one chunk are split in one pass (the buffer used to be
+    /// drained line by line, moving the rest of the chunk every time).
+    #[test]
+    fn many_lines_in_one_chunk() {
+        let limits = CollectorLimits {
+            max_output_bytes: 10,
+            max_events: 3,
+            max_buffer_chars: 4,
+        };
+        let mut c = StreamJsonCollector::new(limits);
+        let chunk = "7\n".repeat(300_000);
+        assert_eq!(c.append(chunk.as_bytes()).len(), 300_000);
+        let (r, last) = c.finalize();
+        assert!(last.is_empty());
+        let seqs: Vec<u64> = r.events.iter().map(|e| e.sequence).collect();
+        assert_eq!(seqs, vec![299_997, 299_998, 299_999]);
+        assert!(r.events_truncated && r.stdout_truncated);
+    }
 }
