@@ -435,8 +435,13 @@ fn shutdowns(ctx: &Ctx, name: &str, setsid: bool, exec: bool, rounds: usize) {
                 Duration::ZERO,
             );
         }
+        // Cancelled by the run itself, or (when finalizing outlasted the
+        // residual wait) as a residual job.
         let row = node.wait_job(&run_job);
-        assert_eq!(row["result"]["status"], "cancelled", "{label}: {row}");
+        assert!(
+            row["result"]["status"] == "cancelled" || row["status"] == "cancelled",
+            "{label}: {row}"
+        );
         if let Some((job, _)) = exec_job {
             let row = node.wait_job(&job);
             assert_eq!(row["status"], "cancelled", "{label} exec: {row}");
@@ -466,8 +471,8 @@ fn hundred_hostile_trees_are_reaped_after_cancels_timeouts_and_shutdowns() {
         let check = s.spawn(|| checker(rx, &done, &outcomes));
         let ctx = &ctx;
         let workers = vec![
-            s.spawn(move || cancels(ctx, "cancel-group", false, 30, 15)),
-            s.spawn(move || cancels(ctx, "cancel-setsid", true, 30, 15)),
+            s.spawn(move || cancels(ctx, "cancel-group", false, 30, 10)),
+            s.spawn(move || cancels(ctx, "cancel-setsid", true, 30, 10)),
             s.spawn(move || timeouts(ctx, "timeout", 20, 5)),
             s.spawn(move || shutdowns(ctx, "shutdown-a", false, false, 5)),
             s.spawn(move || shutdowns(ctx, "shutdown-b", true, false, 5)),

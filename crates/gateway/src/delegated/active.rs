@@ -60,6 +60,9 @@ impl RunControl {
             }
         }
         self.stop_tx.send_replace(Some(info.reason));
+        if let Some(pgid) = self.pgid() {
+            super::process::stop_requested(pgid);
+        }
     }
 
     pub fn cancelled(&self) -> Option<CancelInfo> {
@@ -226,6 +229,9 @@ impl ActiveRuns {
         }
         for m in inner.model_runs.values() {
             m.stop_tx.send_replace(Some(reason.to_string()));
+            if let Some(pgid) = *m.pgid.lock().unwrap_or_else(|e| e.into_inner()) {
+                super::process::stop_requested(pgid);
+            }
         }
     }
 

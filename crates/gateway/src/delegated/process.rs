@@ -99,37 +99,83 @@ pub fn stderr_tail(stderr: &str) -> String {
 /// no gateway internal).
 pub const RUN_TREE_ENV: &str = "GATEWAY_RUN_TREE_ID";
 
-/// `pgid → tag` of the agent trees alive now, for [`kill_group`].
-static TREE_TAGS: std::sync::Mutex<BTreeMap<i32, String>> = std::sync::Mutex::new(BTreeMap::new());
-
-fn tree_tags() -> std::sync::MutexGuard<'static, BTreeMap<i32, String>> {
-    TREE_TAGS.lock().unwrap_or_else(|e| e.into_inner())
+/// One agent's process tree: its group, its tag, and the leader's start
+/// time (a tagged process started no earlier; older ones are not read).
+#[derive(Debug, Clone)]
+struct Tree {
+    pgid: i32,
+    tag: String,
+    min_start: u64,
+    /// When a stop (cancel, shutdown) was requested: the SIGKILL deadline
+    /// counts from here, not from when the run's task saw the request.
+    stop_at: Option<Instant>,
 }
 
-/// Live members of the tree of group `pgid` tagged `tag`: members of the
-/// group, tagged processes, and descendants of either (zombies excluded).
-/// The leader's PID alone is not a criterion: once reaped it may be reused.
+/// A stop was requested for the agent of group `pgid` (a cancel or the
+/// shutdown): SIGTERM the tree now and start the grace from now, however
+/// late the run's task (which then escalates) gets to run.
+pub fn stop_requested(pgid: i32) {
+    let tree = {
+        let mut trees = trees();
+        let Some(tree) = trees.get_mut(&pgid) else {
+            return;
+        };
+        if tree.stop_at.is_some() {
+            return;
+        }
+        tree.stop_at = Some(Instant::now());
+        tree.clone()
+    };
+    signal_group(pgid, libc::SIGTERM);
+    let scan = move || signal_tree(&tree, libc::SIGTERM);
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => drop(handle.spawn_blocking(scan)),
+        Err(_) => drop(std::thread::spawn(scan)),
+    }
+}
+
+/// The instant a stop was requested for group `pgid`, if one was.
+fn stop_requested_at(pgid: i32) -> Option<Instant> {
+    trees().get(&pgid).and_then(|t| t.stop_at)
+}
+
+/// The agent trees alive now, by group, for [`kill_group`].
+static TREES: std::sync::Mutex<BTreeMap<i32, Tree>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn trees() -> std::sync::MutexGuard<'static, BTreeMap<i32, Tree>> {
+    TREES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(target_os = "linux")]
-fn tree_members(pgid: i32, tag: &str) -> Vec<crate::shell::proctree::ProcStat> {
-    use crate::shell::proctree::parse_stat;
+fn read_stat(pid: i32) -> Option<crate::shell::proctree::ProcStat> {
+    crate::shell::proctree::parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Live members of `tree`: members of the group, tagged processes, and
+/// descendants of either (zombies excluded). The leader's PID alone is not
+/// a criterion: once reaped it may be reused.
+#[cfg(target_os = "linux")]
+fn tree_members(tree: &Tree) -> Vec<crate::shell::proctree::ProcStat> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     let procs: Vec<_> = dir
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?))
+        .filter_map(read_stat)
         .collect();
     let own = std::process::id() as i32;
-    let needle = format!("{RUN_TREE_ENV}={tag}").into_bytes();
-    let tagged = |pid: i32| {
-        pid != own
-            && std::fs::read(format!("/proc/{pid}/environ"))
+    let needle = format!("{RUN_TREE_ENV}={}", tree.tag).into_bytes();
+    let tagged = |p: &crate::shell::proctree::ProcStat| {
+        p.pid != own
+            && p.start_time >= tree.min_start
+            && std::fs::read(format!("/proc/{}/environ", p.pid))
                 .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_slice()))
                 .unwrap_or(false)
     };
+    let pgid = tree.pgid;
     let mut members: std::collections::BTreeSet<i32> = procs
         .iter()
-        .filter(|p| pgid > 1 && (p.pgid == pgid || p.sid == pgid) || tagged(p.pid))
+        .filter(|p| pgid > 1 && (p.pgid == pgid || p.sid == pgid) || tagged(p))
         .map(|p| p.pid)
         .collect();
     loop {
@@ -150,45 +196,48 @@ fn tree_members(pgid: i32, tag: &str) -> Vec<crate::shell::proctree::ProcStat> {
         .collect()
 }
 
-/// `signal` to group `pgid` and to every live member of its tree.
-fn signal_tree(pgid: i32, tag: &str, signal: i32) {
-    signal_group(pgid, signal);
+/// `signal` to the group and to every live member of the tree. Blocking
+/// (reads `/proc`).
+fn signal_tree(tree: &Tree, signal: i32) {
+    signal_group(tree.pgid, signal);
     #[cfg(target_os = "linux")]
-    for m in tree_members(pgid, tag) {
+    for m in tree_members(tree) {
         // Skip a PID that was reused since the scan.
-        let same = std::fs::read_to_string(format!("/proc/{}/stat", m.pid))
-            .ok()
-            .and_then(|s| crate::shell::proctree::parse_stat(&s))
-            .is_some_and(|now| now.start_time == m.start_time && !now.is_zombie());
-        if same {
+        if read_stat(m.pid).is_some_and(|now| now.start_time == m.start_time && !now.is_zombie()) {
             // SAFETY: kill(2) on a member of a tree we started.
             unsafe { libc::kill(m.pid, signal) };
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = tag;
+}
+
+/// [`signal_tree`] from the async loop: the group at once, the rest of the
+/// tree from a blocking thread (the `/proc` scan must not stall the
+/// runtime when many runs stop together).
+fn signal_tree_now(tree: &Tree, signal: i32) {
+    signal_group(tree.pgid, signal);
+    let tree = tree.clone();
+    tokio::task::spawn_blocking(move || signal_tree(&tree, signal));
 }
 
 /// Whether anything of the tree is alive (zombies do not count).
-fn tree_alive(pgid: i32, tag: &str) -> bool {
+fn tree_alive(tree: &Tree) -> bool {
     #[cfg(target_os = "linux")]
     {
-        !tree_members(pgid, tag).is_empty()
+        !tree_members(tree).is_empty()
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = tag;
-        group_alive(pgid)
+        group_alive(tree.pgid)
     }
 }
 
 /// SIGKILL the tree until nothing of it is left (bounded). Blocking.
-fn kill_tree_blocking(pgid: i32, tag: &str) {
+fn kill_tree_blocking(tree: &Tree) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        signal_tree(pgid, tag, libc::SIGKILL);
+        signal_tree(tree, libc::SIGKILL);
         std::thread::sleep(Duration::from_millis(20));
-        if !tree_alive(pgid, tag) || Instant::now() >= deadline {
+        if !tree_alive(tree) || Instant::now() >= deadline {
             return;
         }
     }
@@ -235,16 +284,16 @@ pub fn group_alive(pgid: i32) -> bool {
 
 /// SIGKILL the whole tree of group `pgid` now (shutdown of an aborted run).
 pub fn kill_group(pgid: i32) {
-    let tag = tree_tags().remove(&pgid);
-    match tag {
-        Some(tag) => kill_tree_blocking(pgid, &tag),
+    let tree = trees().remove(&pgid);
+    match tree {
+        Some(tree) => kill_tree_blocking(&tree),
         None => signal_group(pgid, libc::SIGKILL),
     }
 }
 
-async fn tree_alive_async(pgid: i32, tag: &str) -> bool {
-    let tag = tag.to_string();
-    tokio::task::spawn_blocking(move || tree_alive(pgid, &tag))
+async fn tree_alive_async(tree: &Tree) -> bool {
+    let tree = tree.clone();
+    tokio::task::spawn_blocking(move || tree_alive(&tree))
         .await
         .unwrap_or(true)
 }
@@ -309,7 +358,17 @@ pub async fn run_process(
     let pid = child.id().unwrap_or(0);
     result.pid = Some(pid);
     let pgid = pid as i32;
-    tree_tags().insert(pgid, tag.clone());
+    #[cfg(target_os = "linux")]
+    let min_start = read_stat(pgid).map_or(0, |p| p.start_time);
+    #[cfg(not(target_os = "linux"))]
+    let min_start = 0;
+    let tree = Tree {
+        pgid,
+        tag,
+        min_start,
+        stop_at: None,
+    };
+    trees().insert(pgid, tree.clone());
     on_spawn(pid);
     let mut stdout = child.stdout.take();
     let stderr_task = child.stderr.take().map(|e| tokio::spawn(read_capped(e)));
@@ -359,22 +418,24 @@ pub async fn run_process(
             }
             _ = &mut timeout, if !result.timed_out && status.is_none() && kill_at.is_none() => {
                 result.timed_out = true;
-                signal_tree(pgid, &tag, libc::SIGTERM);
+                signal_tree_now(&tree, libc::SIGTERM);
                 kill_at = Some(tokio::time::Instant::now() + PROCESS_KILL_GRACE);
             }
             changed = stop.changed(), if stop_open && kill_at.is_none() => {
                 match changed {
                     Ok(()) if stop.borrow().is_some() => {
                         result.stopped = true;
-                        signal_tree(pgid, &tag, libc::SIGTERM);
-                        kill_at = Some(tokio::time::Instant::now() + spec.stop_grace);
+                        signal_tree_now(&tree, libc::SIGTERM);
+                        let requested = stop_requested_at(pgid)
+                            .map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std);
+                        kill_at = Some(requested + spec.stop_grace);
                     }
                     Ok(()) => {}
                     Err(_) => stop_open = false,
                 }
             }
             _ = tokio::time::sleep_until(kill_deadline), if kill_at.is_some() && !killed => {
-                signal_tree(pgid, &tag, libc::SIGKILL);
+                signal_tree_now(&tree, libc::SIGKILL);
                 killed = true;
             }
             _ = tokio::time::sleep_until(drain_deadline), if exited_at.is_some() && stdout.is_some() => {
@@ -386,15 +447,15 @@ pub async fn run_process(
     // (SIGKILL then), otherwise leftovers of a finished agent (also those
     // that left the group) are killed now.
     if let Some(at) = kill_at.filter(|_| !killed) {
-        while tokio::time::Instant::now() < at && tree_alive_async(pgid, &tag).await {
+        while tokio::time::Instant::now() < at && tree_alive_async(&tree).await {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    if tree_alive_async(pgid, &tag).await {
-        let t = tag.clone();
-        let _ = tokio::task::spawn_blocking(move || kill_tree_blocking(pgid, &t)).await;
+    if tree_alive_async(&tree).await {
+        let t = tree.clone();
+        let _ = tokio::task::spawn_blocking(move || kill_tree_blocking(&t)).await;
     }
-    tree_tags().remove(&pgid);
+    trees().remove(&pgid);
     if let Some(task) = stderr_task {
         // Leftovers holding stderr are dead now, so this ends promptly.
         match tokio::time::timeout(Duration::from_secs(2), task).await {
