@@ -326,7 +326,7 @@ async fn fail_subagent_run(
     let Some(subagent) = subagent else {
         return Ok(());
     };
-    let run_select = "id,subagent_id,status,metadata";
+    let run_select = "id,subagent_id,status,error,metadata";
     let requested = panorama_protocol::jobs::resolve_run_id(
         str_of(&payload, "run_id").or_else(|| str_of(&payload, "runId")),
         subagent.get("input").and_then(|i| str_of(i, "run_id")),
@@ -353,13 +353,14 @@ async fn fail_subagent_run(
                 "the running run of subagent {subagent_id}"
             )))?,
     };
-    let Some(run) = run.filter(|r| str_of(r, "status") == Some("running")) else {
+    let Some(run) = run else {
         return Ok(());
     };
     let run_id = str_of(&run, "id").unwrap_or_default().to_string();
+    let run_status = str_of(&run, "status").unwrap_or_default().to_string();
     let last_event = client
         .from("subagent_run_events")
-        .select("sequence")
+        .select("sequence,event_type")
         .eq("run_id", &run_id)
         .order("sequence", false, None)
         .limit(1)
@@ -371,6 +372,54 @@ async fn fail_subagent_run(
         .and_then(|e| e.get("sequence"))
         .and_then(Value::as_i64)
         .map_or(0, |s| s + 1);
+    let has_terminal_event = last_event.as_ref().is_some_and(|e| {
+        matches!(
+            str_of(e, "event_type"),
+            Some("run_completed" | "run_failed" | "run_cancelled")
+        )
+    });
+    let event_row = |event_type: &str, reason: &str| {
+        json!({
+            "run_id": run_id,
+            "subagent_id": subagent_id,
+            "team_id": subagent.get("team_id").cloned().unwrap_or(Value::Null),
+            "gateway_id": subagent.get("gateway_id").cloned().unwrap_or(Value::Null),
+            "sequence": next_sequence,
+            "event_type": event_type,
+            "payload": {"reason": reason, "source": RESTART_EVENT_SOURCE},
+        })
+    };
+    if run_status != "running" {
+        // A run made terminal without its terminal event: an earlier
+        // recovery (or job-failure fallback) was killed between its writes.
+        // Its events must still end with one terminal event.
+        let event_type = match run_status.as_str() {
+            "completed" => "run_completed",
+            "cancelled" => "run_cancelled",
+            "failed" => "run_failed",
+            _ => return Ok(()),
+        };
+        if !has_terminal_event {
+            let reason = str_of(&run, "error").unwrap_or(RESTART_MESSAGE).to_string();
+            outbox.push(OutboxWrite::Insert {
+                table: "subagent_run_events".into(),
+                rows: event_row(event_type, &reason),
+                duplicate_is_delivered: true,
+            })?;
+            tracing::warn!(run_id = %run_id, "subagent run was terminal without its terminal event; adding it");
+        }
+        return Ok(());
+    }
+    // The terminal event goes first: if this process dies before the row
+    // updates are queued, the next recovery finds the run still running and
+    // this event in place, and does not add a second one.
+    if !has_terminal_event {
+        outbox.push(OutboxWrite::Insert {
+            table: "subagent_run_events".into(),
+            rows: event_row("run_failed", RESTART_MESSAGE),
+            duplicate_is_delivered: true,
+        })?;
+    }
 
     let now = now_iso();
     let envelope = error_envelope(RESTART_MESSAGE);
@@ -415,19 +464,6 @@ async fn fail_subagent_run(
         })?;
     }
 
-    outbox.push(OutboxWrite::Insert {
-        table: "subagent_run_events".into(),
-        rows: json!({
-            "run_id": run_id,
-            "subagent_id": subagent_id,
-            "team_id": subagent.get("team_id").cloned().unwrap_or(Value::Null),
-            "gateway_id": subagent.get("gateway_id").cloned().unwrap_or(Value::Null),
-            "sequence": next_sequence,
-            "event_type": "run_failed",
-            "payload": {"reason": RESTART_MESSAGE, "source": RESTART_EVENT_SOURCE},
-        }),
-        duplicate_is_delivered: true,
-    })?;
     tracing::warn!(run_id = %run_id, subagent_id = %subagent_id, "subagent run interrupted by a gateway restart; marking it failed");
     Ok(())
 }
