@@ -408,6 +408,28 @@ async fn fail_subagent_run(
             })?;
             tracing::warn!(run_id = %run_id, "subagent run was terminal without its terminal event; adding it");
         }
+        // Same crash window: the run row updated, the subagent not yet.
+        let current_run_is_this = subagent
+            .get("metadata")
+            .and_then(|m| str_of(m, "current_run_id"))
+            == Some(run_id.as_str());
+        if str_of(&subagent, "status") == Some("running") && current_run_is_this {
+            let reason = str_of(&run, "error").unwrap_or(RESTART_MESSAGE);
+            let mut extra = Map::new();
+            extra.insert("last_run_at".into(), json!(now_iso()));
+            extra.insert("gateway_error".into(), json!(reason));
+            outbox.push(OutboxWrite::Update {
+                table: "subagents".into(),
+                filters: vec![eq("id", &subagent_id), eq("status", "running")],
+                patch: json!({
+                    "status": run_status,
+                    "error": reason,
+                    "output": error_envelope(reason),
+                    "completed_at": now_iso(),
+                    "metadata": merged(subagent.get("metadata"), &extra),
+                }),
+            })?;
+        }
         return Ok(());
     }
     // The terminal event goes first: if this process dies before the row

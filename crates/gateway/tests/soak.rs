@@ -811,6 +811,15 @@ fn soak_mixed_jobs_under_faults() {
                     ))
                 );
             }
+            let sid = &job.run.as_ref().unwrap().0;
+            if let Some(sub) = world.hub().row("subagents", sid) {
+                if sub["status"] == "running" {
+                    f.event_defects.push(format!(
+                        "subagent {sid}: job {} is {status} but the subagent is still running",
+                        job.id
+                    ));
+                }
+            }
             if let Some(run) = world.hub().row("subagent_runs", run_id) {
                 if run["status"] == "running" || run["status"] == "queued" {
                     f.event_defects.push(format!(
@@ -1166,6 +1175,11 @@ fn recovery_finishes_what_a_killed_recovery_started() {
     ] {
         let sid = world.subagent("claude_code_gateway", json!({}), "x");
         let run_id = new_id();
+        hub.patch(
+            "subagents",
+            &format!("id=eq.{sid}"),
+            json!({"status": "running", "metadata": {"current_run_id": run_id}}),
+        );
         hub.insert(
             "subagent_runs",
             json!({"id": run_id, "subagent_id": sid, "team_id": gw.team_id,
@@ -1219,5 +1233,15 @@ fn recovery_finishes_what_a_killed_recovery_started() {
         );
         let run = world.hub().row("subagent_runs", run_id).unwrap();
         assert_eq!(run["status"], "failed", "{run}");
+        let sid = run["subagent_id"].as_str().unwrap();
+        let sub = world
+            .hub()
+            .wait_for("subagent failed", Duration::from_secs(30), || {
+                world
+                    .hub()
+                    .row("subagents", sid)
+                    .filter(|s| s["status"] == "failed")
+            });
+        assert_eq!(sub["error"], RESTART_MESSAGE, "{sub}");
     }
 }
