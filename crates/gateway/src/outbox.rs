@@ -7,10 +7,12 @@
 //!   an on-disk log and fsyncs it before it returns the sequence number. A
 //!   write whose `push` returned survives a crash, a kill or a power loss
 //!   and is delivered by the next process that opens the same directory.
-//! * **At-least-once.** An entry is acknowledged (the "acked up to N" marker
-//!   is advanced and fsynced) only after the hub answered it. A crash
-//!   between the hub's answer and the marker write replays the entry. The
-//!   writes are therefore designed to be **idempotent on replay**:
+//! * **At-least-once.** An entry counts as delivered only after the hub
+//!   answered it. What was delivered is recorded lazily: the log is
+//!   truncated when nothing is pending, and the "acked up to N" marker is
+//!   rewritten at most every [`MARKER_EVERY`] deliveries in between, so a
+//!   crash replays at most that many delivered entries. The writes are
+//!   therefore designed to be **idempotent on replay**:
 //!   conditional updates (`status=eq.running`: 0 rows matched counts as
 //!   delivered) and inserts with fixed keys whose 23505 unique violation
 //!   counts as delivered (`duplicate_is_delivered`). Edge-function calls are
@@ -35,13 +37,16 @@
 //!   append-only. It is truncated when every entry is delivered, and
 //!   rewritten (tmp file + rename) at open and when delivered entries make
 //!   up most of a large file.
-//! * `outbox.acked`: the highest delivered sequence number, replaced
-//!   atomically (tmp file + fsync + rename + directory fsync).
+//! * `outbox.acked`: a delivered sequence number at most [`MARKER_EVERY`]
+//!   behind the highest, replaced atomically (tmp file + fsync + rename +
+//!   directory fsync); entries at or below it are not replayed.
 //! * `dead-letters.jsonl`: `{"seq","write","error","status","code","dead_at"}`
 //!   lines for permanently rejected entries, for an operator to inspect.
 //!
-//! Sequence numbers start at 1 and keep increasing across restarts and
-//! compactions (the next number is derived from the marker and the log).
+//! Sequence numbers start at 1 and increase within a process; a restart
+//! continues after the highest number in the log or the marker, so a
+//! number of an entry that was delivered and truncated away may be used
+//! again (nothing keys on them across processes).
 //!
 //! Only one process may use a directory at a time (the gateway's PID file
 //! guarantees that), and [`Outbox::start`] runs at most one delivery task.
@@ -62,6 +67,10 @@ use tokio::sync::{watch, Notify};
 pub const LOG_FILE: &str = "outbox.jsonl";
 /// The "delivered up to N" marker.
 pub const ACK_FILE: &str = "outbox.acked";
+
+/// At most this many delivered entries are past the on-disk marker while
+/// entries are still pending: the most a crash makes a restart replay.
+pub const MARKER_EVERY: u64 = 32;
 /// Permanently rejected entries.
 pub const DEAD_LETTER_FILE: &str = "dead-letters.jsonl";
 
@@ -306,6 +315,8 @@ struct State {
     pending_bytes: u64,
     next_seq: u64,
     acked: u64,
+    /// The value the on-disk marker holds (≤ `acked`).
+    marker: u64,
     dead_letters: usize,
 }
 
@@ -434,46 +445,87 @@ impl Inner {
         f.sync_data().map_err(io_err("syncing", &path))
     }
 
-    /// Marks `seq` (the front entry) delivered: marker first, then memory,
-    /// then compaction.
+    /// Marks `seq` (the front entry) delivered: memory first, then the log
+    /// (truncated once nothing is pending, compacted when mostly
+    /// delivered), then — at most every [`MARKER_EVERY`] deliveries — the
+    /// on-disk marker.
+    ///
+    /// The marker only spares a restarted gateway from replaying entries
+    /// that were already delivered, and replays are harmless by design, so
+    /// it is not written (two fsyncs) per entry: that made every outcome
+    /// cost three fsyncs on the delivery path and capped a busy gateway at
+    /// about a hundred completions a second. When the queue drains, the
+    /// truncated log is itself the record that nothing is pending.
     fn ack(&self, seq: u64) {
-        // The marker is written before taking the state lock: only the one
-        // delivery task writes it, and holding the lock through its two
-        // fsyncs made every `push` (a handler's terminal write) wait for
-        // them — up to ~20 ms on a busy disk.
-        if let Err(e) = write_atomic(&self.dir.join(ACK_FILE), format!("{seq}\n").as_bytes()) {
-            // The entry was delivered; failing to record that only means it
-            // is replayed after a restart, which is harmless by design.
-            tracing::error!(seq, error = %e, "could not persist the outbox delivery marker; the entry will be replayed after a restart");
-        }
         let mut st = self.lock();
         if st.pending.front().map(|e| e.seq) == Some(seq) {
             let e = st.pending.pop_front().expect("front exists");
             st.pending_bytes = st.pending_bytes.saturating_sub(e.bytes);
         }
         st.acked = st.acked.max(seq);
+        let mut write_marker = false;
         if st.pending.is_empty() {
+            // Under the lock: a concurrent `push` must not append between
+            // the check and the truncation.
             let path = self.log_path();
             let res = st
                 .log
                 .set_len(0)
-                .and_then(|_| st.log.sync_all())
+                .and_then(|_| st.log.sync_data())
                 .map_err(io_err("truncating", &path));
             match res {
                 Ok(()) => {
                     st.log_bytes = 0;
                     st.pending_bytes = 0;
                 }
-                Err(e) => tracing::warn!(error = %e, "could not compact the outbox log"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not compact the outbox log");
+                    write_marker = true;
+                }
             }
-        } else if st.log_bytes >= COMPACT_BYTES && st.pending_bytes * 2 <= st.log_bytes {
-            if let Err(e) = self.rewrite_log(&mut st) {
-                tracing::warn!(error = %e, "could not compact the outbox log");
+        } else {
+            if st.log_bytes >= COMPACT_BYTES && st.pending_bytes * 2 <= st.log_bytes {
+                if let Err(e) = self.rewrite_log(&mut st) {
+                    tracing::warn!(error = %e, "could not compact the outbox log");
+                }
             }
+            write_marker = st.acked.saturating_sub(st.marker) >= MARKER_EVERY;
         }
         let acked = st.acked;
         drop(st);
+        // Written outside the lock so that handlers' pushes never wait for
+        // its fsyncs; only the one delivery task calls `ack`.
+        if write_marker {
+            match write_atomic(&self.dir.join(ACK_FILE), format!("{acked}\n").as_bytes()) {
+                Ok(()) => {
+                    let mut st = self.lock();
+                    st.marker = st.marker.max(acked);
+                }
+                // The entries were delivered; failing to record that only
+                // means they are replayed after a restart.
+                Err(e) => {
+                    tracing::error!(seq = acked, error = %e, "could not persist the outbox delivery marker; delivered entries will be replayed after a restart")
+                }
+            }
+        }
         self.acked_tx.send_replace(acked);
+    }
+}
+
+impl Drop for Inner {
+    /// A clean close (the last handle dropped) records exactly what was
+    /// delivered, so a graceful restart replays nothing.
+    fn drop(&mut self) {
+        let st = match self.state.get_mut() {
+            Ok(st) => st,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if st.acked > st.marker {
+            let _ = write_atomic(
+                &self.dir.join(ACK_FILE),
+                format!("{}\n", st.acked).as_bytes(),
+            );
+        }
     }
 }
 
@@ -658,6 +710,7 @@ impl Outbox {
                 pending_bytes,
                 next_seq: loaded.max_seq + 1,
                 acked,
+                marker: acked,
                 dead_letters: 0,
             }),
             wake: Notify::new(),
@@ -904,17 +957,47 @@ mod tests {
         assert!(fs::metadata(tmp.path().join(LOG_FILE)).unwrap().len() > 0);
         o.inner.ack(2);
         assert_eq!(fs::metadata(tmp.path().join(LOG_FILE)).unwrap().len(), 0);
-        assert_eq!(
-            fs::read_to_string(tmp.path().join(ACK_FILE))
-                .unwrap()
-                .trim(),
-            "2"
-        );
+        // The empty log is the record; the marker is not rewritten for it.
+        assert!(!tmp.path().join(ACK_FILE).exists());
         // Appending after truncation starts at offset 0 with a clean line.
         assert_eq!(o.push(event(3)).unwrap(), 3);
         drop(o);
         let o = Outbox::open(tmp.path()).unwrap();
         assert_eq!(pending_writes(&o), vec![(3, event(3))]);
+    }
+
+    #[test]
+    fn a_crash_replays_at_most_marker_every_delivered_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let o = Outbox::open(tmp.path()).unwrap();
+        let total = MARKER_EVERY * 3;
+        for n in 1..=total {
+            o.push(event(n)).unwrap();
+        }
+        // Deliver all but the last two, then crash: no clean close.
+        for seq in 1..=total - 2 {
+            o.inner.ack(seq);
+        }
+        let marker: u64 = fs::read_to_string(tmp.path().join(ACK_FILE))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            marker <= total - 2 && total - 2 - marker < MARKER_EVERY,
+            "marker {marker}"
+        );
+        std::mem::forget(o);
+        let o = Outbox::open(tmp.path()).unwrap();
+        let replayed = pending_writes(&o);
+        // Undelivered entries always come back, in order; delivered ones
+        // only past the marker.
+        assert_eq!(replayed.last().unwrap().0, total);
+        assert_eq!(replayed.first().unwrap().0, marker + 1);
+        assert!(replayed.len() as u64 <= MARKER_EVERY + 1);
+        let seqs: Vec<u64> = replayed.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (marker + 1..=total).collect::<Vec<_>>());
+        assert_eq!(o.push(event(0)).unwrap(), total + 1);
     }
 
     #[test]
