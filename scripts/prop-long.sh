@@ -8,6 +8,8 @@
 # The one exception is providers' `trimmed_payloads_are_bounded`, whose
 # every case serializes a ~200,000-char payload: it runs PROPTEST_CASES/100.
 # CI runs the same tests with small per-property defaults (`cargo test`).
+# Measured at 1,000,000 cases on the 2-core dev machine: 17 min 14 s
+# (providers 422 s, protocol 295 s, hub 316 s; release build already done).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
