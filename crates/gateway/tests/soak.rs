@@ -13,6 +13,17 @@
 //! * `hub_outage_during_streaming_run` stops the hub for `OUTAGE_SECS`
 //!   (default 8; the long form uses 60) while a subagent run streams, and
 //!   checks every event and the terminal state land after the hub returns.
+//! * Regression tests for what the soak found, with a loopback proxy that
+//!   drops the hub's answer after the hub applied a write (claim, run-row
+//!   insert, "mark subagent running"), and a recovery killed between its
+//!   writes.
+//!
+//! CI: `cargo test -p panorama-gateway --test soak` (200 jobs, 12 faults,
+//! 8 s outage). Long form: `SOAK_JOBS=1000 SOAK_FAULTS=50 cargo test
+//! --release -p panorama-gateway --test soak soak_mixed -- --nocapture` and
+//! `OUTAGE_SECS=60 cargo test -p panorama-gateway --test soak hub_outage --
+//! --nocapture`. Other knobs: `SOAK_SEED`, `SOAK_LINES`,
+//! `SOAK_LINE_DELAY_MS`, `SOAK_SETTLE_SECS`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
