@@ -70,6 +70,12 @@ pub struct RealtimeOptions {
     pub max_bindings: usize,
     /// Largest client frame accepted.
     pub max_message_bytes: usize,
+    /// Matching changes one socket may have waiting before it is told it
+    /// is too slow (see `realtime/dispatch.rs`). Large enough for an
+    /// operator's bulk insert of thousands of jobs to reach a listener
+    /// bound to all of them; the queue only holds memory while it holds
+    /// changes.
+    pub queue_capacity: usize,
 }
 
 impl Default for RealtimeOptions {
@@ -80,6 +86,7 @@ impl Default for RealtimeOptions {
             max_channels: 100,
             max_bindings: 100,
             max_message_bytes: 1 << 20,
+            queue_capacity: dispatch::QUEUE_CAPACITY,
         }
     }
 }
@@ -840,7 +847,11 @@ impl Conn {
                         self.channels.first().map_or("", |c| c.topic.as_str())
                     ),
                 };
-                self.sub = Some(self.state.feed.dispatcher().register(routes, label));
+                self.sub = Some(self.state.feed.dispatcher().register(
+                    routes,
+                    label,
+                    self.opts.queue_capacity,
+                ));
             }
         }
     }

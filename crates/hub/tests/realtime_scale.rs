@@ -13,7 +13,6 @@ use futures_util::{SinkExt, StreamExt};
 use panorama_hub::api::{self, AppState};
 use panorama_hub::auth::Keys;
 use panorama_hub::changes::ChangeFeed;
-use panorama_hub::realtime::dispatch::QUEUE_CAPACITY;
 use panorama_hub::realtime::{self, RealtimeOptions};
 use panorama_hub::store::sqlite::SqliteStore;
 use serde_json::{json, Value};
@@ -439,12 +438,16 @@ async fn leaving_unbinding_and_closing_stop_delivery_and_unregister() {
     .await;
 }
 
+/// A small queue, so that the flood below stays small.
+const SLOW_QUEUE: usize = 256;
+
 #[tokio::test]
 async fn a_slow_consumer_does_not_block_others_and_is_told_to_rejoin() {
     // Long send timeout: the stalled socket must survive its stall, so
     // that it can be seen being told.
     let hub = Hub::start(RealtimeOptions {
         send_timeout: Duration::from_secs(60),
+        queue_capacity: SLOW_QUEUE,
         ..RealtimeOptions::default()
     })
     .await;
@@ -474,7 +477,7 @@ async fn a_slow_consumer_does_not_block_others_and_is_told_to_rejoin() {
     // Flood: more than the slow socket's queue plus what the kernel
     // buffers, with ~8 KiB rows. `slow` reads nothing meanwhile.
     let filler = "x".repeat(8 * 1024);
-    let flood: Vec<Gateway> = std::iter::repeat_n(b.clone(), 4 * QUEUE_CAPACITY).collect();
+    let flood: Vec<Gateway> = std::iter::repeat_n(b.clone(), 4 * SLOW_QUEUE).collect();
     hub.jobs(&flood, json!({ "filler": filler })).await;
     hub.until("the slow socket's queue to overflow", |s| {
         s.feed.dispatcher().counts().1 > 0

@@ -40,11 +40,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-/// Matching changes one socket may have waiting. A gateway sees a few
-/// changes a minute; a socket this far behind has stopped reading (its
-/// sends then time out and close it) or is bound to far more than it can
-/// take.
-pub const QUEUE_CAPACITY: usize = 256;
+/// Default bound of the matching changes one socket may have waiting
+/// (`RealtimeOptions::queue_capacity`). A gateway sees a few changes a
+/// minute, but a listener bound to a whole table sees every row of a bulk
+/// insert at once (the bench inserts 500 jobs and follows ~1,500 changes):
+/// the bound must absorb such bursts, and costs nothing while the queue is
+/// empty (Tokio's bounded channel allocates in small blocks as it fills).
+/// A socket this far behind has stopped reading (its sends then time out
+/// and close it) or is bound to far more than it can take.
+pub const QUEUE_CAPACITY: usize = 16_384;
 
 /// How often, at most, one socket's dropped changes are logged.
 pub const WARN_EVERY: Duration = Duration::from_secs(60);
@@ -350,8 +354,8 @@ impl Dispatcher {
 
     /// Registers a socket. Changes published after this returns reach its
     /// queue if a route can match them.
-    pub fn register(&self, routes: Vec<Route>, label: String) -> Subscription {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    pub fn register(&self, routes: Vec<Route>, label: String, capacity: usize) -> Subscription {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
         let lost = Arc::new(AtomicU64::new(0));
         let mut ix = lock(&self.index);
         let id = ix.next_id;
@@ -661,9 +665,10 @@ mod tests {
                 json!({"event": "INSERT", "schema": "public", "table": "teams"}),
             )]
         };
-        let mut slow = d.register(all(), "slow".into());
-        let mut fast = d.register(all(), "fast".into());
-        let n = QUEUE_CAPACITY + 10;
+        const CAP: usize = 64;
+        let mut slow = d.register(all(), "slow".into(), CAP);
+        let mut fast = d.register(all(), "fast".into(), CAP);
+        let n = CAP + 10;
         for i in 0..n {
             tx.send(change(
                 "teams",
@@ -686,7 +691,7 @@ mod tests {
         {
             got += 1;
         }
-        assert_eq!(got, QUEUE_CAPACITY);
+        assert_eq!(got, CAP);
         assert_eq!(d.subscriptions(), 2);
         drop(slow);
         drop(fast);
