@@ -21,7 +21,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::paths::PathOverrides;
 
-/// The help text, identical to the Node gateway's (§1.1).
+/// The help text: the Node gateway's (§1.1), word for word, then the
+/// options only this gateway has.
 pub const HELP: &str = r#"
 Panorama Gateway
 
@@ -67,6 +68,15 @@ Environment overrides:
   PANORAMA_GATEWAY_AUTO_RESTART (default: on for built CLI, off for dev)
   PANORAMA_GATEWAY_RESTART_CHECK_MS (default: 30000)
   PANORAMA_GATEWAY_RESTART_MAX_WAIT_MS (optional)
+
+Backend (this gateway's additions):
+  --supabase-url <url>              Control-plane URL (default: http://127.0.0.1:54321, a local panorama-hub)
+  --anon-key <key>                  Control-plane anon key
+  PANORAMA_SUPABASE_URL, SUPABASE_URL            Same as --supabase-url
+  PANORAMA_SUPABASE_ANON_KEY, SUPABASE_ANON_KEY  Same as --anon-key
+  status --json, doctor --json      Machine-readable output
+  PANORAMA_GATEWAY_SHUTDOWN_GRACE_MS  How long running jobs may finish at shutdown
+  PANORAMA_GATEWAY_LOG              Log filter (e.g. info, debug)
 "#;
 
 #[derive(Debug, Parser)]

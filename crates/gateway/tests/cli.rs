@@ -423,6 +423,10 @@ fn bad_command_lines_fail_clearly() {
     assert!(r
         .stdout()
         .contains("panorama-gateway full-control <enable|disable|status>"));
+    // Options only this gateway has are listed after the reference's text.
+    for flag in ["--supabase-url <url>", "--anon-key <key>", "status --json"] {
+        assert!(r.stdout().contains(flag), "--help lacks {flag}");
+    }
 
     let r = home.run(&["frobnicate"]);
     assert_eq!(r.code(), 1);
