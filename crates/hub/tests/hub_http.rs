@@ -5,18 +5,6 @@ use panorama_testkit::Hub;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-fn new_uuid() -> String {
-    let h = panorama_testkit::uuid_like();
-    format!(
-        "{}-{}-4{}-8{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[13..16],
-        &h[17..20],
-        &h[20..32]
-    )
-}
-
 #[test]
 fn pairing_heartbeat_and_a_gateway_claiming_its_job() {
     let hub = Hub::start();
@@ -342,7 +330,7 @@ fn postgrest_shapes_single_count_and_errors() {
     let (s, b) = error(
         Method::POST,
         "/rest/v1/gateway_jobs",
-        Some(&json!({"team_id": new_uuid()}).to_string()),
+        Some(&json!({"team_id": panorama_testkit::new_uuid()}).to_string()),
     );
     assert_eq!((s, b["code"].as_str()), (409, Some("23503")));
     let (s, b) = error(Method::POST, "/rest/v1/rpc/nope", Some("{}"));
@@ -397,7 +385,7 @@ fn run_sequences_events_and_unique_violations() {
     let hub = Hub::start();
     let team = hub.create_team("acme");
     let gw = hub.pair(&team, "box");
-    let subagent = new_uuid();
+    let subagent = panorama_testkit::new_uuid();
     hub.insert("subagents", json!({"id": subagent, "team_id": team, "gateway_id": gw.gateway_id, "subagent_type": "claude_code_gateway"}));
     let allocate = |token: &str, id: &str| {
         hub.req(
@@ -422,7 +410,7 @@ fn run_sequences_events_and_unique_violations() {
         json!(2)
     );
 
-    let run_id = new_uuid();
+    let run_id = panorama_testkit::new_uuid();
     let run = json!({"id": run_id, "subagent_id": subagent, "team_id": team, "gateway_id": gw.gateway_id, "run_sequence": 2, "status": "running", "prompt": "hi"});
     let res = hub
         .req(Method::POST, "/rest/v1/subagent_runs", &gw.access_token)
@@ -431,7 +419,7 @@ fn run_sequences_events_and_unique_violations() {
         .unwrap();
     assert_eq!(res.status(), 201);
     let mut second = run.clone();
-    second["id"] = json!(new_uuid());
+    second["id"] = json!(panorama_testkit::new_uuid());
     second["run_sequence"] = json!(3);
     let res = hub
         .req(Method::POST, "/rest/v1/subagent_runs", &gw.access_token)
@@ -561,7 +549,7 @@ fn tokens_expired_forged_and_anon_are_refused() {
             "/rest/v1/rpc/allocate_subagent_run_sequence",
             &hub.anon_key,
         )
-        .json(&json!({"p_subagent_id": new_uuid()}))
+        .json(&json!({"p_subagent_id": panorama_testkit::new_uuid()}))
         .send()
         .unwrap();
     assert_eq!(res.status(), 401);
@@ -627,7 +615,7 @@ fn merge_upsert_overwrites_only_the_columns_it_names() {
     assert_eq!(row["error"], "second");
     assert_eq!(row["payload"], json!({"keep": true}));
     // A new key is still a plain insert with defaults.
-    let fresh = new_uuid();
+    let fresh = panorama_testkit::new_uuid();
     let row = upsert(
         json!({"id": fresh, "team_id": team, "gateway_id": gw.gateway_id, "job_type": "diagnostic"}),
         "",

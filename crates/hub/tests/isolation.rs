@@ -18,18 +18,6 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
-fn uuid() -> String {
-    let h = panorama_testkit::uuid_like();
-    format!(
-        "{}-{}-4{}-8{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[13..16],
-        &h[17..20],
-        &h[20..32]
-    )
-}
-
 /// The REST verbs of the matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verb {
@@ -120,8 +108,10 @@ fn insert_body(table: &Table, team: &Ident, rest: &Ident, seq: i64) -> Value {
             _ if c.nullable || c.default != schema::ColDefault::None => continue,
             _ => match (c.ty, c.allowed) {
                 (_, Some(allowed)) => json!(allowed[0]),
-                (ColType::Uuid, _) => json!(uuid()),
-                (ColType::Text, _) => json!(format!("SPOOF{}", &uuid()[..8]).to_uppercase()),
+                (ColType::Uuid, _) => json!(panorama_testkit::new_uuid()),
+                (ColType::Text, _) => {
+                    json!(format!("SPOOF{}", &panorama_testkit::new_uuid()[..8]).to_uppercase())
+                }
                 (ColType::Int, _) => json!(100 + seq),
                 (ColType::Bool, _) => json!(false),
                 (ColType::Json, _) => json!({}),
@@ -275,7 +265,7 @@ struct World {
 
 fn own_rows(hub: &Hub, gw: &PairedGateway) -> Owned {
     let (team, gateway) = (gw.team_id.clone(), gw.gateway_id.clone());
-    let sub = uuid();
+    let sub = panorama_testkit::new_uuid();
     let subagent = hub.insert(
         "subagents",
         json!({"id": sub, "team_id": team, "gateway_id": gateway, "subagent_type": "codex_gateway"}),

@@ -30,18 +30,6 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 const QUIET: Duration = Duration::from_millis(700);
 const WAIT: Duration = Duration::from_secs(10);
 
-fn uuid() -> String {
-    let h = panorama_testkit::uuid_like();
-    format!(
-        "{}-{}-4{}-8{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[13..16],
-        &h[17..20],
-        &h[20..32]
-    )
-}
-
 fn b64(v: &Value) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
 }
@@ -81,12 +69,12 @@ fn b_row(table: &str, b: &B, n: i64) -> Value {
         "teams" => json!({"name": "b-extra"}),
         "team_gateways" => json!({"team_id": b.team, "device_name": "b-extra"}),
         "gateway_pairing_codes" => {
-            json!({"code": format!("RT{}", &uuid()[..8]).to_uppercase(), "team_id": b.team, "expires_at": "2999-01-01T00:00:00Z"})
+            json!({"code": format!("RT{}", &panorama_testkit::new_uuid()[..8]).to_uppercase(), "team_id": b.team, "expires_at": "2999-01-01T00:00:00Z"})
         }
         "gateway_jobs" => json!({"team_id": b.team, "gateway_id": b.gateway}),
         "gateway_events" => json!({"team_id": b.team, "gateway_id": b.gateway, "message": "m"}),
         "subagents" => {
-            json!({"id": uuid(), "team_id": b.team, "gateway_id": b.gateway, "subagent_type": "codex_gateway"})
+            json!({"id": panorama_testkit::new_uuid(), "team_id": b.team, "gateway_id": b.gateway, "subagent_type": "codex_gateway"})
         }
         "subagent_runs" => {
             json!({"subagent_id": b.subagent, "team_id": b.team, "gateway_id": b.gateway, "run_sequence": 10 + n, "status": "pending_admission"})
@@ -275,7 +263,7 @@ fn no_subscriber_receives_another_principals_rows() {
     ]
     .into_iter()
     .collect();
-    let sub = uuid();
+    let sub = panorama_testkit::new_uuid();
     hub.insert(
         "subagents",
         json!({"id": sub, "team_id": team_b, "gateway_id": gw["B"].gateway_id, "subagent_type": "codex_gateway"}),

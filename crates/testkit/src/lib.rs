@@ -163,21 +163,8 @@ impl Hub {
 
     /// Selects rows with the service key.
     pub fn select(&self, table: &str, query: &str) -> Vec<Value> {
-        let res = self
-            .req(
-                reqwest::Method::GET,
-                &format!("/rest/v1/{table}?{query}"),
-                &self.service_key,
-            )
-            .send()
-            .expect("select request");
-        let status = res.status();
-        let body: Value = res.json().expect("select response JSON");
-        assert!(
-            status.is_success(),
-            "select from {table} failed: {status} {body}"
-        );
-        body.as_array().cloned().unwrap_or_default()
+        self.try_select(table, query)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Like [`Hub::select`], but an unreachable hub or an error status is
@@ -346,7 +333,12 @@ pub struct PairedGateway {
     pub refresh_token: String,
 }
 
-/// A random hex string (no uuid dependency needed here).
+/// A random version-4 UUID in canonical form (row ids made by tests).
+pub fn new_uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// A random hex string.
 pub fn uuid_like() -> String {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
