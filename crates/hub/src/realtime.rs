@@ -738,6 +738,13 @@ impl Conn {
         let channel = self.channels.remove(idx);
         self.sync_routes();
         tracing::info!(topic = %channel.topic, %message, "realtime channel closed by the server");
+        self.end_channel(channel, message, "phx_close").await
+    }
+
+    /// Tells the client a channel ended: a `system` error carrying
+    /// `message`, then `closing_event` (`phx_close`: closed for good;
+    /// `phx_error`: failed, the client rejoins).
+    async fn end_channel(&mut self, channel: Channel, message: &str, closing_event: &str) -> Flow {
         self.send(Frame::new(
             channel.join_ref.clone(),
             Value::Null,
@@ -750,7 +757,7 @@ impl Conn {
             channel.join_ref.clone(),
             channel.join_ref,
             &channel.topic,
-            "phx_close",
+            closing_event,
             json!({}),
         ))
         .await
@@ -888,22 +895,7 @@ impl Conn {
         );
         for channel in failed {
             tracing::debug!(topic = %channel.topic, lost, "realtime channel failed: the socket fell behind");
-            self.send(Frame::new(
-                channel.join_ref.clone(),
-                Value::Null,
-                &channel.topic,
-                "system",
-                json!({"extension": "system", "status": "error", "message": message, "channel": channel.sub_topic()}),
-            ))
-            .await?;
-            self.send(Frame::new(
-                channel.join_ref.clone(),
-                channel.join_ref,
-                &channel.topic,
-                "phx_error",
-                json!({}),
-            ))
-            .await?;
+            self.end_channel(channel, &message, "phx_error").await?;
         }
         Ok(())
     }
