@@ -317,6 +317,9 @@ struct State {
     acked: u64,
     /// The value the on-disk marker holds (≤ `acked`).
     marker: u64,
+    /// Every entry up to this sequence number is fsynced; only those are
+    /// handed to the delivery task.
+    synced: u64,
     dead_letters: usize,
 }
 
@@ -329,6 +332,9 @@ struct Inner {
     kick: Notify,
     acked_tx: watch::Sender<u64>,
     running: AtomicBool,
+    /// Held by the one `push` that is fsyncing the log for itself and for
+    /// every push that appended before it (group commit).
+    syncing: Mutex<()>,
 }
 
 /// Durable, ordered outbox (see the module docs). Cheap to clone.
@@ -422,6 +428,29 @@ impl Inner {
     }
 
     /// Rewrites the log with only the pending entries; reopens the append handle.
+    /// Makes every entry up to `seq` durable: returns at once if another
+    /// push's fsync already covered it, else fsyncs the log for every line
+    /// appended so far (not holding the state lock, so appends go on).
+    fn sync_through(&self, seq: u64) -> Result<(), OutboxError> {
+        let _turn = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        let (target, file) = {
+            let st = self.lock();
+            if st.synced >= seq {
+                return Ok(());
+            }
+            let file = st
+                .log
+                .try_clone()
+                .map_err(io_err("syncing", &self.log_path()))?;
+            (st.next_seq - 1, file)
+        };
+        file.sync_data()
+            .map_err(io_err("syncing", &self.log_path()))?;
+        let mut st = self.lock();
+        st.synced = st.synced.max(target);
+        Ok(())
+    }
+
     fn rewrite_log(&self, st: &mut State) -> Result<(), OutboxError> {
         let path = self.log_path();
         let mut buf = Vec::with_capacity(st.pending_bytes as usize);
@@ -432,6 +461,8 @@ impl Inner {
         st.log = open_private(&path, true)?;
         st.log_bytes = buf.len() as u64;
         st.pending_bytes = st.log_bytes;
+        // The rewritten file holds every pending entry, fsynced.
+        st.synced = st.next_seq - 1;
         Ok(())
     }
 
@@ -610,7 +641,10 @@ async fn delivery_loop(inner: Arc<Inner>, client: panorama_supabase::Client) {
     // then at most once a minute; the rest at debug level.
     let mut last_warn: Option<std::time::Instant> = None;
     loop {
-        let next = inner.lock().pending.front().cloned();
+        let next = {
+            let st = inner.lock();
+            st.pending.front().filter(|e| e.seq <= st.synced).cloned()
+        };
         let Some(entry) = next else {
             inner.wake.notified().await;
             continue;
@@ -711,12 +745,14 @@ impl Outbox {
                 next_seq: loaded.max_seq + 1,
                 acked,
                 marker: acked,
+                synced: loaded.max_seq,
                 dead_letters: 0,
             }),
             wake: Notify::new(),
             kick: Notify::new(),
             acked_tx: tx,
             running: AtomicBool::new(false),
+            syncing: Mutex::new(()),
         };
         for raw in &loaded.corrupt {
             tracing::error!(line = %raw, "unparseable outbox line; moved to {DEAD_LETTER_FILE}");
@@ -746,32 +782,37 @@ impl Outbox {
     }
 
     /// Appends `write`, fsyncs, and only then returns its sequence number. Never blocks on the network.
+    ///
+    /// Concurrent pushes share fsyncs (group commit): each appends its line
+    /// under the state lock, then one of them fsyncs the file for all lines
+    /// appended so far while the others wait for it and find their line
+    /// already durable. The delivery task only sends entries that are
+    /// durable. If the fsync fails, `push` returns the error; the entry
+    /// stays queued and becomes deliverable only if a later fsync succeeds.
     pub fn push(&self, write: OutboxWrite) -> Result<u64, OutboxError> {
         write.validate().map_err(OutboxError::InvalidWrite)?;
         let path = self.inner.log_path();
-        let mut st = self.inner.lock();
-        let seq = st.next_seq;
-        let line = record_line(seq, &write)?;
-        let written = st
-            .log
-            .write_all(&line)
-            .and_then(|_| st.log.sync_data())
-            .map_err(io_err("appending to", &path));
-        if let Err(e) = written {
-            // Cut off a partial line so the next append starts clean.
-            let len = st.log_bytes;
-            let _ = st.log.set_len(len);
-            return Err(e);
-        }
-        st.next_seq += 1;
-        st.log_bytes += line.len() as u64;
-        st.pending_bytes += line.len() as u64;
-        st.pending.push_back(Entry {
-            seq,
-            write,
-            bytes: line.len() as u64,
-        });
-        drop(st);
+        let seq = {
+            let mut st = self.inner.lock();
+            let seq = st.next_seq;
+            let line = record_line(seq, &write)?;
+            if let Err(e) = st.log.write_all(&line) {
+                // Cut off a partial line so the next append starts clean.
+                let len = st.log_bytes;
+                let _ = st.log.set_len(len);
+                return Err(io_err("appending to", &path)(e));
+            }
+            st.next_seq += 1;
+            st.log_bytes += line.len() as u64;
+            st.pending_bytes += line.len() as u64;
+            st.pending.push_back(Entry {
+                seq,
+                write,
+                bytes: line.len() as u64,
+            });
+            seq
+        };
+        self.inner.sync_through(seq)?;
         self.inner.wake.notify_one();
         Ok(seq)
     }
@@ -964,6 +1005,47 @@ mod tests {
         drop(o);
         let o = Outbox::open(tmp.path()).unwrap();
         assert_eq!(pending_writes(&o), vec![(3, event(3))]);
+    }
+
+    #[test]
+    fn concurrent_pushes_share_fsyncs_and_stay_durable_and_ordered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let o = Outbox::open(tmp.path()).unwrap();
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let o = o.clone();
+                std::thread::spawn(move || {
+                    (0..50u64)
+                        .map(|i| o.push(event(t * 1000 + i)).unwrap())
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let mut seqs: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=400).collect::<Vec<u64>>());
+        // Every returned push is durable, hence deliverable.
+        assert_eq!(o.inner.lock().synced, 400);
+        std::mem::forget(o);
+        let o = Outbox::open(tmp.path()).unwrap();
+        let reloaded = pending_writes(&o);
+        assert_eq!(
+            reloaded.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            (1..=400).collect::<Vec<u64>>()
+        );
+        // Each thread's writes keep the order it pushed them in.
+        for t in 0..8u64 {
+            let mine: Vec<&OutboxWrite> = reloaded
+                .iter()
+                .map(|(_, w)| w)
+                .filter(|w| (0..50).any(|i| **w == event(t * 1000 + i)))
+                .collect();
+            let expected: Vec<OutboxWrite> = (0..50).map(|i| event(t * 1000 + i)).collect();
+            assert_eq!(mine, expected.iter().collect::<Vec<_>>());
+        }
     }
 
     #[test]
