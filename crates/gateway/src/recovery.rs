@@ -15,16 +15,33 @@
 //! [`RESTART_MESSAGE`]:
 //!
 //! 1. for a `subagent_run` job whose run row is still `running`:
-//!    * the run → `failed` (CAS `status=eq.running`), with `error`, the
+//!    * when the run's last event is a terminal event (`run_completed`,
+//!      `run_failed`, `run_cancelled`: the process died after queueing it
+//!      but before the row updates landed), the run is **finalized to the
+//!      matching status** (`completed`, `failed`, `cancelled`; CAS
+//!      `status=eq.running`), so row and events agree: `completed_at`,
+//!      `error` = the event's `reason` (none for `completed`), the error
+//!      output envelope (not for `completed`: its output was not kept) and
+//!      metadata `{…run metadata, schema_version, runner, subagent_type,
+//!      last_run_at, recovered_after_restart: true}` (+ `gateway_error` for
+//!      `failed`, `cancelled: true, cancel_state: "acknowledged"` for
+//!      `cancelled`); no event is added;
+//!    * otherwise the run → `failed` (CAS `status=eq.running`), with `error`, the
 //!      error output envelope, `completed_at` and metadata
-//!      `{…run metadata, schema_version, runner, subagent_type, last_run_at, gateway_error}`;
-//!    * the subagent → `failed` (CAS on the status just read) when it is
-//!      `running`, or when its `metadata.current_run_id` is this run and it
-//!      is not already terminal; same fields, merged into its own metadata;
-//!    * a `run_failed` event `{reason, source:"gateway_restart"}` at
+//!      `{…run metadata, schema_version, runner, subagent_type, last_run_at, gateway_error}`,
+//!      after a `run_failed` event `{reason, source:"gateway_restart"}` at
 //!      max(`sequence`) + 1 (`duplicate_is_delivered`);
+//!    * the subagent → the run's new status (CAS on the status just read)
+//!      when it is `running`, or when its `metadata.current_run_id` is this
+//!      run and it is not already terminal; same fields, merged into its own
+//!      metadata;
+//!    * a run row already terminal (the previous process's row update
+//!      landed) gets its terminal event if it lacks one, and a subagent still
+//!      `running` on it takes the run's status (a completed run's output and
+//!      no error; else the run's error);
 //! 2. the job → `failed` (CAS `status=eq.running`) with
-//!    `result {message, recovered:true}`, `error` and `completed_at`.
+//!    `result {message, recovered:true}`, `error` and `completed_at`, in
+//!    every case above: its own outcome was never queued.
 //!
 //! Then the ledger entry is released. Every write is conditional or keyed,
 //! so running recovery twice, or replaying its outbox entries, is harmless.
@@ -326,7 +343,7 @@ async fn fail_subagent_run(
     let Some(subagent) = subagent else {
         return Ok(());
     };
-    let run_select = "id,subagent_id,status,error,metadata";
+    let run_select = "id,subagent_id,status,error,output,metadata";
     let requested = panorama_protocol::jobs::resolve_run_id(
         str_of(&payload, "run_id").or_else(|| str_of(&payload, "runId")),
         subagent.get("input").and_then(|i| str_of(i, "run_id")),
@@ -360,7 +377,7 @@ async fn fail_subagent_run(
     let run_status = str_of(&run, "status").unwrap_or_default().to_string();
     let last_event = client
         .from("subagent_run_events")
-        .select("sequence,event_type")
+        .select("sequence,event_type,payload")
         .eq("run_id", &run_id)
         .order("sequence", false, None)
         .limit(1)
@@ -414,17 +431,29 @@ async fn fail_subagent_run(
             .and_then(|m| str_of(m, "current_run_id"))
             == Some(run_id.as_str());
         if str_of(&subagent, "status") == Some("running") && current_run_is_this {
-            let reason = str_of(&run, "error").unwrap_or(RESTART_MESSAGE);
+            // The subagent takes the run's outcome: a completed run's output
+            // and no error; otherwise the run's error.
             let mut extra = Map::new();
             extra.insert("last_run_at".into(), json!(now_iso()));
-            extra.insert("gateway_error".into(), json!(reason));
+            let (error, output) = if run_status == "completed" {
+                (
+                    Value::Null,
+                    run.get("output").cloned().unwrap_or(Value::Null),
+                )
+            } else {
+                let reason = str_of(&run, "error").unwrap_or(RESTART_MESSAGE);
+                if run_status == "failed" {
+                    extra.insert("gateway_error".into(), json!(reason));
+                }
+                (json!(reason), error_envelope(reason))
+            };
             outbox.push(OutboxWrite::Update {
                 table: "subagents".into(),
                 filters: vec![eq("id", &subagent_id), eq("status", "running")],
                 patch: json!({
                     "status": run_status,
-                    "error": reason,
-                    "output": error_envelope(reason),
+                    "error": error,
+                    "output": output,
                     "completed_at": now_iso(),
                     "metadata": merged(subagent.get("metadata"), &extra),
                 }),
@@ -432,19 +461,41 @@ async fn fail_subagent_run(
         }
         return Ok(());
     }
-    // The terminal event goes first: if this process dies before the row
-    // updates are queued, the next recovery finds the run still running and
-    // this event in place, and does not add a second one.
-    if !has_terminal_event {
-        outbox.push(OutboxWrite::Insert {
-            table: "subagent_run_events".into(),
-            rows: event_row("run_failed", RESTART_MESSAGE),
-            duplicate_is_delivered: true,
-        })?;
-    }
+    // The run's last event decides its terminal status: a terminal event
+    // means the process died after queueing it but before the row updates
+    // landed, and the row must say what the events say.
+    let last_type = last_event.as_ref().and_then(|e| str_of(e, "event_type"));
+    let event_reason = last_event
+        .as_ref()
+        .and_then(|e| e.get("payload"))
+        .and_then(|p| str_of(p, "reason"))
+        .filter(|r| !r.trim().is_empty())
+        .map(str::to_string);
+    let (status, error) = match last_type {
+        Some("run_completed") => ("completed", None),
+        Some("run_cancelled") => (
+            "cancelled",
+            Some(event_reason.unwrap_or_else(|| "Cancelled".to_string())),
+        ),
+        Some("run_failed") => (
+            "failed",
+            Some(event_reason.unwrap_or_else(|| RESTART_MESSAGE.to_string())),
+        ),
+        _ => {
+            // The terminal event goes first: if this process dies before
+            // the row updates are queued, the next recovery finds the run
+            // still running and this event in place, finalizes the row to
+            // `failed` from it, and does not add a second one.
+            outbox.push(OutboxWrite::Insert {
+                table: "subagent_run_events".into(),
+                rows: event_row("run_failed", RESTART_MESSAGE),
+                duplicate_is_delivered: true,
+            })?;
+            ("failed", Some(RESTART_MESSAGE.to_string()))
+        }
+    };
 
     let now = now_iso();
-    let envelope = error_envelope(RESTART_MESSAGE);
     let mut extra = Map::new();
     extra.insert("schema_version".into(), json!(1));
     extra.insert("runner".into(), json!("gateway"));
@@ -452,18 +503,35 @@ async fn fail_subagent_run(
         extra.insert("subagent_type".into(), t.clone());
     }
     extra.insert("last_run_at".into(), json!(now));
-    extra.insert("gateway_error".into(), json!(RESTART_MESSAGE));
+    if has_terminal_event {
+        extra.insert("recovered_after_restart".into(), json!(true));
+    }
+    if let Some(e) = error.as_deref().filter(|_| status == "failed") {
+        extra.insert("gateway_error".into(), json!(e));
+    }
+    if status == "cancelled" {
+        extra.insert("cancelled".into(), json!(true));
+        extra.insert("cancel_state".into(), json!("acknowledged"));
+    }
+    // The patch of a row: a completed run's output was not kept (it was in
+    // the lost update), so it is left as it is.
+    let patch = |metadata: Value| {
+        let mut p = json!({
+            "status": status,
+            "error": error,
+            "completed_at": now,
+            "metadata": metadata,
+        });
+        if let Some(e) = error.as_deref() {
+            p["output"] = error_envelope(e);
+        }
+        p
+    };
 
     outbox.push(OutboxWrite::Update {
         table: "subagent_runs".into(),
         filters: vec![eq("id", &run_id), eq("status", "running")],
-        patch: json!({
-            "status": "failed",
-            "error": RESTART_MESSAGE,
-            "output": envelope,
-            "completed_at": now,
-            "metadata": merged(run.get("metadata"), &extra),
-        }),
+        patch: patch(merged(run.get("metadata"), &extra)),
     })?;
 
     let sub_status = str_of(&subagent, "status").unwrap_or_default().to_string();
@@ -476,16 +544,14 @@ async fn fail_subagent_run(
         outbox.push(OutboxWrite::Update {
             table: "subagents".into(),
             filters: vec![eq("id", &subagent_id), eq("status", &sub_status)],
-            patch: json!({
-                "status": "failed",
-                "error": RESTART_MESSAGE,
-                "output": envelope,
-                "completed_at": now,
-                "metadata": merged(subagent.get("metadata"), &extra),
-            }),
+            patch: patch(merged(subagent.get("metadata"), &extra)),
         })?;
     }
 
+    if has_terminal_event {
+        tracing::warn!(run_id = %run_id, subagent_id = %subagent_id, status, "subagent run interrupted by a gateway restart after its terminal event; finalizing it to match");
+        return Ok(());
+    }
     tracing::warn!(run_id = %run_id, subagent_id = %subagent_id, "subagent run interrupted by a gateway restart; marking it failed");
     Ok(())
 }

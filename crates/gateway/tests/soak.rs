@@ -1256,3 +1256,366 @@ fn recovery_finishes_what_a_killed_recovery_started() {
         assert_eq!(sub["error"], RESTART_MESSAGE, "{sub}");
     }
 }
+
+/// Inserts a run row `running` for `sid` (marked running, this run
+/// current) with `events` at sequences 0.., as a previous gateway process
+/// left it. Returns the run id.
+fn running_run_with_events(world: &World, sid: &str, events: &[(&str, Value)]) -> String {
+    let hub = world.hub();
+    let gw = &world.gw;
+    let run_id = new_id();
+    hub.patch(
+        "subagents",
+        &format!("id=eq.{sid}"),
+        json!({"status": "running", "metadata": {"current_run_id": run_id}}),
+    );
+    hub.insert(
+        "subagent_runs",
+        json!({"id": run_id, "subagent_id": sid, "team_id": gw.team_id,
+               "gateway_id": gw.gateway_id, "run_sequence": 1, "status": "running",
+               "prompt": "x", "metadata": {"runner": "gateway", "run_id": run_id}}),
+    );
+    for (seq, (kind, payload)) in events.iter().enumerate() {
+        hub.insert(
+            "subagent_run_events",
+            json!({"run_id": run_id, "subagent_id": sid, "team_id": gw.team_id,
+                   "gateway_id": gw.gateway_id, "sequence": seq, "event_type": kind,
+                   "payload": payload}),
+        );
+    }
+    run_id
+}
+
+/// Sequences and types of a run's events once it has `n` of them.
+fn wait_events(world: &World, run_id: &str, n: usize) -> (Vec<i64>, Vec<String>) {
+    let events = world
+        .hub()
+        .wait_for(&format!("{n} events"), Duration::from_secs(30), || {
+            let ev = world.events(run_id);
+            (ev.len() >= n).then_some(ev)
+        });
+    // Nothing else arrives late (a duplicate would be a unique violation,
+    // so only more rows could show up).
+    std::thread::sleep(Duration::from_millis(500));
+    let events = if world.events(run_id).len() == events.len() {
+        events
+    } else {
+        world.events(run_id)
+    };
+    (
+        events
+            .iter()
+            .map(|e| e["sequence"].as_i64().unwrap())
+            .collect(),
+        events
+            .iter()
+            .map(|e| e["event_type"].as_str().unwrap().to_string())
+            .collect(),
+    )
+}
+
+/// Regression (soak): an out-of-band event (a cancel job's, a cancel
+/// before start's) was written at `max(sequence) + 1` read from the hub, or
+/// at 0 when that read failed; sequence 0 is taken, the 23505 counts as
+/// delivered and the event was silently lost. The read is now retried while
+/// the hub gives no answer (and skipped when this process has the run's
+/// counter), so the events land dense, after the run's earlier ones.
+#[test]
+fn out_of_band_events_survive_a_failed_sequence_read() {
+    let rules = Arc::new(ProxyRules::default());
+    let mut world = World::build(Vec::new(), Some(Arc::clone(&rules)));
+    let sid = world.subagent("claude_code_gateway", json!({}), "x");
+    // A run an earlier process started: three events at the hub.
+    let run_id = running_run_with_events(
+        &world,
+        &sid,
+        &[
+            ("run_started", json!({"runner": "gateway"})),
+            ("run_progress", json!({"attempt": 1})),
+            ("message", json!({"text": "hi"})),
+        ],
+    );
+    // The cancel job's read of the run's last sequence gets no answer twice.
+    rules.drop_answers("GET /rest/v1/subagent_run_events?", &run_id, 2);
+    let cancel = world.job(
+        "subagent_cancel",
+        json!({"subagent_id": sid, "reason": "Stop it"}),
+    );
+    let row = world
+        .hub()
+        .wait_job_terminal(&cancel, Duration::from_secs(60));
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["cancel_result"], "accepted", "{row}");
+    assert_eq!(row["result"]["run_id"], run_id.as_str(), "{row}");
+    assert_eq!(row["result"]["cancelled_active_run"], false, "{row}");
+    assert_eq!(rules.dropped.load(Ordering::SeqCst), 2, "reads dropped");
+    let (seqs, types) = wait_events(&world, &run_id, 4);
+    assert_eq!(seqs, vec![0, 1, 2, 3], "{types:?}");
+    assert_eq!(types[3], "cancellation_requested", "{types:?}");
+    let ev = world.events(&run_id);
+    assert_eq!(ev[3]["payload"]["source"], "gateway_cancel_job", "{ev:?}");
+
+    // A new process (no counter for the run) runs the cancelled run's job:
+    // cancelled before start, its three events after the cancel's, though
+    // its sequence read is dropped too.
+    world.kill_gateway();
+    rules.drop_answers("GET /rest/v1/subagent_run_events?", &run_id, 2);
+    world.start_gateway();
+    let job = world.job(
+        "subagent_run",
+        json!({"subagent_id": sid, "run_id": run_id}),
+    );
+    let row = world.hub().wait_job_terminal(&job, Duration::from_secs(60));
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["status"], "cancelled", "{row}");
+    assert_eq!(row["result"]["error"], "Stop it", "{row}");
+    assert_eq!(rules.dropped.load(Ordering::SeqCst), 4, "reads dropped");
+    let (seqs, types) = wait_events(&world, &run_id, 7);
+    assert_eq!(seqs, (0..7).collect::<Vec<i64>>(), "{types:?}");
+    assert_eq!(
+        types[3..],
+        [
+            "cancellation_requested",
+            "cancellation_requested",
+            "cancellation_acknowledged",
+            "run_cancelled"
+        ],
+        "{types:?}"
+    );
+    let (missing, defects) = check_run_events(&run_id, &world.events(&run_id), None, None);
+    assert!(defects.is_empty() && missing == 0, "{defects:#?}");
+    assert_eq!(
+        world.hub().row("subagent_runs", &run_id).unwrap()["status"],
+        "cancelled"
+    );
+    world
+        .hub()
+        .wait_for("subagent cancelled", Duration::from_secs(30), || {
+            world
+                .hub()
+                .row("subagents", &sid)
+                .filter(|s| s["status"] == "cancelled")
+        });
+}
+
+/// Regression (soak, 1 in 1000 jobs): a `subagent_cancel` whose hub read or
+/// write got no answer (hub down or restarting) was failed and the run went
+/// on. Its reads and writes are now retried until the hub answers; here
+/// every one of them loses its first answer (the writes were applied), and
+/// the cancel still goes through once, with the run's tree stopped.
+#[test]
+fn cancel_whose_hub_answers_are_lost_still_goes_through() {
+    let rules = Arc::new(ProxyRules::default());
+    let world = World::build(
+        vec![("FAKE_AGENT_LINE_DELAY_MS".to_string(), "50".to_string())],
+        Some(Arc::clone(&rules)),
+    );
+    let transcripts = tempfile::tempdir().unwrap();
+    let stream = transcripts.path().join("cancel-lost.jsonl");
+    // ~30 s of streaming: the cancel lands long before the end.
+    write_stream_transcript(&stream, 600);
+    let sid = world.subagent(
+        "claude_code_gateway",
+        json!({"output_format": "stream-json"}),
+        &format!("cancel lost answers [[fake:{}]]", stream.display()),
+    );
+    let run_id = new_id();
+    let job = world.job(
+        "subagent_run",
+        json!({"subagent_id": sid, "run_id": run_id}),
+    );
+    world
+        .hub()
+        .wait_for("live events", Duration::from_secs(60), || {
+            (world.events(&run_id).len() >= 10).then_some(())
+        });
+    rules.drop_answers("GET /rest/v1/subagents?", "", 1);
+    rules.drop_answers("GET /rest/v1/subagent_runs?", "", 1);
+    rules.drop_answers("PATCH /rest/v1/subagents?", "", 2);
+    rules.drop_answers("PATCH /rest/v1/subagent_runs?", "", 1);
+    let cancel = world.job(
+        "subagent_cancel",
+        json!({"subagent_id": sid, "run_id": run_id, "reason": "User stopped the task"}),
+    );
+    let row = world
+        .hub()
+        .wait_job_terminal(&cancel, Duration::from_secs(60));
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["cancel_result"], "accepted", "{row}");
+    assert_eq!(row["result"]["cancelled_active_run"], true, "{row}");
+    assert_eq!(rules.dropped.load(Ordering::SeqCst), 5, "answers dropped");
+    let row = world.hub().wait_job_terminal(&job, Duration::from_secs(60));
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["status"], "cancelled", "{row}");
+    assert_eq!(row["result"]["error"], "User stopped the task", "{row}");
+    let events = world
+        .hub()
+        .wait_for("terminal event", Duration::from_secs(30), || {
+            let ev = world.events(&run_id);
+            ev.iter()
+                .any(|e| TERMINAL_EVENTS.contains(&e["event_type"].as_str().unwrap_or("")))
+                .then_some(ev)
+        });
+    let (missing, defects) = check_run_events(&run_id, &events, None, Some(600));
+    assert!(defects.is_empty() && missing == 0, "{defects:#?}");
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types[types.len() - 3..],
+        [
+            "cancellation_requested",
+            "cancellation_acknowledged",
+            "run_cancelled"
+        ],
+        "{types:?}"
+    );
+    assert_eq!(
+        types
+            .iter()
+            .filter(|t| **t == "cancellation_requested")
+            .count(),
+        1,
+        "{types:?}"
+    );
+    let run = world.hub().row("subagent_runs", &run_id).unwrap();
+    assert_eq!(run["status"], "cancelled", "{run}");
+    world
+        .hub()
+        .wait_for("subagent cancelled", Duration::from_secs(30), || {
+            world
+                .hub()
+                .row("subagents", &sid)
+                .filter(|s| s["status"] == "cancelled")
+        });
+}
+
+/// Regression (soak): a gateway killed after queueing a run's terminal
+/// event but before the run-row update landed left, after recovery, a run
+/// `failed` whose last event is `run_completed`. Recovery now finalizes the
+/// row (and the subagent) to the status of the terminal event, adds no
+/// event; and a subagent left `running` on a run whose row did land takes
+/// that run's outcome (a completed run's output, no restart error).
+#[test]
+fn recovery_matches_rows_to_a_terminal_event_that_landed() {
+    let mut world = World::new(Vec::new());
+    world.kill_gateway();
+    let hub = world.hub();
+    let gw = world.gw.clone();
+    let started = json!({"runner": "gateway"});
+    // (last event, its payload, expected status, expected error)
+    let cases = [
+        (
+            "run_completed",
+            json!({"duration_ms": 5}),
+            "completed",
+            None,
+        ),
+        (
+            "run_failed",
+            json!({"reason": "Claude Code failed: boom"}),
+            "failed",
+            Some("Claude Code failed: boom"),
+        ),
+        (
+            "run_cancelled",
+            json!({"reason": "User stopped the task", "source": "gateway"}),
+            "cancelled",
+            Some("User stopped the task"),
+        ),
+    ];
+    let mut runs = Vec::new();
+    for (kind, payload, status, error) in cases {
+        let sid = world.subagent("claude_code_gateway", json!({}), "x");
+        let run_id = running_run_with_events(
+            &world,
+            &sid,
+            &[("run_started", started.clone()), (kind, payload)],
+        );
+        let job = hub.insert(
+            "gateway_jobs",
+            json!({"team_id": gw.team_id, "gateway_id": gw.gateway_id, "job_type": "subagent_run",
+                   "status": "running", "payload": {"subagent_id": sid, "run_id": run_id}}),
+        )["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        runs.push((job, sid, run_id, status, error));
+    }
+    // The run row's completion landed, the subagent's did not.
+    let landed_sid = world.subagent("claude_code_gateway", json!({}), "x");
+    let landed_run = running_run_with_events(
+        &world,
+        &landed_sid,
+        &[
+            ("run_started", started.clone()),
+            ("run_completed", json!({})),
+        ],
+    );
+    let output = json!({"schema_version": 1, "content": "Done.", "content_type": "text"});
+    hub.patch(
+        "subagent_runs",
+        &format!("id=eq.{landed_run}"),
+        json!({"status": "completed", "output": output}),
+    );
+    let landed_job = hub.insert(
+        "gateway_jobs",
+        json!({"team_id": gw.team_id, "gateway_id": gw.gateway_id, "job_type": "subagent_run",
+               "status": "running", "payload": {"subagent_id": landed_sid, "run_id": landed_run}}),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    world.start_gateway();
+
+    for (job, sid, run_id, status, error) in &runs {
+        let row = world.hub().wait_job_terminal(job, Duration::from_secs(60));
+        assert_eq!(row["error"], RESTART_MESSAGE, "{row}");
+        let run = world
+            .hub()
+            .wait_for("run finalized", Duration::from_secs(30), || {
+                world
+                    .hub()
+                    .row("subagent_runs", run_id)
+                    .filter(|r| r["status"] != "running")
+            });
+        assert_eq!(run["status"], *status, "{run}");
+        assert_eq!(run["error"].as_str(), *error, "{run}");
+        assert_eq!(run["metadata"]["recovered_after_restart"], true, "{run}");
+        assert!(run["completed_at"].is_string(), "{run}");
+        let sub = world
+            .hub()
+            .wait_for("subagent finalized", Duration::from_secs(30), || {
+                world
+                    .hub()
+                    .row("subagents", sid)
+                    .filter(|s| s["status"] != "running")
+            });
+        assert_eq!(sub["status"], *status, "{sub}");
+        assert_eq!(sub["error"].as_str(), *error, "{sub}");
+        // The events already ended with the terminal event: none added.
+        std::thread::sleep(Duration::from_millis(300));
+        let events = world.events(run_id);
+        assert_eq!(events.len(), 2, "{events:?}");
+        let (missing, defects) = check_run_events(run_id, &events, None, None);
+        assert!(defects.is_empty() && missing == 0, "{defects:#?}");
+    }
+
+    let row = world
+        .hub()
+        .wait_job_terminal(&landed_job, Duration::from_secs(60));
+    assert_eq!(row["error"], RESTART_MESSAGE, "{row}");
+    let sub = world
+        .hub()
+        .wait_for("subagent completed", Duration::from_secs(30), || {
+            world
+                .hub()
+                .row("subagents", &landed_sid)
+                .filter(|s| s["status"] != "running")
+        });
+    assert_eq!(sub["status"], "completed", "{sub}");
+    assert_eq!(sub["error"], Value::Null, "{sub}");
+    assert_eq!(sub["output"], output, "{sub}");
+    assert_eq!(world.events(&landed_run).len(), 2);
+}

@@ -1,6 +1,14 @@
 //! `subagent_cancel` (control-plane §8.4, §9.5). Unlike the reference, an
 //! `accepted` answer is only ever given after the cancel was persisted and
 //! signalled: a lost subagent CAS is re-resolved and retried.
+//!
+//! A hub outage does not fail a cancel: every read and write here is run
+//! again while the hub gives no answer (transport error, 5xx, 408, 429),
+//! with a capped backoff, until it answers; they are all idempotent (reads,
+//! and updates that set the same values; a CAS whose earlier, unanswered
+//! attempt was applied matches again while the subagent is still running).
+//! Only the gateway's stop (shutdown step 7) or a permanent refusal ends the
+//! retries, and the job then fails saying what was not recorded.
 
 use panorama_protocol::cancel::{
     build_requested_cancel_metadata, cancel_adapter_for, cancel_supported, resolve_cancel_request,
@@ -13,7 +21,8 @@ use panorama_protocol::status::{RunEventType, SubagentStatus};
 use serde_json::{json, Value};
 
 use super::active::CancelSignal;
-use super::events::{next_sequence_at_hub, push_out_of_band, RunIds};
+use super::events::{push_out_of_band, RunIds};
+use super::subagent_run::retry_unanswered;
 use crate::runtime::{now_iso, Gateway};
 
 /// CAS attempts before giving up on a subagent whose state keeps changing.
@@ -32,17 +41,29 @@ fn fail(message: &str, subagent_id: &str, error: String) -> HandlerOutcome {
     )
 }
 
-async fn newest_running_run(gw: &Gateway, sid: &str) -> Result<Option<Value>, String> {
-    gw.client
-        .from("subagent_runs")
-        .select("id,metadata")
-        .eq("subagent_id", sid)
-        .eq("status", "running")
-        .order("run_sequence", false, None)
-        .limit(1)
-        .maybe_single()
+/// `op` until the hub answers (see the module docs).
+async fn answered<T, Fut>(gw: &Gateway, what: &str, op: impl FnMut() -> Fut) -> Result<T, String>
+where
+    Fut: std::future::Future<Output = Result<T, panorama_supabase::Error>>,
+{
+    retry_unanswered(gw, what, op)
         .await
+        .0
         .map_err(|e| e.to_string())
+}
+
+async fn newest_running_run(gw: &Gateway, sid: &str) -> Result<Option<Value>, String> {
+    answered(gw, "GET /rest/v1/subagent_runs", || {
+        gw.client
+            .from("subagent_runs")
+            .select("id,metadata")
+            .eq("subagent_id", sid)
+            .eq("status", "running")
+            .order("run_sequence", false, None)
+            .limit(1)
+            .maybe_single()
+    })
+    .await
 }
 
 pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
@@ -53,23 +74,18 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
     let sid = payload.subagent_id.as_str();
     let reason = payload.reason.as_str();
     let requested = payload.run_id.as_deref();
-    let sub = match gw
-        .client
-        .from("subagents")
-        .select("id,team_id,gateway_id,subagent_type,status,metadata")
-        .eq("id", sid)
-        .maybe_single()
-        .await
-    {
+    let sub = answered(gw, "GET /rest/v1/subagents", || {
+        gw.client
+            .from("subagents")
+            .select("id,team_id,gateway_id,subagent_type,status,metadata")
+            .eq("id", sid)
+            .maybe_single()
+    })
+    .await;
+    let sub = match sub {
         Ok(Some(s)) => s,
         Ok(None) => return result(CancelJobResult::not_found(sid, requested, reason)),
-        Err(e) => {
-            return fail(
-                "Failed to load subagent for cancellation",
-                sid,
-                e.to_string(),
-            )
-        }
+        Err(e) => return fail("Failed to load subagent for cancellation", sid, e),
     };
     let assigned = sub.get("gateway_id").and_then(Value::as_str);
     if assigned != Some(gw.gateway_id.as_str()) {
@@ -138,35 +154,31 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             adapter.support,
             adapter.scope,
         );
-        let updated = gw
-            .client
-            .from("subagents")
-            .update(json!({"metadata": metadata}))
-            .eq("status", "running")
-            .eq("id", sid)
-            .select("id")
-            .execute()
-            .await;
+        let updated = answered(gw, "PATCH /rest/v1/subagents", || {
+            gw.client
+                .from("subagents")
+                .update(json!({"metadata": metadata}))
+                .eq("status", "running")
+                .eq("id", sid)
+                .select("id")
+                .execute()
+        })
+        .await;
         let rows = match updated {
             Ok(rows) => rows,
-            Err(e) => {
-                return fail(
-                    "Failed to persist subagent cancellation metadata",
-                    sid,
-                    e.to_string(),
-                )
-            }
+            Err(e) => return fail("Failed to persist subagent cancellation metadata", sid, e),
         };
         if rows.is_empty() {
             // Race: refresh and resolve again.
-            match gw
-                .client
-                .from("subagents")
-                .select("status,metadata")
-                .eq("id", sid)
-                .maybe_single()
-                .await
-            {
+            let refreshed = answered(gw, "GET /rest/v1/subagents", || {
+                gw.client
+                    .from("subagents")
+                    .select("status,metadata")
+                    .eq("id", sid)
+                    .maybe_single()
+            })
+            .await;
+            match refreshed {
                 Ok(row) => {
                     status = row
                         .as_ref()
@@ -180,7 +192,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
                     return fail(
                         "Failed to refresh subagent status after cancel race",
                         sid,
-                        e.to_string(),
+                        e,
                     )
                 }
             }
@@ -212,20 +224,17 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             adapter.support,
             adapter.scope,
         );
-        if let Err(e) = gw
-            .client
-            .from("subagent_runs")
-            .update(json!({"metadata": run_metadata}))
-            .eq("id", run_id.as_str())
-            .eq("status", "running")
-            .execute()
-            .await
-        {
-            return fail(
-                "Failed to persist run cancellation metadata",
-                sid,
-                e.to_string(),
-            );
+        let run_updated = answered(gw, "PATCH /rest/v1/subagent_runs", || {
+            gw.client
+                .from("subagent_runs")
+                .update(json!({"metadata": run_metadata}))
+                .eq("id", run_id.as_str())
+                .eq("status", "running")
+                .execute()
+        })
+        .await;
+        if let Err(e) = run_updated {
+            return fail("Failed to persist run cancellation metadata", sid, e);
         }
         let signal = super::get().active.request_cancel(sid, Some(&run_id), reason, |local| {
             local.sink.emit(
@@ -242,17 +251,24 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
                 team_id: team_id.clone(),
                 gateway_id: gw.gateway_id.clone(),
             };
-            gw.outbox.flush(std::time::Duration::from_secs(2)).await;
-            let first = next_sequence_at_hub(&gw.client, &run_id).await.unwrap_or(0);
-            push_out_of_band(
-                &gw.outbox,
+            // Sequenced after every event of the run (see
+            // `push_out_of_band`); not written at a guessed sequence.
+            let queued = push_out_of_band(
+                gw,
                 &ids,
-                first,
                 vec![(
                     RunEventType::CancellationRequested,
                     json!({"reason": reason, "source": "gateway_cancel_job", "active_process": false, "cancel_state": "requested"}),
                 )],
-            );
+            )
+            .await;
+            if let Err(e) = queued {
+                return fail(
+                    "Cancel was recorded in the subagent and run metadata, but its cancellation_requested event could not be written",
+                    sid,
+                    e,
+                );
+            }
         }
         return result(CancelJobResult::accepted(
             sid,

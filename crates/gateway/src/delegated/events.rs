@@ -5,7 +5,18 @@
 //! agent is still running. A batch is inserted atomically and its rows have
 //! fixed `(run_id, sequence)` keys, so a replayed batch is a duplicate
 //! (`duplicate_is_delivered`).
+//!
+//! That also means a row written at a sequence another row already holds is
+//! *lost*: the hub answers 23505 and the outbox counts it as delivered. So a
+//! sequence is never guessed. Each run this process writes events for has
+//! one counter ([`RunSequences`]), shared by its live [`EventSink`] and by
+//! out-of-band writers ([`push_out_of_band`]: the cancel job, the
+//! job-failure fallback, a cancel before start, shutdown); the hub's
+//! max + 1 is read only for a run this process has no counter for, after
+//! this process's queued writes were delivered, and retried while the hub
+//! does not answer.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -20,6 +31,13 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 /// Largest batch (one outbox entry).
 pub const MAX_BATCH: usize = 100;
 pub const EVENTS_TABLE: &str = "subagent_run_events";
+/// Counters of finished runs kept for late out-of-band events; past this,
+/// the oldest finished run's counter is forgotten (its next out-of-band
+/// event then reads the hub).
+pub const REMEMBERED_RUNS: usize = 1024;
+/// How long an out-of-band writer waits for the outbox once the gateway is
+/// stopping (the residual jobs' wait is short).
+const STOPPING_DRAIN: Duration = Duration::from_secs(2);
 
 /// Identity of a run's event rows.
 #[derive(Debug, Clone)]
@@ -49,13 +67,25 @@ struct SinkState {
     buffer: Vec<Value>,
 }
 
-struct SinkInner {
+/// The event counter of one run and its rows not yet queued.
+struct RunLog {
     outbox: Outbox,
     ids: RunIds,
     state: Mutex<SinkState>,
 }
 
-impl SinkInner {
+impl RunLog {
+    fn new(outbox: Outbox, ids: RunIds, next: i64) -> RunLog {
+        RunLog {
+            outbox,
+            ids,
+            state: Mutex::new(SinkState {
+                next,
+                buffer: Vec::new(),
+            }),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -67,23 +97,49 @@ impl SinkInner {
             return;
         }
         let rows = std::mem::take(&mut st.buffer);
-        let count = rows.len();
-        if let Err(e) = self.outbox.push(OutboxWrite::Insert {
-            table: EVENTS_TABLE.to_string(),
-            rows: Value::Array(rows),
-            duplicate_is_delivered: true,
-        }) {
-            tracing::error!(error = %e, runId = %self.ids.run_id, count, "Failed to queue subagent run events");
-        }
+        queue_rows(&self.outbox, &self.ids.run_id, rows);
     }
+
+    /// Queues `events` (rows of `ids`) at the next sequences, after what is
+    /// buffered; returns the first sequence.
+    fn push_now(&self, ids: &RunIds, events: Vec<(RunEventType, Value)>) -> i64 {
+        let mut st = self.lock();
+        self.flush_locked(&mut st);
+        let first = st.next;
+        st.next += events.len() as i64;
+        let rows: Vec<Value> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, (t, p))| ids.row(first + i as i64, t, p))
+            .collect();
+        if !rows.is_empty() {
+            queue_rows(&self.outbox, &ids.run_id, rows);
+        }
+        first
+    }
+}
+
+fn queue_rows(outbox: &Outbox, run_id: &str, rows: Vec<Value>) {
+    let count = rows.len();
+    if let Err(e) = outbox.push(OutboxWrite::Insert {
+        table: EVENTS_TABLE.to_string(),
+        rows: Value::Array(rows),
+        duplicate_is_delivered: true,
+    }) {
+        tracing::error!(error = %e, runId = %run_id, count, "Failed to queue subagent run events");
+    }
+}
+
+struct SinkInner {
+    log: Arc<RunLog>,
 }
 
 /// The last clone going away (a finished run, or a job task aborted at
 /// shutdown) queues what is still buffered instead of losing it.
 impl Drop for SinkInner {
     fn drop(&mut self) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        self.flush_locked(&mut st);
+        let mut st = self.log.lock();
+        self.log.flush_locked(&mut st);
     }
 }
 
@@ -95,16 +151,15 @@ pub struct EventSink {
 }
 
 impl EventSink {
-    /// `first_sequence` is 0 for a new run, max + 1 otherwise.
+    /// A sink with a counter of its own; `first_sequence` is 0 for a new
+    /// run, max + 1 otherwise. The gateway starts sinks through
+    /// [`RunSequences::sink`] instead, so out-of-band writers share it.
     pub fn start(outbox: Outbox, ids: RunIds, first_sequence: i64) -> EventSink {
-        let inner = Arc::new(SinkInner {
-            outbox,
-            ids,
-            state: Mutex::new(SinkState {
-                next: first_sequence,
-                buffer: Vec::new(),
-            }),
-        });
+        EventSink::with_log(Arc::new(RunLog::new(outbox, ids, first_sequence)))
+    }
+
+    fn with_log(log: Arc<RunLog>) -> EventSink {
+        let inner = Arc::new(SinkInner { log });
         let weak: Weak<SinkInner> = Arc::downgrade(&inner);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(FLUSH_INTERVAL);
@@ -114,63 +169,216 @@ impl EventSink {
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                let mut st = inner.lock();
-                inner.flush_locked(&mut st);
+                let mut st = inner.log.lock();
+                inner.log.flush_locked(&mut st);
             }
         });
         EventSink { inner }
     }
 
     pub fn ids(&self) -> &RunIds {
-        &self.inner.ids
+        &self.inner.log.ids
     }
 
     /// Assigns the next sequence and buffers the row; returns the sequence.
     pub fn emit(&self, event_type: RunEventType, payload: Value) -> i64 {
-        let mut st = self.inner.lock();
+        let log = &self.inner.log;
+        let mut st = log.lock();
         let seq = st.next;
         st.next += 1;
-        st.buffer.push(self.inner.ids.row(seq, event_type, payload));
+        st.buffer.push(log.ids.row(seq, event_type, payload));
         if st.buffer.len() >= MAX_BATCH {
-            self.inner.flush_locked(&mut st);
+            log.flush_locked(&mut st);
         }
         seq
     }
 
     /// Queue everything buffered now.
     pub fn flush(&self) {
-        let mut st = self.inner.lock();
-        self.inner.flush_locked(&mut st);
+        let mut st = self.inner.log.lock();
+        self.inner.log.flush_locked(&mut st);
     }
 
     /// The next sequence that would be assigned.
     pub fn next_sequence(&self) -> i64 {
-        self.inner.lock().next
+        self.inner.log.lock().next
     }
 }
 
-/// Out-of-band insert (cancel job, job-failure fallback, shutdown) for a run
-/// this process does not hold a sink for: the caller read max + 1.
-pub fn push_out_of_band(
-    outbox: &Outbox,
-    ids: &RunIds,
-    first: i64,
-    events: Vec<(RunEventType, Value)>,
-) {
-    let rows: Vec<Value> = events
-        .into_iter()
-        .enumerate()
-        .map(|(i, (t, p))| ids.row(first + i as i64, t, p))
-        .collect();
-    if rows.is_empty() {
-        return;
+#[derive(Default)]
+struct Registry {
+    logs: HashMap<String, Arc<RunLog>>,
+    /// Run ids, oldest first (eviction order).
+    order: VecDeque<String>,
+}
+
+/// The event counters of the runs this process wrote (or read) events of,
+/// keyed by run id: one per run, so no sequence is handed out twice by
+/// this process. A run's events are only ever written by the gateway
+/// process that owns the run, so for such a run the counter here is the
+/// truth and the hub is not asked.
+#[derive(Default)]
+pub struct RunSequences {
+    inner: Mutex<Registry>,
+}
+
+impl RunSequences {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
-    if let Err(e) = outbox.push(OutboxWrite::Insert {
-        table: EVENTS_TABLE.to_string(),
-        rows: Value::Array(rows),
-        duplicate_is_delivered: true,
-    }) {
-        tracing::error!(error = %e, runId = %ids.run_id, "Failed to queue subagent run events");
+
+    /// The counter of `ids.run_id`, created at `floor` when there is none,
+    /// else raised to at least `floor`.
+    fn entry(&self, outbox: &Outbox, ids: &RunIds, floor: i64) -> Arc<RunLog> {
+        let mut reg = self.lock();
+        if let Some(log) = reg.logs.get(&ids.run_id) {
+            let log = Arc::clone(log);
+            drop(reg);
+            let mut st = log.lock();
+            st.next = st.next.max(floor);
+            drop(st);
+            return log;
+        }
+        let log = Arc::new(RunLog::new(outbox.clone(), ids.clone(), floor));
+        reg.logs.insert(ids.run_id.clone(), Arc::clone(&log));
+        reg.order.push_back(ids.run_id.clone());
+        // Forget the oldest finished runs (a live sink holds its counter).
+        let mut scanned = 0;
+        while reg.logs.len() > REMEMBERED_RUNS && scanned < reg.order.len() {
+            scanned += 1;
+            let Some(oldest) = reg.order.pop_front() else {
+                break;
+            };
+            let live = reg
+                .logs
+                .get(&oldest)
+                .is_some_and(|l| Arc::strong_count(l) > 1);
+            if live {
+                reg.order.push_back(oldest);
+            } else {
+                reg.logs.remove(&oldest);
+            }
+        }
+        log
+    }
+
+    /// The sink of a run this process runs. It continues after any
+    /// sequence already handed out for the run (e.g. a cancel job's
+    /// `cancellation_requested` written before the run registered).
+    pub fn sink(&self, outbox: &Outbox, ids: &RunIds, first_sequence: i64) -> EventSink {
+        EventSink::with_log(self.entry(outbox, ids, first_sequence))
+    }
+
+    /// Queues `events` at the run's next sequences when this process has
+    /// its counter; hands them back otherwise.
+    pub fn push_known(
+        &self,
+        ids: &RunIds,
+        events: Vec<(RunEventType, Value)>,
+    ) -> Result<i64, Vec<(RunEventType, Value)>> {
+        let log = self.lock().logs.get(&ids.run_id).cloned();
+        match log {
+            Some(log) => Ok(log.push_now(ids, events)),
+            None => Err(events),
+        }
+    }
+
+    /// Queues `events` at the next sequences, at least `floor` (the hub's
+    /// max + 1, or 0 for a run this process just created).
+    pub fn push_from(
+        &self,
+        outbox: &Outbox,
+        ids: &RunIds,
+        floor: i64,
+        events: Vec<(RunEventType, Value)>,
+    ) -> i64 {
+        self.entry(outbox, ids, floor).push_now(ids, events)
+    }
+
+    /// Whether this process has the run's counter.
+    pub fn knows(&self, run_id: &str) -> bool {
+        self.lock().logs.contains_key(run_id)
+    }
+}
+
+/// Out-of-band events (cancel job, job-failure fallback, cancel before
+/// start, shutdown) of a run: queued at the run's next sequences, dense and
+/// after every event already written. Returns the first sequence used.
+///
+/// Why not "read the hub's max + 1, 0 if the read fails": a row at a taken
+/// sequence is a 23505, which the outbox counts as delivered, so the event
+/// would vanish. Instead:
+/// * when this process has the run's counter (it runs or ran the run, or
+///   already wrote an out-of-band event of it), the sequence comes from that
+///   counter: no hub read, and ordered after the sink's buffered rows;
+/// * otherwise (a run an earlier process of this gateway ran, or a run row
+///   that exists upstream before any job here ran it) the hub's max + 1 is
+///   read once everything this process queued before has been delivered (so
+///   rows still in our outbox are counted), retrying with backoff while the
+///   hub does not answer; the answer seeds the counter for later writers
+///   and for a sink started afterwards.
+///
+/// The wait ends only when the hub answers or the gateway asks its jobs to
+/// stop (shutdown step 7: then one more short drain and one read are
+/// tried); after that (or on a permanent hub refusal) the events are *not*
+/// written and `Err` says why: never at a guessed sequence.
+pub async fn push_out_of_band(
+    gw: &crate::runtime::Gateway,
+    ids: &RunIds,
+    events: Vec<(RunEventType, Value)>,
+) -> Result<i64, String> {
+    let seqs = &super::get().sequences;
+    let mut events = match seqs.push_known(ids, events) {
+        Ok(first) => return Ok(first),
+        Err(events) => events,
+    };
+    let mut delay = Duration::from_millis(100);
+    loop {
+        // Our own queued rows (e.g. recovery's) land first, so the hub's
+        // max + 1 counts them. Once the gateway is stopping, a short wait.
+        let drained = if gw.cancel_reason().is_some() {
+            gw.outbox.flush(STOPPING_DRAIN).await
+        } else {
+            tokio::select! {
+                drained = gw.outbox.flush(Duration::from_secs(24 * 3600)) => drained,
+                _ = gw.cancelled() => false,
+            }
+        };
+        if !drained {
+            if gw.cancel_reason().is_some() {
+                return Err(format!(
+                    "gateway stopping before its queued writes reached the hub; the events of run {} were not sequenced",
+                    ids.run_id
+                ));
+            }
+            continue;
+        }
+        // A sink or another writer may have created the counter meanwhile.
+        events = match seqs.push_known(ids, events) {
+            Ok(first) => return Ok(first),
+            Err(events) => events,
+        };
+        match next_sequence_at_hub(&gw.client, &ids.run_id).await {
+            Ok(next) => return Ok(seqs.push_from(&gw.outbox, ids, next, events)),
+            Err(e)
+                if crate::runtime::jobs::claim_error_is_transient(&e)
+                    && gw.cancel_reason().is_none() =>
+            {
+                tracing::warn!(error = %e, runId = %ids.run_id, delay_ms = delay.as_millis() as u64,
+                    "Could not read the run's last event sequence; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = gw.cancelled() => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "the last event sequence of run {} could not be read: {e}",
+                    ids.run_id
+                ))
+            }
+        }
     }
 }
 
@@ -178,7 +386,7 @@ pub fn push_out_of_band(
 pub async fn next_sequence_at_hub(
     client: &panorama_supabase::Client,
     run_id: &str,
-) -> Result<i64, String> {
+) -> Result<i64, panorama_supabase::Error> {
     let row = client
         .from(EVENTS_TABLE)
         .select("sequence")
@@ -186,8 +394,7 @@ pub async fn next_sequence_at_hub(
         .order("sequence", false, None)
         .limit(1)
         .maybe_single()
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(row
         .and_then(|r| r.get("sequence").and_then(Value::as_i64))
         .map_or(0, |s| s + 1))
@@ -197,17 +404,36 @@ pub async fn next_sequence_at_hub(
 mod tests {
     use super::*;
 
+    fn ids(run: &str) -> RunIds {
+        RunIds {
+            run_id: run.into(),
+            subagent_id: "s".into(),
+            team_id: "t".into(),
+            gateway_id: "g".into(),
+        }
+    }
+
+    /// `(event_type, sequence)` of every queued row, in outbox order.
+    fn queued(dir: &std::path::Path) -> Vec<(String, i64)> {
+        let text = std::fs::read_to_string(dir.join("outbox.jsonl")).unwrap();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            for row in v["write"]["Insert"]["rows"].as_array().unwrap() {
+                out.push((
+                    row["event_type"].as_str().unwrap().to_string(),
+                    row["sequence"].as_i64().unwrap(),
+                ));
+            }
+        }
+        out
+    }
+
     #[tokio::test]
     async fn events_are_batched_in_sequence_order() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(dir.path()).unwrap();
-        let ids = RunIds {
-            run_id: "r".into(),
-            subagent_id: "s".into(),
-            team_id: "t".into(),
-            gateway_id: "g".into(),
-        };
-        let sink = EventSink::start(outbox.clone(), ids, 3);
+        let sink = EventSink::start(outbox.clone(), ids("r"), 3);
         for i in 0..150 {
             assert_eq!(sink.emit(RunEventType::Message, json!({"i": i})), 3 + i);
         }
@@ -221,5 +447,65 @@ mod tests {
         sink.emit(RunEventType::Message, json!({"i": "last"}));
         drop(sink);
         assert_eq!(outbox.pending(), 3, "dropping the sink queues its buffer");
+    }
+
+    /// Regression (soak): out-of-band events were written at the hub's
+    /// max + 1, or at 0 when that read failed, and a taken sequence is a
+    /// 23505 the outbox counts as delivered. A run's sink and its
+    /// out-of-band writers now share one counter.
+    #[tokio::test]
+    async fn out_of_band_events_share_the_run_counter_with_its_sink() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let seqs = RunSequences::default();
+        let r = ids("r");
+        // Unknown run: handed back (the caller must read the hub).
+        let events = vec![(RunEventType::CancellationRequested, json!({}))];
+        let events = seqs.push_known(&r, events).unwrap_err();
+        assert!(!seqs.knows("r"));
+        // A cancel for a run upstream whose job has not started here: the
+        // hub said 0 events; then the run's sink starts after it.
+        assert_eq!(seqs.push_from(&outbox, &r, 0, events), 0);
+        let sink = seqs.sink(&outbox, &r, 0);
+        assert_eq!(sink.emit(RunEventType::RunStarted, json!({})), 1);
+        assert_eq!(sink.emit(RunEventType::Message, json!({})), 2);
+        // While the sink lives, an out-of-band event goes after its
+        // buffered rows, in outbox order too.
+        let first = seqs
+            .push_known(&r, vec![(RunEventType::CancellationRequested, json!({}))])
+            .unwrap();
+        assert_eq!(first, 3);
+        assert_eq!(sink.emit(RunEventType::RunCancelled, json!({})), 4);
+        drop(sink);
+        // After the run: the counter is kept; a late event is 5.
+        assert_eq!(
+            seqs.push_known(&r, vec![(RunEventType::RunFailed, json!({}))]),
+            Ok(5)
+        );
+        // A stale hub answer (lower than ours) never moves it back.
+        assert_eq!(
+            seqs.push_from(&outbox, &r, 2, vec![(RunEventType::System, json!({}))]),
+            6
+        );
+        let q = queued(dir.path());
+        let order: Vec<i64> = q.iter().map(|(_, s)| *s).collect();
+        assert_eq!(order, vec![0, 1, 2, 3, 4, 5, 6], "{q:?}");
+        assert_eq!(q[3].0, "cancellation_requested");
+    }
+
+    #[tokio::test]
+    async fn finished_runs_are_forgotten_first_and_live_ones_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let seqs = RunSequences::default();
+        let live = seqs.sink(&outbox, &ids("live"), 0);
+        for i in 0..REMEMBERED_RUNS + 10 {
+            seqs.push_from(&outbox, &ids(&format!("done-{i}")), 0, Vec::new());
+        }
+        assert!(seqs.knows("live"), "a live sink keeps its counter");
+        assert!(!seqs.knows("done-0"));
+        assert!(seqs.knows(&format!("done-{}", REMEMBERED_RUNS + 9)));
+        assert!(seqs.lock().logs.len() <= REMEMBERED_RUNS);
+        drop(live);
     }
 }

@@ -32,6 +32,8 @@ pub use error::DelegatedError;
 pub struct Delegated {
     pub providers: providers::ProviderState,
     pub active: active::ActiveRuns,
+    /// Event sequence counters of runs (see [`events::push_out_of_band`]).
+    pub sequences: events::RunSequences,
 }
 
 static STATE: OnceLock<Delegated> = OnceLock::new();

@@ -6,7 +6,7 @@ use panorama_protocol::status::RunEventType;
 use panorama_protocol::subagent::OutputEnvelope;
 use serde_json::{json, Value};
 
-use super::events::{next_sequence_at_hub, push_out_of_band, RunIds};
+use super::events::{push_out_of_band, RunIds};
 use super::process::kill_group;
 use crate::runtime::{now_iso, Gateway};
 
@@ -102,19 +102,19 @@ pub async fn finalize_residual(gw: &Gateway, job_id: &str, reason: &str) {
     let matched = matches!(&updated, Ok(rows) if !rows.is_empty());
     if matched {
         let ids: RunIds = run.sink.ids().clone();
-        let first = next_sequence_at_hub(&gw.client, &ids.run_id)
-            .await
-            .unwrap_or_else(|_| run.sink.next_sequence())
-            .max(run.sink.next_sequence());
         let payload = json!({"reason": reason, "source": "gateway_shutdown", "cancellation_scope": "gateway"});
-        push_out_of_band(
-            &gw.outbox,
+        // The run's own counter (its sink is registered): never a hub read.
+        if let Err(e) = push_out_of_band(
+            gw,
             &ids,
-            first,
             vec![
                 (RunEventType::CancellationAcknowledged, payload.clone()),
                 (RunEventType::RunCancelled, payload),
             ],
-        );
+        )
+        .await
+        {
+            tracing::error!(error = %e, runId = %ids.run_id, "Failed to queue the shutdown events of a cancelled run");
+        }
     }
 }

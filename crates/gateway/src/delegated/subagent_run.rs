@@ -37,7 +37,7 @@ use panorama_providers::ProviderId;
 use serde_json::{json, Map, Value};
 
 use super::active::{CancelInfo, RunControl};
-use super::events::{next_sequence_at_hub, push_out_of_band, EventSink, RunIds};
+use super::events::{push_out_of_band, EventSink, RunIds};
 use super::process::{run_process, ProcessResult, ProcessSpec, CANCEL_KILL_GRACE};
 use super::workdir::WorkDir;
 use crate::outbox::OutboxWrite;
@@ -91,14 +91,17 @@ pub async fn fail_subagent_run(gw: &Gateway, payload: &Value, error: &str) {
         return;
     };
     let sid = parsed.subagent_id;
-    let sub = match gw
-        .client
-        .from("subagents")
-        .select("id,team_id,gateway_id,subagent_type,status,metadata")
-        .eq("id", sid.as_str())
-        .maybe_single()
-        .await
-    {
+    // Reads are retried while the hub does not answer: giving up here would
+    // leave the run and the subagent `running` with nobody to finish them.
+    let (sub, _) = retry_unanswered(gw, "GET /rest/v1/subagents", || {
+        gw.client
+            .from("subagents")
+            .select("id,team_id,gateway_id,subagent_type,status,metadata")
+            .eq("id", sid.as_str())
+            .maybe_single()
+    })
+    .await;
+    let sub = match sub {
         Ok(Some(s)) => s,
         Ok(None) => return,
         Err(e) => {
@@ -116,20 +119,47 @@ pub async fn fail_subagent_run(gw: &Gateway, payload: &Value, error: &str) {
         "subagent_type": sub["subagent_type"], "last_run_at": now, "gateway_error": error,
     })));
     let envelope = error_envelope(error);
-    // Our own queued writes for this run go first, so max + 1 is current.
+    // Our own queued writes for this run go first, so its status is current.
     gw.outbox.flush(Duration::from_secs(2)).await;
-    let run = gw
-        .client
-        .from("subagent_runs")
-        .select("id")
-        .eq("subagent_id", sid.as_str())
-        .eq("status", "running")
-        .order("run_sequence", false, None)
-        .limit(1)
-        .maybe_single()
-        .await;
+    let (run, _) = retry_unanswered(gw, "GET /rest/v1/subagent_runs", || {
+        gw.client
+            .from("subagent_runs")
+            .select("id")
+            .eq("subagent_id", sid.as_str())
+            .eq("status", "running")
+            .order("run_sequence", false, None)
+            .limit(1)
+            .maybe_single()
+    })
+    .await;
+    if let Err(e) = &run {
+        tracing::error!(error = %e, subagentId = %sid, "Failed to load the running run after gateway error");
+    }
     if let Ok(Some(run)) = run {
         let run_id = run["id"].as_str().unwrap_or_default().to_string();
+        // The terminal event first, then the row (GUARANTEES: terminal
+        // state after the run's last event). Its sequence comes from the
+        // run's counter, or from the hub once it answers: never a guess.
+        if let Some(gateway_id) = sub["gateway_id"].as_str() {
+            let ids = RunIds {
+                run_id: run_id.clone(),
+                subagent_id: sid.clone(),
+                team_id: sub["team_id"].as_str().unwrap_or(&gw.team_id).to_string(),
+                gateway_id: gateway_id.to_string(),
+            };
+            if let Err(e) = push_out_of_band(
+                gw,
+                &ids,
+                vec![(
+                    RunEventType::RunFailed,
+                    json!({"reason": error, "source": "gateway_job_failure"}),
+                )],
+            )
+            .await
+            {
+                tracing::error!(error = %e, runId = %run_id, "Failed to queue the run_failed event of a failed job");
+            }
+        }
         push(
             gw,
             OutboxWrite::Update {
@@ -141,24 +171,6 @@ pub async fn fail_subagent_run(gw: &Gateway, payload: &Value, error: &str) {
                 patch: json!({"status": "failed", "error": error, "output": envelope, "completed_at": now, "metadata": metadata}),
             },
         );
-        if let Some(gateway_id) = sub["gateway_id"].as_str() {
-            let ids = RunIds {
-                run_id: run_id.clone(),
-                subagent_id: sid.clone(),
-                team_id: sub["team_id"].as_str().unwrap_or(&gw.team_id).to_string(),
-                gateway_id: gateway_id.to_string(),
-            };
-            let first = next_sequence_at_hub(&gw.client, &run_id).await.unwrap_or(0);
-            push_out_of_band(
-                &gw.outbox,
-                &ids,
-                first,
-                vec![(
-                    RunEventType::RunFailed,
-                    json!({"reason": error, "source": "gateway_job_failure"}),
-                )],
-            );
-        }
     }
     push(
         gw,
@@ -195,12 +207,12 @@ fn push(gw: &Gateway, write: OutboxWrite) {
     }
 }
 
-/// Runs a hub write again while the hub gives no answer (transport error,
-/// 5xx, 408, 429), with a capped backoff, until it answers or the gateway
-/// shuts down: a blip of the hub must not fail a run that has not started
-/// yet. Returns the last result and whether an earlier attempt went
+/// Runs a hub request (a write, or a read) again while the hub gives no
+/// answer (transport error, 5xx, 408, 429), with a capped backoff, until it
+/// answers or the gateway asks its jobs to stop: a blip of the hub must not
+/// fail a run that has not started yet, nor a cancel. Returns the last result and whether an earlier attempt went
 /// unanswered (it may have been applied).
-async fn retry_unanswered<T, Fut>(
+pub(super) async fn retry_unanswered<T, Fut>(
     gw: &Gateway,
     what: &str,
     mut op: impl FnMut() -> Fut,
@@ -216,7 +228,7 @@ where
                 if crate::runtime::jobs::claim_error_is_transient(&e)
                     && gw.cancel_reason().is_none() =>
             {
-                tracing::warn!(error = %e, write = what, delay_ms = delay.as_millis() as u64, "Hub write got no answer; retrying");
+                tracing::warn!(error = %e, request = what, delay_ms = delay.as_millis() as u64, "Hub request got no answer; retrying");
                 unanswered = true;
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -883,7 +895,9 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
     }
 
     // Step 4: register locally (consumes a late pending cancel).
-    let sink = EventSink::start(gw.outbox.clone(), ids.clone(), 0);
+    // The run's counter: shared with out-of-band writers, and after any
+    // event a cancel job already wrote for this run id.
+    let sink = super::get().sequences.sink(&gw.outbox, &ids, 0);
     let run = active.register(&run_id, &sid, &job.id, sink.clone());
     let outcome = run_registered(
         gw,
@@ -1202,7 +1216,7 @@ async fn cancelled_before_start(
         }))
         .execute()
         .await;
-    let mut first = 0;
+    let row_existed = inserted.is_err();
     if let Err(e) = inserted {
         // The run row may already exist (accepted upstream): cancel it in place.
         let updated = if e.is_unique_violation() {
@@ -1225,11 +1239,6 @@ async fn cancelled_before_start(
                 e.to_string(),
             );
         }
-        // Events queued earlier (e.g. by the cancel job) land first.
-        gw.outbox.flush(Duration::from_secs(2)).await;
-        first = next_sequence_at_hub(&gw.client, &ids.run_id)
-            .await
-            .unwrap_or(0);
     }
     let mut sub_meta = sub_metadata;
     sub_meta.extend(obj(&json!({
@@ -1251,25 +1260,30 @@ async fn cancelled_before_start(
             patch: json!({"status": "cancelled", "output": envelope, "error": reason, "completed_at": now, "metadata": sub_meta}),
         },
     );
-    push_out_of_band(
-        &gw.outbox,
-        ids,
-        first,
-        vec![
-            (
-                RunEventType::CancellationRequested,
-                json!({"reason": reason, "source": "pending_cancel", "stage": "before_start"}),
-            ),
-            (
-                RunEventType::CancellationAcknowledged,
-                json!({"reason": reason, "source": "gateway", "cancellation_scope": "gateway"}),
-            ),
-            (
-                RunEventType::RunCancelled,
-                json!({"reason": reason, "source": "gateway", "cancellation_scope": "gateway"}),
-            ),
-        ],
-    );
+    let events = vec![
+        (
+            RunEventType::CancellationRequested,
+            json!({"reason": reason, "source": "pending_cancel", "stage": "before_start"}),
+        ),
+        (
+            RunEventType::CancellationAcknowledged,
+            json!({"reason": reason, "source": "gateway", "cancellation_scope": "gateway"}),
+        ),
+        (
+            RunEventType::RunCancelled,
+            json!({"reason": reason, "source": "gateway", "cancellation_scope": "gateway"}),
+        ),
+    ];
+    if row_existed {
+        // The run existed upstream and may have events (e.g. the cancel
+        // job's): after them, from this process's counter or the hub's.
+        if let Err(e) = push_out_of_band(gw, ids, events).await {
+            tracing::error!(error = %e, runId = %ids.run_id, "Failed to queue the events of a run cancelled before start");
+        }
+    } else {
+        // We just created the run row: it has no events but ours.
+        super::get().sequences.push_from(&gw.outbox, ids, 0, events);
+    }
     HandlerOutcome::success(json!({
         "subagent_id": ids.subagent_id, "status": "cancelled", "output": envelope, "error": reason,
     }))
