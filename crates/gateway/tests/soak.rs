@@ -1481,23 +1481,16 @@ fn cancel_whose_hub_answers_are_lost_still_goes_through() {
         .iter()
         .map(|e| e["event_type"].as_str().unwrap())
         .collect();
+    // The agent may still stream a line between the request and its stop.
     assert_eq!(
-        types[types.len() - 3..],
-        [
-            "cancellation_requested",
-            "cancellation_acknowledged",
-            "run_cancelled"
-        ],
+        types[types.len() - 2..],
+        ["cancellation_acknowledged", "run_cancelled"],
         "{types:?}"
     );
-    assert_eq!(
-        types
-            .iter()
-            .filter(|t| **t == "cancellation_requested")
-            .count(),
-        1,
-        "{types:?}"
-    );
+    let requested: Vec<usize> = (0..types.len())
+        .filter(|i| types[*i] == "cancellation_requested")
+        .collect();
+    assert_eq!(requested.len(), 1, "requested once: {types:?}");
     let run = world.hub().row("subagent_runs", &run_id).unwrap();
     assert_eq!(run["status"], "cancelled", "{run}");
     world
