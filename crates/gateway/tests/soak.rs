@@ -1318,6 +1318,28 @@ fn wait_events(world: &World, run_id: &str, n: usize) -> (Vec<i64>, Vec<String>)
 /// read 3 times on a network error before it reports one.
 const READ_FAILS: usize = 4;
 
+/// A `subagent_run` job ended `completed` with its run cancelled for
+/// `reason`.
+fn assert_run_job_cancelled(world: &World, job: &str, reason: &str) {
+    let row = world.hub().wait_job_terminal(job, Duration::from_secs(60));
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["result"]["status"], "cancelled", "{row}");
+    assert_eq!(row["result"]["error"], reason, "{row}");
+}
+
+fn wait_subagent_status(world: &World, sid: &str, status: &str) {
+    world.hub().wait_for(
+        &format!("subagent {status}"),
+        Duration::from_secs(30),
+        || {
+            world
+                .hub()
+                .row("subagents", sid)
+                .filter(|s| s["status"] == status)
+        },
+    );
+}
+
 /// Regression (soak): an out-of-band event (a cancel job's, a cancel
 /// before start's) was written at `max(sequence) + 1` read from the hub, or
 /// at 0 when that read failed; sequence 0 is taken, the 23505 counts as
@@ -1375,10 +1397,7 @@ fn out_of_band_events_survive_a_failed_sequence_read() {
         "subagent_run",
         json!({"subagent_id": sid, "run_id": run_id}),
     );
-    let row = world.hub().wait_job_terminal(&job, Duration::from_secs(60));
-    assert_eq!(row["status"], "completed", "{row}");
-    assert_eq!(row["result"]["status"], "cancelled", "{row}");
-    assert_eq!(row["result"]["error"], "Stop it", "{row}");
+    assert_run_job_cancelled(&world, &job, "Stop it");
     assert_eq!(
         rules.dropped.load(Ordering::SeqCst),
         2 * (READ_FAILS + 1),
@@ -1402,14 +1421,7 @@ fn out_of_band_events_survive_a_failed_sequence_read() {
         world.hub().row("subagent_runs", &run_id).unwrap()["status"],
         "cancelled"
     );
-    world
-        .hub()
-        .wait_for("subagent cancelled", Duration::from_secs(30), || {
-            world
-                .hub()
-                .row("subagents", &sid)
-                .filter(|s| s["status"] == "cancelled")
-        });
+    wait_subagent_status(&world, &sid, "cancelled");
 }
 
 /// Regression (soak, 1 in 1000 jobs): a `subagent_cancel` whose hub read or
@@ -1463,10 +1475,7 @@ fn cancel_whose_hub_answers_are_lost_still_goes_through() {
         READ_FAILS + 3,
         "answers dropped"
     );
-    let row = world.hub().wait_job_terminal(&job, Duration::from_secs(60));
-    assert_eq!(row["status"], "completed", "{row}");
-    assert_eq!(row["result"]["status"], "cancelled", "{row}");
-    assert_eq!(row["result"]["error"], "User stopped the task", "{row}");
+    assert_run_job_cancelled(&world, &job, "User stopped the task");
     let events = world
         .hub()
         .wait_for("terminal event", Duration::from_secs(30), || {
@@ -1493,14 +1502,7 @@ fn cancel_whose_hub_answers_are_lost_still_goes_through() {
     assert_eq!(requested.len(), 1, "requested once: {types:?}");
     let run = world.hub().row("subagent_runs", &run_id).unwrap();
     assert_eq!(run["status"], "cancelled", "{run}");
-    world
-        .hub()
-        .wait_for("subagent cancelled", Duration::from_secs(30), || {
-            world
-                .hub()
-                .row("subagents", &sid)
-                .filter(|s| s["status"] == "cancelled")
-        });
+    wait_subagent_status(&world, &sid, "cancelled");
 }
 
 /// Regression (soak): a gateway killed after queueing a run's terminal
