@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
+use panorama_testkit::procs::{self, Stat};
 use panorama_testkit::Hub;
 use serde_json::json;
 use support::*;
@@ -70,7 +71,7 @@ struct Sampler {
 
 impl Sampler {
     fn add_root(&self, pid: i32) {
-        let start = read_proc(pid).expect("gateway process").start;
+        let start = procs::stat(pid).expect("gateway process").start;
         self.roots.lock().unwrap().push((pid, start));
     }
 
@@ -83,7 +84,7 @@ impl Sampler {
 
     fn sample(&self) {
         let roots = self.roots.lock().unwrap().clone();
-        let table = proc_table();
+        let table = procs::table();
         let mut found = Vec::new();
         // Only gateways still alive as themselves (PIDs are reused).
         let mut frontier: Vec<i32> = roots
@@ -95,7 +96,7 @@ impl Sampler {
             for p in &table {
                 if p.ppid == parent
                     && p.state != 'Z'
-                    && !found.iter().any(|f: &Proc| f.pid == p.pid)
+                    && !found.iter().any(|f: &Stat| f.pid == p.pid)
                 {
                     found.push(*p);
                     frontier.push(p.pid);
@@ -143,7 +144,7 @@ fn checker(rx: mpsc::Receiver<Stopped>, done: &AtomicBool, outcomes: &Mutex<Vec<
             let live: Vec<i32> = t
                 .pids
                 .iter()
-                .filter(|(p, s)| alive(*p, *s))
+                .filter(|(p, s)| procs::alive_since(*p, *s))
                 .map(|(p, _)| *p)
                 .collect();
             if live.is_empty() {
@@ -158,7 +159,7 @@ fn checker(rx: mpsc::Receiver<Stopped>, done: &AtomicBool, outcomes: &Mutex<Vec<
             }
             if now > t.deadline {
                 for (p, s) in &t.pids {
-                    kill_exact(*p, *s);
+                    procs::kill_if_same(*p, *s);
                 }
                 outcomes.lock().unwrap().push(Outcome {
                     kind: t.kind,
@@ -217,7 +218,7 @@ fn agent_tree(node: &Node, label: &str, grandchildren: usize) -> Vec<(i32, u64)>
             if kids.len() >= grandchildren {
                 let pids: Vec<(i32, u64)> = std::iter::once(agent)
                     .chain(kids)
-                    .filter_map(read_proc)
+                    .filter_map(procs::stat)
                     .filter(|p| p.state != 'Z')
                     .map(|p| (p.pid, p.start))
                     .collect();
@@ -264,7 +265,7 @@ fn exec_tree(pid_file: &std::path::Path) -> Vec<(i32, u64)> {
             std::thread::sleep(Duration::from_millis(100));
             return pids
                 .into_iter()
-                .filter_map(read_proc)
+                .filter_map(procs::stat)
                 .filter(|p| p.state != 'Z')
                 .map(|p| (p.pid, p.start))
                 .collect();
@@ -497,10 +498,10 @@ fn hundred_hostile_trees_are_reaped_after_cancels_timeouts_and_shutdowns() {
     let leaked: Vec<(i32, u64)> = seen
         .iter()
         .copied()
-        .filter(|(p, s)| alive(*p, *s))
+        .filter(|(p, s)| procs::alive_since(*p, *s))
         .collect();
     for (p, s) in &leaked {
-        kill_exact(*p, *s);
+        procs::kill_if_same(*p, *s);
     }
 
     let outcomes = outcomes.into_inner().unwrap();

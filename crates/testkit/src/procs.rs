@@ -10,11 +10,15 @@ pub fn alive(pid: i32) -> bool {
 }
 
 /// The fields of `/proc/<pid>/stat` the tests need.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
+    pub pid: i32,
     pub state: char,
     pub ppid: i32,
     pub pgid: i32,
+    /// Start time in clock ticks since boot: with it, `(pid, start)` names
+    /// one process even after its PID is reused.
+    pub start: u64,
 }
 
 /// `/proc/<pid>/stat`, or `None` when the process is gone.
@@ -23,11 +27,34 @@ pub fn stat(pid: i32) -> Option<Stat> {
     // The command name is in parentheses and may contain spaces: the fields
     // we want follow the last ')'.
     let rest = &text[text.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgid = fields.next()?.parse().ok()?;
-    Some(Stat { state, ppid, pgid })
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(Stat {
+        pid,
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgid: fields.get(2)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Every live process's stat.
+pub fn table() -> Vec<Stat> {
+    all_pids().into_iter().filter_map(stat).collect()
+}
+
+/// Whether the process `(pid, start)` is still alive (not a zombie): false
+/// once it exited, even if its PID now belongs to another process.
+pub fn alive_since(pid: i32, start: u64) -> bool {
+    stat(pid).is_some_and(|s| s.start == start && s.state != 'Z' && s.state != 'X')
+}
+
+/// SIGKILLs `(pid, start)` if it is still that process (test cleanup).
+pub fn kill_if_same(pid: i32, start: u64) {
+    if alive_since(pid, start) {
+        // SAFETY: kill(2) on a process the test identified by pid and
+        // start time.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
 }
 
 /// Every live pid on the machine.
@@ -49,17 +76,14 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
 
 /// Live descendants of `root` (children, grandchildren, …), not `root`.
 pub fn descendants(root: i32) -> Vec<i32> {
-    let table: Vec<(i32, Stat)> = all_pids()
-        .into_iter()
-        .filter_map(|p| Some((p, stat(p)?)))
-        .collect();
+    let table = table();
     let mut out = Vec::new();
     let mut frontier = vec![root];
     while let Some(parent) = frontier.pop() {
-        for (pid, s) in &table {
-            if s.ppid == parent && s.state != 'Z' && !out.contains(pid) {
-                out.push(*pid);
-                frontier.push(*pid);
+        for s in &table {
+            if s.ppid == parent && s.state != 'Z' && !out.contains(&s.pid) {
+                out.push(s.pid);
+                frontier.push(s.pid);
             }
         }
     }
@@ -93,6 +117,8 @@ mod tests {
         assert!(alive(me));
         let s = stat(me).expect("own stat");
         assert!(s.ppid > 0);
+        assert!(alive_since(me, s.start));
+        assert!(!alive_since(me, s.start + 1));
         assert!(group_members(s.pgid).contains(&me));
         assert!(environ(me).is_some_and(|env| !env.is_empty()));
     }

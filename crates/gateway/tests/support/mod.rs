@@ -1,7 +1,7 @@
 //! Shared helpers of `reaping.rs`, `secrets.rs` and `lifecycle.rs`: one
 //! paired gateway on a [`GatewayHost`] against a real hub, job and
-//! subagent fixtures, and `/proc` reading with start times (PIDs are
-//! reused quickly when `pid_max` is small).
+//! subagent fixtures. (`/proc` reading with start times, against PID
+//! reuse, is `panorama_testkit::procs`.)
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -161,46 +161,4 @@ pub fn hold_transcript(dir: &std::path::Path) -> PathBuf {
     let path = dir.join("hold.jsonl");
     std::fs::write(&path, "#!fake sleep 60000\n").unwrap();
     path
-}
-
-/// One process as `/proc/<pid>/stat` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Proc {
-    pub pid: i32,
-    pub ppid: i32,
-    pub state: char,
-    /// Clock ticks since boot: a reused PID has another start time.
-    pub start: u64,
-}
-
-pub fn read_proc(pid: i32) -> Option<Proc> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(Proc {
-        pid,
-        state: f.first()?.chars().next()?,
-        ppid: f.get(1)?.parse().ok()?,
-        start: f.get(19)?.parse().ok()?,
-    })
-}
-
-pub fn proc_table() -> Vec<Proc> {
-    panorama_testkit::procs::all_pids()
-        .into_iter()
-        .filter_map(read_proc)
-        .collect()
-}
-
-/// Whether the process `(pid, start)` is alive (and not a zombie).
-pub fn alive(pid: i32, start: u64) -> bool {
-    read_proc(pid).is_some_and(|p| p.start == start && p.state != 'Z' && p.state != 'X')
-}
-
-/// SIGKILL `(pid, start)` if it is still that process (test cleanup).
-pub fn kill_exact(pid: i32, start: u64) {
-    if alive(pid, start) {
-        // SAFETY: kill(2) on a process of a tree this test made.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
 }
