@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use panorama_testkit::{Hub, PairedGateway};
+use panorama_testkit::{procs, Hub, PairedGateway};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -893,7 +893,7 @@ fn cancels_before_start_during_run_and_unknown() {
             .as_i64()?;
         // The whole process group of the agent (lines of concurrent log
         // writers can interleave, so /proc is the source of truth).
-        let mut pids = group_members(agent as i32);
+        let mut pids = procs::group_members(agent as i32);
         pids.extend(
             log.iter()
                 .filter(|l| l["role"] == "grandchild" && l["ppid"].as_i64() == Some(agent))
@@ -925,7 +925,10 @@ fn cancels_before_start_during_run_and_unknown() {
     let settle = Duration::from_secs(6).saturating_sub(cancelled_at.elapsed());
     std::thread::sleep(settle);
     for pid in &pids {
-        assert!(!alive(*pid), "pid {pid} of the agent tree is still alive");
+        assert!(
+            !procs::alive(*pid),
+            "pid {pid} of the agent tree is still alive"
+        );
     }
     let types = s.wait_terminal_events(&run_id);
     let tail: Vec<&str> = types
@@ -954,32 +957,6 @@ fn cancels_before_start_during_run_and_unknown() {
 
 fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
-}
-
-/// `/proc/<pid>/stat` fields after the `(comm)`: state, ppid, pgrp.
-fn stat(pid: i32) -> Option<(char, i32, i32)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    let mut f = rest.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    let ppid = f.next()?.parse().ok()?;
-    let pgrp = f.next()?.parse().ok()?;
-    Some((state, ppid, pgrp))
-}
-
-/// Alive = exists and is not a zombie (a zombie has already exited).
-fn alive(pid: i32) -> bool {
-    stat(pid).is_some_and(|(state, _, _)| state != 'Z' && state != 'X')
-}
-
-fn group_members(pgid: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-                .filter(|pid| stat(*pid).is_some_and(|(_, _, g)| g == pgid))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]
@@ -1081,7 +1058,7 @@ fn shutdown_cancels_runs_capabilities_and_failure_fallback() {
             .as_i64()? as i32;
         (s.types(&run_id).contains(&"tool_call".to_string())).then_some(agent)
     });
-    let mut tree = group_members(agent);
+    let mut tree = procs::group_members(agent);
     assert!(tree.len() >= 2, "agent and grandchild: {tree:?}");
     // A model run in flight is stopped by the shutdown too.
     let model_job = s.job(
@@ -1095,13 +1072,16 @@ fn shutdown_cancels_runs_capabilities_and_failure_fallback() {
             .as_i64()
             .map(|p| p as i32)
     });
-    tree.extend(group_members(model_agent));
+    tree.extend(procs::group_members(model_agent));
     s.running.terminate();
     let model_row = s.job_row(&model_job);
     assert_eq!(model_row["status"], "cancelled", "{model_row}");
     assert_eq!(model_row["result"]["cancelled"], true);
     for pid in &tree {
-        assert!(!alive(*pid), "pid {pid} survived the gateway shutdown");
+        assert!(
+            !procs::alive(*pid),
+            "pid {pid} survived the gateway shutdown"
+        );
     }
     let row = s.job_row(&job);
     assert_eq!(row["status"], "completed", "{row}");

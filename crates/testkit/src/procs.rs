@@ -4,7 +4,7 @@
 /// Whether `pid` exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     match stat(pid) {
-        Some(s) => s.state != 'Z',
+        Some(s) => s.state != 'Z' && s.state != 'X',
         None => false,
     }
 }
