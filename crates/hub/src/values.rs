@@ -26,7 +26,20 @@ pub fn now_timestamp() -> String {
 
 pub fn format_timestamp(t: DateTime<Utc>) -> String {
     // PostgREST renders timestamptz as e.g. 2025-01-01T12:00:00.123456+00:00.
-    t.to_rfc3339_opts(SecondsFormat::Micros, false)
+    round_to_micros(t).to_rfc3339_opts(SecondsFormat::Micros, false)
+}
+
+/// timestamptz keeps microseconds; PostgreSQL rounds finer input to the
+/// nearest one, half to even (`rint`), rather than cutting it off.
+fn round_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    let below = i64::from(t.timestamp_subsec_nanos() % 1_000);
+    let down = t - chrono::Duration::nanoseconds(below);
+    let odd = (down.timestamp_subsec_nanos() / 1_000) % 2 == 1;
+    if below > 500 || (below == 500 && odd) {
+        down + chrono::Duration::microseconds(1)
+    } else {
+        down
+    }
 }
 
 /// Parses the timestamp forms PostgreSQL accepts that clients send.
@@ -292,6 +305,39 @@ mod tests {
     use super::*;
     use crate::schema::GATEWAY_JOBS;
     use serde_json::json;
+
+    #[test]
+    fn sub_microsecond_input_rounds_half_to_even_like_postgres() {
+        let c = GATEWAY_JOBS.column("created_at").unwrap();
+        for (input, stored) in [
+            (
+                "2025-01-01T00:00:00.1234565Z",
+                "2025-01-01T00:00:00.123456+00:00",
+            ),
+            (
+                "2025-01-01T00:00:00.1234575Z",
+                "2025-01-01T00:00:00.123458+00:00",
+            ),
+            (
+                "2025-01-01T00:00:00.1234569Z",
+                "2025-01-01T00:00:00.123457+00:00",
+            ),
+            (
+                "2025-01-01T00:00:00.1234561Z",
+                "2025-01-01T00:00:00.123456+00:00",
+            ),
+            (
+                "2025-12-31T23:59:59.9999996Z",
+                "2026-01-01T00:00:00.000000+00:00",
+            ),
+        ] {
+            assert_eq!(
+                cast_text(c, input).unwrap(),
+                SqlValue::Text(stored.into()),
+                "{input}"
+            );
+        }
+    }
 
     #[test]
     fn timestamps_are_canonical() {
