@@ -262,12 +262,31 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
                 )],
             )
             .await;
-            if let Err(e) = queued {
-                return fail(
-                    "Cancel was recorded in the subagent and run metadata, but its cancellation_requested event could not be written",
-                    sid,
-                    e,
-                );
+            match queued {
+                Err(e) => {
+                    return fail(
+                        "Cancel was recorded in the subagent and run metadata, but its cancellation_requested event could not be written",
+                        sid,
+                        e,
+                    )
+                }
+                // The run ended here (its terminal event is sequenced)
+                // after the rows above were read as running: the cancel
+                // lost the race, and no event may follow the terminal one.
+                Ok(None) => {
+                    let resolution = CancelResolution {
+                        accepted: false,
+                        cancel_result: CancelOutcome::Rejected,
+                        cancel_state: CancelState::None,
+                        resolved_run_id: None,
+                        message: MSG_CANCEL_STATE_CHANGED.to_string(),
+                        status: SubagentStatus::Running,
+                    };
+                    return result(CancelJobResult::after_race(
+                        sid, reason, supported, &resolution,
+                    ));
+                }
+                Ok(Some(_)) => {}
             }
         }
         return result(CancelJobResult::accepted(

@@ -65,6 +65,11 @@ impl RunIds {
 struct SinkState {
     next: i64,
     buffer: Vec<Value>,
+    /// A terminal event (`run_completed`, `run_failed`, `run_cancelled`)
+    /// has been sequenced: the run's event log is closed, and an
+    /// out-of-band writer that lost a race with the run's end (a cancel
+    /// that read the run as running) must not append after it.
+    ended: bool,
 }
 
 /// The event counter of one run and its rows not yet queued.
@@ -82,6 +87,7 @@ impl RunLog {
             state: Mutex::new(SinkState {
                 next,
                 buffer: Vec::new(),
+                ended: false,
             }),
         }
     }
@@ -101,10 +107,15 @@ impl RunLog {
     }
 
     /// Queues `events` (rows of `ids`) at the next sequences, after what is
-    /// buffered; returns the first sequence.
-    fn push_now(&self, ids: &RunIds, events: Vec<(RunEventType, Value)>) -> i64 {
+    /// buffered; returns the first sequence, or `None` (nothing queued) when
+    /// the run's terminal event is already sequenced.
+    fn push_now(&self, ids: &RunIds, events: Vec<(RunEventType, Value)>) -> Option<i64> {
         let mut st = self.lock();
+        if st.ended {
+            return None;
+        }
         self.flush_locked(&mut st);
+        st.ended = events.iter().any(|(t, _)| t.is_terminal());
         let first = st.next;
         st.next += events.len() as i64;
         let rows: Vec<Value> = events
@@ -115,7 +126,7 @@ impl RunLog {
         if !rows.is_empty() {
             queue_rows(&self.outbox, &ids.run_id, rows);
         }
-        first
+        Some(first)
     }
 }
 
@@ -181,16 +192,24 @@ impl EventSink {
     }
 
     /// Assigns the next sequence and buffers the row; returns the sequence.
-    pub fn emit(&self, event_type: RunEventType, payload: Value) -> i64 {
+    /// `None` (nothing written) once the run's terminal event is sequenced:
+    /// a run has exactly one terminal event, and it is the last (e.g. a
+    /// cancel that reaches the run just after it finished).
+    pub fn emit(&self, event_type: RunEventType, payload: Value) -> Option<i64> {
         let log = &self.inner.log;
         let mut st = log.lock();
+        if st.ended {
+            tracing::debug!(runId = %log.ids.run_id, event = ?event_type, "run already ended; event not written");
+            return None;
+        }
         let seq = st.next;
         st.next += 1;
+        st.ended |= event_type.is_terminal();
         st.buffer.push(log.ids.row(seq, event_type, payload));
         if st.buffer.len() >= MAX_BATCH {
             log.flush_locked(&mut st);
         }
-        seq
+        Some(seq)
     }
 
     /// Queue everything buffered now.
@@ -270,12 +289,13 @@ impl RunSequences {
     }
 
     /// Queues `events` at the run's next sequences when this process has
-    /// its counter; hands them back otherwise.
+    /// its counter (`Ok(None)`: the run had already ended, nothing queued);
+    /// hands them back otherwise.
     pub fn push_known(
         &self,
         ids: &RunIds,
         events: Vec<(RunEventType, Value)>,
-    ) -> Result<i64, Vec<(RunEventType, Value)>> {
+    ) -> Result<Option<i64>, Vec<(RunEventType, Value)>> {
         let log = self.lock().logs.get(&ids.run_id).cloned();
         match log {
             Some(log) => Ok(log.push_now(ids, events)),
@@ -284,14 +304,15 @@ impl RunSequences {
     }
 
     /// Queues `events` at the next sequences, at least `floor` (the hub's
-    /// max + 1, or 0 for a run this process just created).
+    /// max + 1, or 0 for a run this process just created); `None` when the
+    /// run had already ended here.
     pub fn push_from(
         &self,
         outbox: &Outbox,
         ids: &RunIds,
         floor: i64,
         events: Vec<(RunEventType, Value)>,
-    ) -> i64 {
+    ) -> Option<i64> {
         self.entry(outbox, ids, floor).push_now(ids, events)
     }
 
@@ -326,7 +347,7 @@ pub async fn push_out_of_band(
     gw: &crate::runtime::Gateway,
     ids: &RunIds,
     events: Vec<(RunEventType, Value)>,
-) -> Result<i64, String> {
+) -> Result<Option<i64>, String> {
     let seqs = &super::get().sequences;
     let mut events = match seqs.push_known(ids, events) {
         Ok(first) => return Ok(first),
@@ -435,7 +456,10 @@ mod tests {
         let outbox = Outbox::open(dir.path()).unwrap();
         let sink = EventSink::start(outbox.clone(), ids("r"), 3);
         for i in 0..150 {
-            assert_eq!(sink.emit(RunEventType::Message, json!({"i": i})), 3 + i);
+            assert_eq!(
+                sink.emit(RunEventType::Message, json!({"i": i})),
+                Some(3 + i)
+            );
         }
         // 100 rows went out at once; the rest waits for the flusher.
         assert_eq!(outbox.pending(), 1);
@@ -465,31 +489,42 @@ mod tests {
         assert!(!seqs.knows("r"));
         // A cancel for a run upstream whose job has not started here: the
         // hub said 0 events; then the run's sink starts after it.
-        assert_eq!(seqs.push_from(&outbox, &r, 0, events), 0);
+        assert_eq!(seqs.push_from(&outbox, &r, 0, events), Some(0));
         let sink = seqs.sink(&outbox, &r, 0);
-        assert_eq!(sink.emit(RunEventType::RunStarted, json!({})), 1);
-        assert_eq!(sink.emit(RunEventType::Message, json!({})), 2);
+        assert_eq!(sink.emit(RunEventType::RunStarted, json!({})), Some(1));
+        assert_eq!(sink.emit(RunEventType::Message, json!({})), Some(2));
         // While the sink lives, an out-of-band event goes after its
         // buffered rows, in outbox order too.
         let first = seqs
             .push_known(&r, vec![(RunEventType::CancellationRequested, json!({}))])
             .unwrap();
-        assert_eq!(first, 3);
-        assert_eq!(sink.emit(RunEventType::RunCancelled, json!({})), 4);
-        drop(sink);
-        // After the run: the counter is kept; a late event is 5.
-        assert_eq!(
-            seqs.push_known(&r, vec![(RunEventType::RunFailed, json!({}))]),
-            Ok(5)
-        );
+        assert_eq!(first, Some(3));
         // A stale hub answer (lower than ours) never moves it back.
         assert_eq!(
             seqs.push_from(&outbox, &r, 2, vec![(RunEventType::System, json!({}))]),
-            6
+            Some(4)
+        );
+        assert_eq!(sink.emit(RunEventType::RunCancelled, json!({})), Some(5));
+        // The sink itself writes nothing after its terminal event either.
+        assert_eq!(
+            sink.emit(RunEventType::CancellationAcknowledged, json!({})),
+            None
+        );
+        drop(sink);
+        // After the terminal event nothing more is appended (regression,
+        // soak: a cancel that read the run as running appended
+        // `cancellation_requested` after `run_completed`).
+        assert_eq!(
+            seqs.push_known(&r, vec![(RunEventType::CancellationRequested, json!({}))]),
+            Ok(None)
+        );
+        assert_eq!(
+            seqs.push_from(&outbox, &r, 2, vec![(RunEventType::RunFailed, json!({}))]),
+            None
         );
         let q = queued(dir.path());
         let order: Vec<i64> = q.iter().map(|(_, s)| *s).collect();
-        assert_eq!(order, vec![0, 1, 2, 3, 4, 5, 6], "{q:?}");
+        assert_eq!(order, vec![0, 1, 2, 3, 4, 5], "{q:?}");
         assert_eq!(q[3].0, "cancellation_requested");
     }
 
