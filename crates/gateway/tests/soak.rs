@@ -1176,7 +1176,6 @@ fn recovery_finishes_what_a_killed_recovery_started() {
     let mut world = World::new(Vec::new());
     world.kill_gateway();
     let hub = world.hub();
-    let gw = world.gw.clone();
     // Two interrupted runs: one already failed by a recovery that died
     // before queuing its event, one whose event landed but not the updates.
     let mut cases = Vec::new();
@@ -1185,25 +1184,9 @@ fn recovery_finishes_what_a_killed_recovery_started() {
         ("running", vec!["run_started", "run_failed"]),
     ] {
         let sid = world.subagent("claude_code_gateway", json!({}), "x");
-        let run_id = new_id();
-        hub.patch(
-            "subagents",
-            &format!("id=eq.{sid}"),
-            json!({"status": "running", "metadata": {"current_run_id": run_id}}),
-        );
-        hub.insert(
-            "subagent_runs",
-            json!({"id": run_id, "subagent_id": sid, "team_id": gw.team_id,
-                   "gateway_id": gw.gateway_id, "run_sequence": 1, "status": "running"}),
-        );
-        for (seq, kind) in events.iter().enumerate() {
-            hub.insert(
-                "subagent_run_events",
-                json!({"run_id": run_id, "subagent_id": sid, "team_id": gw.team_id,
-                       "gateway_id": gw.gateway_id, "sequence": seq, "event_type": kind,
-                       "payload": {"reason": RESTART_MESSAGE, "source": "gateway_restart"}}),
-            );
-        }
+        let restart = json!({"reason": RESTART_MESSAGE, "source": "gateway_restart"});
+        let events: Vec<(&str, Value)> = events.iter().map(|k| (*k, restart.clone())).collect();
+        let run_id = running_run_with_events(&world, &sid, &events);
         if run_status == "failed" {
             hub.patch(
                 "subagent_runs",
@@ -1211,14 +1194,7 @@ fn recovery_finishes_what_a_killed_recovery_started() {
                 json!({"status": "failed", "error": RESTART_MESSAGE}),
             );
         }
-        let job = hub.insert(
-            "gateway_jobs",
-            json!({"team_id": gw.team_id, "gateway_id": gw.gateway_id, "job_type": "subagent_run",
-                   "status": "running", "payload": {"subagent_id": sid, "run_id": run_id}}),
-        )["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let job = running_job(&world, &sid, &run_id);
         cases.push((job, run_id));
     }
     world.start_gateway();
@@ -1284,6 +1260,20 @@ fn running_run_with_events(world: &World, sid: &str, events: &[(&str, Value)]) -
         );
     }
     run_id
+}
+
+/// A `subagent_run` job row for the run, `running` as an earlier process
+/// claimed it; returns the job id.
+fn running_job(world: &World, sid: &str, run_id: &str) -> String {
+    let gw = &world.gw;
+    world.hub().insert(
+        "gateway_jobs",
+        json!({"team_id": gw.team_id, "gateway_id": gw.gateway_id, "job_type": "subagent_run",
+               "status": "running", "payload": {"subagent_id": sid, "run_id": run_id}}),
+    )["id"]
+        .as_str()
+        .expect("job id")
+        .to_string()
 }
 
 /// Sequences and types of a run's events once it has `n` of them.
@@ -1516,7 +1506,6 @@ fn recovery_matches_rows_to_a_terminal_event_that_landed() {
     let mut world = World::new(Vec::new());
     world.kill_gateway();
     let hub = world.hub();
-    let gw = world.gw.clone();
     let started = json!({"runner": "gateway"});
     // (last event, its payload, expected status, expected error)
     let cases = [
@@ -1547,14 +1536,7 @@ fn recovery_matches_rows_to_a_terminal_event_that_landed() {
             &sid,
             &[("run_started", started.clone()), (kind, payload)],
         );
-        let job = hub.insert(
-            "gateway_jobs",
-            json!({"team_id": gw.team_id, "gateway_id": gw.gateway_id, "job_type": "subagent_run",
-                   "status": "running", "payload": {"subagent_id": sid, "run_id": run_id}}),
-        )["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let job = running_job(&world, &sid, &run_id);
         runs.push((job, sid, run_id, status, error));
     }
     // The run row's completion landed, the subagent's did not.
@@ -1573,14 +1555,7 @@ fn recovery_matches_rows_to_a_terminal_event_that_landed() {
         &format!("id=eq.{landed_run}"),
         json!({"status": "completed", "output": output}),
     );
-    let landed_job = hub.insert(
-        "gateway_jobs",
-        json!({"team_id": gw.team_id, "gateway_id": gw.gateway_id, "job_type": "subagent_run",
-               "status": "running", "payload": {"subagent_id": landed_sid, "run_id": landed_run}}),
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let landed_job = running_job(&world, &landed_sid, &landed_run);
     world.start_gateway();
 
     for (job, sid, run_id, status, error) in &runs {
