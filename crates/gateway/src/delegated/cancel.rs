@@ -54,14 +54,7 @@ where
 
 async fn newest_running_run(gw: &Gateway, sid: &str) -> Result<Option<Value>, String> {
     answered(gw, "GET /rest/v1/subagent_runs", || {
-        gw.client
-            .from("subagent_runs")
-            .select("id,metadata")
-            .eq("subagent_id", sid)
-            .eq("status", "running")
-            .order("run_sequence", false, None)
-            .limit(1)
-            .maybe_single()
+        super::subagent_run::newest_running_run(&gw.client, sid, "id,metadata")
     })
     .await
 }

@@ -122,14 +122,7 @@ pub async fn fail_subagent_run(gw: &Gateway, payload: &Value, error: &str) {
     // Our own queued writes for this run go first, so its status is current.
     gw.outbox.flush(Duration::from_secs(2)).await;
     let (run, _) = retry_unanswered(gw, "GET /rest/v1/subagent_runs", || {
-        gw.client
-            .from("subagent_runs")
-            .select("id")
-            .eq("subagent_id", sid.as_str())
-            .eq("status", "running")
-            .order("run_sequence", false, None)
-            .limit(1)
-            .maybe_single()
+        newest_running_run(&gw.client, &sid, "id")
     })
     .await;
     if let Err(e) = &run {
@@ -198,6 +191,23 @@ fn fsyncing<T>(f: impl FnOnce() -> T) -> T {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
     }
+}
+
+/// The subagent's newest `running` run (`columns` of it), if any.
+pub(super) async fn newest_running_run(
+    client: &panorama_supabase::Client,
+    sid: &str,
+    columns: &str,
+) -> Result<Option<Value>, panorama_supabase::Error> {
+    client
+        .from("subagent_runs")
+        .select(columns)
+        .eq("subagent_id", sid)
+        .eq("status", "running")
+        .order("run_sequence", false, None)
+        .limit(1)
+        .maybe_single()
+        .await
 }
 
 fn push(gw: &Gateway, write: OutboxWrite) {
@@ -861,16 +871,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
     }
     if let Err(e) = inserted {
         if e.is_unique_violation() {
-            let active_run = gw
-                .client
-                .from("subagent_runs")
-                .select("id")
-                .eq("subagent_id", sid.as_str())
-                .eq("status", "running")
-                .order("run_sequence", false, None)
-                .limit(1)
-                .maybe_single()
-                .await;
+            let active_run = newest_running_run(&gw.client, &sid, "id").await;
             match active_run {
                 Err(_) => {
                     return HandlerOutcome::failure(
