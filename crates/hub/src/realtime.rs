@@ -107,6 +107,25 @@ pub async fn websocket(
     )
 }
 
+/// The hub's whole API, with the realtime endpoint on `opts` instead of
+/// the defaults (tests and embedders that tune realtime).
+pub fn router_with_options(state: Arc<AppState>, opts: RealtimeOptions) -> axum::Router {
+    let st = state.clone();
+    axum::Router::new()
+        .route(
+            "/realtime/v1/websocket",
+            axum::routing::get(
+                move |RawQuery(q): RawQuery,
+                      headers: HeaderMap,
+                      ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>| {
+                    let st = st.clone();
+                    async move { upgrade(st, q.as_deref(), &headers, ws, opts) }
+                },
+            ),
+        )
+        .fallback_service(api::router(state))
+}
+
 /// The upgrade itself, with explicit options (tests use short timeouts).
 /// The API key is checked before the upgrade: a missing or unknown key gets
 /// the Supabase gateway's 401 JSON and no socket.

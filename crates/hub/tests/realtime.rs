@@ -3,10 +3,6 @@
 //! client speaking the Phoenix protocol the way realtime-js does
 //! (supabase-wire §5).
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::RawQuery;
-use axum::http::HeaderMap;
 use futures_util::{SinkExt, StreamExt};
 use panorama_hub::api::{self, AppState};
 use panorama_hub::auth::Keys;
@@ -67,20 +63,7 @@ impl Hub {
     /// A hub whose realtime route uses `opts` (short timeouts).
     async fn start_with(opts: RealtimeOptions) -> Hub {
         let state = new_state();
-        let st = state.clone();
-        let app = axum::Router::new()
-            .route(
-                "/realtime/v1/websocket",
-                axum::routing::get(
-                    move |RawQuery(q): RawQuery,
-                          headers: HeaderMap,
-                          ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>| {
-                        let st = st.clone();
-                        async move { realtime::upgrade(st, q.as_deref(), &headers, ws, opts) }
-                    },
-                ),
-            )
-            .fallback_service(api::router(state.clone()));
+        let app = realtime::router_with_options(state.clone(), opts);
         let base = serve(app).await;
         Hub {
             base,

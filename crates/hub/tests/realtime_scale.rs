@@ -5,12 +5,8 @@
 //! written through the REST API with the service key, Phoenix vsn 2.0.0
 //! clients.
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::RawQuery;
-use axum::http::HeaderMap;
 use futures_util::{SinkExt, StreamExt};
-use panorama_hub::api::{self, AppState};
+use panorama_hub::api::AppState;
 use panorama_hub::auth::Keys;
 use panorama_hub::changes::ChangeFeed;
 use panorama_hub::realtime::{self, RealtimeOptions};
@@ -47,20 +43,7 @@ impl Hub {
         let feed = ChangeFeed::default();
         let store = SqliteStore::open_in_memory(feed.clone()).unwrap();
         let state = AppState::new(Arc::new(store), Keys::from_secret(SECRET, now()), feed);
-        let st = state.clone();
-        let app = axum::Router::new()
-            .route(
-                "/realtime/v1/websocket",
-                axum::routing::get(
-                    move |RawQuery(q): RawQuery,
-                          headers: HeaderMap,
-                          ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>| {
-                        let st = st.clone();
-                        async move { realtime::upgrade(st, q.as_deref(), &headers, ws, opts) }
-                    },
-                ),
-            )
-            .fallback_service(api::router(state.clone()));
+        let app = realtime::router_with_options(state.clone(), opts);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move {
