@@ -105,6 +105,16 @@ pub enum OutboxWrite {
         name: String,
         body: serde_json::Value,
     },
+    /// POST /functions/v1/<name>; where the control plane has no such
+    /// function (404), the `fallback` writes instead, in order. An answer of
+    /// `{"success": false}` is a permanent rejection. Used for the later
+    /// generation's `finalize-gateway-subagent-run` (control-plane §5.3),
+    /// whose fallback is the seed's two conditional terminal updates.
+    FunctionOrFallback {
+        name: String,
+        body: serde_json::Value,
+        fallback: Vec<OutboxWrite>,
+    },
 }
 
 impl OutboxWrite {
@@ -158,6 +168,19 @@ impl OutboxWrite {
                     return Err("a Function write needs a function name".into());
                 }
             }
+            OutboxWrite::FunctionOrFallback { name, fallback, .. } => {
+                if name.trim().is_empty() {
+                    return Err("a FunctionOrFallback write needs a function name".into());
+                }
+                for write in fallback {
+                    if matches!(write, OutboxWrite::FunctionOrFallback { .. }) {
+                        return Err(format!(
+                            "the fallback of {name} must be plain writes, not another function with a fallback"
+                        ));
+                    }
+                    write.validate()?;
+                }
+            }
         }
         Ok(())
     }
@@ -168,6 +191,10 @@ impl OutboxWrite {
             OutboxWrite::Update { table, .. } => format!("PATCH /rest/v1/{table}"),
             OutboxWrite::Insert { table, .. } => format!("POST /rest/v1/{table}"),
             OutboxWrite::Function { name, .. } => format!("POST /functions/v1/{name}"),
+            OutboxWrite::FunctionOrFallback { name, fallback, .. } => format!(
+                "POST /functions/v1/{name} (else {} direct writes)",
+                fallback.len()
+            ),
         }
     }
 }
@@ -583,6 +610,11 @@ fn is_retryable(e: &panorama_supabase::Error) -> bool {
 
 async fn deliver_once(client: &panorama_supabase::Client, write: &OutboxWrite) -> Disposition {
     let res = match write {
+        OutboxWrite::FunctionOrFallback {
+            name,
+            body,
+            fallback,
+        } => return deliver_function_or_fallback(client, name, body, fallback).await,
         OutboxWrite::Update {
             table,
             filters,
@@ -614,6 +646,44 @@ async fn deliver_once(client: &panorama_supabase::Client, write: &OutboxWrite) -
     };
     match res {
         Ok(()) => Disposition::Delivered,
+        Err(e) if is_retryable(&e) => Disposition::Retry(e),
+        Err(e) => Disposition::Permanent(e),
+    }
+}
+
+/// The function, or where it answers 404 the fallback writes in order (each
+/// conditional, so a replay after a partial delivery is harmless).
+async fn deliver_function_or_fallback(
+    client: &panorama_supabase::Client,
+    name: &str,
+    body: &Value,
+    fallback: &[OutboxWrite],
+) -> Disposition {
+    match client.functions().invoke(name, body.clone()).await {
+        Ok(answer) if answer.get("success") == Some(&Value::Bool(false)) => {
+            let reason = answer
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("the function answered success: false")
+                .to_string();
+            Disposition::Permanent(panorama_supabase::Error::InvalidRequest(format!(
+                "{name} refused the write: {reason}"
+            )))
+        }
+        Ok(_) => Disposition::Delivered,
+        Err(e) if e.status() == Some(404) => {
+            tracing::info!(
+                function = name,
+                "control plane has no such function; writing the rows directly"
+            );
+            for write in fallback {
+                match Box::pin(deliver_once(client, write)).await {
+                    Disposition::Delivered => {}
+                    other => return other,
+                }
+            }
+            Disposition::Delivered
+        }
         Err(e) if is_retryable(&e) => Disposition::Retry(e),
         Err(e) => Disposition::Permanent(e),
     }

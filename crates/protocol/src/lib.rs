@@ -32,6 +32,7 @@
 //! behaviour is the default and the later one is selectable through an enum
 //! parameter; see `NOTES.md` for every such choice.
 
+pub mod accepted;
 pub mod cancel;
 pub mod capabilities;
 pub mod full_control;

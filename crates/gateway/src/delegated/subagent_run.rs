@@ -7,18 +7,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use panorama_protocol::accepted::{
+    changed_before_start, check_accepted_subagent, run_generation, verify_accepted_run,
+    AcceptedRunRead, RunGeneration, MSG_RUN_CHANGED, MSG_SUBAGENT_CHANGED,
+};
 use panorama_protocol::cancel::{cancel_adapter_for, Runner};
 use panorama_protocol::full_control::{
     resolve_full_control, FullControlLayers, FullControlWording,
 };
 use panorama_protocol::jobs::{
-    complete_job, handler_threw, resolve_run_id, HandlerOutcome, JobCompletion, SubagentRunPayload,
+    complete_job, handler_threw, is_canonical_uuid, resolve_run_id, HandlerOutcome, JobCompletion,
+    SubagentRunPayload,
 };
-use panorama_protocol::rows::GatewayJobRow;
+use panorama_protocol::rows::{GatewayJobRow, SubagentRow, SubagentRunRow};
 use panorama_protocol::shell_gate::{
     check_subagent_run_gateway_state, ControlState, SubagentRunGate, MSG_CONTROL_STATE_UNAVAILABLE,
 };
-use panorama_protocol::status::RunEventType;
+use panorama_protocol::status::{RunEventType, SubagentRunStatus};
 use panorama_protocol::subagent::{
     provider_failure_message, OutputEnvelope, SUBAGENT_SCHEMA_VERSION,
 };
@@ -312,9 +317,77 @@ async fn allocate_sequence(gw: &Gateway, sid: &str) -> i64 {
         .map_or(1, |n| n + 1)
 }
 
+/// The terminal state of one run, as both generations write it.
+struct TerminalRows<'a> {
+    sid: &'a str,
+    run_id: &'a str,
+    status: &'a str,
+    output: &'a Value,
+    error: Option<&'a str>,
+    completed_at: &'a str,
+    run_metadata: &'a Map<String, Value>,
+    sub_metadata: &'a Map<String, Value>,
+    /// The subagent update's status filter (`eq.running`, or "not yet
+    /// terminal" for a run cancelled before it started).
+    subagent_guard: &'a str,
+}
+
+/// The edge function of the later generation's terminal write (§5.3).
+pub const FINALIZE_FUNCTION: &str = "finalize-gateway-subagent-run";
+
+/// The outbox writes that put a run and its subagent in their terminal
+/// state. Seed: two updates, each conditional (a replay, or a run someone
+/// else already ended, matches 0 rows). Accepted: the finalize function,
+/// with those same two updates as its fallback where the control plane has
+/// no such function (404).
+fn terminal_writes(generation: RunGeneration, t: &TerminalRows<'_>) -> Vec<OutboxWrite> {
+    let direct = vec![
+        OutboxWrite::Update {
+            table: "subagent_runs".into(),
+            filters: vec![
+                ("id".into(), format!("eq.{}", t.run_id)),
+                ("status".into(), "eq.running".into()),
+            ],
+            patch: json!({"status": t.status, "output": t.output, "error": t.error,
+                          "completed_at": t.completed_at, "metadata": t.run_metadata}),
+        },
+        OutboxWrite::Update {
+            table: "subagents".into(),
+            filters: vec![
+                ("id".into(), format!("eq.{}", t.sid)),
+                ("status".into(), t.subagent_guard.into()),
+            ],
+            patch: json!({"status": t.status, "output": t.output, "error": t.error,
+                          "completed_at": t.completed_at, "metadata": t.sub_metadata}),
+        },
+    ];
+    match generation {
+        RunGeneration::Seed => direct,
+        RunGeneration::Accepted => {
+            let completed = t.status == "completed";
+            vec![OutboxWrite::FunctionOrFallback {
+                name: FINALIZE_FUNCTION.into(),
+                body: json!({
+                    "subagent_id": t.sid,
+                    "run_id": t.run_id,
+                    "final_status": t.status,
+                    "output": if completed { t.output.clone() } else { Value::Null },
+                    "failure_output": if completed { Value::Null } else { t.output.clone() },
+                    "final_error": t.error,
+                    "completed_at": t.completed_at,
+                    "stderr": t.run_metadata.get("stderr").cloned().unwrap_or(Value::Null),
+                    "metadata_patch": t.run_metadata,
+                }),
+                fallback: direct,
+            }]
+        }
+    }
+}
+
 /// Everything a run's finalization needs.
 struct RunCtx<'a> {
     gw: &'a Gateway,
+    generation: RunGeneration,
     sid: String,
     run_id: String,
     provider: ProviderId,
@@ -408,69 +481,111 @@ impl RunCtx<'_> {
         metadata: &Map<String, Value>,
     ) {
         self.sink.flush();
-        let now = now_iso();
-        push(
-            self.gw,
-            OutboxWrite::Update {
-                table: "subagent_runs".into(),
-                filters: vec![
-                    ("id".into(), format!("eq.{}", self.run_id)),
-                    ("status".into(), "eq.running".into()),
-                ],
-                patch: json!({"status": status, "output": output, "error": error, "completed_at": now, "metadata": metadata}),
-            },
-        );
         let mut sub_meta = self.sub_metadata.clone();
         sub_meta.extend(metadata.clone());
-        push(
-            self.gw,
-            OutboxWrite::Update {
-                table: "subagents".into(),
-                filters: vec![
-                    ("id".into(), format!("eq.{}", self.sid)),
-                    ("status".into(), "eq.running".into()),
-                ],
-                patch: json!({"status": status, "output": output, "error": error, "completed_at": now, "metadata": sub_meta}),
+        for write in terminal_writes(
+            self.generation,
+            &TerminalRows {
+                sid: &self.sid,
+                run_id: &self.run_id,
+                status,
+                output,
+                error,
+                completed_at: &now_iso(),
+                run_metadata: metadata,
+                sub_metadata: &sub_meta,
+                subagent_guard: "eq.running",
             },
-        );
+        ) {
+            push(self.gw, write);
+        }
+    }
+
+    /// Later generation: the run's status on the control plane right before
+    /// its terminal write. `None` while it is still `running` (or when the
+    /// control plane cannot say: then the conditional terminal write decides).
+    async fn closed_upstream(&self) -> Option<String> {
+        if self.generation != RunGeneration::Accepted {
+            return None;
+        }
+        let (row, _) = retry_unanswered(self.gw, "GET /rest/v1/subagent_runs", || {
+            self.gw
+                .client
+                .from("subagent_runs")
+                .select("status")
+                .eq("id", self.run_id.as_str())
+                .maybe_single()
+        })
+        .await;
+        match row {
+            Ok(Some(row)) => row["status"]
+                .as_str()
+                .filter(|s| *s != "running")
+                .map(str::to_string),
+            Ok(None) => Some("missing".into()),
+            Err(e) => {
+                tracing::warn!(error = %e, runId = %self.run_id, "Could not re-read the accepted run before finalizing it");
+                None
+            }
+        }
+    }
+
+    /// The control plane ended the run while the agent ran: its rows are
+    /// left as the control plane wrote them, and the event log is closed.
+    fn stand_down(&self, upstream: &str) -> HandlerOutcome {
+        tracing::info!(runId = %self.run_id, status = upstream, "Accepted run was ended by the control plane; not overwriting it");
+        if upstream == "cancelled" {
+            let reason = "Subagent run was cancelled by the control plane";
+            self.sink.emit(
+                RunEventType::RunCancelled,
+                json!({"reason": reason, "source": "control_plane", "duration_ms": self.duration_ms()}),
+            );
+            self.sink.flush();
+            return HandlerOutcome::success(json!({
+                "subagent_id": self.sid, "status": "cancelled", "output": error_envelope(reason), "error": reason,
+            }));
+        }
+        let message = format!("Accepted subagent run is {upstream}");
+        self.sink.flush();
+        HandlerOutcome::cancelled_skip(
+            json!({"message": "Accepted subagent run is no longer active", "subagent_id": self.sid,
+                   "run_id": self.run_id, "run_status": upstream}),
+            message,
+        )
     }
 
     /// §10.8.3: a failure after `run_started` (denial, plan error).
-    fn pre_execution_failure(
+    async fn pre_execution_failure(
         &self,
         message: &str,
         overrides: Map<String, Value>,
     ) -> HandlerOutcome {
+        if let Some(upstream) = self.closed_upstream().await {
+            return self.stand_down(&upstream);
+        }
         let mut metadata = self.start_metadata.clone();
         metadata.extend(overrides.clone());
         metadata.insert("last_run_at".into(), json!(now_iso()));
         self.sink.flush();
-        let now = now_iso();
         let envelope = error_envelope(message);
-        push(
-            self.gw,
-            OutboxWrite::Update {
-                table: "subagent_runs".into(),
-                filters: vec![
-                    ("id".into(), format!("eq.{}", self.run_id)),
-                    ("status".into(), "eq.running".into()),
-                ],
-                patch: json!({"status": "failed", "output": envelope, "error": message, "completed_at": now, "metadata": metadata}),
-            },
-        );
         let mut sub_meta = self.sub_metadata.clone();
         sub_meta.extend(overrides);
-        push(
-            self.gw,
-            OutboxWrite::Update {
-                table: "subagents".into(),
-                filters: vec![
-                    ("id".into(), format!("eq.{}", self.sid)),
-                    ("status".into(), "eq.running".into()),
-                ],
-                patch: json!({"status": "failed", "output": envelope, "error": message, "completed_at": now, "metadata": sub_meta}),
+        for write in terminal_writes(
+            self.generation,
+            &TerminalRows {
+                sid: &self.sid,
+                run_id: &self.run_id,
+                status: "failed",
+                output: &envelope,
+                error: Some(message),
+                completed_at: &now_iso(),
+                run_metadata: &metadata,
+                sub_metadata: &sub_meta,
+                subagent_guard: "eq.running",
             },
-        );
+        ) {
+            push(self.gw, write);
+        }
         self.sink.emit(
             RunEventType::RunFailed,
             json!({"reason": message, "source": "gateway", "stage": "pre_execution"}),
@@ -486,7 +601,10 @@ impl RunCtx<'_> {
     }
 
     /// §10.8.5 / §10.8.6 (within the grace).
-    fn finish_cancelled(&self, cancel: &CancelInfo, t: &Terminal) -> HandlerOutcome {
+    async fn finish_cancelled(&self, cancel: &CancelInfo, t: &Terminal) -> HandlerOutcome {
+        if let Some(upstream) = self.closed_upstream().await {
+            return self.stand_down(&upstream);
+        }
         let source = cancel.source.event_source();
         self.sink.emit(
             RunEventType::CancellationAcknowledged,
@@ -703,6 +821,37 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             "Subagent is assigned to a different gateway",
         );
     }
+    // Which generation: did the control plane accept this run already?
+    // A row the typed reader cannot take (an odd column value) is read as
+    // the seed generation: the checks below look at the raw row, as before.
+    let typed: SubagentRow = serde_json::from_value(sub.clone()).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, subagentId = %sid, "Subagent row does not match the typed reader");
+        SubagentRow::default()
+    });
+    let payload_run_id = payload
+        .run_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|id| is_canonical_uuid(id))
+        .map(str::to_string);
+    let accepted_read = match &payload_run_id {
+        Some(run_id) => Some(read_accepted_run(gw, run_id).await),
+        None => None,
+    };
+    let generation = run_generation(
+        payload_run_id.as_deref(),
+        &typed,
+        matches!(accepted_read, Some(AcceptedRunRead::Found(_))),
+    );
+    if generation == RunGeneration::Accepted {
+        // Rows 3a–3b.
+        if let Err(outcome) =
+            check_accepted_subagent(&typed, payload_run_id.as_deref().unwrap_or_default())
+        {
+            return outcome;
+        }
+    }
+    tracing::info!(subagentId = %sid, generation = ?generation, "Subagent run job");
     // Row 4.
     let subagent_type = sub
         .get("subagent_type")
@@ -783,16 +932,37 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         input.get("run_id").and_then(Value::as_str),
     )
     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let run_sequence = match sequence_of(&input) {
-        Some(n) => n,
-        None => allocate_sequence(gw, &sid).await,
+    let run_sequence = match (generation, &accepted_read) {
+        (RunGeneration::Accepted, Some(read)) => {
+            match verify_accepted_run(&sid, &run_id, sequence_of(&input), &prompt, read) {
+                Ok(n) => n,
+                // A cancel recorded for this still-running run is applied
+                // even when the job would not pass the start checks: the
+                // run never starts either way, and this way it ends.
+                Err(outcome) => match read {
+                    AcceptedRunRead::Found(run)
+                        if sub_metadata.get("cancel_run_id").and_then(Value::as_str)
+                            == Some(run_id.as_str())
+                            && run.subagent_id == sid
+                            && run.status == Some(SubagentRunStatus::Running) =>
+                    {
+                        run.run_sequence.unwrap_or_default()
+                    }
+                    _ => return outcome,
+                },
+            }
+        }
+        _ => match sequence_of(&input) {
+            Some(n) => n,
+            None => allocate_sequence(gw, &sid).await,
+        },
     };
     let team_id = sub
         .get("team_id")
         .and_then(Value::as_str)
         .unwrap_or(&gw.team_id)
         .to_string();
-    let start_metadata = obj(&json!({
+    let mut start_metadata = obj(&json!({
         "schema_version": SUBAGENT_SCHEMA_VERSION, "runner": "gateway", "adapter_id": provider.as_str(),
         "subagent_type": subagent_type, "run_id": run_id, "run_sequence": run_sequence,
         "cancel_state": "none", "full_control_requested": decision.requested,
@@ -821,6 +991,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
     if let Some(reason) = metadata_cancel.or_else(|| active.take_pending(&run_id, &sid)) {
         return cancelled_before_start(
             gw,
+            generation,
             &ids,
             run_sequence,
             &prompt,
@@ -831,7 +1002,118 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         .await;
     }
 
-    // §10.4 step 2–3: the run row.
+    if generation == RunGeneration::Accepted {
+        // §10.4 "later" step 3: mark the accepted run started, only if it is
+        // still this subagent's running run.
+        let current = match &accepted_read {
+            Some(AcceptedRunRead::Found(run)) => obj(&run.metadata),
+            _ => Map::new(),
+        };
+        match mark_accepted_started(gw, &sid, &run_id, current, &start_metadata).await {
+            // The run's metadata from here on: the control plane's keys
+            // with ours over them (the direct terminal writes replace it).
+            Ok(merged) => start_metadata = merged,
+            Err(outcome) => return outcome,
+        }
+    } else if let Err(outcome) =
+        insert_seed_run(gw, &ids, run_sequence, &prompt, &start_metadata).await
+    {
+        return outcome;
+    }
+    run_accepted_or_inserted(
+        gw,
+        job,
+        RunCtx {
+            gw,
+            generation,
+            sid: sid.clone(),
+            run_id: run_id.clone(),
+            provider,
+            start_metadata,
+            sub_metadata,
+            sink: super::get().sequences.sink(&gw.outbox, &ids, 0),
+            started: Instant::now(),
+        },
+        Registered {
+            subagent_type,
+            run_sequence,
+            prompt,
+            config,
+            command,
+            flags,
+            decision,
+            previous_session,
+        },
+    )
+    .await
+}
+
+/// The accepted run row (§3.6 "Acceptance check", plus its metadata so the
+/// start write keeps the control plane's keys), retried while the hub does
+/// not answer.
+async fn read_accepted_run(gw: &Gateway, run_id: &str) -> AcceptedRunRead {
+    let (row, _) = retry_unanswered(gw, "GET /rest/v1/subagent_runs", || {
+        gw.client
+            .from("subagent_runs")
+            .select("id,subagent_id,run_sequence,status,prompt,metadata")
+            .eq("id", run_id)
+            .maybe_single()
+    })
+    .await;
+    match row {
+        Ok(None) => AcceptedRunRead::Missing,
+        Ok(Some(row)) => match serde_json::from_value::<SubagentRunRow>(row) {
+            Ok(run) => AcceptedRunRead::Found(Box::new(run)),
+            Err(e) => AcceptedRunRead::Failed(format!("the run row could not be read: {e}")),
+        },
+        Err(e) => AcceptedRunRead::Failed(e.to_string()),
+    }
+}
+
+/// §10.4 "later" step 3: a compare-and-set on the run (still this
+/// subagent's, still `running`).
+async fn mark_accepted_started(
+    gw: &Gateway,
+    sid: &str,
+    run_id: &str,
+    mut metadata: Map<String, Value>,
+    start_metadata: &Map<String, Value>,
+) -> Result<Map<String, Value>, HandlerOutcome> {
+    metadata.extend(start_metadata.clone());
+    let started_at = now_iso();
+    let (marked, _) = retry_unanswered(gw, "PATCH /rest/v1/subagent_runs", || {
+        gw.client
+            .from("subagent_runs")
+            .update(json!({"started_at": started_at, "metadata": metadata}))
+            .eq("id", run_id)
+            .eq("subagent_id", sid)
+            .eq("status", "running")
+            .select("id")
+            .execute()
+    })
+    .await;
+    match marked {
+        Ok(rows) if !rows.is_empty() => Ok(metadata),
+        Ok(_) => Err(changed_before_start(MSG_RUN_CHANGED, sid, run_id)),
+        Err(e) => {
+            tracing::error!(error = %e, runId = %run_id, "Failed to mark the accepted run started");
+            Err(HandlerOutcome::failure(
+                json!({"message": "Failed to mark accepted subagent run started", "subagent_id": sid, "run_id": run_id}),
+                e.to_string(),
+            ))
+        }
+    }
+}
+
+/// §10.4 seed steps 2–3: the run row.
+async fn insert_seed_run(
+    gw: &Gateway,
+    ids: &RunIds,
+    run_sequence: i64,
+    prompt: &str,
+    start_metadata: &Map<String, Value>,
+) -> Result<(), HandlerOutcome> {
+    let (sid, run_id, team_id) = (&ids.subagent_id, &ids.run_id, &ids.team_id);
     let now = now_iso();
     let (mut inserted, unanswered) = retry_unanswered(gw, "POST /rest/v1/subagent_runs", || {
         gw.client
@@ -871,61 +1153,47 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
     }
     if let Err(e) = inserted {
         if e.is_unique_violation() {
-            let active_run = newest_running_run(&gw.client, &sid, "id").await;
+            let active_run = newest_running_run(&gw.client, sid, "id").await;
             match active_run {
                 Err(_) => {
-                    return HandlerOutcome::failure(
+                    return Err(HandlerOutcome::failure(
                         json!({"message": "Failed to resolve conflicting subagent run after insert conflict", "subagent_id": sid, "run_id": run_id}),
                         "Failed to resolve conflicting subagent run after insert conflict",
-                    )
+                    ))
                 }
                 Ok(Some(r)) if r["id"].as_str() != Some(run_id.as_str()) => {
-                    return HandlerOutcome::cancelled_skip(
+                    return Err(HandlerOutcome::cancelled_skip(
                         json!({"message": "Skipped duplicate subagent job because another run is already active",
                                "subagent_id": sid, "run_id": run_id, "active_run_id": r["id"]}),
                         "Another subagent run is already active",
-                    )
+                    ))
                 }
                 Ok(_) => {}
             }
         }
-        return HandlerOutcome::failure(
+        return Err(HandlerOutcome::failure(
             json!({"message": "Failed to create subagent run", "subagent_id": sid}),
             e.to_string(),
-        );
+        ));
     }
 
-    // Step 4: register locally (consumes a late pending cancel).
+    Ok(())
+}
+
+/// §10.4 step 4 onwards: register the run locally (consumes a late pending
+/// cancel), run it, and unregister it.
+async fn run_accepted_or_inserted(
+    gw: &Gateway,
+    job: &GatewayJobRow,
+    ctx: RunCtx<'_>,
+    r: Registered,
+) -> HandlerOutcome {
+    let active = &super::get().active;
+    let run_id = ctx.run_id.clone();
     // The run's counter: shared with out-of-band writers, and after any
     // event a cancel job already wrote for this run id.
-    let sink = super::get().sequences.sink(&gw.outbox, &ids, 0);
-    let run = active.register(&run_id, &sid, &job.id, sink.clone());
-    let outcome = run_registered(
-        gw,
-        job,
-        &run,
-        RunCtx {
-            gw,
-            sid: sid.clone(),
-            run_id: run_id.clone(),
-            provider,
-            start_metadata,
-            sub_metadata,
-            sink,
-            started: Instant::now(),
-        },
-        Registered {
-            subagent_type,
-            run_sequence,
-            prompt,
-            config,
-            command,
-            flags,
-            decision,
-            previous_session,
-        },
-    )
-    .await;
+    let run = active.register(&run_id, &ctx.sid, &job.id, ctx.sink.clone());
+    let outcome = run_registered(gw, job, &run, ctx, r).await;
     active.remove(&run_id);
     outcome
 }
@@ -954,13 +1222,21 @@ async fn run_registered(
     sub_meta.insert("current_run_sequence".into(), json!(r.run_sequence));
     let started_at = now_iso();
     let (marked, _) = retry_unanswered(gw, "PATCH /rest/v1/subagents", || {
-        gw.client
+        let update = gw
+            .client
             .from("subagents")
             .update(json!({"status": "running", "started_at": started_at, "metadata": sub_meta}))
-            .eq("id", ctx.sid.as_str())
-            .execute()
+            .eq("id", ctx.sid.as_str());
+        match ctx.generation {
+            RunGeneration::Seed => update.execute(),
+            // §10.4 "later" step 4: a compare-and-set on `status=running`.
+            RunGeneration::Accepted => update.eq("status", "running").select("id").execute(),
+        }
     })
     .await;
+    if ctx.generation == RunGeneration::Accepted && marked.as_ref().is_ok_and(Vec::is_empty) {
+        return changed_before_start(MSG_SUBAGENT_CHANGED, &ctx.sid, &ctx.run_id);
+    }
     if let Err(e) = marked {
         tracing::error!(error = %e, subagentId = %ctx.sid, "Failed to mark subagent as running");
         // The run row we created must not stay `running` (the job-failure
@@ -1004,7 +1280,7 @@ async fn run_registered(
         let overrides = obj(
             &json!({"full_control_requested": true, "full_control_effective": false, "full_control_denied_reason": message}),
         );
-        return ctx.pre_execution_failure(&message, overrides);
+        return ctx.pre_execution_failure(&message, overrides).await;
     }
     let wd = match WorkDir::create(
         &gw.paths.work_dir,
@@ -1015,7 +1291,7 @@ async fn run_registered(
         ],
     ) {
         Ok(wd) => wd,
-        Err(e) => return ctx.pre_execution_failure(&e.to_string(), Map::new()),
+        Err(e) => return ctx.pre_execution_failure(&e.to_string(), Map::new()).await,
     };
     let outcome = attempts(gw, job, run, &ctx, &r, &wd).await;
     wd.cleanup();
@@ -1050,10 +1326,10 @@ async fn attempts(
     loop {
         let plan = match build_subagent_plan(provider, &config, &run_context, &r.flags) {
             Ok(p) => p,
-            Err(e) => return ctx.pre_execution_failure(&e.to_string(), Map::new()),
+            Err(e) => return ctx.pre_execution_failure(&e.to_string(), Map::new()).await,
         };
         if let Err(e) = wd.write_files(&plan.files) {
-            return ctx.pre_execution_failure(&e.to_string(), Map::new());
+            return ctx.pre_execution_failure(&e.to_string(), Map::new()).await;
         }
         ctx.sink.emit(
             RunEventType::RunProgress,
@@ -1071,7 +1347,7 @@ async fn attempts(
         terminal.stderr = a.process.stderr.clone();
         terminal.adapter_metadata = a.adapter.metadata.clone();
         if let Some(cancel) = run.cancelled() {
-            return ctx.finish_cancelled(&cancel, &terminal);
+            return ctx.finish_cancelled(&cancel, &terminal).await;
         }
         let process_error = a.process.failure_detail(plan.timeout_ms);
         let json_parse_failed =
@@ -1137,7 +1413,7 @@ async fn attempts(
                 _ = stop.wait_for(|v| v.is_some()) => {}
             }
             if let Some(cancel) = run.cancelled() {
-                return ctx.finish_cancelled(&cancel, &terminal);
+                return ctx.finish_cancelled(&cancel, &terminal).await;
             }
             attempt += 1;
             terminal.retry_count = attempt - 1;
@@ -1155,6 +1431,9 @@ async fn attempts(
             Some(&ctx.run_id),
         )
         .await;
+        if let Some(upstream) = ctx.closed_upstream().await {
+            return ctx.stand_down(&upstream);
+        }
         if ok {
             ctx.sink.emit(
                 RunEventType::RunCompleted,
@@ -1190,9 +1469,14 @@ async fn attempts(
     }
 }
 
-/// §10.8.4, plus the fix of §17.6: the `subagents` row also moves to `cancelled`.
+/// §10.8.4, plus the fix of §17.6: the `subagents` row also moves to
+/// `cancelled`. Seed: the run row is inserted already cancelled (or, when it
+/// exists, cancelled in place). Accepted: the run exists; its events go
+/// first, then the finalize function (§10.4 "later" step 2).
+#[allow(clippy::too_many_arguments)]
 async fn cancelled_before_start(
     gw: &Gateway,
+    generation: RunGeneration,
     ids: &RunIds,
     run_sequence: i64,
     prompt: &str,
@@ -1207,60 +1491,71 @@ async fn cancelled_before_start(
         "cancel_reason": reason, "cancel_support": "gateway", "cancel_state": "acknowledged",
         "cancellation_scope": "gateway", "cancelled": true, "last_run_at": now,
     })));
-    let inserted = gw
-        .client
-        .from("subagent_runs")
-        .insert(json!({
-            "id": ids.run_id, "subagent_id": ids.subagent_id, "team_id": ids.team_id, "gateway_id": ids.gateway_id,
-            "run_sequence": run_sequence, "status": "cancelled", "prompt": prompt, "started_at": now,
-            "completed_at": now, "output": envelope, "error": reason, "metadata": metadata,
-        }))
-        .execute()
-        .await;
-    let row_existed = inserted.is_err();
-    if let Err(e) = inserted {
-        // The run row may already exist (accepted upstream): cancel it in place.
-        let updated = if e.is_unique_violation() {
-            gw.client
+    let row_existed = match generation {
+        RunGeneration::Accepted => true,
+        RunGeneration::Seed => {
+            let inserted = gw
+                .client
                 .from("subagent_runs")
-                .update(json!({"status": "cancelled", "completed_at": now, "output": envelope, "error": reason, "metadata": metadata}))
-                .eq("id", ids.run_id.as_str())
-                .eq("status", "running")
-                .select("id")
+                .insert(json!({
+                    "id": ids.run_id, "subagent_id": ids.subagent_id, "team_id": ids.team_id, "gateway_id": ids.gateway_id,
+                    "run_sequence": run_sequence, "status": "cancelled", "prompt": prompt, "started_at": now,
+                    "completed_at": now, "output": envelope, "error": reason, "metadata": metadata,
+                }))
                 .execute()
-                .await
-                .ok()
-                .filter(|rows| !rows.is_empty())
-        } else {
-            None
-        };
-        if updated.is_none() {
-            return HandlerOutcome::failure(
-                json!({"message": "Failed to record cancelled run", "subagent_id": ids.subagent_id}),
-                e.to_string(),
-            );
+                .await;
+            let row_existed = inserted.is_err();
+            if let Err(e) = inserted {
+                // The run row may already exist (accepted upstream): cancel it in place.
+                let updated = if e.is_unique_violation() {
+                    gw.client
+                        .from("subagent_runs")
+                        .update(json!({"status": "cancelled", "completed_at": now, "output": envelope, "error": reason, "metadata": metadata}))
+                        .eq("id", ids.run_id.as_str())
+                        .eq("status", "running")
+                        .select("id")
+                        .execute()
+                        .await
+                        .ok()
+                        .filter(|rows| !rows.is_empty())
+                } else {
+                    None
+                };
+                if updated.is_none() {
+                    return HandlerOutcome::failure(
+                        json!({"message": "Failed to record cancelled run", "subagent_id": ids.subagent_id}),
+                        e.to_string(),
+                    );
+                }
+            }
+            row_existed
         }
-    }
+    };
     let mut sub_meta = sub_metadata;
     sub_meta.extend(obj(&json!({
         "cancel_run_id": null, "cancel_requested_at": null, "cancel_reason": reason,
         "cancel_state": "acknowledged", "cancel_support": "gateway", "cancellation_scope": "gateway",
         "cancelled": true, "last_run_at": now, "current_run_id": ids.run_id, "current_run_sequence": run_sequence,
     })));
-    push(
-        gw,
-        OutboxWrite::Update {
-            table: "subagents".into(),
-            filters: vec![
-                ("id".into(), format!("eq.{}", ids.subagent_id)),
-                (
-                    "status".into(),
-                    "not.in.(completed,failed,cancelled)".into(),
-                ),
-            ],
-            patch: json!({"status": "cancelled", "output": envelope, "error": reason, "completed_at": now, "metadata": sub_meta}),
-        },
-    );
+    let rows = TerminalRows {
+        sid: &ids.subagent_id,
+        run_id: &ids.run_id,
+        status: "cancelled",
+        output: &envelope,
+        error: Some(reason),
+        completed_at: &now,
+        run_metadata: &metadata,
+        sub_metadata: &sub_meta,
+        subagent_guard: "not.in.(completed,failed,cancelled)",
+    };
+    let mut writes = terminal_writes(generation, &rows);
+    if generation == RunGeneration::Seed {
+        // The run row was written above; only the subagent's update is left.
+        writes.remove(0);
+        for write in writes.drain(..) {
+            push(gw, write);
+        }
+    }
     let events = vec![
         (
             RunEventType::CancellationRequested,
@@ -1284,6 +1579,10 @@ async fn cancelled_before_start(
     } else {
         // We just created the run row: it has no events but ours.
         super::get().sequences.push_from(&gw.outbox, ids, 0, events);
+    }
+    // Accepted: the terminal write after the run's last event.
+    for write in writes {
+        push(gw, write);
     }
     HandlerOutcome::success(json!({
         "subagent_id": ids.subagent_id, "status": "cancelled", "output": envelope, "error": reason,
