@@ -878,8 +878,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         );
     };
     // Rows 6–7.
-    let install =
-        crate::config::GatewayConfig::load(&gw.paths.config_path).map(|c| c.full_control_enabled);
+    let install = crate::config::install_full_control(&gw.paths.config_path);
     let control = gw
         .client
         .from("team_gateways")
@@ -889,9 +888,8 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         .await
         .ok()
         .and_then(|row| ControlState::from_row(row.as_ref()));
-    let (install, control) = match (install, control) {
-        (Ok(i), Some(c)) => (i, c),
-        _ => return HandlerOutcome::failure_message(MSG_CONTROL_STATE_UNAVAILABLE),
+    let Some(control) = control else {
+        return HandlerOutcome::failure_message(MSG_CONTROL_STATE_UNAVAILABLE);
     };
     if let Err(message) =
         check_subagent_run_gateway_state(Some(&control), now_ms(), SubagentRunGate::Seed)

@@ -11,7 +11,6 @@ use panorama_protocol::status::GatewayStatus;
 use serde_json::json;
 
 use super::Gateway;
-use crate::config::GatewayConfig;
 
 pub const HEARTBEAT_INTERVAL: Duration =
     Duration::from_millis(panorama_protocol::operational::HEARTBEAT_INTERVAL_MS as u64);
@@ -140,26 +139,17 @@ pub async fn sync_if_changed(gw: &Gateway) {
 /// The 30 s refresh (§4.6 item 3): re-read the install flag, rebuild
 /// capabilities, recompute, send.
 pub async fn refresh(gw: &Gateway) {
-    let flag = match GatewayConfig::load(&gw.paths.config_path) {
-        Ok(c) => Some(c.full_control_enabled),
-        Err(e) => {
-            tracing::error!(error = %e, "Failed to refresh gateway install full-control setting");
-            None
-        }
-    };
+    let enabled = crate::config::install_full_control(&gw.paths.config_path);
     crate::delegated::get()
         .providers
         .light_refresh(&gw.paths)
         .await;
     {
         let mut st = gw.lock();
-        if let Some(enabled) = flag {
-            if enabled != st.full_control_enabled {
-                tracing::info!(enabled, "Reloaded gateway install full-control setting");
-            }
-            st.full_control_enabled = enabled;
+        if enabled != st.full_control_enabled {
+            tracing::info!(enabled, "Reloaded gateway install full-control setting");
         }
-        let enabled = st.full_control_enabled;
+        st.full_control_enabled = enabled;
         st.capabilities = Some(crate::delegated::providers::capabilities(
             &gw.device_name,
             enabled,
