@@ -229,7 +229,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         if let Err(e) = run_updated {
             return fail("Failed to persist run cancellation metadata", sid, e);
         }
-        let signal = super::get().active.request_cancel(sid, Some(&run_id), reason, |local| {
+        let signal = gw.delegated.active.request_cancel(sid, Some(&run_id), reason, |local| {
             local.sink.emit(
                 RunEventType::CancellationRequested,
                 json!({"reason": reason, "source": "gateway_cancel_job", "active_process": true, "cancel_state": "requested"}),

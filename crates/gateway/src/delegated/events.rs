@@ -348,7 +348,7 @@ pub async fn push_out_of_band(
     ids: &RunIds,
     events: Vec<(RunEventType, Value)>,
 ) -> Result<Option<i64>, String> {
-    let seqs = &super::get().sequences;
+    let seqs = &gw.delegated.sequences;
     let mut events = match seqs.push_known(ids, events) {
         Ok(first) => return Ok(first),
         Err(events) => events,

@@ -4,8 +4,8 @@
 //! discovery/validation/health (providers.md §1–2) and the shutdown of
 //! active agents (§10.8.6).
 //!
-//! One gateway runtime runs per process, so the per-process state (detected
-//! providers, active runs, pending cancels) lives in [`get`].
+//! The state they share (detected providers, active runs, pending cancels,
+//! run event counters) is a [`Delegated`], owned by the runtime's `Gateway`.
 
 pub mod active;
 pub mod cancel;
@@ -18,8 +18,6 @@ pub mod shutdown;
 pub mod subagent_run;
 pub mod workdir;
 
-use std::sync::OnceLock;
-
 use panorama_providers::health::ValidationMode;
 
 use crate::output::Printer;
@@ -27,19 +25,13 @@ use crate::runtime::Gateway;
 
 pub use error::DelegatedError;
 
-/// Per-process delegated-run state.
+/// Delegated-run state of one gateway runtime.
 #[derive(Default)]
 pub struct Delegated {
     pub providers: providers::ProviderState,
     pub active: active::ActiveRuns,
     /// Event sequence counters of runs (see [`events::push_out_of_band`]).
     pub sequences: events::RunSequences,
-}
-
-static STATE: OnceLock<Delegated> = OnceLock::new();
-
-pub fn get() -> &'static Delegated {
-    STATE.get_or_init(Delegated::default)
 }
 
 /// Runtime startup (runtime.md §4.1 steps 1–3, 6): CLI discovery and
@@ -62,7 +54,7 @@ pub async fn startup(gw: &Gateway, out: &Printer) {
         out.info(&line, &[])
     })
     .await;
-    get().providers.install(&report);
+    gw.delegated.providers.install(&report);
     if !report.full_checked.is_empty() {
         providers::persist_health(&gw.paths, &report.health);
         for row in providers::validation_event_rows(&report, &gw.gateway_id, &gw.team_id, "startup")

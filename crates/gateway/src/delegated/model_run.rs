@@ -29,7 +29,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         Err(e) => return HandlerOutcome::from_payload_error(&e),
     };
     let provider = payload.provider;
-    let (command, flags) = super::get().providers.command_and_flags(provider);
+    let (command, flags) = gw.delegated.providers.command_and_flags(provider);
     let wd = match WorkDir::create(
         &gw.paths.work_dir,
         "model-runs",
@@ -38,7 +38,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         Ok(wd) => wd,
         Err(e) => return HandlerOutcome::failure_message(e.to_string()),
     };
-    let active = &super::get().active;
+    let active = &gw.delegated.active;
     let (stop, pgid_slot) = active.register_model_run(&job.id);
     let outcome = async {
         let plan = match build_model_run_plan(&payload, &command, wd.path.clone(), &flags) {
@@ -72,7 +72,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         .await;
         if r.stopped {
             // Shutdown (runtime.md §4.8 step 5): reported like a residual job.
-            let reason = super::get()
+            let reason = gw.delegated
                 .active
                 .shutdown_reason()
                 .unwrap_or_else(|| "Gateway shutting down".to_string());

@@ -354,9 +354,13 @@ impl ProviderState {
 }
 
 /// Capabilities v1 with the detected providers.
-pub fn capabilities(device_name: &str, install_full_control_enabled: bool) -> Capabilities {
+pub fn capabilities(
+    state: &ProviderState,
+    device_name: &str,
+    install_full_control_enabled: bool,
+) -> Capabilities {
     Capabilities::assemble(
-        super::get().providers.providers(),
+        state.providers(),
         HostCapability::gateway(
             Some(device_name.to_string()).filter(|n| !n.is_empty()),
             install_full_control_enabled,
@@ -388,7 +392,7 @@ pub async fn record_run_outcome(
     job_id: &str,
     run_id: Option<&str>,
 ) {
-    let state = &super::get().providers;
+    let state = &gw.delegated.providers;
     let (changed, became_unhealthy, health, status) = {
         let mut inner = state.lock();
         let prev = inner.health.get(&provider).cloned();
@@ -405,7 +409,7 @@ pub async fn record_run_outcome(
     {
         let mut st = gw.lock();
         let enabled = st.full_control_enabled;
-        st.capabilities = Some(capabilities(&gw.device_name, enabled));
+        st.capabilities = Some(capabilities(state, &gw.device_name, enabled));
     }
     let status_now = gw.compute_status();
     heartbeat::send(gw, status_now).await;

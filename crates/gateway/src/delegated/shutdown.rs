@@ -12,20 +12,20 @@ use crate::runtime::{now_iso, Gateway};
 
 /// Step 5: cancel every active subagent run (SIGTERM, SIGKILL after 5 s)
 /// and stop every model run (2 s grace).
-pub fn request_termination(reason: &str) {
-    super::get().active.shutdown(reason);
+pub fn request_termination(gw: &Gateway, reason: &str) {
+    gw.delegated.active.shutdown(reason);
 }
 
 /// Whether delegated runs are still active (the shutdown wait includes them).
-pub fn active_runs() -> usize {
-    super::get().active.run_count()
+pub fn active_runs(gw: &Gateway) -> usize {
+    gw.delegated.active.run_count()
 }
 
 /// Step 7, for one residual job (its task was aborted): kill what is left
 /// of its agent's process group and, for a live subagent run, cancel the
 /// run and the subagent in the database and emit the shutdown events.
 pub async fn finalize_residual(gw: &Gateway, job_id: &str, reason: &str) {
-    let active = &super::get().active;
+    let active = &gw.delegated.active;
     if let Some(pgid) = active.pgid_for_job(job_id) {
         kill_group(pgid);
     }

@@ -899,7 +899,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
     // Row 8.
     let raw_config = sub.get("config").cloned().unwrap_or_else(|| json!({}));
     let config = SubagentConfig::from_value(&raw_config);
-    let (command, flags) = super::get().providers.command_and_flags(provider);
+    let (command, flags) = gw.delegated.providers.command_and_flags(provider);
     let decision = resolve_full_control(
         &FullControlLayers {
             requested: config.full_control_requested,
@@ -972,7 +972,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         team_id: team_id.clone(),
         gateway_id: gw.gateway_id.clone(),
     };
-    let active = &super::get().active;
+    let active = &gw.delegated.active;
 
     // §9.6 step 1: pre-start cancel.
     let metadata_cancel = (sub_metadata.get("cancel_run_id").and_then(Value::as_str)
@@ -1029,7 +1029,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             provider,
             start_metadata,
             sub_metadata,
-            sink: super::get().sequences.sink(&gw.outbox, &ids, 0),
+            sink: gw.delegated.sequences.sink(&gw.outbox, &ids, 0),
             started: Instant::now(),
         },
         Registered {
@@ -1186,7 +1186,7 @@ async fn run_accepted_or_inserted(
     ctx: RunCtx<'_>,
     r: Registered,
 ) -> HandlerOutcome {
-    let active = &super::get().active;
+    let active = &gw.delegated.active;
     let run_id = ctx.run_id.clone();
     // The run's counter: shared with out-of-band writers, and after any
     // event a cancel job already wrote for this run id.
@@ -1576,7 +1576,7 @@ async fn cancelled_before_start(
         }
     } else {
         // We just created the run row: it has no events but ours.
-        super::get().sequences.push_from(&gw.outbox, ids, 0, events);
+        gw.delegated.sequences.push_from(&gw.outbox, ids, 0, events);
     }
     // Accepted: the terminal write after the run's last event.
     for write in writes {

@@ -140,10 +140,7 @@ pub async fn sync_if_changed(gw: &Gateway) {
 /// capabilities, recompute, send.
 pub async fn refresh(gw: &Gateway) {
     let enabled = crate::config::install_full_control(&gw.paths.config_path);
-    crate::delegated::get()
-        .providers
-        .light_refresh(&gw.paths)
-        .await;
+    gw.delegated.providers.light_refresh(&gw.paths).await;
     {
         let mut st = gw.lock();
         if enabled != st.full_control_enabled {
@@ -151,6 +148,7 @@ pub async fn refresh(gw: &Gateway) {
         }
         st.full_control_enabled = enabled;
         st.capabilities = Some(crate::delegated::providers::capabilities(
+            &gw.delegated.providers,
             &gw.device_name,
             enabled,
         ));

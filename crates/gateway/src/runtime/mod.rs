@@ -111,6 +111,8 @@ pub struct Gateway {
     pub clock: clock::ServerClock,
     /// Shell sessions of this process (runtime.md §5), closed at shutdown.
     pub shell_sessions: Arc<crate::shell::ShellSessions>,
+    /// Providers, active delegated runs, pending cancels, run event counters.
+    pub delegated: crate::delegated::Delegated,
 }
 
 impl Gateway {
@@ -432,6 +434,7 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         cancel_tx: watch::channel(None).0,
         clock: clock::ServerClock::new(),
         shell_sessions: shell_glue::new_sessions(&paths),
+        delegated: crate::delegated::Delegated::default(),
     });
 
     // Jobs an earlier process left running are finalized before this one
@@ -457,6 +460,7 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     {
         let mut st = gw.lock();
         st.capabilities = Some(crate::delegated::providers::capabilities(
+            &gw.delegated.providers,
             &device_name,
             config.full_control_enabled,
         ));

@@ -119,7 +119,10 @@ pub async fn perform_shutdown(
     // 4. Status sync (normally `pending`).
     heartbeat::sync_if_changed(gw).await;
     // 5. Agent runs are stopped now (SIGTERM to the group, SIGKILL after 5 s).
-    crate::delegated::shutdown::request_termination(&format!("Gateway shutting down ({signal})"));
+    crate::delegated::shutdown::request_termination(
+        gw,
+        &format!("Gateway shutting down ({signal})"),
+    );
     // 6. Let running jobs finish within the grace period.
     let grace = grace_from(crate::paths::process_env(SHUTDOWN_GRACE_ENV).as_deref());
     wait_for_no_active(gw, grace).await;
