@@ -37,6 +37,7 @@ pub mod cancel;
 pub mod capabilities;
 pub mod full_control;
 pub mod guard;
+pub mod job;
 pub mod jobs;
 pub mod operational;
 pub mod remote_shell;

@@ -16,7 +16,6 @@ use panorama_protocol::cancel::{
 };
 use panorama_protocol::jobs::{HandlerOutcome, SubagentCancelPayload};
 use panorama_protocol::results::CancelJobResult;
-use panorama_protocol::rows::GatewayJobRow;
 use panorama_protocol::status::{RunEventType, SubagentStatus};
 use serde_json::{json, Value};
 
@@ -59,11 +58,8 @@ async fn newest_running_run(gw: &Gateway, sid: &str) -> Result<Option<Value>, St
     .await
 }
 
-pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
-    let payload = match SubagentCancelPayload::parse(&job.payload) {
-        Ok(p) => p,
-        Err(e) => return HandlerOutcome::from_payload_error(&e),
-    };
+/// A `subagent_cancel` job, its payload decoded at claim.
+pub async fn handle(gw: &Gateway, payload: &SubagentCancelPayload) -> HandlerOutcome {
     let sid = payload.subagent_id.as_str();
     let reason = payload.reason.as_str();
     let requested = payload.run_id.as_deref();

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use panorama_protocol::jobs::{HandlerOutcome, ModelRunPayload, OutputFormat};
-use panorama_protocol::rows::GatewayJobRow;
 use panorama_protocol::subagent::provider_failure_message;
 use panorama_providers::argv::{build_model_run_plan, display_command};
 use panorama_providers::output::{extract_model_run_output, extract_model_run_text};
@@ -23,25 +22,18 @@ fn last_json_object(stdout: &str) -> Option<Value> {
     })
 }
 
-pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
-    let payload = match ModelRunPayload::parse(&job.payload) {
-        Ok(p) => p,
-        Err(e) => return HandlerOutcome::from_payload_error(&e),
-    };
+/// The job `job_id`, its payload decoded at claim.
+pub async fn handle(gw: &Gateway, job_id: &str, payload: &ModelRunPayload) -> HandlerOutcome {
     let provider = payload.provider;
     let (command, flags) = gw.delegated.providers.command_and_flags(provider);
-    let wd = match WorkDir::create(
-        &gw.paths.work_dir,
-        "model-runs",
-        &[("job id", job.id.as_str())],
-    ) {
+    let wd = match WorkDir::create(&gw.paths.work_dir, "model-runs", &[("job id", job_id)]) {
         Ok(wd) => wd,
         Err(e) => return HandlerOutcome::failure_message(e.to_string()),
     };
     let active = &gw.delegated.active;
-    let (stop, pgid_slot) = active.register_model_run(&job.id);
+    let (stop, pgid_slot) = active.register_model_run(job_id);
     let outcome = async {
-        let plan = match build_model_run_plan(&payload, &command, wd.path.clone(), &flags) {
+        let plan = match build_model_run_plan(payload, &command, wd.path.clone(), &flags) {
             Ok(p) => p,
             Err(e) => return HandlerOutcome::failure_message(e.to_string()),
         };
@@ -90,7 +82,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         }
         if let Some(detail) = r.failure_detail(plan.timeout_ms) {
             let message = provider_failure_message(provider, Some(&detail));
-            super::providers::record_run_outcome(gw, provider, false, Some(&detail), "model_run", &job.id, None).await;
+            super::providers::record_run_outcome(gw, provider, false, Some(&detail), "model_run", job_id, None).await;
             return HandlerOutcome::failure(
                 json!({"message": message, "exit_code": r.exit_code, "stderr": r.stderr, "stdout": r.stdout,
                        "command": shown, "error_summary": detail}),
@@ -102,7 +94,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
                 Ok(v) => v,
                 Err(e) => {
                     let message = e.to_string();
-                    super::providers::record_run_outcome(gw, provider, false, Some(&message), "model_run", &job.id, None).await;
+                    super::providers::record_run_outcome(gw, provider, false, Some(&message), "model_run", job_id, None).await;
                     return HandlerOutcome::failure(
                         json!({"message": message, "stdout": r.stdout, "stderr": r.stderr, "command": shown}),
                         message,
@@ -111,7 +103,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             },
             OutputFormat::Text => json!(extract_model_run_text(&r.stdout)),
         };
-        super::providers::record_run_outcome(gw, provider, true, None, "model_run", &job.id, None).await;
+        super::providers::record_run_outcome(gw, provider, true, None, "model_run", job_id, None).await;
         let last = last_json_object(&r.stdout);
         let usage = last.as_ref().and_then(|v| v.get("usage").or_else(|| v.get("stats")).cloned());
         let model = last
@@ -126,7 +118,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         }))
     }
     .await;
-    active.remove_model_run(&job.id);
+    active.remove_model_run(job_id);
     wd.cleanup();
     outcome
 }

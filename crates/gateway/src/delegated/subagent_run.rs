@@ -19,11 +19,11 @@ use panorama_protocol::jobs::{
     complete_job, handler_threw, is_canonical_uuid, resolve_run_id, HandlerOutcome, JobCompletion,
     SubagentRunPayload,
 };
-use panorama_protocol::rows::{GatewayJobRow, SubagentRow, SubagentRunRow};
+use panorama_protocol::rows::{SubagentRow, SubagentRunRow};
 use panorama_protocol::shell_gate::{
     check_subagent_run_gateway_state, ControlState, SubagentRunGate, MSG_CONTROL_STATE_UNAVAILABLE,
 };
-use panorama_protocol::status::{RunEventType, SubagentRunStatus};
+use panorama_protocol::status::{JobType, RunEventType, SubagentRunStatus};
 use panorama_protocol::subagent::{
     provider_failure_message, OutputEnvelope, SUBAGENT_SCHEMA_VERSION,
 };
@@ -66,17 +66,20 @@ fn obj(v: &Value) -> Map<String, Value> {
 }
 
 /// The whole job: handler, then the job-failure fallback when it applies.
-pub async fn run_job(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
-    let completion = match AssertUnwindSafe(handle(gw, job)).catch_unwind().await {
-        Ok(outcome) => complete_job(&job.job_type, outcome),
+pub async fn run_job(gw: &Gateway, job_id: &str, payload: &SubagentRunPayload) -> JobCompletion {
+    let completion = match AssertUnwindSafe(handle(gw, job_id, payload))
+        .catch_unwind()
+        .await
+    {
+        Ok(outcome) => complete_job(&JobType::SubagentRun, outcome),
         Err(panic) => {
             let message = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "handler panicked".to_string());
-            tracing::error!(jobId = %job.id, error = %message, "Gateway job processing failed");
-            handler_threw(&job.job_type, &message)
+            tracing::error!(jobId = %job_id, error = %message, "Gateway job processing failed");
+            handler_threw(&JobType::SubagentRun, &message)
         }
     };
     if completion.run_subagent_failure_fallback {
@@ -84,25 +87,21 @@ pub async fn run_job(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
             .error
             .clone()
             .unwrap_or_else(|| "Gateway job failed".into());
-        fail_subagent_run(gw, &job.payload, &error).await;
+        fail_subagent_run(gw, &payload.subagent_id, &error).await;
     }
     completion
 }
 
 /// §10.10 `failSubagentRun`. Acts only on a subagent that is `running`
 /// (an idle subagent is never marked failed).
-pub async fn fail_subagent_run(gw: &Gateway, payload: &Value, error: &str) {
-    let Ok(parsed) = SubagentRunPayload::parse(payload) else {
-        return;
-    };
-    let sid = parsed.subagent_id;
+pub async fn fail_subagent_run(gw: &Gateway, sid: &str, error: &str) {
     // Reads are retried while the hub does not answer: giving up here would
     // leave the run and the subagent `running` with nobody to finish them.
     let (sub, _) = retry_unanswered(gw, "GET /rest/v1/subagents", || {
         gw.client
             .from("subagents")
             .select("id,team_id,gateway_id,subagent_type,status,metadata")
-            .eq("id", sid.as_str())
+            .eq("id", sid)
             .maybe_single()
     })
     .await;
@@ -127,7 +126,7 @@ pub async fn fail_subagent_run(gw: &Gateway, payload: &Value, error: &str) {
     // Our own queued writes for this run go first, so its status is current.
     gw.outbox.flush(Duration::from_secs(2)).await;
     let (run, _) = retry_unanswered(gw, "GET /rest/v1/subagent_runs", || {
-        newest_running_run(&gw.client, &sid, "id")
+        newest_running_run(&gw.client, sid, "id")
     })
     .await;
     if let Err(e) = &run {
@@ -141,7 +140,7 @@ pub async fn fail_subagent_run(gw: &Gateway, payload: &Value, error: &str) {
         if let Some(gateway_id) = sub["gateway_id"].as_str() {
             let ids = RunIds {
                 run_id: run_id.clone(),
-                subagent_id: sid.clone(),
+                subagent_id: sid.to_string(),
                 team_id: sub["team_id"].as_str().unwrap_or(&gw.team_id).to_string(),
                 gateway_id: gateway_id.to_string(),
             };
@@ -781,13 +780,9 @@ async fn run_attempt(
     }
 }
 
-/// The handler proper.
-pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
-    // Row 1.
-    let payload = match SubagentRunPayload::parse(&job.payload) {
-        Ok(p) => p,
-        Err(e) => return HandlerOutcome::from_payload_error(&e),
-    };
+/// The handler proper. Row 1 (the payload names a subagent) was checked
+/// when the job was decoded.
+pub async fn handle(gw: &Gateway, job_id: &str, payload: &SubagentRunPayload) -> HandlerOutcome {
     let sid = payload.subagent_id.clone();
     // Row 2.
     let sub = match gw
@@ -1020,7 +1015,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
     }
     run_accepted_or_inserted(
         gw,
-        job,
+        job_id,
         RunCtx {
             gw,
             generation,
@@ -1182,7 +1177,7 @@ async fn insert_seed_run(
 /// cancel), run it, and unregister it.
 async fn run_accepted_or_inserted(
     gw: &Gateway,
-    job: &GatewayJobRow,
+    job_id: &str,
     ctx: RunCtx<'_>,
     r: Registered,
 ) -> HandlerOutcome {
@@ -1190,8 +1185,8 @@ async fn run_accepted_or_inserted(
     let run_id = ctx.run_id.clone();
     // The run's counter: shared with out-of-band writers, and after any
     // event a cancel job already wrote for this run id.
-    let run = active.register(&run_id, &ctx.sid, &job.id, ctx.sink.clone());
-    let outcome = run_registered(gw, job, &run, ctx, r).await;
+    let run = active.register(&run_id, &ctx.sid, job_id, ctx.sink.clone());
+    let outcome = run_registered(gw, job_id, &run, ctx, r).await;
     active.remove(&run_id);
     outcome
 }
@@ -1209,7 +1204,7 @@ struct Registered {
 
 async fn run_registered(
     gw: &Gateway,
-    job: &GatewayJobRow,
+    job_id: &str,
     run: &Arc<RunControl>,
     mut ctx: RunCtx<'_>,
     r: Registered,
@@ -1291,14 +1286,14 @@ async fn run_registered(
         Ok(wd) => wd,
         Err(e) => return ctx.pre_execution_failure(&e.to_string(), Map::new()).await,
     };
-    let outcome = attempts(gw, job, run, &ctx, &r, &wd).await;
+    let outcome = attempts(gw, job_id, run, &ctx, &r, &wd).await;
     wd.cleanup();
     outcome
 }
 
 async fn attempts(
     gw: &Gateway,
-    job: &GatewayJobRow,
+    job_id: &str,
     run: &Arc<RunControl>,
     ctx: &RunCtx<'_>,
     r: &Registered,
@@ -1425,7 +1420,7 @@ async fn attempts(
             ok,
             detail.as_deref(),
             "subagent_run",
-            &job.id,
+            job_id,
             Some(&ctx.run_id),
         )
         .await;

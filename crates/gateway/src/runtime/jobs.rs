@@ -6,9 +6,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
+use panorama_protocol::job::Job;
 use panorama_protocol::jobs::{
-    complete_job, handler_threw, idempotency_duplicate, residual_shutdown_completion,
-    unsupported_job_type, JobCompletion,
+    complete_job, handler_threw, idempotency_duplicate, residual_shutdown_completion, JobCompletion,
 };
 use panorama_protocol::rows::{decode_gateway_job_row, GatewayJobRow};
 use panorama_protocol::status::{JobStatus, JobType};
@@ -216,32 +216,37 @@ fn log_processing(job: &GatewayJobRow) {
 }
 
 /// Run the handler for a claimed job. Every job type is decided here.
-async fn dispatch(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
-    match &job.job_type {
-        JobType::Diagnostic => {
+/// Runs one claimed job: its payload decoded once into a [`Job`], then the
+/// handler of its type. A payload that does not decode completes the job
+/// with the spec's message for it, without running anything.
+async fn dispatch(gw: &Gateway, row: &GatewayJobRow) -> JobCompletion {
+    let job = match Job::decode(&row.job_type, &row.payload) {
+        Ok(job) => job,
+        Err(undecodable) => return undecodable.completion(),
+    };
+    let job_type = job.job_type();
+    match &job {
+        Job::Diagnostic => {
             match diagnostic::handle(Some(gw.paths.tmp_dir.as_path()), gw.cancelled()).await {
-                Some(outcome) => complete_job(&job.job_type, outcome),
-                // Stopped by the shutdown (§4.8 step 7): a residual job.
+                Some(outcome) => complete_job(&job_type, outcome),
                 None => residual_shutdown_completion(&gw.cancel_reason().unwrap_or_default()),
             }
         }
-        JobType::ShellSession | JobType::ShellExec => super::shell_glue::handle(gw, job).await,
-        JobType::ModelRun => complete_job(
-            &job.job_type,
-            crate::delegated::model_run::handle(gw, job).await,
+        Job::ShellSession(_) | Job::ShellExec(_) => super::shell_glue::handle(gw, row).await,
+        Job::ModelRun(payload) => complete_job(
+            &job_type,
+            crate::delegated::model_run::handle(gw, &row.id, payload).await,
         ),
-        JobType::SubagentRun => crate::delegated::subagent_run::run_job(gw, job).await,
-        JobType::SubagentCancel => complete_job(
-            &job.job_type,
-            crate::delegated::cancel::handle(gw, job).await,
+        Job::SubagentRun(payload) => {
+            crate::delegated::subagent_run::run_job(gw, &row.id, payload).await
+        }
+        Job::SubagentCancel(payload) => complete_job(
+            &job_type,
+            crate::delegated::cancel::handle(gw, payload).await,
         ),
-        JobType::Unknown(_) => unsupported_job_type(&job.job_type),
     }
 }
 
-/// Queue the completion in the outbox, then release the ledger entry.
-/// Only the first completion of a job counts (the job's own task and the
-/// shutdown's residual finalization may race).
 pub fn complete(gw: &Gateway, job_id: &str, completion: &JobCompletion) {
     if !gw.lock().finalized.insert(job_id.to_string()) {
         return;
