@@ -5,29 +5,13 @@
 
 use std::path::PathBuf;
 
-use crate::backend::Backend;
 use crate::config::{GatewayConfig, ProviderHealth};
 use crate::error::{GatewayError, Result};
 use crate::paths::GatewayPaths;
 use std::collections::BTreeMap;
 
-/// Input of the pairing exchange (control-plane.md §2.2).
-#[derive(Debug, Clone)]
-pub struct PairingRequest {
-    pub backend: Backend,
-    /// Trimmed pairing code.
-    pub code: String,
-    pub device_name: String,
-}
-
-/// A successful pairing exchange. All four ids/tokens are non-empty.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PairingExchange {
-    pub access_token: String,
-    pub refresh_token: String,
-    pub gateway_id: String,
-    pub team_id: String,
-}
+pub use crate::runtime::pairing::{PairingExchange, PairingRequest};
+pub use crate::runtime::RuntimeRequest;
 
 /// `pair` step 4–5: POST `{url}/functions/v1/exchange-gateway-pairing-code`
 /// with `{code, device_name}`, `apikey` and `Authorization: Bearer <anon>`.
@@ -54,20 +38,6 @@ fn tokio_runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime> {
             format!("{e}. Check the process limits (threads, open files)."),
         )
     })
-}
-
-/// Everything the foreground runtime needs; the config has already been
-/// saved with the resolved backend and device name (runtime.md §1.6.2
-/// step B.5).
-#[derive(Debug, Clone)]
-pub struct RuntimeRequest {
-    pub paths: GatewayPaths,
-    pub config: GatewayConfig,
-    pub backend: Backend,
-    pub device_name: String,
-    /// Set when the fallback config dir is in use (emit `config_dir_fallback`).
-    pub migrated_from: Option<PathBuf>,
-    pub verbose: bool,
 }
 
 /// `start --foreground` steps B.6 onwards: `setSession`, token persistence,

@@ -20,9 +20,11 @@ use panorama_protocol::status::{RunEventType, SubagentStatus};
 use serde_json::{json, Value};
 
 use super::active::CancelSignal;
-use super::events::{push_out_of_band, RunIds};
-use super::subagent_run::retry_unanswered;
-use crate::runtime::{now_iso, Gateway};
+use super::events::RunIds;
+use super::out_of_band::push_out_of_band;
+use crate::control_plane::retry_unanswered;
+use crate::job_context::JobContext;
+use crate::timestamp::now_iso;
 
 /// CAS attempts before giving up on a subagent whose state keeps changing.
 const MAX_CAS_ATTEMPTS: usize = 3;
@@ -41,17 +43,17 @@ fn fail(message: &str, subagent_id: &str, error: String) -> HandlerOutcome {
 }
 
 /// `op` until the hub answers (see the module docs).
-async fn answered<T, Fut>(gw: &Gateway, what: &str, op: impl FnMut() -> Fut) -> Result<T, String>
+async fn answered<T, Fut>(gw: &JobContext, what: &str, op: impl FnMut() -> Fut) -> Result<T, String>
 where
     Fut: std::future::Future<Output = Result<T, panorama_supabase::Error>>,
 {
-    retry_unanswered(gw, what, op)
+    retry_unanswered(&gw.shutdown, what, op)
         .await
         .0
         .map_err(|e| e.to_string())
 }
 
-async fn newest_running_run(gw: &Gateway, sid: &str) -> Result<Option<Value>, String> {
+async fn newest_running_run(gw: &JobContext, sid: &str) -> Result<Option<Value>, String> {
     answered(gw, "GET /rest/v1/subagent_runs", || {
         super::subagent_run::newest_running_run(&gw.client, sid, "id,metadata")
     })
@@ -59,7 +61,7 @@ async fn newest_running_run(gw: &Gateway, sid: &str) -> Result<Option<Value>, St
 }
 
 /// A `subagent_cancel` job, its payload decoded at claim.
-pub async fn handle(gw: &Gateway, payload: &SubagentCancelPayload) -> HandlerOutcome {
+pub async fn handle(gw: &JobContext, payload: &SubagentCancelPayload) -> HandlerOutcome {
     let sid = payload.subagent_id.as_str();
     let reason = payload.reason.as_str();
     let requested = payload.run_id.as_deref();

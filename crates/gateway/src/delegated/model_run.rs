@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::process::{run_process, ProcessSpec, MAX_CAPTURE_BYTES, PROCESS_KILL_GRACE};
 use super::workdir::WorkDir;
-use crate::runtime::Gateway;
+use crate::job_context::JobContext;
 
 fn last_json_object(stdout: &str) -> Option<Value> {
     stdout.lines().rev().find_map(|l| {
@@ -23,7 +23,7 @@ fn last_json_object(stdout: &str) -> Option<Value> {
 }
 
 /// The job `job_id`, its payload decoded at claim.
-pub async fn handle(gw: &Gateway, job_id: &str, payload: &ModelRunPayload) -> HandlerOutcome {
+pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) -> HandlerOutcome {
     let provider = payload.provider;
     let (command, flags) = gw.delegated.providers.command_and_flags(provider);
     let wd = match WorkDir::create(&gw.paths.work_dir, "model-runs", &[("job id", job_id)]) {
@@ -82,7 +82,7 @@ pub async fn handle(gw: &Gateway, job_id: &str, payload: &ModelRunPayload) -> Ha
         }
         if let Some(detail) = r.failure_detail(plan.timeout_ms) {
             let message = provider_failure_message(provider, Some(&detail));
-            super::providers::record_run_outcome(gw, provider, false, Some(&detail), "model_run", job_id, None).await;
+            super::run_outcome::record_run_outcome(gw, provider, false, Some(&detail), "model_run", job_id, None).await;
             return HandlerOutcome::failure(
                 json!({"message": message, "exit_code": r.exit_code, "stderr": r.stderr, "stdout": r.stdout,
                        "command": shown, "error_summary": detail}),
@@ -94,7 +94,7 @@ pub async fn handle(gw: &Gateway, job_id: &str, payload: &ModelRunPayload) -> Ha
                 Ok(v) => v,
                 Err(e) => {
                     let message = e.to_string();
-                    super::providers::record_run_outcome(gw, provider, false, Some(&message), "model_run", job_id, None).await;
+                    super::run_outcome::record_run_outcome(gw, provider, false, Some(&message), "model_run", job_id, None).await;
                     return HandlerOutcome::failure(
                         json!({"message": message, "stdout": r.stdout, "stderr": r.stderr, "command": shown}),
                         message,
@@ -103,7 +103,7 @@ pub async fn handle(gw: &Gateway, job_id: &str, payload: &ModelRunPayload) -> Ha
             },
             OutputFormat::Text => json!(extract_model_run_text(&r.stdout)),
         };
-        super::providers::record_run_outcome(gw, provider, true, None, "model_run", job_id, None).await;
+        super::run_outcome::record_run_outcome(gw, provider, true, None, "model_run", job_id, None).await;
         let last = last_json_object(&r.stdout);
         let usage = last.as_ref().and_then(|v| v.get("usage").or_else(|| v.get("stats")).cloned());
         let model = last

@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use panorama_protocol::capabilities::{
-    Capabilities, HostCapability, ProviderCapability, ProviderHealthStatus, Providers,
-};
+use panorama_protocol::capabilities::{ProviderCapability, ProviderHealthStatus, Providers};
 use panorama_providers::argv::build_validation_plan;
 use panorama_providers::flags::SupportedFlags;
 use panorama_providers::health::{
@@ -26,13 +24,18 @@ use tokio::sync::watch;
 use super::process::{run_process, ProcessSpec, PROCESS_KILL_GRACE};
 use super::workdir::WorkDir;
 use crate::config::{GatewayConfig, ProviderHealth as StoredHealth};
+use crate::gateway_events as events;
 use crate::paths::GatewayPaths;
-use crate::runtime::{events, heartbeat, now_iso, Gateway};
+use crate::timestamp::now_iso;
 
 /// Detected CLIs and their health.
 #[derive(Default)]
 pub struct ProviderState {
     inner: Mutex<Inner>,
+    /// Set when a run changed a provider's health; the runtime takes it to
+    /// rebuild its capabilities and heartbeat (handlers never reach into
+    /// the runtime themselves).
+    health_changed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default, Clone)]
@@ -296,6 +299,37 @@ pub fn validation_event_rows(
 }
 
 impl ProviderState {
+    /// A run's outcome applied to its provider's health. `None` when the
+    /// status did not change; else whether it became non-healthy, the whole
+    /// map (to persist) and the new status.
+    pub(super) fn apply_run_outcome(
+        &self,
+        provider: ProviderId,
+        ok: bool,
+        error: Option<&str>,
+        now: &str,
+    ) -> Option<(bool, ProviderHealthMap, ProviderHealthStatus)> {
+        let mut inner = self.lock();
+        let prev = inner.health.get(&provider).cloned();
+        let (h, became) = health_after_run(prev.as_ref(), ok, error, now);
+        let changed = prev.map(|p| p.status) != Some(h.status);
+        let status = h.status;
+        inner.health.insert(provider, h);
+        changed.then(|| (became, inner.health.clone(), status))
+    }
+
+    /// Records that a run changed a provider's health.
+    pub(super) fn mark_health_changed(&self) {
+        self.health_changed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a run changed a provider's health since the last call.
+    pub fn take_health_changed(&self) -> bool {
+        self.health_changed
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -353,22 +387,6 @@ impl ProviderState {
     }
 }
 
-/// Capabilities v1 with the detected providers.
-pub fn capabilities(
-    state: &ProviderState,
-    device_name: &str,
-    install_full_control_enabled: bool,
-) -> Capabilities {
-    Capabilities::assemble(
-        state.providers(),
-        HostCapability::gateway(
-            Some(device_name.to_string()).filter(|n| !n.is_empty()),
-            install_full_control_enabled,
-        ),
-        Some(heartbeat::runtime_info()),
-    )
-}
-
 /// Persist the in-memory `providerHealth` into `gateway.json` (merge-on-save).
 pub fn persist_health(paths: &GatewayPaths, health: &ProviderHealthMap) {
     let result = GatewayConfig::load(&paths.config_path).and_then(|mut c| {
@@ -377,61 +395,5 @@ pub fn persist_health(paths: &GatewayPaths, health: &ProviderHealthMap) {
     });
     if let Err(e) = result {
         tracing::error!(error = %e, "Failed to persist provider health");
-    }
-}
-
-/// After a model or subagent run (runtime.md §4.6 item 4): mark the
-/// provider healthy/unhealthy, persist, heartbeat on a status change, and
-/// emit `provider_unhealthy` when it became non-healthy.
-pub async fn record_run_outcome(
-    gw: &Gateway,
-    provider: ProviderId,
-    ok: bool,
-    error: Option<&str>,
-    context: &str,
-    job_id: &str,
-    run_id: Option<&str>,
-) {
-    let state = &gw.delegated.providers;
-    let (changed, became_unhealthy, health, status) = {
-        let mut inner = state.lock();
-        let prev = inner.health.get(&provider).cloned();
-        let (h, became) = health_after_run(prev.as_ref(), ok, error, &now_iso());
-        let changed = prev.map(|p| p.status) != Some(h.status);
-        let status = h.status;
-        inner.health.insert(provider, h);
-        (changed, became, inner.health.clone(), status)
-    };
-    if !changed {
-        return;
-    }
-    persist_health(&gw.paths, &health);
-    {
-        let mut st = gw.lock();
-        let enabled = st.full_control_enabled;
-        st.capabilities = Some(capabilities(state, &gw.device_name, enabled));
-    }
-    let status_now = gw.compute_status();
-    heartbeat::send(gw, status_now).await;
-    if became_unhealthy {
-        let level = if status == ProviderHealthStatus::Unhealthy {
-            "error"
-        } else {
-            "warn"
-        };
-        events::emit(
-            &gw.outbox,
-            &gw.gateway_id,
-            &gw.team_id,
-            events::event_row(
-                &gw.gateway_id,
-                &gw.team_id,
-                Some(provider.as_str()),
-                level,
-                Some("provider_unhealthy"),
-                &format!("{} provider marked {}.", provider.label(), status.as_str()),
-                json!({"context": context, "status": status.as_str(), "error": error, "job_id": job_id, "run_id": run_id}),
-            ),
-        );
     }
 }

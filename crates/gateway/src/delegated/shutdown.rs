@@ -6,25 +6,27 @@ use panorama_protocol::status::RunEventType;
 use panorama_protocol::subagent::OutputEnvelope;
 use serde_json::{json, Value};
 
-use super::events::{push_out_of_band, RunIds};
+use super::events::RunIds;
+use super::out_of_band::push_out_of_band;
 use super::process::kill_group;
-use crate::runtime::{now_iso, Gateway};
+use crate::job_context::JobContext;
+use crate::timestamp::now_iso;
 
 /// Step 5: cancel every active subagent run (SIGTERM, SIGKILL after 5 s)
 /// and stop every model run (2 s grace).
-pub fn request_termination(gw: &Gateway, reason: &str) {
+pub fn request_termination(gw: &JobContext, reason: &str) {
     gw.delegated.active.shutdown(reason);
 }
 
 /// Whether delegated runs are still active (the shutdown wait includes them).
-pub fn active_runs(gw: &Gateway) -> usize {
+pub fn active_runs(gw: &JobContext) -> usize {
     gw.delegated.active.run_count()
 }
 
 /// Step 7, for one residual job (its task was aborted): kill what is left
 /// of its agent's process group and, for a live subagent run, cancel the
 /// run and the subagent in the database and emit the shutdown events.
-pub async fn finalize_residual(gw: &Gateway, job_id: &str, reason: &str) {
+pub async fn finalize_residual(gw: &JobContext, job_id: &str, reason: &str) {
     let active = &gw.delegated.active;
     if let Some(pgid) = active.pgid_for_job(job_id) {
         kill_group(pgid);

@@ -42,11 +42,14 @@ use panorama_providers::ProviderId;
 use serde_json::{json, Map, Value};
 
 use super::active::{CancelInfo, RunControl};
-use super::events::{push_out_of_band, EventSink, RunIds};
+use super::events::{EventSink, RunIds};
+use super::out_of_band::push_out_of_band;
 use super::process::{run_process, ProcessResult, ProcessSpec, CANCEL_KILL_GRACE};
 use super::workdir::WorkDir;
+use crate::control_plane::retry_unanswered;
+use crate::job_context::JobContext;
 use crate::outbox::OutboxWrite;
-use crate::runtime::{now_iso, now_ms, Gateway};
+use crate::timestamp::{now_iso, now_ms};
 
 /// Marker of a failed `--resume` in Claude's output.
 pub const RESUME_NOT_FOUND: &str = "No conversation found";
@@ -66,7 +69,7 @@ fn obj(v: &Value) -> Map<String, Value> {
 }
 
 /// The whole job: handler, then the job-failure fallback when it applies.
-pub async fn run_job(gw: &Gateway, job_id: &str, payload: &SubagentRunPayload) -> JobCompletion {
+pub async fn run_job(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload) -> JobCompletion {
     let completion = match AssertUnwindSafe(handle(gw, job_id, payload))
         .catch_unwind()
         .await
@@ -94,10 +97,10 @@ pub async fn run_job(gw: &Gateway, job_id: &str, payload: &SubagentRunPayload) -
 
 /// §10.10 `failSubagentRun`. Acts only on a subagent that is `running`
 /// (an idle subagent is never marked failed).
-pub async fn fail_subagent_run(gw: &Gateway, sid: &str, error: &str) {
+pub async fn fail_subagent_run(gw: &JobContext, sid: &str, error: &str) {
     // Reads are retried while the hub does not answer: giving up here would
     // leave the run and the subagent `running` with nobody to finish them.
-    let (sub, _) = retry_unanswered(gw, "GET /rest/v1/subagents", || {
+    let (sub, _) = retry_unanswered(&gw.shutdown, "GET /rest/v1/subagents", || {
         gw.client
             .from("subagents")
             .select("id,team_id,gateway_id,subagent_type,status,metadata")
@@ -125,7 +128,7 @@ pub async fn fail_subagent_run(gw: &Gateway, sid: &str, error: &str) {
     let envelope = error_envelope(error);
     // Our own queued writes for this run go first, so its status is current.
     gw.outbox.flush(Duration::from_secs(2)).await;
-    let (run, _) = retry_unanswered(gw, "GET /rest/v1/subagent_runs", || {
+    let (run, _) = retry_unanswered(&gw.shutdown, "GET /rest/v1/subagent_runs", || {
         newest_running_run(&gw.client, sid, "id")
     })
     .await;
@@ -214,44 +217,10 @@ pub(super) async fn newest_running_run(
         .await
 }
 
-fn push(gw: &Gateway, write: OutboxWrite) {
+fn push(gw: &JobContext, write: OutboxWrite) {
     let what = write.describe();
     if let Err(e) = gw.outbox.push(write) {
         tracing::error!(error = %e, write = %what, "Failed to queue subagent state update");
-    }
-}
-
-/// Runs a hub request (a write, or a read) again while the hub gives no
-/// answer (transport error, 5xx, 408, 429), with a capped backoff, until it
-/// answers or the gateway asks its jobs to stop: a blip of the hub must not
-/// fail a run that has not started yet, nor a cancel. Returns the last result and whether an earlier attempt went
-/// unanswered (it may have been applied).
-pub(super) async fn retry_unanswered<T, Fut>(
-    gw: &Gateway,
-    what: &str,
-    mut op: impl FnMut() -> Fut,
-) -> (Result<T, panorama_supabase::Error>, bool)
-where
-    Fut: std::future::Future<Output = Result<T, panorama_supabase::Error>>,
-{
-    let mut delay = Duration::from_millis(100);
-    let mut unanswered = false;
-    loop {
-        match op().await {
-            Err(e)
-                if crate::runtime::jobs::claim_error_is_transient(&e)
-                    && gw.cancel_reason().is_none() =>
-            {
-                tracing::warn!(error = %e, request = what, delay_ms = delay.as_millis() as u64, "Hub request got no answer; retrying");
-                unanswered = true;
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = gw.cancelled() => return (Err(e), unanswered),
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            result => return (result, unanswered),
-        }
     }
 }
 
@@ -276,7 +245,7 @@ fn sequence_of(input: &Value) -> Option<i64> {
         })
 }
 
-async fn allocate_sequence(gw: &Gateway, sid: &str) -> i64 {
+async fn allocate_sequence(gw: &JobContext, sid: &str) -> i64 {
     match gw
         .client
         .rpc(
@@ -385,7 +354,7 @@ fn terminal_writes(generation: RunGeneration, t: &TerminalRows<'_>) -> Vec<Outbo
 
 /// Everything a run's finalization needs.
 struct RunCtx<'a> {
-    gw: &'a Gateway,
+    gw: &'a JobContext,
     generation: RunGeneration,
     sid: String,
     run_id: String,
@@ -507,7 +476,7 @@ impl RunCtx<'_> {
         if self.generation != RunGeneration::Accepted {
             return None;
         }
-        let (row, _) = retry_unanswered(self.gw, "GET /rest/v1/subagent_runs", || {
+        let (row, _) = retry_unanswered(&self.gw.shutdown, "GET /rest/v1/subagent_runs", || {
             self.gw
                 .client
                 .from("subagent_runs")
@@ -722,7 +691,7 @@ struct Attempt {
 }
 
 async fn run_attempt(
-    gw: &Gateway,
+    gw: &JobContext,
     provider: ProviderId,
     plan: &RunPlan,
     run: &Arc<RunControl>,
@@ -782,7 +751,7 @@ async fn run_attempt(
 
 /// The handler proper. Row 1 (the payload names a subagent) was checked
 /// when the job was decoded.
-pub async fn handle(gw: &Gateway, job_id: &str, payload: &SubagentRunPayload) -> HandlerOutcome {
+pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload) -> HandlerOutcome {
     let sid = payload.subagent_id.clone();
     // Row 2.
     let sub = match gw
@@ -1044,8 +1013,8 @@ pub async fn handle(gw: &Gateway, job_id: &str, payload: &SubagentRunPayload) ->
 /// The accepted run row (§3.6 "Acceptance check", plus its metadata so the
 /// start write keeps the control plane's keys), retried while the hub does
 /// not answer.
-async fn read_accepted_run(gw: &Gateway, run_id: &str) -> AcceptedRunRead {
-    let (row, _) = retry_unanswered(gw, "GET /rest/v1/subagent_runs", || {
+async fn read_accepted_run(gw: &JobContext, run_id: &str) -> AcceptedRunRead {
+    let (row, _) = retry_unanswered(&gw.shutdown, "GET /rest/v1/subagent_runs", || {
         gw.client
             .from("subagent_runs")
             .select("id,subagent_id,run_sequence,status,prompt,metadata")
@@ -1066,7 +1035,7 @@ async fn read_accepted_run(gw: &Gateway, run_id: &str) -> AcceptedRunRead {
 /// §10.4 "later" step 3: a compare-and-set on the run (still this
 /// subagent's, still `running`).
 async fn mark_accepted_started(
-    gw: &Gateway,
+    gw: &JobContext,
     sid: &str,
     run_id: &str,
     mut metadata: Map<String, Value>,
@@ -1074,7 +1043,7 @@ async fn mark_accepted_started(
 ) -> Result<Map<String, Value>, HandlerOutcome> {
     metadata.extend(start_metadata.clone());
     let started_at = now_iso();
-    let (marked, _) = retry_unanswered(gw, "PATCH /rest/v1/subagent_runs", || {
+    let (marked, _) = retry_unanswered(&gw.shutdown, "PATCH /rest/v1/subagent_runs", || {
         gw.client
             .from("subagent_runs")
             .update(json!({"started_at": started_at, "metadata": metadata}))
@@ -1100,7 +1069,7 @@ async fn mark_accepted_started(
 
 /// §10.4 seed steps 2–3: the run row.
 async fn insert_seed_run(
-    gw: &Gateway,
+    gw: &JobContext,
     ids: &RunIds,
     run_sequence: i64,
     prompt: &str,
@@ -1108,7 +1077,7 @@ async fn insert_seed_run(
 ) -> Result<(), HandlerOutcome> {
     let (sid, run_id, team_id) = (&ids.subagent_id, &ids.run_id, &ids.team_id);
     let now = now_iso();
-    let (mut inserted, unanswered) = retry_unanswered(gw, "POST /rest/v1/subagent_runs", || {
+    let (mut inserted, unanswered) = retry_unanswered(&gw.shutdown, "POST /rest/v1/subagent_runs", || {
         gw.client
             .from("subagent_runs")
             .insert(json!({
@@ -1176,7 +1145,7 @@ async fn insert_seed_run(
 /// §10.4 step 4 onwards: register the run locally (consumes a late pending
 /// cancel), run it, and unregister it.
 async fn run_accepted_or_inserted(
-    gw: &Gateway,
+    gw: &JobContext,
     job_id: &str,
     ctx: RunCtx<'_>,
     r: Registered,
@@ -1203,7 +1172,7 @@ struct Registered {
 }
 
 async fn run_registered(
-    gw: &Gateway,
+    gw: &JobContext,
     job_id: &str,
     run: &Arc<RunControl>,
     mut ctx: RunCtx<'_>,
@@ -1214,7 +1183,7 @@ async fn run_registered(
     sub_meta.insert("current_run_id".into(), json!(ctx.run_id));
     sub_meta.insert("current_run_sequence".into(), json!(r.run_sequence));
     let started_at = now_iso();
-    let (marked, _) = retry_unanswered(gw, "PATCH /rest/v1/subagents", || {
+    let (marked, _) = retry_unanswered(&gw.shutdown, "PATCH /rest/v1/subagents", || {
         let update = gw
             .client
             .from("subagents")
@@ -1292,7 +1261,7 @@ async fn run_registered(
 }
 
 async fn attempts(
-    gw: &Gateway,
+    gw: &JobContext,
     job_id: &str,
     run: &Arc<RunControl>,
     ctx: &RunCtx<'_>,
@@ -1414,7 +1383,7 @@ async fn attempts(
         }
         terminal.retry_count = attempt - 1;
         let detail = error_text.clone();
-        super::providers::record_run_outcome(
+        super::run_outcome::record_run_outcome(
             gw,
             provider,
             ok,
@@ -1468,7 +1437,7 @@ async fn attempts(
 /// first, then the finalize function (§10.4 "later" step 2).
 #[allow(clippy::too_many_arguments)]
 async fn cancelled_before_start(
-    gw: &Gateway,
+    gw: &JobContext,
     generation: RunGeneration,
     ids: &RunIds,
     run_sequence: i64,

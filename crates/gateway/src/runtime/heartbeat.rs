@@ -64,6 +64,38 @@ pub fn build_capabilities(device_name: &str, install_full_control_enabled: bool)
     )
 }
 
+/// Capabilities v1 with the providers this gateway detected.
+pub fn capabilities(
+    providers: &crate::delegated::providers::ProviderState,
+    device_name: &str,
+    install_full_control_enabled: bool,
+) -> Capabilities {
+    Capabilities::assemble(
+        providers.providers(),
+        HostCapability::gateway(
+            Some(device_name.to_string()).filter(|n| !n.is_empty()),
+            install_full_control_enabled,
+        ),
+        Some(runtime_info()),
+    )
+}
+
+/// A job changed a provider's health: rebuild the capabilities and send a
+/// heartbeat with the status they give (runtime.md §4.6 item 4).
+pub async fn after_provider_health_change(gw: &Gateway) {
+    {
+        let mut st = gw.lock();
+        let enabled = st.full_control_enabled;
+        st.capabilities = Some(capabilities(
+            &gw.delegated.providers,
+            &gw.device_name,
+            enabled,
+        ));
+    }
+    let status = gw.compute_status();
+    send(gw, status).await;
+}
+
 /// `{id: {available, version, health}}` for the startup log line.
 pub fn providers_summary(gw: &Gateway) -> serde_json::Value {
     let st = gw.lock();
@@ -147,7 +179,7 @@ pub async fn refresh(gw: &Gateway) {
             tracing::info!(enabled, "Reloaded gateway install full-control setting");
         }
         st.full_control_enabled = enabled;
-        st.capabilities = Some(crate::delegated::providers::capabilities(
+        st.capabilities = Some(capabilities(
             &gw.delegated.providers,
             &gw.device_name,
             enabled,

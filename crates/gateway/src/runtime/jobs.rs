@@ -59,13 +59,6 @@ const CLAIM_RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(1
 /// Longest pause between claim attempts while the hub is unreachable.
 const CLAIM_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// No answer, or an answer that says "try again": the claim may or may
-/// not have been applied.
-pub(crate) fn claim_error_is_transient(e: &panorama_supabase::Error) -> bool {
-    matches!(e, panorama_supabase::Error::Transport { .. })
-        || e.status().is_some_and(|s| s >= 500 || s == 408 || s == 429)
-}
-
 /// Whether `row` carries the claim this process sent with `started_at`.
 fn claimed_by_us(gw: &Gateway, row: &Value, started_at: &str) -> bool {
     let ms = |v: Option<&str>| {
@@ -125,7 +118,7 @@ async fn claim(gw: &Gateway, job: &GatewayJobRow) -> Result<Option<GatewayJobRow
         };
         let rows: Vec<Value> = match attempt.await {
             Ok(rows) => rows,
-            Err(e) if claim_error_is_transient(&e) && gw.cancel_reason().is_none() => {
+            Err(e) if crate::control_plane::is_unanswered(&e) && gw.cancel_reason().is_none() => {
                 tracing::warn!(error = %e, jobId = %job.id, delay_ms = delay.as_millis() as u64, "Gateway job claim got no answer; retrying");
                 unanswered = true;
                 tokio::select! {
@@ -314,6 +307,9 @@ pub async fn process_job(gw: &Arc<Gateway>, job: GatewayJobRow) {
             }
         }
     };
+    if gw.delegated.providers.take_health_changed() {
+        super::heartbeat::after_provider_health_change(gw).await;
+    }
     complete(gw, &claimed.id, &completion);
 }
 

@@ -12,7 +12,7 @@
 
 pub mod clock;
 pub mod diagnostic;
-pub mod events;
+pub use crate::gateway_events as events;
 pub mod heartbeat;
 pub mod ingress;
 pub mod jobs;
@@ -37,9 +37,10 @@ use panorama_protocol::status::GatewayStatus;
 use panorama_supabase::{Client, Session};
 use tokio::sync::watch;
 
+use crate::backend::Backend;
 use crate::config::GatewayConfig;
 use crate::error::{GatewayError, Result};
-use crate::network::RuntimeRequest;
+use crate::job_context::{Delegated, JobContext, Shutdown};
 use crate::outbox::Outbox;
 use crate::output::{Printer, Row};
 use crate::paths::GatewayPaths;
@@ -48,19 +49,26 @@ use crate::recovery::{self, ClaimLedger};
 
 use queue::JobQueue;
 
+/// Everything the foreground runtime needs; the config has already been
+/// saved with the resolved backend and device name (runtime.md §1.6.2
+/// step B.5).
+#[derive(Debug, Clone)]
+pub struct RuntimeRequest {
+    pub paths: GatewayPaths,
+    pub config: GatewayConfig,
+    pub backend: Backend,
+    pub device_name: String,
+    /// Set when the fallback config dir is in use (emit `config_dir_fallback`).
+    pub migrated_from: Option<PathBuf>,
+    pub verbose: bool,
+}
+
 /// Shutdown grace for running jobs (runtime.md §4.8 step 6).
 pub const SHUTDOWN_GRACE_MS: u64 = 15_000;
 /// How long shutdown waits for the outbox to deliver before exiting.
 pub const OUTBOX_FLUSH_TIMEOUT_MS: u64 = 10_000;
 
-/// Now as an ISO timestamp with milliseconds (`Date.toISOString()`).
-pub fn now_iso() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+pub use crate::timestamp::{now_iso, now_ms};
 
 /// Directory of the durable outbox: next to `gateway.json`.
 pub fn outbox_dir(paths: &GatewayPaths) -> PathBuf {
@@ -89,14 +97,11 @@ pub struct State {
     pub finalized: HashSet<String>,
 }
 
-/// Everything the runtime's tasks share.
+/// Everything the runtime's tasks share. Derefs to the [`JobContext`] it
+/// hands to job handlers (client, identity, paths, outbox, delegated-run
+/// state, shutdown signal).
 pub struct Gateway {
-    pub client: Client,
-    pub gateway_id: String,
-    pub team_id: String,
-    pub device_name: String,
-    pub paths: GatewayPaths,
-    pub outbox: Outbox,
+    pub ctx: JobContext,
     pub ledger: ClaimLedger,
     pub concurrency: usize,
     pub state: Mutex<State>,
@@ -104,15 +109,18 @@ pub struct Gateway {
     pub last_sent: tokio::sync::Mutex<Option<GatewayStatus>>,
     pub reconcile_in_flight: AtomicBool,
     pub shutdown_tx: watch::Sender<bool>,
-    /// Set (with the reason) when running jobs must stop their children
-    /// (shutdown step 7).
-    pub cancel_tx: watch::Sender<Option<String>>,
     /// Server-clock estimate for freshness checks (control-plane.md §17).
     pub clock: clock::ServerClock,
     /// Shell sessions of this process (runtime.md §5), closed at shutdown.
     pub shell_sessions: Arc<crate::shell::ShellSessions>,
-    /// Providers, active delegated runs, pending cancels, run event counters.
-    pub delegated: crate::delegated::Delegated,
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = JobContext;
+
+    fn deref(&self) -> &JobContext {
+        &self.ctx
+    }
 }
 
 impl Gateway {
@@ -122,21 +130,6 @@ impl Gateway {
 
     pub fn is_shutting_down(&self) -> bool {
         self.lock().shutting_down
-    }
-
-    /// Resolves once running jobs are asked to stop.
-    pub fn cancelled(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.cancel_tx.subscribe();
-        async move {
-            if rx.wait_for(Option::is_some).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-
-    /// The reason running jobs were asked to stop, if they were.
-    pub fn cancel_reason(&self) -> Option<String> {
-        self.cancel_tx.borrow().clone()
     }
 
     /// The operational status now (later rule: host availability).
@@ -415,12 +408,16 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     let concurrency =
         queue::concurrency_from(crate::paths::process_env(queue::CONCURRENCY_ENV).as_deref());
     let gw = Arc::new(Gateway {
-        client: client.clone(),
-        gateway_id: config.gateway_id.clone(),
-        team_id: config.team_id.clone(),
-        device_name: device_name.clone(),
-        paths: paths.clone(),
-        outbox: outbox.clone(),
+        ctx: JobContext {
+            client: client.clone(),
+            gateway_id: config.gateway_id.clone(),
+            team_id: config.team_id.clone(),
+            device_name: device_name.clone(),
+            paths: paths.clone(),
+            outbox: outbox.clone(),
+            delegated: Delegated::default(),
+            shutdown: Shutdown::default(),
+        },
         ledger,
         concurrency,
         state: Mutex::new(State {
@@ -431,10 +428,8 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         last_sent: tokio::sync::Mutex::new(None),
         reconcile_in_flight: AtomicBool::new(false),
         shutdown_tx,
-        cancel_tx: watch::channel(None).0,
         clock: clock::ServerClock::new(),
         shell_sessions: shell_glue::new_sessions(&paths),
-        delegated: crate::delegated::Delegated::default(),
     });
 
     // Jobs an earlier process left running are finalized before this one
@@ -456,10 +451,10 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     };
 
     // §4.1 steps 1–5: provider discovery and `auto` validation, capabilities.
-    crate::delegated::startup(&gw, &out).await;
+    validate_providers_at_startup(&gw, &out).await;
     {
         let mut st = gw.lock();
-        st.capabilities = Some(crate::delegated::providers::capabilities(
+        st.capabilities = Some(heartbeat::capabilities(
             &gw.delegated.providers,
             &device_name,
             config.full_control_enabled,
@@ -560,4 +555,41 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Runtime startup (runtime.md §4.1 steps 1–3, 6): CLI discovery and
+/// `auto` validation with progress lines, `providerHealth` saved when a
+/// full check ran, `provider_validation` events (context `startup`).
+async fn validate_providers_at_startup(gw: &Gateway, out: &Printer) {
+    let _ = std::fs::create_dir_all(&gw.paths.tmp_dir);
+    let previous = crate::config::GatewayConfig::load(&gw.paths.config_path)
+        .map(|c| crate::delegated::providers::from_stored(&c.provider_health()))
+        .unwrap_or_default();
+    let commands = crate::delegated::providers::resolve_commands();
+    tracing::info!(
+        claude = %commands[&panorama_providers::ProviderId::ClaudeCode].command,
+        codex = %commands[&panorama_providers::ProviderId::Codex].command,
+        gemini = %commands[&panorama_providers::ProviderId::Gemini].command,
+        "Gateway CLI discovery results"
+    );
+    out.info("Validating providers...", &[]);
+    let report = crate::delegated::providers::validate(
+        panorama_providers::health::ValidationMode::Auto,
+        &previous,
+        &gw.paths,
+        &|line| out.info(&line, &[]),
+    )
+    .await;
+    gw.delegated.providers.install(&report);
+    if !report.full_checked.is_empty() {
+        crate::delegated::providers::persist_health(&gw.paths, &report.health);
+        for row in crate::delegated::providers::validation_event_rows(
+            &report,
+            &gw.gateway_id,
+            &gw.team_id,
+            "startup",
+        ) {
+            crate::runtime::events::emit(&gw.outbox, &gw.gateway_id, &gw.team_id, row);
+        }
+    }
 }

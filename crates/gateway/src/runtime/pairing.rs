@@ -4,8 +4,26 @@
 use panorama_supabase::{Client, Error, InvokeOptions};
 use serde_json::{json, Value};
 
+use crate::backend::Backend;
 use crate::error::{GatewayError, Result};
-use crate::network::{PairingExchange, PairingRequest};
+
+/// Input of the pairing exchange (control-plane.md §2.2).
+#[derive(Debug, Clone)]
+pub struct PairingRequest {
+    pub backend: Backend,
+    /// Trimmed pairing code.
+    pub code: String,
+    pub device_name: String,
+}
+
+/// A successful pairing exchange. All four ids/tokens are non-empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairingExchange {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub gateway_id: String,
+    pub team_id: String,
+}
 
 pub const PAIRING_FUNCTION: &str = "exchange-gateway-pairing-code";
 pub const MSG_MISSING_FIELDS: &str = "Pairing response missing required fields";

@@ -69,7 +69,7 @@ impl HubShellControl {
             team_id: gw.team_id.clone(),
             config_path: gw.paths.config_path.clone(),
             clock_offset_ms: gw.clock.offset_ms(),
-            stop: gw.cancel_tx.subscribe(),
+            stop: gw.shutdown.subscribe(),
         }
     }
 }

@@ -133,7 +133,7 @@ pub async fn perform_shutdown(
     // cannot touch an unclaimed one).
     let reason = format!("Gateway shutting down ({signal})");
     if !gw.lock().active.is_empty() {
-        gw.cancel_tx.send_replace(Some(reason.clone()));
+        gw.shutdown.request(&reason);
         wait_for_no_active(gw, RESIDUAL_STOP_WAIT).await;
     }
     let residual: Vec<(String, tokio::task::AbortHandle)> = gw.lock().active.drain().collect();
