@@ -83,6 +83,9 @@ pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// least half of it is delivered entries.
 const COMPACT_BYTES: u64 = 8 * 1024 * 1024;
 
+/// The guard of writes that only apply to a row still `running`.
+pub const STATUS_RUNNING: &str = "eq.running";
+
 /// One write the gateway must get to the hub.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub enum OutboxWrite {
@@ -118,6 +121,31 @@ pub enum OutboxWrite {
 }
 
 impl OutboxWrite {
+    /// `PATCH <table>?id=eq.<id>&status=<status_filter>` with `patch`. The
+    /// status guard makes the write a compare-and-set: a replay, or a row
+    /// someone else already moved on, matches nothing.
+    pub fn update_where_status(
+        table: &str,
+        id: &str,
+        status_filter: &str,
+        patch: serde_json::Value,
+    ) -> OutboxWrite {
+        OutboxWrite::Update {
+            table: table.to_string(),
+            filters: vec![
+                ("id".to_string(), format!("eq.{id}")),
+                ("status".to_string(), status_filter.to_string()),
+            ],
+            patch,
+        }
+    }
+
+    /// [`OutboxWrite::update_where_status`] for a row still `running` — how
+    /// every terminal write of a job, run or subagent is guarded.
+    pub fn update_if_running(table: &str, id: &str, patch: serde_json::Value) -> OutboxWrite {
+        OutboxWrite::update_where_status(table, id, STATUS_RUNNING, patch)
+    }
+
     /// Refuses writes that can never succeed (caught at `push`, not at delivery).
     fn validate(&self) -> Result<(), String> {
         match self {

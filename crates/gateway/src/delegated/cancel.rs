@@ -60,19 +60,28 @@ async fn newest_running_run(gw: &JobContext, sid: &str) -> Result<Option<Value>,
     .await
 }
 
+/// The newest `running` run of a subagent whose status is `status`; none
+/// (without asking the hub) unless the subagent is `running`.
+async fn running_run_of(
+    gw: &JobContext,
+    sid: &str,
+    status: Option<&str>,
+) -> Result<Option<Value>, String> {
+    if status.map(SubagentStatus::normalize) == Some(SubagentStatus::Running) {
+        newest_running_run(gw, sid).await
+    } else {
+        Ok(None)
+    }
+}
+
 /// A `subagent_cancel` job, its payload decoded at claim.
 pub async fn handle(gw: &JobContext, payload: &SubagentCancelPayload) -> HandlerOutcome {
     let sid = payload.subagent_id.as_str();
     let reason = payload.reason.as_str();
     let requested = payload.run_id.as_deref();
-    let sub = answered(gw, "GET /rest/v1/subagents", || {
-        gw.client
-            .from("subagents")
-            .select("id,team_id,gateway_id,subagent_type,status,metadata")
-            .eq("id", sid)
-            .maybe_single()
-    })
-    .await;
+    let sub = super::subagent_run::subagent_summary(gw, sid)
+        .await
+        .map_err(|e| e.to_string());
     let sub = match sub {
         Ok(Some(s)) => s,
         Ok(None) => return result(CancelJobResult::not_found(sid, requested, reason)),
@@ -98,21 +107,16 @@ pub async fn handle(gw: &JobContext, payload: &SubagentCancelPayload) -> Handler
         .and_then(Value::as_str)
         .map(str::to_string);
     let mut sub_metadata = sub.get("metadata").cloned().unwrap_or_else(|| json!({}));
-    let mut run =
-        if status.as_deref().map(SubagentStatus::normalize) == Some(SubagentStatus::Running) {
-            match newest_running_run(gw, sid).await {
-                Ok(r) => r,
-                Err(e) => {
-                    return fail(
-                        "Failed to resolve active subagent run for cancellation",
-                        sid,
-                        e,
-                    )
-                }
-            }
-        } else {
-            None
-        };
+    let mut run = match running_run_of(gw, sid, status.as_deref()).await {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                "Failed to resolve active subagent run for cancellation",
+                sid,
+                e,
+            )
+        }
+    };
     let mut first_pass = true;
     for _ in 0..MAX_CAS_ATTEMPTS {
         let resolution = resolve_cancel_request(CancelRequest {
@@ -187,21 +191,15 @@ pub async fn handle(gw: &JobContext, payload: &SubagentCancelPayload) -> Handler
                     )
                 }
             }
-            run = if status.as_deref().map(SubagentStatus::normalize)
-                == Some(SubagentStatus::Running)
-            {
-                match newest_running_run(gw, sid).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return fail(
-                            "Failed to refresh active subagent run after cancel race",
-                            sid,
-                            e,
-                        )
-                    }
+            run = match running_run_of(gw, sid, status.as_deref()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return fail(
+                        "Failed to refresh active subagent run after cancel race",
+                        sid,
+                        e,
+                    )
                 }
-            } else {
-                None
             };
             continue;
         }

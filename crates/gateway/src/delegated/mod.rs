@@ -9,6 +9,7 @@
 //! every handler receives. Nothing here imports the runtime.
 
 pub mod active;
+pub mod agent_process;
 pub mod cancel;
 pub mod error;
 pub mod events;

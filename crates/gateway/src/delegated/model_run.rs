@@ -2,15 +2,14 @@
 //! a run plan, a 110 s default timeout, schema or text output; stopped at
 //! shutdown.
 
-use std::time::Duration;
-
 use panorama_protocol::jobs::{HandlerOutcome, ModelRunPayload, OutputFormat};
 use panorama_protocol::subagent::provider_failure_message;
 use panorama_providers::argv::{build_model_run_plan, display_command};
 use panorama_providers::output::{extract_model_run_output, extract_model_run_text};
 use serde_json::{json, Value};
 
-use super::process::{run_process, ProcessSpec, MAX_CAPTURE_BYTES, PROCESS_KILL_GRACE};
+use super::agent_process::spec_for_plan;
+use super::process::{run_process, MAX_CAPTURE_BYTES, PROCESS_KILL_GRACE};
 use super::workdir::WorkDir;
 use crate::job_context::JobContext;
 
@@ -40,19 +39,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
         if let Err(e) = wd.write_files(&plan.files) {
             return HandlerOutcome::failure_message(e.to_string());
         }
-        let overrides: Vec<(String, Option<String>)> = plan
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), Some(v.clone())))
-            .collect();
-        let spec = ProcessSpec {
-            command: plan.command.clone(),
-            args: plan.args.clone(),
-            cwd: plan.cwd.clone(),
-            env: crate::child_env::child_env_from_process(Some(gw.paths.tmp_dir.as_path()), &overrides),
-            timeout: Duration::from_millis(plan.timeout_ms),
-            stop_grace: PROCESS_KILL_GRACE,
-        };
+        let spec = spec_for_plan(&plan, &gw.paths.tmp_dir, PROCESS_KILL_GRACE);
         let shown = display_command(&plan);
         let slot = pgid_slot.clone();
         let r = run_process(

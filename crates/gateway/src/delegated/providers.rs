@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use panorama_protocol::capabilities::{ProviderCapability, ProviderHealthStatus, Providers};
 use panorama_providers::argv::build_validation_plan;
@@ -21,7 +21,8 @@ use panorama_providers::ProviderId;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use super::process::{run_process, ProcessSpec, PROCESS_KILL_GRACE};
+use super::agent_process::spec_for_plan;
+use super::process::{run_process, PROCESS_KILL_GRACE};
 use super::workdir::WorkDir;
 use crate::config::{GatewayConfig, ProviderHealth as StoredHealth};
 use crate::gateway_events as events;
@@ -144,22 +145,7 @@ async fn full_check(detection: &ProviderDetection, paths: &GatewayPaths) -> Vali
         )
         .map_err(|e| e.to_string())?;
         wd.write_files(&plan.files).map_err(|e| e.to_string())?;
-        let overrides: Vec<(String, Option<String>)> = plan
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), Some(v.clone())))
-            .collect();
-        let spec = ProcessSpec {
-            command: plan.command.clone(),
-            args: plan.args.clone(),
-            cwd: plan.cwd.clone(),
-            env: crate::child_env::child_env_from_process(
-                Some(paths.tmp_dir.as_path()),
-                &overrides,
-            ),
-            timeout: Duration::from_millis(plan.timeout_ms),
-            stop_grace: PROCESS_KILL_GRACE,
-        };
+        let spec = spec_for_plan(&plan, &paths.tmp_dir, PROCESS_KILL_GRACE);
         let (_tx, rx) = watch::channel(None);
         let result = run_process(&spec, rx, &mut |_| {}, &mut |_| {}).await;
         if let Some(detail) = result.failure_detail(plan.timeout_ms) {

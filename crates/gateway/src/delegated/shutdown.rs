@@ -39,17 +39,7 @@ pub async fn finalize_residual(gw: &JobContext, job_id: &str, reason: &str) {
     run.sink.flush();
     let now = now_iso();
     let envelope = serde_json::to_value(OutputEnvelope::error(reason)).unwrap_or(Value::Null);
-    let current = gw
-        .client
-        .from("subagent_runs")
-        .select("metadata")
-        .eq("id", run.run_id.as_str())
-        .maybe_single()
-        .await
-        .ok()
-        .flatten()
-        .and_then(|r| r.get("metadata").cloned())
-        .unwrap_or_else(|| json!({}));
+    let current = metadata_of(gw, "subagent_runs", &run.run_id).await;
     let mut metadata = build_requested_cancel_metadata(
         &current,
         Some(&run.run_id),
@@ -75,17 +65,7 @@ pub async fn finalize_residual(gw: &JobContext, job_id: &str, reason: &str) {
         "cancel_state": "acknowledged", "cancel_support": "gateway", "cancellation_scope": "gateway",
         "cancelled": true, "last_run_at": now,
     });
-    let existing = gw
-        .client
-        .from("subagents")
-        .select("metadata")
-        .eq("id", run.subagent_id.as_str())
-        .maybe_single()
-        .await
-        .ok()
-        .flatten()
-        .and_then(|r| r.get("metadata").cloned())
-        .unwrap_or_else(|| json!({}));
+    let existing = metadata_of(gw, "subagents", &run.subagent_id).await;
     let mut merged = existing.as_object().cloned().unwrap_or_default();
     if let Value::Object(m) = sub_meta {
         merged.extend(m);
@@ -119,4 +99,19 @@ pub async fn finalize_residual(gw: &JobContext, job_id: &str, reason: &str) {
             tracing::error!(error = %e, runId = %ids.run_id, "Failed to queue the shutdown events of a cancelled run");
         }
     }
+}
+
+/// A row's `metadata`, `{}` when it cannot be read: shutdown does not wait
+/// for a hub that does not answer (its writes merge over what they find).
+async fn metadata_of(gw: &JobContext, table: &str, id: &str) -> Value {
+    gw.client
+        .from(table)
+        .select("metadata")
+        .eq("id", id)
+        .maybe_single()
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.get("metadata").cloned())
+        .unwrap_or_else(|| json!({}))
 }

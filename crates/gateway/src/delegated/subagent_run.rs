@@ -42,13 +42,14 @@ use panorama_providers::ProviderId;
 use serde_json::{json, Map, Value};
 
 use super::active::{CancelInfo, RunControl};
+use super::agent_process::spec_for_plan;
 use super::events::{EventSink, RunIds};
 use super::out_of_band::push_out_of_band;
-use super::process::{run_process, ProcessResult, ProcessSpec, CANCEL_KILL_GRACE};
+use super::process::{run_process, ProcessResult, CANCEL_KILL_GRACE};
 use super::workdir::WorkDir;
 use crate::control_plane::retry_unanswered;
 use crate::job_context::JobContext;
-use crate::outbox::OutboxWrite;
+use crate::outbox::{OutboxWrite, STATUS_RUNNING};
 use crate::timestamp::{now_iso, now_ms};
 
 /// Marker of a failed `--resume` in Claude's output.
@@ -76,11 +77,7 @@ pub async fn run_job(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload
     {
         Ok(outcome) => complete_job(&JobType::SubagentRun, outcome),
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "handler panicked".to_string());
+            let message = crate::error::panic_message(panic.as_ref());
             tracing::error!(jobId = %job_id, error = %message, "Gateway job processing failed");
             handler_threw(&JobType::SubagentRun, &message)
         }
@@ -100,14 +97,7 @@ pub async fn run_job(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload
 pub async fn fail_subagent_run(gw: &JobContext, sid: &str, error: &str) {
     // Reads are retried while the hub does not answer: giving up here would
     // leave the run and the subagent `running` with nobody to finish them.
-    let (sub, _) = retry_unanswered(&gw.shutdown, "GET /rest/v1/subagents", || {
-        gw.client
-            .from("subagents")
-            .select("id,team_id,gateway_id,subagent_type,status,metadata")
-            .eq("id", sid)
-            .maybe_single()
-    })
-    .await;
+    let sub = subagent_summary(gw, sid).await;
     let sub = match sub {
         Ok(Some(s)) => s,
         Ok(None) => return,
@@ -162,26 +152,20 @@ pub async fn fail_subagent_run(gw: &JobContext, sid: &str, error: &str) {
         }
         push(
             gw,
-            OutboxWrite::Update {
-                table: "subagent_runs".into(),
-                filters: vec![
-                    ("id".into(), format!("eq.{run_id}")),
-                    ("status".into(), "eq.running".into()),
-                ],
-                patch: json!({"status": "failed", "error": error, "output": envelope, "completed_at": now, "metadata": metadata}),
-            },
+            OutboxWrite::update_if_running(
+                "subagent_runs",
+                &run_id,
+                json!({"status": "failed", "error": error, "output": envelope, "completed_at": now, "metadata": metadata}),
+            ),
         );
     }
     push(
         gw,
-        OutboxWrite::Update {
-            table: "subagents".into(),
-            filters: vec![
-                ("id".into(), format!("eq.{sid}")),
-                ("status".into(), "eq.running".into()),
-            ],
-            patch: json!({"status": "failed", "error": error, "output": envelope, "completed_at": now, "metadata": metadata}),
-        },
+        OutboxWrite::update_if_running(
+            "subagents",
+            sid,
+            json!({"status": "failed", "error": error, "output": envelope, "completed_at": now, "metadata": metadata}),
+        ),
     );
 }
 
@@ -198,6 +182,23 @@ fn fsyncing<T>(f: impl FnOnce() -> T) -> T {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
     }
+}
+
+/// The subagent's identity, status and metadata (what the cancel job and
+/// the failure fallback decide on), retried while the hub does not answer.
+pub(super) async fn subagent_summary(
+    gw: &JobContext,
+    sid: &str,
+) -> Result<Option<Value>, panorama_supabase::Error> {
+    retry_unanswered(&gw.shutdown, "GET /rest/v1/subagents", || {
+        gw.client
+            .from("subagents")
+            .select("id,team_id,gateway_id,subagent_type,status,metadata")
+            .eq("id", sid)
+            .maybe_single()
+    })
+    .await
+    .0
 }
 
 /// The subagent's newest `running` run (`columns` of it), if any.
@@ -310,24 +311,19 @@ pub const FINALIZE_FUNCTION: &str = "finalize-gateway-subagent-run";
 /// no such function (404).
 fn terminal_writes(generation: RunGeneration, t: &TerminalRows<'_>) -> Vec<OutboxWrite> {
     let direct = vec![
-        OutboxWrite::Update {
-            table: "subagent_runs".into(),
-            filters: vec![
-                ("id".into(), format!("eq.{}", t.run_id)),
-                ("status".into(), "eq.running".into()),
-            ],
-            patch: json!({"status": t.status, "output": t.output, "error": t.error,
+        OutboxWrite::update_if_running(
+            "subagent_runs",
+            t.run_id,
+            json!({"status": t.status, "output": t.output, "error": t.error,
                           "completed_at": t.completed_at, "metadata": t.run_metadata}),
-        },
-        OutboxWrite::Update {
-            table: "subagents".into(),
-            filters: vec![
-                ("id".into(), format!("eq.{}", t.sid)),
-                ("status".into(), t.subagent_guard.into()),
-            ],
-            patch: json!({"status": t.status, "output": t.output, "error": t.error,
+        ),
+        OutboxWrite::update_where_status(
+            "subagents",
+            t.sid,
+            t.subagent_guard,
+            json!({"status": t.status, "output": t.output, "error": t.error,
                           "completed_at": t.completed_at, "metadata": t.sub_metadata}),
-        },
+        ),
     ];
     match generation {
         RunGeneration::Seed => direct,
@@ -462,7 +458,7 @@ impl RunCtx<'_> {
                 completed_at: &now_iso(),
                 run_metadata: metadata,
                 sub_metadata: &sub_meta,
-                subagent_guard: "eq.running",
+                subagent_guard: STATUS_RUNNING,
             },
         ) {
             push(self.gw, write);
@@ -549,7 +545,7 @@ impl RunCtx<'_> {
                 completed_at: &now_iso(),
                 run_metadata: &metadata,
                 sub_metadata: &sub_meta,
-                subagent_guard: "eq.running",
+                subagent_guard: STATUS_RUNNING,
             },
         ) {
             push(self.gw, write);
@@ -696,24 +692,7 @@ async fn run_attempt(
     plan: &RunPlan,
     run: &Arc<RunControl>,
 ) -> Attempt {
-    let overrides: Vec<(String, Option<String>)> = plan
-        .env
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                Some(v.replace("{WORKDIR}", &plan.cwd.to_string_lossy())),
-            )
-        })
-        .collect();
-    let spec = ProcessSpec {
-        command: plan.command.clone(),
-        args: plan.args.clone(),
-        cwd: plan.cwd.clone(),
-        env: crate::child_env::child_env_from_process(Some(gw.paths.tmp_dir.as_path()), &overrides),
-        timeout: Duration::from_millis(plan.timeout_ms),
-        stop_grace: CANCEL_KILL_GRACE,
-    };
+    let spec = spec_for_plan(plan, &gw.paths.tmp_dir, CANCEL_KILL_GRACE);
     let streaming = is_stream(provider, plan);
     let mut state = StreamState::new(normalizer_for(provider), run.sink.clone());
     let run_for_spawn = Arc::clone(run);
@@ -1215,15 +1194,12 @@ async fn run_registered(
         metadata.insert("gateway_error".into(), json!(message));
         push(
             gw,
-            OutboxWrite::Update {
-                table: "subagent_runs".into(),
-                filters: vec![
-                    ("id".into(), format!("eq.{}", ctx.run_id)),
-                    ("status".into(), "eq.running".into()),
-                ],
-                patch: json!({"status": "failed", "output": error_envelope(message), "error": message,
+            OutboxWrite::update_if_running(
+                "subagent_runs",
+                &ctx.run_id,
+                json!({"status": "failed", "output": error_envelope(message), "error": message,
                               "completed_at": now_iso(), "metadata": metadata}),
-            },
+            ),
         );
         return HandlerOutcome::failure(
             json!({"message": "Failed to mark subagent as running", "subagent_id": ctx.sid, "run_id": ctx.run_id}),

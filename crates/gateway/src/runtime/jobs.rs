@@ -44,14 +44,7 @@ pub fn completion_write(
     completion: &JobCompletion,
     completed_at: &str,
 ) -> OutboxWrite {
-    OutboxWrite::Update {
-        table: "gateway_jobs".to_string(),
-        filters: vec![
-            ("id".to_string(), format!("eq.{job_id}")),
-            ("status".to_string(), "eq.running".to_string()),
-        ],
-        patch: completion.update_body(completed_at),
-    }
+    OutboxWrite::update_if_running("gateway_jobs", job_id, completion.update_body(completed_at))
 }
 
 /// First pause before re-sending a claim whose answer was lost.
@@ -296,11 +289,7 @@ pub async fn process_job(gw: &Arc<Gateway>, job: GatewayJobRow) {
             {
                 Ok(completion) => completion,
                 Err(panic) => {
-                    let message = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "handler panicked".to_string());
+                    let message = crate::error::panic_message(panic.as_ref());
                     tracing::error!(jobId = %claimed.id, error = %message, "Gateway job processing failed");
                     handler_threw(&claimed.job_type, &message)
                 }
