@@ -32,6 +32,11 @@ impl Row {
 }
 
 /// Replace the home directory prefix with `~`.
+/// `Enabled` / `Disabled`, as status rows show a switch.
+pub fn enabled_label(on: bool) -> String {
+    if on { "Enabled" } else { "Disabled" }.to_string()
+}
+
 pub fn display_path(path: &Path, home: Option<&Path>) -> String {
     if let Some(home) = home {
         if path == home {

@@ -138,14 +138,7 @@ pub fn run(ctx: &Context, args: &PairArgs) -> Result<()> {
             Row::verbose("Device", Some(device_name)),
             Row::verbose(
                 "Install full control",
-                Some(
-                    if config.full_control_enabled {
-                        "Enabled"
-                    } else {
-                        "Disabled"
-                    }
-                    .to_string(),
-                ),
+                Some(crate::output::enabled_label(config.full_control_enabled)),
             ),
             Row::verbose("Provider health", health_summary),
         ],

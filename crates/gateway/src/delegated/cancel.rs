@@ -60,6 +60,19 @@ async fn newest_running_run(gw: &JobContext, sid: &str) -> Result<Option<Value>,
     .await
 }
 
+/// The cancel lost a race with the run's own end (or the rows kept
+/// changing): rejected, nothing recorded.
+fn lost_race(status: SubagentStatus) -> CancelResolution {
+    CancelResolution {
+        accepted: false,
+        cancel_result: CancelOutcome::Rejected,
+        cancel_state: CancelState::None,
+        resolved_run_id: None,
+        message: MSG_CANCEL_STATE_CHANGED.to_string(),
+        status,
+    }
+}
+
 /// The newest `running` run of a subagent whose status is `status`; none
 /// (without asking the hub) unless the subagent is `running`.
 async fn running_run_of(
@@ -141,14 +154,18 @@ pub async fn handle(gw: &JobContext, payload: &SubagentCancelPayload) -> Handler
             );
         };
         let now = now_iso();
-        let metadata = build_requested_cancel_metadata(
-            &sub_metadata,
-            Some(&run_id),
-            reason,
-            &now,
-            adapter.support,
-            adapter.scope,
-        );
+        // The requested-cancel keys, over the subagent's and then the run's metadata.
+        let cancel_metadata = |base: &Value| {
+            build_requested_cancel_metadata(
+                base,
+                Some(&run_id),
+                reason,
+                &now,
+                adapter.support,
+                adapter.scope,
+            )
+        };
+        let metadata = cancel_metadata(&sub_metadata);
         let updated = answered(gw, "PATCH /rest/v1/subagents", || {
             gw.client
                 .from("subagents")
@@ -203,15 +220,10 @@ pub async fn handle(gw: &JobContext, payload: &SubagentCancelPayload) -> Handler
             };
             continue;
         }
-        let run_metadata = build_requested_cancel_metadata(
+        let run_metadata = cancel_metadata(
             run.as_ref()
                 .and_then(|r| r.get("metadata"))
                 .unwrap_or(&json!({})),
-            Some(&run_id),
-            reason,
-            &now,
-            adapter.support,
-            adapter.scope,
         );
         let run_updated = answered(gw, "PATCH /rest/v1/subagent_runs", || {
             gw.client
@@ -263,14 +275,7 @@ pub async fn handle(gw: &JobContext, payload: &SubagentCancelPayload) -> Handler
                 // after the rows above were read as running: the cancel
                 // lost the race, and no event may follow the terminal one.
                 Ok(None) => {
-                    let resolution = CancelResolution {
-                        accepted: false,
-                        cancel_result: CancelOutcome::Rejected,
-                        cancel_state: CancelState::None,
-                        resolved_run_id: None,
-                        message: MSG_CANCEL_STATE_CHANGED.to_string(),
-                        status: SubagentStatus::Running,
-                    };
+                    let resolution = lost_race(SubagentStatus::Running);
                     return result(CancelJobResult::after_race(
                         sid, reason, supported, &resolution,
                     ));
@@ -286,14 +291,7 @@ pub async fn handle(gw: &JobContext, payload: &SubagentCancelPayload) -> Handler
             adapter.support,
         ));
     }
-    let resolution = CancelResolution {
-        accepted: false,
-        cancel_result: CancelOutcome::Rejected,
-        cancel_state: CancelState::None,
-        resolved_run_id: None,
-        message: MSG_CANCEL_STATE_CHANGED.to_string(),
-        status: SubagentStatus::normalize(status.as_deref().unwrap_or("")),
-    };
+    let resolution = lost_race(SubagentStatus::normalize(status.as_deref().unwrap_or("")));
     result(CancelJobResult::after_race(
         sid,
         reason,

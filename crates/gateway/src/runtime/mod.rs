@@ -513,14 +513,7 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
             Row::new("Device", Some(device_name.clone())),
             Row::new(
                 "Install full control",
-                Some(
-                    if config.full_control_enabled {
-                        "Enabled"
-                    } else {
-                        "Disabled"
-                    }
-                    .to_string(),
-                ),
+                Some(crate::output::enabled_label(config.full_control_enabled)),
             ),
             Row::verbose("Gateway ID", Some(gw.gateway_id.clone())),
             Row::verbose("Team ID", Some(gw.team_id.clone())),
