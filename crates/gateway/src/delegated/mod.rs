@@ -8,6 +8,7 @@
 //! run event counters) is `job_context::Delegated`, part of the `JobContext`
 //! every handler receives. Nothing here imports the runtime.
 
+pub mod accepted_run;
 pub mod active;
 pub mod agent_process;
 pub mod cancel;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use panorama_protocol::accepted::{
     changed_before_start, check_accepted_subagent, run_generation, verify_accepted_run,
-    AcceptedRunRead, RunGeneration, MSG_RUN_CHANGED, MSG_SUBAGENT_CHANGED,
+    AcceptedRunRead, RunGeneration, MSG_SUBAGENT_CHANGED,
 };
 use panorama_protocol::cancel::{cancel_adapter_for, Runner};
 use panorama_protocol::full_control::{
@@ -19,7 +19,7 @@ use panorama_protocol::jobs::{
     complete_job, handler_threw, is_canonical_uuid, resolve_run_id, HandlerOutcome, JobCompletion,
     SubagentRunPayload,
 };
-use panorama_protocol::rows::{SubagentRow, SubagentRunRow};
+use panorama_protocol::rows::SubagentRow;
 use panorama_protocol::shell_gate::{
     check_subagent_run_gateway_state, ControlState, SubagentRunGate, MSG_CONTROL_STATE_UNAVAILABLE,
 };
@@ -41,6 +41,7 @@ use panorama_providers::retry::{
 use panorama_providers::ProviderId;
 use serde_json::{json, Map, Value};
 
+use super::accepted_run::{closed_upstream, start_accepted_run, AcceptedRunPort, HubAcceptedRuns};
 use super::active::{CancelInfo, RunControl};
 use super::agent_process::spec_for_plan;
 use super::events::{EventSink, RunIds};
@@ -472,26 +473,7 @@ impl RunCtx<'_> {
         if self.generation != RunGeneration::Accepted {
             return None;
         }
-        let (row, _) = retry_unanswered(&self.gw.shutdown, "GET /rest/v1/subagent_runs", || {
-            self.gw
-                .client
-                .from("subagent_runs")
-                .select("status")
-                .eq("id", self.run_id.as_str())
-                .maybe_single()
-        })
-        .await;
-        match row {
-            Ok(Some(row)) => row["status"]
-                .as_str()
-                .filter(|s| *s != "running")
-                .map(str::to_string),
-            Ok(None) => Some("missing".into()),
-            Err(e) => {
-                tracing::warn!(error = %e, runId = %self.run_id, "Could not re-read the accepted run before finalizing it");
-                None
-            }
-        }
+        closed_upstream(&HubAcceptedRuns(self.gw), &self.run_id).await
     }
 
     /// The control plane ended the run while the agent ran: its rows are
@@ -778,7 +760,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload)
         .filter(|id| is_canonical_uuid(id))
         .map(str::to_string);
     let accepted_read = match &payload_run_id {
-        Some(run_id) => Some(read_accepted_run(gw, run_id).await),
+        Some(run_id) => Some(HubAcceptedRuns(gw).accepted_run(run_id).await),
         None => None,
     };
     let generation = run_generation(
@@ -950,7 +932,15 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload)
             Some(AcceptedRunRead::Found(run)) => obj(&run.metadata),
             _ => Map::new(),
         };
-        match mark_accepted_started(gw, &sid, &run_id, current, &start_metadata).await {
+        match start_accepted_run(
+            &HubAcceptedRuns(gw),
+            &sid,
+            &run_id,
+            current,
+            &start_metadata,
+        )
+        .await
+        {
             // The run's metadata from here on: the control plane's keys
             // with ours over them (the direct terminal writes replace it).
             Ok(merged) => start_metadata = merged,
@@ -987,63 +977,6 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload)
         },
     )
     .await
-}
-
-/// The accepted run row (§3.6 "Acceptance check", plus its metadata so the
-/// start write keeps the control plane's keys), retried while the hub does
-/// not answer.
-async fn read_accepted_run(gw: &JobContext, run_id: &str) -> AcceptedRunRead {
-    let (row, _) = retry_unanswered(&gw.shutdown, "GET /rest/v1/subagent_runs", || {
-        gw.client
-            .from("subagent_runs")
-            .select("id,subagent_id,run_sequence,status,prompt,metadata")
-            .eq("id", run_id)
-            .maybe_single()
-    })
-    .await;
-    match row {
-        Ok(None) => AcceptedRunRead::Missing,
-        Ok(Some(row)) => match serde_json::from_value::<SubagentRunRow>(row) {
-            Ok(run) => AcceptedRunRead::Found(Box::new(run)),
-            Err(e) => AcceptedRunRead::Failed(format!("the run row could not be read: {e}")),
-        },
-        Err(e) => AcceptedRunRead::Failed(e.to_string()),
-    }
-}
-
-/// §10.4 "later" step 3: a compare-and-set on the run (still this
-/// subagent's, still `running`).
-async fn mark_accepted_started(
-    gw: &JobContext,
-    sid: &str,
-    run_id: &str,
-    mut metadata: Map<String, Value>,
-    start_metadata: &Map<String, Value>,
-) -> Result<Map<String, Value>, HandlerOutcome> {
-    metadata.extend(start_metadata.clone());
-    let started_at = now_iso();
-    let (marked, _) = retry_unanswered(&gw.shutdown, "PATCH /rest/v1/subagent_runs", || {
-        gw.client
-            .from("subagent_runs")
-            .update(json!({"started_at": started_at, "metadata": metadata}))
-            .eq("id", run_id)
-            .eq("subagent_id", sid)
-            .eq("status", "running")
-            .select("id")
-            .execute()
-    })
-    .await;
-    match marked {
-        Ok(rows) if !rows.is_empty() => Ok(metadata),
-        Ok(_) => Err(changed_before_start(MSG_RUN_CHANGED, sid, run_id)),
-        Err(e) => {
-            tracing::error!(error = %e, runId = %run_id, "Failed to mark the accepted run started");
-            Err(HandlerOutcome::failure(
-                json!({"message": "Failed to mark accepted subagent run started", "subagent_id": sid, "run_id": run_id}),
-                e.to_string(),
-            ))
-        }
-    }
 }
 
 /// §10.4 seed steps 2–3: the run row.
