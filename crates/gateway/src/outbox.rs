@@ -973,6 +973,51 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_function_with_a_fallback_takes_only_plain_writes() {
+        let update = OutboxWrite::update_if_running("subagents", "s1", json!({"status": "failed"}));
+        let ok = OutboxWrite::FunctionOrFallback {
+            name: "finalize-gateway-subagent-run".into(),
+            body: json!({}),
+            fallback: vec![update.clone()],
+        };
+        assert!(ok.validate().is_ok());
+        assert_eq!(
+            ok.describe(),
+            "POST /functions/v1/finalize-gateway-subagent-run (else 1 direct writes)"
+        );
+        let nested = OutboxWrite::FunctionOrFallback {
+            name: "outer".into(),
+            body: json!({}),
+            fallback: vec![ok.clone()],
+        };
+        assert!(nested.validate().is_err());
+        let bad_fallback = OutboxWrite::FunctionOrFallback {
+            name: "f".into(),
+            body: json!({}),
+            fallback: vec![OutboxWrite::Update {
+                table: "subagents".into(),
+                filters: vec![],
+                patch: json!({}),
+            }],
+        };
+        assert!(
+            bad_fallback.validate().is_err(),
+            "an unfiltered fallback update is refused"
+        );
+        assert_eq!(
+            update,
+            OutboxWrite::Update {
+                table: "subagents".into(),
+                filters: vec![
+                    ("id".into(), "eq.s1".into()),
+                    ("status".into(), "eq.running".into())
+                ],
+                patch: json!({"status": "failed"}),
+            }
+        );
+    }
+
     use super::*;
 
     fn event(n: u64) -> OutboxWrite {

@@ -1459,3 +1459,99 @@ async fn cancelled_before_start(
         "subagent_id": ids.subagent_id, "status": "cancelled", "output": envelope, "error": reason,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows<'a>(
+        status: &'a str,
+        output: &'a Value,
+        error: Option<&'a str>,
+        run_meta: &'a Map<String, Value>,
+        sub_meta: &'a Map<String, Value>,
+    ) -> TerminalRows<'a> {
+        TerminalRows {
+            sid: "s1",
+            run_id: "r1",
+            status,
+            output,
+            error,
+            completed_at: "2026-01-01T00:00:00.000Z",
+            run_metadata: run_meta,
+            sub_metadata: sub_meta,
+            subagent_guard: STATUS_RUNNING,
+        }
+    }
+
+    fn meta(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn seed_terminal_state_is_two_conditional_updates() {
+        let (run_meta, sub_meta) = (
+            meta(json!({"exit_code": 0})),
+            meta(json!({"session_id": "x"})),
+        );
+        let output = json!({"schema_version": 1, "content": "hi", "content_type": "markdown"});
+        let writes = terminal_writes(
+            RunGeneration::Seed,
+            &rows("completed", &output, None, &run_meta, &sub_meta),
+        );
+        assert_eq!(
+            writes,
+            vec![
+                OutboxWrite::update_if_running(
+                    "subagent_runs",
+                    "r1",
+                    json!({"status": "completed", "output": output, "error": null,
+                           "completed_at": "2026-01-01T00:00:00.000Z", "metadata": run_meta})
+                ),
+                OutboxWrite::update_if_running(
+                    "subagents",
+                    "s1",
+                    json!({"status": "completed", "output": output, "error": null,
+                           "completed_at": "2026-01-01T00:00:00.000Z", "metadata": sub_meta})
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn accepted_terminal_state_goes_through_finalize_with_the_seed_writes_as_fallback() {
+        let run_meta = meta(json!({"exit_code": 1, "stderr": "boom"}));
+        let sub_meta = meta(json!({}));
+        let envelope = error_envelope("Claude failed");
+        let t = rows(
+            "failed",
+            &envelope,
+            Some("Claude failed"),
+            &run_meta,
+            &sub_meta,
+        );
+        let seed = terminal_writes(RunGeneration::Seed, &t);
+        let writes = terminal_writes(RunGeneration::Accepted, &t);
+        let [OutboxWrite::FunctionOrFallback {
+            name,
+            body,
+            fallback,
+        }] = writes.as_slice()
+        else {
+            panic!("one finalize write: {writes:?}")
+        };
+        assert_eq!(name, FINALIZE_FUNCTION);
+        assert_eq!(fallback, &seed);
+        // §5.3: `output` only for completed runs, the envelope as
+        // `failure_output` otherwise.
+        assert_eq!(
+            body,
+            &json!({
+                "subagent_id": "s1", "run_id": "r1", "final_status": "failed",
+                "output": null, "failure_output": envelope, "final_error": "Claude failed",
+                "completed_at": "2026-01-01T00:00:00.000Z", "stderr": "boom",
+                "metadata_patch": run_meta,
+            })
+        );
+    }
+}
