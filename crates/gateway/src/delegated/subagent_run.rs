@@ -714,16 +714,23 @@ async fn run_attempt(
 /// when the job was decoded.
 pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload) -> HandlerOutcome {
     let sid = payload.subagent_id.clone();
-    // Row 2.
-    let sub = match gw
+    // Row 2: the row, read once and typed.
+    let row = gw
         .client
         .from("subagents")
         .select("*")
         .eq("id", sid.as_str())
         .maybe_single()
         .await
-    {
-        Ok(Some(s)) => s,
+        .map(|row| row.map(serde_json::from_value::<SubagentRow>));
+    let sub = match row {
+        Ok(Some(Ok(s))) => s,
+        Ok(Some(Err(e))) => {
+            return HandlerOutcome::cancelled_skip(
+                json!({"message": "Subagent not found", "subagent_id": sid}),
+                format!("The subagent row could not be read: {e}; fix the row's column values"),
+            )
+        }
         Ok(None) => {
             return HandlerOutcome::cancelled_skip(
                 json!({"message": "Subagent not found", "subagent_id": sid}),
@@ -738,7 +745,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload)
         }
     };
     // Row 3.
-    let assigned = sub.get("gateway_id").and_then(Value::as_str);
+    let assigned = sub.gateway_id.as_deref();
     if assigned != Some(gw.gateway_id.as_str()) {
         return HandlerOutcome::cancelled_skip(
             json!({"message": "Subagent is assigned to a different gateway", "subagent_id": sid,
@@ -747,12 +754,6 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload)
         );
     }
     // Which generation: did the control plane accept this run already?
-    // A row the typed reader cannot take (an odd column value) is read as
-    // the seed generation: the checks below look at the raw row, as before.
-    let typed: SubagentRow = serde_json::from_value(sub.clone()).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, subagentId = %sid, "Subagent row does not match the typed reader");
-        SubagentRow::default()
-    });
     let payload_run_id = payload
         .run_id
         .as_deref()
@@ -765,24 +766,20 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload)
     };
     let generation = run_generation(
         payload_run_id.as_deref(),
-        &typed,
+        &sub,
         matches!(accepted_read, Some(AcceptedRunRead::Found(_))),
     );
     if generation == RunGeneration::Accepted {
         // Rows 3a–3b.
         if let Err(outcome) =
-            check_accepted_subagent(&typed, payload_run_id.as_deref().unwrap_or_default())
+            check_accepted_subagent(&sub, payload_run_id.as_deref().unwrap_or_default())
         {
             return outcome;
         }
     }
     tracing::info!(subagentId = %sid, generation = ?generation, "Subagent run job");
     // Row 4.
-    let subagent_type = sub
-        .get("subagent_type")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let subagent_type = sub.subagent_type.clone();
     let adapter = cancel_adapter_for(&subagent_type);
     let provider = (adapter.runner == Some(Runner::Gateway))
         .then_some(adapter.adapter_id)
@@ -795,7 +792,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload)
         );
     };
     // Row 5.
-    let input = sub.get("input").cloned().unwrap_or(Value::Null);
+    let input = sub.input.clone().unwrap_or(Value::Null);
     let Some(prompt) = prompt_of(&input) else {
         return HandlerOutcome::failure(
             json!({"message": "Missing prompt in subagent input", "subagent_id": sid}),
@@ -822,7 +819,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload)
         return HandlerOutcome::failure_message(message);
     }
     // Row 8.
-    let raw_config = sub.get("config").cloned().unwrap_or_else(|| json!({}));
+    let raw_config = sub.config.clone();
     let config = SubagentConfig::from_value(&raw_config);
     let (command, flags) = gw.delegated.providers.command_and_flags(provider);
     let decision = resolve_full_control(
@@ -836,7 +833,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload)
     );
     tracing::info!(subagentId = %sid, requested = decision.requested, effective = decision.effective, "Resolved subagent full-control state");
     // Row 9.
-    let sub_metadata = obj(sub.get("metadata").unwrap_or(&Value::Null));
+    let sub_metadata = obj(&sub.metadata);
     let previous_session = sub_metadata
         .get("session_id")
         .and_then(Value::as_str)
@@ -880,11 +877,11 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload)
             None => allocate_sequence(gw, &sid).await,
         },
     };
-    let team_id = sub
-        .get("team_id")
-        .and_then(Value::as_str)
-        .unwrap_or(&gw.team_id)
-        .to_string();
+    let team_id = if sub.team_id.is_empty() {
+        gw.team_id.clone()
+    } else {
+        sub.team_id.clone()
+    };
     let mut start_metadata = obj(&json!({
         "schema_version": SUBAGENT_SCHEMA_VERSION, "runner": "gateway", "adapter_id": provider.as_str(),
         "subagent_type": subagent_type, "run_id": run_id, "run_sequence": run_sequence,
