@@ -69,7 +69,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
         }
         if let Some(detail) = r.failure_detail(plan.timeout_ms) {
             let message = provider_failure_message(provider, Some(&detail));
-            super::run_outcome::record_run_outcome(gw, provider, false, Some(&detail), "model_run", job_id, None).await;
+            super::run_outcome::record_run_outcome(gw, provider, false, Some(&detail), "model_run", job_id, None);
             return HandlerOutcome::failure(
                 json!({"message": message, "exit_code": r.exit_code, "stderr": r.stderr, "stdout": r.stdout,
                        "command": shown, "error_summary": detail}),
@@ -81,7 +81,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
                 Ok(v) => v,
                 Err(e) => {
                     let message = e.to_string();
-                    super::run_outcome::record_run_outcome(gw, provider, false, Some(&message), "model_run", job_id, None).await;
+                    super::run_outcome::record_run_outcome(gw, provider, false, Some(&message), "model_run", job_id, None);
                     return HandlerOutcome::failure(
                         json!({"message": message, "stdout": r.stdout, "stderr": r.stderr, "command": shown}),
                         message,
@@ -90,7 +90,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
             },
             OutputFormat::Text => json!(extract_model_run_text(&r.stdout)),
         };
-        super::run_outcome::record_run_outcome(gw, provider, true, None, "model_run", job_id, None).await;
+        super::run_outcome::record_run_outcome(gw, provider, true, None, "model_run", job_id, None);
         let last = last_json_object(&r.stdout);
         let usage = last.as_ref().and_then(|v| v.get("usage").or_else(|| v.get("stats")).cloned());
         let model = last

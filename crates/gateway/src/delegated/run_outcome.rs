@@ -14,7 +14,7 @@ use crate::timestamp::now_iso;
 /// (which rebuilds its capabilities and heartbeats before the job's
 /// completion is queued, see `ProviderState::take_health_changed`), and
 /// emit `provider_unhealthy` when it became non-healthy.
-pub async fn record_run_outcome(
+pub fn record_run_outcome(
     gw: &JobContext,
     provider: ProviderId,
     ok: bool,

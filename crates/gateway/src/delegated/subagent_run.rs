@@ -1297,8 +1297,7 @@ async fn attempts(
             "subagent_run",
             job_id,
             Some(&ctx.run_id),
-        )
-        .await;
+        );
         if let Some(upstream) = ctx.closed_upstream().await {
             return ctx.stand_down(&upstream);
         }
