@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use panorama_gateway::shell::proctree::pid_alive;
+use panorama_gateway::contain::pid_alive;
 use panorama_gateway::shell::{
     handle_shell_exec_job, handle_shell_session_job, shell_outcome, GateInputs, ShellContext,
     ShellControlState, ShellIdentity, ShellJobError, ShellSessions, ShellSessionsConfig,

@@ -93,7 +93,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             super::providers::record_run_outcome(gw, provider, false, Some(&detail), "model_run", &job.id, None).await;
             return HandlerOutcome::failure(
                 json!({"message": message, "exit_code": r.exit_code, "stderr": r.stderr, "stdout": r.stdout,
-                       "command": shown, "error_summary": detail}),
+                       "command": shown, "error_summary": detail, "resource_usage": r.resource_usage.as_ref().map(|u| u.to_value())}),
                 message,
             );
         }
@@ -122,7 +122,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             "output": output, "raw": r.stdout, "usage": usage, "model": model,
             "duration_ms": r.duration_ms, "exit_code": r.exit_code,
             "stdout_truncated": r.stdout_truncated, "stderr_truncated": r.stderr_truncated,
-            "command": shown,
+            "command": shown, "resource_usage": r.resource_usage.as_ref().map(|u| u.to_value()),
         }))
     }
     .await;

@@ -340,6 +340,8 @@ struct Terminal {
     retry_max_attempts: u32,
     stderr: String,
     adapter_metadata: Map<String, Value>,
+    /// The final attempt's `resource_usage` (contain::ResourceUsage).
+    resource_usage: Value,
 }
 
 impl RunCtx<'_> {
@@ -375,6 +377,9 @@ impl RunCtx<'_> {
             "cancellation_scope": cancel.map(|_| "gateway"),
             "full_control_denied_reason": null,
         }));
+        if !t.resource_usage.is_null() {
+            term.insert("resource_usage".into(), t.resource_usage.clone());
+        }
         if !t.stderr.trim().is_empty() {
             term.insert(
                 "stderr".into(),
@@ -1070,6 +1075,11 @@ async fn attempts(
         terminal.parse_error = a.adapter.parse_error.clone();
         terminal.stderr = a.process.stderr.clone();
         terminal.adapter_metadata = a.adapter.metadata.clone();
+        terminal.resource_usage = a
+            .process
+            .resource_usage
+            .as_ref()
+            .map_or(Value::Null, |u| u.to_value());
         if let Some(cancel) = run.cancelled() {
             return ctx.finish_cancelled(&cancel, &terminal);
         }
@@ -1165,6 +1175,7 @@ async fn attempts(
             ctx.persist_terminal("completed", &output, None, &metadata);
             return HandlerOutcome::success(json!({
                 "subagent_id": ctx.sid, "status": "completed", "output": output, "error": null,
+                "resource_usage": terminal.resource_usage,
             }));
         }
         let message = provider_failure_message(provider, detail.as_deref());
@@ -1183,7 +1194,7 @@ async fn attempts(
         return HandlerOutcome {
             skip_subagent_failure: true,
             ..HandlerOutcome::failure(
-                json!({"subagent_id": ctx.sid, "status": "failed", "output": null, "error": message}),
+                json!({"subagent_id": ctx.sid, "status": "failed", "output": null, "error": message, "resource_usage": terminal.resource_usage}),
                 message.clone(),
             )
         };

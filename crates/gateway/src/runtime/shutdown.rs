@@ -17,8 +17,8 @@ use panorama_protocol::status::GatewayStatus;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::ingress::IngressHandle;
-use super::procgroup::KILL_GRACE;
 use super::{heartbeat, jobs, Gateway, OUTBOX_FLUSH_TIMEOUT_MS, SHUTDOWN_GRACE_MS};
+use crate::contain::KILL_GRACE;
 use crate::error::{GatewayError, Result};
 use crate::pidfile;
 
