@@ -1072,6 +1072,9 @@ fn watch_limits(job: &Arc<Job>) {
 }
 
 #[cfg(test)]
+mod process_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
