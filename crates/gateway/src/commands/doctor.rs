@@ -68,7 +68,7 @@ pub fn run(ctx: &Context, json_output: bool) -> Result<()> {
                         .to_string()
                     }),
                 ),
-                Row::new(
+                Row::verbose(
                     "Process containment",
                     Some(format!(
                         "{} ({})",

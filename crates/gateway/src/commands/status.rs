@@ -189,7 +189,7 @@ pub fn run(ctx: &Context, json: bool) -> Result<()> {
                     .full_control_enabled
                     .map(|on| if on { "Enabled" } else { "Disabled" }.to_string()),
             ),
-            Row::new(
+            Row::verbose(
                 "Process containment",
                 report.process_containment["mode"]
                     .as_str()

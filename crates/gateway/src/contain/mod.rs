@@ -565,7 +565,6 @@ pub fn init(config_dir: &Path, sweep: bool) -> Result<&'static Containment, Sett
     let identity = std::fs::canonicalize(config_dir).unwrap_or_else(|_| config_dir.to_path_buf());
     let c = CURRENT
         .get_or_init(|| Containment::detect(&identity.display().to_string(), setting, limits));
-    tracing::info!(containment = %c.report_value(), "Process containment");
     if sweep && c.is_cgroup() {
         let (cgroups, pids) = c.sweep_leftovers();
         if cgroups > 0 {

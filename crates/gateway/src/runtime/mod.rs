@@ -445,6 +445,7 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     // kill -9) are emptied and removed now.
     let containment = crate::contain::init(&paths.config_dir, other_live.is_none())
         .map_err(|e| GatewayError::cli("Invalid process containment setting.", e.to_string()))?;
+    tracing::info!(containment = %containment.report_value(), "Process containment");
     if let Err(e) = std::fs::write(
         paths.config_dir.join(crate::contain::STATE_FILE),
         containment.report_value().to_string(),
