@@ -483,6 +483,36 @@ impl Containment {
         (names.len(), killed)
     }
 
+    /// At the end of a shutdown: empty and remove job cgroups still there
+    /// (a job whose task was aborted), then this gateway's parent cgroups
+    /// (left in place if something else is in them).
+    pub fn release(&self) {
+        if !self.is_cgroup() {
+            return;
+        }
+        // Only this process's jobs: another live process of this gateway
+        // (refused to take over) keeps its own.
+        let names: Vec<String> = lock(&LIVE_JOBS).iter().cloned().collect();
+        for name in names {
+            let dirs = self.dirs_named(&name);
+            let survivors = kill_dirs(&dirs, self.report.kill);
+            if !survivors.is_empty() {
+                tracing::error!(cgroup = %name, survivors = ?survivors, "Job processes survived the shutdown kill");
+            }
+            for d in &dirs {
+                let _ = remove_cgroup(&d.path);
+            }
+            lock(&LIVE_JOBS).remove(&name);
+        }
+        for p in &self.places {
+            if let Err(e) = std::fs::remove_dir(&p.parent) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::debug!(cgroup = %p.parent.display(), error = %e, "Parent cgroup kept");
+                }
+            }
+        }
+    }
+
     /// A new job: its own cgroup (or a tree tag where there is none, or
     /// where creating the cgroup fails — logged).
     pub fn job(&'static self, label: &str) -> Arc<Job> {
@@ -529,6 +559,7 @@ impl Containment {
                 (None, Some(files)) => {
                     job.dirs = dirs;
                     job.procs_files = Arc::new(files);
+                    lock(&LIVE_JOBS).insert(job.name.clone());
                 }
                 (failure, _) => {
                     for p in created {
@@ -548,6 +579,9 @@ impl Containment {
 // ---------------------------------------------------------- the global
 
 static CURRENT: OnceLock<Containment> = OnceLock::new();
+/// Names of the job cgroups this process created and has not removed yet.
+static LIVE_JOBS: Mutex<std::collections::BTreeSet<String>> =
+    Mutex::new(std::collections::BTreeSet::new());
 
 fn settings_from_env() -> Result<(Setting, Limits), SettingError> {
     let env = crate::paths::process_env;
@@ -990,6 +1024,7 @@ impl Job {
             survivors,
         };
         lock(&self.state).finished = Some(done.clone());
+        lock(&LIVE_JOBS).remove(&self.name);
         done
     }
 

@@ -232,3 +232,40 @@ fn a_process_limited_fork_loop_is_stopped_and_the_machine_stays_usable() {
         .success());
     remove_parents(c);
 }
+
+#[test]
+fn the_pty_trampoline_places_the_program_in_the_job_cgroup_before_it_runs() {
+    let c = containment(Setting::Auto, Limits::default());
+    if !c.is_cgroup() {
+        eprintln!(
+            "SKIPPED: no writable cgroup hierarchy here: {}",
+            c.report().reason
+        );
+        return;
+    }
+    let job = c.job("unit-trampoline");
+    // The program reports its own cgroups: it must already be in the job's.
+    let (program, args) = job.trampoline(Path::new("/bin/cat"), &["/proc/self/cgroup".into()]);
+    assert_eq!(program, Path::new("/bin/sh"));
+    let out = std::process::Command::new(&program)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let in_job = text.lines().filter(|l| l.ends_with(&job.name)).count();
+    assert_eq!(
+        in_job,
+        c.report().parents.len(),
+        "one line per hierarchy in use:\n{text}"
+    );
+    job.finish();
+    remove_parents(c);
+    // The fallback leaves the command as it is.
+    let off = containment(Setting::Off, Limits::default()).job("unit-trampoline-off");
+    let (program, args) = off.trampoline(Path::new("/bin/cat"), &["x".into()]);
+    assert_eq!(
+        (program.as_path(), args),
+        (Path::new("/bin/cat"), vec!["x".to_string()])
+    );
+}

@@ -142,6 +142,8 @@ pub async fn perform_shutdown(
     }
     // 8. Close every shell session (local only).
     super::shell_glue::close_all_sessions(gw).await;
+    // No job runs any more: what is left of one in a cgroup goes now.
+    let _ = tokio::task::spawn_blocking(|| crate::contain::current().release()).await;
     // Deliver outcomes before announcing `offline`.
     if !gw
         .outbox
