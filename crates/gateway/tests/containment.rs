@@ -43,6 +43,15 @@ fn test_start() -> u64 {
     procs::stat(std::process::id() as i32).unwrap().start
 }
 
+/// Now, in clock ticks since boot (the unit of a process's start time).
+fn now_ticks() -> u64 {
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap();
+    let secs: f64 = uptime.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (secs * hz) as u64
+}
+
 /// The `sleep base+k` processes of this test alive now.
 fn existing_sleepers(base: u32) -> Vec<(i32, u64)> {
     let min = test_start();
@@ -53,23 +62,16 @@ fn existing_sleepers(base: u32) -> Vec<(i32, u64)> {
 
 /// Waits until `sleep base+1` … `sleep base+4` all run; their `(pid, start)`.
 fn sleepers(base: u32) -> Vec<(i32, u64)> {
-    sleepers_except(base, &[])
+    sleepers_since(base, test_start())
 }
 
-/// [`sleepers`], not counting the processes in `old` (escapees of the
+/// [`sleepers`] that started at or after `min` (not escapees of the
 /// fallback from an earlier agent start, e.g. provider validation).
-fn sleepers_except(base: u32, old: &[(i32, u64)]) -> Vec<(i32, u64)> {
-    let min = test_start();
+fn sleepers_since(base: u32, min: u64) -> Vec<(i32, u64)> {
     let deadline = Instant::now() + WAIT;
     loop {
         let found: Vec<Vec<(i32, u64)>> = (1..=4)
-            .map(|k| {
-                let n = (base + k).to_string();
-                procs::find_by_argv(&["sleep", &n], min)
-                    .into_iter()
-                    .filter(|p| !old.contains(p))
-                    .collect()
-            })
+            .map(|k| procs::find_by_argv(&["sleep", &(base + k).to_string()], min))
             .collect();
         if found.iter().all(|f| f.len() == 1) {
             return found.into_iter().flatten().collect();
@@ -207,6 +209,7 @@ fn agent_cancel(mode: Mode, base: u32) {
     );
     // Under the fallback, the agent runs of provider validation at start
     // already leaked their env -i + setsid sleepers (the known escape).
+    std::thread::sleep(Duration::from_millis(300));
     let leaked_at_start = existing_sleepers(base);
     eprintln!("sleepers leaked by provider validation ({mode:?}): {leaked_at_start:?}");
     kill_all(&leaked_at_start);
@@ -214,11 +217,12 @@ fn agent_cancel(mode: Mode, base: u32) {
         assert!(leaked_at_start.is_empty(), "{leaked_at_start:?}");
     }
     let run_id = new_id();
+    let submitted = now_ticks();
     let job = node.job(
         "subagent_run",
         json!({"subagent_id": sid, "run_id": run_id}),
     );
-    let pids = sleepers_except(base, &leaked_at_start);
+    let pids = sleepers_since(base, submitted);
     let cancel = node.job(
         "subagent_cancel",
         json!({"subagent_id": sid, "run_id": run_id, "reason": "containment test"}),
