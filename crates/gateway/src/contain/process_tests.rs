@@ -82,6 +82,47 @@ fn a_cgroup_job_kills_what_left_the_tree_and_cleared_its_environment() {
         );
         return;
     }
+    hostile_tree_is_killed(c);
+}
+
+/// The detected containment reduced to its v1 hierarchies, killing with
+/// the freezer: the path of a host without cgroup v2 (or without
+/// `cgroup.kill`). `None` where there is no v1 freezer.
+fn v1_freezer_only() -> Option<&'static Containment> {
+    let id = format!("unit-test-{}", uuid::Uuid::new_v4());
+    let mut c = Containment::detect(&id, Setting::Auto, Limits::default());
+    remove_parents(&c); // the v2 parent is not used; v1 ones are re-made
+    c.places.retain(|p| p.version == Version::V1);
+    if !c
+        .places
+        .iter()
+        .any(|p| p.controllers.iter().any(|x| x == "freezer"))
+    {
+        return None;
+    }
+    for p in &c.places {
+        std::fs::create_dir_all(&p.parent).unwrap();
+    }
+    c.report.parents = c
+        .places
+        .iter()
+        .map(|p| p.parent.display().to_string())
+        .collect();
+    c.report.kill = KillMethod::Freezer;
+    c.report.mode = "cgroup_v1";
+    Some(Box::leak(Box::new(c)))
+}
+
+#[test]
+fn the_v1_freezer_kill_also_gets_every_escapee() {
+    let Some(c) = v1_freezer_only() else {
+        eprintln!("SKIPPED: no cgroup v1 freezer here");
+        return;
+    };
+    hostile_tree_is_killed(c);
+}
+
+fn hostile_tree_is_killed(c: &'static Containment) {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("pids");
     let job = c.job("unit-hostile");
