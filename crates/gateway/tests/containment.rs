@@ -341,6 +341,15 @@ fn a_restart_after_kill_9_reaps_what_the_dead_gateway_left() {
 #[test]
 fn limits_stop_a_job_with_an_error_naming_the_limit() {
     let hub = Hub::start();
+    let transcripts = tempfile::tempdir().unwrap();
+    let hold = hold_transcript(transcripts.path()).display().to_string();
+    // The agent's "tool call" allocates 256 MiB once `go` exists (not
+    // during provider validation at start).
+    let go = transcripts.path().join("go");
+    let agent_alloc = format!(
+        "[ -e '{}' ] && python3 -c \"x = b'a' * (256 << 20); import time; time.sleep(60)\"",
+        go.display()
+    );
     let mut node = Node::new(
         &hub,
         "limits",
@@ -349,6 +358,7 @@ fn limits_stop_a_job_with_an_error_naming_the_limit() {
             Mode::Auto.env(),
             ("PANORAMA_GATEWAY_JOB_MEMORY_MAX", "64M"),
             ("PANORAMA_GATEWAY_JOB_PIDS_MAX", "50"),
+            ("FAKE_AGENT_SHELL", &agent_alloc),
         ],
     );
     node.start();
@@ -409,6 +419,34 @@ fn limits_stop_a_job_with_an_error_naming_the_limit() {
     let ok = run("echo still usable");
     assert_eq!(ok["success"], true, "{ok}");
     assert_eq!(ok["stdout"], "still usable\n");
+    // An agent run whose tool call allocates 256 MiB: the run fails naming
+    // the limit, and its metadata says which limit stopped it.
+    std::fs::write(&go, "").unwrap();
+    let sid = node.subagent(
+        "claude_code_gateway",
+        json!({}),
+        &format!("allocate [[fake:{hold}]]"),
+    );
+    let job = node.job("subagent_run", json!({"subagent_id": sid}));
+    let row = node.wait_job(&job);
+    let runs = hub.select("subagent_runs", &format!("subagent_id=eq.{sid}"));
+    eprintln!(
+        "agent run: error={} usage={}",
+        runs[0]["error"], runs[0]["metadata"]["resource_usage"]
+    );
+    assert_eq!(row["result"]["status"], "failed", "{row}");
+    assert!(
+        runs[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("memory limit of 64 MiB"),
+        "{}",
+        runs[0]
+    );
+    assert_eq!(
+        runs[0]["metadata"]["resource_usage"]["limit_exceeded"],
+        "memory"
+    );
     node.terminate();
 }
 

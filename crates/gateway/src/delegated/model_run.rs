@@ -89,8 +89,14 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             );
         }
         if let Some(detail) = r.failure_detail(plan.timeout_ms) {
-            let message = provider_failure_message(provider, Some(&detail));
-            super::providers::record_run_outcome(gw, provider, false, Some(&detail), "model_run", &job.id, None).await;
+            // A job stopped at its resource limit says nothing about the provider.
+            let message = match r.limit_hit {
+                Some(hit) => hit.message(),
+                None => {
+                    super::providers::record_run_outcome(gw, provider, false, Some(&detail), "model_run", &job.id, None).await;
+                    provider_failure_message(provider, Some(&detail))
+                }
+            };
             return HandlerOutcome::failure(
                 json!({"message": message, "exit_code": r.exit_code, "stderr": r.stderr, "stdout": r.stdout,
                        "command": shown, "error_summary": detail, "resource_usage": r.resource_usage.as_ref().map(|u| u.to_value())}),

@@ -1155,16 +1155,19 @@ async fn attempts(
         }
         terminal.retry_count = attempt - 1;
         let detail = error_text.clone();
-        super::providers::record_run_outcome(
-            gw,
-            provider,
-            ok,
-            detail.as_deref(),
-            "subagent_run",
-            &job.id,
-            Some(&ctx.run_id),
-        )
-        .await;
+        // A job stopped at its resource limit says nothing about the provider.
+        if a.process.limit_hit.is_none() {
+            super::providers::record_run_outcome(
+                gw,
+                provider,
+                ok,
+                detail.as_deref(),
+                "subagent_run",
+                &job.id,
+                Some(&ctx.run_id),
+            )
+            .await;
+        }
         if ok {
             ctx.sink.emit(
                 RunEventType::RunCompleted,
@@ -1178,7 +1181,10 @@ async fn attempts(
                 "resource_usage": terminal.resource_usage,
             }));
         }
-        let message = provider_failure_message(provider, detail.as_deref());
+        let message = match a.process.limit_hit {
+            Some(hit) => hit.message(),
+            None => provider_failure_message(provider, detail.as_deref()),
+        };
         ctx.sink.emit(
             RunEventType::RunFailed,
             json!({"reason": message, "duration_ms": ctx.duration_ms(), "parse_error": terminal.parse_error}),
