@@ -152,7 +152,8 @@ struct Place {
 pub enum KillMethod {
     /// v2 `cgroup.kill`.
     CgroupKill,
-    /// v1 freezer: freeze, SIGKILL every task, thaw.
+    /// Freeze (v1 freezer, else v2 `cgroup.freeze`), SIGKILL every task,
+    /// thaw.
     Freezer,
     /// SIGKILL every task of the cgroup until it is empty.
     SignalLoop,
@@ -367,7 +368,11 @@ impl Containment {
                 .any(|p| p.version == Version::V2 && p.parent.join("cgroup.kill").exists())
         {
             KillMethod::CgroupKill
-        } else if has("freezer") {
+        } else if has("freezer")
+            || places
+                .iter()
+                .any(|p| p.version == Version::V2 && p.parent.join("cgroup.freeze").exists())
+        {
             KillMethod::Freezer
         } else {
             KillMethod::SignalLoop
@@ -688,21 +693,28 @@ fn kill_dirs(dirs: &[JobDir], method: KillMethod) -> Vec<i32> {
     let freezer = dirs
         .iter()
         .find(|d| d.controllers.iter().any(|c| c == "freezer"));
+    // Frozen, no process of the job runs (or forks) while it is signalled.
+    let frozen_kill = |freeze: &dyn Fn(bool) -> io::Result<()>, path: &Path| match freeze(true) {
+        Ok(()) => {
+            for pid in members(dirs) {
+                signal_pid(pid, libc::SIGKILL);
+            }
+            freeze(false).is_ok()
+        }
+        Err(e) => {
+            let _ = freeze(false);
+            tracing::warn!(cgroup = %path.display(), error = %e, "Could not freeze a job cgroup; killing its processes one by one");
+            false
+        }
+    };
     let done = match (method, v2_dir, freezer) {
         (KillMethod::CgroupKill, Some(d), _) => v2::kill(&d.path).unwrap_or(false),
-        (KillMethod::Freezer, _, Some(f)) => match v1::set_frozen(&f.path, true) {
-            Ok(()) => {
-                for pid in members(dirs) {
-                    signal_pid(pid, libc::SIGKILL);
-                }
-                v1::set_frozen(&f.path, false).is_ok()
-            }
-            Err(e) => {
-                let _ = v1::set_frozen(&f.path, false);
-                tracing::warn!(cgroup = %f.path.display(), error = %e, "Could not freeze a job cgroup; killing its processes one by one");
-                false
-            }
-        },
+        (KillMethod::Freezer, _, Some(f)) => {
+            frozen_kill(&|on| v1::set_frozen(&f.path, on), &f.path)
+        }
+        (KillMethod::Freezer, Some(d), None) => {
+            frozen_kill(&|on| v2::set_frozen(&d.path, on), &d.path)
+        }
         _ => false,
     };
     if done && wait_empty(dirs, EMPTY_WAIT) {

@@ -50,11 +50,12 @@ fn alive_since(pid: i32, start: u64) -> bool {
 
 /// The hostile tree of issue 17, each escapee writing its own PID: a plain
 /// background child, a `setsid` one, and two that also clear their
-/// environment (one double-forked through a subshell).
+/// environment (one double-forked through a subshell). All ignore SIGTERM
+/// (inherited `SIG_IGN`), so only the kill ends them.
 fn hostile_script(pids: &Path) -> String {
     let f = pids.display();
     format!(
-        "echo $$ >> {f}; sh -c 'echo $$ >> {f}; exec sleep 771' & \
+        "trap '' TERM; echo $$ >> {f}; sh -c 'echo $$ >> {f}; exec sleep 771' & \
          setsid sh -c 'echo $$ >> {f}; exec sleep 772' & \
          (env -i setsid /bin/sh -c 'echo $$ >> {f}; exec sleep 773' &); \
          (env -i /bin/sh -c 'setsid /bin/sh -c \"echo \\$\\$ >> {f}; exec sleep 774\" &' &); \
@@ -113,6 +114,33 @@ fn v1_freezer_only() -> Option<&'static Containment> {
     Some(Box::leak(Box::new(c)))
 }
 
+/// The detected containment reduced to cgroup v2, killing with
+/// `cgroup.freeze` (a kernel without `cgroup.kill`).
+fn v2_freeze_only() -> Option<&'static Containment> {
+    let id = format!("unit-test-{}", uuid::Uuid::new_v4());
+    let mut c = Containment::detect(&id, Setting::Auto, Limits::default());
+    remove_parents(&c);
+    c.places.retain(|p| p.version == Version::V2);
+    let p = c.places.first()?;
+    std::fs::create_dir_all(&p.parent).unwrap();
+    if !p.parent.join("cgroup.freeze").exists() {
+        return None;
+    }
+    c.report.parents = vec![p.parent.display().to_string()];
+    c.report.kill = KillMethod::Freezer;
+    c.report.mode = "cgroup_v2";
+    Some(Box::leak(Box::new(c)))
+}
+
+#[test]
+fn the_v2_freeze_kill_also_gets_every_escapee() {
+    let Some(c) = v2_freeze_only() else {
+        eprintln!("SKIPPED: no cgroup v2 with cgroup.freeze here");
+        return;
+    };
+    hostile_tree_is_killed(c);
+}
+
 #[test]
 fn the_v1_freezer_kill_also_gets_every_escapee() {
     let Some(c) = v1_freezer_only() else {
@@ -138,6 +166,7 @@ fn hostile_tree_is_killed(c: &'static Containment) {
     let took = started.elapsed();
     let _ = child.wait();
     assert!(report.survivors.is_empty(), "{report:?}");
+    assert!(report.killed, "SIGTERM is ignored: the kill path ran");
     let alive: Vec<_> = pids.iter().filter(|(p, s)| alive_since(*p, *s)).collect();
     assert!(alive.is_empty(), "survivors: {alive:?}");
     assert!(

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::limits::{LimitHit, Limits};
 use super::{keyed_value, read_u64, write_file};
@@ -18,6 +19,27 @@ pub fn kill(dir: &Path) -> io::Result<bool> {
     }
     write_file(&file, "1")?;
     Ok(true)
+}
+
+/// `cgroup.freeze` (kernels 5.2–5.13 have it but no `cgroup.kill`):
+/// freeze (`true`) or thaw, waiting (bounded) for `frozen` in
+/// `cgroup.events` when freezing.
+pub fn set_frozen(dir: &Path, frozen: bool) -> io::Result<()> {
+    write_file(&dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+    if !frozen {
+        return Ok(());
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let events = std::fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+        if keyed_value(&events, "frozen") == Some(1) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::other("cgroup did not freeze within 2 s"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// `populated` of `cgroup.events`; `None` when it cannot be read (gone).
