@@ -9,7 +9,8 @@
 //! the same before `exec`), so every descendant — also one that scrubs its
 //! environment and calls `setsid` — stays in it. Stopping a job signals
 //! every process of the cgroup; killing it uses `cgroup.kill` (v2), else
-//! freeze + SIGKILL + thaw (v1 freezer), else SIGKILL in a loop, and waits
+//! freeze + SIGKILL + thaw (v1 freezer or v2 `cgroup.freeze`), else SIGKILL
+//! in a loop, and waits
 //! until the cgroup is empty before removing it.
 //!
 //! One parent cgroup per gateway (named from its config directory), job
