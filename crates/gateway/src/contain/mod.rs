@@ -55,6 +55,9 @@ pub const CAPABILITY_KEY: &str = "process_containment";
 /// containment for `status --json`.
 pub const STATE_FILE: &str = "containment.json";
 
+/// The job label of provider `--version`/`--help` probes.
+pub const PROBE_LABEL: &str = "provider_probe";
+
 /// SIGTERM → SIGKILL grace for timeouts and shutdown of job children (the
 /// spec's `PROCESS_KILL_GRACE_MS`, control-plane.md §15.2).
 pub const KILL_GRACE: Duration = Duration::from_millis(2_000);
@@ -1030,7 +1033,12 @@ impl Job {
         if !survivors.is_empty() {
             tracing::error!(job = %self.label, survivors = ?survivors, "Job processes survived the kill");
         }
-        tracing::info!(job = %self.label, cgroup = %self.name, resource_usage = %usage.to_value(), "Job processes ended");
+        if self.label == PROBE_LABEL {
+            // Every 30 s per provider: not worth an info line each.
+            tracing::debug!(job = %self.label, cgroup = %self.name, resource_usage = %usage.to_value(), "Job processes ended");
+        } else {
+            tracing::info!(job = %self.label, cgroup = %self.name, resource_usage = %usage.to_value(), "Job processes ended");
+        }
         let done = Finished {
             usage,
             limit_hit: hit,
