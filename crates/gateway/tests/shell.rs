@@ -969,7 +969,11 @@ async fn shell_exec_output_exit_code_and_truncation() {
     assert_eq!(r["cwd"], "/");
     assert_eq!(r["resource_id"], "res-1");
     assert_eq!(r["shell"], "/bin/bash");
-    assert_eq!(r["process_tree_contained"], false);
+    // True where the command ran in a cgroup of its own (contain module).
+    assert_eq!(
+        r["process_tree_contained"],
+        panorama_gateway::contain::current().is_cgroup()
+    );
     assert_eq!(r["error"], "Command exited with code 3");
 
     let ok = exec(&h, json!({"resource_id": "res-1", "command": "echo hello"}))

@@ -7,8 +7,8 @@ use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::cgroupfs::{keyed_value, read_u64, write_file};
 use super::limits::{weight_to_shares, LimitHit, Limits};
-use super::{keyed_value, read_u64, write_file};
 
 /// Freeze (`true`) or thaw the cgroup; waits (bounded) until the state is
 /// reached so no process of it runs (or forks) while it is signalled.

@@ -7,8 +7,8 @@ use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::cgroupfs::{keyed_value, read_u64, write_file};
 use super::limits::{LimitHit, Limits};
-use super::{keyed_value, read_u64, write_file};
 
 /// `cgroup.kill`: SIGKILL every process of the cgroup, atomically (no
 /// fork escapes it). `Ok(false)` when the kernel has no `cgroup.kill`.

@@ -380,6 +380,7 @@ impl ShellSessions {
         let spawned = spawn_pty(&program, &args, &env, &cwd, size)
             .map_err(|e| fail(format!("spawn {shell} {e}")))?;
         job.started(spawned.pid);
+        job.trampoline_done(spawned.pid).await;
         let session = Arc::new(Session {
             id: session_id.clone(),
             team_id: owner.team_id.clone(),
