@@ -24,6 +24,9 @@ pub(super) struct JobState {
     stop_at: Option<Instant>,
     limit_hit: Option<LimitHit>,
     finished: Option<Finished>,
+    /// Tree-tag fallback: the members found by the last signal (each
+    /// checked by start time before it is killed).
+    last_seen: Vec<tree::ProcStat>,
 }
 
 /// What a job's processes did, once they are all gone.
@@ -199,7 +202,9 @@ impl Job {
                 signal_pid(pid, signal);
             }
         } else if let Some(t) = leader {
-            tree::signal_members(t.leader, &tree::live_tree(&t), signal);
+            let found = tree::live_tree(&t);
+            tree::signal_members(t.leader, &found, signal);
+            lock(&self.state).last_seen = found;
         }
     }
 
@@ -235,7 +240,13 @@ impl Job {
             kill_dirs(&self.dirs, self.containment.report.kill)
         } else {
             match self.leader() {
-                Some(t) => tree::terminate_tree(&t, Duration::ZERO, &[]).survivors,
+                Some(t) => {
+                    // The members seen at the last signal die at once; the
+                    // (slow) `/proc` scan then finds the rest.
+                    let seen = std::mem::take(&mut lock(&self.state).last_seen);
+                    tree::signal_members(t.leader, &seen, libc::SIGKILL);
+                    tree::terminate_tree(&t, Duration::ZERO, &[]).survivors
+                }
                 None => Vec::new(),
             }
         }
