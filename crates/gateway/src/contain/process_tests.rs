@@ -73,16 +73,25 @@ fn spawn(job: &Arc<Job>, script: &str) -> std::process::Child {
     child
 }
 
-#[test]
-fn a_cgroup_job_kills_what_left_the_tree_and_cleared_its_environment() {
+/// The detected cgroup containment; `None` (said loudly) where the host
+/// has no writable hierarchy.
+fn cgroup_containment() -> Option<&'static Containment> {
     let c = containment(Setting::Auto, Limits::default());
     if !c.is_cgroup() {
         eprintln!(
             "SKIPPED: no writable cgroup hierarchy here: {}",
             c.report().reason
         );
-        return;
+        return None;
     }
+    Some(c)
+}
+
+#[test]
+fn a_cgroup_job_kills_what_left_the_tree_and_cleared_its_environment() {
+    let Some(c) = cgroup_containment() else {
+        return;
+    };
     hostile_tree_is_killed(c);
 }
 
@@ -305,14 +314,9 @@ fn a_process_limited_fork_loop_is_stopped_and_the_machine_stays_usable() {
 
 #[test]
 fn the_pty_trampoline_places_the_program_in_the_job_cgroup_before_it_runs() {
-    let c = containment(Setting::Auto, Limits::default());
-    if !c.is_cgroup() {
-        eprintln!(
-            "SKIPPED: no writable cgroup hierarchy here: {}",
-            c.report().reason
-        );
+    let Some(c) = cgroup_containment() else {
         return;
-    }
+    };
     let job = c.job("unit-trampoline");
     // The program reports its own cgroups: it must already be in the job's.
     let (program, args) = job.trampoline(Path::new("/bin/cat"), &["/proc/self/cgroup".into()]);
