@@ -320,15 +320,15 @@ fn a_restart_after_kill_9_reaps_what_the_dead_gateway_left() {
         4,
         "the dead gateway's job outlived it: {alive:?}"
     );
+    // The new process empties the dead one's job cgroups before it takes
+    // work (the hub row may still say `ready` from before: no wait on it).
     let restarted = Instant::now();
     node.start();
-    let ready = restarted.elapsed();
-    let (survivors, took) = reap_wait(&pids, SLACK);
+    let (survivors, _) = reap_wait(&pids, Duration::from_secs(10));
     eprintln!(
-        "kill -9 + restart: {} pids, survivors {survivors:?}, gateway ready after {} ms, reaped {} ms after ready",
+        "kill -9 + restart: {} pids, survivors {survivors:?}, reaped {} ms after the restart was launched",
         pids.len(),
-        ready.as_millis(),
-        took.as_millis()
+        restarted.elapsed().as_millis()
     );
     kill_all(&pids);
     assert!(
