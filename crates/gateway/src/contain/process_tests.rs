@@ -343,3 +343,36 @@ fn the_pty_trampoline_places_the_program_in_the_job_cgroup_before_it_runs() {
         (Path::new("/bin/cat"), vec!["x".to_string()])
     );
 }
+
+#[test]
+fn the_cpu_weight_and_limits_are_written_into_the_job_cgroups() {
+    let limits = Limits {
+        memory_bytes: Some(64 << 20),
+        max_processes: Some(50),
+        cpu_weight: Some(200),
+    };
+    let c = containment(Setting::Auto, limits);
+    if !c.is_cgroup() || !c.report().limits_unavailable.is_empty() {
+        eprintln!("SKIPPED: not every controller here: {:?}", c.report());
+        remove_parents(c);
+        return;
+    }
+    let job = c.job("unit-limits-written");
+    let read = |file: &str| -> Option<String> {
+        job.dirs
+            .iter()
+            .find_map(|d| std::fs::read_to_string(d.path.join(file)).ok())
+            .map(|t| t.trim().to_string())
+    };
+    // v2 names where the controller is there, else v1 names.
+    let cpu = read("cpu.weight").or_else(|| read("cpu.shares"));
+    assert!(
+        cpu.as_deref() == Some("200") || cpu.as_deref() == Some("2048"),
+        "{cpu:?}"
+    );
+    let mem = read("memory.max").or_else(|| read("memory.limit_in_bytes"));
+    assert_eq!(mem.as_deref(), Some("67108864"));
+    assert_eq!(read("pids.max").as_deref(), Some("50"));
+    job.finish();
+    remove_parents(c);
+}
