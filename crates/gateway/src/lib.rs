@@ -8,6 +8,7 @@ pub mod child_env;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod contain;
 pub mod control_plane;
 pub mod delegated;
 pub mod env;

@@ -15,14 +15,33 @@ use crate::registry::{ProviderId, ResolvedCommand};
 /// Timeout of `--version` and `--help` probes.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Prepares a probe's command before it spawns (the gateway places it in
+/// a cgroup of its own); what it returns is held until the probe has ended
+/// and then dropped (the gateway's job handle then kills what the probe
+/// left and removes its cgroup).
+pub type ProbeContainer =
+    std::sync::Arc<dyn Fn(&mut Command) -> Box<dyn std::any::Any + Send> + Send + Sync>;
+
 /// How to run a probe.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ProbeOptions {
     /// Full child environment (already scrubbed, runtime §3.1). `None`
     /// inherits the gateway's environment.
     pub env: Option<BTreeMap<String, String>>,
     /// Defaults to [`PROBE_TIMEOUT`].
     pub timeout: Option<Duration>,
+    /// Process containment for the probe's child, if any.
+    pub contain: Option<ProbeContainer>,
+}
+
+impl std::fmt::Debug for ProbeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeOptions")
+            .field("env", &self.env)
+            .field("timeout", &self.timeout)
+            .field("contain", &self.contain.is_some())
+            .finish()
+    }
 }
 
 /// Captured output of one probe run.
@@ -60,6 +79,8 @@ pub async fn run_probe(
     if let Some(env) = &options.env {
         cmd.env_clear().envs(env);
     }
+    // Held until the probe is over (also on timeout: dropped on return).
+    let _contained = options.contain.as_ref().map(|contain| contain(&mut cmd));
     let child = cmd
         .spawn()
         .map_err(|e| ProviderError::Spawn(spawn_error_message(command, &e)))?;

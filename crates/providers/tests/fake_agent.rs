@@ -79,6 +79,7 @@ async fn detection_through_argv0_and_all_flags() {
             &ProbeOptions {
                 env: Some(env_with(&[])),
                 timeout: None,
+                contain: None,
             },
         )
         .await;
@@ -119,6 +120,7 @@ async fn missing_cli_omitted_flags_and_timeouts() {
             "--permission-mode,--dangerously-skip-permissions".into(),
         )])),
         timeout: None,
+        contain: None,
     };
     let d = detect_provider(
         &resolve_command(
@@ -142,6 +144,7 @@ async fn missing_cli_omitted_flags_and_timeouts() {
     let opts = ProbeOptions {
         env: Some(env_with(&[("FAKE_AGENT_HOLD_MS", "5000".into())])),
         timeout: Some(Duration::from_millis(300)),
+        contain: None,
     };
     let started = std::time::Instant::now();
     let err = run_probe(&claude, &["-p", "hi"], &opts).await.unwrap_err();
@@ -160,6 +163,7 @@ async fn missing_cli_omitted_flags_and_timeouts() {
     let opts = ProbeOptions {
         env: Some(env_with(&[("FAKE_AGENT_VERSION_FAIL", "1".into())])),
         timeout: None,
+        contain: None,
     };
     let d = detect_provider(
         &resolve_command(

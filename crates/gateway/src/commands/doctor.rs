@@ -35,6 +35,7 @@ pub fn run(ctx: &Context, json_output: bool) -> Result<()> {
             ),
         }
     }
+    let containment = crate::contain::describe(&paths.config_dir);
     let mut report = json!({
         "config_dir": paths.config_dir.display().to_string(),
         "config_path": paths.config_path.display().to_string(),
@@ -45,6 +46,7 @@ pub fn run(ctx: &Context, json_output: bool) -> Result<()> {
         "fallback_from": prepared.migrated_from.as_ref().map(|p| p.display().to_string()),
         "providers": null,
         "any_provider_ready": null,
+        "process_containment": containment.clone(),
     });
     if !json_output {
         out.info(
@@ -65,6 +67,17 @@ pub fn run(ctx: &Context, json_output: bool) -> Result<()> {
                         }
                         .to_string()
                     }),
+                ),
+                Row::verbose(
+                    "Process containment",
+                    Some(format!(
+                        "{} ({})",
+                        containment["mode"].as_str().unwrap_or("unknown"),
+                        containment["reason"]
+                            .as_str()
+                            .or(containment["error"].as_str())
+                            .unwrap_or("")
+                    )),
                 ),
                 Row::verbose("Gateway ID", config.as_ref().map(|c| c.gateway_id.clone())),
                 Row::verbose("Team ID", config.as_ref().map(|c| c.team_id.clone())),

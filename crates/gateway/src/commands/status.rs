@@ -107,6 +107,9 @@ pub struct StatusReport {
     pub config_path: String,
     pub log_path: String,
     pub pid_path: String,
+    /// The process containment in force (the running gateway's record), or
+    /// the one a start would choose now (`"source": "detected"`).
+    pub process_containment: serde_json::Value,
 }
 
 pub fn collect(ctx: &Context) -> StatusReport {
@@ -140,7 +143,23 @@ pub fn collect(ctx: &Context) -> StatusReport {
         config_path: paths.config_path.display().to_string(),
         log_path: paths.log_path.display().to_string(),
         pid_path: paths.pid_path.display().to_string(),
+        process_containment: containment_status(&paths.config_dir, running),
     }
+}
+
+/// The running gateway's containment record, else a fresh detection.
+fn containment_status(config_dir: &std::path::Path, running: bool) -> serde_json::Value {
+    let recorded = std::fs::read_to_string(config_dir.join(crate::contain::STATE_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let (mut value, source) = match recorded.filter(|_| running) {
+        Some(v) => (v, "running_gateway"),
+        None => (crate::contain::describe(config_dir), "detected"),
+    };
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("source".into(), serde_json::json!(source));
+    }
+    value
 }
 
 pub fn run(ctx: &Context, json: bool) -> Result<()> {
@@ -169,6 +188,12 @@ pub fn run(ctx: &Context, json: bool) -> Result<()> {
                 report
                     .full_control_enabled
                     .map(|on| if on { "Enabled" } else { "Disabled" }.to_string()),
+            ),
+            Row::verbose(
+                "Process containment",
+                report.process_containment["mode"]
+                    .as_str()
+                    .map(str::to_string),
             ),
             Row::verbose("Device", report.device_name.clone()),
             Row::verbose("Gateway ID", report.gateway_id.clone()),

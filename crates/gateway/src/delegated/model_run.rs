@@ -68,11 +68,17 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
             );
         }
         if let Some(detail) = r.failure_detail(plan.timeout_ms) {
-            let message = provider_failure_message(provider, Some(&detail));
-            super::run_outcome::record_run_outcome(gw, provider, false, Some(&detail), "model_run", job_id, None);
+            // A job stopped at its resource limit says nothing about the provider.
+            let message = match r.limit_hit {
+                Some(hit) => hit.message(),
+                None => {
+                    super::run_outcome::record_run_outcome(gw, provider, false, Some(&detail), "model_run", job_id, None);
+                    provider_failure_message(provider, Some(&detail))
+                }
+            };
             return HandlerOutcome::failure(
                 json!({"message": message, "exit_code": r.exit_code, "stderr": r.stderr, "stdout": r.stdout,
-                       "command": shown, "error_summary": detail}),
+                       "command": shown, "error_summary": detail, "resource_usage": r.resource_usage.as_ref().map(|u| u.to_value())}),
                 message,
             );
         }
@@ -101,7 +107,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
             "output": output, "raw": r.stdout, "usage": usage, "model": model,
             "duration_ms": r.duration_ms, "exit_code": r.exit_code,
             "stdout_truncated": r.stdout_truncated, "stderr_truncated": r.stderr_truncated,
-            "command": shown,
+            "command": shown, "resource_usage": r.resource_usage.as_ref().map(|u| u.to_value()),
         }))
     }
     .await;

@@ -86,6 +86,12 @@ fn probe_options(paths: &GatewayPaths) -> ProbeOptions {
             &[],
         )),
         timeout: None,
+        // `--version`/`--help` probes run contained like every job.
+        contain: Some(std::sync::Arc::new(|cmd: &mut tokio::process::Command| {
+            let job = crate::contain::job(crate::contain::PROBE_LABEL);
+            job.prepare(cmd);
+            Box::new(job) as Box<dyn std::any::Any + Send>
+        })),
     }
 }
 

@@ -378,6 +378,8 @@ struct Terminal {
     retry_max_attempts: u32,
     stderr: String,
     adapter_metadata: Map<String, Value>,
+    /// The final attempt's `resource_usage` (contain::ResourceUsage).
+    resource_usage: Value,
 }
 
 impl RunCtx<'_> {
@@ -413,6 +415,9 @@ impl RunCtx<'_> {
             "cancellation_scope": cancel.map(|_| "gateway"),
             "full_control_denied_reason": null,
         }));
+        if !t.resource_usage.is_null() {
+            term.insert("resource_usage".into(), t.resource_usage.clone());
+        }
         if !t.stderr.trim().is_empty() {
             term.insert(
                 "stderr".into(),
@@ -1214,6 +1219,11 @@ async fn attempts(
         terminal.parse_error = a.adapter.parse_error.clone();
         terminal.stderr = a.process.stderr.clone();
         terminal.adapter_metadata = a.adapter.metadata.clone();
+        terminal.resource_usage = a
+            .process
+            .resource_usage
+            .as_ref()
+            .map_or(Value::Null, |u| u.to_value());
         if let Some(cancel) = run.cancelled() {
             return ctx.finish_cancelled(&cancel, &terminal).await;
         }
@@ -1289,15 +1299,18 @@ async fn attempts(
         }
         terminal.retry_count = attempt - 1;
         let detail = error_text.clone();
-        super::run_outcome::record_run_outcome(
-            gw,
-            provider,
-            ok,
-            detail.as_deref(),
-            "subagent_run",
-            job_id,
-            Some(&ctx.run_id),
-        );
+        // A job stopped at its resource limit says nothing about the provider.
+        if a.process.limit_hit.is_none() {
+            super::run_outcome::record_run_outcome(
+                gw,
+                provider,
+                ok,
+                detail.as_deref(),
+                "subagent_run",
+                job_id,
+                Some(&ctx.run_id),
+            );
+        }
         if let Some(upstream) = ctx.closed_upstream().await {
             return ctx.stand_down(&upstream);
         }
@@ -1311,9 +1324,13 @@ async fn attempts(
             ctx.persist_terminal("completed", &output, None, &metadata);
             return HandlerOutcome::success(json!({
                 "subagent_id": ctx.sid, "status": "completed", "output": output, "error": null,
+                "resource_usage": terminal.resource_usage,
             }));
         }
-        let message = provider_failure_message(provider, detail.as_deref());
+        let message = match a.process.limit_hit {
+            Some(hit) => hit.message(),
+            None => provider_failure_message(provider, detail.as_deref()),
+        };
         ctx.sink.emit(
             RunEventType::RunFailed,
             json!({"reason": message, "duration_ms": ctx.duration_ms(), "parse_error": terminal.parse_error}),
@@ -1329,7 +1346,7 @@ async fn attempts(
         return HandlerOutcome {
             skip_subagent_failure: true,
             ..HandlerOutcome::failure(
-                json!({"subagent_id": ctx.sid, "status": "failed", "output": null, "error": message}),
+                json!({"subagent_id": ctx.sid, "status": "failed", "output": null, "error": message, "resource_usage": terminal.resource_usage}),
                 message.clone(),
             )
         };

@@ -124,12 +124,22 @@ async fn send_locked(
     status: GatewayStatus,
     last: &mut Option<GatewayStatus>,
 ) -> bool {
-    let capabilities = gw
+    let mut capabilities = gw
         .lock()
         .capabilities
         .as_ref()
         .map(Capabilities::to_value)
         .unwrap_or_else(|| json!({}));
+    // An extra key in the host's free-form metadata: v1's shape is kept.
+    if let Some(meta) = capabilities
+        .pointer_mut("/hosts/gateway/metadata")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        meta.insert(
+            crate::contain::CAPABILITY_KEY.to_string(),
+            crate::contain::current().report_value(),
+        );
+    }
     let body = json!({
         "status": status.as_str(),
         "capabilities": capabilities,

@@ -17,7 +17,6 @@ pub mod heartbeat;
 pub mod ingress;
 pub mod jobs;
 pub mod pairing;
-pub mod procgroup;
 pub mod queue;
 pub mod restart;
 pub mod shell_glue;
@@ -439,6 +438,18 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     // ingress starts only once it succeeded.
     let other_live = pidfile::read_pid(&paths.pid_path)
         .filter(|pid| *pid != std::process::id() as i32 && pidfile::is_alive(*pid));
+    // Containment is chosen before any job process starts; with no other
+    // live process of this gateway, job cgroups an earlier one left (a
+    // kill -9) are emptied and removed now.
+    let containment = crate::contain::init(&paths.config_dir, other_live.is_none())
+        .map_err(|e| GatewayError::cli("Invalid process containment setting.", e.to_string()))?;
+    tracing::info!(containment = %containment.report_value(), "Process containment");
+    if let Err(e) = std::fs::write(
+        paths.config_dir.join(crate::contain::STATE_FILE),
+        containment.report_value().to_string(),
+    ) {
+        tracing::warn!(error = %e, "Could not record the process containment for status");
+    }
     let recovered = match other_live {
         Some(pid) => {
             tracing::warn!(

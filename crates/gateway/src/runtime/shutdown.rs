@@ -17,8 +17,8 @@ use panorama_protocol::status::GatewayStatus;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::ingress::IngressHandle;
-use super::procgroup::KILL_GRACE;
 use super::{heartbeat, jobs, Gateway, OUTBOX_FLUSH_TIMEOUT_MS, SHUTDOWN_GRACE_MS};
+use crate::contain::KILL_GRACE;
 use crate::error::{GatewayError, Result};
 use crate::pidfile;
 
@@ -145,6 +145,8 @@ pub async fn perform_shutdown(
     }
     // 8. Close every shell session (local only).
     super::shell_glue::close_all_sessions(gw).await;
+    // No job runs any more: what is left of one in a cgroup goes now.
+    let _ = tokio::task::spawn_blocking(|| crate::contain::current().release()).await;
     // Deliver outcomes before announcing `offline`.
     if !gw
         .outbox

@@ -12,7 +12,6 @@ pub mod buffer;
 pub mod error;
 pub mod exec;
 pub mod gate;
-pub mod proctree;
 pub mod session;
 
 use std::sync::Arc;

@@ -388,6 +388,21 @@ fn main() {
     }
 
     let mut grandchildren = Vec::new();
+    // A shell command the agent runs in the background, as an agent's
+    // tool call would (containment tests: escapees that clear their
+    // environment and leave the session).
+    if let Some(script) = env("FAKE_AGENT_SHELL") {
+        let spawned = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Ok(child) = spawned {
+            grandchildren.push(child);
+        }
+    }
     for _ in 0..env_u64("FAKE_AGENT_GRANDCHILDREN").unwrap_or(0) {
         if let Ok(exe) = std::env::current_exe() {
             let mut cmd = std::process::Command::new(exe);
