@@ -11,6 +11,7 @@ pub mod config;
 pub mod delegated;
 pub mod env;
 pub mod error;
+pub mod job_debug;
 pub mod logfile;
 pub mod network;
 pub mod outbox;

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::process::{run_process, ProcessSpec, MAX_CAPTURE_BYTES, PROCESS_KILL_GRACE};
 use super::workdir::WorkDir;
+use crate::job_debug;
 use crate::runtime::Gateway;
 
 fn last_json_object(stdout: &str) -> Option<Value> {
@@ -62,6 +63,9 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             stop_grace: PROCESS_KILL_GRACE,
         };
         let shown = display_command(&plan);
+        // gateway_jobs.debug (§3.2.5): before launch, then after exit.
+        let launch = job_debug::launch_debug(&payload, &plan, &wd.path, provider.as_str());
+        job_debug::write(&gw.client, &job.id, &launch).await;
         let slot = pgid_slot.clone();
         let r = run_process(
             &spec,
@@ -70,6 +74,15 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             &mut |_| {},
         )
         .await;
+        let facts = job_debug::ExitFacts {
+            stdout: &r.stdout,
+            stderr: &r.stderr,
+            exit_code: r.exit_code,
+            duration_ms: r.duration_ms,
+            timed_out: r.timed_out,
+            error_summary: r.failure_detail(plan.timeout_ms),
+        };
+        job_debug::write(&gw.client, &job.id, &job_debug::exit_debug(&launch, &facts)).await;
         if r.stopped {
             // Shutdown (runtime.md §4.8 step 5): reported like a residual job.
             let reason = super::get()
