@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod gateway;
 pub mod procs;
+pub mod reference;
 
 pub use gateway::{fake_agent_binary, GatewayHost, RunningGateway};
 
