@@ -8,7 +8,7 @@
 use crate::changes::Row;
 use crate::error::ApiError;
 use crate::postgrest::Filter;
-use crate::schema::{self, Table};
+use crate::schema;
 use crate::store::TxOps;
 use crate::values::{prepare_insert, prepare_update};
 use panorama_protocol::subagent::{ContentType, SUBAGENT_SCHEMA_VERSION};
@@ -285,13 +285,6 @@ pub fn plan_acceptance(
     })
 }
 
-fn cast_insert(
-    table: &'static Table,
-    row: Map<String, Value>,
-) -> Result<Vec<(&'static schema::Column, crate::values::SqlValue)>, ApiError> {
-    prepare_insert(table, &row, None, false)
-}
-
 /// Accepts a run in one transaction: insert the `running` run with the
 /// next sequence, point the subagent at it. Returns the RPC's answer.
 pub fn accept(tx: &mut dyn TxOps, req: &AcceptRequest, now: &str) -> Result<Value, ApiError> {
@@ -315,7 +308,7 @@ pub fn accept(tx: &mut dyn TxOps, req: &AcceptRequest, now: &str) -> Result<Valu
     let plan = plan_acceptance(&subagent, req, &run_id, run_sequence, now)?;
     tx.insert(
         &schema::SUBAGENT_RUNS,
-        &cast_insert(&schema::SUBAGENT_RUNS, plan.run)?,
+        &prepare_insert(&schema::SUBAGENT_RUNS, &plan.run, None, false)?,
     )?;
     let set = prepare_update(&schema::SUBAGENTS, &plan.subagent_patch)?;
     tx.update(

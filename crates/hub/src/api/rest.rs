@@ -673,45 +673,7 @@ async fn call_rpc(
             accept_subagent_run(&state, &p, &args).await
         }
         ("request_subagent_run_cancellation", ["p_reason", "p_run_id"] | ["p_run_id"]) => {
-            if p != Principal::Service {
-                let mut e = ApiError::pg(
-                    "42501",
-                    "permission denied for function request_subagent_run_cancellation",
-                )
-                .hint(
-                    "Call it with the service key; a gateway cancels through subagent_cancel jobs.",
-                );
-                if p == Principal::Anon {
-                    e.status = 401;
-                }
-                return e.into_response();
-            }
-            let Some(run_id) = args["p_run_id"]
-                .as_str()
-                .filter(|r| uuid::Uuid::parse_str(r).is_ok())
-                .map(str::to_string)
-            else {
-                return ApiError::invalid_input(
-                    "uuid",
-                    args["p_run_id"].to_string().trim_matches('"'),
-                )
-                .into_response();
-            };
-            let reason = args
-                .get("p_reason")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let now = crate::values::now_timestamp();
-            let done = state
-                .store
-                .atomic(Box::new(move |tx| {
-                    crate::runs::cancel_unstarted(tx, &run_id, reason.as_deref(), &now)
-                }))
-                .await;
-            match done {
-                Ok(v) => scalar_response(v),
-                Err(e) => e.into_response(),
-            }
+            cancel_unstarted_run(&state, &p, &args).await
         }
         ("resolve_secret_placeholders_for_job", ["p_job_id"]) => {
             resolve_secret_placeholders(&state, &p, &args["p_job_id"]).await
@@ -720,20 +682,38 @@ async fn call_rpc(
     }
 }
 
+/// 42501 for a caller a function is not for: 401 for the anon key, 403
+/// for a token (wire §2.10).
+fn function_refused(p: &Principal, function: &str, hint: &str) -> Response {
+    let mut e = ApiError::pg(
+        "42501",
+        format!("permission denied for function {function}"),
+    )
+    .hint(hint);
+    if *p == Principal::Anon {
+        e.status = 401;
+    }
+    e.into_response()
+}
+
+/// Runs `f` in one store transaction and answers with its value.
+async fn atomic_answer(state: &State, f: crate::store::TxFn) -> Response {
+    match state.store.atomic(f).await {
+        Ok(v) => scalar_response(v),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// `accept_subagent_run` (spec §4.2, §16.10 later recipe): the control
 /// plane's own bookkeeping, so only the service role may call it; a
 /// gateway accepting runs for itself would defeat the acceptance check.
 async fn accept_subagent_run(state: &State, p: &Principal, args: &Map<String, Value>) -> Response {
     if *p != Principal::Service {
-        let mut e = ApiError::pg(
-            "42501",
-            "permission denied for function accept_subagent_run",
-        )
-        .hint("Runs are accepted by the control plane (service key), never by a gateway.");
-        if *p == Principal::Anon {
-            e.status = 401;
-        }
-        return e.into_response();
+        return function_refused(
+            p,
+            "accept_subagent_run",
+            "Runs are accepted by the control plane (service key), never by a gateway.",
+        );
     }
     let req = match crate::runs::AcceptRequest::from_args(args) {
         Some(Ok(req)) => req,
@@ -741,14 +721,42 @@ async fn accept_subagent_run(state: &State, p: &Principal, args: &Map<String, Va
         None => return function_not_found("accept_subagent_run", args).into_response(),
     };
     let now = crate::values::now_timestamp();
-    let accepted = state
-        .store
-        .atomic(Box::new(move |tx| crate::runs::accept(tx, &req, &now)))
-        .await;
-    match accepted {
-        Ok(v) => scalar_response(v),
-        Err(e) => e.into_response(),
+    atomic_answer(
+        state,
+        Box::new(move |tx| crate::runs::accept(tx, &req, &now)),
+    )
+    .await
+}
+
+/// `request_subagent_run_cancellation(p_run_id, p_reason?)`: the service
+/// role closes an accepted run no gateway has started (see
+/// [`crate::runs::cancel_unstarted`]).
+async fn cancel_unstarted_run(state: &State, p: &Principal, args: &Map<String, Value>) -> Response {
+    if *p != Principal::Service {
+        return function_refused(
+            p,
+            "request_subagent_run_cancellation",
+            "Call it with the service key; a gateway cancels through subagent_cancel jobs.",
+        );
     }
+    let Some(run_id) = args["p_run_id"]
+        .as_str()
+        .filter(|r| uuid::Uuid::parse_str(r).is_ok())
+        .map(str::to_string)
+    else {
+        return ApiError::invalid_input("uuid", args["p_run_id"].to_string().trim_matches('"'))
+            .into_response();
+    };
+    let reason = args
+        .get("p_reason")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let now = crate::values::now_timestamp();
+    atomic_answer(
+        state,
+        Box::new(move |tx| crate::runs::cancel_unstarted(tx, &run_id, reason.as_deref(), &now)),
+    )
+    .await
 }
 
 /// `resolve_secret_placeholders_for_job` (spec §4.2, §8.6): a gateway's
@@ -760,15 +768,11 @@ async fn resolve_secret_placeholders(state: &State, p: &Principal, job_id: &Valu
         ..
     } = p
     else {
-        let mut e = ApiError::pg(
-            "42501",
-            "permission denied for function resolve_secret_placeholders_for_job",
-        )
-        .hint("Only the gateway running the shell_exec job may resolve its secrets.");
-        if *p == Principal::Anon {
-            e.status = 401;
-        }
-        return e.into_response();
+        return function_refused(
+            p,
+            "resolve_secret_placeholders_for_job",
+            "Only the gateway running the shell_exec job may resolve its secrets.",
+        );
     };
     try_resp!(ensure_active(state, p).await);
     let Some(job_id) = job_id
@@ -780,16 +784,11 @@ async fn resolve_secret_placeholders(state: &State, p: &Principal, job_id: &Valu
             .into_response();
     };
     let (gateway_id, team_id) = (gateway_id.clone(), team_id.clone());
-    let resolved = state
-        .store
-        .atomic(Box::new(move |tx| {
-            crate::secrets::resolve_for_job(tx, &job_id, &gateway_id, &team_id)
-        }))
-        .await;
-    match resolved {
-        Ok(v) => scalar_response(v),
-        Err(e) => e.into_response(),
-    }
+    atomic_answer(
+        state,
+        Box::new(move |tx| crate::secrets::resolve_for_job(tx, &job_id, &gateway_id, &team_id)),
+    )
+    .await
 }
 
 #[cfg(test)]
