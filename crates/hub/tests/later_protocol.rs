@@ -9,8 +9,6 @@
 use panorama_testkit::{Hub, PairedGateway};
 use reqwest::Method;
 use serde_json::{json, Value};
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
 
 fn rpc(hub: &Hub, token: &str, name: &str, args: Value) -> (u16, Value) {
     let res = hub
@@ -327,32 +325,6 @@ fn an_accepted_run_nobody_started_is_cancelled_with_its_subagent() {
     assert_eq!(body["cancelled"], false);
 }
 
-fn hub_cli(hub: &Hub, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_panorama-hub"))
-        .args(args)
-        .env("PANORAMA_HUB_DATA_DIR", hub.data_dir.path())
-        .env_remove("PANORAMA_HUB_URL")
-        .env_remove("PANORAMA_HUB_SERVICE_KEY")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn team_secrets_are_write_only_and_resolve_only_for_the_gateways_running_shell_exec() {
     let hub = Hub::start();
@@ -364,8 +336,7 @@ fn team_secrets_are_write_only_and_resolve_only_for_the_gateways_running_shell_e
     const VALUE: &str = "ghp_live_value_123456";
 
     // `secret set` from stdin (one trailing newline dropped) and from a file.
-    let out = hub_cli(
-        &hub,
+    let out = hub.cli(
         &["secret", "set", "--team", &team, "gh-token"],
         Some(&format!("{VALUE}\n")),
     );
@@ -376,8 +347,7 @@ fn team_secrets_are_write_only_and_resolve_only_for_the_gateways_running_shell_e
     );
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), "db-pass-7890").unwrap();
-    let out = hub_cli(
-        &hub,
+    let out = hub.cli(
         &[
             "secret",
             "set",
@@ -411,19 +381,15 @@ fn team_secrets_are_write_only_and_resolve_only_for_the_gateways_running_shell_e
             "has no secret nope",
         ),
     ] {
-        let out = hub_cli(&hub, &args, stdin);
+        let out = hub.cli(&args, stdin);
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(wanted), "{args:?}: {err}");
     }
     // Replacing keeps one row.
-    let out = hub_cli(
-        &hub,
-        &["secret", "set", "--team", &team, "gh-token"],
-        Some(VALUE),
-    );
+    let out = hub.cli(&["secret", "set", "--team", &team, "gh-token"], Some(VALUE));
     assert!(out.status.success());
-    let out = hub_cli(&hub, &["--json", "secret", "list", "--team", &team], None);
+    let out = hub.cli(&["--json", "secret", "list", "--team", &team], None);
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<&str> = listed
         .as_array()
@@ -550,11 +516,7 @@ fn team_secrets_are_write_only_and_resolve_only_for_the_gateways_running_shell_e
     );
     assert_eq!(rows.as_array().unwrap().len(), 1);
     // Deleted secrets resolve no more.
-    let out = hub_cli(
-        &hub,
-        &["secret", "delete", "--team", &team, "gh-token"],
-        None,
-    );
+    let out = hub.cli(&["secret", "delete", "--team", &team, "gh-token"], None);
     assert!(out.status.success());
     let (_, rows) = rpc(
         &hub,

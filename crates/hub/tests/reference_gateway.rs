@@ -9,8 +9,7 @@
 //!
 //! Skips, loudly, only when the npm registry is unreachable.
 
-use std::io::Write;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use panorama_testkit::reference::{install, InstallError, ReferenceGateway};
@@ -29,36 +28,10 @@ impl Drop for Running {
     }
 }
 
-fn hub_cli(hub: &Hub, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_panorama-hub"))
-        .args(args)
-        .env("PANORAMA_HUB_DATA_DIR", hub.data_dir.path())
-        .env_remove("PANORAMA_HUB_URL")
-        .env_remove("PANORAMA_HUB_SERVICE_KEY")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run panorama-hub");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
 fn json_cli(hub: &Hub, args: &[&str]) -> Value {
     let mut full = vec!["--json"];
     full.extend_from_slice(args);
-    let out = hub_cli(hub, &full, None);
+    let out = hub.cli(&full, None);
     assert!(
         out.status.success(),
         "panorama-hub {args:?}: {}",
@@ -249,8 +222,7 @@ fn the_reference_2_32_gateway_runs_accepted_runs_and_shell_exec_against_our_hub(
         json!({"team_id": team, "resource_type": "remote_shell",
                "metadata": {"gateway_id": g, "full_control": true}}),
     );
-    let out = hub_cli(
-        &hub,
+    let out = hub.cli(
         &[
             "shell",
             "exec",
@@ -309,11 +281,7 @@ fn the_reference_2_32_gateway_runs_accepted_runs_and_shell_exec_against_our_hub(
     );
     assert_eq!(exec_job["result"]["error"], Value::Null);
     // Line mode, picked from its heartbeat.
-    let out = hub_cli(
-        &hub,
-        &["shell", "attach", "--gateway", g],
-        Some("cd /tmp\npwd\n"),
-    );
+    let out = hub.cli(&["shell", "attach", "--gateway", g], Some("cd /tmp\npwd\n"));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "/tmp\n",
@@ -321,10 +289,9 @@ fn the_reference_2_32_gateway_runs_accepted_runs_and_shell_exec_against_our_hub(
         String::from_utf8_lossy(&out.stderr)
     );
     // secret_env: 2.32 injects secrets only inside a managed VM.
-    let out = hub_cli(&hub, &["secret", "set", "--team", &team, "tok"], Some("v"));
+    let out = hub.cli(&["secret", "set", "--team", &team, "tok"], Some("v"));
     assert!(out.status.success());
-    let out = hub_cli(
-        &hub,
+    let out = hub.cli(
         &["shell", "exec", g, "--secret-env", "T=tok", "--", "true"],
         None,
     );

@@ -2,40 +2,12 @@
 //! jobs (the only shell jobs 2.30+ reference gateways run), against a real
 //! hub and the real `panorama-gateway` (which runs both job families).
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use panorama_testkit::{GatewayHost, Hub, RunningGateway};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn hub_cli(hub: &Hub, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_panorama-hub"))
-        .args(args)
-        .env("PANORAMA_HUB_DATA_DIR", hub.data_dir.path())
-        .env_remove("PANORAMA_HUB_URL")
-        .env_remove("PANORAMA_HUB_SERVICE_KEY")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run panorama-hub");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -78,8 +50,7 @@ fn setup() -> Setup {
 fn shell_exec_runs_one_command_and_returns_its_exit_code() {
     let s = setup();
     let g = s.gateway_id.as_str();
-    let out = hub_cli(
-        &s.hub,
+    let out = s.hub.cli(
         &["shell", "exec", g, "--", "echo out; echo err >&2; exit 3"],
         None,
     );
@@ -90,17 +61,14 @@ fn shell_exec_runs_one_command_and_returns_its_exit_code() {
     assert!(err.contains("[exit 3]"), "{err}");
 
     // Words after `--` are joined; the command runs in `/`.
-    let out = hub_cli(
-        &s.hub,
-        &["shell", "exec", g, "--", "pwd", "&&", "echo", "ok"],
-        None,
-    );
+    let out = s
+        .hub
+        .cli(&["shell", "exec", g, "--", "pwd", "&&", "echo", "ok"], None);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "/\nok\n");
 
     // A timeout exits 124, like timeout(1).
-    let out = hub_cli(
-        &s.hub,
+    let out = s.hub.cli(
         &["shell", "exec", g, "--timeout-ms", "300", "--", "sleep 5"],
         None,
     );
@@ -108,25 +76,21 @@ fn shell_exec_runs_one_command_and_returns_its_exit_code() {
     assert!(text(&out.stderr).contains("timed out"));
 
     // --json prints the job result as the later generation writes it.
-    let out = hub_cli(
-        &s.hub,
-        &["--json", "shell", "exec", g, "--", "echo hi"],
-        None,
-    );
+    let out = s
+        .hub
+        .cli(&["--json", "shell", "exec", g, "--", "echo hi"], None);
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["message"], "Remote shell command completed");
     assert_eq!(result["stdout"], "hi\n");
     assert_eq!(result["error"], serde_json::Value::Null);
 
     // A team secret reaches the command's environment, not its output.
-    let out = hub_cli(
-        &s.hub,
+    let out = s.hub.cli(
         &["secret", "set", "--team", &s.team_id, "deploy"],
         Some("v4lue-of-the-secret"),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = hub_cli(
-        &s.hub,
+    let out = s.hub.cli(
         &[
             "shell",
             "exec",
@@ -142,8 +106,7 @@ fn shell_exec_runs_one_command_and_returns_its_exit_code() {
     let stdout = text(&out.stdout);
     assert!(stdout.starts_with("match\npano_sec_"), "{stdout}");
     assert!(!stdout.contains("v4lue-of-the-secret"));
-    let out = hub_cli(
-        &s.hub,
+    let out = s.hub.cli(
         &[
             "shell",
             "exec",
@@ -163,8 +126,7 @@ fn shell_exec_runs_one_command_and_returns_its_exit_code() {
     );
 
     // Bad input.
-    let out = hub_cli(
-        &s.hub,
+    let out = s.hub.cli(
         &["shell", "exec", g, "--secret-env", "nope", "--", "true"],
         None,
     );
@@ -175,7 +137,7 @@ fn shell_exec_runs_one_command_and_returns_its_exit_code() {
         json!({"team_id": s.team_id, "resource_type": "remote_shell",
                "metadata": {"gateway_id": g, "full_control": true}}),
     );
-    let out = hub_cli(&s.hub, &["shell", "exec", g, "--", "true"], None);
+    let out = s.hub.cli(&["shell", "exec", g, "--", "true"], None);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("pick one with --resource"),
@@ -189,8 +151,7 @@ fn attach_falls_back_to_line_mode_for_shell_exec_only_gateways() {
     let s = setup();
     let g = s.gateway_id.as_str();
     // Forced line mode: `cd` is tracked, everything else is one command.
-    let out = hub_cli(
-        &s.hub,
+    let out = s.hub.cli(
         &["shell", "attach", "--gateway", g, "--mode", "exec"],
         Some("cd /tmp\npwd\n\nls /definitely-not-here\ncd /nowhere\npwd\nexit\necho after-exit\n"),
     );
@@ -227,8 +188,7 @@ fn attach_falls_back_to_line_mode_for_shell_exec_only_gateways() {
         &format!("id=eq.{g}"),
         json!({ "capabilities": caps }),
     );
-    let out = hub_cli(
-        &s.hub,
+    let out = s.hub.cli(
         &["shell", "attach", "--gateway", g],
         Some("echo picked-by-heartbeat\n"),
     );
