@@ -596,40 +596,70 @@ pub fn finalize(
         );
         m
     };
-    tx.update(
-        &schema::SUBAGENT_RUNS,
-        &run_filters,
-        &prepare_update(&schema::SUBAGENT_RUNS, &terminal(&run))?,
-    )?;
     let sub_filters = [
         Filter::eq("id", &subagent_id),
         Filter::eq("gateway_id", gateway_id),
         Filter::eq("team_id", team_id),
         Filter::eq("status", "running"),
     ];
-    if let Some(subagent) = tx
-        .select(&schema::SUBAGENTS, &sub_filters)?
-        .into_iter()
-        .next()
-    {
-        let current = object_of(&subagent, "metadata")
-            .get("current_run_id")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        if current.is_none_or(|c| c == run_id) {
-            tx.update(
-                &schema::SUBAGENTS,
-                &sub_filters,
-                &prepare_update(&schema::SUBAGENTS, &terminal(&subagent))?,
-            )?;
-        }
-    }
+    write_terminal(
+        tx,
+        &run,
+        &run_filters,
+        &sub_filters,
+        &run_id,
+        true,
+        &terminal,
+    )?;
     Ok(Some(json!({
         "success": true,
         "output": output.is_object().then_some(output.clone()),
         "status": req.final_status.as_str(),
         "error": final_error,
     })))
+}
+
+/// Writes a run's terminal state, then its subagent's: the subagent that
+/// `sub_filters` finds (still `running`) when its `metadata.current_run_id`
+/// is this run, or, with `adopt_unmarked`, names no run at all (a run the
+/// gateway created itself, seed style).
+fn write_terminal(
+    tx: &mut dyn TxOps,
+    run: &Row,
+    run_filters: &[Filter],
+    sub_filters: &[Filter],
+    run_id: &str,
+    adopt_unmarked: bool,
+    terminal: &dyn Fn(&Row) -> Map<String, Value>,
+) -> Result<(), ApiError> {
+    tx.update(
+        &schema::SUBAGENT_RUNS,
+        run_filters,
+        &prepare_update(&schema::SUBAGENT_RUNS, &terminal(run))?,
+    )?;
+    let Some(subagent) = tx
+        .select(&schema::SUBAGENTS, sub_filters)?
+        .into_iter()
+        .next()
+    else {
+        return Ok(());
+    };
+    let current = object_of(&subagent, "metadata")
+        .get("current_run_id")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let ours = match current {
+        Some(c) => c == run_id,
+        None => adopt_unmarked,
+    };
+    if ours {
+        tx.update(
+            &schema::SUBAGENTS,
+            sub_filters,
+            &prepare_update(&schema::SUBAGENTS, &terminal(&subagent))?,
+        )?;
+    }
+    Ok(())
 }
 
 /// `request_subagent_run_cancellation(p_run_id, p_reason?)` for a run the
@@ -687,33 +717,20 @@ pub fn cancel_unstarted(
         m
     };
     let run_filters = [Filter::eq("id", run_id), Filter::eq("status", "running")];
-    tx.update(
-        &schema::SUBAGENT_RUNS,
-        &run_filters,
-        &prepare_update(&schema::SUBAGENT_RUNS, &terminal(&run))?,
-    )?;
     let subagent_id = str_of(&run, "subagent_id").unwrap_or_default().to_string();
     let sub_filters = [
         Filter::eq("id", &subagent_id),
         Filter::eq("status", "running"),
     ];
-    if let Some(subagent) = tx
-        .select(&schema::SUBAGENTS, &sub_filters)?
-        .into_iter()
-        .next()
-    {
-        let current = object_of(&subagent, "metadata")
-            .get("current_run_id")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        if current.as_deref() == Some(run_id) {
-            tx.update(
-                &schema::SUBAGENTS,
-                &sub_filters,
-                &prepare_update(&schema::SUBAGENTS, &terminal(&subagent))?,
-            )?;
-        }
-    }
+    write_terminal(
+        tx,
+        &run,
+        &run_filters,
+        &sub_filters,
+        run_id,
+        false,
+        &terminal,
+    )?;
     Ok(
         json!({"success": true, "cancelled": true, "run_id": run_id, "run_status": "cancelled", "started": false}),
     )
