@@ -94,6 +94,7 @@ pub enum Recipe {
 pub enum SecretCmd {
     /// Set (create or replace) a team secret; the value is read from stdin or --value-file, never from the command line.
     Set {
+        /// Team id.
         #[arg(long)]
         team: String,
         /// Secret name (letters, digits, _ - .; up to 128 characters).
@@ -104,11 +105,13 @@ pub enum SecretCmd {
     },
     /// List a team's secret names (values are never shown).
     List {
+        /// Team id.
         #[arg(long)]
         team: String,
     },
     /// Delete a team secret.
     Delete {
+        /// Team id.
         #[arg(long)]
         team: String,
         name: String,
@@ -794,6 +797,9 @@ fn read_secret_value(value_file: &Option<PathBuf>) -> Result<String> {
             raw = std::fs::read(path)
                 .with_context(|| format!("reading the secret value from {}", path.display()))?
         }
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            raw = read_hidden_line()?.into_bytes();
+        }
         None => {
             std::io::stdin()
                 .read_to_end(&mut raw)
@@ -816,6 +822,37 @@ fn read_secret_value(value_file: &Option<PathBuf>) -> Result<String> {
         bail!("the secret value contains a NUL byte, which an environment variable cannot carry");
     }
     Ok(value)
+}
+
+/// One line typed at the terminal without echoing it (Enter ends it,
+/// Ctrl-C or Esc aborts).
+fn read_hidden_line() -> Result<String> {
+    use crossterm::event::{read, Event, KeyCode, KeyEventKind, KeyModifiers};
+    eprint!("secret value (not shown; Enter to finish): ");
+    crossterm::terminal::enable_raw_mode().context("switching the terminal off echo")?;
+    let mut line = String::new();
+    let outcome = loop {
+        match read() {
+            Ok(Event::Key(k)) if k.kind != KeyEventKind::Release => match k.code {
+                KeyCode::Enter => break Ok(()),
+                KeyCode::Esc => break Err(anyhow!("aborted; no secret was set")),
+                KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
+                    break Err(anyhow!("aborted; no secret was set"))
+                }
+                KeyCode::Backspace => {
+                    line.pop();
+                }
+                KeyCode::Char(c) => line.push(c),
+                _ => {}
+            },
+            Ok(Event::Paste(text)) => line.push_str(&text),
+            Ok(_) => {}
+            Err(e) => break Err(anyhow!("reading the terminal: {e}")),
+        }
+    };
+    let _ = crossterm::terminal::disable_raw_mode();
+    eprintln!();
+    outcome.map(|()| line)
 }
 
 fn check_secret_name(name: &str) -> Result<()> {
