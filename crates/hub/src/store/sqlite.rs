@@ -188,6 +188,22 @@ CREATE TABLE team_secrets (
 "#,
 ];
 
+/// `chmod 600` the database file and its WAL companions that exist.
+fn secure_db_files(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let owner_only = || std::fs::Permissions::from_mode(0o600);
+    std::fs::set_permissions(path, owner_only())?;
+    for suffix in ["-wal", "-shm"] {
+        let mut companion = path.as_os_str().to_owned();
+        companion.push(suffix);
+        let companion = std::path::PathBuf::from(companion);
+        if companion.exists() {
+            std::fs::set_permissions(&companion, owner_only())?;
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("cannot open the hub database {path}: {source}. Check that the directory exists and is writable, or pass --db PATH")]
@@ -197,6 +213,11 @@ pub enum OpenError {
     },
     #[error("cannot migrate the hub database: {0}")]
     Migrate(rusqlite::Error),
+    #[error("cannot make the hub database {path} owner-only (0600): {source}. Check that this user owns it")]
+    Permissions {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub struct SqliteStore {
@@ -209,6 +230,13 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(|source| OpenError::Open {
             path: path.display().to_string(),
             source,
+        })?;
+        // Owner-only before WAL mode creates its files: SQLite gives the
+        // -wal and -shm files the database file's mode. The database holds
+        // team secrets and token hashes, wherever --db puts it.
+        secure_db_files(path).map_err(|e| OpenError::Permissions {
+            path: path.display().to_string(),
+            source: e,
         })?;
         Self::init(conn, feed)
     }
@@ -1058,6 +1086,32 @@ pub fn refresh_hash(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn database_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = SqliteStore::open(&path, ChangeFeed::new(16)).unwrap();
+        store
+            .atomic(Box::new(|tx| {
+                tx.allocate_run_sequence("x").map(serde_json::Value::from)
+            }))
+            .await
+            .unwrap_err(); // no such subagent: the write still opened the WAL
+        for p in [
+            path.clone(),
+            dir.path().join("hub.db-wal"),
+            dir.path().join("hub.db-shm"),
+        ] {
+            if let Ok(meta) = std::fs::metadata(&p) {
+                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", p.display());
+            }
+        }
+        assert!(dir.path().join("hub.db-wal").exists(), "WAL mode");
+    }
 
     #[test]
     fn migrated_columns_match_the_schema_description() {
