@@ -15,6 +15,7 @@ pub mod env;
 pub mod error;
 pub mod gateway_events;
 pub mod job_context;
+pub mod job_debug;
 pub mod logfile;
 pub mod network;
 pub mod outbox;

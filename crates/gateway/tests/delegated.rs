@@ -520,6 +520,58 @@ fn codex_gemini_model_run_and_scrubbed_environment() {
         .as_str()
         .unwrap()
         .contains("--json-schema <redacted>"));
+    // gateway_jobs.debug (§3.2.5): launch facts and outcome, sanitized.
+    let debug = &row["debug"];
+    assert_eq!(debug["provider_id"], "claude_code", "{debug}");
+    assert!(
+        debug["command"].as_str().unwrap().ends_with("claude"),
+        "{debug}"
+    );
+    assert_eq!(debug["prompt_chars"], "Say hi.".len());
+    assert_eq!(
+        debug["json_schema_chars"],
+        json!({"type": "object"}).to_string().len()
+    );
+    assert_eq!(debug["output_mode"], "stdout-json");
+    assert_eq!(debug["exit_code"], 0);
+    assert_eq!(debug["timed_out"], false);
+    assert!(debug["duration_ms"].is_u64(), "{debug}");
+    assert!(debug["stdout"].as_str().unwrap().contains("Hi!"), "{debug}");
+    assert_eq!(debug["stdout_truncated"], false);
+    assert!(debug["work_dir"].is_string(), "{debug}");
+    assert!(
+        !debug["args"].to_string().contains("Say hi."),
+        "the prompt argument is redacted: {debug}"
+    );
+    let allowed = [
+        "provider_id",
+        "command",
+        "args",
+        "command_line",
+        "work_dir",
+        "prompt_chars",
+        "json_schema_chars",
+        "timeout_ms",
+        "output_mode",
+        "output_path",
+        "files",
+        "stdout",
+        "stdout_truncated",
+        "stdout_bytes",
+        "stderr",
+        "stderr_truncated",
+        "stderr_bytes",
+        "exit_code",
+        "duration_ms",
+        "timed_out",
+        "error_summary",
+    ];
+    for key in debug.as_object().unwrap().keys() {
+        assert!(
+            allowed.contains(&key.as_str()),
+            "debug key {key} is not in §3.2.5"
+        );
+    }
 
     // Malformed payloads fail with clear errors.
     let bad_model = s.wait_job(&s.job("model_run", json!({"prompt": "x"})));

@@ -73,9 +73,49 @@ pub enum Command {
     /// Team resources (remote-shell targets).
     #[command(subcommand)]
     Resource(ResourceCmd),
-    /// Interactive remote shells through shell_session jobs.
+    /// Remote shells: shell_session terminals, or shell_exec commands where the gateway only runs those.
     #[command(subcommand)]
     Shell(crate::attach::ShellCmd),
+    /// Team secrets for shell_exec jobs' secret_env (values are write-only).
+    #[command(subcommand)]
+    Secret(SecretCmd),
+}
+
+/// Which dispatch recipe a `subagent_run` uses (spec §16.10).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recipe {
+    /// Later protocol (2.32.x): the hub accepts the run (run row, subagent running) before queueing the job.
+    Accepted,
+    /// Seed protocol (2.29): an idle subagent row and the job; the gateway creates the run.
+    Seed,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretCmd {
+    /// Set (create or replace) a team secret; the value is read from stdin or --value-file, never from the command line.
+    Set {
+        /// Team id.
+        #[arg(long)]
+        team: String,
+        /// Secret name (letters, digits, _ - .; up to 128 characters).
+        name: String,
+        /// Read the value from this file instead of stdin.
+        #[arg(long)]
+        value_file: Option<PathBuf>,
+    },
+    /// List a team's secret names (values are never shown).
+    List {
+        /// Team id.
+        #[arg(long)]
+        team: String,
+    },
+    /// Delete a team secret.
+    Delete {
+        /// Team id.
+        #[arg(long)]
+        team: String,
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -135,6 +175,9 @@ pub struct SubmitArgs {
     /// subagent_run: the prompt (shorthand for --input '{"prompt": ...}').
     #[arg(long)]
     pub prompt: Option<String>,
+    /// subagent_run: the dispatch recipe. `accepted` (the later protocol, 2.32.x gateways) or `seed` (2.29).
+    #[arg(long, value_enum, default_value = "accepted")]
+    pub recipe: Recipe,
 }
 
 #[derive(Subcommand, Debug)]
@@ -441,7 +484,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Run(RunCmd::Events { run_id, follow }) => run_events(&cli, run_id, *follow).await,
-        Command::Shell(cmd) => crate::attach::run(&client(&cli)?, cmd).await,
+        Command::Shell(cmd) => crate::attach::run(&client(&cli)?, cmd, cli.json).await,
+        Command::Secret(cmd) => secret(&cli, cmd).await,
         Command::Resource(ResourceCmd::Create {
             team,
             gateway,
@@ -531,6 +575,23 @@ fn describe_job(job: &Value) -> String {
     out
 }
 
+/// The subagent input of a new run: `--input`, `--prompt`, `schema_version`
+/// and `prompt_at`. Errors when no prompt is given at all.
+fn run_input(args: &SubmitArgs, prompt_required: bool) -> Result<serde_json::Map<String, Value>> {
+    let mut input = parse_object("input", &args.input)?;
+    if let Some(p) = &args.prompt {
+        input.insert("prompt".into(), json!(p));
+    }
+    if prompt_required && crate::runs::input_prompt(&input).is_none() {
+        bail!("a subagent_run needs a prompt: pass --prompt TEXT or --input '{{\"prompt\": \"...\"}}'");
+    }
+    input.insert("schema_version".into(), json!(1));
+    input
+        .entry("prompt_at")
+        .or_insert_with(|| json!(chrono::Utc::now().to_rfc3339()));
+    Ok(input)
+}
+
 async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<i32> {
     let c = client(cli)?;
     let gateway = c
@@ -547,43 +608,78 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<i32> {
         })?;
     let team_id = s(&gateway, "team_id").to_string();
     let mut payload = parse_object("payload", &args.payload)?;
-    if args.job_type == "subagent_run" && !payload.contains_key("subagent_id") {
-        // Spec §16.10, seed protocol: the subagent row carries config and
-        // input; the job names the subagent and the run.
-        let subagent_id = uuid::Uuid::new_v4().to_string();
-        let run_id = uuid::Uuid::new_v4().to_string();
-        let mut input = parse_object("input", &args.input)?;
-        if let Some(p) = &args.prompt {
-            input.insert("prompt".into(), json!(p));
+    let mut accepted_run: Option<String> = None;
+    if args.job_type == "subagent_run" {
+        match (
+            args.recipe,
+            payload.get("subagent_id").and_then(Value::as_str),
+        ) {
+            // Spec §16.10, seed protocol: the subagent row carries config
+            // and input; the job names the subagent and the run.
+            (Recipe::Seed, None) => {
+                let subagent_id = uuid::Uuid::new_v4().to_string();
+                let run_id = uuid::Uuid::new_v4().to_string();
+                let mut input = run_input(args, true)?;
+                input.insert("run_id".into(), json!(run_id));
+                create_subagent(&c, args, &team_id, &subagent_id, input).await?;
+                payload.insert("subagent_id".into(), json!(subagent_id));
+                payload.insert("run_id".into(), json!(run_id));
+            }
+            (Recipe::Seed, Some(_)) => {}
+            // Spec §16.10, later protocol: accept the run first (one
+            // transaction on the hub), then queue the job naming it. An
+            // existing subagent (`--payload '{"subagent_id": …}'`) gets
+            // its next run, which is how a conversation continues.
+            (Recipe::Accepted, existing) => {
+                let subagent_id = match existing {
+                    Some(id) => id.to_string(),
+                    None => {
+                        let id = uuid::Uuid::new_v4().to_string();
+                        create_subagent(&c, args, &team_id, &id, run_input(args, true)?).await?;
+                        id
+                    }
+                };
+                let mut rpc_args =
+                    json!({"p_subagent_id": subagent_id, "p_gateway_id": args.gateway});
+                if existing.is_some() {
+                    rpc_args["p_input"] = Value::Object(run_input(args, false)?);
+                }
+                let accepted = c
+                    .rpc("accept_subagent_run", &rpc_args)
+                    .await
+                    .context("accepting the subagent run")?;
+                let run_id = s(&accepted, "run_id").to_string();
+                payload.insert("subagent_id".into(), json!(subagent_id));
+                payload.insert("run_id".into(), json!(run_id));
+                accepted_run = Some(run_id);
+            }
         }
-        if !input.contains_key("prompt") {
-            bail!("a subagent_run needs a prompt: pass --prompt TEXT or --input '{{\"prompt\": \"...\"}}'");
-        }
-        input.insert("schema_version".into(), json!(1));
-        input.insert("run_id".into(), json!(run_id));
-        input
-            .entry("prompt_at")
-            .or_insert_with(|| json!(chrono::Utc::now().to_rfc3339()));
-        let config = parse_object("config", &args.config)?;
-        c.insert(
-            "subagents",
-            &json!({
-                "id": subagent_id, "team_id": team_id, "gateway_id": args.gateway,
-                "subagent_type": args.subagent_type, "status": "idle",
-                "config": config, "input": input, "metadata": {},
-            }),
-        )
-        .await
-        .context("creating the subagent row")?;
-        payload.insert("subagent_id".into(), json!(subagent_id));
-        payload.insert("run_id".into(), json!(run_id));
     }
-    let job = c
+    let queued = c
         .insert(
             "gateway_jobs",
             &json!({"team_id": team_id, "gateway_id": args.gateway, "job_type": args.job_type, "status": "queued", "payload": payload, "requested_via": "panorama-hub-cli"}),
         )
-        .await?;
+        .await;
+    let job = match (queued, accepted_run) {
+        (Ok(job), _) => job,
+        (Err(e), Some(run_id)) => {
+            // No job will ever start the accepted run: close it rather than
+            // leave the subagent `running` forever.
+            let closed = c
+                .rpc(
+                    "request_subagent_run_cancellation",
+                    &json!({"p_run_id": run_id, "p_reason": "The job for this run could not be queued"}),
+                )
+                .await;
+            let note = match closed {
+                Ok(_) => format!("run {run_id} was cancelled"),
+                Err(e2) => format!("run {run_id} could not be cancelled either ({e2}); cancel it with `panorama-hub job cancel`"),
+            };
+            return Err(anyhow!(e).context(format!("queueing the subagent_run job failed; {note}")));
+        }
+        (Err(e), None) => return Err(e.into()),
+    };
     print(cli, &job, || {
         let mut t = format!(
             "job {} queued ({} on gateway {})",
@@ -601,6 +697,28 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// Inserts the `subagents` row of a new subagent (idle; spec §16.10).
+async fn create_subagent(
+    c: &HubClient,
+    args: &SubmitArgs,
+    team_id: &str,
+    subagent_id: &str,
+    input: serde_json::Map<String, Value>,
+) -> Result<()> {
+    let config = parse_object("config", &args.config)?;
+    c.insert(
+        "subagents",
+        &json!({
+            "id": subagent_id, "team_id": team_id, "gateway_id": args.gateway,
+            "subagent_type": args.subagent_type, "status": "idle",
+            "config": config, "input": input, "metadata": {},
+        }),
+    )
+    .await
+    .context("creating the subagent row")?;
+    Ok(())
+}
+
 async fn cancel(cli: &Cli, id: &str, reason: Option<String>) -> Result<i32> {
     let c = client(cli)?;
     let job = get_job(&c, id).await?;
@@ -614,8 +732,27 @@ async fn cancel(cli: &Cli, id: &str, reason: Option<String>) -> Result<i32> {
             )
             .await?;
         if let Some(row) = rows.into_iter().next() {
+            // An accepted run (later recipe) that no gateway started is
+            // closed with its job; a seed run does not exist yet.
+            let run_id = job.pointer("/payload/run_id").and_then(Value::as_str);
+            let mut note = String::new();
+            if let (Some(run_id), "subagent_run") = (run_id, s(&job, "job_type")) {
+                let closed = c
+                    .rpc(
+                        "request_subagent_run_cancellation",
+                        &json!({"p_run_id": run_id, "p_reason": reason.clone().unwrap_or_else(|| "Cancelled by operator".into())}),
+                    )
+                    .await;
+                note = match closed {
+                    Ok(v) if v["cancelled"] == json!(true) => format!("; run {run_id} cancelled"),
+                    Ok(_) => String::new(),
+                    // A seed-recipe job: its run row does not exist yet.
+                    Err(crate::client::ClientError::Refused { status: 404, .. }) => String::new(),
+                    Err(e) => format!("; closing its accepted run {run_id} failed: {e}"),
+                };
+            }
             print(cli, &row, || {
-                format!("job {id} cancelled before a gateway took it")
+                format!("job {id} cancelled before a gateway took it{note}")
             });
             return Ok(0);
         }
@@ -647,6 +784,143 @@ async fn cancel(cli: &Cli, id: &str, reason: Option<String>) -> Result<i32> {
                 .unwrap_or("-")
         )
     });
+    Ok(0)
+}
+
+/// A secret value as given: stdin or the file, minus one trailing newline
+/// (what `echo` and editors add). Empty is refused.
+fn read_secret_value(value_file: &Option<PathBuf>) -> Result<String> {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    match value_file {
+        Some(path) => {
+            raw = std::fs::read(path)
+                .with_context(|| format!("reading the secret value from {}", path.display()))?
+        }
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            raw = read_hidden_line()?.into_bytes();
+        }
+        None => {
+            std::io::stdin()
+                .read_to_end(&mut raw)
+                .context("reading the secret value from stdin")?;
+        }
+    }
+    let mut value = String::from_utf8(raw).map_err(|_| {
+        anyhow!("the secret value is not UTF-8 text; environment variables carry text")
+    })?;
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    if value.is_empty() {
+        bail!("the secret value is empty: pipe it in (`printf %s \"$TOKEN\" | panorama-hub secret set …`) or pass --value-file PATH");
+    }
+    if value.contains('\0') {
+        bail!("the secret value contains a NUL byte, which an environment variable cannot carry");
+    }
+    Ok(value)
+}
+
+/// One line typed at the terminal without echoing it (Enter ends it,
+/// Ctrl-C or Esc aborts).
+fn read_hidden_line() -> Result<String> {
+    use crossterm::event::{read, Event, KeyCode, KeyEventKind, KeyModifiers};
+    eprint!("secret value (not shown; Enter to finish): ");
+    crossterm::terminal::enable_raw_mode().context("switching the terminal off echo")?;
+    let mut line = String::new();
+    let outcome = loop {
+        match read() {
+            Ok(Event::Key(k)) if k.kind != KeyEventKind::Release => match k.code {
+                KeyCode::Enter => break Ok(()),
+                KeyCode::Esc => break Err(anyhow!("aborted; no secret was set")),
+                KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
+                    break Err(anyhow!("aborted; no secret was set"))
+                }
+                KeyCode::Backspace => {
+                    line.pop();
+                }
+                KeyCode::Char(c) => line.push(c),
+                _ => {}
+            },
+            Ok(Event::Paste(text)) => line.push_str(&text),
+            Ok(_) => {}
+            Err(e) => break Err(anyhow!("reading the terminal: {e}")),
+        }
+    };
+    let _ = crossterm::terminal::disable_raw_mode();
+    eprintln!();
+    outcome.map(|()| line)
+}
+
+fn check_secret_name(name: &str) -> Result<()> {
+    if !panorama_protocol::secrets::is_valid_secret_name(name) {
+        bail!("{name:?} is not a valid secret name: use 1-128 letters, digits, _ - or ., starting with a letter, digit or _");
+    }
+    Ok(())
+}
+
+async fn secret(cli: &Cli, cmd: &SecretCmd) -> Result<i32> {
+    let c = client(cli)?;
+    match cmd {
+        SecretCmd::Set {
+            team,
+            name,
+            value_file,
+        } => {
+            check_secret_name(name)?;
+            let value = read_secret_value(value_file)?;
+            let row = c
+                .upsert(
+                    "team_secrets",
+                    &json!({"team_id": team, "name": name, "value": value}),
+                    "team_id,name",
+                )
+                .await
+                .context("storing the secret")?;
+            print(cli, &row, || format!("secret {name} set for team {team}"));
+        }
+        SecretCmd::List { team } => {
+            let rows = c
+                .select(
+                    "team_secrets",
+                    &[
+                        ("team_id", format!("eq.{team}")),
+                        ("select", "name,created_at,updated_at".into()),
+                        ("order", "name.asc".into()),
+                    ],
+                )
+                .await?;
+            print(cli, &Value::Array(rows.clone()), || {
+                if rows.is_empty() {
+                    return format!("team {team} has no secrets; add one with `panorama-hub secret set --team {team} NAME`");
+                }
+                rows.iter()
+                    .map(|r| format!("{:<40} updated {}", s(r, "name"), s(r, "updated_at")))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        SecretCmd::Delete { team, name } => {
+            let rows = c
+                .delete(
+                    "team_secrets",
+                    &[
+                        ("team_id", format!("eq.{team}")),
+                        ("name", format!("eq.{name}")),
+                    ],
+                )
+                .await?;
+            if rows.is_empty() {
+                bail!("team {team} has no secret {name}; list them with `panorama-hub secret list --team {team}`");
+            }
+            print(cli, &json!({"deleted": name, "team_id": team}), || {
+                format!("secret {name} deleted from team {team}")
+            });
+        }
+    }
     Ok(0)
 }
 

@@ -122,6 +122,52 @@ impl HubClient {
         }
     }
 
+    /// DELETE /rest/v1/<table>?<query>; returns the deleted rows.
+    pub async fn delete(
+        &self,
+        table: &str,
+        query: &[(&str, String)],
+    ) -> Result<Vec<Value>, ClientError> {
+        let req = self
+            .request(reqwest::Method::DELETE, &format!("/rest/v1/{table}"))
+            .header("prefer", "return=representation")
+            .query(query);
+        match self.send(req).await? {
+            Value::Array(rows) => Ok(rows),
+            other => Err(ClientError::Decode(other.to_string())),
+        }
+    }
+
+    /// POST with `resolution=merge-duplicates` on `on_conflict` (a unique
+    /// key): inserts the row or overwrites the columns it names.
+    pub async fn upsert(
+        &self,
+        table: &str,
+        row: &Value,
+        on_conflict: &str,
+    ) -> Result<Value, ClientError> {
+        let req = self
+            .request(reqwest::Method::POST, &format!("/rest/v1/{table}"))
+            .header(
+                "prefer",
+                "return=representation,resolution=merge-duplicates",
+            )
+            .query(&[("on_conflict", on_conflict)])
+            .json(row);
+        match self.send(req).await? {
+            Value::Array(mut rows) if !rows.is_empty() => Ok(rows.remove(0)),
+            other => Err(ClientError::Decode(other.to_string())),
+        }
+    }
+
+    /// POST /rest/v1/rpc/<name> with named arguments.
+    pub async fn rpc(&self, name: &str, args: &Value) -> Result<Value, ClientError> {
+        let req = self
+            .request(reqwest::Method::POST, &format!("/rest/v1/rpc/{name}"))
+            .json(args);
+        self.send(req).await
+    }
+
     pub async fn health(&self) -> Result<Value, ClientError> {
         self.send(self.request(reqwest::Method::GET, "/health"))
             .await

@@ -67,6 +67,11 @@ struct Owned {
     rows: BTreeMap<&'static str, Value>,
 }
 
+/// Prefix of every team secret value the test stores: no response may
+/// ever contain it (the value is write-only; it leaves the hub only
+/// through `resolve_secret_placeholders_for_job`, covered elsewhere).
+const SECRET_MARKER: &str = "ISOSECRETVALUE";
+
 /// Per-table data the matrix cannot derive from the schema: a patch that
 /// a gateway could legally apply to its own row (so a refusal comes from
 /// the policy, not from the column grants or the job guard), and insert
@@ -88,6 +93,11 @@ fn table_case(table: &str) -> Option<(Value, Value)> {
         ),
         "subagent_run_events" => (json!({"payload": {"pwned": true}}), json!({})),
         "team_resources" => (json!({"title": "pwned"}), json!({})),
+        // Overwriting another team's secret value.
+        "team_secrets" => (
+            json!({"value": format!("{SECRET_MARKER}-pwned")}),
+            json!({}),
+        ),
         _ => return None,
     })
 }
@@ -334,6 +344,15 @@ fn world() -> World {
                 json!({"team_id": team, "resource_type": "remote_shell", "metadata": {"gateway_id": o.ident.gateway, "full_control": true}}),
             ),
         );
+        let secret = hub.insert(
+            "team_secrets",
+            json!({"team_id": team, "name": format!("token-{name}"), "value": format!("{SECRET_MARKER}-{name}")}),
+        );
+        assert!(
+            secret.get("value").is_none(),
+            "an insert answered with the value: {secret}"
+        );
+        o.rows.insert("team_secrets", secret);
     }
     hub.patch(
         "team_gateways",
@@ -412,6 +431,11 @@ fn run_case(
     let status = res.status().as_u16();
     let text = res.text().unwrap();
     let what = format!("{} {:?} {} [{status}]", caller.name, verb, table.name);
+    if text.contains(SECRET_MARKER) {
+        tally
+            .leaks
+            .push(format!("{what}: the answer carries a secret value: {text}"));
+    }
     tally.cases += 1;
     *tally
         .statuses
@@ -502,6 +526,21 @@ fn rpc_cases(victim: &Owned) -> Vec<(&'static str, &'static str, Value)> {
             "/functions/v1/finalize-gateway-subagent-run",
             json!({"subagent_id": v.subagent, "run_id": v.run, "final_status": "failed", "final_error": "pwned"}),
         ),
+        (
+            "rpc accept_subagent_run",
+            "/rest/v1/rpc/accept_subagent_run",
+            json!({"p_subagent_id": v.subagent, "p_prompt": "pwned"}),
+        ),
+        (
+            "rpc request_subagent_run_cancellation",
+            "/rest/v1/rpc/request_subagent_run_cancellation",
+            json!({"p_run_id": v.run, "p_reason": "pwned"}),
+        ),
+        (
+            "rpc resolve_secret_placeholders_for_job",
+            "/rest/v1/rpc/resolve_secret_placeholders_for_job",
+            json!({"p_job_id": victim.rows["gateway_jobs"]["id"]}),
+        ),
     ]
 }
 
@@ -522,6 +561,11 @@ fn run_rpc(
         let status = res.status().as_u16();
         let text = res.text().unwrap();
         let what = format!("{} {name} [{status}]", caller.name);
+        if text.contains(SECRET_MARKER) {
+            tally
+                .leaks
+                .push(format!("{what}: the answer carries a secret value: {text}"));
+        }
         n += 1;
         tally.cases += 1;
         match status {
@@ -885,6 +929,12 @@ fn positive_controls(
                 .unwrap();
             let status = res.status().as_u16();
             let text = res.text().unwrap();
+            assert!(
+                !text.contains(SECRET_MARKER),
+                "{} {verb:?} {}: the answer carries a secret value: {text}",
+                caller.name,
+                table.name
+            );
             let rows = serde_json::from_str::<Value>(&text)
                 .ok()
                 .and_then(|v| v.as_array().cloned())

@@ -53,6 +53,9 @@ fn sign(secret: &[u8], claims: &Claims) -> String {
     .unwrap()
 }
 
+/// Prefix of every team secret value the test stores.
+const SECRET_MARKER: &str = "RTSECRETVALUE";
+
 /// Team B's identity, and the ids of everything of B's the test made.
 #[derive(Clone)]
 struct B {
@@ -85,6 +88,10 @@ fn b_row(table: &str, b: &B, n: i64) -> Value {
         "team_resources" => {
             json!({"team_id": b.team, "resource_type": "remote_shell", "metadata": {"gateway_id": b.gateway}})
         }
+        // The value is write-only: no frame may ever carry it (checked below).
+        "team_secrets" => {
+            json!({"team_id": b.team, "name": format!("rt-{n}-{}", &panorama_testkit::new_uuid()[..8]), "value": format!("{SECRET_MARKER}{n}")})
+        }
         other => panic!("table {other} has no realtime isolation case"),
     }
 }
@@ -99,6 +106,7 @@ fn b_patch(table: &str) -> Value {
         "subagent_runs" => json!({"status": "completed"}),
         "subagent_run_events" => json!({"payload": {"n": 2}}),
         "team_resources" => json!({"title": "t2"}),
+        "team_secrets" => json!({"value": format!("{SECRET_MARKER}patched")}),
         other => panic!("table {other} has no realtime isolation case"),
     }
 }
@@ -700,6 +708,14 @@ async fn subscribe_and_change(
                 .count()
                 - own_frames
         ));
+    }
+    // Write-only values reach no subscriber, the service key's included.
+    for (s, ws) in subs.iter().zip(sockets.iter()) {
+        for f in &ws.log {
+            if f.to_string().contains(SECRET_MARKER) {
+                leaked.push(format!("{}: a frame carries a secret value: {f}", s.name));
+            }
+        }
     }
     let negative = subs
         .iter()

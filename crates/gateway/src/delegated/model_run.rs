@@ -12,6 +12,7 @@ use super::agent_process::spec_for_plan;
 use super::process::{run_process, MAX_CAPTURE_BYTES, PROCESS_KILL_GRACE};
 use super::workdir::WorkDir;
 use crate::job_context::JobContext;
+use crate::job_debug;
 
 fn last_json_object(stdout: &str) -> Option<Value> {
     stdout.lines().rev().find_map(|l| {
@@ -41,6 +42,9 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
         }
         let spec = spec_for_plan(&plan, &gw.paths.tmp_dir, PROCESS_KILL_GRACE);
         let shown = display_command(&plan);
+        // gateway_jobs.debug (§3.2.5): before launch, then after exit.
+        let launch = job_debug::launch_debug(&payload, &plan, &wd.path, provider.as_str());
+        job_debug::write(&gw.client, job_id, &launch).await;
         let slot = pgid_slot.clone();
         let r = run_process(
             &spec,
@@ -49,6 +53,15 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
             &mut |_| {},
         )
         .await;
+        let facts = job_debug::ExitFacts {
+            stdout: &r.stdout,
+            stderr: &r.stderr,
+            exit_code: r.exit_code,
+            duration_ms: r.duration_ms,
+            timed_out: r.timed_out,
+            error_summary: r.failure_detail(plan.timeout_ms),
+        };
+        job_debug::write(&gw.client, job_id, &job_debug::exit_debug(&launch, &facts)).await;
         if r.stopped {
             // Shutdown (runtime.md §4.8 step 5): reported like a residual job.
             let reason = gw.delegated

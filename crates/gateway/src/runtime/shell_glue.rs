@@ -144,6 +144,28 @@ impl ShellControlState for HubShellControl {
     fn stop_signal(&self) -> Option<tokio::sync::watch::Receiver<Option<String>>> {
         Some(self.stop.clone())
     }
+
+    async fn resolve_secret_placeholders(&self, job_id: &str) -> Result<Value, String> {
+        let answer = self
+            .client
+            .rpc(
+                "resolve_secret_placeholders_for_job",
+                serde_json::json!({ "p_job_id": job_id }),
+            )
+            .await;
+        answer.map_err(|e| {
+            // The error never carries a value (the hub sends none in
+            // errors); it names the function when the control plane lacks it.
+            let text = match &e {
+                panorama_supabase::Error::Postgrest { status: 404, .. } => format!(
+                    "this control plane does not offer resolve_secret_placeholders_for_job ({e})"
+                ),
+                _ => e.to_string(),
+            };
+            tracing::error!(jobId = %job_id, error = %text, "Failed to resolve team secrets for shell exec job");
+            text
+        })
+    }
 }
 
 /// A SQL `null` reads like an absent column (serde defaults apply).

@@ -7,12 +7,38 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use panorama_protocol::jobs::ShellExecPayload;
 use panorama_protocol::results::{ShellExecMessage, ShellExecResult};
+use panorama_protocol::secrets::{
+    check_resolution, redact_values, requested_secret_env, ResolvedSecret,
+    MSG_RESOLVE_FAILED_PREFIX,
+};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::sync::watch;
 
 use crate::contain::{self, LimitHit, ResourceUsage, KILL_GRACE as PROCESS_KILL_GRACE};
+
+/// Resolves `secret_env` (§8.6 step 6) through the control plane: nothing
+/// requested → nothing to do; otherwise every requested variable must come
+/// back with a value, or the job fails closed with the reference's
+/// message. No message ever carries a value.
+pub async fn resolve_secret_env(
+    ctx: &super::ShellContext,
+    payload: &ShellExecPayload,
+) -> Result<Vec<ResolvedSecret>, String> {
+    let requested = requested_secret_env(payload.secret_env.as_ref())?;
+    if requested.is_empty() {
+        return Ok(Vec::new());
+    }
+    let data = ctx
+        .control
+        .resolve_secret_placeholders(&ctx.job_id)
+        .await
+        .map_err(|e| format!("{MSG_RESOLVE_FAILED_PREFIX}: {e}"))?;
+    // A host gateway is never a managed-VM guest: aliases alone are useless.
+    check_resolution(&requested, &data, false).map_err(|e| e.to_string())
+}
 
 /// Per-stream capture cap.
 pub const SHELL_EXEC_OUTPUT_CAP: usize = 5_000_000;
@@ -63,21 +89,29 @@ pub struct ExecRun {
 }
 
 impl ExecRun {
-    pub fn into_result(self, resource_id: &str, command: &str, timeout_ms: u64) -> ShellExecResult {
+    /// The run with every resolved secret value in its output replaced by
+    /// the secret's placeholder (what a VM child would have printed): a
+    /// value reaches the child's environment and nothing else.
+    pub fn redacted(mut self, secrets: &[ResolvedSecret]) -> ExecRun {
+        if !secrets.is_empty() {
+            self.stdout = redact_values(&self.stdout, secrets);
+            self.stderr = redact_values(&self.stderr, secrets);
+        }
+        self
+    }
+
+    /// The job result as the later generation writes it (§8.6): `error`
+    /// is the spawn error and nothing else (a timeout or an exit status
+    /// is told by `message`, `timed_out` and `exit_code`).
+    pub fn into_result(self, resource_id: &str, command: &str) -> ShellExecResult {
         let message =
             ShellExecMessage::classify(self.spawn_error.is_some(), self.timed_out, self.exit_code);
+        // As the later generation writes it, `error` is only a spawn error;
+        // ours adds the message of a containment limit that stopped the job.
         let error = match message {
-            ShellExecMessage::Completed => None,
             ShellExecMessage::FailedToStart => self.spawn_error.clone(),
-            ShellExecMessage::TimedOut => Some(format!("Command timed out after {timeout_ms} ms")),
-            ShellExecMessage::NonZeroExit if self.limit_hit.is_some() => {
-                self.limit_hit.map(|hit| hit.message())
-            }
-            ShellExecMessage::NonZeroExit => Some(match (self.exit_code, self.signal) {
-                (Some(code), _) => format!("Command exited with code {code}"),
-                (None, Some(sig)) => format!("Command terminated by signal {sig}"),
-                (None, None) => "Command exited abnormally".to_string(),
-            }),
+            ShellExecMessage::NonZeroExit => self.limit_hit.map(|hit| hit.message()),
+            ShellExecMessage::Completed | ShellExecMessage::TimedOut => None,
         };
         ShellExecResult {
             message,
