@@ -43,7 +43,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
         let spec = spec_for_plan(&plan, &gw.paths.tmp_dir, PROCESS_KILL_GRACE);
         let shown = display_command(&plan);
         // gateway_jobs.debug (§3.2.5): before launch, then after exit.
-        let launch = job_debug::launch_debug(&payload, &plan, &wd.path, provider.as_str());
+        let launch = job_debug::launch_debug(payload, &plan, &wd.path, provider.as_str());
         job_debug::write(&gw.client, job_id, &launch).await;
         let slot = pgid_slot.clone();
         let r = run_process(
