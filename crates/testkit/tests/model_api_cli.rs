@@ -1,0 +1,105 @@
+//! Each real agent CLI, run directly (no gateway) against the loopback
+//! model API: it calls its shell tool (`ls` in a folder holding a marker
+//! file), gets the output back to the model, and prints the scripted
+//! answer. Proves the loopback API speaks enough of each wire.
+
+use std::process::{Command, Stdio};
+
+use panorama_testkit::agents::real_agents;
+use panorama_testkit::model_api::{ModelApi, Script};
+use serde_json::Value;
+
+const MARKER: &str = "loopback-marker-file.txt";
+
+fn run_cli(name: &str, args: &[&str]) {
+    let Some(agents) = real_agents(name) else {
+        return;
+    };
+    let api = ModelApi::start();
+    api.set_script(Script {
+        reply: "The folder holds one marker file.".into(),
+        tool_command: Some("ls".into()),
+        ..Script::default()
+    });
+    let home = tempfile::tempdir().unwrap();
+    api.configure_home(home.path());
+    let work = home.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join(MARKER), "x").unwrap();
+    let out = Command::new(agents.cli(name))
+        .args(args)
+        .current_dir(&work)
+        .env("HOME", home.path())
+        .envs(api.cli_env())
+        // Claude refuses bypass permissions as root unless told it is sandboxed.
+        .env("IS_SANDBOX", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let paths: Vec<String> = api.requests().iter().map(|r| r.path.clone()).collect();
+    assert!(
+        out.status.success(),
+        "{name} failed ({}):\nstdout: {stdout}\nstderr: {stderr}\nrequests: {paths:?}",
+        out.status
+    );
+    assert!(
+        stdout.contains("The folder holds one marker file."),
+        "{name} did not print the scripted answer:\n{stdout}\nstderr: {stderr}"
+    );
+    // The shell tool really ran: its output (the marker's name) went back to the model.
+    let sent_back = api
+        .requests()
+        .iter()
+        .any(|r| r.body.to_string().contains(MARKER) && r.body != Value::Null);
+    assert!(
+        sent_back,
+        "{name} never sent the `ls` output back to the model; requests: {paths:?}\nstdout: {stdout}"
+    );
+}
+
+#[test]
+fn claude_code_runs_a_tool_turn_on_the_loopback_api() {
+    run_cli(
+        "claude",
+        &[
+            "-p",
+            "List the files.",
+            "--output-format",
+            "json",
+            "--permission-mode",
+            "bypassPermissions",
+            "--dangerously-skip-permissions",
+        ],
+    );
+}
+
+#[test]
+fn codex_runs_a_tool_turn_on_the_loopback_api() {
+    run_cli(
+        "codex",
+        &[
+            "exec",
+            "--skip-git-repo-check",
+            "--dangerously-bypass-approvals-and-sandbox",
+            "--json",
+            "List the files.",
+        ],
+    );
+}
+
+#[test]
+fn gemini_runs_a_tool_turn_on_the_loopback_api() {
+    run_cli(
+        "gemini",
+        &[
+            "--skip-trust",
+            "--approval-mode",
+            "yolo",
+            "--output-format",
+            "json",
+            "List the files.",
+        ],
+    );
+}
