@@ -122,7 +122,7 @@ fn plan_anthropic(body: &Value, script: &Script) -> Reply {
     let called: Vec<String> = messages[start..]
         .iter()
         .filter(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
-        .flat_map(|m| blocks(m))
+        .flat_map(blocks)
         .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
         .filter_map(|b| b.get("name").and_then(Value::as_str).map(str::to_string))
         .collect();
@@ -198,7 +198,7 @@ fn plan_openai(body: &Value, script: &Script) -> Reply {
     let text: String = input[start..]
         .iter()
         .filter(|i| is_prompt(i))
-        .flat_map(|i| blocks(i))
+        .flat_map(blocks)
         .filter_map(|b| b.get("text").and_then(Value::as_str).map(str::to_string))
         .collect::<Vec<_>>()
         .join("\n");

@@ -197,7 +197,7 @@ mod tests {
             .trim_end()
             .lines()
             .rev()
-            .nth(0)
+            .next()
             .unwrap()
             .contains("response.completed"));
         assert!(body.contains("\"call_id\":\"call_loopback_2\""));
