@@ -196,8 +196,7 @@ mod tests {
         assert!(body
             .trim_end()
             .lines()
-            .rev()
-            .next()
+            .next_back()
             .unwrap()
             .contains("response.completed"));
         assert!(body.contains("\"call_id\":\"call_loopback_2\""));
