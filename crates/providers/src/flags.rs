@@ -75,6 +75,7 @@ pub const GEMINI_FLAG_PROBES: &[FlagProbe] = &[
     ("approvalModeFlag", &["--approval-mode"]),
     ("yoloFlag", &["--yolo"]),
     ("sandboxFlag", &["--sandbox"]),
+    ("skipTrustFlag", &["--skip-trust"]),
 ];
 
 /// The probe table of a provider.
@@ -130,6 +131,15 @@ impl SupportedFlags {
     }
 
     /// Every probe true (a fully featured CLI; handy for tests and defaults).
+    /// The flags each CLI is known to have (every probed flag is in the
+    /// pinned versions tested end to end: Claude Code 2.1.197, Codex
+    /// 0.171.0, Gemini CLI 0.61.0 — see the README). Used when `--help`
+    /// fails and as an unavailable provider's `supported_flags`, so a run
+    /// never loses `--output-format` because one help probe broke.
+    pub fn defaults(id: ProviderId) -> Self {
+        Self::all_true(id)
+    }
+
     pub fn all_true(id: ProviderId) -> Self {
         SupportedFlags(
             flag_probes(id)
@@ -218,7 +228,7 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&flags).unwrap(),
             serde_json::json!({"approvalModeFlag": false, "extensionsFlag": false, "modelFlag": false,
-                "outputFormatFlag": false, "sandboxFlag": false, "yoloFlag": false})
+                "outputFormatFlag": false, "sandboxFlag": false, "skipTrustFlag": false, "yoloFlag": false})
         );
         let codex = SupportedFlags::parse_help(
             ProviderId::Codex,

@@ -311,14 +311,14 @@ impl ProviderState {
     }
 
     /// Command and flags for a run; an undetected provider uses the
-    /// resolved command and all-false flags.
+    /// resolved command and the known default flags.
     pub fn command_and_flags(&self, id: ProviderId) -> (String, SupportedFlags) {
         match self.detection(id) {
             Some(d) if d.available => (d.command, d.supported_flags),
-            Some(d) => (d.command, SupportedFlags::all_false(id)),
+            Some(d) => (d.command, SupportedFlags::defaults(id)),
             None => (
                 resolve_commands()[&id].command.clone(),
-                SupportedFlags::all_false(id),
+                SupportedFlags::defaults(id),
             ),
         }
     }
