@@ -8,7 +8,7 @@ use panorama_protocol::jobs::{HandlerOutcome, ModelRunPayload, OutputFormat};
 use panorama_protocol::rows::GatewayJobRow;
 use panorama_protocol::subagent::provider_failure_message;
 use panorama_providers::argv::{build_model_run_plan, display_command};
-use panorama_providers::output::{extract_model_run_output, extract_model_run_text};
+use panorama_providers::output::{extract_model_run_answer, extract_model_run_text};
 use serde_json::{json, Value};
 
 use super::process::{run_process, ProcessSpec, MAX_CAPTURE_BYTES, PROCESS_KILL_GRACE};
@@ -98,7 +98,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             );
         }
         let output = match payload.output_format {
-            OutputFormat::Json => match extract_model_run_output(provider, &r.stdout) {
+            OutputFormat::Json => match extract_model_run_answer(provider, &r.stdout, read_answer_file(&plan).as_deref()) {
                 Ok(v) => v,
                 Err(e) => {
                     let message = e.to_string();
@@ -129,4 +129,11 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
     active.remove_model_run(&job.id);
     wd.cleanup();
     outcome
+}
+
+/// The plan's answer file (Codex `-o`), when the CLI wrote one.
+pub(super) fn read_answer_file(plan: &panorama_providers::argv::RunPlan) -> Option<String> {
+    plan.answer_file
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(f).ok())
 }

@@ -28,7 +28,7 @@ use panorama_providers::argv::{
 use panorama_providers::collector::{StreamJsonCollector, MAX_STREAM_EVENTS};
 use panorama_providers::config::{RunContext, RunOutputFormat, SubagentConfig};
 use panorama_providers::normalize::{normalizer_for, NormalizedEvent, StreamNormalizer};
-use panorama_providers::output::{claude_stream_output, parse_subagent_output, AdapterOutput};
+use panorama_providers::output::{claude_stream_output, parse_plan_output, AdapterOutput};
 use panorama_providers::registry::spec;
 use panorama_providers::retry::{
     attempt_started_payload, retry_scheduled_payload, should_retry, AttemptOutcome, RetryConfig,
@@ -653,7 +653,7 @@ async fn run_attempt(
     let adapter = if streaming && provider == ProviderId::ClaudeCode {
         claude_stream_output(state.normalizer.summary())
     } else {
-        parse_subagent_output(provider, plan.output_format, &process.stdout)
+        parse_plan_output(plan, &process.stdout)
     };
     Attempt {
         process,
@@ -1038,6 +1038,7 @@ async fn attempts(
         full_control: r.decision.effective,
         previous_session_id: r.previous_session.clone(),
         work_dir: wd.path.clone(),
+        ..RunContext::with_host_facts()
     };
     let retry = RetryConfig::from_config(&config.raw);
     let max_attempts = retry.max_attempts.max(1);
@@ -1067,7 +1068,12 @@ async fn attempts(
         terminal.stderr_truncated = a.process.stderr_truncated;
         terminal.stream_events_truncated = a.stream_events_truncated;
         terminal.output_format = Some(plan.output_format.as_str());
-        terminal.parse_error = a.adapter.parse_error.clone();
+        // A cancelled run stopped before its result: no parse error to report.
+        terminal.parse_error = a
+            .adapter
+            .parse_error
+            .clone()
+            .filter(|_| run.cancelled().is_none());
         terminal.stderr = a.process.stderr.clone();
         terminal.adapter_metadata = a.adapter.metadata.clone();
         if let Some(cancel) = run.cancelled() {

@@ -119,6 +119,7 @@ Options:
   -m, --model                 Model  [string]
   -p, --prompt                Prompt. Appended to input on stdin (if any).  [string]
   -s, --sandbox               Run in sandbox?  [boolean]
+      --skip-trust            Trust the current workspace for this session.  [boolean]
   -y, --yolo                  Automatically accept all actions (aka YOLO mode)  [boolean] [default: false]
       --approval-mode         Set the approval mode  [string] [choices: \"default\", \"auto_edit\", \"yolo\", \"plan\"]
   -e, --extensions            A list of extensions to use. If not provided, all extensions are used.  [array]
