@@ -484,7 +484,11 @@ fn codex_gemini_model_run_and_scrubbed_environment() {
     let dump = dumps.path().join("env.json");
     let s = setup(
         false,
-        &[("FAKE_AGENT_ENV_DUMP", dump.display().to_string())],
+        &[
+            ("FAKE_AGENT_ENV_DUMP", dump.display().to_string()),
+            // Restricted Gemini runs need a sandbox; say there is one.
+            ("GEMINI_SANDBOX", "docker".to_string()),
+        ],
     );
     let codex = s.subagent(
         "codex_gateway",
@@ -519,7 +523,7 @@ fn codex_gemini_model_run_and_scrubbed_environment() {
     assert!(row["result"]["command"]
         .as_str()
         .unwrap()
-        .contains("--json-schema <redacted>"));
+        .contains("--json-schema [REDACTED]"));
 
     // Malformed payloads fail with clear errors.
     let bad_model = s.wait_job(&s.job("model_run", json!({"prompt": "x"})));

@@ -1,0 +1,299 @@
+//! The real agent CLIs (Claude Code 2.1.197, Codex 0.171.0, Gemini CLI
+//! 0.61.0 from the npm registry, `scripts/install-agents.sh`) end to end:
+//! a real hub, our gateway, each CLI on the gateway's PATH, and the
+//! loopback model API (`panorama_testkit::model_api`) as their model.
+//!
+//! Per CLI: discovery and full validation pass (capabilities: available,
+//! parsed version, healthy); a full-control stream-json subagent run calls
+//! the CLI's shell tool (`ls`) and completes with `message`, `tool_call`,
+//! `tool_result` events in order; a json run answered in prose completes
+//! as markdown and the provider stays healthy; a model_run with a JSON
+//! schema returns schema output; a cancel while the CLI's shell tool runs
+//! `sleep` completes and leaves no process of the CLI's tree.
+//!
+//! Skipped (loudly) only when the CLIs are not installed and the npm
+//! registry is unreachable. Runs as whatever user runs the tests (root in CI).
+
+use std::os::unix::fs::symlink;
+use std::time::Duration;
+
+use panorama_testkit::agents::real_agents;
+use panorama_testkit::model_api::{ModelApi, Script};
+use panorama_testkit::{procs, GatewayHost, Hub, PairedGateway, RunningGateway};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+struct Setup {
+    hub: Hub,
+    host: GatewayHost,
+    gw: PairedGateway,
+    api: ModelApi,
+    _running: RunningGateway,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- gateway log ---\n{}", self.host.log_tail(60));
+            let paths: Vec<String> = self.api.requests().iter().map(|r| r.path.clone()).collect();
+            eprintln!("--- model API requests ---\n{paths:?}");
+        }
+    }
+}
+
+fn setup(cli: &str, test: &str) -> Option<Setup> {
+    let agents = real_agents(test)?;
+    let hub = Hub::start();
+    let host = GatewayHost::bare();
+    symlink(agents.cli(cli), host.bin_dir().join(cli)).expect("link the real CLI");
+    let api = ModelApi::start();
+    api.configure_home(host.home());
+    let team = hub.create_team("real-agents");
+    let gw = hub.pair(&team, "agent-box");
+    hub.set_full_control(&gw.gateway_id, true);
+    host.write_config(&hub, &gw, true);
+    let env: Vec<(String, String)> = api.cli_env();
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let running = host.start(&hub, &env_refs);
+    hub.wait_for("gateway ready", WAIT, || {
+        hub.select(
+            "team_gateways",
+            &format!("id=eq.{}&select=*", gw.gateway_id),
+        )
+        .into_iter()
+        .next()
+        .filter(|r| r["status"] == "ready")
+    });
+    Some(Setup {
+        hub,
+        host,
+        gw,
+        api,
+        _running: running,
+    })
+}
+
+impl Setup {
+    fn gateway_row(&self) -> Value {
+        self.hub
+            .select(
+                "team_gateways",
+                &format!("id=eq.{}&select=*", self.gw.gateway_id),
+            )
+            .remove(0)
+    }
+
+    fn provider_capability(&self, id: &str) -> Value {
+        self.gateway_row()["capabilities"]["providers"][id].clone()
+    }
+
+    fn subagent(&self, subagent_type: &str, config: Value, prompt: &str) -> String {
+        let id = panorama_testkit::new_uuid();
+        self.hub.insert(
+            "subagents",
+            json!({"id": id, "team_id": self.gw.team_id, "gateway_id": self.gw.gateway_id,
+                   "subagent_type": subagent_type, "status": "idle", "config": config,
+                   "input": {"prompt": prompt}, "metadata": {}}),
+        );
+        id
+    }
+
+    fn job(&self, job_type: &str, payload: Value) -> String {
+        self.hub.insert_job(&self.gw, job_type, payload)
+    }
+
+    fn wait_job(&self, id: &str) -> Value {
+        self.hub.wait_job_terminal(id, WAIT)
+    }
+
+    fn event_types(&self, run_id: &str) -> Vec<String> {
+        self.hub
+            .select(
+                "subagent_run_events",
+                &format!("run_id=eq.{run_id}&select=*&order=sequence.asc"),
+            )
+            .iter()
+            .map(|e| e["event_type"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+fn position(types: &[String], t: &str) -> usize {
+    types
+        .iter()
+        .position(|x| x == t)
+        .unwrap_or_else(|| panic!("no {t} event in {types:?}"))
+}
+
+fn exercise(cli: &str, provider: &str, subagent_type: &str, version: &str, test: &str) {
+    let Some(s) = setup(cli, test) else {
+        return;
+    };
+    // Discovery and full validation (the first start validates fully).
+    let cap = s.hub.wait_for("provider validated", WAIT, || {
+        let cap = s.provider_capability(provider);
+        cap["health"]["check_type"]
+            .as_str()
+            .is_some_and(|t| t == "full")
+            .then_some(cap)
+    });
+    assert_eq!(cap["available"], true, "{cap}");
+    assert_eq!(cap["version"], version, "{cap}");
+    assert_eq!(cap["health"]["status"], "healthy", "{cap}");
+
+    // Stream-json, full control: the CLI's shell tool runs `ls`.
+    s.api.set_script(Script {
+        reply: "The work dir is listed.".into(),
+        tool_command: Some("ls".into()),
+        ..Script::default()
+    });
+    let sid = s.subagent(
+        subagent_type,
+        json!({"output_format": "stream-json", "full_control": true}),
+        "List the files in the work dir.",
+    );
+    let run_id = panorama_testkit::new_uuid();
+    let row = s.wait_job(&s.job(
+        "subagent_run",
+        json!({"subagent_id": sid, "run_id": run_id}),
+    ));
+    assert_eq!(row["status"], "completed", "stream run: {row}");
+    assert_eq!(row["result"]["status"], "completed", "stream run: {row}");
+    let types = s.hub.wait_for("terminal event", WAIT, || {
+        let t = s.event_types(&run_id);
+        t.iter().any(|t| t == "run_completed").then_some(t)
+    });
+    let (call, result) = (
+        position(&types, "tool_call"),
+        position(&types, "tool_result"),
+    );
+    let last_message = types
+        .iter()
+        .rposition(|t| t == "message")
+        .expect("a message event");
+    assert!(call < result && result < last_message, "order: {types:?}");
+
+    // JSON (default format) answered in prose: completes as markdown, still healthy.
+    s.api.set_script(Script {
+        reply: "Plain prose, no JSON here.".into(),
+        ..Script::default()
+    });
+    let sid = s.subagent(
+        subagent_type,
+        json!({"full_control": true}),
+        "Say something.",
+    );
+    let row = s.wait_job(&s.job("subagent_run", json!({"subagent_id": sid})));
+    assert_eq!(row["result"]["status"], "completed", "prose run: {row}");
+    assert_eq!(row["result"]["output"]["content_type"], "markdown", "{row}");
+    assert_eq!(
+        row["result"]["output"]["content"], "Plain prose, no JSON here.",
+        "{row}"
+    );
+    assert_eq!(
+        s.provider_capability(provider)["health"]["status"],
+        "healthy"
+    );
+
+    // model_run with a schema.
+    s.api.set_script(Script {
+        structured: Some(json!({"answer": "forty-two", "score": 42})),
+        ..Script::default()
+    });
+    let schema = json!({"type": "object", "properties": {"answer": {"type": "string"},
+        "score": {"type": "integer"}}, "required": ["answer", "score"]});
+    let row = s.wait_job(&s.job(
+        "model_run",
+        json!({"prompt": "Answer.", "model": "__default__", "provider": provider, "json_schema": schema}),
+    ));
+    assert_eq!(row["status"], "completed", "model_run: {row}");
+    assert_eq!(
+        row["result"]["output"],
+        json!({"answer": "forty-two", "score": 42}),
+        "{row}"
+    );
+
+    // Cancel while the shell tool runs `sleep`: nothing of the tree survives.
+    s.api.set_script(Script {
+        tool_command: Some("sleep 300".into()),
+        ..Script::default()
+    });
+    let sid = s.subagent(
+        subagent_type,
+        json!({"full_control": true}),
+        "Wait a while.",
+    );
+    let job = s.job("subagent_run", json!({"subagent_id": sid}));
+    let home = s.host.home().to_path_buf();
+    let sleeper = s.hub.wait_for("the tool's sleep process", WAIT, || {
+        procs::table().into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                .is_ok_and(|c| c.trim() == "sleep")
+                && procs::environ(p.pid).is_some_and(|env| {
+                    env.iter()
+                        .any(|(k, v)| k == "HOME" && v == &home.display().to_string())
+                })
+        })
+    });
+    let cancel = s.wait_job(&s.job("subagent_cancel", json!({"subagent_id": sid})));
+    assert_eq!(cancel["status"], "completed", "{cancel}");
+    let row = s.wait_job(&job);
+    assert_eq!(row["result"]["status"], "cancelled", "{row}");
+    s.hub
+        .wait_for("the CLI's tree is gone", Duration::from_secs(15), || {
+            (!procs::alive(sleeper.pid)).then_some(())
+        });
+    let survivors: Vec<i32> = procs::table()
+        .into_iter()
+        .filter(|p| {
+            procs::environ(p.pid).is_some_and(|env| {
+                env.iter()
+                    .any(|(k, v)| k == "HOME" && v == &home.display().to_string())
+            }) && p.pid != s._running.pid() as i32
+        })
+        .map(|p| p.pid)
+        .collect();
+    assert!(
+        survivors.is_empty(),
+        "processes of the cancelled run survive: {survivors:?}"
+    );
+    // The provider is still healthy after all of it.
+    assert_eq!(
+        s.provider_capability(provider)["health"]["status"],
+        "healthy"
+    );
+}
+
+#[test]
+fn real_claude_code_end_to_end() {
+    exercise(
+        "claude",
+        "claude_code",
+        "claude_code_gateway",
+        "2.1.197",
+        "real_claude_code_end_to_end",
+    );
+}
+
+#[test]
+fn real_codex_end_to_end() {
+    exercise(
+        "codex",
+        "codex",
+        "codex_gateway",
+        "0.171.0",
+        "real_codex_end_to_end",
+    );
+}
+
+#[test]
+fn real_gemini_end_to_end() {
+    exercise(
+        "gemini",
+        "gemini",
+        "gemini_gateway",
+        "0.61.0",
+        "real_gemini_end_to_end",
+    );
+}
