@@ -485,7 +485,23 @@ impl StreamNormalizer for CodexNormalizer {
                     .map(str::to_string);
                 Vec::new()
             }
-            Some("turn.started" | "item.started" | "item.updated") => Vec::new(),
+            Some("item.started") => match map.get("item") {
+                // Codex ≥ 0.1xx: its shell tool is a `command_execution` item.
+                Some(item) if str_of(item, "type") == Some("command_execution") => {
+                    let command = str_of(item, "command").unwrap_or("");
+                    vec![NormalizedEvent::run(
+                        RunEventType::ToolCall,
+                        json!({
+                            "tool_name": "shell",
+                            "tool_use_id": str_of(item, "id"),
+                            "tool_input": {"command": command},
+                            "summary": command,
+                        }),
+                    )]
+                }
+                _ => Vec::new(),
+            },
+            Some("turn.started" | "item.updated") => Vec::new(),
             Some("turn.completed") => {
                 s.usage = map.get("usage").cloned();
                 Vec::new()
@@ -521,6 +537,19 @@ impl StreamNormalizer for CodexNormalizer {
                     Some("error") => {
                         s.errors.extend(error_text(item.get("message")));
                         Vec::new()
+                    }
+                    Some("command_execution") => {
+                        let exit_code = item.get("exit_code").and_then(Value::as_i64);
+                        vec![NormalizedEvent::run(
+                            RunEventType::ToolResult,
+                            json!({
+                                "tool_use_id": str_of(item, "id"),
+                                "tool_name": "shell",
+                                "content": str_of(item, "aggregated_output").unwrap_or(""),
+                                "is_error": exit_code.is_some_and(|c| c != 0),
+                                "exit_code": exit_code,
+                            }),
+                        )]
                     }
                     _ => Vec::new(),
                 }

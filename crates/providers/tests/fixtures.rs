@@ -322,3 +322,31 @@ fn every_fixture_is_covered() {
         ]
     );
 }
+
+/// Recorded from the real Codex 0.171.0 on the loopback model API
+/// (`PANORAMA_RECORD_FIXTURES=1 cargo test -p panorama-testkit --test model_api_cli`).
+#[test]
+fn real_codex_tool_turn_normalizes_to_call_result_message() {
+    use panorama_providers::normalize::{
+        normalize_all, CodexNormalizer, NormalizedEvent, StreamNormalizer,
+    };
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/codex/0.171.0/tool-turn.jsonl"
+    ))
+    .unwrap();
+    let mut n = CodexNormalizer::default();
+    let events = normalize_all(&mut n, &text);
+    let types: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            NormalizedEvent::Run { event_type, .. } => Some(event_type.as_str().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(types, ["tool_call", "tool_result", "message"]);
+    assert_eq!(
+        n.summary().result_text.as_deref(),
+        Some("The folder holds one marker file.")
+    );
+}

@@ -37,6 +37,22 @@ fn run_cli(name: &str, args: &[&str]) {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    // PANORAMA_RECORD_FIXTURES=1 records the output into the providers
+    // crate's fixtures (`fixtures/<cli>/<version>/tool-turn.jsonl`).
+    if std::env::var_os("PANORAMA_RECORD_FIXTURES").is_some() && out.status.success() {
+        let version = agents.version(name);
+        let version = version
+            .split_whitespace()
+            .find(|t| t.chars().next().is_some_and(|c| c.is_ascii_digit()))
+            .unwrap_or("unknown")
+            .to_string();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../providers/fixtures")
+            .join(name)
+            .join(version);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tool-turn.jsonl"), stdout.as_bytes()).unwrap();
+    }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let paths: Vec<String> = api.requests().iter().map(|r| r.path.clone()).collect();
     assert!(
