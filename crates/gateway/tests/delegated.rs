@@ -990,7 +990,8 @@ fn shutdown_cancels_runs_capabilities_and_failure_fallback() {
         .clone();
     let claude = &caps["providers"]["claude_code"];
     assert_eq!(claude["available"], true, "{caps}");
-    assert_eq!(claude["version"], "2.0.14 (Claude Code)");
+    // The version is the semver parsed out of `--version` (issue 12).
+    assert_eq!(claude["version"], "2.0.14");
     assert_eq!(claude["supported_flags"]["permissionModeFlag"], true);
     assert_eq!(claude["health"]["check_type"], "full");
     assert_eq!(caps["providers"]["codex"]["available"], true);

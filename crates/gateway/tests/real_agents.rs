@@ -164,28 +164,15 @@ fn exercise(cli: &str, provider: &str, subagent_type: &str, version: &str, test:
         let t = s.event_types(&run_id);
         t.iter().any(|t| t == "run_completed").then_some(t)
     });
-    if provider == "gemini" {
-        // NOT DONE: our Gemini adapter still runs stream-json requests in
-        // json mode (no live events). The tool turn itself is proven by
-        // the `ls` output reaching the model.
-        assert!(
-            s.api
-                .requests()
-                .iter()
-                .any(|r| r.body.to_string().contains("functionResponse")),
-            "Gemini never sent its shell tool's result back"
-        );
-    } else {
-        let (call, result) = (
-            position(&types, "tool_call"),
-            position(&types, "tool_result"),
-        );
-        let last_message = types
-            .iter()
-            .rposition(|t| t == "message")
-            .expect("a message event");
-        assert!(call < result && result < last_message, "order: {types:?}");
-    }
+    let (call, result) = (
+        position(&types, "tool_call"),
+        position(&types, "tool_result"),
+    );
+    let last_message = types
+        .iter()
+        .rposition(|t| t == "message")
+        .expect("a message event");
+    assert!(call < result && result < last_message, "order: {types:?}");
 
     // JSON (default format) answered in prose: completes as markdown, still healthy.
     s.api.set_script(Script {

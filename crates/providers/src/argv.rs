@@ -373,6 +373,8 @@ pub fn build_gemini_subagent_plan(
     let fc = ctx.full_control;
     let output_format = match config.output_format() {
         RunOutputFormat::Text => RunOutputFormat::Text,
+        // Gemini CLI ≥ 0.1x has `--output-format stream-json` (live events).
+        RunOutputFormat::StreamJson if flags.has("streamJsonFlag") => RunOutputFormat::StreamJson,
         _ => RunOutputFormat::Json,
     };
     let mut args: Vec<String> = vec!["--output-format".into(), output_format.as_str().into()];

@@ -76,6 +76,7 @@ pub const GEMINI_FLAG_PROBES: &[FlagProbe] = &[
     ("yoloFlag", &["--yolo"]),
     ("sandboxFlag", &["--sandbox"]),
     ("skipTrustFlag", &["--skip-trust"]),
+    ("streamJsonFlag", &["stream-json"]),
 ];
 
 /// The probe table of a provider.
@@ -228,7 +229,8 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&flags).unwrap(),
             serde_json::json!({"approvalModeFlag": false, "extensionsFlag": false, "modelFlag": false,
-                "outputFormatFlag": false, "sandboxFlag": false, "skipTrustFlag": false, "yoloFlag": false})
+                "outputFormatFlag": false, "sandboxFlag": false, "skipTrustFlag": false, "streamJsonFlag": false,
+                "yoloFlag": false})
         );
         let codex = SupportedFlags::parse_help(
             ProviderId::Codex,

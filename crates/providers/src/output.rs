@@ -6,7 +6,8 @@ use serde_json::{json, Map, Value};
 use crate::config::RunOutputFormat;
 use crate::error::ProviderError;
 use crate::normalize::{
-    normalize_all, ClaudeNormalizer, CodexNormalizer, RunSummary, StreamNormalizer,
+    normalize_all, ClaudeNormalizer, CodexNormalizer, GeminiNormalizer, RunSummary,
+    StreamNormalizer,
 };
 use crate::registry::ProviderId;
 
@@ -312,6 +313,29 @@ pub fn parse_gemini_output(
 ) -> AdapterOutput {
     if format == RunOutputFormat::Text {
         return text_output(stdout, ProviderId::Gemini);
+    }
+    if format == RunOutputFormat::StreamJson {
+        let mut n = GeminiNormalizer::default();
+        normalize_all(&mut n, stdout);
+        let s = n.summary();
+        let mut out = answer_output(
+            ProviderId::Gemini,
+            s.result_text.as_deref(),
+            false,
+            false,
+            s.usage.as_ref(),
+        );
+        if let Some(id) = &s.session_id {
+            out.metadata.insert("session_id".into(), json!(id));
+        }
+        if s.is_error {
+            out.provider_error = s
+                .errors
+                .last()
+                .cloned()
+                .or(Some("Gemini run failed".into()));
+        }
+        return out;
     }
     let Some(v) = last_json_object(stdout) else {
         return AdapterOutput {

@@ -83,7 +83,8 @@ fn claude_code_runs_a_tool_turn_on_the_loopback_api() {
             "-p",
             "List the files.",
             "--output-format",
-            "json",
+            "stream-json",
+            "--verbose",
             "--permission-mode",
             "bypassPermissions",
             "--dangerously-skip-permissions",
@@ -114,7 +115,7 @@ fn gemini_runs_a_tool_turn_on_the_loopback_api() {
             "--approval-mode",
             "yolo",
             "--output-format",
-            "json",
+            "stream-json",
             "List the files.",
         ],
     );
