@@ -7,7 +7,8 @@
 //! parsed version, healthy); a full-control stream-json subagent run calls
 //! the CLI's shell tool (`ls`) and completes with `message`, `tool_call`,
 //! `tool_result` events in order; a json run answered in prose completes
-//! as markdown and the provider stays healthy; a model_run with a JSON
+//! as markdown and the provider stays healthy; a second run on that
+//! subagent resumes the CLI's session; a model_run with a JSON
 //! schema returns schema output; a cancel while the CLI's shell tool runs
 //! `sleep` completes and leaves no process of the CLI's tree.
 //!
@@ -194,6 +195,26 @@ fn exercise(cli: &str, provider: &str, subagent_type: &str, version: &str, test:
     assert_eq!(
         s.provider_capability(provider)["health"]["status"],
         "healthy"
+    );
+
+    // A second run on the same subagent resumes the CLI's session: the
+    // model sees the first run's answer again.
+    s.api.set_script(Script {
+        reply: "Resumed answer.".into(),
+        ..Script::default()
+    });
+    let before = s.api.requests().len();
+    let row = s.wait_job(&s.job("subagent_run", json!({"subagent_id": sid})));
+    assert_eq!(row["result"]["status"], "completed", "resumed run: {row}");
+    assert_eq!(
+        row["result"]["output"]["content"], "Resumed answer.",
+        "{row}"
+    );
+    assert!(
+        s.api.requests()[before..]
+            .iter()
+            .any(|r| r.body.to_string().contains("Plain prose, no JSON here.")),
+        "the resumed run did not carry the first conversation"
     );
 
     // model_run with a schema.

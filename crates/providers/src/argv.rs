@@ -274,13 +274,24 @@ fn mentions_web_search(tools: &[String]) -> bool {
     })
 }
 
-/// §4: Codex subagent argv. Codex has no continuation.
+/// The session to continue: the config's `resume_session_id`, else the
+/// previous run's session id.
+fn resume_id(config: &SubagentConfig, ctx: &RunContext) -> Option<String> {
+    config.resume_session_id.clone().or_else(|| {
+        ctx.previous_session_id
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+    })
+}
+
+/// §4: Codex subagent argv; a session continues with `exec … resume <id>`.
 pub fn build_codex_subagent_plan(
     config: &SubagentConfig,
     ctx: &RunContext,
     flags: &SupportedFlags,
 ) -> Result<RunPlan, ProviderError> {
-    if config.resume_session_id.is_some() || ctx.previous_session_id.is_some() {
+    let resume = resume_id(config, ctx);
+    if resume.is_some() && !flags.has("resumeFlag") {
         return Err(ProviderError::ContinuationUnsupported);
     }
     let fc = ctx.full_control;
@@ -316,6 +327,10 @@ pub fn build_codex_subagent_plan(
         args.push("--json".into());
     }
     let schema = config.json_schema.as_ref().map(schema_instruction);
+    // `codex exec [exec options] resume <id> <prompt>`.
+    if let Some(id) = resume {
+        args.extend(["resume".into(), id]);
+    }
     args.push(join_prompt(&[
         config.system_prompt.as_deref(),
         Some(ctx.prompt.as_str()),
@@ -361,13 +376,14 @@ fn gemini_system_file(
     );
 }
 
-/// §5: Gemini subagent argv and env. Gemini has no continuation.
+/// §5: Gemini subagent argv and env; a session continues with `--resume <id>`.
 pub fn build_gemini_subagent_plan(
     config: &SubagentConfig,
     ctx: &RunContext,
     flags: &SupportedFlags,
 ) -> Result<RunPlan, ProviderError> {
-    if config.resume_session_id.is_some() || ctx.previous_session_id.is_some() {
+    let resume = resume_id(config, ctx);
+    if resume.is_some() && !flags.has("resumeFlag") {
         return Err(ProviderError::ContinuationUnsupported);
     }
     let fc = ctx.full_control;
@@ -401,6 +417,9 @@ pub fn build_gemini_subagent_plan(
     }
     if !config.extensions.is_empty() {
         args.extend(["--extensions".into(), config.extensions.join(",")]);
+    }
+    if let Some(id) = resume {
+        args.extend(["--resume".into(), id]);
     }
     let mut files = Vec::new();
     gemini_system_file(

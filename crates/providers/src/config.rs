@@ -183,6 +183,11 @@ impl SubagentConfig {
     }
 }
 
+/// The last segment of a subagent's work dir (`<work>/subagents/<id>/session`):
+/// the same for every run of the subagent, because the CLIs key their saved
+/// sessions by working directory and `--resume` must find them.
+pub const SUBAGENT_SESSION_DIR: &str = "session";
+
 /// Per-run inputs that do not come from the config.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RunContext {

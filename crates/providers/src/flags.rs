@@ -66,6 +66,8 @@ pub const CODEX_FLAG_PROBES: &[FlagProbe] = &[
         "dangerouslyBypassApprovalsAndSandboxFlag",
         &["--dangerously-bypass-approvals-and-sandbox"],
     ),
+    // The `exec resume` subcommand, listed under Commands in `exec --help`.
+    ("resumeFlag", &["resume"]),
 ];
 
 pub const GEMINI_FLAG_PROBES: &[FlagProbe] = &[
@@ -77,6 +79,7 @@ pub const GEMINI_FLAG_PROBES: &[FlagProbe] = &[
     ("sandboxFlag", &["--sandbox"]),
     ("skipTrustFlag", &["--skip-trust"]),
     ("streamJsonFlag", &["stream-json"]),
+    ("resumeFlag", &["--resume"]),
 ];
 
 /// The probe table of a provider.
@@ -229,8 +232,8 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&flags).unwrap(),
             serde_json::json!({"approvalModeFlag": false, "extensionsFlag": false, "modelFlag": false,
-                "outputFormatFlag": false, "sandboxFlag": false, "skipTrustFlag": false, "streamJsonFlag": false,
-                "yoloFlag": false})
+                "outputFormatFlag": false, "resumeFlag": false, "sandboxFlag": false, "skipTrustFlag": false,
+                "streamJsonFlag": false, "yoloFlag": false})
         );
         let codex = SupportedFlags::parse_help(
             ProviderId::Codex,

@@ -295,6 +295,10 @@ pub fn parse_codex_output(
         strict_json,
         s.usage.as_ref(),
     );
+    // The thread id: the next run on this subagent resumes it.
+    if let Some(id) = &s.session_id {
+        out.metadata.insert("session_id".into(), json!(id));
+    }
     if s.is_error || (s.result_text.is_none() && !s.errors.is_empty()) {
         out.provider_error = s
             .errors
@@ -352,6 +356,9 @@ pub fn parse_gemini_output(
         strict_json,
         v.get("stats"),
     );
+    if let Some(id) = v.get("session_id").and_then(Value::as_str) {
+        out.metadata.insert("session_id".into(), json!(id));
+    }
     if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
         out.provider_error = Some(
             err.get("message")

@@ -266,9 +266,31 @@ fn codex_argv() {
             "danger-full-access"
         ])[..]
     );
-    c.previous_session_id = Some("x".into());
+    // Continuation: `exec [options] resume <id> <prompt>` (Codex 0.171.0).
+    c.previous_session_id = Some("thread-1".into());
+    let plan = build_codex_subagent_plan(&cfg(json!({})), &c, &flags).unwrap();
+    let n = plan.args.len();
+    assert_eq!(&plan.args[n - 3..n - 1], &s(&["resume", "thread-1"])[..]);
     assert_eq!(
-        build_codex_subagent_plan(&cfg(json!({})), &c, &flags),
+        build_codex_subagent_plan(
+            &cfg(json!({})),
+            &c,
+            &flags.clone().with("resumeFlag", false)
+        ),
+        Err(ProviderError::ContinuationUnsupported)
+    );
+}
+
+#[test]
+fn gemini_resumes_with_its_flag() {
+    let flags = SupportedFlags::all_true(ProviderId::Gemini);
+    let mut c = ctx(true);
+    c.previous_session_id = Some("sess-1".into());
+    let plan = build_gemini_subagent_plan(&cfg(json!({})), &c, &flags).unwrap();
+    let n = plan.args.len();
+    assert_eq!(&plan.args[n - 3..n - 1], &s(&["--resume", "sess-1"])[..]);
+    assert_eq!(
+        build_gemini_subagent_plan(&cfg(json!({})), &c, &flags.with("resumeFlag", false)),
         Err(ProviderError::ContinuationUnsupported)
     );
 }

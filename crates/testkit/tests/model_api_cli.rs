@@ -120,3 +120,132 @@ fn gemini_runs_a_tool_turn_on_the_loopback_api() {
         ],
     );
 }
+
+/// Runs `first`, takes the session id out of its JSON output with
+/// `session_of`, runs `second(id)`, and checks the model saw the first
+/// prompt again: the CLI really resumed the conversation.
+fn resume_cli(name: &str, first: &[&str], session_key: &str, second: impl Fn(&str) -> Vec<String>) {
+    let Some(agents) = real_agents(name) else {
+        return;
+    };
+    let api = ModelApi::start();
+    let home = tempfile::tempdir().unwrap();
+    api.configure_home(home.path());
+    let work = home.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let run = |args: &[String]| {
+        let out = Command::new(agents.cli(name))
+            .args(args)
+            .current_dir(&work)
+            .env("HOME", home.path())
+            .envs(api.cli_env())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{name} {args:?} failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let first: Vec<String> = first.iter().map(|s| s.to_string()).collect();
+    let stdout = run(&first);
+    let session = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|v| {
+            v.get(session_key)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no {session_key} in {name} output: {stdout}"));
+    let before = api.requests().len();
+    run(&second(&session));
+    let resumed = api.requests()[before..]
+        .iter()
+        .any(|r| r.body.to_string().contains("Remember the word pelican."));
+    assert!(
+        resumed,
+        "{name} did not carry the first turn into the resumed run"
+    );
+}
+
+#[test]
+fn codex_resumes_a_session() {
+    resume_cli(
+        "codex",
+        &[
+            "exec",
+            "--skip-git-repo-check",
+            "--json",
+            "Remember the word pelican.",
+        ],
+        "thread_id",
+        |id| {
+            [
+                "exec",
+                "--skip-git-repo-check",
+                "--json",
+                "resume",
+                id,
+                "Which word?",
+            ]
+            .map(String::from)
+            .to_vec()
+        },
+    );
+}
+
+#[test]
+fn gemini_resumes_a_session() {
+    resume_cli(
+        "gemini",
+        &[
+            "--skip-trust",
+            "--output-format",
+            "stream-json",
+            "Remember the word pelican.",
+        ],
+        "session_id",
+        |id| {
+            [
+                "--skip-trust",
+                "--output-format",
+                "stream-json",
+                "--resume",
+                id,
+                "Which word?",
+            ]
+            .map(String::from)
+            .to_vec()
+        },
+    );
+}
+
+#[test]
+fn claude_resumes_a_session() {
+    resume_cli(
+        "claude",
+        &[
+            "-p",
+            "Remember the word pelican.",
+            "--output-format",
+            "json",
+        ],
+        "session_id",
+        |id| {
+            [
+                "-p",
+                "Which word?",
+                "--output-format",
+                "json",
+                "--resume",
+                id,
+            ]
+            .map(String::from)
+            .to_vec()
+        },
+    );
+}

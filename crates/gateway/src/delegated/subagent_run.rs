@@ -1006,12 +1006,20 @@ async fn run_registered(
         );
         return ctx.pre_execution_failure(&message, overrides);
     }
+    // One stable cwd per subagent, not per run (runtime.md §2.1 says
+    // `<subagent_id>/<run_id>`): Claude Code and Gemini CLI file their saved
+    // sessions under the working directory, so `--resume` of the previous
+    // run only finds the conversation from the same path. Runs of one
+    // subagent never overlap; the dir is still removed after each run.
     let wd = match WorkDir::create(
         &gw.paths.work_dir,
         "subagents",
         &[
             ("subagent id", ctx.sid.as_str()),
-            ("run id", ctx.run_id.as_str()),
+            (
+                "session dir",
+                panorama_providers::config::SUBAGENT_SESSION_DIR,
+            ),
         ],
     ) {
         Ok(wd) => wd,
