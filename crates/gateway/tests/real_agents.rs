@@ -13,7 +13,9 @@
 //! `sleep` completes and leaves no process of the CLI's tree.
 //!
 //! Skipped (loudly) only when the CLIs are not installed and the npm
-//! registry is unreachable. Runs as whatever user runs the tests (root in CI).
+//! registry is unreachable. Each CLI runs twice: as the user running the
+//! tests (root in CI) and, when that is root, with the gateway started as
+//! the unprivileged `panorama-agent-e2e` account (created with `useradd`).
 
 use std::os::unix::fs::symlink;
 use std::time::Duration;
@@ -43,7 +45,50 @@ impl Drop for Setup {
     }
 }
 
-fn setup(cli: &str, test: &str) -> Option<Setup> {
+/// The unprivileged account the non-root variants run the gateway as,
+/// created (system user, no home) when missing.
+const TEST_USER: &str = "panorama-agent-e2e";
+
+fn test_user() -> (u32, u32) {
+    let id = |flag: &str| -> Option<u32> {
+        let out = std::process::Command::new("id")
+            .args([flag, TEST_USER])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    if id("-u").is_none() {
+        let status = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                TEST_USER,
+            ])
+            .status()
+            .expect("run useradd");
+        assert!(
+            status.success() || id("-u").is_some(),
+            "useradd {TEST_USER} failed"
+        );
+    }
+    (
+        id("-u").expect("test user uid"),
+        id("-g").expect("test user gid"),
+    )
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn setup(cli: &str, test: &str, as_user: bool) -> Option<Setup> {
+    if as_user && !running_as_root() {
+        eprintln!("{test}: the tests already run as a non-root user; this variant is the same run");
+    }
     let agents = real_agents(test)?;
     let hub = Hub::start();
     let host = GatewayHost::bare();
@@ -56,7 +101,31 @@ fn setup(cli: &str, test: &str) -> Option<Setup> {
     host.write_config(&hub, &gw, true);
     let env: Vec<(String, String)> = api.cli_env();
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let running = host.start(&hub, &env_refs);
+    let mut cmd = host.command(&hub, &["start", "--foreground"]);
+    cmd.envs(env_refs.iter().copied());
+    if as_user && running_as_root() {
+        // The gateway (and so every CLI) runs as an unprivileged user that
+        // owns the host's home.
+        use std::os::unix::process::CommandExt;
+        let (uid, gid) = test_user();
+        let status = std::process::Command::new("chown")
+            .args(["-R", &format!("{uid}:{gid}")])
+            .arg(host.home())
+            .status()
+            .expect("run chown");
+        assert!(status.success(), "chown of the test home failed");
+        cmd.uid(uid).gid(gid);
+    }
+    let running = host.spawn(cmd);
+    if as_user && running_as_root() {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", running.pid()))
+            .expect("gateway /proc status");
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+        assert!(
+            uid_line.split_whitespace().nth(1) == Some(&test_user().0.to_string()),
+            "the gateway does not run as {TEST_USER}: {uid_line}"
+        );
+    }
     hub.wait_for("gateway ready", WAIT, || {
         hub.select(
             "team_gateways",
@@ -127,8 +196,15 @@ fn position(types: &[String], t: &str) -> usize {
         .unwrap_or_else(|| panic!("no {t} event in {types:?}"))
 }
 
-fn exercise(cli: &str, provider: &str, subagent_type: &str, version: &str, test: &str) {
-    let Some(s) = setup(cli, test) else {
+fn exercise(
+    cli: &str,
+    provider: &str,
+    subagent_type: &str,
+    version: &str,
+    test: &str,
+    as_user: bool,
+) {
+    let Some(s) = setup(cli, test, as_user) else {
         return;
     };
     // Discovery and full validation (the first start validates fully).
@@ -294,6 +370,7 @@ fn real_claude_code_end_to_end() {
         "claude_code_gateway",
         "2.1.197",
         "real_claude_code_end_to_end",
+        false,
     );
 }
 
@@ -305,6 +382,7 @@ fn real_codex_end_to_end() {
         "codex_gateway",
         "0.171.0",
         "real_codex_end_to_end",
+        false,
     );
 }
 
@@ -316,5 +394,42 @@ fn real_gemini_end_to_end() {
         "gemini_gateway",
         "0.61.0",
         "real_gemini_end_to_end",
+        false,
+    );
+}
+
+#[test]
+fn real_claude_code_end_to_end_as_non_root() {
+    exercise(
+        "claude",
+        "claude_code",
+        "claude_code_gateway",
+        "2.1.197",
+        "real_claude_code_end_to_end_as_non_root",
+        true,
+    );
+}
+
+#[test]
+fn real_codex_end_to_end_as_non_root() {
+    exercise(
+        "codex",
+        "codex",
+        "codex_gateway",
+        "0.171.0",
+        "real_codex_end_to_end_as_non_root",
+        true,
+    );
+}
+
+#[test]
+fn real_gemini_end_to_end_as_non_root() {
+    exercise(
+        "gemini",
+        "gemini",
+        "gemini_gateway",
+        "0.61.0",
+        "real_gemini_end_to_end_as_non_root",
+        true,
     );
 }
