@@ -154,6 +154,23 @@ impl Setup {
             .remove(0)
     }
 
+    /// `panorama-hub <args>` against this hub's data dir; its stdout.
+    fn hub_cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(panorama_testkit::hub_binary())
+            .args(args)
+            .env("PANORAMA_HUB_DATA_DIR", self.hub.data_dir.path())
+            .env_remove("PANORAMA_HUB_URL")
+            .env_remove("PANORAMA_HUB_SERVICE_KEY")
+            .output()
+            .expect("run panorama-hub");
+        assert!(
+            out.status.success(),
+            "panorama-hub {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn provider_capability(&self, id: &str) -> Value {
         self.gateway_row()["capabilities"]["providers"][id].clone()
     }
@@ -218,6 +235,19 @@ fn exercise(
     assert_eq!(cap["available"], true, "{cap}");
     assert_eq!(cap["version"], version, "{cap}");
     assert_eq!(cap["health"]["status"], "healthy", "{cap}");
+    // People see it from the hub's CLI.
+    let show = s.hub_cli(&["gateways", "show", &s.gw.gateway_id]);
+    assert!(
+        show.contains(&format!("  {provider}: {version} healthy")),
+        "{show}"
+    );
+    assert!(show.contains("  team      on"), "{show}");
+    assert!(show.contains("    full control: supported"), "{show}");
+    let list = s.hub_cli(&["gateways", "list"]);
+    assert!(
+        list.contains(&format!("{provider} {version} healthy")),
+        "{list}"
+    );
 
     // Stream-json, full control: the CLI's shell tool runs `ls`.
     s.api.set_script(Script {

@@ -8,7 +8,9 @@ use panorama_protocol::jobs::{HandlerOutcome, ModelRunPayload, OutputFormat};
 use panorama_protocol::rows::GatewayJobRow;
 use panorama_protocol::subagent::provider_failure_message;
 use panorama_providers::argv::{build_model_run_plan, display_command};
-use panorama_providers::output::{extract_model_run_answer, extract_model_run_text};
+use panorama_providers::output::{
+    extract_model_run_answer, extract_model_run_text, model_run_result_shape, ProtocolGeneration,
+};
 use serde_json::{json, Value};
 
 use super::process::{run_process, ProcessSpec, MAX_CAPTURE_BYTES, PROCESS_KILL_GRACE};
@@ -118,8 +120,10 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             .as_ref()
             .and_then(|v| v.get("model").and_then(Value::as_str).map(str::to_string))
             .or_else(|| payload.model_flag().map(str::to_string));
+        // Seed shapes until the engine tells this job's protocol generation.
+        let (output, raw) = model_run_result_shape(ProtocolGeneration::default(), output, &r.stdout);
         HandlerOutcome::success(json!({
-            "output": output, "raw": r.stdout, "usage": usage, "model": model,
+            "output": output, "raw": raw, "usage": usage, "model": model,
             "duration_ms": r.duration_ms, "exit_code": r.exit_code,
             "stdout_truncated": r.stdout_truncated, "stderr_truncated": r.stderr_truncated,
             "command": shown,
