@@ -463,3 +463,73 @@ fn real_gemini_end_to_end_as_non_root() {
         true,
     );
 }
+
+fn iso_to_system_time(s: &str) -> std::time::SystemTime {
+    let t = chrono::DateTime::parse_from_rfc3339(s).expect("RFC 3339 timestamp");
+    std::time::UNIX_EPOCH + Duration::from_micros(t.timestamp_micros() as u64)
+}
+
+/// Live lag with the real Claude CLI (BENCHMARKS.md P3 beside the fake
+/// agent's): a stream-json run of 40 shell-tool turns; for each turn, the
+/// time from the loopback model handing Claude its `tool_use` answer to the
+/// hub holding the `tool_call` event row. An upper bound on our part: it
+/// includes Claude parsing the stream and writing its stdout line.
+#[test]
+fn real_claude_live_lag() {
+    const TURNS: usize = 40;
+    let Some(s) = setup("claude", "real_claude_live_lag", false) else {
+        return;
+    };
+    s.hub.wait_for("provider validated", WAIT, || {
+        (s.provider_capability("claude_code")["health"]["status"] == "healthy").then_some(())
+    });
+    s.api.set_script(Script {
+        reply: "Done.".into(),
+        tool_command: Some("true".into()),
+        tool_repeats: TURNS,
+        ..Script::default()
+    });
+    let sid = s.subagent(
+        "claude_code_gateway",
+        json!({"output_format": "stream-json", "full_control": true}),
+        "Run true many times.",
+    );
+    let run_id = panorama_testkit::new_uuid();
+    let row = s.wait_job(&s.job(
+        "subagent_run",
+        json!({"subagent_id": sid, "run_id": run_id}),
+    ));
+    assert_eq!(row["result"]["status"], "completed", "{row}");
+    let events = s.hub.select(
+        "subagent_run_events",
+        &format!("run_id=eq.{run_id}&event_type=eq.tool_call&select=*&order=sequence.asc"),
+    );
+    let answers: Vec<std::time::SystemTime> = s
+        .api
+        .requests()
+        .iter()
+        .filter(|r| matches!(&r.reply, Some(panorama_testkit::model_api::Reply::ToolCall { name, .. }) if name == "Bash"))
+        .filter_map(|r| r.answered_at)
+        .collect();
+    assert_eq!(events.len(), TURNS, "tool_call events");
+    assert_eq!(answers.len(), TURNS, "tool_use answers");
+    let mut lags: Vec<f64> = events
+        .iter()
+        .zip(&answers)
+        .map(|(e, sent)| {
+            let seen = iso_to_system_time(e["created_at"].as_str().expect("created_at"));
+            seen.duration_since(*sent).unwrap_or_default().as_secs_f64() * 1000.0
+        })
+        .collect();
+    lags.sort_by(|a, b| a.total_cmp(b));
+    let p50 = lags[TURNS / 2];
+    let p99 = lags[TURNS - 1];
+    eprintln!(
+        "real Claude Code 2.1.197 live lag over {TURNS} tool turns (model answer sent → event row): \
+         p50={p50:.1} ms max={p99:.1} ms"
+    );
+    assert!(
+        p99 < 5_000.0,
+        "a tool_call event took {p99:.0} ms to show up: {lags:?}"
+    );
+}

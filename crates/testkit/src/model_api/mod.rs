@@ -35,6 +35,11 @@ pub struct RecordedRequest {
     pub method: String,
     pub path: String,
     pub body: Value,
+    /// What the model answered.
+    pub reply: Option<Reply>,
+    /// When the answer was handed to the HTTP layer (wall clock, after any
+    /// scripted delay): the start of a live-lag measurement.
+    pub answered_at: Option<std::time::SystemTime>,
 }
 
 #[derive(Default)]
@@ -211,10 +216,13 @@ async fn handle(
                 format!("{path}?{query}")
             },
             body: body.clone(),
+            reply: None,
+            answered_at: None,
         });
         st.counter += 1;
         (st.script.clone(), st.counter)
     };
+    let index = n as usize - 1;
     let Some(wire) = wire else {
         return json_response(
             StatusCode::NOT_FOUND,
@@ -224,6 +232,13 @@ async fn handle(
     let reply = plan_reply(wire, &body, &script);
     if script.answer_delay_ms > 0 && matches!(reply, Reply::Text(_)) {
         tokio::time::sleep(Duration::from_millis(script.answer_delay_ms)).await;
+    }
+    {
+        let mut st = state.lock().unwrap();
+        if let Some(r) = st.requests.get_mut(index) {
+            r.reply = Some(reply.clone());
+            r.answered_at = Some(std::time::SystemTime::now());
+        }
     }
     let streaming = match wire {
         Wire::Anthropic => body.get("stream").and_then(Value::as_bool) == Some(true),

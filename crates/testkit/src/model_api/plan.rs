@@ -59,6 +59,9 @@ pub struct Script {
     pub structured: Option<Value>,
     /// Wait this long before a final text answer (a run that stays live).
     pub answer_delay_ms: u64,
+    /// How many shell-tool calls a turn makes before answering (≥ 1 when
+    /// `tool_command` is set).
+    pub tool_repeats: usize,
 }
 
 impl Default for Script {
@@ -68,6 +71,7 @@ impl Default for Script {
             tool_command: None,
             structured: None,
             answer_delay_ms: 0,
+            tool_repeats: 1,
         }
     }
 }
@@ -127,7 +131,9 @@ fn plan_anthropic(body: &Value, script: &Script) -> Reply {
         .filter_map(|b| b.get("name").and_then(Value::as_str).map(str::to_string))
         .collect();
     if let Some(cmd) = &script.tool_command {
-        if tools.iter().any(|t| t == "Bash") && !called.iter().any(|c| c == "Bash") {
+        if tools.iter().any(|t| t == "Bash")
+            && called.iter().filter(|c| *c == "Bash").count() < script.tool_repeats.max(1)
+        {
             return Reply::ToolCall {
                 name: "Bash".into(),
                 args: json!({"command": cmd, "description": "Run a command"}),
@@ -168,11 +174,12 @@ fn plan_openai(body: &Value, script: &Script) -> Reply {
             && i.get("role").and_then(Value::as_str) == Some("user")
     };
     let start = input.iter().rposition(is_prompt).unwrap_or(0);
-    let called_shell = input[start..]
+    let shell_calls = input[start..]
         .iter()
-        .any(|i| i.get("type").and_then(Value::as_str) == Some("function_call"));
+        .filter(|i| i.get("type").and_then(Value::as_str) == Some("function_call"))
+        .count();
     if let Some(cmd) = &script.tool_command {
-        if !called_shell {
+        if shell_calls < script.tool_repeats.max(1) {
             if tools.iter().any(|t| t == "exec_command") {
                 return Reply::ToolCall {
                     name: "exec_command".into(),
@@ -243,12 +250,13 @@ fn plan_gemini(body: &Value, script: &Script) -> Reply {
             && !parts(c).iter().any(|p| p.get("functionResponse").is_some())
     };
     let start = contents.iter().rposition(is_prompt).unwrap_or(0);
-    let called = contents[start..]
+    let calls = contents[start..]
         .iter()
         .flat_map(parts)
-        .any(|p| p.get("functionCall").is_some());
+        .filter(|p| p.get("functionCall").is_some())
+        .count();
     if let Some(cmd) = &script.tool_command {
-        if !called && tools.iter().any(|t| t == "run_shell_command") {
+        if calls < script.tool_repeats.max(1) && tools.iter().any(|t| t == "run_shell_command") {
             return Reply::ToolCall {
                 name: "run_shell_command".into(),
                 args: json!({"command": cmd, "description": "Run a command"}),
