@@ -99,7 +99,9 @@ fn setup(cli: &str, test: &str, as_user: bool) -> Option<Setup> {
     let gw = hub.pair(&team, "agent-box");
     hub.set_full_control(&gw.gateway_id, true);
     host.write_config(&hub, &gw, true);
-    let env: Vec<(String, String)> = api.cli_env();
+    let mut env: Vec<(String, String)> = api.cli_env();
+    // No container sandbox for Gemini's `--sandbox` (whatever this machine has).
+    env.push(("GEMINI_SANDBOX".into(), "false".into()));
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut cmd = host.command(&hub, &["start", "--foreground"]);
     cmd.envs(env_refs.iter().copied());
@@ -302,6 +304,32 @@ fn exercise(
         s.provider_capability(provider)["health"]["status"],
         "healthy"
     );
+
+    if provider == "gemini" {
+        // Restricted Gemini runs need `--sandbox`; without one the run is
+        // refused up front with the reason, the CLI never starts, and the
+        // provider stays healthy.
+        let before = s.api.requests().len();
+        let restricted = s.subagent(
+            subagent_type,
+            json!({"full_control": false}),
+            "Look around.",
+        );
+        let row = s.wait_job(&s.job("subagent_run", json!({"subagent_id": restricted})));
+        assert_eq!(row["status"], "failed", "{row}");
+        assert!(
+            row["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("need a sandbox"),
+            "{row}"
+        );
+        assert_eq!(s.api.requests().len(), before, "the CLI must not have run");
+        assert_eq!(
+            s.provider_capability(provider)["health"]["status"],
+            "healthy"
+        );
+    }
 
     // A second run on the same subagent resumes the CLI's session: the
     // model sees the first run's answer again.
