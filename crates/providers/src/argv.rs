@@ -493,17 +493,37 @@ pub fn strict_json_schema(schema: &Value) -> Value {
     let is_object =
         out.get("type").and_then(Value::as_str) == Some("object") || out.contains_key("properties");
     if is_object {
-        let required: Vec<String> = out
-            .get("required")
-            .and_then(Value::as_array)
-            .map(|r| {
-                r.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
         if let Some(Value::Object(props)) = out.get_mut("properties") {
+            // A free-form `args` object cannot be strict (every object needs
+            // its properties listed): ask for it JSON-encoded as `args_json`
+            // (see `output::decode_args_json`).
+            if props.get("args").is_some_and(is_free_form_object) {
+                props.remove("args");
+                props.insert(
+                    ARGS_JSON.into(),
+                    serde_json::json!({"type": "string", "description": "The args object, JSON-encoded."}),
+                );
+                if let Some(Value::Array(req)) = out.get_mut("required") {
+                    for r in req.iter_mut() {
+                        if r == "args" {
+                            *r = Value::String(ARGS_JSON.into());
+                        }
+                    }
+                }
+            }
+            let required: Vec<String> = out
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| {
+                    r.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let Some(Value::Object(props)) = out.get_mut("properties") else {
+                unreachable!("checked above");
+            };
             for (name, sub) in props.iter_mut() {
                 if !required.contains(name) {
                     if let Some(Value::String(t)) = sub.get("type").cloned() {
@@ -520,6 +540,17 @@ pub fn strict_json_schema(schema: &Value) -> Value {
         out.insert("additionalProperties".into(), Value::Bool(false));
     }
     Value::Object(out)
+}
+
+/// The strict-schema stand-in for a free-form `args` object.
+pub const ARGS_JSON: &str = "args_json";
+
+fn is_free_form_object(schema: &Value) -> bool {
+    schema.get("type").and_then(Value::as_str) == Some("object")
+        && schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .is_none_or(|p| p.is_empty())
 }
 
 /// Dispatches to the provider's subagent builder.

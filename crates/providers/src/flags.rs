@@ -180,7 +180,8 @@ impl SupportedFlags {
                 tool_disable: self.has("toolsFlag") || self.has("allowedToolsFlag"),
             },
             ProviderId::Codex => ProviderSupports {
-                output_schema: self.has("outputSchemaFlag"),
+                // The schema answer is read from `-o`: both flags are needed.
+                output_schema: self.has("outputSchemaFlag") && self.has("outputLastMessageFlag"),
                 stream_json: self.has("jsonFlag"),
                 tool_disable: self.has("configFlag"),
             },

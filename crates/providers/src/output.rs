@@ -406,10 +406,32 @@ pub fn extract_model_run_answer(
     stdout: &str,
     answer_file: Option<&str>,
 ) -> Result<Value, ProviderError> {
-    match answer_file.map(str::trim).filter(|t| !t.is_empty()) {
-        Some(text) => extract_json_lenient(text).ok_or(ProviderError::MissingStructuredPayload),
-        None => extract_model_run_output(provider, stdout),
+    let value = match answer_file.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(text) => extract_json_lenient(text).ok_or(ProviderError::MissingStructuredPayload)?,
+        None => extract_model_run_output(provider, stdout)?,
+    };
+    Ok(if provider == ProviderId::Codex {
+        decode_args_json(value)
+    } else {
+        value
+    })
+}
+
+/// Undoes the strict schema's `args` → `args_json` (see
+/// [`crate::argv::strict_json_schema`]): a string `args_json` that holds
+/// JSON becomes `args` again.
+pub fn decode_args_json(mut value: Value) -> Value {
+    if let Some(obj) = value.as_object_mut() {
+        let decoded = obj
+            .get(crate::argv::ARGS_JSON)
+            .and_then(Value::as_str)
+            .and_then(|t| serde_json::from_str::<Value>(t).ok());
+        if let Some(args) = decoded {
+            obj.remove(crate::argv::ARGS_JSON);
+            obj.insert("args".into(), args);
+        }
     }
+    value
 }
 
 /// Which control-plane generation reads a result (control-plane.md §15).
@@ -522,6 +544,26 @@ mod tests {
             json!({"message": "hi"})
         );
         assert!(extract_model_run_answer(ProviderId::Codex, jsonl, Some("  ")).is_err());
+    }
+
+    #[test]
+    fn args_json_is_decoded_back_into_args() {
+        let v = json!({"name": "search", "args_json": "{\"q\":\"rust\"}"});
+        assert_eq!(
+            decode_args_json(v),
+            json!({"name": "search", "args": {"q": "rust"}})
+        );
+        let bad = json!({"args_json": "not json"});
+        assert_eq!(decode_args_json(bad.clone()), bad);
+        assert_eq!(
+            extract_model_run_answer(
+                ProviderId::Codex,
+                "",
+                Some(r#"{"name":"n","args_json":"{}"}"#)
+            )
+            .unwrap(),
+            json!({"name": "n", "args": {}})
+        );
     }
 
     #[test]

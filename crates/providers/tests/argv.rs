@@ -614,6 +614,18 @@ fn codex_text_model_run_has_no_json_and_schema_is_strict() {
 }
 
 #[test]
+fn strict_schema_turns_free_form_args_into_args_json() {
+    let schema = json!({"type": "object", "properties": {"name": {"type": "string"}, "args": {"type": "object"}},
+        "required": ["name", "args"]});
+    assert_eq!(
+        strict_json_schema(&schema),
+        json!({"type": "object", "additionalProperties": false, "required": ["name", "args_json"],
+            "properties": {"name": {"type": "string"},
+                "args_json": {"type": "string", "description": "The args object, JSON-encoded."}}})
+    );
+}
+
+#[test]
 fn gemini_model_run_trusts_its_work_dir() {
     let payload = ModelRunPayload {
         prompt: "Q".into(),
