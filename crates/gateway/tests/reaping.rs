@@ -284,9 +284,6 @@ fn hostile_env(setsid: bool) -> Vec<(&'static str, &'static str)> {
             if setsid { "1" } else { "0" },
         ),
         ("PANORAMA_GATEWAY_CONCURRENCY", "40"),
-        // Restricted Gemini runs need a sandbox (else refused before the
-        // agent starts); the fake agent ignores `--sandbox`.
-        ("GEMINI_SANDBOX", "docker"),
     ]
 }
 
