@@ -208,6 +208,15 @@ impl Setup {
     }
 }
 
+/// The gateway's own `--version`/`--help` probes (heartbeat re-detection),
+/// which are not part of any run.
+fn is_probe(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        c.split(|b| *b == 0)
+            .any(|arg| arg == b"--version" || arg == b"--help")
+    })
+}
+
 fn position(types: &[String], t: &str) -> usize {
     types
         .iter()
@@ -426,6 +435,7 @@ fn exercise(
             .filter(|p| {
                 p.pid != gateway_pid
                     && procs::alive(p.pid)
+                    && !is_probe(p.pid)
                     && procs::environ(p.pid).is_some_and(|env| {
                         env.iter()
                             .any(|(k, v)| k == "HOME" && v == &home.display().to_string())
@@ -444,21 +454,26 @@ fn exercise(
     };
     // Children in their own session (Gemini's shell tool runs under a pty)
     // go on the pty's hang-up right after the CLI dies: allow them a moment.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let gone_after = std::time::Instant::now();
+    let deadline = gone_after + Duration::from_secs(10);
     let mut left = survivors();
+    let lingering = left.clone();
     while !left.is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
         left = survivors();
     }
+    eprintln!(
+        "{test}: {} process(es) outlived the tool's sleep, all gone {} ms later: {lingering:#?}",
+        lingering.len(),
+        gone_after.elapsed().as_millis()
+    );
     assert!(
         left.is_empty(),
         "processes of the cancelled run survive: {left:#?}"
     );
     // The provider is still healthy after all of it.
-    assert_eq!(
-        s.provider_capability(provider)["health"]["status"],
-        "healthy"
-    );
+    let cap = s.provider_capability(provider);
+    assert_eq!(cap["health"]["status"], "healthy", "{cap}");
 }
 
 #[test]
