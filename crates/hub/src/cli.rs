@@ -145,6 +145,9 @@ pub enum GatewaysCmd {
         #[arg(long)]
         team: Option<String>,
     },
+    /// One gateway: its agent CLIs (versions, health, flags) and every
+    /// full-control layer.
+    Show { gateway: String },
     /// Set a gateway's team-level full (machine) control flag.
     FullControl {
         gateway: String,
@@ -379,7 +382,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 ("order", "created_at.asc".to_string()),
                 (
                     "select",
-                    "id,team_id,device_name,status,full_control_enabled,last_seen_at,revoked_at"
+                    "id,team_id,device_name,status,full_control_enabled,last_seen_at,revoked_at,capabilities"
                         .to_string(),
                 ),
             ];
@@ -394,16 +397,27 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 rows.iter()
                     .map(|r| {
                         format!(
-                            "{}  {:<8} {:<20} last seen {}",
+                            "{}  {:<8} {:<20} last seen {}  providers: {}",
                             s(r, "id"),
                             s(r, "status"),
                             s(r, "device_name"),
-                            s(r, "last_seen_at")
+                            s(r, "last_seen_at"),
+                            crate::gateway_view::providers_column(r)
                         )
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
             });
+            Ok(0)
+        }
+        Command::Gateways(GatewaysCmd::Show { gateway }) => {
+            let rows = client(&cli)?
+                .select("team_gateways", &[("id", format!("eq.{gateway}"))])
+                .await?;
+            let row = rows.into_iter().next().ok_or_else(|| {
+                anyhow!("no gateway {gateway}: list them with `panorama-hub gateways list`")
+            })?;
+            print(&cli, &row, || crate::gateway_view::describe_gateway(&row));
             Ok(0)
         }
         Command::Gateways(GatewaysCmd::FullControl { gateway, state }) => {

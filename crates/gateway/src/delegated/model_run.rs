@@ -5,7 +5,9 @@
 use panorama_protocol::jobs::{HandlerOutcome, ModelRunPayload, OutputFormat};
 use panorama_protocol::subagent::provider_failure_message;
 use panorama_providers::argv::{build_model_run_plan, display_command};
-use panorama_providers::output::{extract_model_run_output, extract_model_run_text};
+use panorama_providers::output::{
+    extract_model_run_answer, extract_model_run_text, model_run_result_shape, ProtocolGeneration,
+};
 use serde_json::{json, Value};
 
 use super::agent_process::spec_for_plan;
@@ -96,7 +98,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
             );
         }
         let output = match payload.output_format {
-            OutputFormat::Json => match extract_model_run_output(provider, &r.stdout) {
+            OutputFormat::Json => match extract_model_run_answer(provider, &r.stdout, read_answer_file(&plan).as_deref()) {
                 Ok(v) => v,
                 Err(e) => {
                     let message = e.to_string();
@@ -116,8 +118,10 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
             .as_ref()
             .and_then(|v| v.get("model").and_then(Value::as_str).map(str::to_string))
             .or_else(|| payload.model_flag().map(str::to_string));
+        // Seed shapes until the engine tells this job's protocol generation.
+        let (output, raw) = model_run_result_shape(ProtocolGeneration::default(), output, &r.stdout);
         HandlerOutcome::success(json!({
-            "output": output, "raw": r.stdout, "usage": usage, "model": model,
+            "output": output, "raw": raw, "usage": usage, "model": model,
             "duration_ms": r.duration_ms, "exit_code": r.exit_code,
             "stdout_truncated": r.stdout_truncated, "stderr_truncated": r.stderr_truncated,
             "command": shown, "resource_usage": r.resource_usage.as_ref().map(|u| u.to_value()),
@@ -127,4 +131,11 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
     active.remove_model_run(job_id);
     wd.cleanup();
     outcome
+}
+
+/// The plan's answer file (Codex `-o`), when the CLI wrote one.
+pub(super) fn read_answer_file(plan: &panorama_providers::argv::RunPlan) -> Option<String> {
+    plan.answer_file
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(f).ok())
 }

@@ -14,7 +14,7 @@ use panorama_providers::health::{
     full_health, health_after_run, light_health, resolve_check_type, validation_succeeded,
     CheckType, ProviderHealth, ProviderHealthMap, ValidationMode, ValidationOutcome,
 };
-use panorama_providers::output::extract_model_run_output;
+use panorama_providers::output::extract_model_run_answer;
 use panorama_providers::probe::{detect_provider, ProbeOptions, ProviderDetection};
 use panorama_providers::registry::{resolve_all, CliOverrides, ResolvedCommand, ALL_PROVIDERS};
 use panorama_providers::ProviderId;
@@ -157,7 +157,9 @@ async fn full_check(detection: &ProviderDetection, paths: &GatewayPaths) -> Vali
         if let Some(detail) = result.failure_detail(plan.timeout_ms) {
             return Err(detail);
         }
-        let structured = extract_model_run_output(id, &result.stdout).map_err(|e| e.to_string())?;
+        let answer = super::model_run::read_answer_file(&plan);
+        let structured = extract_model_run_answer(id, &result.stdout, answer.as_deref())
+            .map_err(|e| e.to_string())?;
         if validation_succeeded(&structured) {
             Ok(())
         } else {
@@ -283,7 +285,9 @@ pub fn validation_event_rows(
                     "status": h.status.as_str(),
                     "check_type": "full",
                     "error": h.error,
-                    "duration_ms": h.duration_ms,
+                    // As the reference: the event carries no duration (the
+                    // health entry in gateway.json keeps it).
+                    "duration_ms": Value::Null,
                 }),
             ))
         })
@@ -337,14 +341,14 @@ impl ProviderState {
     }
 
     /// Command and flags for a run; an undetected provider uses the
-    /// resolved command and all-false flags.
+    /// resolved command and the known default flags.
     pub fn command_and_flags(&self, id: ProviderId) -> (String, SupportedFlags) {
         match self.detection(id) {
             Some(d) if d.available => (d.command, d.supported_flags),
-            Some(d) => (d.command, SupportedFlags::all_false(id)),
+            Some(d) => (d.command, SupportedFlags::defaults(id)),
             None => (
                 resolve_commands()[&id].command.clone(),
-                SupportedFlags::all_false(id),
+                SupportedFlags::defaults(id),
             ),
         }
     }

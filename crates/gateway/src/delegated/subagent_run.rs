@@ -33,7 +33,7 @@ use panorama_providers::argv::{
 use panorama_providers::collector::{StreamJsonCollector, MAX_STREAM_EVENTS};
 use panorama_providers::config::{RunContext, RunOutputFormat, SubagentConfig};
 use panorama_providers::normalize::{normalizer_for, NormalizedEvent, StreamNormalizer};
-use panorama_providers::output::{claude_stream_output, parse_subagent_output, AdapterOutput};
+use panorama_providers::output::{claude_stream_output, parse_plan_output, AdapterOutput};
 use panorama_providers::registry::spec;
 use panorama_providers::retry::{
     attempt_started_payload, retry_scheduled_payload, should_retry, AttemptOutcome, RetryConfig,
@@ -705,7 +705,7 @@ async fn run_attempt(
     let adapter = if streaming && provider == ProviderId::ClaudeCode {
         claude_stream_output(state.normalizer.summary())
     } else {
-        parse_subagent_output(provider, plan.output_format, &process.stdout)
+        parse_plan_output(plan, &process.stdout)
     };
     Attempt {
         process,
@@ -1155,12 +1155,20 @@ async fn run_registered(
         );
         return ctx.pre_execution_failure(&message, overrides).await;
     }
+    // One stable cwd per subagent, not per run (runtime.md §2.1 says
+    // `<subagent_id>/<run_id>`): Claude Code and Gemini CLI file their saved
+    // sessions under the working directory, so `--resume` of the previous
+    // run only finds the conversation from the same path. Runs of one
+    // subagent never overlap; the dir is still removed after each run.
     let wd = match WorkDir::create(
         &gw.paths.work_dir,
         "subagents",
         &[
             ("subagent id", ctx.sid.as_str()),
-            ("run id", ctx.run_id.as_str()),
+            (
+                "session dir",
+                panorama_providers::config::SUBAGENT_SESSION_DIR,
+            ),
         ],
     ) {
         Ok(wd) => wd,
@@ -1187,6 +1195,7 @@ async fn attempts(
         full_control: r.decision.effective,
         previous_session_id: r.previous_session.clone(),
         work_dir: wd.path.clone(),
+        ..RunContext::with_host_facts()
     };
     let retry = RetryConfig::from_config(&config.raw);
     let max_attempts = retry.max_attempts.max(1);
@@ -1216,7 +1225,12 @@ async fn attempts(
         terminal.stderr_truncated = a.process.stderr_truncated;
         terminal.stream_events_truncated = a.stream_events_truncated;
         terminal.output_format = Some(plan.output_format.as_str());
-        terminal.parse_error = a.adapter.parse_error.clone();
+        // A cancelled run stopped before its result: no parse error to report.
+        terminal.parse_error = a
+            .adapter
+            .parse_error
+            .clone()
+            .filter(|_| run.cancelled().is_none());
         terminal.stderr = a.process.stderr.clone();
         terminal.adapter_metadata = a.adapter.metadata.clone();
         terminal.resource_usage = a

@@ -96,6 +96,9 @@ const CODEX_HELP: &str = "Run Codex non-interactively
 
 Usage: codex exec [OPTIONS] [PROMPT] [COMMAND]
 
+Commands:
+  resume  Resume a previous session by id or pick the most recent with --last
+
 Options:
   -c, --config <key=value>                        Override a configuration value
   -m, --model <MODEL>                             Model the agent should use
@@ -119,6 +122,8 @@ Options:
   -m, --model                 Model  [string]
   -p, --prompt                Prompt. Appended to input on stdin (if any).  [string]
   -s, --sandbox               Run in sandbox?  [boolean]
+      --skip-trust            Trust the current workspace for this session.  [boolean]
+  -r, --resume                Resume a previous session.  [string]
   -y, --yolo                  Automatically accept all actions (aka YOLO mode)  [boolean] [default: false]
       --approval-mode         Set the approval mode  [string] [choices: \"default\", \"auto_edit\", \"yolo\", \"plan\"]
   -e, --extensions            A list of extensions to use. If not provided, all extensions are used.  [array]
