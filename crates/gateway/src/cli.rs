@@ -27,7 +27,7 @@ pub const HELP: &str = r#"
 Panorama Gateway
 
 Usage:
-  panorama-gateway pair <PAIRING_CODE> [--device-name "My Mac"]
+  panorama-gateway pair <PAIRING_CODE> [--device-name "My Mac"] [--force]
   panorama-gateway start [--device-name "My Mac"] [--foreground|--daemon]
   panorama-gateway stop
   panorama-gateway status
@@ -193,6 +193,9 @@ pub struct PairArgs {
     /// Run the auto-started gateway attached to this terminal.
     #[arg(long)]
     pub foreground: bool,
+    /// Replace the identity of an already paired config directory.
+    #[arg(long)]
+    pub force: bool,
 }
 
 impl PairArgs {

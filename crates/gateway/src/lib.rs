@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod output;
 pub mod paths;
 pub mod pidfile;
+pub mod readiness;
 pub mod recovery;
 pub mod redact;
 pub mod runtime;

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One `  <Label>: <value>` row under a message.
 #[derive(Debug, Clone)]
@@ -70,6 +71,58 @@ pub fn render(prefix: &str, message: &str, rows: &[Row], verbose: bool) -> Strin
     out
 }
 
+/// Set in a daemonized gateway, whose stdout and stderr are its JSON-lines
+/// log: CLI lines become log records instead of plain text.
+static LOG_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// Route every [`Printer`] line of this process into the log as a JSON
+/// record (daemon mode).
+pub fn route_to_log() {
+    LOG_ONLY.store(true, Ordering::Relaxed);
+}
+
+/// The rows of a message as one `Label: value; …` text (all rows: the log
+/// always has the details).
+fn rows_text(rows: &[Row]) -> Option<String> {
+    let parts: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let v = r.value.as_deref()?.trim();
+            (!v.is_empty()).then(|| format!("{}: {}", r.label, v))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// One CLI line as a log record: through `tracing` once it is set up,
+/// else as a JSON line of the same shape on stderr (the log file).
+fn log_record(prefix: &str, message: &str, rows: &[Row]) {
+    let details = rows_text(rows);
+    if tracing::dispatcher::has_been_set() {
+        let details = details.as_deref();
+        match prefix.trim() {
+            "ERROR" => tracing::error!(details, "{message}"),
+            "WARN" => tracing::warn!(details, "{message}"),
+            _ => tracing::info!(details, "{message}"),
+        }
+        return;
+    }
+    let level = match prefix.trim() {
+        "ERROR" => "ERROR",
+        "WARN" => "WARN",
+        _ => "INFO",
+    };
+    let mut record = serde_json::json!({
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "level": level,
+        "message": message,
+    });
+    if let Some(details) = details {
+        record["details"] = serde_json::Value::String(details);
+    }
+    let _ = writeln!(std::io::stderr(), "{record}");
+}
+
 /// Prints CLI output following the Node gateway's conventions.
 #[derive(Debug, Clone)]
 pub struct Printer {
@@ -90,6 +143,10 @@ impl Printer {
     }
 
     fn emit(&self, stderr: bool, prefix: &str, message: &str, rows: &[Row]) {
+        if LOG_ONLY.load(Ordering::Relaxed) {
+            log_record(prefix, message, rows);
+            return;
+        }
         let text = render(prefix, message, rows, self.verbose);
         // Output errors (closed pipe) are deliberately ignored, like console.log.
         if stderr {

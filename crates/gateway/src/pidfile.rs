@@ -42,6 +42,46 @@ fn is_zombie(pid: i32) -> bool {
         .is_some_and(|state| state == "Z" || state == "X")
 }
 
+/// The PID of another live gateway that holds the PID file at `path`, if
+/// any: alive, not this process, and (where `/proc` tells) running a
+/// program with this executable's name, so a PID reused by an unrelated
+/// process after a reboot does not count.
+pub fn live_gateway(path: &Path) -> Option<i32> {
+    let pid = read_pid(path)?;
+    if pid == std::process::id() as i32 || !is_alive(pid) {
+        return None;
+    }
+    let ours = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let Some(ours) = ours else { return Some(pid) };
+    let names = program_names(pid);
+    if names.is_empty() || names.contains(&ours) {
+        Some(pid)
+    } else {
+        None
+    }
+}
+
+/// The file names `pid` runs under (Linux `/proc`: argv[0] and the
+/// executable, which an upgrade may have replaced); empty when unknown.
+fn program_names(pid: i32) -> Vec<String> {
+    let base = |p: &str| {
+        Path::new(p.trim_end_matches(" (deleted)"))
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    };
+    let mut names = Vec::new();
+    if let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) {
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        names.extend(base(&String::from_utf8_lossy(argv0)));
+    }
+    if let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) {
+        names.extend(base(&exe.to_string_lossy()));
+    }
+    names
+}
+
 /// Remove the PID file only if it still holds `pid`. Returns whether it was
 /// removed. Protects a replacement process's PID file (auto-restart).
 pub fn remove_if_holds(path: &Path, pid: i32) -> Result<bool> {
@@ -92,5 +132,24 @@ mod tests {
         assert!(!is_alive(0));
         assert!(!is_alive(-1));
         assert!(!is_alive(i32::MAX));
+    }
+
+    #[test]
+    fn only_another_live_gateway_holds_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("gateway.pid");
+        assert_eq!(live_gateway(&path), None);
+        // This process: never "another".
+        write_pid(&path, std::process::id()).unwrap();
+        assert_eq!(live_gateway(&path), None);
+        // A live process running another program (a reused PID).
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        write_pid(&path, sleeper.id()).unwrap();
+        assert_eq!(live_gateway(&path), None);
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
     }
 }

@@ -386,14 +386,22 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     // Signals are caught from here on, so an early SIGTERM is not fatal.
     let mut signals = shutdown::Signals::install()?;
 
-    let client = authenticate(
-        &backend.url,
-        &backend.anon_key,
-        &paths.config_path,
-        &config.access_token,
-        &config.refresh_token,
-    )
-    .await?;
+    // An unreachable hub is waited for (with backoff), not fatal; a signal
+    // while waiting ends the gateway cleanly.
+    let client = tokio::select! {
+        client = crate::readiness::authenticate_until_reachable(
+            &out,
+            &backend.url,
+            &backend.anon_key,
+            &paths.config_path,
+            &config.access_token,
+            &config.refresh_token,
+        ) => client?,
+        signal = signals.wait() => {
+            tracing::info!(signal, "Gateway stopped before it reached the hub");
+            return Ok(());
+        }
+    };
     // Not a spec step: without both ids no query could match our jobs.
     if config.gateway_id.is_empty() || config.team_id.is_empty() {
         return Err(GatewayError::cli(
@@ -401,6 +409,7 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
             "Run \"panorama-gateway pair <CODE>\" to pair this machine again.".to_string(),
         ));
     }
+    crate::readiness::notify(&crate::readiness::Signal::Ready);
     let auto_refresh = client.start_auto_refresh();
 
     let outbox = Outbox::open(&outbox_dir(&paths))

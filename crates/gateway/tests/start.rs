@@ -1,0 +1,165 @@
+//! `start` against a real hub: one gateway per identity, a daemon parent
+//! that reports its child's real outcome, an unreachable hub waited for,
+//! and `doctor`'s hub and session checks.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use panorama_testkit::{GatewayHost, Hub};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[track_caller]
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn pid_in(host: &GatewayHost) -> Option<i32> {
+    std::fs::read_to_string(host.pid_path())
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn paired_host(hub: &Hub) -> (GatewayHost, String) {
+    let host = GatewayHost::bare();
+    let team = hub.create_team("start-tests");
+    let gw = hub.pair(&team, "start-box");
+    host.write_config(hub, &gw, false);
+    (host, gw.gateway_id)
+}
+
+#[test]
+fn a_second_start_refuses_and_never_touches_the_running_gateways_pid_file() {
+    let hub = Hub::start();
+    let (host, gateway_id) = paired_host(&hub);
+
+    let out = host.run(&hub, &["start"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("OK Gateway started"),
+        "{}",
+        text(&out.stdout)
+    );
+    let pid = pid_in(&host).expect("daemon PID file");
+    hub.wait_gateway_status(&gateway_id, "ready", WAIT);
+
+    // Foreground and daemon alike refuse, naming the PID and the way out.
+    for args in [&["start", "--foreground", "-v"][..], &["start", "-v"][..]] {
+        let out = host.run(&hub, args);
+        assert_eq!(code(&out), 1, "{args:?}: {}", text(&out.stdout));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.starts_with(&format!("ERROR Gateway already running (PID {pid}).\n")),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("panorama-gateway stop"), "{stderr}");
+    }
+    // The refused processes left the daemon's PID file alone.
+    assert_eq!(pid_in(&host), Some(pid));
+    let status: Value =
+        serde_json::from_slice(&host.run(&hub, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["running"], true);
+    assert_eq!(status["pid"], pid);
+
+    let out = host.run(&hub, &["stop"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("OK Gateway stopped"));
+    assert_eq!(pid_in(&host), None);
+    hub.wait_gateway_status(&gateway_id, "offline", WAIT);
+}
+
+#[test]
+fn an_unreachable_hub_at_start_is_retried_and_said_so() {
+    let hub = Hub::start();
+    let (host, gateway_id) = paired_host(&hub);
+    let listen = hub.url.trim_start_matches("http://").to_string();
+    // Commands are built while the hub is up (they carry its URL and key).
+    let daemon_start = host.command(&hub, &["start"]);
+    let stop = host.command(&hub, &["stop"]);
+    let foreground = host.command(&hub, &["start", "--foreground"]);
+    let dir = hub.kill();
+
+    // Daemon: the parent hears "waiting" from its child, says so, exits 0.
+    let out = { daemon_start }.output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(
+            "WARN Gateway started, but it cannot reach the hub yet; it keeps retrying in the background.\n"
+        ),
+        "{stderr}"
+    );
+    let pid = pid_in(&host).expect("PID file");
+    // Still alive a moment later: retrying, not dead.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(pid_in(&host), Some(pid));
+    let log = std::fs::read_to_string(host.config_dir().join("gateway.log")).unwrap();
+    assert!(log.contains("Cannot reach the hub at"), "{log}");
+    for line in log.lines() {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|_| panic!("not JSON: {line:?}"));
+    }
+    let out = { stop }.output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(pid_in(&host), None);
+
+    // Foreground: says it retries on the terminal, then comes up once the
+    // hub is back.
+    let mut running = host.spawn(foreground);
+    wait_until("the retry notice", || {
+        host.log().contains("WARN Cannot reach the hub at ")
+    });
+    assert!(running.is_running(), "{}", host.log());
+    let hub = Hub::start_in(dir, &listen, &[]);
+    hub.wait_gateway_status(&gateway_id, "ready", WAIT);
+    let status = running.terminate(WAIT);
+    assert!(status.success(), "{status:?}: {}", host.log());
+}
+
+#[test]
+fn doctor_checks_the_hub_and_the_session() {
+    let hub = Hub::start();
+    let (host, _) = paired_host(&hub);
+    let out = host.run(&hub, &["doctor", "--json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["hub"]["reachable"], true, "{doc}");
+    assert_eq!(doc["hub"]["session_valid"], true, "{doc}");
+    let out = host.run(&hub, &["doctor"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "  Hub: Reachable ({})\n  Session: Valid\n",
+            hub.url
+        )),
+        "{stdout}"
+    );
+
+    // A revoked gateway: the hub answers, the session is refused.
+    hub.patch(
+        "team_gateways",
+        &format!("id=eq.{}", host.config()["gatewayId"].as_str().unwrap()),
+        serde_json::json!({"revoked_at": "2025-01-01T00:00:00Z"}),
+    );
+    let mut cfg = host.config();
+    cfg["accessToken"] = Value::String("expired.or.bad".into());
+    std::fs::write(host.config_path(), cfg.to_string()).unwrap();
+    let out = host.run(&hub, &["doctor"]);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("WARN The hub refused this gateway's session."),
+        "{stderr}"
+    );
+}
