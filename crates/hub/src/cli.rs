@@ -43,8 +43,8 @@ pub enum Command {
     Up(crate::up::UpArgs),
     /// Run the hub (HTTP + WebSocket on one port).
     Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = DEFAULT_LISTEN)]
+        /// Address to listen on (HOST:PORT).
+        #[arg(long, default_value = DEFAULT_LISTEN, env = "PANORAMA_HUB_LISTEN", value_parser = parse_listen)]
         listen: String,
         /// SQLite database file (default: <data-dir>/hub.db).
         #[arg(long)]
@@ -90,10 +90,11 @@ pub enum TeamCmd {
 pub enum PairingCmd {
     /// Create a one-time pairing code for a team.
     Create {
+        /// The team, by name or id.
         #[arg(long)]
         team: String,
-        /// Minutes until the code expires.
-        #[arg(long, default_value_t = 15)]
+        /// Minutes until the code expires (1 to 10080, a week).
+        #[arg(long, default_value_t = 15, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..=MAX_TTL_MINUTES))]
         ttl_minutes: i64,
     },
 }
@@ -102,6 +103,7 @@ pub enum PairingCmd {
 pub enum GatewaysCmd {
     /// List gateways with status and last heartbeat.
     List {
+        /// The team, by name or id.
         #[arg(long)]
         team: Option<String>,
     },
@@ -184,6 +186,7 @@ pub enum RunCmd {
 pub enum ResourceCmd {
     /// Create a remote_shell resource bound to a gateway.
     Create {
+        /// The team, by name or id.
         #[arg(long)]
         team: String,
         #[arg(long)]
@@ -197,6 +200,103 @@ pub enum ResourceCmd {
         #[arg(long, default_value = "Remote shell")]
         title: String,
     },
+}
+
+/// Longest pairing-code lifetime: a week.
+pub const MAX_TTL_MINUTES: i64 = 7 * 24 * 60;
+
+/// `--listen`: `HOST:PORT`; a bare address gets told its port is missing.
+pub fn parse_listen(text: &str) -> std::result::Result<String, String> {
+    let text = text.trim();
+    if text.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(text.to_string());
+    }
+    if text.parse::<std::net::IpAddr>().is_ok()
+        || text
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+    {
+        let host = text.trim_matches(['[', ']']);
+        let example = if host.contains(':') {
+            format!("[{host}]:54321")
+        } else {
+            format!("{host}:54321")
+        };
+        return Err(format!(
+            "{text:?} has no port: give HOST:PORT, e.g. {example}"
+        ));
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(text.to_string())
+        }
+        Some((_, port)) if port.parse::<u16>().is_err() => Err(format!(
+            "{text:?}: the port {port:?} is not a number from 0 to 65535"
+        )),
+        _ => Err(format!(
+            "{text:?} has no port: give HOST:PORT, e.g. 127.0.0.1:54321"
+        )),
+    }
+}
+
+/// The id of a team given by name or id, with a clear error for neither.
+async fn resolve_team(c: &HubClient, team: &str) -> Result<String> {
+    let rows = if uuid::Uuid::parse_str(team).is_ok() {
+        c.select(
+            "teams",
+            &[("id", format!("eq.{team}")), ("select", "id".into())],
+        )
+        .await?
+    } else {
+        c.select(
+            "teams",
+            &[("name", format!("eq.{team}")), ("select", "id".into())],
+        )
+        .await?
+    };
+    match rows.as_slice() {
+        [one] => Ok(s(one, "id").to_string()),
+        [] => bail!(
+            "no team {:?}: list teams with `panorama-hub team list`, or create it with `panorama-hub team create NAME`",
+            printable(team)
+        ),
+        _ => bail!(
+            "{} teams are named {:?}: pass the team's id instead (`panorama-hub team list`)",
+            rows.len(),
+            printable(team)
+        ),
+    }
+}
+
+/// Refuse a malformed id before the hub answers with a database message.
+fn ensure_id(what: &str, id: &str, list_with: &str) -> Result<()> {
+    if uuid::Uuid::parse_str(id).is_err() {
+        bail!(
+            "{:?} is not a {what} id (a UUID); list them with `{list_with}`",
+            printable(id)
+        );
+    }
+    Ok(())
+}
+
+/// User-supplied text with control characters escaped, so a name cannot
+/// drive the terminal (colours, title, clearing the screen).
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if ch.is_control() {
+            out.extend(ch.escape_default());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// [`s`] for user-supplied text: control characters escaped.
+fn sp(v: &Value, k: &str) -> String {
+    printable(s(v, k))
 }
 
 fn data_dir(cli: &Cli) -> Result<PathBuf> {
@@ -282,11 +382,27 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Team(TeamCmd::Create { name }) => {
-            let row = client(&cli)?
-                .insert("teams", &json!({"name": name}))
+            let name = name.trim();
+            if name.is_empty() {
+                bail!("a team needs a name: panorama-hub team create NAME");
+            }
+            let c = client(&cli)?;
+            let taken = c
+                .select(
+                    "teams",
+                    &[("name", format!("eq.{name}")), ("select", "id".into())],
+                )
                 .await?;
+            if let Some(existing) = taken.first() {
+                bail!(
+                    "a team named {:?} already exists ({}); pick another name",
+                    printable(name),
+                    s(existing, "id")
+                );
+            }
+            let row = c.insert("teams", &json!({"name": name})).await?;
             print(&cli, &row, || {
-                format!("team {} created: {}", s(&row, "name"), s(&row, "id"))
+                format!("team {} created: {}", sp(&row, "name"), s(&row, "id"))
             });
             Ok(0)
         }
@@ -296,7 +412,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 .await?;
             print(&cli, &Value::Array(rows.clone()), || {
                 rows.iter()
-                    .map(|r| format!("{}  {}", s(r, "id"), s(r, "name")))
+                    .map(|r| format!("{}  {}", s(r, "id"), sp(r, "name")))
                     .collect::<Vec<_>>()
                     .join("\n")
             });
@@ -306,10 +422,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
             let code = new_pairing_code();
             let expires = chrono::Utc::now() + chrono::Duration::minutes(*ttl_minutes);
             let c = client(&cli)?;
+            let team_id = resolve_team(&c, team).await?;
             let row = c
                 .insert(
                     "gateway_pairing_codes",
-                    &json!({"code": code, "team_id": team, "expires_at": expires.to_rfc3339()}),
+                    &json!({"code": code, "team_id": team_id, "expires_at": expires.to_rfc3339()}),
                 )
                 .await?;
             let anon = config::read_key_file(&data_dir(&cli)?)?.map(|k| k.anon_key);
@@ -340,10 +457,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
                         .to_string(),
                 ),
             ];
+            let c = client(&cli)?;
             if let Some(t) = team {
-                q.push(("team_id", format!("eq.{t}")));
+                q.push(("team_id", format!("eq.{}", resolve_team(&c, t).await?)));
             }
-            let rows = client(&cli)?.select("team_gateways", &q).await?;
+            let rows = c.select("team_gateways", &q).await?;
             print(&cli, &Value::Array(rows.clone()), || {
                 if rows.is_empty() {
                     return "no gateways yet: create a pairing code and run `panorama-gateway pair <CODE>` on a machine".into();
@@ -354,7 +472,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                             "{}  {:<8} {:<20} last seen {}",
                             s(r, "id"),
                             s(r, "status"),
-                            s(r, "device_name"),
+                            sp(r, "device_name"),
                             s(r, "last_seen_at")
                         )
                     })
@@ -364,6 +482,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Gateways(GatewaysCmd::FullControl { gateway, state }) => {
+            ensure_id("gateway", gateway, "panorama-hub gateways list")?;
             let rows = client(&cli)?
                 .update(
                     "team_gateways",
@@ -418,6 +537,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 ("limit", limit.to_string()),
             ];
             if let Some(g) = gateway {
+                ensure_id("gateway", g, "panorama-hub gateways list")?;
                 q.push(("gateway_id", format!("eq.{g}")));
             }
             if let Some(st) = status {
@@ -449,11 +569,31 @@ pub async fn run(cli: Cli) -> Result<i32> {
             machine_control,
             title,
         }) => {
-            let row = client(&cli)?
+            ensure_id("gateway", gateway, "panorama-hub gateways list")?;
+            let c = client(&cli)?;
+            let team_id = resolve_team(&c, team).await?;
+            let gateway_row = c
+                .select(
+                    "team_gateways",
+                    &[
+                        ("id", format!("eq.{gateway}")),
+                        ("select", "team_id".into()),
+                    ],
+                )
+                .await?;
+            match gateway_row.first() {
+                None => bail!("no gateway {gateway}: list them with `panorama-hub gateways list`"),
+                Some(g) if s(g, "team_id") != team_id => bail!(
+                    "gateway {gateway} belongs to another team ({}); a resource binds a gateway of its own team",
+                    s(g, "team_id")
+                ),
+                Some(_) => {}
+            }
+            let row = c
                 .insert(
                     "team_resources",
                     &json!({
-                        "team_id": team,
+                        "team_id": team_id,
                         "resource_type": "remote_shell",
                         "resource_id": gateway,
                         "title": title,
@@ -520,7 +660,7 @@ fn describe_job(job: &Value) -> String {
         s(job, "status")
     );
     if let Some(e) = job.get("error").and_then(Value::as_str) {
-        out.push_str(&format!("\nerror: {e}"));
+        out.push_str(&format!("\nerror: {}", printable(e)));
     }
     if let Some(r) = job.get("result").filter(|r| !r.is_null()) {
         out.push_str(&format!(
@@ -532,6 +672,7 @@ fn describe_job(job: &Value) -> String {
 }
 
 async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<i32> {
+    ensure_id("gateway", &args.gateway, "panorama-hub gateways list")?;
     let c = client(cli)?;
     let gateway = c
         .select("team_gateways", &[("id", format!("eq.{}", args.gateway))])
@@ -702,6 +843,36 @@ async fn run_events(cli: &Cli, run_id: &str, follow: bool) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_need_a_port() {
+        assert_eq!(parse_listen("0.0.0.0:54321").unwrap(), "0.0.0.0:54321");
+        assert_eq!(parse_listen("localhost:8080").unwrap(), "localhost:8080");
+        let e = parse_listen("0.0.0.0").unwrap_err();
+        assert!(
+            e.contains("has no port") && e.contains("0.0.0.0:54321"),
+            "{e}"
+        );
+        assert!(parse_listen("::1")
+            .unwrap_err()
+            .contains("e.g. [::1]:54321"));
+        assert!(parse_listen("localhost")
+            .unwrap_err()
+            .contains("has no port"));
+        assert!(parse_listen("h:99999")
+            .unwrap_err()
+            .contains("not a number"));
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            printable("\u{1b}]0;pwned\u{7}\u{1b}[2J team"),
+            "\\u{1b}]0;pwned\\u{7}\\u{1b}[2J team"
+        );
+        assert_eq!(printable("plain ünïcode"), "plain ünïcode");
+        assert_eq!(printable("a\nb\tc"), "a\\nb\\tc");
+    }
 
     #[test]
     fn pairing_codes_are_readable() {

@@ -36,8 +36,8 @@ const POLL: Duration = Duration::from_millis(100);
 
 #[derive(Args, Debug, Clone)]
 pub struct UpArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = DEFAULT_LISTEN)]
+    /// Address to listen on (HOST:PORT).
+    #[arg(long, default_value = DEFAULT_LISTEN, value_parser = crate::cli::parse_listen)]
     pub listen: String,
     /// Seconds to wait for the gateway to be ready, and then for the diagnostic job.
     #[arg(long, default_value_t = 60)]

@@ -1,0 +1,213 @@
+//! Operator experience of the hub CLI against a real hub process: teams by
+//! name, validation with clear messages, control characters escaped.
+
+use panorama_testkit::Hub;
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn cli(hub: &Hub, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_panorama-hub"))
+        .args(args)
+        .env("PANORAMA_HUB_DATA_DIR", hub.data_dir.path())
+        .env("PANORAMA_HUB_LOG", "warn")
+        .env_remove("PANORAMA_HUB_URL")
+        .env_remove("PANORAMA_HUB_SERVICE_KEY")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("run panorama-hub")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn json_ok(hub: &Hub, args: &[&str]) -> Value {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let out = cli(hub, &full);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[track_caller]
+fn fails_with(hub: &Hub, args: &[&str], needle: &str) -> String {
+    let out = cli(hub, args);
+    assert!(
+        !out.status.success(),
+        "{args:?} should fail: {}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    assert!(err.contains(needle), "{args:?}: {err}");
+    for raw in ["invalid input syntax", "foreign key"] {
+        assert!(!err.starts_with(raw), "raw database text: {err}");
+    }
+    err
+}
+
+#[test]
+fn teams_by_name_everywhere_with_clear_errors() {
+    let hub = Hub::start();
+    let team = json_ok(&hub, &["team", "create", "my-team"]);
+    let team_id = team["id"].as_str().unwrap().to_string();
+    fails_with(&hub, &["team", "create", "my-team"], "already exists");
+    fails_with(&hub, &["team", "create", "  "], "a team needs a name");
+
+    // Pairing codes, gateway lists and resources take the name or the id.
+    let code = json_ok(&hub, &["pairing-code", "create", "--team", "my-team"]);
+    assert_eq!(code["team_id"], team_id.as_str());
+    let code = json_ok(&hub, &["pairing-code", "create", "--team", &team_id]);
+    assert_eq!(code["team_id"], team_id.as_str());
+    fails_with(
+        &hub,
+        &["pairing-code", "create", "--team", "nope"],
+        "no team \"nope\"",
+    );
+    let unknown = panorama_testkit::new_uuid();
+    fails_with(
+        &hub,
+        &["pairing-code", "create", "--team", &unknown],
+        "no team",
+    );
+    let gw = hub.pair(&team_id, "box");
+    let listed = json_ok(&hub, &["gateways", "list", "--team", "my-team"]);
+    assert_eq!(listed[0]["id"], gw.gateway_id.as_str());
+    let res = json_ok(
+        &hub,
+        &[
+            "resource",
+            "create",
+            "--team",
+            "my-team",
+            "--gateway",
+            &gw.gateway_id,
+        ],
+    );
+    assert_eq!(res["team_id"], team_id.as_str());
+
+    // TTLs: 1 minute to a week.
+    for bad in ["0", "-1", "99999999999", "10081"] {
+        fails_with(
+            &hub,
+            &[
+                "pairing-code",
+                "create",
+                "--team",
+                "my-team",
+                "--ttl-minutes",
+                bad,
+            ],
+            "--ttl-minutes",
+        );
+    }
+    json_ok(
+        &hub,
+        &[
+            "pairing-code",
+            "create",
+            "--team",
+            "my-team",
+            "--ttl-minutes",
+            "10080",
+        ],
+    );
+
+    // Unknown and malformed ids.
+    fails_with(
+        &hub,
+        &[
+            "job",
+            "submit",
+            "--gateway",
+            "my-box",
+            "--type",
+            "diagnostic",
+        ],
+        "is not a gateway id",
+    );
+    fails_with(
+        &hub,
+        &[
+            "job",
+            "submit",
+            "--gateway",
+            &unknown,
+            "--type",
+            "diagnostic",
+        ],
+        "no gateway",
+    );
+    fails_with(
+        &hub,
+        &[
+            "resource",
+            "create",
+            "--team",
+            "my-team",
+            "--gateway",
+            &unknown,
+        ],
+        "no gateway",
+    );
+    fails_with(
+        &hub,
+        &["gateways", "full-control", "x", "on"],
+        "is not a gateway id",
+    );
+}
+
+#[test]
+fn listen_without_a_port_says_so() {
+    let out = Command::new(env!("CARGO_BIN_EXE_panorama-hub"))
+        .args(["serve", "--listen", "0.0.0.0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("has no port"), "{err}");
+    assert!(err.contains("0.0.0.0:54321"), "{err}");
+}
+
+#[test]
+fn control_characters_in_names_and_reasons_are_escaped() {
+    let hub = Hub::start();
+    let evil = "\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    let team = json_ok(&hub, &["team", "create", evil]);
+    let team_id = team["id"].as_str().unwrap().to_string();
+    // JSON output keeps the exact name (escaped by JSON itself).
+    assert_eq!(team["name"], evil);
+    let gw = hub.pair(&team_id, &format!("box{evil}"));
+    let job = json_ok(
+        &hub,
+        &[
+            "job",
+            "submit",
+            "--gateway",
+            &gw.gateway_id,
+            "--type",
+            "diagnostic",
+        ],
+    );
+    let job_id = job["id"].as_str().unwrap();
+    json_ok(&hub, &["job", "cancel", job_id, "--reason", evil]);
+    for args in [
+        &["team", "list"][..],
+        &["gateways", "list"][..],
+        &["job", "show", job_id][..],
+        &["team", "create", &format!("{evil}2")][..],
+    ] {
+        let out = cli(&hub, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{args:?} printed raw control characters: {text:?}"
+        );
+        assert!(text.contains("\\u{1b}]0;pwned"), "{args:?}: {text}");
+    }
+}
