@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::Parser;
-use panorama_gateway::cli::{Cli, HELP};
+use panorama_gateway::cli::{Cli, Command, HELP};
 use panorama_gateway::commands;
 use panorama_gateway::output::{Printer, Row};
 use panorama_gateway::GatewayError;
@@ -18,6 +18,16 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return clap_failure(err),
     };
+    // Printing commands end quietly on a closed pipe (`status | head -1`);
+    // the ones that hold network connections keep SIGPIPE ignored.
+    if matches!(
+        cli.command,
+        None | Some(
+            Command::Status(_) | Command::Logs(_) | Command::FullControl(_) | Command::Stop
+        )
+    ) {
+        panorama_gateway::output::reset_sigpipe();
+    }
     // A daemonized gateway writes to its log file: always include details there.
     let verbose = cli.global.verbose
         || std::env::var_os(panorama_gateway::commands::start::DAEMON_CHILD_ENV).is_some();

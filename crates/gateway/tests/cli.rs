@@ -636,3 +636,25 @@ fn start_daemonizes_into_the_log_file() {
         "flag reached the daemon child"
     );
 }
+
+#[test]
+fn piped_output_has_no_colour() {
+    let home = Home::new();
+    home.write_config(r#"{"gatewayId":"gw"}"#);
+    for args in [
+        &["doctor"][..],
+        &["status"][..],
+        &["start", "--foreground"][..],
+    ] {
+        let r = Run(home
+            .command(args)
+            .env("PANORAMA_GATEWAY_LOG", "info")
+            .output()
+            .unwrap());
+        assert!(
+            !r.stdout().contains('\u{1b}') && !r.stderr().contains('\u{1b}'),
+            "{args:?} printed ANSI escapes into a pipe: {:?}",
+            r.stderr()
+        );
+    }
+}

@@ -79,6 +79,52 @@ fn a_second_start_refuses_and_never_touches_the_running_gateways_pid_file() {
     assert!(text(&out.stdout).contains("OK Gateway stopped"));
     assert_eq!(pid_in(&host), None);
     hub.wait_gateway_status(&gateway_id, "offline", WAIT);
+
+    // The daemon's log is JSON lines only, without Rust debug text.
+    let log = std::fs::read_to_string(host.config_dir().join("gateway.log")).unwrap();
+    assert!(log.contains("Provider capability refreshed"), "{log}");
+    for line in log.lines() {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|_| panic!("not JSON: {line:?}"));
+        assert!(!line.contains("Some("), "debug text in the log: {line}");
+    }
+}
+
+#[test]
+fn a_foreground_gateway_prints_one_line_per_job_taken_and_ended() {
+    let hub = Hub::start();
+    let (host, gateway_id) = paired_host(&hub);
+    let stdout_path = host.path("foreground-stdout.txt");
+    let mut cmd = host.command(&hub, &["start", "--foreground"]);
+    cmd.stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    hub.wait_gateway_status(&gateway_id, "ready", WAIT);
+    let gw = panorama_testkit::PairedGateway {
+        gateway_id: gateway_id.clone(),
+        team_id: host.config()["teamId"].as_str().unwrap().to_string(),
+        access_token: String::new(),
+        refresh_token: String::new(),
+    };
+    let job = hub.insert_job(&gw, "diagnostic", serde_json::json!({}));
+    let done = hub.wait_job_terminal(&job, WAIT);
+    let status = done["status"].as_str().unwrap().to_string();
+    let ended = format!("Job {job} (diagnostic) {status} in ");
+    wait_until("the job's end line", || {
+        std::fs::read_to_string(&stdout_path)
+            .unwrap_or_default()
+            .contains(&ended)
+    });
+    let out = std::fs::read_to_string(&stdout_path).unwrap();
+    assert_eq!(
+        out.matches(&format!("Job {job} (diagnostic) started\n"))
+            .count(),
+        1,
+        "{out}"
+    );
+    assert_eq!(out.matches(&ended).count(), 1, "{out}");
+    // SAFETY: our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
 }
 
 #[test]

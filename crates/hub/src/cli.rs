@@ -202,6 +202,16 @@ pub enum ResourceCmd {
     },
 }
 
+/// Restore the default SIGPIPE action (Rust ignores it), so writing to a
+/// closed pipe ends the process like any Unix tool instead of panicking in
+/// `println!`. Call first thing in `main`.
+pub fn reset_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default is always sound.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Longest pairing-code lifetime: a week.
 pub const MAX_TTL_MINUTES: i64 = 7 * 24 * 60;
 

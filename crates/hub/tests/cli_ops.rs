@@ -211,3 +211,50 @@ fn control_characters_in_names_and_reasons_are_escaped() {
         assert!(text.contains("\\u{1b}]0;pwned"), "{args:?}: {text}");
     }
 }
+
+#[test]
+fn a_closed_pipe_ends_a_listing_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let hub = Hub::start();
+    let team = hub.create_team("pipes");
+    let gw = hub.pair(&team, "box");
+    // Enough rows that the listing outgrows a pipe buffer (64 KiB).
+    let rows: Vec<Value> = (0..1000)
+        .map(|_| {
+            serde_json::json!({"team_id": gw.team_id, "gateway_id": gw.gateway_id,
+                "job_type": "diagnostic", "status": "completed", "payload": {}})
+        })
+        .collect();
+    hub.insert("gateway_jobs", Value::Array(rows));
+    for json in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_panorama-hub"));
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .args(["jobs", "list", "--limit", "1000"])
+            .env("PANORAMA_HUB_DATA_DIR", hub.data_dir.path())
+            .env_remove("PANORAMA_HUB_URL")
+            .env_remove("PANORAMA_HUB_SERVICE_KEY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty());
+        // The reader is gone now, like `| head -1`.
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_ne!(out.status.code(), Some(101), "{err}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{:?} {err}",
+            out.status
+        );
+    }
+}
