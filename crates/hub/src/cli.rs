@@ -125,9 +125,9 @@ pub struct SubmitArgs {
     /// Job payload (a JSON object).
     #[arg(long)]
     pub payload: Option<String>,
-    /// subagent_run: the subagent type (e.g. claude_code_gateway, codex_gateway, gemini_gateway).
-    #[arg(long, default_value = "claude_code_gateway")]
-    pub subagent_type: String,
+    /// subagent_run: the subagent type (e.g. claude_code_gateway, codex_gateway, gemini_gateway; default claude_code_gateway).
+    #[arg(long)]
+    pub subagent_type: Option<String>,
     /// subagent_run: the subagent config (a JSON object).
     #[arg(long)]
     pub config: Option<String>,
@@ -135,8 +135,51 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub input: Option<String>,
     /// subagent_run: the prompt (shorthand for --input '{"prompt": ...}').
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
+    /// subagent_run: read the prompt from a file (`-` reads standard input).
+    #[arg(long, value_name = "PATH")]
+    pub prompt_file: Option<PathBuf>,
+}
+
+impl SubmitArgs {
+    /// The subagent-only flags that were given (refused for other types).
+    fn subagent_flags(&self) -> Vec<&'static str> {
+        [
+            ("--subagent-type", self.subagent_type.is_some()),
+            ("--config", self.config.is_some()),
+            ("--input", self.input.is_some()),
+            ("--prompt", self.prompt.is_some()),
+            ("--prompt-file", self.prompt_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+
+    /// `--prompt`, or the contents of `--prompt-file` (`-` = stdin).
+    fn prompt_text(&self) -> Result<Option<String>> {
+        use std::io::Read;
+        if let Some(p) = &self.prompt {
+            return Ok(Some(p.clone()));
+        }
+        let Some(path) = &self.prompt_file else {
+            return Ok(None);
+        };
+        let mut text = String::new();
+        if path.as_os_str() == "-" {
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading the prompt from standard input")?;
+        } else {
+            text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the prompt file {}", path.display()))?;
+        }
+        if text.trim().is_empty() {
+            bail!("the prompt from {} is empty", path.display());
+        }
+        Ok(Some(text))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,6 +219,7 @@ pub enum JobsCmd {
 pub enum RunCmd {
     /// Print a run's events in order; --follow waits for new ones until the run ends.
     Events {
+        /// A run id, or the id of the subagent_run job that runs it.
         run_id: String,
         #[arg(long)]
         follow: bool,
@@ -522,7 +566,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 let status = s(&job, "status");
                 if TERMINAL.contains(&status) {
                     print(&cli, &job, || describe_job(&job));
-                    return Ok(if status == "completed" { 0 } else { 1 });
+                    return Ok(if job_outcome(&job) == "completed" {
+                        0
+                    } else {
+                        1
+                    });
                 }
                 if Instant::now() >= deadline {
                     print(&cli, &job, || {
@@ -662,6 +710,21 @@ async fn get_job(c: &HubClient, id: &str) -> Result<Value> {
         .ok_or_else(|| anyhow!("no job {id}: list jobs with `panorama-hub jobs list`"))
 }
 
+/// What became of a job: its status, except that a subagent_run job
+/// "completed" (the protocol's word for "the gateway handled it") whose
+/// run was cancelled or failed is that.
+pub fn job_outcome(job: &Value) -> &str {
+    let status = s(job, "status");
+    if status == "completed" && s(job, "job_type") == "subagent_run" {
+        if let Some(run @ ("cancelled" | "failed")) =
+            job.pointer("/result/status").and_then(Value::as_str)
+        {
+            return run;
+        }
+    }
+    status
+}
+
 fn describe_job(job: &Value) -> String {
     let mut out = format!(
         "job {}  {}  {}",
@@ -669,6 +732,13 @@ fn describe_job(job: &Value) -> String {
         s(job, "job_type"),
         s(job, "status")
     );
+    let outcome = job_outcome(job);
+    if outcome != s(job, "status") {
+        out.push_str(&format!(" (run {outcome})"));
+        if let Some(e) = job.pointer("/result/error").and_then(Value::as_str) {
+            out.push_str(&format!("\nrun error: {}", printable(e)));
+        }
+    }
     if let Some(e) = job.get("error").and_then(Value::as_str) {
         out.push_str(&format!("\nerror: {}", printable(e)));
     }
@@ -697,18 +767,40 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<i32> {
             )
         })?;
     let team_id = s(&gateway, "team_id").to_string();
+    if gateway.get("revoked_at").is_some_and(|r| !r.is_null()) {
+        bail!(
+            "gateway {} is revoked and takes no jobs; pair a new one",
+            args.gateway
+        );
+    }
     let mut payload = parse_object("payload", &args.payload)?;
+    let given = args.subagent_flags();
+    if args.job_type != "subagent_run" && !given.is_empty() {
+        bail!(
+            "{} only appl{} to --type subagent_run, not {}; put {} settings in --payload JSON",
+            given.join(", "),
+            if given.len() == 1 { "ies" } else { "y" },
+            args.job_type,
+            args.job_type
+        );
+    }
+    if args.job_type == "subagent_run" && payload.contains_key("subagent_id") && !given.is_empty() {
+        bail!(
+            "{} cannot be combined with a --payload that names its own subagent_id",
+            given.join(", ")
+        );
+    }
     if args.job_type == "subagent_run" && !payload.contains_key("subagent_id") {
         // Spec §16.10, seed protocol: the subagent row carries config and
         // input; the job names the subagent and the run.
         let subagent_id = uuid::Uuid::new_v4().to_string();
         let run_id = uuid::Uuid::new_v4().to_string();
         let mut input = parse_object("input", &args.input)?;
-        if let Some(p) = &args.prompt {
+        if let Some(p) = args.prompt_text()? {
             input.insert("prompt".into(), json!(p));
         }
         if !input.contains_key("prompt") {
-            bail!("a subagent_run needs a prompt: pass --prompt TEXT or --input '{{\"prompt\": \"...\"}}'");
+            bail!("a subagent_run needs a prompt: pass --prompt TEXT, --prompt-file PATH (- for stdin) or --input '{{\"prompt\": \"...\"}}'");
         }
         input.insert("schema_version".into(), json!(1));
         input.insert("run_id".into(), json!(run_id));
@@ -720,7 +812,7 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<i32> {
             "subagents",
             &json!({
                 "id": subagent_id, "team_id": team_id, "gateway_id": args.gateway,
-                "subagent_type": args.subagent_type, "status": "idle",
+                "subagent_type": args.subagent_type.as_deref().unwrap_or("claude_code_gateway"), "status": "idle",
                 "config": config, "input": input, "metadata": {},
             }),
         )
@@ -735,6 +827,13 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<i32> {
             &json!({"team_id": team_id, "gateway_id": args.gateway, "job_type": args.job_type, "status": "queued", "payload": payload, "requested_via": "panorama-hub-cli"}),
         )
         .await?;
+    if s(&gateway, "status") == "offline" {
+        eprintln!(
+            "warning: gateway {} is offline (last seen {}); the job waits in the queue until it comes back (`panorama-gateway start` on that machine)",
+            args.gateway,
+            s(&gateway, "last_seen_at")
+        );
+    }
     print(cli, &job, || {
         let mut t = format!(
             "job {} queued ({} on gateway {})",
@@ -801,50 +900,153 @@ async fn cancel(cli: &Cli, id: &str, reason: Option<String>) -> Result<i32> {
     Ok(0)
 }
 
-async fn run_events(cli: &Cli, run_id: &str, follow: bool) -> Result<i32> {
+/// The run an id names: a run id, or a subagent_run job's run. Errors on
+/// an id that is neither.
+async fn resolve_run(c: &HubClient, id: &str) -> Result<(String, Option<Value>)> {
+    if uuid::Uuid::parse_str(id).is_err() {
+        bail!(
+            "{:?} is not a run or job id (a UUID); list jobs with `panorama-hub jobs list`",
+            printable(id)
+        );
+    }
+    let runs = c
+        .select("subagent_runs", &[("id", format!("eq.{id}"))])
+        .await?;
+    if let Some(run) = runs.into_iter().next() {
+        return Ok((id.to_string(), Some(run)));
+    }
+    let jobs = c
+        .select("gateway_jobs", &[("id", format!("eq.{id}"))])
+        .await?;
+    let Some(job) = jobs.first() else {
+        bail!("no run or job {id}: list jobs with `panorama-hub jobs list`");
+    };
+    let Some(run_id) = job.pointer("/payload/run_id").and_then(Value::as_str) else {
+        bail!(
+            "job {id} is a {} job and has no run; runs belong to subagent_run jobs",
+            s(job, "job_type")
+        );
+    };
+    let run = c
+        .select("subagent_runs", &[("id", format!("eq.{run_id}"))])
+        .await?
+        .into_iter()
+        .next();
+    eprintln!("job {id} runs {run_id}");
+    Ok((run_id.to_string(), run))
+}
+
+/// The output format a subagent asked for when it carries no live agent
+/// events (everything but stream-json reports the agent's output at the
+/// end of the run), else `None`.
+pub fn format_without_live_events(config: &Value) -> Option<String> {
+    let raw = ["output_format", "outputFormat"]
+        .iter()
+        .find_map(|k| config.get(*k).and_then(Value::as_str))
+        .map(|v| v.trim().to_ascii_lowercase());
+    match raw.as_deref() {
+        Some("stream-json" | "stream_json" | "stream") => None,
+        Some(other) if !other.is_empty() => Some(other.to_string()),
+        _ => Some("json (the default)".to_string()),
+    }
+}
+
+/// Longest a `--follow` keeps retrying an unreachable hub.
+const FOLLOW_RETRY_FOR: Duration = Duration::from_secs(300);
+
+async fn run_events(cli: &Cli, id: &str, follow: bool) -> Result<i32> {
     let c = client(cli)?;
-    if uuid::Uuid::parse_str(run_id).is_err() {
-        bail!("{run_id:?} is not a run id (a UUID)");
+    let (run_id, run) = resolve_run(&c, id).await?;
+    let subagent_id = run
+        .as_ref()
+        .map(|r| s(r, "subagent_id").to_string())
+        .filter(|v| v != "-");
+    let subagent_id = match subagent_id {
+        Some(sid) => Some(sid),
+        None => c
+            .select("gateway_jobs", &[("id", format!("eq.{id}"))])
+            .await?
+            .first()
+            .and_then(|j| j.pointer("/payload/subagent_id").and_then(Value::as_str))
+            .map(str::to_string),
+    };
+    if let Some(sid) = subagent_id {
+        let subagent = c
+            .select(
+                "subagents",
+                &[("id", format!("eq.{sid}")), ("select", "config".into())],
+            )
+            .await?;
+        if let Some(format) = subagent
+            .first()
+            .and_then(|r| r.get("config"))
+            .and_then(format_without_live_events)
+        {
+            eprintln!(
+                "note: this run's output format is {format}: the agent's output arrives with the run's end, not as live events (ask for live events with --config '{{\"output_format\": \"stream-json\"}}')"
+            );
+        }
     }
     let mut last: i64 = -1;
+    let mut unreachable_since: Option<Instant> = None;
     loop {
-        let rows = c
-            .select(
-                "subagent_run_events",
-                &[
-                    ("run_id", format!("eq.{run_id}")),
-                    ("sequence", format!("gt.{last}")),
-                    ("order", "sequence.asc".into()),
-                ],
-            )
-            .await?;
-        for r in &rows {
-            last = r.get("sequence").and_then(Value::as_i64).unwrap_or(last);
-            if cli.json {
-                println!("{r}");
-            } else {
-                println!(
-                    "{:>5} {:<26} {}",
-                    last,
-                    s(r, "event_type"),
-                    r.get("payload").map(Value::to_string).unwrap_or_default()
-                );
+        let step: Result<bool, crate::client::ClientError> = async {
+            let rows = c
+                .select(
+                    "subagent_run_events",
+                    &[
+                        ("run_id", format!("eq.{run_id}")),
+                        ("sequence", format!("gt.{last}")),
+                        ("order", "sequence.asc".into()),
+                    ],
+                )
+                .await?;
+            for r in &rows {
+                last = r.get("sequence").and_then(Value::as_i64).unwrap_or(last);
+                if cli.json {
+                    println!("{r}");
+                } else {
+                    println!(
+                        "{:>5} {:<26} {}",
+                        last,
+                        s(r, "event_type"),
+                        printable(&r.get("payload").map(Value::to_string).unwrap_or_default())
+                    );
+                }
             }
+            if !follow {
+                return Ok(true);
+            }
+            let run = c
+                .select(
+                    "subagent_runs",
+                    &[("id", format!("eq.{run_id}")), ("select", "status".into())],
+                )
+                .await?;
+            let done = run
+                .first()
+                .is_some_and(|r| TERMINAL.contains(&s(r, "status")));
+            Ok(done && rows.is_empty())
         }
-        if !follow {
-            return Ok(0);
-        }
-        let run = c
-            .select(
-                "subagent_runs",
-                &[("id", format!("eq.{run_id}")), ("select", "status".into())],
-            )
-            .await?;
-        let done = run
-            .first()
-            .is_some_and(|r| TERMINAL.contains(&s(r, "status")));
-        if done && rows.is_empty() {
-            return Ok(0);
+        .await;
+        match step {
+            Ok(true) => return Ok(0),
+            Ok(false) => unreachable_since = None,
+            Err(e @ crate::client::ClientError::Unreachable { .. }) if follow => {
+                let since = *unreachable_since.get_or_insert_with(|| {
+                    eprintln!(
+                        "the hub is unreachable; retrying (up to {} s): {e}",
+                        FOLLOW_RETRY_FOR.as_secs()
+                    );
+                    Instant::now()
+                });
+                if since.elapsed() > FOLLOW_RETRY_FOR {
+                    return Err(e.into());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -882,6 +1084,67 @@ mod tests {
         );
         assert_eq!(printable("plain ünïcode"), "plain ünïcode");
         assert_eq!(printable("a\nb\tc"), "a\\nb\\tc");
+    }
+
+    #[test]
+    fn a_cancelled_or_failed_run_is_the_jobs_outcome() {
+        let job = |t: &str, st: &str, result: Value| json!({"job_type": t, "status": st, "result": result});
+        assert_eq!(
+            job_outcome(&job(
+                "subagent_run",
+                "completed",
+                json!({"status": "cancelled"})
+            )),
+            "cancelled"
+        );
+        assert_eq!(
+            job_outcome(&job(
+                "subagent_run",
+                "completed",
+                json!({"status": "failed"})
+            )),
+            "failed"
+        );
+        assert_eq!(
+            job_outcome(&job(
+                "subagent_run",
+                "completed",
+                json!({"status": "completed"})
+            )),
+            "completed"
+        );
+        // A cancel job's "not_found" result is its own business.
+        assert_eq!(
+            job_outcome(&job(
+                "subagent_cancel",
+                "completed",
+                json!({"status": "not_found"})
+            )),
+            "completed"
+        );
+        assert_eq!(
+            job_outcome(&job("diagnostic", "failed", Value::Null)),
+            "failed"
+        );
+    }
+
+    #[test]
+    fn only_stream_json_carries_live_events() {
+        assert_eq!(
+            format_without_live_events(&json!({"output_format": "stream-json"})),
+            None
+        );
+        assert_eq!(
+            format_without_live_events(&json!({"outputFormat": "stream_json"})),
+            None
+        );
+        assert_eq!(
+            format_without_live_events(&json!({"output_format": "text"})).as_deref(),
+            Some("text")
+        );
+        assert!(format_without_live_events(&json!({}))
+            .unwrap()
+            .starts_with("json"));
     }
 
     #[test]

@@ -258,3 +258,217 @@ fn a_closed_pipe_ends_a_listing_quietly() {
         );
     }
 }
+
+fn cli_stdin(hub: &Hub, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_panorama-hub"))
+        .args(args)
+        .env("PANORAMA_HUB_DATA_DIR", hub.data_dir.path())
+        .env("PANORAMA_HUB_LOG", "warn")
+        .env_remove("PANORAMA_HUB_URL")
+        .env_remove("PANORAMA_HUB_SERVICE_KEY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[test]
+fn cancelled_runs_fail_job_wait_and_run_events_takes_a_job_id() {
+    let hub = Hub::start();
+    let host = panorama_testkit::GatewayHost::new();
+    let team = hub.create_team("runs");
+    let gw = hub.pair(&team, "runs-box");
+    host.write_config(&hub, &gw, false);
+    // The fake agent's fixtures, plus one that holds the run for a minute
+    // (chosen by the prompt's `[[fake:hold]]` marker).
+    let transcripts = tempfile::tempdir().unwrap();
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../providers/fixtures/claude");
+    std::fs::copy(
+        fixtures.join("success.jsonl"),
+        transcripts.path().join("success.jsonl"),
+    )
+    .unwrap();
+    std::fs::write(
+        transcripts.path().join("hold.jsonl"),
+        "#!fake sleep 60000\n",
+    )
+    .unwrap();
+    let dir = transcripts.path().display().to_string();
+    let mut gateway = host.start(&hub, &[("FAKE_AGENT_TRANSCRIPT_DIR", dir.as_str())]);
+    hub.wait_gateway_status(&gw.gateway_id, "ready", WAIT);
+
+    // Flags that do not apply to the job type are refused.
+    fails_with(
+        &hub,
+        &[
+            "job",
+            "submit",
+            "--gateway",
+            &gw.gateway_id,
+            "--type",
+            "diagnostic",
+            "--prompt",
+            "hi",
+        ],
+        "--prompt only applies to --type subagent_run",
+    );
+
+    // The prompt from standard input.
+    let out = cli_stdin(
+        &hub,
+        &[
+            "--json",
+            "job",
+            "submit",
+            "--gateway",
+            &gw.gateway_id,
+            "--type",
+            "subagent_run",
+            "--prompt-file",
+            "-",
+        ],
+        "say hello from stdin [[fake:hold]]",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let job: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let job_id = job["id"].as_str().unwrap().to_string();
+    let run_id = job["payload"]["run_id"].as_str().unwrap().to_string();
+    let subagent_id = job["payload"]["subagent_id"].as_str().unwrap();
+    let subagent = hub.row("subagents", subagent_id).unwrap();
+    assert_eq!(
+        subagent["input"]["prompt"],
+        "say hello from stdin [[fake:hold]]"
+    );
+
+    hub.wait_for("the run running", WAIT, || {
+        hub.row("subagent_runs", &run_id)
+            .filter(|r| r["status"] == "running")
+    });
+    json_ok(&hub, &["job", "cancel", &job_id, "--reason", "stop it"]);
+    let out = cli(&hub, &["job", "wait", &job_id, "--timeout", "60"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a cancelled run is not a success: {}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("(run cancelled)"), "{}", stdout(&out));
+
+    // `run events` with the job's id finds its run, and says that a json
+    // run carries no live agent events.
+    let out = cli(&hub, &["run", "events", &job_id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("job {job_id} runs {run_id}")));
+    assert!(
+        stderr(&out).contains("no live events") || stderr(&out).contains("not as live events"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("run_cancelled"), "{}", stdout(&out));
+    let unknown = panorama_testkit::new_uuid();
+    fails_with(
+        &hub,
+        &["run", "events", &unknown, "--follow"],
+        "no run or job",
+    );
+
+    // A job for an offline gateway is queued with a warning.
+    assert!(gateway.terminate(WAIT).success());
+    hub.wait_gateway_status(&gw.gateway_id, "offline", WAIT);
+    let out = cli(
+        &hub,
+        &[
+            "job",
+            "submit",
+            "--gateway",
+            &gw.gateway_id,
+            "--type",
+            "diagnostic",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("warning: gateway {} is offline", gw.gateway_id)),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn run_events_follow_rides_out_a_hub_restart() {
+    use std::io::{BufRead, BufReader};
+    let hub = Hub::start();
+    let team = hub.create_team("follow");
+    let gw = hub.pair(&team, "follow-box");
+    let subagent = hub.insert(
+        "subagents",
+        serde_json::json!({"id": panorama_testkit::new_uuid(), "team_id": team, "gateway_id": gw.gateway_id,
+            "subagent_type": "claude_code_gateway", "config": {"output_format": "stream-json"},
+            "input": {"prompt": "x"}}),
+    );
+    let subagent_id = subagent["id"].as_str().unwrap().to_string();
+    let run = hub.insert(
+        "subagent_runs",
+        serde_json::json!({"id": panorama_testkit::new_uuid(), "subagent_id": subagent_id, "team_id": team,
+            "gateway_id": gw.gateway_id, "run_sequence": 1, "status": "running"}),
+    );
+    let run_id = run["id"].as_str().unwrap().to_string();
+    let event = |seq: i64, kind: &str| {
+        serde_json::json!({"id": panorama_testkit::new_uuid(), "run_id": run_id, "subagent_id": subagent_id, "team_id": team,
+            "gateway_id": gw.gateway_id, "sequence": seq, "event_type": kind, "payload": {}})
+    };
+    hub.insert("subagent_run_events", event(1, "run_started"));
+
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_panorama-hub"))
+        .args(["run", "events", &run_id, "--follow"])
+        .env("PANORAMA_HUB_DATA_DIR", hub.data_dir.path())
+        .env_remove("PANORAMA_HUB_URL")
+        .env_remove("PANORAMA_HUB_SERVICE_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(follower.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("run_started"), "{line}");
+
+    let listen = hub.url.trim_start_matches("http://").to_string();
+    let dir = hub.kill();
+    let mut err = BufReader::new(follower.stderr.take().unwrap());
+    let mut notice = String::new();
+    err.read_line(&mut notice).unwrap();
+    assert!(
+        notice.contains("the hub is unreachable; retrying"),
+        "{notice}"
+    );
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "the follower gave up"
+    );
+
+    let hub = Hub::start_in(dir, &listen, &[]);
+    hub.insert("subagent_run_events", event(2, "run_completed"));
+    hub.patch(
+        "subagent_runs",
+        &format!("id=eq.{run_id}"),
+        serde_json::json!({"status": "completed"}),
+    );
+    let status = follower.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(rest.contains("run_completed"), "{rest}");
+}
