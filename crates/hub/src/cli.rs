@@ -113,6 +113,8 @@ pub enum GatewaysCmd {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+    /// Revoke a gateway: its session stops working and it takes no more jobs.
+    Revoke { gateway: String },
 }
 
 #[derive(Args, Debug)]
@@ -210,6 +212,9 @@ pub enum JobsCmd {
         gateway: Option<String>,
         #[arg(long)]
         status: Option<String>,
+        /// Only jobs of this type (e.g. diagnostic, subagent_run, shell_exec).
+        #[arg(long = "type")]
+        job_type: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
@@ -223,6 +228,15 @@ pub enum RunCmd {
         run_id: String,
         #[arg(long)]
         follow: bool,
+    },
+    /// List recent subagent runs.
+    List {
+        #[arg(long)]
+        gateway: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
     },
 }
 
@@ -243,6 +257,12 @@ pub enum ResourceCmd {
         machine_control: bool,
         #[arg(long, default_value = "Remote shell")]
         title: String,
+    },
+    /// List resources.
+    List {
+        /// The team, by name or id.
+        #[arg(long)]
+        team: Option<String>,
     },
 }
 
@@ -552,6 +572,23 @@ pub async fn run(cli: Cli) -> Result<i32> {
             });
             Ok(0)
         }
+        Command::Gateways(GatewaysCmd::Revoke { gateway }) => {
+            ensure_id("gateway", gateway, "panorama-hub gateways list")?;
+            let rows = client(&cli)?
+                .update(
+                    "team_gateways",
+                    &[("id", format!("eq.{gateway}"))],
+                    &json!({"revoked_at": chrono::Utc::now().to_rfc3339()}),
+                )
+                .await?;
+            let row = rows.into_iter().next().ok_or_else(|| {
+                anyhow!("no gateway {gateway}: list them with `panorama-hub gateways list`")
+            })?;
+            print(&cli, &row, || {
+                format!("gateway {gateway} revoked: its session no longer works; pair the machine again to bring it back")
+            });
+            Ok(0)
+        }
         Command::Job(JobCmd::Submit(args)) => submit(&cli, args).await,
         Command::Job(JobCmd::Show { id }) => {
             let job = get_job(&client(&cli)?, id).await?;
@@ -588,6 +625,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Jobs(JobsCmd::List {
             gateway,
             status,
+            job_type,
             limit,
         }) => {
             let mut q = vec![
@@ -600,6 +638,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
             if let Some(st) = status {
                 q.push(("status", format!("eq.{st}")));
+            }
+            if let Some(t) = job_type {
+                q.push(("job_type", format!("eq.{t}")));
             }
             let rows = client(&cli)?.select("gateway_jobs", &q).await?;
             print(&cli, &Value::Array(rows.clone()), || {
@@ -619,6 +660,72 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Run(RunCmd::Events { run_id, follow }) => run_events(&cli, run_id, *follow).await,
+        Command::Run(RunCmd::List {
+            gateway,
+            status,
+            limit,
+        }) => {
+            let mut q = vec![
+                ("order", "created_at.desc".to_string()),
+                ("limit", limit.to_string()),
+            ];
+            if let Some(g) = gateway {
+                ensure_id("gateway", g, "panorama-hub gateways list")?;
+                q.push(("gateway_id", format!("eq.{g}")));
+            }
+            if let Some(st) = status {
+                q.push(("status", format!("eq.{st}")));
+            }
+            let rows = client(&cli)?.select("subagent_runs", &q).await?;
+            print(&cli, &Value::Array(rows.clone()), || {
+                if rows.is_empty() {
+                    return "no runs yet: submit one with `panorama-hub job submit --type subagent_run --prompt TEXT`".into();
+                }
+                rows.iter()
+                    .map(|r| {
+                        format!(
+                            "{}  {:<10} subagent {}  #{}  {}",
+                            s(r, "id"),
+                            s(r, "status"),
+                            s(r, "subagent_id"),
+                            r.get("run_sequence")
+                                .map(Value::to_string)
+                                .unwrap_or_default(),
+                            s(r, "created_at")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            Ok(0)
+        }
+        Command::Resource(ResourceCmd::List { team }) => {
+            let c = client(&cli)?;
+            let mut q = vec![("order", "created_at.asc".to_string())];
+            if let Some(t) = team {
+                q.push(("team_id", format!("eq.{}", resolve_team(&c, t).await?)));
+            }
+            let rows = c.select("team_resources", &q).await?;
+            print(&cli, &Value::Array(rows.clone()), || {
+                if rows.is_empty() {
+                    return "no resources yet: create one with `panorama-hub resource create --team T --gateway G`".into();
+                }
+                rows.iter()
+                    .map(|r| {
+                        format!(
+                            "{}  {:<12} {:<8} gateway {}  {}",
+                            s(r, "id"),
+                            s(r, "resource_type"),
+                            s(r, "max_access_level"),
+                            s(r, "resource_id"),
+                            sp(r, "title")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            Ok(0)
+        }
         Command::Shell(cmd) => crate::attach::run(&client(&cli)?, cmd).await,
         Command::Resource(ResourceCmd::Create {
             team,

@@ -472,3 +472,66 @@ fn run_events_follow_rides_out_a_hub_restart() {
     assert!(status.success(), "{status:?}");
     assert!(rest.contains("run_completed"), "{rest}");
 }
+
+#[test]
+fn listings_by_type_runs_resources_and_revoke() {
+    let hub = Hub::start();
+    let team = hub.create_team("lists");
+    let gw = hub.pair(&team, "lists-box");
+    let g = gw.gateway_id.as_str();
+    json_ok(
+        &hub,
+        &["job", "submit", "--gateway", g, "--type", "diagnostic"],
+    );
+    let run_job = json_ok(
+        &hub,
+        &[
+            "job",
+            "submit",
+            "--gateway",
+            g,
+            "--type",
+            "subagent_run",
+            "--prompt",
+            "hi",
+        ],
+    );
+    let only_runs = json_ok(&hub, &["jobs", "list", "--type", "subagent_run"]);
+    assert_eq!(only_runs.as_array().unwrap().len(), 1, "{only_runs}");
+    assert_eq!(only_runs[0]["id"], run_job["id"]);
+
+    let run_id = panorama_testkit::new_uuid();
+    hub.insert(
+        "subagent_runs",
+        serde_json::json!({"id": run_id, "subagent_id": run_job["payload"]["subagent_id"],
+            "team_id": team, "gateway_id": g, "run_sequence": 1, "status": "running"}),
+    );
+    let runs = json_ok(&hub, &["run", "list", "--gateway", g]);
+    assert_eq!(runs[0]["id"], run_id.as_str(), "{runs}");
+    assert!(stdout(&cli(&hub, &["run", "list"])).contains(&run_id));
+
+    json_ok(
+        &hub,
+        &[
+            "resource",
+            "create",
+            "--team",
+            "lists",
+            "--gateway",
+            g,
+            "--title",
+            "box shell",
+        ],
+    );
+    let resources = json_ok(&hub, &["resource", "list", "--team", "lists"]);
+    assert_eq!(resources[0]["title"], "box shell", "{resources}");
+    assert!(stdout(&cli(&hub, &["resource", "list"])).contains("box shell"));
+
+    let revoked = json_ok(&hub, &["gateways", "revoke", g]);
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    fails_with(
+        &hub,
+        &["job", "submit", "--gateway", g, "--type", "diagnostic"],
+        "is revoked",
+    );
+}
