@@ -34,6 +34,7 @@ Usage:
   panorama-gateway logs [--lines 200] [--no-follow]
   panorama-gateway doctor
   panorama-gateway full-control <enable|disable|status>
+  panorama-gateway completions <bash|zsh|fish|elvish|powershell>
 
 Notes:
   Pair automatically starts the gateway when possible.
@@ -177,6 +178,11 @@ pub enum Command {
     Doctor(JsonArgs),
     /// Enable, disable or show install full control.
     FullControl(FullControlArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -23,7 +23,11 @@ fn main() -> ExitCode {
     if matches!(
         cli.command,
         None | Some(
-            Command::Status(_) | Command::Logs(_) | Command::FullControl(_) | Command::Stop
+            Command::Status(_)
+                | Command::Logs(_)
+                | Command::FullControl(_)
+                | Command::Stop
+                | Command::Completions { .. }
         )
     ) {
         panorama_gateway::output::reset_sigpipe();

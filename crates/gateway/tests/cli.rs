@@ -658,3 +658,35 @@ fn piped_output_has_no_colour() {
         );
     }
 }
+
+#[test]
+fn completions_load_in_bash_and_know_the_commands() {
+    let home = Home::new();
+    let r = home.run(&["completions", "bash"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let script = r.stdout();
+    for word in ["pair", "start", "doctor", "full-control", "--config-dir"] {
+        assert!(script.contains(word), "{word} missing");
+    }
+    let path = home.path().join("completion.bash");
+    fs::write(&path, &script).unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source '{}' && complete -p panorama-gateway",
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("panorama-gateway"));
+    for shell in ["zsh", "fish"] {
+        let r = home.run(&["completions", shell]);
+        assert_eq!(r.code(), 0);
+        assert!(r.stdout().contains("panorama-gateway"));
+    }
+}

@@ -76,6 +76,11 @@ pub enum Command {
     /// Interactive remote shells through shell_session jobs.
     #[command(subcommand)]
     Shell(crate::attach::ShellCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -433,6 +438,16 @@ pub async fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
         Command::Serve { listen, db } => serve(&cli, listen, db.clone()).await,
         Command::Up(args) => crate::up::run(&cli, args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "panorama-hub",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
         Command::Keys => {
             let dir = data_dir(&cli)?;
             let kf = config::read_key_file(&dir)?.ok_or_else(|| {

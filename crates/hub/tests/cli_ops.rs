@@ -535,3 +535,29 @@ fn listings_by_type_runs_resources_and_revoke() {
         "is revoked",
     );
 }
+
+#[test]
+fn completions_load_in_bash_and_know_the_commands() {
+    let out = Command::new(env!("CARGO_BIN_EXE_panorama-hub"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = stdout(&out);
+    for word in ["pairing-code", "gateways", "revoke", "--team"] {
+        assert!(script.contains(word), "{word} missing");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.bash");
+    std::fs::write(&path, &script).unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source '{}' && complete -p panorama-hub",
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("panorama-hub"));
+}

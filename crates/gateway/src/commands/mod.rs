@@ -126,5 +126,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logs(args) => logs::run(&ctx, &args),
         Command::Doctor(args) => doctor::run(&ctx, args.json),
         Command::FullControl(args) => full_control::run(&ctx, args.action.as_deref()),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "panorama-gateway", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
