@@ -187,7 +187,7 @@ pub enum Command {
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct PairArgs {
-    /// The pairing code shown in the Panorama app.
+    /// The pairing code (from `panorama-hub pairing-code create`).
     #[arg(value_name = "PAIRING_CODE")]
     pub code: Option<String>,
     /// The pairing code (alternative to the positional argument).

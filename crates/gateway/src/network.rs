@@ -96,7 +96,14 @@ pub struct HubCheck {
 
 /// `doctor`: can the hub be reached, and does it accept this gateway's
 /// session? (Authenticating may rotate the tokens; they are persisted.)
-pub fn check_hub(config: &GatewayConfig, config_path: &std::path::Path) -> Result<HubCheck> {
+/// With `check_session` false only reachability is checked: a running
+/// gateway owns the session, and a second client refreshing it could
+/// trip the hub's refresh-token reuse detection.
+pub fn check_hub(
+    config: &GatewayConfig,
+    config_path: &std::path::Path,
+    check_session: bool,
+) -> Result<HubCheck> {
     use crate::runtime::{authenticate, AuthError};
     let url = config.supabase_url.clone();
     if let Err(e) = probe_tcp(&url) {
@@ -105,6 +112,14 @@ pub fn check_hub(config: &GatewayConfig, config_path: &std::path::Path) -> Resul
             reachable: false,
             session_valid: None,
             error: Some(e),
+        });
+    }
+    if !check_session {
+        return Ok(HubCheck {
+            url,
+            reachable: true,
+            session_valid: None,
+            error: None,
         });
     }
     let rt = tokio_runtime(false)?;

@@ -67,6 +67,16 @@ fn a_second_start_refuses_and_never_touches_the_running_gateways_pid_file() {
         );
         assert!(stderr.contains("panorama-gateway stop"), "{stderr}");
     }
+    // doctor leaves the running gateway's session alone (a second client
+    // refreshing it could trip the hub's reuse detection).
+    let out = host.run(&hub, &["doctor"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "  Session: In use by the running gateway (PID {pid})"
+        )),
+        "{stdout}"
+    );
     // The refused processes left the daemon's PID file alone.
     assert_eq!(pid_in(&host), Some(pid));
     let status: Value =

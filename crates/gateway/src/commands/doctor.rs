@@ -45,8 +45,13 @@ pub fn run(ctx: &Context, json_output: bool) -> Result<()> {
     }
     // Paired means a readable config with a gateway id, not just a file.
     let paired = config.as_ref().is_some_and(|c| !c.gateway_id.is_empty());
+    let running = crate::pidfile::live_gateway(&paths.pid_path);
     let hub = match config.as_ref().filter(|_| paired) {
-        Some(c) => Some(network::check_hub(c, &paths.config_path)?),
+        Some(c) => Some(network::check_hub(
+            c,
+            &paths.config_path,
+            running.is_none(),
+        )?),
         None => None,
     };
     if let Some(fresh) = config
@@ -87,14 +92,13 @@ pub fn run(ctx: &Context, json_output: bool) -> Result<()> {
                 Row::new("Hub", hub.as_ref().map(hub_text)),
                 Row::new(
                     "Session",
-                    hub.as_ref().and_then(|h| {
-                        h.session_valid.map(|ok| {
-                            if ok {
-                                "Valid".to_string()
-                            } else {
-                                "Refused: pair again with a new code".to_string()
-                            }
-                        })
+                    hub.as_ref().and_then(|h| match (h.session_valid, running) {
+                        (Some(true), _) => Some("Valid".to_string()),
+                        (Some(false), _) => Some("Refused: pair again with a new code".to_string()),
+                        (None, Some(pid)) if h.reachable => Some(format!(
+                            "In use by the running gateway (PID {pid}); see \"panorama-gateway status\""
+                        )),
+                        (None, _) => None,
                     }),
                 ),
                 Row::new(

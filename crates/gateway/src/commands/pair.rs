@@ -82,7 +82,7 @@ pub fn run(ctx: &Context, args: &PairArgs) -> Result<()> {
     let code = args.pairing_code().ok_or_else(|| {
         GatewayError::cli(
             "Pairing code is required",
-            "Usage: panorama-gateway pair <PAIRING_CODE>. Copy the code from the Panorama app."
+            "Usage: panorama-gateway pair <PAIRING_CODE>. Create a code with `panorama-hub pairing-code create --team TEAM` (or your control plane)."
                 .to_string(),
         )
     })?;
