@@ -373,6 +373,20 @@ pub fn printable(text: &str) -> String {
     out
 }
 
+/// [`printable`] that keeps line breaks and tabs: for multi-line text such
+/// as error messages.
+pub fn printable_lines(text: &str) -> String {
+    text.split('\n')
+        .map(|line| {
+            line.split('\t')
+                .map(printable)
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// [`s`] for user-supplied text: control characters escaped.
 fn sp(v: &Value, k: &str) -> String {
     printable(s(v, k))
@@ -664,7 +678,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                         format!(
                             "{}  {:<16} {:<10} {}",
                             s(r, "id"),
-                            s(r, "job_type"),
+                            sp(r, "job_type"),
                             s(r, "status"),
                             s(r, "created_at")
                         )
@@ -851,7 +865,7 @@ fn describe_job(job: &Value) -> String {
     let mut out = format!(
         "job {}  {}  {}",
         s(job, "id"),
-        s(job, "job_type"),
+        sp(job, "job_type"),
         s(job, "status")
     );
     let outcome = job_outcome(job);
@@ -1206,6 +1220,7 @@ mod tests {
         );
         assert_eq!(printable("plain ünïcode"), "plain ünïcode");
         assert_eq!(printable("a\nb\tc"), "a\\nb\\tc");
+        assert_eq!(printable_lines("a\nb\u{1b}[2J\tc"), "a\nb\\u{1b}[2J\tc");
     }
 
     #[test]

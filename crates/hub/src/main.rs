@@ -34,7 +34,11 @@ async fn main() {
     match run(cli).await {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors can quote user input (names, ids, hub answers).
+            eprintln!(
+                "error: {}",
+                panorama_hub::cli::printable_lines(&format!("{e:#}"))
+            );
             std::process::exit(1);
         }
     }

@@ -195,10 +195,23 @@ fn control_characters_in_names_and_reasons_are_escaped() {
     );
     let job_id = job["id"].as_str().unwrap();
     json_ok(&hub, &["job", "cancel", job_id, "--reason", evil]);
+    let odd_type = format!("odd{evil}");
+    json_ok(
+        &hub,
+        &[
+            "job",
+            "submit",
+            "--gateway",
+            &gw.gateway_id,
+            "--type",
+            &odd_type,
+        ],
+    );
     for args in [
         &["team", "list"][..],
         &["gateways", "list"][..],
         &["job", "show", job_id][..],
+        &["jobs", "list"][..],
         &["team", "create", &format!("{evil}2")][..],
     ] {
         let out = cli(&hub, args);
