@@ -392,6 +392,27 @@ fn sp(v: &Value, k: &str) -> String {
     printable(s(v, k))
 }
 
+/// The query of a "recent rows" listing (jobs, runs): newest first, at
+/// most `limit`, optionally one gateway's and one status.
+fn recent_query(
+    gateway: Option<&str>,
+    status: Option<&str>,
+    limit: u32,
+) -> Result<Vec<(&'static str, String)>> {
+    let mut q = vec![
+        ("order", "created_at.desc".to_string()),
+        ("limit", limit.to_string()),
+    ];
+    if let Some(g) = gateway {
+        ensure_id("gateway", g, "panorama-hub gateways list")?;
+        q.push(("gateway_id", format!("eq.{g}")));
+    }
+    if let Some(st) = status {
+        q.push(("status", format!("eq.{st}")));
+    }
+    Ok(q)
+}
+
 fn data_dir(cli: &Cli) -> Result<PathBuf> {
     match &cli.data_dir {
         Some(d) => Ok(d.clone()),
@@ -657,17 +678,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             job_type,
             limit,
         }) => {
-            let mut q = vec![
-                ("order", "created_at.desc".to_string()),
-                ("limit", limit.to_string()),
-            ];
-            if let Some(g) = gateway {
-                ensure_id("gateway", g, "panorama-hub gateways list")?;
-                q.push(("gateway_id", format!("eq.{g}")));
-            }
-            if let Some(st) = status {
-                q.push(("status", format!("eq.{st}")));
-            }
+            let mut q = recent_query(gateway.as_deref(), status.as_deref(), *limit)?;
             if let Some(t) = job_type {
                 q.push(("job_type", format!("eq.{t}")));
             }
@@ -694,17 +705,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             status,
             limit,
         }) => {
-            let mut q = vec![
-                ("order", "created_at.desc".to_string()),
-                ("limit", limit.to_string()),
-            ];
-            if let Some(g) = gateway {
-                ensure_id("gateway", g, "panorama-hub gateways list")?;
-                q.push(("gateway_id", format!("eq.{g}")));
-            }
-            if let Some(st) = status {
-                q.push(("status", format!("eq.{st}")));
-            }
+            let q = recent_query(gateway.as_deref(), status.as_deref(), *limit)?;
             let rows = client(&cli)?.select("subagent_runs", &q).await?;
             print(&cli, &Value::Array(rows.clone()), || {
                 if rows.is_empty() {

@@ -5,16 +5,20 @@ use panorama_testkit::Hub;
 use serde_json::Value;
 use std::process::{Command, Output};
 
-fn cli(hub: &Hub, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_panorama-hub"))
-        .args(args)
+/// `panorama-hub ARGS` that finds `hub` through its data directory.
+fn hub_cmd(hub: &Hub, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_panorama-hub"));
+    cmd.args(args)
         .env("PANORAMA_HUB_DATA_DIR", hub.data_dir.path())
         .env("PANORAMA_HUB_LOG", "warn")
         .env_remove("PANORAMA_HUB_URL")
         .env_remove("PANORAMA_HUB_SERVICE_KEY")
-        .env_remove("NO_COLOR")
-        .output()
-        .expect("run panorama-hub")
+        .env_remove("NO_COLOR");
+    cmd
+}
+
+fn cli(hub: &Hub, args: &[&str]) -> Output {
+    hub_cmd(hub, args).output().expect("run panorama-hub")
 }
 
 fn stdout(o: &Output) -> String {
@@ -241,15 +245,12 @@ fn a_closed_pipe_ends_a_listing_quietly() {
         .collect();
     hub.insert("gateway_jobs", Value::Array(rows));
     for json in [false, true] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_panorama-hub"));
-        if json {
-            cmd.arg("--json");
-        }
-        let mut child = cmd
-            .args(["jobs", "list", "--limit", "1000"])
-            .env("PANORAMA_HUB_DATA_DIR", hub.data_dir.path())
-            .env_remove("PANORAMA_HUB_URL")
-            .env_remove("PANORAMA_HUB_SERVICE_KEY")
+        let args: &[&str] = if json {
+            &["--json", "jobs", "list", "--limit", "1000"]
+        } else {
+            &["jobs", "list", "--limit", "1000"]
+        };
+        let mut child = hub_cmd(&hub, args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -274,12 +275,7 @@ fn a_closed_pipe_ends_a_listing_quietly() {
 
 fn cli_stdin(hub: &Hub, args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_panorama-hub"))
-        .args(args)
-        .env("PANORAMA_HUB_DATA_DIR", hub.data_dir.path())
-        .env("PANORAMA_HUB_LOG", "warn")
-        .env_remove("PANORAMA_HUB_URL")
-        .env_remove("PANORAMA_HUB_SERVICE_KEY")
+    let mut child = hub_cmd(hub, args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -444,11 +440,7 @@ fn run_events_follow_rides_out_a_hub_restart() {
     };
     hub.insert("subagent_run_events", event(1, "run_started"));
 
-    let mut follower = Command::new(env!("CARGO_BIN_EXE_panorama-hub"))
-        .args(["run", "events", &run_id, "--follow"])
-        .env("PANORAMA_HUB_DATA_DIR", hub.data_dir.path())
-        .env_remove("PANORAMA_HUB_URL")
-        .env_remove("PANORAMA_HUB_SERVICE_KEY")
+    let mut follower = hub_cmd(&hub, &["run", "events", &run_id, "--follow"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
