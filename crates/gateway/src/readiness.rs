@@ -182,40 +182,42 @@ pub fn hub_retry_delay(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.min(5)).min(HUB_RETRY_MAX)
 }
 
-/// Authenticate the gateway session, retrying with backoff while the hub
-/// cannot be reached (said on the terminal and to a waiting `start`); a
-/// refused session or a bad backend is returned at once.
-pub async fn authenticate_until_reachable(
+/// Run `attempt` until it succeeds or fails for another reason than an
+/// unreachable hub (`unreachable` returns why, for those errors), retrying
+/// with backoff and saying so on the terminal and to a waiting `start`.
+pub async fn retry_while_unreachable<T, E, Fut>(
     out: &crate::output::Printer,
     url: &str,
-    anon_key: &str,
-    config_path: &std::path::Path,
-    access_token: &str,
-    refresh_token: &str,
-) -> Result<panorama_supabase::Client, crate::runtime::AuthError> {
-    use crate::runtime::{authenticate, AuthError};
-    let mut attempt = 0;
+    mut attempt: impl FnMut() -> Fut,
+    unreachable: impl Fn(&E) -> Option<String>,
+) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut failures = 0;
     loop {
-        match authenticate(url, anon_key, config_path, access_token, refresh_token).await {
-            Err(AuthError::Unreachable(why)) => {
-                let delay = hub_retry_delay(attempt);
-                attempt += 1;
-                if attempt == 1 {
-                    notify(&Signal::Waiting(format!(
-                        "The hub at {url} is not reachable ({why}); the gateway keeps retrying."
-                    )));
-                }
-                out.warn(
-                    &format!(
-                        "Cannot reach the hub at {url}; retrying in {} s.",
-                        delay.as_secs()
-                    ),
-                    &[crate::output::Row::verbose("Error", Some(why))],
-                );
-                tokio::time::sleep(delay).await;
-            }
-            other => return other,
+        let error = match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) => e,
+        };
+        let Some(why) = unreachable(&error) else {
+            return Err(error);
+        };
+        let delay = hub_retry_delay(failures);
+        failures += 1;
+        if failures == 1 {
+            notify(&Signal::Waiting(format!(
+                "The hub at {url} is not reachable ({why}); the gateway keeps retrying."
+            )));
         }
+        out.warn(
+            &format!(
+                "Cannot reach the hub at {url}; retrying in {} s.",
+                delay.as_secs()
+            ),
+            &[crate::output::Row::verbose("Error", Some(why))],
+        );
+        tokio::time::sleep(delay).await;
     }
 }
 

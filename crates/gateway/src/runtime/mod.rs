@@ -389,13 +389,20 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     // An unreachable hub is waited for (with backoff), not fatal; a signal
     // while waiting ends the gateway cleanly.
     let client = tokio::select! {
-        client = crate::readiness::authenticate_until_reachable(
+        client = crate::readiness::retry_while_unreachable(
             &out,
             &backend.url,
-            &backend.anon_key,
-            &paths.config_path,
-            &config.access_token,
-            &config.refresh_token,
+            || authenticate(
+                &backend.url,
+                &backend.anon_key,
+                &paths.config_path,
+                &config.access_token,
+                &config.refresh_token,
+            ),
+            |e| match e {
+                AuthError::Unreachable(why) => Some(why.clone()),
+                _ => None,
+            },
         ) => client?,
         signal = signals.wait() => {
             tracing::info!(signal, "Gateway stopped before it reached the hub");
