@@ -1,7 +1,19 @@
-//! The PID file (runtime.md §2.5): `<pid>\n`, mode 0600.
+//! The PID file (runtime.md §2.5): `<pid>\n`, mode 0600, and the lock
+//! that makes "one gateway per identity" atomic.
+//!
+//! Checking the PID file and then writing it is a race: two `start`s at the
+//! same instant both see no live gateway. So the process that runs the
+//! gateway first takes an exclusive `flock` on `<pid file>.lock` (a
+//! separate file, because the PID file itself is replaced by rename) and
+//! holds it for its lifetime. The kernel drops the lock when the process
+//! dies or execs (the descriptor is close-on-exec), so a crash never leaves
+//! a stale lock and the upgrade re-exec takes it again. The lock file is
+//! never removed: removing it would let a third process lock a fresh inode
+//! while the second still holds the old one.
 
 use std::fs;
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 use crate::paths;
@@ -82,6 +94,59 @@ fn program_names(pid: i32) -> Vec<String> {
     names
 }
 
+/// The lock file beside a PID file: `<pid file>.lock`.
+pub fn lock_path(pid_path: &Path) -> PathBuf {
+    let mut name = pid_path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Proof that this process is the one gateway for a PID file; dropping it
+/// releases the lock.
+#[derive(Debug)]
+pub struct InstanceLock {
+    _file: fs::File,
+}
+
+/// Why [`claim`] failed.
+#[derive(Debug)]
+pub enum ClaimError {
+    /// Another process holds the lock; its PID when the PID file names a
+    /// live one already.
+    Held(Option<i32>),
+    Io(std::io::Error),
+}
+
+/// Take the instance lock for `pid_path` without waiting.
+pub fn claim(pid_path: &Path) -> std::result::Result<InstanceLock, ClaimError> {
+    let path = lock_path(pid_path);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(ClaimError::Io)?;
+    }
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(ClaimError::Io)?
+    };
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(InstanceLock { _file: file });
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        let holder =
+            read_pid(pid_path).filter(|pid| *pid != std::process::id() as i32 && is_alive(*pid));
+        Err(ClaimError::Held(holder))
+    } else {
+        Err(ClaimError::Io(err))
+    }
+}
+
 /// Remove the PID file only if it still holds `pid`. Returns whether it was
 /// removed. Protects a replacement process's PID file (auto-restart).
 pub fn remove_if_holds(path: &Path, pid: i32) -> Result<bool> {
@@ -124,6 +189,24 @@ mod tests {
         assert_eq!(read_pid(&path), None);
         fs::write(&path, "0\n").unwrap();
         assert_eq!(read_pid(&path), None);
+    }
+
+    #[test]
+    fn the_instance_lock_admits_one_holder_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("gateway.pid");
+        assert_eq!(lock_path(&path), tmp.path().join("gateway.pid.lock"));
+        let first = claim(&path).expect("first claim");
+        // flock locks belong to the open file description, so a second
+        // open in the same process conflicts just like another process.
+        assert!(matches!(claim(&path), Err(ClaimError::Held(None))));
+        write_pid(&path, std::process::id()).unwrap();
+        // Our own PID is never reported as "the other holder".
+        assert!(matches!(claim(&path), Err(ClaimError::Held(None))));
+        drop(first);
+        let again = claim(&path).expect("claim after release");
+        drop(again);
+        assert!(lock_path(&path).exists(), "the lock file is never removed");
     }
 
     #[test]

@@ -99,6 +99,82 @@ fn a_second_start_refuses_and_never_touches_the_running_gateways_pid_file() {
     }
 }
 
+/// Starts at the same instant: the PID-file check alone lets all of them
+/// through (each sees no live gateway yet); the instance lock admits one.
+#[test]
+fn simultaneous_starts_leave_exactly_one_gateway_running() {
+    let hub = Hub::start();
+    let (host, gateway_id) = paired_host(&hub);
+    for mode in [&["start"][..], &["start", "--foreground"][..]] {
+        let children: Vec<_> = (0..3)
+            .map(|_| {
+                let mut cmd = host.command(&hub, mode);
+                cmd.stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                cmd.spawn().unwrap()
+            })
+            .collect();
+        let foreground = mode.len() == 2;
+        let (mut winners, mut losers) = (Vec::new(), Vec::new());
+        let mut running = children;
+        let deadline = Instant::now() + WAIT;
+        // Daemon starts all exit; foreground losers exit and the winner runs on.
+        while running.len() > usize::from(foreground) && Instant::now() < deadline {
+            let mut still = Vec::new();
+            for mut child in running {
+                match child.try_wait().unwrap() {
+                    Some(_) => {
+                        let out = child.wait_with_output().unwrap();
+                        if code(&out) == 0 {
+                            winners.push(out);
+                        } else {
+                            losers.push(out);
+                        }
+                    }
+                    None => still.push(child),
+                }
+            }
+            running = still;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let foreground_winner = if foreground {
+            assert_eq!(
+                running.len(),
+                1,
+                "{mode:?}: {} foreground gateways run",
+                running.len()
+            );
+            running.pop()
+        } else {
+            assert_eq!(winners.len(), 1, "{mode:?}: {} started", winners.len());
+            None
+        };
+        assert_eq!(losers.len(), 2, "{mode:?}");
+        for out in &losers {
+            let stderr = text(&out.stderr);
+            assert_eq!(code(out), 1, "{mode:?}: {stderr}");
+            assert!(
+                stderr.starts_with("ERROR Gateway already running ("),
+                "{mode:?}: {stderr}"
+            );
+        }
+        hub.wait_gateway_status(&gateway_id, "ready", WAIT);
+        let pid = pid_in(&host).expect("the winner's PID file");
+        assert!(unsafe { libc::kill(pid, 0) } == 0, "PID {pid} is not alive");
+        if let Some(mut child) = foreground_winner {
+            assert_eq!(pid, child.id() as i32, "the PID file names the winner");
+            // SAFETY: our own child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            assert!(child.wait().unwrap().success());
+        } else {
+            let out = host.run(&hub, &["stop"]);
+            assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+        }
+        assert_eq!(pid_in(&host), None);
+        hub.wait_gateway_status(&gateway_id, "offline", WAIT);
+    }
+}
+
 #[test]
 fn a_foreground_gateway_prints_one_line_per_job_taken_and_ended() {
     let hub = Hub::start();

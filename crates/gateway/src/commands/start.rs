@@ -54,6 +54,26 @@ pub fn refuse_if_running(paths: &paths::GatewayPaths) -> Result<()> {
     }
 }
 
+/// Take the instance lock (see [`pidfile`]): the atomic half of "one
+/// gateway per identity", which [`refuse_if_running`] alone cannot be.
+pub fn claim_instance(paths: &paths::GatewayPaths) -> Result<pidfile::InstanceLock> {
+    pidfile::claim(&paths.pid_path).map_err(|e| match e {
+        pidfile::ClaimError::Held(pid) => {
+            let who = pid.map_or_else(|| "another process is starting it".to_string(), |pid| format!("PID {pid}"));
+            GatewayError::cli(
+                format!("Gateway already running ({who})."),
+                format!(
+                    "Only one gateway may run per config directory; {} is locked. Stop the running one with \"panorama-gateway stop\" before starting another; \"panorama-gateway status\" shows it.",
+                    pidfile::lock_path(&paths.pid_path).display()
+                ),
+            )
+        }
+        pidfile::ClaimError::Io(e) => {
+            GatewayError::io("Could not lock", pidfile::lock_path(&paths.pid_path), e)
+        }
+    })
+}
+
 /// Step A: refuse if a gateway runs, else spawn the daemon and wait
 /// (bounded) until it reports that it loaded its config and authenticated.
 pub fn run_background(ctx: &Context, prepared: &PreparedPaths) -> Result<StartOutcome> {
@@ -128,7 +148,7 @@ fn daemon_device_name(ctx: &Context) -> Option<String> {
 
 /// Spawn `<this executable> start --foreground` detached (new session),
 /// stdin from /dev/null, stdout and stderr appended to the log file, and
-/// record its PID in the PID file (§2.8). Returns the child's PID and the
+/// leave the PID file to the child (§2.8). Returns the child's PID and the
 /// read end of its readiness pipe ([`readiness`]).
 pub fn spawn_daemon(ctx: &Context, prepared: &PreparedPaths) -> Result<(u32, std::fs::File)> {
     let paths = &prepared.paths;
@@ -208,9 +228,11 @@ pub fn spawn_daemon(ctx: &Context, prepared: &PreparedPaths) -> Result<(u32, std
     }
     // The child is not waited for; it outlives us and is reparented. Our
     // copy of the write end goes, so the pipe closes if the child dies.
+    // The child writes the PID file itself once it holds the instance
+    // lock: a parent writing it here could overwrite the winner's PID with
+    // that of a child about to lose the lock.
     drop(child);
     drop(ready_write);
-    pidfile::write_pid(&paths.pid_path, pid)?;
     Ok((pid, ready_read))
 }
 
@@ -236,6 +258,7 @@ pub fn foreground_device_name(
 pub fn run_foreground(ctx: &Context, prepared: &PreparedPaths) -> Result<()> {
     let paths = &prepared.paths;
     refuse_if_running(paths)?;
+    let _instance = claim_instance(paths)?;
     pidfile::write_pid(&paths.pid_path, std::process::id())?;
     let result = run_foreground_claimed(ctx, prepared);
     if let Err(e) = pidfile::remove_own(&paths.pid_path) {
