@@ -8,6 +8,7 @@ use panorama_protocol::jobs::{HandlerOutcome, ModelRunPayload, OutputFormat};
 use panorama_protocol::rows::GatewayJobRow;
 use panorama_protocol::subagent::provider_failure_message;
 use panorama_providers::argv::{build_model_run_plan, display_command};
+use panorama_providers::delivery::deliver_prompt;
 use panorama_providers::output::{extract_model_run_output, extract_model_run_text};
 use serde_json::{json, Value};
 
@@ -53,9 +54,16 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             .iter()
             .map(|(k, v)| (k.clone(), Some(v.clone())))
             .collect();
+        // A prompt too large for argv goes on stdin; what cannot is the
+        // job's fault, so the provider's health is left alone.
+        let delivery = match deliver_prompt(provider, &plan.args) {
+            Ok(d) => d,
+            Err(e) => return HandlerOutcome::failure_message(e.to_string()),
+        };
         let spec = ProcessSpec {
             command: plan.command.clone(),
-            args: plan.args.clone(),
+            args: delivery.args,
+            stdin: delivery.stdin,
             cwd: plan.cwd.clone(),
             env: crate::child_env::child_env_from_process(Some(gw.paths.tmp_dir.as_path()), &overrides),
             timeout: Duration::from_millis(plan.timeout_ms),
@@ -90,7 +98,9 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         }
         if let Some(detail) = r.failure_detail(plan.timeout_ms) {
             let message = provider_failure_message(provider, Some(&detail));
-            super::providers::record_run_outcome(gw, provider, false, Some(&detail), "model_run", &job.id, None).await;
+            if !r.input_too_large {
+                super::providers::record_run_outcome(gw, provider, false, Some(&detail), "model_run", &job.id, None).await;
+            }
             return HandlerOutcome::failure(
                 json!({"message": message, "exit_code": r.exit_code, "stderr": r.stderr, "stdout": r.stdout,
                        "command": shown, "error_summary": detail}),

@@ -156,6 +156,7 @@ async fn full_check(detection: &ProviderDetection, paths: &GatewayPaths) -> Vali
             ),
             timeout: Duration::from_millis(plan.timeout_ms),
             stop_grace: PROCESS_KILL_GRACE,
+            stdin: None,
         };
         let (_tx, rx) = watch::channel(None);
         let result = run_process(&spec, rx, &mut |_| {}, &mut |_| {}).await;

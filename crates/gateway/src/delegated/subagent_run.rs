@@ -27,6 +27,7 @@ use panorama_providers::argv::{
 };
 use panorama_providers::collector::{StreamJsonCollector, MAX_STREAM_EVENTS};
 use panorama_providers::config::{RunContext, RunOutputFormat, SubagentConfig};
+use panorama_providers::delivery::{deliver_prompt, Delivery};
 use panorama_providers::normalize::{normalizer_for, NormalizedEvent, StreamNormalizer};
 use panorama_providers::output::{claude_stream_output, parse_subagent_output, AdapterOutput};
 use panorama_providers::registry::spec;
@@ -608,6 +609,7 @@ async fn run_attempt(
     gw: &Gateway,
     provider: ProviderId,
     plan: &RunPlan,
+    delivery: Delivery,
     run: &Arc<RunControl>,
 ) -> Attempt {
     let overrides: Vec<(String, Option<String>)> = plan
@@ -622,7 +624,8 @@ async fn run_attempt(
         .collect();
     let spec = ProcessSpec {
         command: plan.command.clone(),
-        args: plan.args.clone(),
+        args: delivery.args,
+        stdin: delivery.stdin,
         cwd: plan.cwd.clone(),
         env: crate::child_env::child_env_from_process(Some(gw.paths.tmp_dir.as_path()), &overrides),
         timeout: Duration::from_millis(plan.timeout_ms),
@@ -1055,11 +1058,17 @@ async fn attempts(
         if let Err(e) = wd.write_files(&plan.files) {
             return ctx.pre_execution_failure(&e.to_string(), Map::new());
         }
+        // A prompt too large for argv goes on stdin; what cannot is the
+        // job's input error, so the provider's health is left alone.
+        let delivery = match deliver_prompt(provider, &plan.args) {
+            Ok(d) => d,
+            Err(e) => return ctx.pre_execution_failure(&e.to_string(), Map::new()),
+        };
         ctx.sink.emit(
             RunEventType::RunProgress,
             attempt_started_payload(attempt, max_attempts),
         );
-        let a = run_attempt(gw, provider, &plan, run).await;
+        let a = run_attempt(gw, provider, &plan, delivery, run).await;
         terminal.command = Some(display_command(&plan));
         terminal.exit_code = a.process.exit_code;
         terminal.timed_out = a.process.timed_out;
@@ -1145,16 +1154,18 @@ async fn attempts(
         }
         terminal.retry_count = attempt - 1;
         let detail = error_text.clone();
-        super::providers::record_run_outcome(
-            gw,
-            provider,
-            ok,
-            detail.as_deref(),
-            "subagent_run",
-            &job.id,
-            Some(&ctx.run_id),
-        )
-        .await;
+        if !a.process.input_too_large {
+            super::providers::record_run_outcome(
+                gw,
+                provider,
+                ok,
+                detail.as_deref(),
+                "subagent_run",
+                &job.id,
+                Some(&ctx.run_id),
+            )
+            .await;
+        }
         if ok {
             ctx.sink.emit(
                 RunEventType::RunCompleted,
