@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     if matches!(
         cli.command,
         None | Some(
-            Command::Status(_)
+            Command::Status
                 | Command::Logs(_)
                 | Command::FullControl(_)
                 | Command::Stop

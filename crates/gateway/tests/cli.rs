@@ -122,7 +122,7 @@ fn full_control_round_trip() {
         .starts_with("ERROR Unknown full-control command.\n"));
     assert!(r
         .stderr()
-        .contains("  Details: Use one of: enable, disable, status"));
+        .contains("  Details: Use one of: on, off, status"));
 }
 
 #[test]
@@ -426,10 +426,23 @@ fn bad_command_lines_fail_clearly() {
     assert_eq!(r.code(), 0);
     assert!(r
         .stdout()
-        .contains("panorama-gateway full-control <enable|disable|status>"));
-    // Options only this gateway has are listed after the reference's text.
-    for flag in ["--supabase-url <url>", "--anon-key <key>", "status --json"] {
+        .contains("panorama-gateway full-control <on|off|status>"));
+    // Options only this gateway has are listed after the reference's text;
+    // the spellings shared with panorama-hub, not the hidden old ones.
+    for flag in [
+        "--hub-url <url>",
+        "--data-dir <path>",
+        "--anon-key <key>",
+        "--json ",
+    ] {
         assert!(r.stdout().contains(flag), "--help lacks {flag}");
+    }
+    for old in [
+        "--supabase-url <url>",
+        "--config-dir <path>",
+        "enable|disable",
+    ] {
+        assert!(!r.stdout().contains(old), "--help still shows {old}");
     }
 
     let r = home.run(&["frobnicate"]);
@@ -665,7 +678,7 @@ fn completions_load_in_bash_and_know_the_commands() {
     let r = home.run(&["completions", "bash"]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let script = r.stdout();
-    for word in ["pair", "start", "doctor", "full-control", "--config-dir"] {
+    for word in ["pair", "start", "doctor", "full-control", "--data-dir"] {
         assert!(script.contains(word), "{word} missing");
     }
     let path = home.path().join("completion.bash");
@@ -689,4 +702,52 @@ fn completions_load_in_bash_and_know_the_commands() {
         assert_eq!(r.code(), 0);
         assert!(r.stdout().contains("panorama-gateway"));
     }
+}
+
+/// One dialect with panorama-hub: `--data-dir`, `--hub-url`, `on|off`, a
+/// global `--json`; the old spellings still work but are not advertised.
+#[test]
+fn shared_spellings_and_hidden_old_ones() {
+    let home = Home::new();
+    let dir = home.path().join("elsewhere");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("gateway.json"),
+        r#"{"gatewayId":"gw-9","teamId":"t","accessToken":"a","refreshToken":"r"}"#,
+    )
+    .unwrap();
+    let dir = dir.to_str().unwrap();
+    let mut outputs = Vec::new();
+    for args in [
+        &["--json", "status", "--data-dir", dir][..],
+        &["status", "--json", "--config-dir", dir][..],
+    ] {
+        let r = home.run(args);
+        assert_eq!(r.code(), 0, "{args:?}: {}", r.stderr());
+        let v: Value = serde_json::from_str(&r.stdout()).unwrap();
+        assert_eq!(v["gateway_id"], "gw-9", "{args:?}: {v}");
+        outputs.push(v["config_dir"].clone());
+    }
+    assert_eq!(outputs[0], outputs[1]);
+
+    for (word, said) in [
+        ("on", "enabled"),
+        ("off", "disabled"),
+        ("enable", "enabled"),
+        ("disable", "disabled"),
+    ] {
+        let r = home.run(&["--data-dir", dir, "full-control", word]);
+        assert_eq!(r.code(), 0, "{word}: {}", r.stderr());
+        assert!(r.stdout().contains(said), "{word}: {}", r.stdout());
+    }
+
+    // --json on a command that prints no JSON is refused, not ignored.
+    let r = home.run(&["--data-dir", dir, "logs", "--no-follow", "--json"]);
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr()
+            .starts_with("ERROR --json is not available for this command."),
+        "{}",
+        r.stderr()
+    );
 }

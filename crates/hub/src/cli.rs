@@ -17,7 +17,14 @@ use std::time::{Duration, Instant};
 )]
 pub struct Cli {
     /// URL of the hub to talk to (default: the URL a local `serve` recorded, else http://127.0.0.1:54321).
-    #[arg(long, global = true, env = "PANORAMA_HUB_URL")]
+    // One spelling with `panorama-gateway --hub-url`; `--hub` still works, hidden.
+    #[arg(
+        long = "hub-url",
+        alias = "hub",
+        global = true,
+        env = "PANORAMA_HUB_URL",
+        value_name = "URL"
+    )]
     pub hub: Option<String>,
     /// Service key (default: the one in the data directory's keys.json).
     #[arg(
@@ -115,8 +122,9 @@ pub enum GatewaysCmd {
     /// Set a gateway's team-level full (machine) control flag.
     FullControl {
         gateway: String,
-        #[arg(value_parser = ["on", "off"])]
-        state: String,
+        /// on or off (enable/disable also work, as in `panorama-gateway full-control`).
+        #[arg(value_enum)]
+        state: OnOff,
     },
     /// Revoke a gateway: its session stops working and it takes no more jobs.
     Revoke { gateway: String },
@@ -285,6 +293,58 @@ pub fn reset_sigpipe() {
 pub const MAX_TTL_MINUTES: i64 = 7 * 24 * 60;
 
 /// `--listen`: `HOST:PORT`; a bare address gets told its port is missing.
+/// A switch: `on`/`off`, with `enable`/`disable` (the gateway's old
+/// words) as hidden aliases.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOff {
+    #[value(alias = "enable")]
+    On,
+    #[value(alias = "disable")]
+    Off,
+}
+
+impl OnOff {
+    pub fn word(self) -> &'static str {
+        match self {
+            OnOff::On => "on",
+            OnOff::Off => "off",
+        }
+    }
+}
+
+/// The global options that only commands talking to a running hub use;
+/// hidden from the help of `up` and `serve`, which run a hub themselves.
+const CLIENT_ONLY_GLOBALS: [&str; 2] = ["hub", "service_key"];
+
+/// The command line as clap sees it, with each subcommand's help showing
+/// only the options that apply to it. Parse with [`parse_args`].
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    // Globals are copied into the subcommands when the command is built;
+    // only then can a subcommand's copy be hidden.
+    cmd.build();
+    for name in ["up", "serve"] {
+        let sub = cmd.find_subcommand_mut(name).expect("up and serve exist");
+        // `mut_args` edits in place; `mut_arg` would reorder the args of a
+        // built command and break its lookup table.
+        let taken = std::mem::take(sub);
+        *sub = taken.mut_args(|a| {
+            let client_only = CLIENT_ONLY_GLOBALS.contains(&a.get_id().as_str());
+            a.hide(client_only)
+        });
+    }
+    cmd
+}
+
+/// Parse the process's arguments with [`command`] (exits on `--help` and
+/// errors, like `Cli::parse`).
+pub fn parse_args() -> Cli {
+    use clap::FromArgMatches;
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 pub fn parse_listen(text: &str) -> std::result::Result<String, String> {
     let text = text.trim();
     if text.parse::<std::net::SocketAddr>().is_ok() {
@@ -474,10 +534,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Serve { listen, db } => serve(&cli, listen, db.clone()).await,
         Command::Up(args) => crate::up::run(&cli, args).await,
         Command::Completions { shell } => {
-            use clap::CommandFactory;
             clap_complete::generate(
                 *shell,
-                &mut Cli::command(),
+                &mut command(),
                 "panorama-hub",
                 &mut std::io::stdout(),
             );
@@ -611,14 +670,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 .update(
                     "team_gateways",
                     &[("id", format!("eq.{gateway}"))],
-                    &json!({"full_control_enabled": state == "on"}),
+                    &json!({"full_control_enabled": *state == OnOff::On}),
                 )
                 .await?;
             let row = rows.into_iter().next().ok_or_else(|| {
                 anyhow!("no gateway {gateway}: list them with `panorama-hub gateways list`")
             })?;
             print(&cli, &row, || {
-                format!("gateway {gateway}: team full control {state}")
+                format!("gateway {gateway}: team full control {}", state.word())
             });
             Ok(0)
         }

@@ -1,10 +1,9 @@
-use clap::Parser;
-use panorama_hub::cli::{run, Cli};
+use panorama_hub::cli::{parse_args, run};
 
 #[tokio::main]
 async fn main() {
     use std::io::IsTerminal;
-    let cli = Cli::parse();
+    let cli = parse_args();
     // A closed pipe (`… | head -1`) ends a printing command quietly instead
     // of making a print panic. Not for the commands that hold sockets
     // (serve, up, shell), where a peer's closed connection must stay an

@@ -111,6 +111,12 @@ pub fn run(cli: Cli) -> Result<()> {
         println!("{}", crate::cli::HELP);
         return Ok(());
     };
+    if cli.global.json && !matches!(command, Command::Status | Command::Doctor) {
+        return Err(GatewayError::cli(
+            "--json is not available for this command.",
+            "Only \"status\" and \"doctor\" print JSON; drop --json.".to_string(),
+        ));
+    }
     let ctx = Context::new(cli.global)?;
     apply_cli_env_overrides(&ctx.global);
     let is_start = matches!(command, Command::Start(_) | Command::Pair(_));
@@ -122,9 +128,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pair(args) => pair::run(&ctx, &args),
         Command::Start(args) => start::run(&ctx, &args).map(|_| ()),
         Command::Stop => stop::run(&ctx),
-        Command::Status(args) => status::run(&ctx, args.json),
+        Command::Status => status::run(&ctx, ctx.global.json),
         Command::Logs(args) => logs::run(&ctx, &args),
-        Command::Doctor(args) => doctor::run(&ctx, args.json),
+        Command::Doctor => doctor::run(&ctx, ctx.global.json),
         Command::FullControl(args) => full_control::run(&ctx, args.action.as_deref()),
         Command::Completions { shell } => {
             use clap::CommandFactory;
