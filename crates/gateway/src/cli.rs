@@ -34,6 +34,7 @@ Usage:
   panorama-gateway logs [--lines 200] [--no-follow]
   panorama-gateway doctor
   panorama-gateway full-control <on|off|status>
+  panorama-gateway service <install|uninstall|status>
   panorama-gateway completions <bash|zsh|fish|elvish|powershell>
 
 Notes:
@@ -194,11 +195,26 @@ pub enum Command {
     Doctor,
     /// Turn install full control on or off, or show it.
     FullControl(FullControlArgs),
+    /// Keep the gateway running as a user service (systemd on Linux, launchd on macOS).
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum ServiceAction {
+    /// Write the service definition and start it (or print how to).
+    Install,
+    /// Stop the service and remove its definition.
+    Uninstall,
+    /// Show whether the service is installed (and, with systemd, running).
+    Status,
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -21,6 +21,7 @@ pub mod readiness;
 pub mod recovery;
 pub mod redact;
 pub mod runtime;
+pub mod service;
 pub mod shell;
 
 pub use error::{GatewayError, Result};

@@ -751,3 +751,85 @@ fn shared_spellings_and_hidden_old_ones() {
         r.stderr()
     );
 }
+
+/// `service install|status|uninstall` with no systemd user manager around
+/// (as in a container): the unit is written under `$XDG_CONFIG_HOME`, the
+/// commands to start it are printed, and systemd-analyze accepts it.
+#[test]
+fn service_install_status_uninstall() {
+    let home = Home::new();
+    let xdg = home.path().join("xdg");
+    let run = |args: &[&str]| {
+        let mut cmd = home.command(args);
+        cmd.env("XDG_CONFIG_HOME", &xdg);
+        Run(cmd.output().unwrap())
+    };
+    let r = run(&["service", "install"]);
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr()
+            .starts_with("ERROR This gateway is not paired yet."),
+        "{}",
+        r.stderr()
+    );
+
+    home.write_config(r#"{"gatewayId":"gw-1","teamId":"t","accessToken":"a","refreshToken":"r"}"#);
+    let r = run(&["service", "install"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let unit_path = xdg.join("systemd/user/panorama-gateway.service");
+    assert!(
+        r.stdout().starts_with("OK Service unit written\n"),
+        "{}",
+        r.stdout()
+    );
+    assert!(
+        r.stdout()
+            .contains("systemctl --user enable --now panorama-gateway.service"),
+        "{}",
+        r.stdout()
+    );
+    assert!(
+        r.stdout().contains("loginctl enable-linger"),
+        "{}",
+        r.stdout()
+    );
+    let unit = fs::read_to_string(&unit_path).unwrap();
+    let exe = env!("CARGO_BIN_EXE_panorama-gateway");
+    assert!(
+        unit.contains(&format!("\nExecStart={exe} start --foreground\n")),
+        "{unit}"
+    );
+    assert!(
+        unit.contains(&format!(
+            "\nEnvironment=PANORAMA_GATEWAY_CONFIG_DIR={}\n",
+            home.gateway_dir().display()
+        )),
+        "{unit}"
+    );
+    if let Ok(out) = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit_path)
+        .output()
+    {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("panorama-gateway.service"),
+            "{stderr}"
+        );
+    } else {
+        eprintln!("systemd-analyze not installed: verification skipped");
+    }
+
+    let r = run(&["service", "status"]);
+    assert!(r.stdout().contains("  Installed: Yes\n"), "{}", r.stdout());
+    let r = run(&["service", "uninstall"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert!(
+        r.stdout().starts_with("OK Service removed\n"),
+        "{}",
+        r.stdout()
+    );
+    assert!(!unit_path.exists());
+    let r = run(&["service", "status"]);
+    assert!(r.stdout().contains("  Installed: No\n"), "{}", r.stdout());
+}

@@ -4,6 +4,7 @@ pub mod doctor;
 pub mod full_control;
 pub mod logs;
 pub mod pair;
+pub mod service;
 pub mod start;
 pub mod status;
 pub mod stop;
@@ -132,6 +133,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logs(args) => logs::run(&ctx, &args),
         Command::Doctor => doctor::run(&ctx, ctx.global.json),
         Command::FullControl(args) => full_control::run(&ctx, args.action.as_deref()),
+        Command::Service { action } => service::run(&ctx, &action),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
