@@ -77,6 +77,7 @@ Backend (this gateway's additions):
   PANORAMA_SUPABASE_URL, SUPABASE_URL            Same as --hub-url
   PANORAMA_SUPABASE_ANON_KEY, SUPABASE_ANON_KEY  Same as --anon-key
   --json                            Machine-readable output (status, doctor)
+  start --metrics-listen <host:port> Serve Prometheus metrics at /metrics (PANORAMA_GATEWAY_METRICS_LISTEN)
   PANORAMA_GATEWAY_SHUTDOWN_GRACE_MS  How long running jobs may finish at shutdown
   PANORAMA_GATEWAY_LOG              Log filter (e.g. info, debug)
 "#;
@@ -255,6 +256,9 @@ pub struct StartArgs {
     /// Run in the background (the default).
     #[arg(long, alias = "background")]
     pub daemon: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT; keep it on loopback).
+    #[arg(long, value_name = "ADDR", env = "PANORAMA_GATEWAY_METRICS_LISTEN", value_parser = crate::metrics::parse_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -12,6 +12,7 @@ pub mod delegated;
 pub mod env;
 pub mod error;
 pub mod logfile;
+pub mod metrics;
 pub mod network;
 pub mod outbox;
 pub mod output;

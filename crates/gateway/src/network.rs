@@ -59,7 +59,7 @@ fn tokio_runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime> {
 /// Everything the foreground runtime needs; the config has already been
 /// saved with the resolved backend and device name (runtime.md §1.6.2
 /// step B.5).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RuntimeRequest {
     pub paths: GatewayPaths,
     pub config: GatewayConfig,
@@ -68,6 +68,8 @@ pub struct RuntimeRequest {
     /// Set when the fallback config dir is in use (emit `config_dir_fallback`).
     pub migrated_from: Option<PathBuf>,
     pub verbose: bool,
+    /// `--metrics-listen`, already bound (so a bad address fails `start`).
+    pub metrics_listener: Option<std::net::TcpListener>,
 }
 
 /// `start --foreground` steps B.6 onwards: `setSession`, token persistence,

@@ -181,6 +181,7 @@ pub fn run(ctx: &Context, args: &PairArgs) -> Result<()> {
     let start = StartArgs {
         foreground: args.foreground,
         daemon: false,
+        metrics_listen: None,
     };
     if let Err(e) = super::start::run(ctx, &start) {
         out.warn(

@@ -33,11 +33,11 @@ pub enum StartOutcome {
 pub fn run(ctx: &Context, args: &StartArgs) -> Result<StartOutcome> {
     let prepared = ctx.prepare()?;
     if args.foreground {
-        run_foreground(ctx, &prepared)?;
+        run_foreground(ctx, &prepared, args.metrics_listen)?;
         return Ok(StartOutcome::Foreground);
     }
     crate::logfile::init_tracing(None, ctx.global.verbose);
-    run_background(ctx, &prepared)
+    run_background(ctx, &prepared, args.metrics_listen)
 }
 
 /// One gateway per identity: refuse while another live gateway holds the
@@ -76,11 +76,15 @@ pub fn claim_instance(paths: &paths::GatewayPaths) -> Result<pidfile::InstanceLo
 
 /// Step A: refuse if a gateway runs, else spawn the daemon and wait
 /// (bounded) until it reports that it loaded its config and authenticated.
-pub fn run_background(ctx: &Context, prepared: &PreparedPaths) -> Result<StartOutcome> {
+pub fn run_background(
+    ctx: &Context,
+    prepared: &PreparedPaths,
+    metrics: Option<std::net::SocketAddr>,
+) -> Result<StartOutcome> {
     let paths = &prepared.paths;
     let out = &ctx.out;
     refuse_if_running(paths)?;
-    let (pid, pipe) = spawn_daemon(ctx, prepared)?;
+    let (pid, pipe) = spawn_daemon(ctx, prepared, metrics)?;
     let step = out.step("Starting gateway...", false);
     let verdict = readiness::wait_for_child(pipe, readiness::DEFAULT_WAIT);
     drop(step);
@@ -150,7 +154,11 @@ fn daemon_device_name(ctx: &Context) -> Option<String> {
 /// stdin from /dev/null, stdout and stderr appended to the log file, and
 /// leave the PID file to the child (§2.8). Returns the child's PID and the
 /// read end of its readiness pipe ([`readiness`]).
-pub fn spawn_daemon(ctx: &Context, prepared: &PreparedPaths) -> Result<(u32, std::fs::File)> {
+pub fn spawn_daemon(
+    ctx: &Context,
+    prepared: &PreparedPaths,
+    metrics: Option<std::net::SocketAddr>,
+) -> Result<(u32, std::fs::File)> {
     let paths = &prepared.paths;
     let log = logfile::open_append_owner_only(&paths.log_path)?;
     let log_err = log
@@ -164,6 +172,9 @@ pub fn spawn_daemon(ctx: &Context, prepared: &PreparedPaths) -> Result<(u32, std
     })?;
     let mut command = Command::new(&exe);
     command.arg("start").arg("--foreground");
+    if let Some(addr) = metrics {
+        command.env(crate::metrics::METRICS_LISTEN_ENV, addr.to_string());
+    }
     if let Some(name) = daemon_device_name(ctx) {
         command.arg("--device-name").arg(name);
     }
@@ -255,19 +266,27 @@ pub fn foreground_device_name(
 /// Step B: the foreground runtime (also what the daemon child runs). It
 /// refuses while another gateway runs, holds the PID file while it runs
 /// and removes it only if it still holds its own PID.
-pub fn run_foreground(ctx: &Context, prepared: &PreparedPaths) -> Result<()> {
+pub fn run_foreground(
+    ctx: &Context,
+    prepared: &PreparedPaths,
+    metrics: Option<std::net::SocketAddr>,
+) -> Result<()> {
     let paths = &prepared.paths;
     refuse_if_running(paths)?;
     let _instance = claim_instance(paths)?;
     pidfile::write_pid(&paths.pid_path, std::process::id())?;
-    let result = run_foreground_claimed(ctx, prepared);
+    let result = run_foreground_claimed(ctx, prepared, metrics);
     if let Err(e) = pidfile::remove_own(&paths.pid_path) {
         tracing::warn!(error = %e, "Could not remove the PID file");
     }
     result
 }
 
-fn run_foreground_claimed(ctx: &Context, prepared: &PreparedPaths) -> Result<()> {
+fn run_foreground_claimed(
+    ctx: &Context,
+    prepared: &PreparedPaths,
+    metrics: Option<std::net::SocketAddr>,
+) -> Result<()> {
     let paths = &prepared.paths;
     if paths::process_env(DAEMON_CHILD_ENV).is_some() {
         // Our stdout/stderr already go to the log file; take them over so
@@ -297,6 +316,16 @@ fn run_foreground_claimed(ctx: &Context, prepared: &PreparedPaths) -> Result<()>
             format!("No file at {}.", paths.config_path.display()),
         ));
     }
+    let metrics_listener = metrics
+        .map(|addr| {
+            std::net::TcpListener::bind(addr).map_err(|e| {
+                GatewayError::cli(
+                    format!("Could not listen for metrics on {addr}."),
+                    format!("{e}. Pick another --metrics-listen address (HOST:PORT)."),
+                )
+            })
+        })
+        .transpose()?;
     // A config that exists but cannot be read says why (not "not found").
     let mut config = GatewayConfig::load(&paths.config_path)?;
     let backend = backend::resolve_backend(
@@ -324,6 +353,7 @@ fn run_foreground_claimed(ctx: &Context, prepared: &PreparedPaths) -> Result<()>
         device_name,
         migrated_from: prepared.migrated_from.clone(),
         verbose: ctx.global.verbose,
+        metrics_listener,
     })
 }
 

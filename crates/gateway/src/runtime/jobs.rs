@@ -312,6 +312,7 @@ pub async fn process_job(gw: &Arc<Gateway>, job: GatewayJobRow) {
         }
     };
     complete(gw, &claimed.id, &completion);
+    crate::metrics::job_ended(claimed.job_type.as_str(), completion.status.as_str());
     crate::output::job_ended(
         &claimed.id,
         claimed.job_type.as_str(),

@@ -381,6 +381,7 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         device_name,
         migrated_from,
         verbose,
+        metrics_listener,
     } = request;
     let out = Printer::new(verbose);
     // Signals are caught from here on, so an early SIGTERM is not fatal.
@@ -503,6 +504,18 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     pidfile::write_pid(&paths.pid_path, std::process::id())?;
     // Step 8: heartbeat interval on its own task.
     let heartbeat_task = tokio::spawn(heartbeat::run_loop(Arc::clone(&gw)));
+    if let Some(listener) = metrics_listener {
+        match listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+        {
+            Ok(listener) => drop(tokio::spawn(crate::metrics::serve(
+                listener,
+                Arc::clone(&gw),
+            ))),
+            Err(e) => tracing::error!(error = %e, "Metrics endpoint not started"),
+        }
+    }
     // Step 9: auto-restart watcher (captures the executable now).
     let watcher = restart::Watcher::for_current_exe(restart::RestartConfig::from_env(
         crate::paths::process_env,
