@@ -94,6 +94,25 @@ fn metrics_need_the_service_key_and_parse_as_prometheus_text() {
         &[("route", "/rest/v1/:table")]
     )
     .is_some());
+    // A running gateway holds a realtime socket with a subscription.
+    let host = panorama_testkit::GatewayHost::bare();
+    host.write_config(&hub, &gw, false);
+    let mut running = host.start(&hub, &[]);
+    hub.wait_gateway_status(&gw.gateway_id, "ready", std::time::Duration::from_secs(30));
+    let s = hub.wait_for(
+        "the gateway's socket",
+        std::time::Duration::from_secs(30),
+        || {
+            let s = scrape(&hub).samples;
+            value(&s, "panorama_hub_realtime_subscriptions", &[])
+                .is_some_and(|n| n >= 1.0)
+                .then_some(s)
+        },
+    );
+    assert!(value(&s, "panorama_hub_realtime_sockets", &[]).is_some_and(|n| n >= 1.0));
+    assert!(running
+        .terminate(std::time::Duration::from_secs(30))
+        .success());
     for gauge in [
         "panorama_hub_realtime_sockets",
         "panorama_hub_realtime_subscriptions",
