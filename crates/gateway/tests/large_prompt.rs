@@ -81,6 +81,28 @@ fn large_prompts_go_by_stdin_and_oversized_input_fails_the_job_not_the_provider(
         assert!(got.len() >= big.len(), "{provider}: {} bytes", got.len());
     }
 
+    // A subagent run takes the same path.
+    let sid = panorama_testkit::new_uuid();
+    hub.insert(
+        "subagents",
+        json!({"id": sid, "team_id": gw.team_id, "gateway_id": gw.gateway_id,
+               "subagent_type": "claude_code_gateway", "status": "idle", "config": {},
+               "input": {"prompt": big}, "metadata": {}}),
+    );
+    let job = hub.insert_job(&gw, "subagent_run", json!({"subagent_id": sid}));
+    let row = hub.wait_job_terminal(&job, WAIT);
+    assert_eq!(
+        row["result"]["status"], "completed",
+        "{}",
+        row["result"]["error"]
+    );
+    let got = std::fs::read_to_string(host.path("stdin-claude.txt")).unwrap();
+    assert!(
+        got.contains("[[begin]]") && got.contains("[[end]]"),
+        "{} bytes",
+        got.len()
+    );
+
     // 7 MB over REST, as in the report.
     let huge = "x".repeat(7 * 1024 * 1024);
     let job = hub.insert_job(
