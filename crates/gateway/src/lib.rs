@@ -17,14 +17,17 @@ pub mod gateway_events;
 pub mod job_context;
 pub mod job_debug;
 pub mod logfile;
+pub mod metrics;
 pub mod network;
 pub mod outbox;
 pub mod output;
 pub mod paths;
 pub mod pidfile;
+pub mod readiness;
 pub mod recovery;
 pub mod redact;
 pub mod runtime;
+pub mod service;
 pub mod shell;
 pub mod timestamp;
 

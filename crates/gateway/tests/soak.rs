@@ -205,9 +205,8 @@ impl World {
     }
 
     /// Plays the service manager (systemd `Restart=always`): a gateway that
-    /// exited on its own is started again. A gateway started while the hub
-    /// is down exits with "Failed to authenticate gateway session." (the
-    /// spec's start-up contract, runtime.md §1.6.2 B.6).
+    /// exited on its own is started again. (A gateway started while the hub
+    /// is down waits for it with backoff instead of exiting.)
     fn supervise(&mut self) {
         if let Some(g) = self.running.as_mut() {
             if !g.is_running() {

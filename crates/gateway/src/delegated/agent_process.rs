@@ -28,5 +28,6 @@ pub fn spec_for_plan(plan: &RunPlan, tmp_dir: &Path, stop_grace: Duration) -> Pr
         env: crate::child_env::child_env_from_process(Some(tmp_dir), &overrides),
         timeout: Duration::from_millis(plan.timeout_ms),
         stop_grace,
+        stdin: None,
     }
 }

@@ -5,6 +5,7 @@
 use panorama_protocol::jobs::{HandlerOutcome, ModelRunPayload, OutputFormat};
 use panorama_protocol::subagent::provider_failure_message;
 use panorama_providers::argv::{build_model_run_plan, display_command};
+use panorama_providers::delivery::deliver_prompt;
 use panorama_providers::output::{
     extract_model_run_answer, extract_model_run_text, model_run_result_shape, ProtocolGeneration,
 };
@@ -42,7 +43,15 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
         if let Err(e) = wd.write_files(&plan.files) {
             return HandlerOutcome::failure_message(e.to_string());
         }
-        let spec = spec_for_plan(&plan, &gw.paths.tmp_dir, PROCESS_KILL_GRACE);
+        // A prompt too large for argv goes on stdin; what cannot is the
+        // job's fault, so the provider's health is left alone.
+        let delivery = match deliver_prompt(provider, &plan.args) {
+            Ok(d) => d,
+            Err(e) => return HandlerOutcome::failure_message(e.to_string()),
+        };
+        let mut spec = spec_for_plan(&plan, &gw.paths.tmp_dir, PROCESS_KILL_GRACE);
+        spec.args = delivery.args;
+        spec.stdin = delivery.stdin;
         let shown = display_command(&plan);
         // gateway_jobs.debug (§3.2.5): before launch, then after exit.
         let launch = job_debug::launch_debug(payload, &plan, &wd.path, provider.as_str());
@@ -83,11 +92,14 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
             );
         }
         if let Some(detail) = r.failure_detail(plan.timeout_ms) {
-            // A job stopped at its resource limit says nothing about the provider.
+            // A job stopped at its resource limit, or one whose input was too
+            // large, says nothing about the provider.
             let message = match r.limit_hit {
                 Some(hit) => hit.message(),
                 None => {
-                    super::run_outcome::record_run_outcome(gw, provider, false, Some(&detail), "model_run", job_id, None);
+                    if !r.input_too_large {
+                        super::run_outcome::record_run_outcome(gw, provider, false, Some(&detail), "model_run", job_id, None);
+                    }
                     provider_failure_message(provider, Some(&detail))
                 }
             };

@@ -35,6 +35,10 @@ pub struct ProcessSpec {
     pub timeout: Duration,
     /// Grace between SIGTERM and SIGKILL for a stop request.
     pub stop_grace: Duration,
+    /// Written to the child's stdin, which is then closed (a prompt too
+    /// large for argv, see `panorama_providers::delivery`); `None` means
+    /// stdin is `/dev/null`.
+    pub stdin: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -46,6 +50,9 @@ pub struct ProcessResult {
     /// A stop request arrived (cancel or shutdown).
     pub stopped: bool,
     pub spawn_error: Option<String>,
+    /// The spawn failed because the command line was too long (`E2BIG`):
+    /// the job's input, not the provider, is at fault.
+    pub input_too_large: bool,
     pub stdout: String,
     pub stdout_truncated: bool,
     pub stderr: String,
@@ -191,7 +198,11 @@ pub async fn run_process(
         .current_dir(&spec.cwd)
         .env_clear()
         .envs(&spec.env)
-        .stdin(Stdio::null())
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -199,6 +210,7 @@ pub async fn run_process(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
+            result.input_too_large = e.raw_os_error() == Some(libc::E2BIG);
             result.spawn_error = Some(panorama_providers::probe::spawn_error_message(
                 &spec.command,
                 &e,
@@ -213,6 +225,14 @@ pub async fn run_process(
     job.started(pgid);
     jobs().insert(pgid, Arc::clone(&job));
     on_spawn(pid);
+    if let (Some(mut pipe), Some(input)) = (child.stdin.take(), spec.stdin.clone()) {
+        // Written on its own task so a child that reads slowly (or not at
+        // all) cannot stall the stdout loop; dropping the pipe closes it.
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = pipe.write_all(input.as_bytes()).await;
+        });
+    }
     let mut stdout = child.stdout.take();
     let stderr_task = child.stderr.take().map(|e| tokio::spawn(read_capped(e)));
 
@@ -330,6 +350,7 @@ mod tests {
             cwd: std::env::temp_dir(),
             env: std::env::vars().collect(),
             timeout: Duration::from_millis(timeout_ms),
+            stdin: None,
             stop_grace: Duration::from_millis(300),
         }
     }
@@ -352,6 +373,27 @@ mod tests {
             r.failure_detail(1).as_deref(),
             Some("Process exited with code 3: two")
         );
+    }
+
+    #[tokio::test]
+    async fn stdin_input_is_written_and_closed() {
+        let (_tx, rx) = watch::channel(None);
+        let input = "p".repeat(3 * 1024 * 1024);
+        let mut with_input = spec("wc -c", 10_000);
+        with_input.stdin = Some(input.clone());
+        let r = run_process(&with_input, rx, &mut |_| {}, &mut |_| {}).await;
+        assert_eq!(r.stdout.trim(), input.len().to_string());
+        assert!(r.success(), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn an_argument_list_too_long_is_an_input_error() {
+        let (_tx, rx) = watch::channel(None);
+        let mut huge = spec("true", 5_000);
+        huge.args.push("a".repeat(200 * 1024));
+        let r = run_process(&huge, rx, &mut |_| {}, &mut |_| {}).await;
+        assert!(r.input_too_large, "{r:?}");
+        assert!(r.spawn_error.is_some());
     }
 
     #[tokio::test]

@@ -227,7 +227,7 @@ pub async fn validate(
             provider = id.as_str(),
             command = %detection.command,
             available = detection.available,
-            version = ?detection.version,
+            version = detection.version.as_deref(),
             status = health.status.as_str(),
             "Provider capability refreshed"
         );

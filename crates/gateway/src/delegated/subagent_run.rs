@@ -32,6 +32,7 @@ use panorama_providers::argv::{
 };
 use panorama_providers::collector::{StreamJsonCollector, MAX_STREAM_EVENTS};
 use panorama_providers::config::{RunContext, RunOutputFormat, SubagentConfig};
+use panorama_providers::delivery::{deliver_prompt, Delivery};
 use panorama_providers::normalize::{normalizer_for, NormalizedEvent, StreamNormalizer};
 use panorama_providers::output::{claude_stream_output, parse_plan_output, AdapterOutput};
 use panorama_providers::registry::spec;
@@ -677,9 +678,12 @@ async fn run_attempt(
     gw: &JobContext,
     provider: ProviderId,
     plan: &RunPlan,
+    delivery: Delivery,
     run: &Arc<RunControl>,
 ) -> Attempt {
-    let spec = spec_for_plan(plan, &gw.paths.tmp_dir, CANCEL_KILL_GRACE);
+    let mut spec = spec_for_plan(plan, &gw.paths.tmp_dir, CANCEL_KILL_GRACE);
+    spec.args = delivery.args;
+    spec.stdin = delivery.stdin;
     let streaming = is_stream(provider, plan);
     let mut state = StreamState::new(normalizer_for(provider), run.sink.clone());
     let run_for_spawn = Arc::clone(run);
@@ -1213,11 +1217,17 @@ async fn attempts(
         if let Err(e) = wd.write_files(&plan.files) {
             return ctx.pre_execution_failure(&e.to_string(), Map::new()).await;
         }
+        // A prompt too large for argv goes on stdin; what cannot is the
+        // job's input error, so the provider's health is left alone.
+        let delivery = match deliver_prompt(provider, &plan.args) {
+            Ok(d) => d,
+            Err(e) => return ctx.pre_execution_failure(&e.to_string(), Map::new()).await,
+        };
         ctx.sink.emit(
             RunEventType::RunProgress,
             attempt_started_payload(attempt, max_attempts),
         );
-        let a = run_attempt(gw, provider, &plan, run).await;
+        let a = run_attempt(gw, provider, &plan, delivery, run).await;
         terminal.command = Some(display_command(&plan));
         terminal.exit_code = a.process.exit_code;
         terminal.timed_out = a.process.timed_out;
@@ -1313,8 +1323,9 @@ async fn attempts(
         }
         terminal.retry_count = attempt - 1;
         let detail = error_text.clone();
-        // A job stopped at its resource limit says nothing about the provider.
-        if a.process.limit_hit.is_none() {
+        // A job stopped at its resource limit, or one whose input was too
+        // large, says nothing about the provider.
+        if a.process.limit_hit.is_none() && !a.process.input_too_large {
             super::run_outcome::record_run_outcome(
                 gw,
                 provider,

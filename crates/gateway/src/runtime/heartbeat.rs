@@ -153,7 +153,10 @@ async fn send_locked(
     )
     .await
     {
-        Ok(Ok(_)) => true,
+        Ok(Ok(_)) => {
+            crate::metrics::heartbeat_ok();
+            true
+        }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "Failed to send gateway heartbeat");
             false

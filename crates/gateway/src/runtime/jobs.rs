@@ -193,10 +193,10 @@ fn log_processing(job: &GatewayJobRow) {
         jobId = %job.id,
         jobType = %job.job_type.as_str(),
         jobKind = %job.job_type.job_kind(),
-        provider = ?provider,
-        model = ?payload_str(p, "model"),
-        subagentType = ?subagent_type,
-        shellAction = ?payload_str(p, "action"),
+        provider,
+        model = payload_str(p, "model"),
+        subagentType = subagent_type,
+        shellAction = payload_str(p, "action"),
         "Processing gateway job"
     );
 }
@@ -276,6 +276,8 @@ pub async fn process_job(gw: &Arc<Gateway>, job: GatewayJobRow) {
     if let Err(e) = gw.ledger.record(&record) {
         tracing::error!(error = %e, jobId = %claimed.id, "Failed to record gateway job claim");
     }
+    let started = std::time::Instant::now();
+    crate::output::job_taken(&claimed.id, claimed.job_type.as_str());
     let completion = match idempotency_conflict(gw, &claimed).await {
         Some(duplicate) => duplicate,
         None => {
@@ -300,6 +302,14 @@ pub async fn process_job(gw: &Arc<Gateway>, job: GatewayJobRow) {
         super::heartbeat::after_provider_health_change(gw).await;
     }
     complete(gw, &claimed.id, &completion);
+    crate::metrics::job_ended(claimed.job_type.as_str(), completion.status.as_str());
+    crate::output::job_ended(
+        &claimed.id,
+        claimed.job_type.as_str(),
+        completion.status.as_str(),
+        completion.error.as_deref(),
+        started.elapsed(),
+    );
 }
 
 #[cfg(test)]

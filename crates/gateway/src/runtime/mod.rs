@@ -51,7 +51,7 @@ use queue::JobQueue;
 /// Everything the foreground runtime needs; the config has already been
 /// saved with the resolved backend and device name (runtime.md §1.6.2
 /// step B.5).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RuntimeRequest {
     pub paths: GatewayPaths,
     pub config: GatewayConfig,
@@ -60,6 +60,8 @@ pub struct RuntimeRequest {
     /// Set when the fallback config dir is in use (emit `config_dir_fallback`).
     pub migrated_from: Option<PathBuf>,
     pub verbose: bool,
+    /// `--metrics-listen`, already bound (so a bad address fails `start`).
+    pub metrics_listener: Option<std::net::TcpListener>,
 }
 
 /// Shutdown grace for running jobs (runtime.md §4.8 step 6).
@@ -375,19 +377,35 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         device_name,
         migrated_from,
         verbose,
+        metrics_listener,
     } = request;
     let out = Printer::new(verbose);
     // Signals are caught from here on, so an early SIGTERM is not fatal.
     let mut signals = shutdown::Signals::install()?;
 
-    let client = authenticate(
-        &backend.url,
-        &backend.anon_key,
-        &paths.config_path,
-        &config.access_token,
-        &config.refresh_token,
-    )
-    .await?;
+    // An unreachable hub is waited for (with backoff), not fatal; a signal
+    // while waiting ends the gateway cleanly.
+    let client = tokio::select! {
+        client = crate::readiness::retry_while_unreachable(
+            &out,
+            &backend.url,
+            || authenticate(
+                &backend.url,
+                &backend.anon_key,
+                &paths.config_path,
+                &config.access_token,
+                &config.refresh_token,
+            ),
+            |e| match e {
+                AuthError::Unreachable(why) => Some(why.clone()),
+                _ => None,
+            },
+        ) => client?,
+        signal = signals.wait() => {
+            tracing::info!(signal, "Gateway stopped before it reached the hub");
+            return Ok(());
+        }
+    };
     // Not a spec step: without both ids no query could match our jobs.
     if config.gateway_id.is_empty() || config.team_id.is_empty() {
         return Err(GatewayError::cli(
@@ -395,6 +413,7 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
             "Run \"panorama-gateway pair <CODE>\" to pair this machine again.".to_string(),
         ));
     }
+    crate::readiness::notify(&crate::readiness::Signal::Ready);
     let auto_refresh = client.start_auto_refresh();
 
     let outbox = Outbox::open(&outbox_dir(&paths))
@@ -497,6 +516,18 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     pidfile::write_pid(&paths.pid_path, std::process::id())?;
     // Step 8: heartbeat interval on its own task.
     let heartbeat_task = tokio::spawn(heartbeat::run_loop(Arc::clone(&gw)));
+    if let Some(listener) = metrics_listener {
+        match listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+        {
+            Ok(listener) => drop(tokio::spawn(crate::metrics::serve(
+                listener,
+                Arc::clone(&gw),
+            ))),
+            Err(e) => tracing::error!(error = %e, "Metrics endpoint not started"),
+        }
+    }
     // Step 9: auto-restart watcher (captures the executable now).
     let watcher = restart::Watcher::for_current_exe(restart::RestartConfig::from_env(
         crate::paths::process_env,

@@ -27,7 +27,7 @@ pub struct PairingExchange {
 
 pub const PAIRING_FUNCTION: &str = "exchange-gateway-pairing-code";
 pub const MSG_MISSING_FIELDS: &str = "Pairing response missing required fields";
-const HINT: &str = "Pairing codes expire and work only once: generate a new code in the Panorama app and run \"panorama-gateway pair <CODE>\" again.";
+const HINT: &str = "Pairing codes expire and work only once: generate a new code (`panorama-hub pairing-code create --team TEAM`, or your control plane) and run \"panorama-gateway pair <CODE>\" again.";
 
 fn field(body: &Value, key: &str) -> Option<String> {
     body.get(key)
