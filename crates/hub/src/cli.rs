@@ -1174,7 +1174,7 @@ async fn create_subagent(
         "subagents",
         &json!({
             "id": subagent_id, "team_id": team_id, "gateway_id": args.gateway,
-            "subagent_type": args.subagent_type, "status": "idle",
+            "subagent_type": args.subagent_type.as_deref().unwrap_or("claude_code_gateway"), "status": "idle",
             "config": config, "input": input, "metadata": {},
         }),
     )

@@ -497,6 +497,8 @@ fn listings_by_type_runs_resources_and_revoke() {
             g,
             "--type",
             "subagent_run",
+            "--recipe",
+            "seed",
             "--prompt",
             "hi",
         ],
