@@ -7,7 +7,15 @@
 //! - `panorama_gateway_heartbeat_age_seconds`: since the last heartbeat the
 //!   hub accepted (absent before the first);
 //! - `panorama_gateway_provider_healthy{provider,status}`: 1 for the
-//!   provider's current health status.
+//!   provider's current health status;
+//! - `panorama_gateway_job_processes_total{kind}`,
+//!   `panorama_gateway_job_cpu_seconds_total{kind}`,
+//!   `panorama_gateway_job_peak_memory_bytes{kind}`,
+//!   `panorama_gateway_job_max_processes{kind}`,
+//!   `panorama_gateway_job_limit_exceeded_total{kind,limit}`: what jobs'
+//!   processes cost, read from their cgroups (`contain::usage_totals`;
+//!   `kind` is `agent_process`, `shell_exec`, `shell_session`,
+//!   `diagnostic` or `provider_probe`).
 //!
 //! The listener is a few lines of HTTP over a Tokio socket (one request per
 //! connection) rather than a web framework: the gateway serves nothing
@@ -59,6 +67,8 @@ pub struct Snapshot {
     pub heartbeat_age_secs: Option<f64>,
     /// `(provider id, health status)`.
     pub providers: Vec<(String, String)>,
+    /// Process cost of ended jobs, by kind.
+    pub usage: BTreeMap<String, crate::contain::UsageTotals>,
 }
 
 fn label(value: &str) -> String {
@@ -67,6 +77,14 @@ fn label(value: &str) -> String {
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
+
+/// One usage metric: name, type, help, and its value from the totals.
+type UsageFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::contain::UsageTotals) -> String,
+);
 
 /// The exposition text for a snapshot (pure).
 pub fn render(snap: &Snapshot) -> String {
@@ -99,6 +117,52 @@ pub fn render(snap: &Snapshot) -> String {
             label(status)
         );
     }
+    let families: [UsageFamily; 4] = [
+        (
+            "panorama_gateway_job_processes_total",
+            "counter",
+            "Jobs whose processes ended, by kind.",
+            |t| t.jobs.to_string(),
+        ),
+        (
+            "panorama_gateway_job_cpu_seconds_total",
+            "counter",
+            "CPU time of ended jobs' processes (cgroup accounting), by kind.",
+            |t| format!("{:.3}", t.cpu_time_ms as f64 / 1000.0),
+        ),
+        (
+            "panorama_gateway_job_peak_memory_bytes",
+            "gauge",
+            "Highest peak memory of one ended job, by kind.",
+            |t| t.max_peak_memory_bytes.to_string(),
+        ),
+        (
+            "panorama_gateway_job_max_processes",
+            "gauge",
+            "Most processes one ended job had at once, by kind.",
+            |t| t.max_processes.to_string(),
+        ),
+    ];
+    for (name, kind_of_metric, help, value) in families {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind_of_metric}\n"
+        );
+        for (kind, totals) in &snap.usage {
+            let _ = writeln!(out, "{name}{{kind=\"{}\"}} {}", label(kind), value(totals));
+        }
+    }
+    out.push_str("# HELP panorama_gateway_job_limit_exceeded_total Jobs stopped at a containment limit, by kind and limit.\n# TYPE panorama_gateway_job_limit_exceeded_total counter\n");
+    for (kind, totals) in &snap.usage {
+        for (limit, n) in &totals.limit_exceeded {
+            let _ = writeln!(
+                out,
+                "panorama_gateway_job_limit_exceeded_total{{kind=\"{}\",limit=\"{}\"}} {n}",
+                label(kind),
+                label(limit)
+            );
+        }
+    }
     out
 }
 
@@ -116,6 +180,7 @@ fn snapshot(gw: &Gateway) -> Snapshot {
             .iter()
             .map(|(id, h)| (id.as_str().to_string(), h.status.as_str().to_string()))
             .collect(),
+        usage: crate::contain::usage_totals(),
     }
 }
 
@@ -175,6 +240,16 @@ mod tests {
             outbox_pending: 3,
             heartbeat_age_secs: Some(1.5),
             providers: vec![("codex".into(), "unhealthy".into())],
+            usage: BTreeMap::from([(
+                "shell_exec".to_string(),
+                crate::contain::UsageTotals {
+                    jobs: 4,
+                    cpu_time_ms: 1500,
+                    max_peak_memory_bytes: 1 << 20,
+                    max_processes: 5,
+                    limit_exceeded: BTreeMap::from([("memory", 1)]),
+                },
+            )]),
         });
         assert!(text
             .contains("panorama_gateway_jobs_total{type=\"subagent_run\",status=\"failed\"} 2\n"));
@@ -182,6 +257,17 @@ mod tests {
         assert!(text.contains("panorama_gateway_heartbeat_age_seconds 1.500\n"));
         assert!(text.contains(
             "panorama_gateway_provider_healthy{provider=\"codex\",status=\"unhealthy\"} 0\n"
+        ));
+        assert!(text.contains("panorama_gateway_job_processes_total{kind=\"shell_exec\"} 4\n"));
+        assert!(
+            text.contains("panorama_gateway_job_cpu_seconds_total{kind=\"shell_exec\"} 1.500\n")
+        );
+        assert!(
+            text.contains("panorama_gateway_job_peak_memory_bytes{kind=\"shell_exec\"} 1048576\n")
+        );
+        assert!(text.contains("panorama_gateway_job_max_processes{kind=\"shell_exec\"} 5\n"));
+        assert!(text.contains(
+            "panorama_gateway_job_limit_exceeded_total{kind=\"shell_exec\",limit=\"memory\"} 1\n"
         ));
     }
 

@@ -84,6 +84,22 @@ fn a_running_gateway_serves_metrics() {
         ),
         Some(1.0)
     );
+    // The diagnostic's process (`claude --version`) ended: its cost is counted.
+    assert!(
+        gauge(
+            &scrape,
+            "panorama_gateway_job_processes_total",
+            &[("kind", "diagnostic")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "no diagnostic process counted"
+    );
+    assert!(gauge(
+        &scrape,
+        "panorama_gateway_job_cpu_seconds_total",
+        &[("kind", "diagnostic")]
+    )
+    .is_some_and(|n| n >= 0.0));
     let res = client.get(format!("http://{addr}/other")).send().unwrap();
     assert_eq!(res.status(), 404);
     assert!(running.terminate(WAIT).success());

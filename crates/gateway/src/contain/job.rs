@@ -346,6 +346,7 @@ impl Job {
         } else {
             tracing::info!(job = %self.label, cgroup = %self.name, resource_usage = %usage.to_value(), "Job processes ended");
         }
+        super::record_usage(&self.label, &usage);
         let done = Finished {
             usage,
             limit_hit: hit,

@@ -298,3 +298,70 @@ mod tests {
         );
     }
 }
+
+/// What the jobs of one kind (`agent_process`, `shell_exec`, …) have cost
+/// since the gateway started, summed from each job's [`ResourceUsage`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    /// Jobs whose processes ended.
+    pub jobs: u64,
+    /// CPU time of all of them (only jobs with a cgroup report it).
+    pub cpu_time_ms: u64,
+    /// The highest peak memory of one job.
+    pub max_peak_memory_bytes: u64,
+    /// The most processes one job had at once.
+    pub max_processes: u64,
+    /// Jobs stopped at a limit, by limit (`memory`, `processes`).
+    pub limit_exceeded: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl UsageTotals {
+    /// Adds one ended job (pure).
+    pub fn add(&mut self, usage: &ResourceUsage) {
+        self.jobs += 1;
+        self.cpu_time_ms += usage.cpu_time_ms.unwrap_or(0);
+        self.max_peak_memory_bytes = self
+            .max_peak_memory_bytes
+            .max(usage.peak_memory_bytes.unwrap_or(0));
+        self.max_processes = self.max_processes.max(usage.max_processes.unwrap_or(0));
+        if let Some(limit) = usage.limit_exceeded {
+            *self.limit_exceeded.entry(limit).or_default() += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod usage_totals_tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_cpu_and_keep_the_highest_peaks() {
+        let mut t = UsageTotals::default();
+        t.add(&ResourceUsage {
+            containment: "cgroup_v2",
+            peak_memory_bytes: Some(100),
+            cpu_time_ms: Some(7),
+            max_processes: Some(3),
+            limit_exceeded: None,
+        });
+        t.add(&ResourceUsage {
+            containment: "cgroup_v2",
+            peak_memory_bytes: Some(50),
+            cpu_time_ms: Some(5),
+            max_processes: Some(9),
+            limit_exceeded: Some("memory"),
+        });
+        t.add(&ResourceUsage {
+            containment: "tree_tag",
+            peak_memory_bytes: None,
+            cpu_time_ms: None,
+            max_processes: None,
+            limit_exceeded: None,
+        });
+        assert_eq!(t.jobs, 3);
+        assert_eq!(t.cpu_time_ms, 12);
+        assert_eq!(t.max_peak_memory_bytes, 100);
+        assert_eq!(t.max_processes, 9);
+        assert_eq!(t.limit_exceeded.get("memory"), Some(&1));
+    }
+}

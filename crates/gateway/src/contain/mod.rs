@@ -50,7 +50,7 @@ use cgroupfs::{cstring, kill_dirs, members, place_self, remove_cgroup, JobDir};
 pub use detect::Version;
 use job::JobState;
 pub use job::{Finished, Job};
-pub use limits::{LimitHit, Limits, ResourceUsage, Setting, SettingError};
+pub use limits::{LimitHit, Limits, ResourceUsage, Setting, SettingError, UsageTotals};
 pub use tree::{pid_alive, Termination, TREE_TAG_ENV};
 
 /// The key of the containment report in the heartbeat's
@@ -500,6 +500,23 @@ static CURRENT: OnceLock<Containment> = OnceLock::new();
 /// Names of the job cgroups this process created and has not removed yet.
 static LIVE_JOBS: Mutex<std::collections::BTreeSet<String>> =
     Mutex::new(std::collections::BTreeSet::new());
+/// What ended jobs cost, by kind (the label a job was made with); read by
+/// the gateway's `/metrics`.
+static USAGE_TOTALS: Mutex<std::collections::BTreeMap<String, UsageTotals>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+/// Adds an ended job's usage to its kind's totals.
+pub(crate) fn record_usage(kind: &str, usage: &ResourceUsage) {
+    lock(&USAGE_TOTALS)
+        .entry(kind.to_string())
+        .or_default()
+        .add(usage);
+}
+
+/// The usage totals by job kind since this process started.
+pub fn usage_totals() -> std::collections::BTreeMap<String, UsageTotals> {
+    lock(&USAGE_TOTALS).clone()
+}
 
 fn settings_from_env() -> Result<(Setting, Limits), SettingError> {
     let env = crate::paths::process_env;
