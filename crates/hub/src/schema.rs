@@ -324,6 +324,21 @@ pub static TEAM_RESOURCES: Table = Table {
     ],
 };
 
+pub static TEAM_MEMBERS: Table = Table {
+    name: "team_members",
+    primary_key: "id",
+    touch_updated_at: true,
+    columns: &[
+        def("id", Uuid, NewUuid),
+        req("team_id", Uuid),
+        req("user_id", Uuid),
+        def("email", Text, ColDefault::Json("\"\"")),
+        choice("role", "\"member\"", crate::people::ALL_ROLES),
+        def("created_at", Timestamp, Now),
+        def("updated_at", Timestamp, Now),
+    ],
+};
+
 /// Every table the REST API exposes, in dependency order (a table comes
 /// after the tables its foreign keys point to).
 pub static TABLES: &[&Table] = &[
@@ -336,6 +351,7 @@ pub static TABLES: &[&Table] = &[
     &SUBAGENT_RUNS,
     &SUBAGENT_RUN_EVENTS,
     &TEAM_RESOURCES,
+    &TEAM_MEMBERS,
 ];
 
 pub fn table(name: &str) -> Option<&'static Table> {
