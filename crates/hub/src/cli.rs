@@ -76,6 +76,19 @@ pub enum Command {
     /// Interactive remote shells through shell_session jobs.
     #[command(subcommand)]
     Shell(crate::attach::ShellCmd),
+    /// People who sign in (Supabase Auth users).
+    #[command(subcommand)]
+    User(UserCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Create a confirmed user (the first person, or anyone while sign-up is invite-only).
+    /// The password is read from stdin, or prompted for without echo on a terminal.
+    Create {
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,6 +97,23 @@ pub enum TeamCmd {
     Create { name: String },
     /// List teams.
     List,
+    /// Invite someone by email with a role; prints the one-time code they redeem.
+    Invite {
+        #[arg(long)]
+        team: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_parser = ["owner", "admin", "member", "viewer"], default_value = "member")]
+        role: String,
+        /// Minutes until the code expires (default: 7 days).
+        #[arg(long)]
+        ttl_minutes: Option<i64>,
+    },
+    /// List a team's members and their roles.
+    Members {
+        #[arg(long)]
+        team: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -290,6 +320,62 @@ pub async fn run(cli: Cli) -> Result<i32> {
             });
             Ok(0)
         }
+        Command::User(UserCmd::Create { email }) => {
+            let password = read_new_password()?;
+            let user = client(&cli)?
+                .post_json(
+                    "/auth/v1/admin/users",
+                    &json!({"email": email, "password": password, "email_confirm": true}),
+                )
+                .await?;
+            print(&cli, &user, || {
+                format!("user {} created: {}", s(&user, "email"), s(&user, "id"))
+            });
+            Ok(0)
+        }
+        Command::Team(TeamCmd::Invite {
+            team,
+            email,
+            role,
+            ttl_minutes,
+        }) => {
+            let mut args = json!({"p_team_id": team, "p_email": email, "p_role": role});
+            if let Some(t) = ttl_minutes {
+                args["p_ttl_minutes"] = json!(t);
+            }
+            let inv = client(&cli)?.rpc("create_team_invitation", &args).await?;
+            print(&cli, &inv, || {
+                format!(
+                    "invitation for {} as {} (expires {}):\n{}\nThey sign up with it (supabase-js: auth.signUp({{ email, password, options: {{ data: {{ invitation_code }} }} }})) or, signed in, call rpc('accept_team_invitation', {{ p_code }}).",
+                    s(&inv, "email"),
+                    s(&inv, "role"),
+                    s(&inv, "expires_at"),
+                    s(&inv, "code")
+                )
+            });
+            Ok(0)
+        }
+        Command::Team(TeamCmd::Members { team }) => {
+            let rows = client(&cli)?
+                .select(
+                    "team_members",
+                    &[
+                        ("team_id", format!("eq.{team}")),
+                        ("order", "created_at.asc".into()),
+                    ],
+                )
+                .await?;
+            print(&cli, &Value::Array(rows.clone()), || {
+                if rows.is_empty() {
+                    return format!("team {team} has no members");
+                }
+                rows.iter()
+                    .map(|r| format!("{:<8} {}  {}", s(r, "role"), s(r, "email"), s(r, "user_id")))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            Ok(0)
+        }
         Command::Team(TeamCmd::List) => {
             let rows = client(&cli)?
                 .select("teams", &[("order", "created_at.asc".into())])
@@ -488,6 +574,31 @@ async fn serve(cli: &Cli, listen: &str, db: Option<PathBuf>) -> Result<i32> {
     }
     hub.run(crate::server::shutdown_signal()).await?;
     Ok(0)
+}
+
+/// A new user's password: prompted twice without echo on a terminal, else
+/// the first line of stdin (for scripts: `echo "$PW" | panorama-hub user create ...`).
+fn read_new_password() -> Result<String> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+        let again =
+            rpassword::prompt_password("Password again: ").context("cannot read the password")?;
+        if first != again {
+            bail!("the two passwords differ; run the command again");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.is_empty() {
+        bail!("empty password: pipe one on stdin or type it at the prompt");
+    }
+    Ok(password)
 }
 
 fn new_pairing_code() -> String {

@@ -122,6 +122,20 @@ impl HubClient {
         }
     }
 
+    /// POST /rest/v1/rpc/<name> with named arguments.
+    pub async fn rpc(&self, name: &str, args: &Value) -> Result<Value, ClientError> {
+        let req = self
+            .request(reqwest::Method::POST, &format!("/rest/v1/rpc/{name}"))
+            .json(args);
+        self.send(req).await
+    }
+
+    /// POST <path> (an `/auth/v1` endpoint) with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.send(self.request(reqwest::Method::POST, path).json(body))
+            .await
+    }
+
     pub async fn health(&self) -> Result<Value, ClientError> {
         self.send(self.request(reqwest::Method::GET, "/health"))
             .await

@@ -68,6 +68,14 @@ pub enum Filter {
     /// Policy-only (never parsed from a request): the row's `subagent_id`
     /// names a subagent assigned to this gateway.
     SubagentOfGateway(String),
+    /// Policy-only: the row's `column` names a team in which `user_id`
+    /// holds one of `roles` (membership is read live, so a removed member
+    /// loses access at once).
+    TeamOfMember {
+        column: &'static str,
+        user_id: String,
+        roles: &'static [&'static str],
+    },
     /// Policy-only: matches nothing.
     False,
 }

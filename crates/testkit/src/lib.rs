@@ -10,9 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod gateway;
+pub mod people;
 pub mod procs;
 
 pub use gateway::{fake_agent_binary, GatewayHost, RunningGateway};
+pub use people::UserSession;
 
 /// Finds the `panorama-hub` binary next to the running test's target dir,
 /// building it when it is missing (e.g. `cargo test -p panorama-gateway`).

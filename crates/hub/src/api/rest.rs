@@ -542,7 +542,7 @@ fn function_not_found(name: &str, args: &Map<String, Value>) -> ApiError {
             "Searched for the function public.{name} with parameters {} or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.",
             keys.join(", ")
         ))
-        .hint("The hub provides allocate_subagent_run_sequence(p_subagent_id) and gateway_record_heartbeat(p_status, p_capabilities, p_device_name).")
+        .hint("The hub provides allocate_subagent_run_sequence(p_subagent_id), gateway_record_heartbeat(p_status, p_capabilities, p_device_name), create_team_invitation(p_team_id, p_email, p_role[, p_ttl_minutes]) and accept_team_invitation(p_code).")
 }
 
 pub async fn rpc(
@@ -642,6 +642,31 @@ async fn call_rpc(
                     return ApiError::pg("42501", "subagent not accessible").into_response();
                 }
             }
+            if let Principal::User { user_id, .. } = &p {
+                let own = try_resp!(
+                    state
+                        .store
+                        .select(SelectRequest {
+                            table: &schema::SUBAGENTS,
+                            filters: vec![
+                                Filter::eq("id", &id),
+                                Filter::TeamOfMember {
+                                    column: "team_id",
+                                    user_id: user_id.clone(),
+                                    roles: crate::people::DISPATCH_ROLES,
+                                }
+                            ],
+                            order: vec![],
+                            limit: Some(1),
+                            offset: None,
+                            count: false,
+                        })
+                        .await
+                );
+                if own.rows.is_empty() {
+                    return ApiError::pg("42501", "subagent not accessible").into_response();
+                }
+            }
             let n = try_resp!(state.store.allocate_run_sequence(&id).await);
             scalar_response(Value::from(n))
         }
@@ -670,8 +695,119 @@ async fn call_rpc(
             );
             scalar_response(serde_json::json!({"success": true, "egress_credential_renewal": null}))
         }
+        ("accept_team_invitation", ["p_code"]) => {
+            let Principal::User { user_id, .. } = &p else {
+                return ApiError::pg(
+                    "42501",
+                    "only a signed-in user can accept a team invitation",
+                )
+                .hint("Sign in (or sign up) first, then call accept_team_invitation(p_code).")
+                .into_response();
+            };
+            try_resp!(ensure_active(&state, &p).await);
+            let code = args["p_code"].as_str().unwrap_or_default().trim();
+            match state
+                .store
+                .accept_invitation(&crate::store::hash_token(code), user_id)
+                .await
+            {
+                Ok(row) => scalar_response(Value::Object(row)),
+                Err(crate::store::PeopleError::Storage(e)) => e.into_response(),
+                Err(e) => ApiError::pg("P0001", e.to_string())
+                    .hint("Ask a team owner or admin for a new invitation code.")
+                    .into_response(),
+            }
+        }
+        ("create_team_invitation", ["p_email", "p_role", "p_team_id"])
+        | ("create_team_invitation", ["p_email", "p_role", "p_team_id", "p_ttl_minutes"]) => {
+            create_team_invitation(&state, &p, &args).await
+        }
         _ => function_not_found(&name, &args).into_response(),
     }
+}
+
+/// Invitations last a week unless the caller says otherwise.
+const INVITATION_TTL_MINUTES: i64 = 7 * 24 * 60;
+
+/// `create_team_invitation(p_team_id, p_email, p_role[, p_ttl_minutes])`:
+/// the service key, or an owner/admin of the team (who may not hand out a
+/// role above their own). Returns `{code, team_id, email, role,
+/// expires_at}`; the code is shown once and stored hashed.
+async fn create_team_invitation(
+    state: &State,
+    p: &Principal,
+    args: &Map<String, Value>,
+) -> Response {
+    use crate::people::{new_invitation_code, normalize_email, Role};
+    let team_id = args["p_team_id"].as_str().unwrap_or_default();
+    if uuid::Uuid::parse_str(team_id).is_err() {
+        return ApiError::invalid_input("uuid", team_id).into_response();
+    }
+    let Some(role) = args["p_role"].as_str().and_then(Role::parse) else {
+        return ApiError::pg("22023", format!("invalid role {}", args["p_role"]))
+            .hint("Use one of owner, admin, member, viewer.")
+            .into_response();
+    };
+    let email = match normalize_email(args["p_email"].as_str().unwrap_or_default()) {
+        Ok(e) => e,
+        Err(m) => return ApiError::pg("22023", m).into_response(),
+    };
+    let ttl = args
+        .get("p_ttl_minutes")
+        .and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+        .unwrap_or(INVITATION_TTL_MINUTES);
+    if ttl <= 0 {
+        return ApiError::pg("22023", "p_ttl_minutes must be positive").into_response();
+    }
+    let created_by = match p {
+        Principal::Service => None,
+        Principal::User { user_id, .. } => {
+            try_resp!(ensure_active(state, p).await);
+            let mine = try_resp!(state.store.member_role(team_id, user_id).await);
+            if !mine.is_some_and(|r| r.may_grant(role)) {
+                return ApiError::pg(
+                    "42501",
+                    format!("you may not invite a {} to this team", role.as_str()),
+                )
+                .hint("Only owners and admins invite, and only owners invite owners.")
+                .into_response();
+            }
+            Some(user_id.as_str())
+        }
+        _ => {
+            return ApiError::pg(
+                "42501",
+                "only the service key or a team owner/admin can invite",
+            )
+            .into_response()
+        }
+    };
+    let code = new_invitation_code();
+    let expires_at =
+        crate::values::format_timestamp(chrono::Utc::now() + chrono::Duration::minutes(ttl));
+    try_resp!(
+        state
+            .store
+            .create_invitation(crate::store::NewInvitation {
+                team_id,
+                email: &email,
+                role,
+                code_hash: &crate::store::hash_token(&code),
+                expires_at: &expires_at,
+                created_by,
+            })
+            .await
+    );
+    scalar_response(serde_json::json!({
+        "code": code,
+        "team_id": team_id,
+        "email": email,
+        "role": role.as_str(),
+        "expires_at": expires_at,
+    }))
 }
 
 #[cfg(test)]

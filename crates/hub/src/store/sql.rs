@@ -85,6 +85,22 @@ fn compile(table: &Table, f: &Filter, p: &mut Params) -> Result<String, ApiError
                 "\"subagent_id\" IN (SELECT \"id\" FROM \"subagents\" WHERE \"gateway_id\" = {ph})"
             ))
         }
+        Filter::TeamOfMember {
+            column,
+            user_id,
+            roles,
+        } => {
+            let user = p.push(SqlValue::Text(user_id.clone()));
+            let roles = roles
+                .iter()
+                .map(|r| p.push(SqlValue::Text(r.to_string())))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Ok(format!(
+                "{} IN (SELECT \"team_id\" FROM \"team_members\" WHERE \"user_id\" = {user} AND \"role\" IN ({roles}))",
+                quote_ident(column)
+            ))
+        }
         Filter::Cond {
             column,
             op,
