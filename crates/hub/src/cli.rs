@@ -49,6 +49,10 @@ pub enum Command {
         /// SQLite database file (default: <data-dir>/hub.db).
         #[arg(long)]
         db: Option<PathBuf>,
+        /// Let anyone sign up (POST /auth/v1/signup); otherwise sign-up needs an
+        /// invitation code. Also PANORAMA_HUB_OPEN_SIGNUP=true.
+        #[arg(long)]
+        open_signup: bool,
     },
     /// Print the hub URL, anon key and service key.
     Keys,
@@ -79,6 +83,17 @@ pub enum Command {
     /// People who sign in (Supabase Auth users).
     #[command(subcommand)]
     User(UserCmd),
+    /// Sign in as a person; later commands use this session when no service key is configured.
+    /// The password is read from stdin, or prompted for without echo on a terminal.
+    Login {
+        #[arg(long)]
+        email: String,
+        /// The hub's anon key (default: the one in the data directory's keys.json).
+        #[arg(long, env = "PANORAMA_HUB_ANON_KEY", hide_env_values = true)]
+        anon_key: Option<String>,
+    },
+    /// End the stored session (on the hub too) and forget it.
+    Logout,
 }
 
 #[derive(Subcommand, Debug)]
@@ -247,14 +262,26 @@ fn client(cli: &Cli) -> Result<HubClient> {
     let service_key = cli
         .service_key
         .clone()
-        .or_else(|| key_file.map(|k| k.service_key))
-        .ok_or_else(|| {
-            anyhow!(
-                "no service key: none in {} and PANORAMA_HUB_SERVICE_KEY is not set. Run `panorama-hub serve` once on this machine, or pass --service-key",
-                config::key_file_path(&dir).display()
-            )
-        })?;
-    Ok(HubClient::new(&url, &service_key))
+        .or_else(|| key_file.map(|k| k.service_key));
+    if let Some(service_key) = service_key {
+        return Ok(HubClient::new(&url, &service_key));
+    }
+    // No service key here: act as the person who ran `panorama-hub login`.
+    if let Some(session) = crate::login::load()? {
+        let session = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(crate::login::current(session))
+        })
+        .context("the stored session could not be refreshed; run `panorama-hub login` again")?;
+        return Ok(HubClient::with_bearer(
+            &session.url,
+            &session.anon_key,
+            &session.access_token,
+        ));
+    }
+    Err(anyhow!(
+        "no service key and no session: none in {}, PANORAMA_HUB_SERVICE_KEY is not set, and nobody ran `panorama-hub login`. Run `panorama-hub serve` once on this machine, pass --service-key, or sign in with `panorama-hub login --email ...`",
+        config::key_file_path(&dir).display()
+    ))
 }
 
 fn parse_object(what: &str, text: &Option<String>) -> Result<serde_json::Map<String, Value>> {
@@ -287,7 +314,11 @@ const TERMINAL: &[&str] = &["completed", "failed", "cancelled"];
 
 pub async fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
-        Command::Serve { listen, db } => serve(&cli, listen, db.clone()).await,
+        Command::Serve {
+            listen,
+            db,
+            open_signup,
+        } => serve(&cli, listen, db.clone(), *open_signup).await,
         Command::Up(args) => crate::up::run(&cli, args).await,
         Command::Keys => {
             let dir = data_dir(&cli)?;
@@ -317,6 +348,28 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 .await?;
             print(&cli, &row, || {
                 format!("team {} created: {}", s(&row, "name"), s(&row, "id"))
+            });
+            Ok(0)
+        }
+        Command::Login { email, anon_key } => login(&cli, email, anon_key.clone()).await,
+        Command::Logout => {
+            if let Some(session) = crate::login::load()? {
+                // Best effort on the hub: the local copy goes either way.
+                let _ = reqwest::Client::new()
+                    .post(format!("{}/auth/v1/logout?scope=local", session.url))
+                    .header("apikey", &session.anon_key)
+                    .bearer_auth(&session.access_token)
+                    .send()
+                    .await;
+            }
+            let had = crate::login::forget()?;
+            let v = json!({"signed_out": had});
+            print(&cli, &v, || {
+                if had {
+                    "signed out".into()
+                } else {
+                    "no stored session".into()
+                }
             });
             Ok(0)
         }
@@ -556,13 +609,18 @@ pub async fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-async fn serve(cli: &Cli, listen: &str, db: Option<PathBuf>) -> Result<i32> {
-    let hub = crate::server::bind(crate::server::ServeOptions {
+async fn serve(cli: &Cli, listen: &str, db: Option<PathBuf>, open_signup: bool) -> Result<i32> {
+    let mut hub = crate::server::bind(crate::server::ServeOptions {
         listen: listen.to_string(),
         data_dir: data_dir(cli)?,
         db,
     })
     .await?;
+    if open_signup {
+        std::sync::Arc::get_mut(&mut hub.state)
+            .ok_or_else(|| anyhow!("internal: the hub state is shared before serving"))?
+            .open_signup = true;
+    }
     let v = json!({"url": hub.url, "anon_key": hub.keys.anon_key});
     if cli.json {
         println!("{v}");
@@ -576,18 +634,38 @@ async fn serve(cli: &Cli, listen: &str, db: Option<PathBuf>) -> Result<i32> {
     Ok(0)
 }
 
-/// A new user's password: prompted twice without echo on a terminal, else
-/// the first line of stdin (for scripts: `echo "$PW" | panorama-hub user create ...`).
-fn read_new_password() -> Result<String> {
+async fn login(cli: &Cli, email: &str, anon_key: Option<String>) -> Result<i32> {
+    let dir = data_dir(cli)?;
+    let key_file = config::read_key_file(&dir)?;
+    let url = cli
+        .hub
+        .clone()
+        .or_else(|| key_file.as_ref().and_then(|k| k.url.clone()))
+        .unwrap_or_else(|| DEFAULT_URL.to_string());
+    let anon_key = anon_key
+        .or_else(|| key_file.map(|k| k.anon_key))
+        .ok_or_else(|| anyhow!("no anon key: pass --anon-key or set PANORAMA_HUB_ANON_KEY (the hub's operator prints it with `panorama-hub keys`)"))?;
+    let password = read_password("Password: ")?;
+    let session = crate::login::sign_in(&url, &anon_key, email, &password).await?;
+    let path = crate::login::save(&session)?;
+    let v = json!({"email": session.email, "url": session.url, "session_file": path, "expires_at": session.expires_at});
+    print(cli, &v, || {
+        format!(
+            "signed in to {} as {} (session in {}, owner-only)",
+            session.url,
+            session.email,
+            path.display()
+        )
+    });
+    Ok(0)
+}
+
+/// A password: prompted once without echo on a terminal, else the first
+/// line of stdin.
+fn read_password(prompt: &str) -> Result<String> {
     use std::io::IsTerminal;
     let password = if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
-        let again =
-            rpassword::prompt_password("Password again: ").context("cannot read the password")?;
-        if first != again {
-            bail!("the two passwords differ; run the command again");
-        }
-        first
+        rpassword::prompt_password(prompt).context("cannot read the password")?
     } else {
         let mut line = String::new();
         std::io::stdin()
@@ -597,6 +675,17 @@ fn read_new_password() -> Result<String> {
     };
     if password.is_empty() {
         bail!("empty password: pipe one on stdin or type it at the prompt");
+    }
+    Ok(password)
+}
+
+/// A new user's password: prompted twice without echo on a terminal, else
+/// the first line of stdin (for scripts: `echo "$PW" | panorama-hub user create ...`).
+fn read_new_password() -> Result<String> {
+    use std::io::IsTerminal;
+    let password = read_password("Password: ")?;
+    if std::io::stdin().is_terminal() && read_password("Password again: ")? != password {
+        bail!("the two passwords differ; run the command again");
     }
     Ok(password)
 }

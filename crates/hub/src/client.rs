@@ -20,15 +20,23 @@ pub enum ClientError {
 
 pub struct HubClient {
     pub url: String,
-    service_key: String,
+    apikey: String,
+    bearer: String,
     http: reqwest::Client,
 }
 
 impl HubClient {
+    /// A client acting with the service key.
     pub fn new(url: &str, service_key: &str) -> HubClient {
+        Self::with_bearer(url, service_key, service_key)
+    }
+
+    /// A client acting as a signed-in person (anon key + their access token).
+    pub fn with_bearer(url: &str, apikey: &str, bearer: &str) -> HubClient {
         HubClient {
             url: url.trim_end_matches('/').to_string(),
-            service_key: service_key.to_string(),
+            apikey: apikey.to_string(),
+            bearer: bearer.to_string(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -39,8 +47,8 @@ impl HubClient {
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.url))
-            .header("apikey", &self.service_key)
-            .header("authorization", format!("Bearer {}", self.service_key))
+            .header("apikey", &self.apikey)
+            .header("authorization", format!("Bearer {}", self.bearer))
             .header(
                 "x-client-info",
                 concat!("panorama-hub-cli/", env!("CARGO_PKG_VERSION")),

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod login;
 pub mod people;
 pub mod policy;
 pub mod postgrest;
