@@ -204,12 +204,18 @@ fn team_column(table: &str) -> &'static str {
     }
 }
 
-fn user_row_filters(user_id: &str, table: &Table, verb: Verb) -> Result<Vec<Filter>, ApiError> {
+fn user_row_filters(
+    user_id: &str,
+    session_id: &str,
+    table: &Table,
+    verb: Verb,
+) -> Result<Vec<Filter>, ApiError> {
     let grant = user_grant(table.name, verb)
         .ok_or_else(|| ApiError::permission_denied(table.name, true))?;
     Ok(vec![Filter::TeamOfMember {
         column: team_column(table.name),
         user_id: user_id.to_string(),
+        session_id: session_id.to_string(),
         roles: grant.roles,
     }])
 }
@@ -224,7 +230,10 @@ pub fn row_filters(
     let (gateway_id, team_id) = match principal {
         Principal::Service => return Ok(Vec::new()),
         Principal::Anon => return Err(ApiError::permission_denied(table.name, false)),
-        Principal::User { user_id, .. } => return user_row_filters(user_id, table, verb),
+        Principal::User {
+            user_id,
+            session_id,
+        } => return user_row_filters(user_id, session_id, table, verb),
         Principal::Gateway {
             gateway_id,
             team_id,
@@ -332,6 +341,7 @@ async fn exists(
 /// of that team; who-did-it columns name them, not someone else.
 async fn check_user_insert(
     user_id: &str,
+    session_id: &str,
     table: &'static Table,
     row: &Row,
     store: &SharedStore,
@@ -345,6 +355,7 @@ async fn check_user_insert(
     let member = Filter::TeamOfMember {
         column: "id",
         user_id: user_id.to_string(),
+        session_id: session_id.to_string(),
         roles: grant.roles,
     };
     if !exists(
@@ -394,8 +405,12 @@ pub async fn check_insert(
     row: &Row,
     store: &SharedStore,
 ) -> Result<(), ApiError> {
-    if let Principal::User { user_id, .. } = principal {
-        return check_user_insert(user_id, table, row, store).await;
+    if let Principal::User {
+        user_id,
+        session_id,
+    } = principal
+    {
+        return check_user_insert(user_id, session_id, table, row, store).await;
     }
     let Principal::Gateway {
         gateway_id,

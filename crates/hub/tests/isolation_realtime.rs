@@ -11,8 +11,9 @@
 //!
 //! People (issue 13): a member of another team gets only its own team's
 //! rows; a removed member, and a member removed after joining, get
-//! nothing (membership is read live); a signed-out session and an expired
-//! user token are refused at join. A viewer of team B is a positive
+//! nothing (membership is read live), and so does a member who signs out
+//! after joining (the session is read live too); a signed-out session and
+//! an expired user token are refused at join. A viewer of team B is a positive
 //! control: it receives B's changes on every table its role reads.
 //!
 //! Run: `cargo test -p panorama-hub --test isolation_realtime -- --nocapture`.
@@ -264,6 +265,8 @@ struct Sub {
     person_reads: bool,
     /// A membership removed after this subscriber joined.
     removed_after_join: Option<String>,
+    /// Signs out (this access token) after joining.
+    signs_out_after_join: Option<String>,
 }
 
 #[test]
@@ -300,6 +303,7 @@ fn no_subscriber_receives_another_principals_rows() {
     let b_removed = hub.member(&team_b, "member");
     let b_removed_later = hub.member(&team_b, "member");
     let b_signed_out = hub.member(&team_b, "member");
+    let b_signs_out_later = hub.member(&team_b, "member");
     let membership = |u: &str| {
         hub.select(
             "team_members",
@@ -387,6 +391,7 @@ fn no_subscriber_receives_another_principals_rows() {
         own_team: None,
         person_reads: false,
         removed_after_join: None,
+        signs_out_after_join: None,
     };
     let mut subs = vec![
         Sub {
@@ -465,6 +470,14 @@ fn no_subscriber_receives_another_principals_rows() {
         ..person(
             "member of B removed after joining",
             &b_removed_later.access_token,
+            Expect::Nothing,
+        )
+    });
+    subs.push(Sub {
+        signs_out_after_join: Some(b_signs_out_later.access_token.clone()),
+        ..person(
+            "member of B signed out after joining",
+            &b_signs_out_later.access_token,
             Expect::Nothing,
         )
     });
@@ -606,6 +619,16 @@ async fn subscribe_and_change(
             None,
         )
         .await;
+    }
+    for token in subs.iter().filter_map(|s| s.signs_out_after_join.as_ref()) {
+        let res = http
+            .post(format!("{}/auth/v1/logout", hub.url))
+            .header("apikey", &hub.anon_key)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 204, "signing out after joining");
     }
     // The expiring socket token must be past its `exp` before any change.
     let wait_ms = (expiring_at * 1000 + 1200 - chrono::Utc::now().timestamp_millis()).max(0);

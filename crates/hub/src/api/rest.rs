@@ -642,7 +642,11 @@ async fn call_rpc(
                     return ApiError::pg("42501", "subagent not accessible").into_response();
                 }
             }
-            if let Principal::User { user_id, .. } = &p {
+            if let Principal::User {
+                user_id,
+                session_id,
+            } = &p
+            {
                 let own = try_resp!(
                     state
                         .store
@@ -653,6 +657,7 @@ async fn call_rpc(
                                 Filter::TeamOfMember {
                                     column: "team_id",
                                     user_id: user_id.clone(),
+                                    session_id: session_id.clone(),
                                     roles: crate::people::DISPATCH_ROLES,
                                 }
                             ],
