@@ -178,16 +178,34 @@ impl Keys {
         now: i64,
         lifetime_secs: i64,
     ) -> String {
+        self.mint_session_token(
+            user_id,
+            session_id,
+            (now, lifetime_secs),
+            gateway_app_metadata(gateway_id, team_id),
+            None,
+        )
+    }
+
+    /// An `authenticated` access token for one session, as GoTrue mints.
+    fn mint_session_token(
+        &self,
+        sub: &str,
+        session_id: &str,
+        (now, lifetime_secs): (i64, i64),
+        app_metadata: Value,
+        email: Option<&str>,
+    ) -> String {
         self.sign(&Claims {
             iss: Some("panorama-hub/auth/v1".into()),
             aud: Some("authenticated".into()),
             role: "authenticated".into(),
-            sub: Some(user_id.into()),
+            sub: Some(sub.into()),
             exp: now + lifetime_secs,
             iat: now,
             session_id: Some(session_id.into()),
-            app_metadata: gateway_app_metadata(gateway_id, team_id),
-            email: None,
+            app_metadata,
+            email: email.map(str::to_string),
         })
     }
 
@@ -200,17 +218,13 @@ impl Keys {
         now: i64,
         lifetime_secs: i64,
     ) -> String {
-        self.sign(&Claims {
-            iss: Some("panorama-hub/auth/v1".into()),
-            aud: Some("authenticated".into()),
-            role: "authenticated".into(),
-            sub: Some(user_id.into()),
-            exp: now + lifetime_secs,
-            iat: now,
-            session_id: Some(session_id.into()),
-            app_metadata: user_app_metadata(),
-            email: Some(email.into()),
-        })
+        self.mint_session_token(
+            user_id,
+            session_id,
+            (now, lifetime_secs),
+            user_app_metadata(),
+            Some(email),
+        )
     }
 }
 

@@ -251,14 +251,18 @@ fn data_dir(cli: &Cli) -> Result<PathBuf> {
     }
 }
 
+/// `--hub`, else the URL a local `serve` recorded, else the default.
+fn hub_url(cli: &Cli, key_file: Option<&config::KeyFile>) -> String {
+    cli.hub
+        .clone()
+        .or_else(|| key_file.and_then(|k| k.url.clone()))
+        .unwrap_or_else(|| DEFAULT_URL.to_string())
+}
+
 fn client(cli: &Cli) -> Result<HubClient> {
     let dir = data_dir(cli)?;
     let key_file = config::read_key_file(&dir)?;
-    let url = cli
-        .hub
-        .clone()
-        .or_else(|| key_file.as_ref().and_then(|k| k.url.clone()))
-        .unwrap_or_else(|| DEFAULT_URL.to_string());
+    let url = hub_url(cli, key_file.as_ref());
     let service_key = cli
         .service_key
         .clone()
@@ -637,11 +641,7 @@ async fn serve(cli: &Cli, listen: &str, db: Option<PathBuf>, open_signup: bool) 
 async fn login(cli: &Cli, email: &str, anon_key: Option<String>) -> Result<i32> {
     let dir = data_dir(cli)?;
     let key_file = config::read_key_file(&dir)?;
-    let url = cli
-        .hub
-        .clone()
-        .or_else(|| key_file.as_ref().and_then(|k| k.url.clone()))
-        .unwrap_or_else(|| DEFAULT_URL.to_string());
+    let url = hub_url(cli, key_file.as_ref());
     let anon_key = anon_key
         .or_else(|| key_file.map(|k| k.anon_key))
         .ok_or_else(|| anyhow!("no anon key: pass --anon-key or set PANORAMA_HUB_ANON_KEY (the hub's operator prints it with `panorama-hub keys`)"))?;

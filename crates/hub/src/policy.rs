@@ -441,35 +441,19 @@ pub async fn check_insert(
             if subagent_id.is_empty() || uuid::Uuid::parse_str(subagent_id).is_err() {
                 filters = vec![Filter::False];
             }
-            let found = store
-                .select(SelectRequest {
-                    table: &crate::schema::SUBAGENTS,
-                    filters,
-                    order: vec![],
-                    limit: Some(1),
-                    offset: None,
-                    count: false,
-                })
-                .await?;
-            let mut ok = !found.rows.is_empty();
+            let mut ok = exists(store, &crate::schema::SUBAGENTS, filters).await?;
             if ok && table.name == "subagent_run_events" {
                 let run_id = str_field(row, "run_id").unwrap_or_default();
                 ok = uuid::Uuid::parse_str(run_id).is_ok()
-                    && !store
-                        .select(SelectRequest {
-                            table: &crate::schema::SUBAGENT_RUNS,
-                            filters: vec![
-                                Filter::eq("id", run_id),
-                                Filter::eq("subagent_id", subagent_id),
-                            ],
-                            order: vec![],
-                            limit: Some(1),
-                            offset: None,
-                            count: false,
-                        })
-                        .await?
-                        .rows
-                        .is_empty();
+                    && exists(
+                        store,
+                        &crate::schema::SUBAGENT_RUNS,
+                        vec![
+                            Filter::eq("id", run_id),
+                            Filter::eq("subagent_id", subagent_id),
+                        ],
+                    )
+                    .await?;
             }
             ok
         }

@@ -19,16 +19,23 @@ fn auth(hub: &Hub, method: Method, path: &str, token: &str, body: Option<Value>)
     (status, res.json().unwrap_or(Value::Null))
 }
 
+fn signup(hub: &Hub, body: Value) -> (u16, Value) {
+    auth(
+        hub,
+        Method::POST,
+        "/auth/v1/signup",
+        &hub.anon_key,
+        Some(body),
+    )
+}
+
 #[test]
 fn sign_up_is_invite_only_unless_opened() {
     let hub = Hub::start();
     let team = hub.create_team("t");
-    let (status, body) = auth(
+    let (status, body) = signup(
         &hub,
-        Method::POST,
-        "/auth/v1/signup",
-        &hub.anon_key,
-        Some(json!({"email": "a@example.test", "password": "secret123"})),
+        json!({"email": "a@example.test", "password": "secret123"}),
     );
     assert_eq!(
         (status, body["code"].as_str()),
@@ -38,14 +45,9 @@ fn sign_up_is_invite_only_unless_opened() {
 
     // With an invitation for this email: a session, and the membership.
     let code = hub.invite(&team, "a@example.test", "member");
-    let (status, wrong) = auth(
+    let (status, wrong) = signup(
         &hub,
-        Method::POST,
-        "/auth/v1/signup",
-        &hub.anon_key,
-        Some(
-            json!({"email": "b@example.test", "password": "secret123", "data": {"invitation_code": code}}),
-        ),
+        json!({"email": "b@example.test", "password": "secret123", "data": {"invitation_code": code}}),
     );
     assert_eq!(
         (status, wrong["code"].as_str()),
@@ -57,14 +59,9 @@ fn sign_up_is_invite_only_unless_opened() {
         400,
         "the refused sign-up created nothing"
     );
-    let (status, session) = auth(
+    let (status, session) = signup(
         &hub,
-        Method::POST,
-        "/auth/v1/signup",
-        &hub.anon_key,
-        Some(
-            json!({"email": "A@Example.test", "password": "secret123", "data": {"invitation_code": code, "name": "Ada"}}),
-        ),
+        json!({"email": "A@Example.test", "password": "secret123", "data": {"invitation_code": code, "name": "Ada"}}),
     );
     assert_eq!(status, 200, "{session}");
     for k in ["access_token", "refresh_token", "expires_in", "expires_at"] {
@@ -96,33 +93,19 @@ fn sign_up_is_invite_only_unless_opened() {
         (user["id"].as_str(), Some("member"))
     );
     // The same code again: used.
-    let (status, again) = auth(
+    let (status, again) = signup(
         &hub,
-        Method::POST,
-        "/auth/v1/signup",
-        &hub.anon_key,
-        Some(
-            json!({"email": "a2@example.test", "password": "secret123", "data": {"invitation_code": code}}),
-        ),
+        json!({"email": "a2@example.test", "password": "secret123", "data": {"invitation_code": code}}),
     );
     assert_eq!(status, 403, "{again}");
 
     let open = Hub::start_with_env(&[("PANORAMA_HUB_OPEN_SIGNUP", "true")]);
-    let (status, body) = auth(
+    let (status, body) = signup(
         &open,
-        Method::POST,
-        "/auth/v1/signup",
-        &open.anon_key,
-        Some(json!({"email": "c@example.test", "password": "secret123"})),
+        json!({"email": "c@example.test", "password": "secret123"}),
     );
     assert_eq!(status, 200, "{body}");
-    let (status, weak) = auth(
-        &open,
-        Method::POST,
-        "/auth/v1/signup",
-        &open.anon_key,
-        Some(json!({"email": "d@example.test", "password": "123"})),
-    );
+    let (status, weak) = signup(&open, json!({"email": "d@example.test", "password": "123"}));
     assert_eq!(
         (status, weak["code"].as_str()),
         (422, Some("weak_password"))

@@ -615,22 +615,36 @@ async fn call_rpc(
                 )
                 .into_response();
             }
-            if let Principal::Gateway {
-                gateway_id,
-                team_id,
-                ..
-            } = &p
-            {
-                let own = try_resp!(
+            // The subagent must be the gateway's own, or of a team where
+            // the person dispatches; the service key allocates for any.
+            let own = match &p {
+                Principal::Gateway {
+                    gateway_id,
+                    team_id,
+                    ..
+                } => Some(vec![
+                    Filter::eq("gateway_id", gateway_id),
+                    Filter::eq("team_id", team_id),
+                ]),
+                Principal::User {
+                    user_id,
+                    session_id,
+                } => Some(vec![Filter::TeamOfMember {
+                    column: "team_id",
+                    user_id: user_id.clone(),
+                    session_id: session_id.clone(),
+                    roles: crate::people::DISPATCH_ROLES,
+                }]),
+                Principal::Service | Principal::Anon => None,
+            };
+            if let Some(mut filters) = own {
+                filters.push(Filter::eq("id", &id));
+                let found = try_resp!(
                     state
                         .store
                         .select(SelectRequest {
                             table: &schema::SUBAGENTS,
-                            filters: vec![
-                                Filter::eq("id", &id),
-                                Filter::eq("gateway_id", gateway_id),
-                                Filter::eq("team_id", team_id)
-                            ],
+                            filters,
                             order: vec![],
                             limit: Some(1),
                             offset: None,
@@ -638,37 +652,7 @@ async fn call_rpc(
                         })
                         .await
                 );
-                if own.rows.is_empty() {
-                    return ApiError::pg("42501", "subagent not accessible").into_response();
-                }
-            }
-            if let Principal::User {
-                user_id,
-                session_id,
-            } = &p
-            {
-                let own = try_resp!(
-                    state
-                        .store
-                        .select(SelectRequest {
-                            table: &schema::SUBAGENTS,
-                            filters: vec![
-                                Filter::eq("id", &id),
-                                Filter::TeamOfMember {
-                                    column: "team_id",
-                                    user_id: user_id.clone(),
-                                    session_id: session_id.clone(),
-                                    roles: crate::people::DISPATCH_ROLES,
-                                }
-                            ],
-                            order: vec![],
-                            limit: Some(1),
-                            offset: None,
-                            count: false,
-                        })
-                        .await
-                );
-                if own.rows.is_empty() {
+                if found.rows.is_empty() {
                     return ApiError::pg("42501", "subagent not accessible").into_response();
                 }
             }

@@ -49,8 +49,17 @@ fn user_where(
     .map_err(|e| map_err(e, "user_accounts"))
 }
 
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == 2067 || f.extended_code == 1555)
+/// A write of `user_accounts`: a duplicate email is the domain's
+/// `EmailTaken`, anything else a storage error.
+fn email_write_error(e: rusqlite::Error) -> PeopleError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == 2067 || f.extended_code == 1555 =>
+        {
+            PeopleError::EmailTaken
+        }
+        _ => map_err(e, "user_accounts").into(),
+    }
 }
 
 /// Redeems an invitation inside `tx`: it must exist, be unused, unexpired
@@ -165,13 +174,7 @@ impl PeopleStore for SqliteStore {
                 "INSERT INTO user_accounts (id, email, password_hash, user_metadata, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
                 rusqlite::params![id, email, password_hash, metadata, now],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    PeopleError::EmailTaken
-                } else {
-                    map_err(e, "user_accounts").into()
-                }
-            })?;
+            .map_err(email_write_error)?;
             if let Some(h) = &invitation_hash {
                 redeem(tx, changes, h, &id, &email)?;
             }
@@ -209,13 +212,7 @@ impl PeopleStore for SqliteStore {
                  user_metadata = COALESCE(?3, user_metadata), updated_at = ?4 WHERE id = ?5",
                 rusqlite::params![email, password_hash, metadata, now, id],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    PeopleError::EmailTaken
-                } else {
-                    map_err(e, "user_accounts").into()
-                }
-            })?;
+            .map_err(email_write_error)?;
             if let Some(email) = &email {
                 tx.execute(
                     "UPDATE team_members SET email = ?1 WHERE user_id = ?2",
