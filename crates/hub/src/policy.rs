@@ -547,18 +547,7 @@ pub async fn row_visible(
     };
     let mut filters = filters;
     filters.push(Filter::eq(table.primary_key, pk));
-    store
-        .select(SelectRequest {
-            table,
-            filters,
-            order: vec![],
-            limit: Some(1),
-            offset: None,
-            count: false,
-        })
-        .await
-        .map(|r| !r.rows.is_empty())
-        .unwrap_or(false)
+    exists(store, table, filters).await.unwrap_or(false)
 }
 
 #[cfg(test)]
