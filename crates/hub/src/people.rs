@@ -164,12 +164,28 @@ impl FailureLimiter {
         }
     }
 
+    /// Tracked keys past which a failure first sweeps out expired ones.
+    const SWEEP_AT: usize = 10_000;
+
+    /// How many keys are tracked (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.failures.len()
+    }
+
     /// Whether any of `keys` has used up its failures.
     pub fn blocked(&mut self, keys: &[&str], now: Instant) -> bool {
         keys.iter().any(|k| self.prune(k, now) >= self.limit)
     }
 
     pub fn record_failure(&mut self, keys: &[&str], now: Instant) {
+        // Failures for ever-new emails must not grow the map without
+        // bound: past a size, forget every key whose window has passed.
+        if self.failures.len() >= Self::SWEEP_AT {
+            let stale: Vec<String> = self.failures.keys().cloned().collect();
+            for k in stale {
+                self.prune(&k, now);
+            }
+        }
         for k in keys {
             self.prune(k, now);
             self.failures
@@ -231,6 +247,18 @@ mod tests {
         assert!(l.blocked(&["b", "ip"], t0), "the address is shared");
         assert!(!l.blocked(&["b"], t0));
         assert!(!l.blocked(&["a", "ip"], t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn the_limiter_forgets_expired_keys_when_it_grows() {
+        let mut l = FailureLimiter::new(5, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for i in 0..FailureLimiter::SWEEP_AT {
+            l.record_failure(&[&format!("email:{i}")], t0);
+        }
+        assert_eq!(l.tracked(), FailureLimiter::SWEEP_AT);
+        l.record_failure(&["email:new"], t0 + Duration::from_secs(61));
+        assert_eq!(l.tracked(), 1, "expired keys were swept");
     }
 
     #[test]
