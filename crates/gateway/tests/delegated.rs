@@ -484,7 +484,11 @@ fn codex_gemini_model_run_and_scrubbed_environment() {
     let dump = dumps.path().join("env.json");
     let s = setup(
         false,
-        &[("FAKE_AGENT_ENV_DUMP", dump.display().to_string())],
+        &[
+            ("FAKE_AGENT_ENV_DUMP", dump.display().to_string()),
+            // Restricted Gemini runs need a sandbox; say there is one.
+            ("GEMINI_SANDBOX", "docker".to_string()),
+        ],
     );
     let codex = s.subagent(
         "codex_gateway",
@@ -519,7 +523,59 @@ fn codex_gemini_model_run_and_scrubbed_environment() {
     assert!(row["result"]["command"]
         .as_str()
         .unwrap()
-        .contains("--json-schema <redacted>"));
+        .contains("--json-schema [REDACTED]"));
+    // gateway_jobs.debug (§3.2.5): launch facts and outcome, sanitized.
+    let debug = &row["debug"];
+    assert_eq!(debug["provider_id"], "claude_code", "{debug}");
+    assert!(
+        debug["command"].as_str().unwrap().ends_with("claude"),
+        "{debug}"
+    );
+    assert_eq!(debug["prompt_chars"], "Say hi.".len());
+    assert_eq!(
+        debug["json_schema_chars"],
+        json!({"type": "object"}).to_string().len()
+    );
+    assert_eq!(debug["output_mode"], "stdout-json");
+    assert_eq!(debug["exit_code"], 0);
+    assert_eq!(debug["timed_out"], false);
+    assert!(debug["duration_ms"].is_u64(), "{debug}");
+    assert!(debug["stdout"].as_str().unwrap().contains("Hi!"), "{debug}");
+    assert_eq!(debug["stdout_truncated"], false);
+    assert!(debug["work_dir"].is_string(), "{debug}");
+    assert!(
+        !debug["args"].to_string().contains("Say hi."),
+        "the prompt argument is redacted: {debug}"
+    );
+    let allowed = [
+        "provider_id",
+        "command",
+        "args",
+        "command_line",
+        "work_dir",
+        "prompt_chars",
+        "json_schema_chars",
+        "timeout_ms",
+        "output_mode",
+        "output_path",
+        "files",
+        "stdout",
+        "stdout_truncated",
+        "stdout_bytes",
+        "stderr",
+        "stderr_truncated",
+        "stderr_bytes",
+        "exit_code",
+        "duration_ms",
+        "timed_out",
+        "error_summary",
+    ];
+    for key in debug.as_object().unwrap().keys() {
+        assert!(
+            allowed.contains(&key.as_str()),
+            "debug key {key} is not in §3.2.5"
+        );
+    }
 
     // Malformed payloads fail with clear errors.
     let bad_model = s.wait_job(&s.job("model_run", json!({"prompt": "x"})));
@@ -986,7 +1042,8 @@ fn shutdown_cancels_runs_capabilities_and_failure_fallback() {
         .clone();
     let claude = &caps["providers"]["claude_code"];
     assert_eq!(claude["available"], true, "{caps}");
-    assert_eq!(claude["version"], "2.0.14 (Claude Code)");
+    // The version is the semver parsed out of `--version` (issue 12).
+    assert_eq!(claude["version"], "2.0.14");
     assert_eq!(claude["supported_flags"]["permissionModeFlag"], true);
     assert_eq!(claude["health"]["check_type"], "full");
     assert_eq!(caps["providers"]["codex"]["available"], true);

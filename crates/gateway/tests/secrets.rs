@@ -366,3 +366,104 @@ fn no_gateway_secret_reaches_children_logs_or_the_hub() {
     assert!(scan.scanned.len() >= 15, "too few places scanned");
     assert!(scan.findings.is_empty(), "leaks: {:#?}", scan.findings);
 }
+
+/// Every regular file under `dir` (the gateway's state: config, outbox,
+/// claim ledger, logs), as text.
+fn files_under(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((
+                    path.display().to_string(),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn team_secrets_reach_only_the_shell_exec_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub_log = dir.path().join("hub.log");
+    let hub = hub_logging_to(&hub_log);
+    let mut node = Node::new(&hub, "secret-env-box", true, &[]);
+    node.start();
+    let resource = node.resource();
+    let value = format!("deploy-token-{}", new_id());
+    let stored = hub.insert(
+        "team_secrets",
+        json!({"team_id": node.gw.team_id, "name": "deploy-token", "value": value}),
+    );
+    assert!(stored.get("value").is_none(), "{stored}");
+
+    // The value reaches the command's environment; what it prints is
+    // reported with the placeholder instead.
+    let seen = dir.path().join("seen");
+    let row = node.wait_job(&node.job(
+        "shell_exec",
+        json!({"resource_id": resource, "secret_env": {"API_TOKEN": "deploy-token"}, "timeout_ms": 20000,
+               "command": format!("printf %s \"$API_TOKEN\" > {}; echo \"token=$API_TOKEN\"; echo \"$API_TOKEN\" >&2", seen.display())}),
+    ));
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), value);
+    let stdout = row["result"]["stdout"].as_str().unwrap();
+    let placeholder = stdout
+        .trim_end()
+        .strip_prefix("token=")
+        .unwrap_or_else(|| panic!("stdout: {stdout:?}"));
+    assert!(
+        panorama_protocol::secrets::is_placeholder(placeholder),
+        "{stdout:?}"
+    );
+    assert_eq!(row["result"]["stderr"], format!("{placeholder}\n"));
+
+    // Fail closed: a secret the team does not have runs nothing.
+    let never = dir.path().join("never");
+    let row = node.wait_job(&node.job(
+        "shell_exec",
+        json!({"resource_id": resource, "secret_env": {"API_TOKEN": "deploy-token", "OTHER": "missing"},
+               "command": format!("touch {}", never.display())}),
+    ));
+    assert_eq!(row["status"], "failed", "{row}");
+    assert_eq!(
+        row["error"],
+        "Team secret alias response was incomplete or invalid"
+    );
+    assert!(!never.exists(), "the command ran without its secrets");
+    node.terminate();
+
+    // Nowhere else: the gateway's stderr and every file of its state, the
+    // hub's log, every row of the team.
+    let mut scan = Scan {
+        needles: vec![("team secret".into(), value.clone())],
+        scanned: Vec::new(),
+        findings: Vec::new(),
+    };
+    scan.text("gateway stderr", &node.host.log());
+    for (path, text) in files_under(&node.host.config_dir()) {
+        scan.text(&path, &text);
+    }
+    scan.text(
+        "hub log",
+        &std::fs::read_to_string(&hub_log).unwrap_or_default(),
+    );
+    let team = &node.gw.team_id;
+    for table in ["gateway_jobs", "gateway_events", "team_secrets"] {
+        let rows = hub.select(table, &format!("team_id=eq.{team}&select=*"));
+        scan.text(&format!("hub {table}"), &Value::Array(rows).to_string());
+    }
+    eprintln!(
+        "team secret scan: {} places, {} findings",
+        scan.scanned.len(),
+        scan.findings.len()
+    );
+    assert!(scan.scanned.len() >= 5, "too few places scanned");
+    assert!(scan.findings.is_empty(), "leaks: {:#?}", scan.findings);
+}

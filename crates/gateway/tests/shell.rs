@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use panorama_gateway::shell::proctree::pid_alive;
+use panorama_gateway::contain::pid_alive;
 use panorama_gateway::shell::{
     handle_shell_exec_job, handle_shell_session_job, shell_outcome, GateInputs, ShellContext,
     ShellControlState, ShellIdentity, ShellJobError, ShellSessions, ShellSessionsConfig,
@@ -27,6 +27,9 @@ struct TestControl {
     resources: Mutex<HashMap<String, TeamResourceRow>>,
     resource_load_error: Mutex<bool>,
     cancelled: Mutex<bool>,
+    /// The answer of `resolve_secret_placeholders_for_job`; `None`: the
+    /// control plane does not offer it.
+    secret_answer: Mutex<Option<Value>>,
 }
 
 #[async_trait]
@@ -42,6 +45,12 @@ impl ShellControlState for TestControl {
             return Err("connection refused".into());
         }
         Ok(self.resources.lock().unwrap().get(resource_id).cloned())
+    }
+    async fn resolve_secret_placeholders(&self, _job_id: &str) -> Result<Value, String> {
+        self.secret_answer.lock().unwrap().clone().ok_or_else(|| {
+            "Could not find the function public.resolve_secret_placeholders_for_job(p_job_id)"
+                .into()
+        })
     }
 }
 
@@ -122,6 +131,7 @@ impl Harness {
             resources: Mutex::new(HashMap::from([("res-1".to_string(), good_resource())])),
             resource_load_error: Mutex::new(false),
             cancelled: Mutex::new(false),
+            secret_answer: Mutex::new(None),
         });
         let ctx = ShellContext {
             sessions: Arc::new(ShellSessions::new(config)),
@@ -969,8 +979,13 @@ async fn shell_exec_output_exit_code_and_truncation() {
     assert_eq!(r["cwd"], "/");
     assert_eq!(r["resource_id"], "res-1");
     assert_eq!(r["shell"], "/bin/bash");
-    assert_eq!(r["process_tree_contained"], false);
-    assert_eq!(r["error"], "Command exited with code 3");
+    // True where the command ran in a cgroup of its own (contain module).
+    assert_eq!(
+        r["process_tree_contained"],
+        panorama_gateway::contain::current().is_cgroup()
+    );
+    // As the later generation writes it: `error` is only a spawn error.
+    assert_eq!(r["error"], Value::Null);
 
     let ok = exec(&h, json!({"resource_id": "res-1", "command": "echo hello"}))
         .await
@@ -1015,7 +1030,7 @@ async fn shell_exec_timeout_kills_a_tree_that_ignores_sigterm() {
     assert_eq!(r["timed_out"], true);
     assert_eq!(r["success"], false);
     assert_eq!(r["stdout"], "started\n");
-    assert_eq!(r["error"], "Command timed out after 700 ms");
+    assert_eq!(r["error"], Value::Null);
     assert!(started.elapsed() < Duration::from_secs(10));
     let pids: Vec<i32> = std::fs::read_to_string(&f)
         .unwrap()
@@ -1039,16 +1054,56 @@ async fn shell_exec_gate_and_payload_denials() {
     assert_eq!(e.error, "Missing command in payload");
     let e = exec(&h, json!({"command": "true"})).await.unwrap_err();
     assert_eq!(e.error, "Missing resource_id in payload");
+    // secret_env: the control plane must resolve every name, with values.
+    let with_secret =
+        json!({"resource_id": "res-1", "command": "true", "secret_env": {"TOKEN": "my-secret"}});
+    let e = exec(&h, with_secret.clone()).await.unwrap_err();
+    assert_eq!(
+        e.error,
+        "Failed to resolve team secrets: Could not find the function public.resolve_secret_placeholders_for_job(p_job_id)"
+    );
+    assert_eq!(e.result["resource_id"], "res-1");
+    const P: &str = "pano_sec_0123456789abcdef0123456789abcdef0123";
+    *h.control.secret_answer.lock().unwrap() =
+        Some(json!([{"env_name": "TOKEN", "secret_name": "my-secret", "placeholder": P}]));
+    let e = exec(&h, with_secret.clone()).await.unwrap_err();
+    assert_eq!(
+        e.error, "Team secrets can only be injected inside a managed VM",
+        "aliases alone are useless outside a VM"
+    );
+    *h.control.secret_answer.lock().unwrap() = Some(json!([]));
+    let e = exec(&h, with_secret.clone()).await.unwrap_err();
+    assert_eq!(
+        e.error,
+        "Team secret alias response was incomplete or invalid"
+    );
     let e = exec(
         &h,
-        json!({"resource_id": "res-1", "command": "true", "secret_env": {"TOKEN": "my-secret"}}),
+        json!({"resource_id": "res-1", "command": "true", "secret_env": {"TOKEN": ""}}),
     )
     .await
     .unwrap_err();
     assert_eq!(
         e.error,
-        "Team secrets can only be injected inside a managed VM"
+        "Team secret request contains an invalid secret name"
     );
+    // Resolved: the value is in the child's environment only; output that
+    // prints it shows the placeholder.
+    *h.control.secret_answer.lock().unwrap() = Some(json!([
+        {"env_name": "TOKEN", "secret_name": "my-secret", "placeholder": P, "value": "hunter2-value"}
+    ]));
+    let seen = h.tmp().join("seen-token");
+    let r = exec(
+        &h,
+        json!({"resource_id": "res-1", "secret_env": {"TOKEN": "my-secret"},
+               "command": format!("printf %s \"$TOKEN\" > {}; echo \"T=$TOKEN\"; echo \"$TOKEN\" >&2", seen.display())}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), "hunter2-value");
+    assert_eq!(r["stdout"], format!("T={P}\n"));
+    assert_eq!(r["stderr"], format!("{P}\n"));
+    assert!(!r.to_string().contains("hunter2-value"), "{r}");
     h.set_resource(resource(
         "res-1",
         "remote_shell",

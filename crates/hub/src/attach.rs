@@ -1,17 +1,26 @@
-//! `panorama-hub shell attach --gateway G --resource R`: an interactive
-//! terminal on a gateway's remote shell, driven entirely through
-//! `shell_session` jobs queued over the REST API with the service key.
+//! `panorama-hub shell …`: remote shells on a gateway, driven entirely
+//! through jobs queued over the REST API with the service key.
 //!
-//! Flow: `open` → raw mode → loop { keystrokes → `write`; window size →
-//! `resize`; `read` by sequence → print } → Ctrl-] detaches and `close`s.
-//! Jobs are serialized: the next one is queued only after the previous one
-//! is terminal, so writes arrive in order.
+//! Two job families exist (spec §8.5, §8.6): `shell_session` (seed 2.29 and
+//! panorama-gateway: a persistent PTY) and `shell_exec` (later 2.30+
+//! reference gateways, which reject `shell_session`: one command per job).
+//! [`shell_path_for`] picks one from the gateway's heartbeat capabilities.
+//!
+//! - `shell attach` on a session gateway: `open` → raw mode → loop {
+//!   keystrokes → `write`; window size → `resize`; `read` by sequence →
+//!   print } → Ctrl-] detaches and `close`s. Jobs are serialized: the next
+//!   one is queued only after the previous one is terminal, so writes
+//!   arrive in order.
+//! - `shell attach` on an exec-only gateway: line mode ([`line_mode`]),
+//!   one `shell_exec` job per line, `cd` tracked by the client.
+//! - `shell exec G -- CMD`: one `shell_exec` job, its output printed, its
+//!   exit code returned.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use serde_json::{json, Value};
 
@@ -21,40 +30,120 @@ use crate::client::HubClient;
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a queued job's row is polled.
 const JOB_POLL: Duration = Duration::from_millis(50);
+/// Default `timeout_ms` of a `shell_exec` command (the spec's default).
+pub const EXEC_TIMEOUT_MS: u64 = 30_000;
+/// The first reference version without `shell_session` (2.29 has it,
+/// 2.32 rejects it; no 2.30/2.31 build was seen, so both count as later).
+pub const EXEC_ONLY_SINCE: (u64, u64) = (2, 30);
+
+/// Which shell jobs to use for `shell attach`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShellMode {
+    /// Decide from the gateway's heartbeat (runtime.gateway_version).
+    Auto,
+    /// A real terminal through shell_session jobs.
+    Session,
+    /// Line mode through shell_exec jobs (one command per line).
+    Exec,
+}
 
 #[derive(Subcommand, Debug)]
 pub enum ShellCmd {
-    /// Attach this terminal to a new shell session on a gateway (Ctrl-] detaches and closes it).
+    /// Attach this terminal to a shell on a gateway: a real terminal where the gateway runs shell_session (Ctrl-] detaches), line mode where it only runs shell_exec.
     Attach {
         /// Gateway id.
         #[arg(long)]
         gateway: String,
-        /// remote_shell resource id bound to that gateway.
+        /// remote_shell resource id bound to that gateway (default: the only one there is).
         #[arg(long)]
-        resource: String,
-        /// Shell to start (default: the gateway user's $SHELL).
+        resource: Option<String>,
+        /// Shell to start (session mode; default: the gateway user's $SHELL).
         #[arg(long)]
         shell: Option<String>,
-        /// Pause between output polls when idle, in milliseconds.
+        /// Pause between output polls when idle, in milliseconds (session mode).
         #[arg(long, default_value_t = 150)]
         poll_ms: u64,
+        /// shell_session or shell_exec; auto asks the gateway's heartbeat.
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: ShellMode,
+        /// Per-command timeout in line mode, in milliseconds (1..600000).
+        #[arg(long, default_value_t = EXEC_TIMEOUT_MS)]
+        timeout_ms: u64,
+    },
+    /// Run one command on a gateway through a shell_exec job (`bash -lc` in /), print its output and exit with its exit code.
+    Exec {
+        /// Gateway id.
+        gateway: String,
+        /// remote_shell resource id bound to that gateway (default: the only one there is).
+        #[arg(long)]
+        resource: Option<String>,
+        /// Timeout in milliseconds (1..600000); the exit code is 124 when it fires.
+        #[arg(long, default_value_t = EXEC_TIMEOUT_MS)]
+        timeout_ms: u64,
+        /// ENV=SECRET: put team secret SECRET into the command's environment as ENV (repeatable).
+        #[arg(long = "secret-env", value_name = "ENV=SECRET")]
+        secret_env: Vec<String>,
+        /// The command, after `--` (its words are joined with spaces and run by the gateway's shell).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("shell_session {action} job failed: {message}")]
-    JobFailed { action: String, message: String },
+    #[error("{job_type} {action} job failed: {message}")]
+    JobFailed {
+        job_type: String,
+        action: String,
+        message: String,
+    },
     #[error(
-        "shell_session {action} job {id} did not finish within {secs} s; is the gateway running?"
+        "{job_type} {action} job {id} did not finish within {secs} s; is the gateway running?"
     )]
     JobTimeout {
+        job_type: String,
         action: String,
         id: String,
         secs: u64,
     },
     #[error("no gateway {0}: list them with `panorama-hub gateways list`")]
     NoGateway(String),
+}
+
+// ------------------------------------------------------------------ path
+
+/// The shell job family a gateway runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShellPath {
+    /// `shell_session` (and `shell_exec` too, for panorama-gateway).
+    Session,
+    /// Only `shell_exec`.
+    Exec,
+}
+
+/// `major.minor` of a version string such as `2.32.167`.
+fn major_minor(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.trim().trim_start_matches('v').split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Decides from heartbeat capabilities (§12.2 `runtime`): panorama-gateway
+/// (`node_version: "rust"`) runs both families; a reference gateway runs
+/// `shell_session` before 2.30 and only `shell_exec` from then on.
+/// `None`: the heartbeat does not say (no `runtime` block yet).
+pub fn shell_path_for(capabilities: &Value) -> Option<ShellPath> {
+    let runtime = capabilities.get("runtime")?;
+    if runtime.get("node_version").and_then(Value::as_str) == Some("rust") {
+        return Some(ShellPath::Session);
+    }
+    let version = major_minor(runtime.get("gateway_version")?.as_str()?)?;
+    Some(if version >= EXEC_ONLY_SINCE {
+        ShellPath::Exec
+    } else {
+        ShellPath::Session
+    })
 }
 
 // ------------------------------------------------------------------ keys
@@ -188,7 +277,7 @@ impl SequenceTracker {
 
 // ------------------------------------------------------------------ jobs
 
-/// Queues `shell_session` jobs for one gateway and waits for their results.
+/// Queues shell jobs for one gateway and waits for their results.
 pub struct ShellJobs<'a> {
     pub client: &'a HubClient,
     pub team_id: String,
@@ -198,11 +287,48 @@ pub struct ShellJobs<'a> {
 }
 
 impl ShellJobs<'_> {
-    /// Queues one action and waits until the job is terminal. `Ok` is the
-    /// result of a completed job; a failed or cancelled job is an error.
+    /// Queues one `shell_session` action and waits until the job is
+    /// terminal. `Ok` is the result of a completed job; a failed or
+    /// cancelled job is an error.
     pub async fn call(&self, action: &str, mut payload: Value) -> Result<Value> {
         if let Value::Object(map) = &mut payload {
             map.insert("action".into(), json!(action));
+        }
+        self.run_job("shell_session", action, payload).await
+    }
+
+    /// Queues one `shell_exec` job. A command that fails still completes
+    /// the job (its result says how it ended); a refusal is an error.
+    pub async fn exec(
+        &self,
+        command: &str,
+        timeout_ms: u64,
+        secret_env: &serde_json::Map<String, Value>,
+    ) -> Result<Value> {
+        let mut payload = json!({"command": command, "timeout_ms": timeout_ms});
+        if !secret_env.is_empty() {
+            payload["secret_env"] = Value::Object(secret_env.clone());
+        }
+        // The job's own timeout plus room for queueing and reporting.
+        let wait = self
+            .timeout
+            .max(Duration::from_millis(timeout_ms) + Duration::from_secs(30));
+        self.run_job_for("shell_exec", "exec", payload, wait).await
+    }
+
+    async fn run_job(&self, job_type: &str, action: &str, payload: Value) -> Result<Value> {
+        self.run_job_for(job_type, action, payload, self.timeout)
+            .await
+    }
+
+    async fn run_job_for(
+        &self,
+        job_type: &str,
+        action: &str,
+        mut payload: Value,
+        timeout: Duration,
+    ) -> Result<Value> {
+        if let Value::Object(map) = &mut payload {
             map.insert("resource_id".into(), json!(self.resource_id));
         }
         let job = self
@@ -210,17 +336,17 @@ impl ShellJobs<'_> {
             .insert(
                 "gateway_jobs",
                 &json!({"team_id": self.team_id, "gateway_id": self.gateway_id,
-                    "job_type": "shell_session", "status": "queued", "payload": payload,
+                    "job_type": job_type, "status": "queued", "payload": payload,
                     "requested_via": "panorama-hub-cli"}),
             )
             .await
-            .with_context(|| format!("queueing a shell_session {action} job"))?;
+            .with_context(|| format!("queueing a {job_type} {action} job"))?;
         let id = job
             .get("id")
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow!("the hub returned a job without an id: {job}"))?
             .to_string();
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             let rows = self
                 .client
@@ -243,6 +369,7 @@ impl ShellJobs<'_> {
                         .unwrap_or("unknown error")
                         .to_string();
                     return Err(AttachError::JobFailed {
+                        job_type: job_type.into(),
                         action: action.into(),
                         message,
                     }
@@ -252,15 +379,67 @@ impl ShellJobs<'_> {
             }
             if Instant::now() >= deadline {
                 return Err(AttachError::JobTimeout {
+                    job_type: job_type.into(),
                     action: action.into(),
                     id,
-                    secs: self.timeout.as_secs(),
+                    secs: timeout.as_secs(),
                 }
                 .into());
             }
             tokio::time::sleep(JOB_POLL).await;
         }
     }
+}
+
+/// The `remote_shell` resource bound to `gateway_id`: `wanted` when given,
+/// else the only one there is.
+async fn pick_resource(
+    client: &HubClient,
+    team_id: &str,
+    gateway_id: &str,
+    wanted: Option<&str>,
+) -> Result<String> {
+    if let Some(r) = wanted {
+        return Ok(r.to_string());
+    }
+    let rows = client
+        .select(
+            "team_resources",
+            &[
+                ("team_id", format!("eq.{team_id}")),
+                ("resource_type", "eq.remote_shell".into()),
+                ("select", "id,metadata".into()),
+            ],
+        )
+        .await
+        .context("looking up the gateway's remote_shell resources")?;
+    let ids: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.pointer("/metadata/gateway_id").and_then(Value::as_str) == Some(gateway_id))
+        .filter_map(|r| r.get("id").and_then(Value::as_str))
+        .collect();
+    match ids.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => bail!("gateway {gateway_id} has no remote_shell resource: create one with `panorama-hub resource create --team {team_id} --gateway {gateway_id} --machine-control`"),
+        many => bail!("gateway {gateway_id} has {} remote_shell resources ({}); pick one with --resource", many.len(), many.join(", ")),
+    }
+}
+
+/// The gateway's row (team and capabilities), or a clear error.
+async fn gateway_row(client: &HubClient, gateway: &str) -> Result<Value> {
+    Ok(client
+        .select(
+            "team_gateways",
+            &[
+                ("id", format!("eq.{gateway}")),
+                ("select", "id,team_id,capabilities".into()),
+            ],
+        )
+        .await
+        .context("looking up the gateway")?
+        .into_iter()
+        .next()
+        .ok_or_else(|| AttachError::NoGateway(gateway.to_string()))?)
 }
 
 /// Restores the terminal when dropped.
@@ -290,39 +469,240 @@ fn print_raw(text: &str) {
     let _ = out.flush();
 }
 
-/// `shell attach`: runs until detach or until the session ends. Returns the
-/// process exit code.
-pub async fn run(client: &HubClient, cmd: &ShellCmd) -> Result<i32> {
-    let ShellCmd::Attach {
-        gateway,
-        resource,
-        shell,
-        poll_ms,
-    } = cmd;
-    let row = client
-        .select("team_gateways", &[("id", format!("eq.{gateway}"))])
-        .await
-        .context("looking up the gateway")?
-        .into_iter()
-        .next()
-        .ok_or_else(|| AttachError::NoGateway(gateway.clone()))?;
-    let jobs = ShellJobs {
-        client,
-        team_id: row
-            .get("team_id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        gateway_id: gateway.clone(),
-        resource_id: resource.clone(),
-        timeout: JOB_TIMEOUT,
-    };
-    let (cols, rows) = crossterm::terminal::size().unwrap_or((120, 40));
-    let mut open = json!({"env": {"COLUMNS": cols.to_string(), "LINES": rows.to_string()}});
-    if let Some(s) = shell {
-        open["shell"] = json!(s);
+/// Runs a `panorama-hub shell …` command; returns the process exit code.
+pub async fn run(client: &HubClient, cmd: &ShellCmd, json_output: bool) -> Result<i32> {
+    match cmd {
+        ShellCmd::Attach {
+            gateway,
+            resource,
+            shell,
+            poll_ms,
+            mode,
+            timeout_ms,
+        } => {
+            let row = gateway_row(client, gateway).await?;
+            let team_id = row["team_id"].as_str().unwrap_or_default().to_string();
+            let jobs = ShellJobs {
+                client,
+                resource_id: pick_resource(client, &team_id, gateway, resource.as_deref()).await?,
+                team_id,
+                gateway_id: gateway.clone(),
+                timeout: JOB_TIMEOUT,
+            };
+            let path = match mode {
+                ShellMode::Session => ShellPath::Session,
+                ShellMode::Exec => ShellPath::Exec,
+                ShellMode::Auto => match shell_path_for(&row["capabilities"]) {
+                    Some(p) => p,
+                    None => {
+                        eprintln!("gateway {gateway} has not said which shell jobs it runs (no runtime.gateway_version in its heartbeat yet); trying shell_session");
+                        ShellPath::Session
+                    }
+                },
+            };
+            if path == ShellPath::Exec {
+                return line_mode(&jobs, gateway, *timeout_ms).await;
+            }
+            let (cols, rows) = crossterm::terminal::size().unwrap_or((120, 40));
+            let mut open = json!({"env": {"COLUMNS": cols.to_string(), "LINES": rows.to_string()}});
+            if let Some(s) = shell {
+                open["shell"] = json!(s);
+            }
+            match jobs.call("open", open).await {
+                Ok(opened) => session_mode(&jobs, gateway, poll_ms, opened).await,
+                // A gateway that never learnt shell_session (2.30+).
+                Err(e)
+                    if *mode == ShellMode::Auto
+                        && e.to_string().contains("Unsupported job type") =>
+                {
+                    eprintln!("gateway {gateway} does not run shell_session jobs; switching to line mode over shell_exec");
+                    line_mode(&jobs, gateway, *timeout_ms).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        ShellCmd::Exec {
+            gateway,
+            resource,
+            timeout_ms,
+            secret_env,
+            command,
+        } => {
+            let secret_env = parse_secret_env(secret_env)?;
+            let row = gateway_row(client, gateway).await?;
+            let team_id = row["team_id"].as_str().unwrap_or_default().to_string();
+            let jobs = ShellJobs {
+                client,
+                resource_id: pick_resource(client, &team_id, gateway, resource.as_deref()).await?,
+                team_id,
+                gateway_id: gateway.clone(),
+                timeout: JOB_TIMEOUT,
+            };
+            let result = jobs
+                .exec(&command.join(" "), *timeout_ms, &secret_env)
+                .await?;
+            if json_output {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).unwrap_or_default()
+                );
+            } else {
+                print_exec_output(&result);
+            }
+            Ok(exec_exit_code(&result))
+        }
     }
-    let opened = jobs.call("open", open).await?;
+}
+
+/// `ENV=SECRET` pairs as a `secret_env` object.
+pub fn parse_secret_env(pairs: &[String]) -> Result<serde_json::Map<String, Value>> {
+    let mut out = serde_json::Map::new();
+    for pair in pairs {
+        let (env, secret) = pair
+            .split_once('=')
+            .filter(|(e, s)| !e.is_empty() && !s.is_empty())
+            .ok_or_else(|| anyhow!("--secret-env {pair:?}: expected ENV=SECRET, e.g. --secret-env API_TOKEN=github-token"))?;
+        if !panorama_protocol::secrets::is_valid_env_name(env) {
+            bail!("--secret-env {pair:?}: {env:?} is not an environment variable name");
+        }
+        out.insert(env.to_string(), json!(secret));
+    }
+    Ok(out)
+}
+
+/// The process exit code for a `shell_exec` result: the command's, 124 on
+/// timeout (like `timeout(1)`), 127 when it could not start, 1 otherwise.
+pub fn exec_exit_code(result: &Value) -> i32 {
+    if result.get("timed_out") == Some(&Value::Bool(true)) {
+        return 124;
+    }
+    match result.get("exit_code").and_then(Value::as_i64) {
+        Some(code) => code as i32,
+        None if result.get("message").and_then(Value::as_str)
+            == Some("Remote shell command failed to start") =>
+        {
+            127
+        }
+        None => 1,
+    }
+}
+
+/// Writes a `shell_exec` result's output where a local command's would go,
+/// with a note on stderr for anything but a clean exit.
+fn print_exec_output(result: &Value) {
+    let text = |k: &str| result.get(k).and_then(Value::as_str).unwrap_or_default();
+    let mut out = std::io::stdout();
+    let _ = out.write_all(text("stdout").as_bytes());
+    let _ = out.flush();
+    let mut err = std::io::stderr();
+    let _ = err.write_all(text("stderr").as_bytes());
+    if result.get("output_truncated") == Some(&Value::Bool(true)) {
+        let _ = writeln!(err, "[output truncated by the gateway at 5 MB per stream]");
+    }
+    if result.get("timed_out") == Some(&Value::Bool(true)) {
+        let _ = writeln!(err, "[{}]", text("message"));
+    } else if let Some(e) = result.get("error").and_then(Value::as_str) {
+        let _ = writeln!(err, "[{}: {e}]", text("message"));
+    } else if result.get("success") != Some(&Value::Bool(true)) {
+        let code = result
+            .get("exit_code")
+            .map(Value::to_string)
+            .unwrap_or_default();
+        let _ = writeln!(err, "[exit {code}]");
+    }
+    let _ = err.flush();
+}
+
+/// `'text'` for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// What one line of line mode runs, and whether its output is the new
+/// directory (`cd`). Each job starts a fresh shell in `/`, so the tracked
+/// directory is entered first.
+pub fn line_command(cwd: &str, line: &str) -> (String, bool) {
+    let line = line.trim();
+    let is_cd = line == "cd"
+        || (line.starts_with("cd ") && !line.contains([';', '&', '|', '\n', '`', '$', '(']));
+    if is_cd {
+        (format!("cd {} && {line} && pwd", shell_quote(cwd)), true)
+    } else {
+        (format!("cd {} && {line}", shell_quote(cwd)), false)
+    }
+}
+
+/// `shell attach` on a gateway that only runs `shell_exec`: reads lines
+/// from stdin and runs each as one job. Returns the last command's exit
+/// code.
+pub async fn line_mode(jobs: &ShellJobs<'_>, gateway: &str, timeout_ms: u64) -> Result<i32> {
+    use tokio::io::AsyncBufReadExt;
+    let interactive = std::io::stdin().is_terminal();
+    eprintln!(
+        "gateway {gateway} runs shell_exec jobs only: line mode. Each line runs as one command \
+         (`bash -lc`) in the directory shown; `cd` is remembered, nothing else is (variables, \
+         aliases, background jobs). Not available here: interactive programs (no terminal, no \
+         stdin), Ctrl-C (a command ends at its {timeout_ms} ms timeout), window resizing. \
+         `exit` or Ctrl-D leaves."
+    );
+    let mut cwd = "/".to_string();
+    let mut last = 0;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let empty = serde_json::Map::new();
+    loop {
+        if interactive {
+            eprint!("{cwd}$ ");
+            let _ = std::io::stderr().flush();
+        }
+        let Some(line) = lines.next_line().await.context("reading a command line")? else {
+            break;
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if matches!(line, "exit" | "logout") {
+            break;
+        }
+        let (command, is_cd) = line_command(&cwd, line);
+        match jobs.exec(&command, timeout_ms, &empty).await {
+            Ok(result) => {
+                last = exec_exit_code(&result);
+                if is_cd {
+                    if last == 0 {
+                        if let Some(dir) = result.get("stdout").and_then(Value::as_str) {
+                            cwd = dir.trim_end_matches('\n').to_string();
+                        }
+                    } else {
+                        let _ = std::io::stderr().write_all(
+                            result
+                                .get("stderr")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .as_bytes(),
+                        );
+                    }
+                } else {
+                    print_exec_output(&result);
+                }
+            }
+            Err(e) => {
+                last = 1;
+                eprintln!("[{e}]");
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// `shell attach` in session mode after `open` answered: runs until
+/// detach or until the session ends. Returns the process exit code.
+async fn session_mode(
+    jobs: &ShellJobs<'_>,
+    gateway: &str,
+    poll_ms: &u64,
+    opened: Value,
+) -> Result<i32> {
     let session_id = opened
         .get("session_id")
         .and_then(Value::as_str)
@@ -459,6 +839,91 @@ mod tests {
         match key_action(&key(code, m)) {
             Some(KeyAction::Send(b)) => b,
             other => panic!("expected bytes, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_shell_path_follows_the_heartbeat() {
+        let caps = |node: &str, version: Option<&str>| {
+            let mut runtime = json!({"platform": "linux", "arch": "x64", "node_version": node});
+            if let Some(v) = version {
+                runtime["gateway_version"] = json!(v);
+            }
+            json!({"schema_version": "v1", "runtime": runtime})
+        };
+        assert_eq!(
+            shell_path_for(&caps("rust", Some("0.1.0"))),
+            Some(ShellPath::Session)
+        );
+        assert_eq!(
+            shell_path_for(&caps("v24.3.0", Some("2.32.167"))),
+            Some(ShellPath::Exec)
+        );
+        assert_eq!(
+            shell_path_for(&caps("v24.3.0", Some("2.30.0"))),
+            Some(ShellPath::Exec)
+        );
+        assert_eq!(
+            shell_path_for(&caps("v24.3.0", Some("3.0.1"))),
+            Some(ShellPath::Exec)
+        );
+        assert_eq!(
+            shell_path_for(&caps("v22.1.0", Some("2.29.14"))),
+            Some(ShellPath::Session)
+        );
+        assert_eq!(shell_path_for(&caps("v22.1.0", Some("junk"))), None);
+        assert_eq!(shell_path_for(&caps("v22.1.0", None)), None);
+        assert_eq!(shell_path_for(&json!({})), None);
+    }
+
+    #[test]
+    fn line_mode_tracks_cd_only() {
+        assert_eq!(
+            line_command("/", "ls -la"),
+            ("cd '/' && ls -la".to_string(), false)
+        );
+        assert_eq!(
+            line_command("/tmp/it's", "cd .."),
+            ("cd '/tmp/it'\\''s' && cd .. && pwd".to_string(), true)
+        );
+        assert!(line_command("/", "cd").1);
+        assert!(
+            !line_command("/", "cd /tmp; ls").1,
+            "a compound line is not a cd"
+        );
+        assert!(!line_command("/", "cdx").1);
+    }
+
+    #[test]
+    fn exec_results_map_to_exit_codes() {
+        assert_eq!(
+            exec_exit_code(&json!({"exit_code": 0, "timed_out": false})),
+            0
+        );
+        assert_eq!(
+            exec_exit_code(&json!({"exit_code": 3, "timed_out": false})),
+            3
+        );
+        assert_eq!(
+            exec_exit_code(&json!({"exit_code": null, "timed_out": true})),
+            124
+        );
+        assert_eq!(
+            exec_exit_code(
+                &json!({"exit_code": null, "message": "Remote shell command failed to start"})
+            ),
+            127
+        );
+        assert_eq!(exec_exit_code(&json!({"exit_code": null})), 1);
+    }
+
+    #[test]
+    fn secret_env_flags_are_checked() {
+        let m = parse_secret_env(&["API_TOKEN=gh-token".into(), "X=a=b".into()]).unwrap();
+        assert_eq!(m["API_TOKEN"], "gh-token");
+        assert_eq!(m["X"], "a=b");
+        for bad in ["nope", "=x", "X=", "1X=y"] {
+            assert!(parse_secret_env(&[bad.into()]).is_err(), "{bad}");
         }
     }
 

@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::people::{ALL_ROLES, DISPATCH_ROLES, MANAGE_ROLES};
 use crate::postgrest::{Filter, Op, Operand};
 use crate::schema::Table;
-use crate::store::{SelectRequest, SharedStore, UpdateGuard};
+use crate::store::{SelectRequest, SharedStore, TxOps, UpdateGuard};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -191,6 +191,14 @@ fn user_grant(table: &str, verb: Verb) -> Option<UserGrant> {
         ("team_resources", Verb::Delete) => grant(MANAGE_ROLES, &[]),
         ("team_members", Verb::Update) => grant(OWNER_ONLY, &["role"]),
         ("team_members", Verb::Delete) => grant(OWNER_ONLY, &[]),
+        // Team secrets: `value` is write-only for everyone (no grant reads
+        // it back). Those who dispatch may list names, which is what they
+        // need to fill a shell_exec job's `secret_env`; viewers may not
+        // even learn which secrets exist. Only managers set and delete.
+        ("team_secrets", Verb::Select) => grant(DISPATCH_ROLES, &[]),
+        ("team_secrets", Verb::Insert) => grant(MANAGE_ROLES, &["id", "team_id", "name", "value"]),
+        ("team_secrets", Verb::Update) => grant(MANAGE_ROLES, &["name", "value"]),
+        ("team_secrets", Verb::Delete) => grant(MANAGE_ROLES, &[]),
         _ => None,
     }
 }
@@ -259,6 +267,61 @@ pub fn row_filters(
         // Insert-only tables: nothing to read back through a policy.
         _ => vec![team, Filter::eq("gateway_id", gateway_id)],
     })
+}
+
+/// Who may call the later-protocol run RPCs (`accept_subagent_run`,
+/// `request_subagent_run_cancellation`): the service key on any row, a
+/// person on rows of the teams where they dispatch (owner, admin, member;
+/// not a viewer), nobody else — a gateway accepting or cancelling runs for
+/// itself would defeat the control plane's bookkeeping. `Some(filters)`
+/// restricts the row the RPC acts on ([`require_run_control`]); `None`
+/// refuses the call.
+pub fn run_control_filters(principal: &Principal) -> Option<Vec<Filter>> {
+    match principal {
+        Principal::Service => Some(Vec::new()),
+        Principal::User {
+            user_id,
+            session_id,
+        } => Some(vec![Filter::TeamOfMember {
+            column: "team_id",
+            user_id: user_id.clone(),
+            session_id: session_id.clone(),
+            roles: DISPATCH_ROLES,
+        }]),
+        Principal::Gateway { .. } | Principal::Anon => None,
+    }
+}
+
+/// Inside the RPC's transaction: refuses unless the row `id` of `table`
+/// (the subagent being accepted, the run being cancelled) lies within
+/// `scope` from [`run_control_filters`]. One refusal whether the row is
+/// another team's or does not exist, so the answer leaks nothing.
+pub fn require_run_control(
+    tx: &mut dyn TxOps,
+    table: &'static Table,
+    id: &str,
+    scope: &[Filter],
+    function: &str,
+) -> Result<(), ApiError> {
+    if scope.is_empty() {
+        return Ok(());
+    }
+    let mut filters = vec![Filter::eq("id", id)];
+    filters.extend(scope.iter().cloned());
+    if tx.select(table, &filters)?.is_empty() {
+        let mut e = ApiError::pg(
+            "42501",
+            format!("permission denied for function {function}"),
+        )
+        .details(format!(
+            "{} {id} is not in a team where you are an owner, admin or member",
+            table.name
+        ))
+        .hint("Ask a team owner or admin for the member role, or use the service key.");
+        e.status = 403;
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Refuses body columns the principal may not write (column grants).

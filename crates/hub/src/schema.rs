@@ -50,6 +50,10 @@ pub struct Column {
     pub default: ColDefault,
     /// `CHECK (col IN (...))` values, when the column is an enumeration.
     pub allowed: Option<&'static [&'static str]>,
+    /// Write-only (a secret value): stored, never read back through the
+    /// generic store, so no REST answer, realtime message or change-feed
+    /// record can carry it, and refused in filters, orders and `select`.
+    pub write_only: bool,
 }
 
 #[derive(Debug)]
@@ -65,6 +69,12 @@ impl Table {
     pub fn column(&self, name: &str) -> Option<&'static Column> {
         self.columns.iter().find(|c| c.name == name)
     }
+
+    /// The columns a read returns, in order (every column but the
+    /// write-only ones).
+    pub fn readable_columns(&self) -> impl Iterator<Item = &'static Column> + '_ {
+        self.columns.iter().filter(|c| !c.write_only)
+    }
 }
 
 const fn col(name: &'static str, ty: ColType) -> Column {
@@ -74,6 +84,7 @@ const fn col(name: &'static str, ty: ColType) -> Column {
         nullable: true,
         default: ColDefault::None,
         allowed: None,
+        write_only: false,
     }
 }
 const fn req(name: &'static str, ty: ColType) -> Column {
@@ -83,6 +94,7 @@ const fn req(name: &'static str, ty: ColType) -> Column {
         nullable: false,
         default: ColDefault::None,
         allowed: None,
+        write_only: false,
     }
 }
 const fn def(name: &'static str, ty: ColType, default: ColDefault) -> Column {
@@ -92,6 +104,7 @@ const fn def(name: &'static str, ty: ColType, default: ColDefault) -> Column {
         nullable: false,
         default,
         allowed: None,
+        write_only: false,
     }
 }
 const fn choice(
@@ -105,6 +118,18 @@ const fn choice(
         nullable: false,
         default: ColDefault::Json(default),
         allowed: Some(allowed),
+        write_only: false,
+    }
+}
+/// A required write-only column (see [`Column::write_only`]).
+const fn secret(name: &'static str) -> Column {
+    Column {
+        name,
+        ty: ColType::Text,
+        nullable: false,
+        default: ColDefault::None,
+        allowed: None,
+        write_only: true,
     }
 }
 
@@ -299,6 +324,7 @@ pub static SUBAGENT_RUN_EVENTS: Table = Table {
             nullable: false,
             default: ColDefault::None,
             allowed: Some(RUN_EVENT_TYPES),
+            write_only: false,
         },
         def("payload", Json, ColDefault::Json("{}")),
         def("created_at", Timestamp, Now),
@@ -319,6 +345,26 @@ pub static TEAM_RESOURCES: Table = Table {
         col("owner_agent_id", Uuid),
         def("max_access_level", Text, ColDefault::Json("\"editor\"")),
         col("metadata", Json),
+        def("created_at", Timestamp, Now),
+        def("updated_at", Timestamp, Now),
+    ],
+};
+
+/// Per-team secrets for `shell_exec.secret_env` (spec §8.6, §15.1). The
+/// value is write-only for everyone: the service key and a team's owners
+/// and admins may set, rename or delete a secret and list names (members
+/// list names only, viewers nothing; see `policy.rs`); the value leaves
+/// the hub only through `resolve_secret_placeholders_for_job`, to the
+/// gateway running the job. Gateways have no grant on the table at all.
+pub static TEAM_SECRETS: Table = Table {
+    name: "team_secrets",
+    primary_key: "id",
+    touch_updated_at: true,
+    columns: &[
+        def("id", Uuid, NewUuid),
+        req("team_id", Uuid),
+        req("name", Text),
+        secret("value"),
         def("created_at", Timestamp, Now),
         def("updated_at", Timestamp, Now),
     ],
@@ -351,6 +397,7 @@ pub static TABLES: &[&Table] = &[
     &SUBAGENT_RUNS,
     &SUBAGENT_RUN_EVENTS,
     &TEAM_RESOURCES,
+    &TEAM_SECRETS,
     &TEAM_MEMBERS,
 ];
 

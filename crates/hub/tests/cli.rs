@@ -83,7 +83,102 @@ fn operator_commands_round_trip() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already cancelled"));
 
-    // A subagent run: the subagent row and the job, per the dispatch recipe.
+    // A subagent run, later recipe (the default): the hub accepts the run
+    // (run row `running`, subagent pointing at it) before queueing the job.
+    let accepted = json_of(
+        &hub,
+        &[
+            "job",
+            "submit",
+            "--gateway",
+            &gw.gateway_id,
+            "--type",
+            "subagent_run",
+            "--prompt",
+            "  plan it  ",
+        ],
+    );
+    let acc_subagent = accepted["payload"]["subagent_id"].as_str().unwrap();
+    let acc_run = accepted["payload"]["run_id"].as_str().unwrap();
+    let sub = &hub.select("subagents", &format!("id=eq.{acc_subagent}"))[0];
+    assert_eq!(sub["status"], "running");
+    assert_eq!(sub["subagent_type"], "claude_code_gateway");
+    assert_eq!(sub["input"]["run_id"], acc_run);
+    assert_eq!(sub["input"]["run_sequence"], 1);
+    assert_eq!(sub["input"]["prompt"], "plan it");
+    assert_eq!(sub["metadata"]["current_run_id"], acc_run);
+    assert_eq!(sub["metadata"]["current_run_sequence"], 1);
+    let run = &hub.select("subagent_runs", &format!("id=eq.{acc_run}"))[0];
+    assert_eq!(run["status"], "running");
+    assert_eq!(run["run_sequence"], 1);
+    assert_eq!(run["prompt"], "plan it");
+    assert_eq!(run["gateway_id"], gw.gateway_id);
+    assert_eq!(run["started_at"], Value::Null, "no gateway started it yet");
+    // Cancelling the queued job closes the accepted run and its subagent.
+    let out = cli(&hub, &["job", "cancel", accepted["id"].as_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("run {acc_run} cancelled")));
+    let run = &hub.select("subagent_runs", &format!("id=eq.{acc_run}"))[0];
+    assert_eq!(run["status"], "cancelled");
+    assert_eq!(run["metadata"]["cancel_state"], "acknowledged");
+    let sub = &hub.select("subagents", &format!("id=eq.{acc_subagent}"))[0];
+    assert_eq!(sub["status"], "cancelled");
+    // The same subagent's next run (a continuation) gets sequence 2.
+    let next = json_of(
+        &hub,
+        &[
+            "job",
+            "submit",
+            "--gateway",
+            &gw.gateway_id,
+            "--type",
+            "subagent_run",
+            "--payload",
+            &json!({"subagent_id": acc_subagent}).to_string(),
+            "--prompt",
+            "and then?",
+        ],
+    );
+    let next_run = next["payload"]["run_id"].as_str().unwrap();
+    assert_ne!(next_run, acc_run);
+    let sub = &hub.select("subagents", &format!("id=eq.{acc_subagent}"))[0];
+    assert_eq!(sub["status"], "running");
+    assert_eq!(sub["input"]["run_sequence"], 2);
+    assert_eq!(sub["input"]["prompt"], "and then?");
+    assert_eq!(
+        hub.select("subagent_runs", &format!("id=eq.{next_run}"))[0]["run_sequence"],
+        2
+    );
+    // A second run while one is running is refused, and nothing is queued.
+    let jobs_before = hub.select("gateway_jobs", "select=id").len();
+    let out = cli(
+        &hub,
+        &[
+            "job",
+            "submit",
+            "--gateway",
+            &gw.gateway_id,
+            "--type",
+            "subagent_run",
+            "--payload",
+            &json!({"subagent_id": acc_subagent}).to_string(),
+            "--prompt",
+            "again",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already has a running run"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(hub.select("gateway_jobs", "select=id").len(), jobs_before);
+
+    // The seed recipe: the subagent row and the job, nothing else.
     let run_job = json_of(
         &hub,
         &[
@@ -93,6 +188,8 @@ fn operator_commands_round_trip() {
             &gw.gateway_id,
             "--type",
             "subagent_run",
+            "--recipe",
+            "seed",
             "--subagent-type",
             "codex_gateway",
             "--prompt",
@@ -110,6 +207,9 @@ fn operator_commands_round_trip() {
     assert_eq!(subagent["input"]["prompt"], "say hi");
     assert_eq!(subagent["input"]["run_id"], run_id);
     assert_eq!(subagent["input"]["schema_version"], 1);
+    assert!(hub
+        .select("subagent_runs", &format!("id=eq.{run_id}"))
+        .is_empty());
 
     // Run events print in order.
     let run = hub.insert("subagent_runs", json!({"id": run_id, "subagent_id": subagent_id, "team_id": team_id, "gateway_id": gw.gateway_id, "run_sequence": 1, "status": "completed"}));
@@ -164,7 +264,7 @@ fn bad_input_gets_a_clear_error_and_a_non_zero_exit() {
         ),
         (
             &["pairing-code", "create", "--team", "nope"],
-            "invalid input syntax for type uuid",
+            "no team \"nope\"",
         ),
     ];
     for (args, expected) in cases {

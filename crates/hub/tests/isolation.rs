@@ -75,6 +75,11 @@ struct Owned {
     rows: BTreeMap<&'static str, Value>,
 }
 
+/// Prefix of every team secret value the test stores: no response may
+/// ever contain it (the value is write-only; it leaves the hub only
+/// through `resolve_secret_placeholders_for_job`, covered elsewhere).
+const SECRET_MARKER: &str = "ISOSECRETVALUE";
+
 /// Per-table data the matrix cannot derive from the schema: a patch that
 /// a gateway could legally apply to its own row (so a refusal comes from
 /// the policy, not from the column grants or the job guard), and insert
@@ -98,6 +103,11 @@ fn table_case(table: &str) -> Option<(Value, Value)> {
         "team_resources" => (json!({"title": "pwned"}), json!({})),
         // Promoting a member: the change an owner may make.
         "team_members" => (json!({"role": "owner"}), json!({"role": "member"})),
+        // Overwriting another team's secret value.
+        "team_secrets" => (
+            json!({"value": format!("{SECRET_MARKER}-pwned")}),
+            json!({}),
+        ),
         _ => return None,
     })
 }
@@ -191,6 +201,13 @@ fn victim_view(snap: &Snapshot, victim: &Ident) -> Vec<(String, Value)> {
         }
     }
     out
+}
+
+/// The tables every role of a team reads; a viewer's answers on the
+/// others (pairing codes for managers, secret names for those who
+/// dispatch) must hold none of the team's rows.
+fn viewer_reads(table: &str) -> bool {
+    !matches!(table, "gateway_pairing_codes" | "team_secrets")
 }
 
 /// A caller: its headers, its own identity (gateways) and what it must
@@ -354,6 +371,15 @@ fn world() -> World {
                 json!({"team_id": team, "resource_type": "remote_shell", "metadata": {"gateway_id": o.ident.gateway, "full_control": true}}),
             ),
         );
+        let secret = hub.insert(
+            "team_secrets",
+            json!({"team_id": team, "name": format!("token-{name}"), "value": format!("{SECRET_MARKER}-{name}")}),
+        );
+        assert!(
+            secret.get("value").is_none(),
+            "an insert answered with the value: {secret}"
+        );
+        o.rows.insert("team_secrets", secret);
     }
     hub.patch(
         "team_gateways",
@@ -487,6 +513,11 @@ fn run_case(
     let status = res.status().as_u16();
     let text = res.text().unwrap();
     let what = format!("{} {:?} {} [{status}]", caller.name, verb, table.name);
+    if text.contains(SECRET_MARKER) {
+        tally
+            .leaks
+            .push(format!("{what}: the answer carries a secret value: {text}"));
+    }
     tally.cases += 1;
     *tally
         .statuses
@@ -501,7 +532,7 @@ fn run_case(
             .is_some_and(|o| o.team == victim.ident.team)
             && table.column("gateway_id").is_none()
             && table.name != "team_gateways")
-            || caller.reads_team);
+            || (caller.reads_team && viewer_reads(table.name)));
     match status {
         401 | 403 => {
             if caller.must_be_401 && status != 401 {
@@ -578,6 +609,21 @@ fn rpc_cases(victim: &Owned) -> Vec<(&'static str, &'static str, Value)> {
             "/functions/v1/finalize-gateway-subagent-run",
             json!({"subagent_id": v.subagent, "run_id": v.run, "final_status": "failed", "final_error": "pwned"}),
         ),
+        (
+            "rpc accept_subagent_run",
+            "/rest/v1/rpc/accept_subagent_run",
+            json!({"p_subagent_id": v.subagent, "p_prompt": "pwned"}),
+        ),
+        (
+            "rpc request_subagent_run_cancellation",
+            "/rest/v1/rpc/request_subagent_run_cancellation",
+            json!({"p_run_id": v.run, "p_reason": "pwned"}),
+        ),
+        (
+            "rpc resolve_secret_placeholders_for_job",
+            "/rest/v1/rpc/resolve_secret_placeholders_for_job",
+            json!({"p_job_id": victim.rows["gateway_jobs"]["id"]}),
+        ),
     ]
 }
 
@@ -598,6 +644,11 @@ fn run_rpc(
         let status = res.status().as_u16();
         let text = res.text().unwrap();
         let what = format!("{} {name} [{status}]", caller.name);
+        if text.contains(SECRET_MARKER) {
+            tally
+                .leaks
+                .push(format!("{what}: the answer carries a secret value: {text}"));
+        }
         n += 1;
         tally.cases += 1;
         match status {
@@ -895,6 +946,95 @@ fn no_principal_reaches_another_principals_rows() {
     if victim_view(&after, b_ident) != victim_view(&baseline, b_ident) {
         tally.leaks.push("extra cases changed B's rows".into());
     }
+    // Team secrets and people: a member of the team lists names but sets,
+    // changes and deletes nothing; another team's owner reaches nothing.
+    // (A viewer's reads are in the matrix: no row of B's.)
+    let b_secret = owned["B"].rows["team_secrets"]["id"].as_str().unwrap();
+    let b_team = &b_ident.team;
+    let secret_writes = |who: &str| {
+        vec![
+            (
+                format!("{who} insert"),
+                Method::POST,
+                "/rest/v1/team_secrets".to_string(),
+                json!({"team_id": b_team, "name": format!("by-{who}").replace(' ', "-"), "value": format!("{SECRET_MARKER}-x")}),
+            ),
+            (
+                format!("{who} update"),
+                Method::PATCH,
+                format!("/rest/v1/team_secrets?id=eq.{b_secret}"),
+                json!({"value": format!("{SECRET_MARKER}-x")}),
+            ),
+            (
+                format!("{who} delete"),
+                Method::DELETE,
+                format!("/rest/v1/team_secrets?id=eq.{b_secret}"),
+                Value::Null,
+            ),
+        ]
+    };
+    for who in ["B member", "A owner"] {
+        let token = &people[who].access_token;
+        for (what, method, path, body) in secret_writes(who) {
+            let mut req = hub
+                .req(method, &path, token)
+                .header("prefer", "return=representation");
+            if !body.is_null() {
+                req = req.json(&body);
+            }
+            let res = req.send().unwrap();
+            let status = res.status().as_u16();
+            let text = res.text().unwrap();
+            tally.cases += 1;
+            if text.contains(SECRET_MARKER) {
+                tally
+                    .leaks
+                    .push(format!("{what} team_secrets: value in the answer: {text}"));
+            }
+            match status {
+                401 | 403 => tally.refused += 1,
+                200 if text.trim() == "[]" => tally.empty += 1,
+                _ => tally
+                    .leaks
+                    .push(format!("{what} team_secrets of B: {status} {text}")),
+            }
+        }
+    }
+    let after = snapshot(&hub);
+    if victim_view(&after, b_ident) != victim_view(&baseline, b_ident) {
+        tally
+            .leaks
+            .push("people's secret writes changed B's rows".into());
+    }
+    // The later-protocol run RPCs, to the victim team's own viewer: refused
+    // like another team's member (in the matrix), on a fresh subagent
+    // whose acceptance would otherwise succeed.
+    let fresh = hub.insert(
+        "subagents",
+        json!({"id": panorama_testkit::new_uuid(), "team_id": b_team, "gateway_id": b_ident.gateway, "subagent_type": "codex_gateway"}),
+    );
+    let fresh_id = fresh["id"].as_str().unwrap().to_string();
+    for who in ["B viewer", "A member", "A owner"] {
+        let (status, body) = hub.rpc(
+            &people[who].access_token,
+            "accept_subagent_run",
+            json!({"p_subagent_id": fresh_id, "p_prompt": "pwned"}),
+        );
+        tally.cases += 1;
+        if status == 403 {
+            tally.refused += 1;
+        } else {
+            tally
+                .leaks
+                .push(format!("{who} accept_subagent_run of B: {status} {body}"));
+        }
+    }
+    let runs = hub.select("subagent_runs", &format!("subagent_id=eq.{fresh_id}"));
+    if !runs.is_empty() {
+        tally
+            .leaks
+            .push(format!("refused acceptances left runs: {runs:?}"));
+    }
     // An invitation is used once: a second acceptance, by the same
     // person or another, is refused and adds no membership. (Team C keeps
     // A and B's memberships out of it; the first acceptance is the
@@ -1014,13 +1154,17 @@ fn positive_controls(
     let owner_person_update = |t: &str| {
         matches!(
             t,
-            "subagents" | "team_gateways" | "team_resources" | "team_members"
+            "subagents" | "team_gateways" | "team_resources" | "team_members" | "team_secrets"
         )
     };
     let owner_person_insert = |t: &str| {
         matches!(
             t,
-            "gateway_jobs" | "subagents" | "gateway_pairing_codes" | "team_resources"
+            "gateway_jobs"
+                | "subagents"
+                | "gateway_pairing_codes"
+                | "team_resources"
+                | "team_secrets"
         )
     };
     // What the spec (§16.5) grants a gateway on its own rows.
@@ -1076,6 +1220,12 @@ fn positive_controls(
                 .unwrap();
             let status = res.status().as_u16();
             let text = res.text().unwrap();
+            assert!(
+                !text.contains(SECRET_MARKER),
+                "{} {verb:?} {}: the answer carries a secret value: {text}",
+                caller.name,
+                table.name
+            );
             let rows = serde_json::from_str::<Value>(&text)
                 .ok()
                 .and_then(|v| v.as_array().cloned())
@@ -1086,6 +1236,49 @@ fn positive_controls(
         let pk = table.primary_key;
         rows.iter().any(|r| r[pk] == victim.rows[table.name][pk])
     };
+    // (First: the merge controls below hand B owner's membership row to
+    // someone else.) A team owner deletes a secret of its team; a member accepts a run on
+    // its team's subagent and cancels it before any gateway starts it.
+    let (status, rows) = send(&team_owner, Verb::Insert, &schema::TEAM_SECRETS, 5000);
+    assert_eq!(status, 201, "B owner secret insert: {rows:?}");
+    let made = rows[0]["id"].as_str().unwrap();
+    let res = team_owner
+        .request(
+            hub,
+            Method::DELETE,
+            &format!("/rest/v1/team_secrets?id=eq.{made}"),
+        )
+        .header("prefer", "return=representation")
+        .send()
+        .unwrap();
+    let deleted: Value = res.json().unwrap();
+    assert_eq!(
+        deleted.as_array().map(Vec::len),
+        Some(1),
+        "B owner secret delete: {deleted}"
+    );
+    passed += 1;
+    let fresh = hub.insert(
+        "subagents",
+        json!({"id": panorama_testkit::new_uuid(), "team_id": victim.ident.team, "gateway_id": victim.ident.gateway, "subagent_type": "codex_gateway"}),
+    );
+    let (status, accepted) = hub.rpc(
+        &people["B member"].access_token,
+        "accept_subagent_run",
+        json!({"p_subagent_id": fresh["id"], "p_prompt": "hello"}),
+    );
+    assert_eq!(status, 200, "B member accept_subagent_run: {accepted}");
+    let (status, cancelled) = hub.rpc(
+        &people["B member"].access_token,
+        "request_subagent_run_cancellation",
+        json!({"p_run_id": accepted["run_id"], "p_reason": "control"}),
+    );
+    assert_eq!(
+        (status, &cancelled["cancelled"]),
+        (200, &json!(true)),
+        "B member request_subagent_run_cancellation: {cancelled}"
+    );
+    passed += 2;
     // Reads, writes that keep the rows, then deletes (children first).
     for verb in [
         Verb::SelectPk,

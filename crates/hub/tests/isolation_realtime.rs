@@ -60,6 +60,9 @@ fn sign(secret: &[u8], claims: &Claims) -> String {
     .unwrap()
 }
 
+/// Prefix of every team secret value the test stores.
+const SECRET_MARKER: &str = "RTSECRETVALUE";
+
 /// Team B's identity, and the ids of everything of B's the test made.
 #[derive(Clone)]
 struct B {
@@ -95,6 +98,10 @@ fn b_row(table: &str, b: &B, n: i64) -> Value {
             json!({"team_id": b.team, "resource_type": "remote_shell", "metadata": {"gateway_id": b.gateway}})
         }
         "team_members" => json!({"team_id": b.team, "user_id": b.joiner, "role": "member"}),
+        // The value is write-only: no frame may ever carry it (checked below).
+        "team_secrets" => {
+            json!({"team_id": b.team, "name": format!("rt-{n}-{}", &panorama_testkit::new_uuid()[..8]), "value": format!("{SECRET_MARKER}{n}")})
+        }
         other => panic!("table {other} has no realtime isolation case"),
     }
 }
@@ -110,6 +117,7 @@ fn b_patch(table: &str) -> Value {
         "subagent_run_events" => json!({"payload": {"n": 2}}),
         "team_resources" => json!({"title": "t2"}),
         "team_members" => json!({"role": "viewer"}),
+        "team_secrets" => json!({"value": format!("{SECRET_MARKER}patched")}),
         other => panic!("table {other} has no realtime isolation case"),
     }
 }
@@ -261,7 +269,8 @@ struct Sub {
     own_gateway: Option<String>,
     /// A person's own team: frames of its rows are theirs to see.
     own_team: Option<String>,
-    /// A person whose role reads every team table but pairing codes.
+    /// A person whose role reads every team table but pairing codes and
+    /// secret names (a viewer).
     person_reads: bool,
     /// A membership removed after this subscriber joined.
     removed_after_join: Option<String>,
@@ -757,7 +766,9 @@ async fn subscribe_and_change(
             TABLES
                 .iter()
                 .map(|t| t.name)
-                .filter(|t| *t != "gateway_pairing_codes")
+                // Pairing codes are for managers, secret names for those
+                // who dispatch: a viewer gets neither.
+                .filter(|t| !matches!(*t, "gateway_pairing_codes" | "team_secrets"))
                 .collect()
         } else if s.own_gateway.is_some() {
             [
@@ -847,6 +858,14 @@ async fn subscribe_and_change(
                 .count()
                 - own_frames
         ));
+    }
+    // Write-only values reach no subscriber, the service key's included.
+    for (s, ws) in subs.iter().zip(sockets.iter()) {
+        for f in &ws.log {
+            if f.to_string().contains(SECRET_MARKER) {
+                leaked.push(format!("{}: a frame carries a secret value: {f}", s.name));
+            }
+        }
     }
     let negative = subs
         .iter()

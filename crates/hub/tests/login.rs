@@ -162,3 +162,75 @@ fn serve_open_signup_lets_anyone_sign_up() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user"]["email"], "open@example.test");
 }
+
+/// Team secrets through a person's session: an admin sets (creates, then
+/// replaces: people may not merge-upsert), lists and deletes; a member
+/// lists names only; nobody sees a value; a session is not sent to
+/// another hub named by --hub-url.
+#[test]
+fn a_signed_in_admin_manages_secrets_and_a_member_lists_names() {
+    let hub = Hub::start();
+    let ours = hub.create_team("ours");
+    let admin = hub.member(&ours, "admin");
+    let member = hub.member(&ours, "member");
+    let (admin_home, member_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (home, person) in [(&admin_home, &admin), (&member_home, &member)] {
+        json_of(&cli(
+            &hub,
+            home.path(),
+            &["login", "--email", &person.email],
+            "correct horse battery\n",
+        ));
+    }
+    let set = ["secret", "set", "--team", "ours", "TOKEN"];
+    json_of(&cli(&hub, admin_home.path(), &set, "first-VALUE\n"));
+    json_of(&cli(&hub, admin_home.path(), &set, "second-VALUE\n"));
+    for home in [&admin_home, &member_home] {
+        let out = cli(&hub, home.path(), &["secret", "list", "--team", "ours"], "");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("-VALUE"));
+        let names: Vec<String> = json_of(&out)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["TOKEN"]);
+    }
+    let refused = cli(&hub, member_home.path(), &set, "member-VALUE\n");
+    assert!(!refused.status.success(), "a member may not set secrets");
+    let refused = cli(
+        &hub,
+        member_home.path(),
+        &["secret", "delete", "--team", "ours", "TOKEN"],
+        "",
+    );
+    assert!(!refused.status.success(), "a member may not delete secrets");
+    let wrong_hub = cli(
+        &hub,
+        admin_home.path(),
+        &[
+            "--hub-url",
+            "http://127.0.0.1:9",
+            "secret",
+            "list",
+            "--team",
+            "ours",
+        ],
+        "",
+    );
+    assert!(!wrong_hub.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong_hub.stderr).contains("the stored session is for"),
+        "{}",
+        String::from_utf8_lossy(&wrong_hub.stderr)
+    );
+    json_of(&cli(
+        &hub,
+        admin_home.path(),
+        &["secret", "delete", "--team", "ours", "TOKEN"],
+        "",
+    ));
+    assert!(hub
+        .select("team_secrets", &format!("team_id=eq.{ours}"))
+        .is_empty());
+}

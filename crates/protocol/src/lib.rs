@@ -17,6 +17,7 @@
 //! | [`shell_gate`] | control state, machine-control gates, subagent-run gateway gate | §10.2, §13.4; runtime §4.9 |
 //! | [`remote_shell`] | remote-shell resource validation | §13.5; runtime §5.3 |
 //! | [`guard`] | `gateway_jobs` transition guard for gateway principals | §16.4 |
+//! | [`secrets`] | `shell_exec.secret_env` requests, secret placeholder rows, fail-closed resolution check | §4.2, §8.6, §15.1 |
 //! | [`subagent`] | output envelope, run-event payload trimming, provider failure message | §8.2, §10.6, §10.7 |
 //! | [`time`] | RFC 3339 timestamp parsing | §3.1 freshness |
 //!
@@ -32,15 +33,18 @@
 //! behaviour is the default and the later one is selectable through an enum
 //! parameter; see `NOTES.md` for every such choice.
 
+pub mod accepted;
 pub mod cancel;
 pub mod capabilities;
 pub mod full_control;
 pub mod guard;
+pub mod job;
 pub mod jobs;
 pub mod operational;
 pub mod remote_shell;
 pub mod results;
 pub mod rows;
+pub mod secrets;
 pub mod shell_gate;
 pub mod status;
 pub mod subagent;

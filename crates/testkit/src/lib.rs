@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod agents;
 pub mod gateway;
+pub mod model_api;
 pub mod people;
 pub mod procs;
+pub mod reference;
 
 pub use gateway::{fake_agent_binary, GatewayHost, RunningGateway};
 pub use people::UserSession;
@@ -296,6 +299,32 @@ impl Hub {
             access_token: body["access_token"].as_str().unwrap().into(),
             refresh_token: body["refresh_token"].as_str().unwrap().into(),
         }
+    }
+
+    /// Runs the operator CLI (`panorama-hub <args>`) against this hub, with
+    /// `stdin` fed to it (closed when `None`).
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        use std::io::Write;
+        let mut child = Command::new(hub_binary())
+            .args(args)
+            .env("PANORAMA_HUB_DATA_DIR", self.data_dir.path())
+            .env_remove("PANORAMA_HUB_URL")
+            .env_remove("PANORAMA_HUB_SERVICE_KEY")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run panorama-hub");
+        if let Some(text) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin pipe");
+            pipe.write_all(text.as_bytes())
+                .expect("write the CLI's stdin");
+        }
+        child.wait_with_output().expect("wait for panorama-hub")
     }
 
     /// Waits until `f` returns Some, polling every 50 ms, or panics after

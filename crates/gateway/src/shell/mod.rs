@@ -12,7 +12,6 @@ pub mod buffer;
 pub mod error;
 pub mod exec;
 pub mod gate;
-pub mod proctree;
 pub mod session;
 
 use std::sync::Arc;
@@ -35,7 +34,7 @@ pub use gate::{
 };
 pub use session::{Clock, Session, ShellSessions, ShellSessionsConfig};
 
-pub const MSG_SECRETS_OUTSIDE_VM: &str = "Team secrets can only be injected inside a managed VM";
+pub use panorama_protocol::secrets::MSG_SECRETS_OUTSIDE_VM;
 
 /// What the shell handlers need from the control plane. The runtime
 /// implements it with its hub client; every call is made fresh per job.
@@ -72,6 +71,13 @@ pub trait ShellControlState: Send + Sync {
     /// (the default): never.
     fn stop_signal(&self) -> Option<tokio::sync::watch::Receiver<Option<String>>> {
         None
+    }
+
+    /// `resolve_secret_placeholders_for_job(p_job_id)` (§4.2): the RPC's
+    /// answer, or why it failed. The error text must never carry a secret
+    /// value. The default: a control plane that offers no secrets.
+    async fn resolve_secret_placeholders(&self, _job_id: &str) -> Result<Value, String> {
+        Err("this control plane does not resolve team secrets".into())
     }
 }
 
@@ -229,17 +235,15 @@ pub async fn handle_shell_exec_job(
     .await
     .map_err(|m| ShellJobError::with_fields(m, json!({ "resource_id": resource_id })))?;
     let parsed = ShellExecPayload::parse(payload).map_err(|e| ShellJobError::from_payload(&e))?;
-    // Secret injection is for managed VMs only: fail closed everywhere else.
-    let wants_secrets = match &parsed.secret_env {
-        Some(Value::Object(map)) => !map.is_empty(),
-        Some(_) => true,
-        None => false,
-    };
-    if wants_secrets {
-        return Err(ShellJobError::message(MSG_SECRETS_OUTSIDE_VM));
-    }
+    let secrets = exec::resolve_secret_env(ctx, &parsed)
+        .await
+        .map_err(|m| ShellJobError::with_fields(m, json!({ "resource_id": resource_id })))?;
     let config = ctx.sessions.config();
-    let env = config.child_env(&[]);
+    let overrides: Vec<(String, Option<String>)> = secrets
+        .iter()
+        .map(|s| (s.env_name.clone(), Some(s.value.clone())))
+        .collect();
+    let env = config.child_env(&overrides);
     let timeout_ms = parsed.timeout_ms.max(1) as u64;
     let run = exec::run_command_until(
         &exec::exec_shell(),
@@ -251,7 +255,9 @@ pub async fn handle_shell_exec_job(
     )
     .await;
     let stopped = run.stopped.clone();
-    let result = run.into_result(&resource_id, &parsed.command, timeout_ms);
+    let result = run
+        .redacted(&secrets)
+        .into_result(&resource_id, &parsed.command);
     if let Some(reason) = stopped {
         // Stopped by the shutdown: a residual job (`cancelled: true`).
         return Err(ShellJobError::with_fields(

@@ -5,10 +5,9 @@
 use super::{ensure_active, principal, State};
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::postgrest::Filter;
 use crate::schema;
-use crate::store::{hash_token, UpdateRequest};
-use crate::values::{now_timestamp, prepare_update};
+use crate::store::hash_token;
+use crate::values::now_timestamp;
 use axum::body::Bytes;
 use axum::extract::Path;
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -160,8 +159,8 @@ async fn heartbeat(state: &State, p: &Principal, body: Map<String, Value>) -> Re
     }
 }
 
-/// The later gateway's terminal write (§5.3): both rows in their final
-/// state, the subagent only if this run is still its current one.
+/// The later gateway's terminal write (§5.3): a strict request, both rows
+/// in their final state in one transaction (see [`crate::runs::finalize`]).
 async fn finalize_run(state: &State, p: &Principal, body: Map<String, Value>) -> Response {
     let (gateway_id, team_id) = match gateway_of(p) {
         Ok(ids) => ids,
@@ -170,125 +169,27 @@ async fn finalize_run(state: &State, p: &Principal, body: Map<String, Value>) ->
     if let Err(e) = ensure_active(state, p).await {
         return failure_of(e);
     }
-    let field = |k: &str| {
-        body.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
+    let req = match crate::runs::FinalizeRequest::parse(&Value::Object(body)) {
+        Ok(req) => req,
+        Err(message) => return failure(StatusCode::BAD_REQUEST, message),
     };
-    let (subagent_id, run_id, final_status) =
-        (field("subagent_id"), field("run_id"), field("final_status"));
-    if uuid::Uuid::parse_str(&subagent_id).is_err() || uuid::Uuid::parse_str(&run_id).is_err() {
-        return failure(
-            StatusCode::BAD_REQUEST,
-            "subagent_id and run_id must be UUIDs.",
-        );
-    }
-    if !matches!(final_status.as_str(), "completed" | "failed" | "cancelled") {
-        return failure(
-            StatusCode::BAD_REQUEST,
-            "final_status must be completed, failed or cancelled.",
-        );
-    }
-    let output = if final_status == "completed" {
-        body.get("output").cloned().unwrap_or(Value::Null)
-    } else {
-        body.get("failure_output").cloned().unwrap_or(Value::Null)
-    };
-    let error = body.get("final_error").cloned().unwrap_or(Value::Null);
-    let completed_at = body
-        .get("completed_at")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(now_timestamp);
-    let metadata_patch = body
-        .get("metadata_patch")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-
-    let run_filters = vec![
-        Filter::eq("id", &run_id),
-        Filter::eq("subagent_id", &subagent_id),
-        Filter::eq("team_id", team_id),
-        Filter::SubagentOfGateway(gateway_id.to_string()),
-    ];
-    let current = match state
+    let (gateway_id, team_id) = (gateway_id.to_string(), team_id.to_string());
+    let now = now_timestamp();
+    let finalized = state
         .store
-        .select(crate::store::SelectRequest {
-            table: &schema::SUBAGENT_RUNS,
-            filters: run_filters.clone(),
-            order: vec![],
-            limit: Some(1),
-            offset: None,
-            count: false,
-        })
-        .await
-    {
-        Ok(r) => r.rows.into_iter().next(),
-        Err(e) => return failure_of(e),
-    };
-    let Some(run) = current else {
-        return Json(json!({"success": false, "error": "Subagent run not found for this gateway"}))
-            .into_response();
-    };
-    let mut metadata = run
-        .get("metadata")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    metadata.extend(metadata_patch);
-    let mut run_patch = Map::new();
-    run_patch.insert("status".into(), json!(final_status));
-    run_patch.insert("output".into(), output.clone());
-    run_patch.insert("error".into(), error.clone());
-    run_patch.insert("completed_at".into(), json!(completed_at));
-    run_patch.insert("metadata".into(), Value::Object(metadata));
-    let set = match prepare_update(&schema::SUBAGENT_RUNS, &run_patch) {
-        Ok(s) => s,
-        Err(e) => return failure_of(e),
-    };
-    if let Err(e) = state
-        .store
-        .update(UpdateRequest {
-            table: &schema::SUBAGENT_RUNS,
-            filters: run_filters,
-            set,
-            guard: None,
-            expect_single: false,
-        })
-        .await
-    {
-        return failure_of(e);
+        .atomic(Box::new(move |tx| {
+            Ok(
+                crate::runs::finalize(tx, &req, &gateway_id, &team_id, &now)?
+                    .unwrap_or(Value::Null),
+            )
+        }))
+        .await;
+    match finalized {
+        Ok(Value::Null) => {
+            Json(json!({"success": false, "error": "Subagent run not found for this gateway"}))
+                .into_response()
+        }
+        Ok(answer) => Json(answer).into_response(),
+        Err(e) => failure_of(e),
     }
-    let mut sub_patch = Map::new();
-    sub_patch.insert("status".into(), json!(final_status));
-    sub_patch.insert("output".into(), output.clone());
-    sub_patch.insert("error".into(), error.clone());
-    sub_patch.insert("completed_at".into(), json!(completed_at));
-    let set = match prepare_update(&schema::SUBAGENTS, &sub_patch) {
-        Ok(s) => s,
-        Err(e) => return failure_of(e),
-    };
-    let sub_filters = vec![
-        Filter::eq("id", &subagent_id),
-        Filter::eq("gateway_id", gateway_id),
-        Filter::eq("team_id", team_id),
-        Filter::eq("status", "running"),
-    ];
-    if let Err(e) = state
-        .store
-        .update(UpdateRequest {
-            table: &schema::SUBAGENTS,
-            filters: sub_filters,
-            set,
-            guard: None,
-            expect_single: false,
-        })
-        .await
-    {
-        return failure_of(e);
-    }
-    Json(json!({"success": true, "output": output, "status": final_status, "error": error}))
-        .into_response()
 }

@@ -113,6 +113,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/v1/admin/users", post(auth_routes::admin_create_user))
         .route("/realtime/v1/websocket", get(crate::realtime::websocket))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(crate::metrics::endpoint))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -120,6 +121,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn(crate::metrics::track_request))
         .with_state(state)
 }
 

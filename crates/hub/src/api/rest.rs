@@ -102,9 +102,7 @@ fn project(
         return Ok(rows.into_iter().map(Value::Object).collect());
     };
     for c in cols {
-        if table.column(c).is_none() {
-            return Err(ApiError::unknown_column(table.name, c));
-        }
+        crate::store::sql::readable_column(table, c)?;
     }
     Ok(rows
         .into_iter()
@@ -377,6 +375,7 @@ const UNIQUE_KEYS: &[(&str, &[&str])] = &[
     ("team_gateways", &["auth_user_id"]),
     ("subagent_runs", &["subagent_id", "run_sequence"]),
     ("subagent_run_events", &["run_id", "sequence"]),
+    ("team_secrets", &["team_id", "name"]),
 ];
 
 /// The columns a merge-upsert overwrites on an existing row: those the
@@ -542,7 +541,7 @@ fn function_not_found(name: &str, args: &Map<String, Value>) -> ApiError {
             "Searched for the function public.{name} with parameters {} or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.",
             keys.join(", ")
         ))
-        .hint("The hub provides allocate_subagent_run_sequence(p_subagent_id), gateway_record_heartbeat(p_status, p_capabilities, p_device_name), create_team_invitation(p_team_id, p_email, p_role[, p_ttl_minutes]) and accept_team_invitation(p_code).")
+        .hint("The hub provides allocate_subagent_run_sequence(p_subagent_id), gateway_record_heartbeat(p_status, p_capabilities, p_device_name), accept_subagent_run(p_subagent_id, p_run_id?, p_prompt?, p_prompted_at?, p_prompted_by_agent_id?, p_input?, p_metadata?, p_runner?, p_gateway_id?), request_subagent_run_cancellation(p_run_id, p_reason?), resolve_secret_placeholders_for_job(p_job_id), create_team_invitation(p_team_id, p_email, p_role[, p_ttl_minutes]) and accept_team_invitation(p_code).")
 }
 
 pub async fn rpc(
@@ -684,6 +683,15 @@ async fn call_rpc(
             );
             scalar_response(serde_json::json!({"success": true, "egress_credential_renewal": null}))
         }
+        ("accept_subagent_run", _) if crate::runs::AcceptRequest::from_args(&args).is_some() => {
+            accept_subagent_run(&state, &p, &args).await
+        }
+        ("request_subagent_run_cancellation", ["p_reason", "p_run_id"] | ["p_run_id"]) => {
+            cancel_unstarted_run(&state, &p, &args).await
+        }
+        ("resolve_secret_placeholders_for_job", ["p_job_id"]) => {
+            resolve_secret_placeholders(&state, &p, &args["p_job_id"]).await
+        }
         ("accept_team_invitation", ["p_code"]) => {
             let Principal::User { user_id, .. } = &p else {
                 return ApiError::pg(
@@ -713,6 +721,137 @@ async fn call_rpc(
         }
         _ => function_not_found(&name, &args).into_response(),
     }
+}
+
+/// 42501 for a caller a function is not for: 401 for the anon key, 403
+/// for a token (wire §2.10).
+fn function_refused(p: &Principal, function: &str, hint: &str) -> Response {
+    let mut e = ApiError::pg(
+        "42501",
+        format!("permission denied for function {function}"),
+    )
+    .hint(hint);
+    if *p == Principal::Anon {
+        e.status = 401;
+    }
+    e.into_response()
+}
+
+/// Runs `f` in one store transaction and answers with its value.
+async fn atomic_answer(state: &State, f: crate::store::TxFn) -> Response {
+    match state.store.atomic(f).await {
+        Ok(v) => scalar_response(v),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `accept_subagent_run` (spec §4.2, §16.10 later recipe): the control
+/// plane's own bookkeeping, so the service role or a person who dispatches
+/// for the subagent's team may call it (see
+/// [`crate::policy::run_control_filters`]); a gateway accepting runs for
+/// itself would defeat the acceptance check.
+async fn accept_subagent_run(state: &State, p: &Principal, args: &Map<String, Value>) -> Response {
+    let Some(scope) = crate::policy::run_control_filters(p) else {
+        return function_refused(
+            p,
+            "accept_subagent_run",
+            "Runs are accepted by the control plane (service key or a team member), never by a gateway.",
+        );
+    };
+    try_resp!(ensure_active(state, p).await);
+    let req = match crate::runs::AcceptRequest::from_args(args) {
+        Some(Ok(req)) => req,
+        Some(Err(e)) => return e.into_response(),
+        None => return function_not_found("accept_subagent_run", args).into_response(),
+    };
+    let now = crate::values::now_timestamp();
+    atomic_answer(
+        state,
+        Box::new(move |tx| {
+            crate::policy::require_run_control(
+                tx,
+                &crate::schema::SUBAGENTS,
+                &req.subagent_id,
+                &scope,
+                "accept_subagent_run",
+            )?;
+            crate::runs::accept(tx, &req, &now)
+        }),
+    )
+    .await
+}
+
+/// `request_subagent_run_cancellation(p_run_id, p_reason?)`: the service
+/// role, or a person who dispatches for the run's team, closes an accepted
+/// run no gateway has started (see [`crate::runs::cancel_unstarted`]).
+async fn cancel_unstarted_run(state: &State, p: &Principal, args: &Map<String, Value>) -> Response {
+    let Some(scope) = crate::policy::run_control_filters(p) else {
+        return function_refused(
+            p,
+            "request_subagent_run_cancellation",
+            "Call it with the service key or as a team member; a gateway cancels through subagent_cancel jobs.",
+        );
+    };
+    try_resp!(ensure_active(state, p).await);
+    let Some(run_id) = args["p_run_id"]
+        .as_str()
+        .filter(|r| uuid::Uuid::parse_str(r).is_ok())
+        .map(str::to_string)
+    else {
+        return ApiError::invalid_input("uuid", args["p_run_id"].to_string().trim_matches('"'))
+            .into_response();
+    };
+    let reason = args
+        .get("p_reason")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let now = crate::values::now_timestamp();
+    atomic_answer(
+        state,
+        Box::new(move |tx| {
+            crate::policy::require_run_control(
+                tx,
+                &crate::schema::SUBAGENT_RUNS,
+                &run_id,
+                &scope,
+                "request_subagent_run_cancellation",
+            )?;
+            crate::runs::cancel_unstarted(tx, &run_id, reason.as_deref(), &now)
+        }),
+    )
+    .await
+}
+
+/// `resolve_secret_placeholders_for_job` (spec §4.2, §8.6): a gateway's
+/// own `running` `shell_exec` job only; see [`crate::secrets`].
+async fn resolve_secret_placeholders(state: &State, p: &Principal, job_id: &Value) -> Response {
+    let Principal::Gateway {
+        gateway_id,
+        team_id,
+        ..
+    } = p
+    else {
+        return function_refused(
+            p,
+            "resolve_secret_placeholders_for_job",
+            "Only the gateway running the shell_exec job may resolve its secrets.",
+        );
+    };
+    try_resp!(ensure_active(state, p).await);
+    let Some(job_id) = job_id
+        .as_str()
+        .filter(|j| uuid::Uuid::parse_str(j).is_ok())
+        .map(str::to_string)
+    else {
+        return ApiError::invalid_input("uuid", job_id.to_string().trim_matches('"'))
+            .into_response();
+    };
+    let (gateway_id, team_id) = (gateway_id.clone(), team_id.clone());
+    atomic_answer(
+        state,
+        Box::new(move |tx| crate::secrets::resolve_for_job(tx, &job_id, &gateway_id, &team_id)),
+    )
+    .await
 }
 
 /// Invitations last a week unless the caller says otherwise.

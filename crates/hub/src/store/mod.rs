@@ -214,8 +214,45 @@ pub trait PeopleStore: Send + Sync {
     ) -> Result<Option<crate::people::Role>, ApiError>;
 }
 
+/// Reads and writes inside one store transaction, for operations that must
+/// change several rows at once or not at all (run acceptance and
+/// finalization) and for the one read of secret values. Rows are read and
+/// written exactly as through the REST layer (write-only columns are never
+/// read back), with no policy: callers authorize first.
+pub trait TxOps {
+    fn select(&mut self, table: &'static Table, filters: &[Filter]) -> Result<Vec<Row>, ApiError>;
+    fn insert(
+        &mut self,
+        table: &'static Table,
+        values: &[(&'static Column, SqlValue)],
+    ) -> Result<Row, ApiError>;
+    fn update(
+        &mut self,
+        table: &'static Table,
+        filters: &[Filter],
+        set: &[(&'static Column, SqlValue)],
+    ) -> Result<Vec<Row>, ApiError>;
+    /// As [`Store::allocate_run_sequence`], inside the transaction.
+    fn allocate_run_sequence(&mut self, subagent_id: &str) -> Result<i64, ApiError>;
+    /// `(name, value)` of the team's secrets among `names` (missing names
+    /// are left out). The only read of `team_secrets.value`.
+    fn secret_values(
+        &mut self,
+        team_id: &str,
+        names: &[String],
+    ) -> Result<Vec<(String, String)>, ApiError>;
+}
+
+/// A unit of work for [`Store::atomic`]: committed when it returns `Ok`,
+/// rolled back (nothing changed, nothing published) on `Err`.
+pub type TxFn =
+    Box<dyn FnOnce(&mut dyn TxOps) -> Result<serde_json::Value, ApiError> + Send + 'static>;
+
 #[async_trait]
 pub trait Store: PeopleStore + Send + Sync + 'static {
+    /// Runs `f` in one transaction (see [`TxFn`]).
+    async fn atomic(&self, f: TxFn) -> Result<serde_json::Value, ApiError>;
+
     async fn select(&self, req: SelectRequest) -> Result<SelectResult, ApiError>;
     async fn insert(&self, req: InsertRequest) -> Result<Vec<Row>, ApiError>;
     async fn update(&self, req: UpdateRequest) -> Result<Vec<Row>, ApiError>;

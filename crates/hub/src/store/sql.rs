@@ -5,7 +5,7 @@
 
 use crate::error::ApiError;
 use crate::postgrest::{Filter, IsValue, Op, Operand, Order};
-use crate::schema::{ColType, Table};
+use crate::schema::{ColType, Column, Table};
 use crate::values::{cast_text, SqlValue};
 
 /// How a backend spells what differs between SQL dialects.
@@ -46,6 +46,26 @@ impl Params {
 
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A column a request may read, filter or order by: 42703 when there is
+/// none, 42501 for a write-only column (a filter on a secret would be an
+/// oracle for its value).
+pub fn readable_column(table: &Table, name: &str) -> Result<&'static Column, ApiError> {
+    let col = table
+        .column(name)
+        .ok_or_else(|| ApiError::unknown_column(table.name, name))?;
+    if col.write_only {
+        return Err(ApiError::pg(
+            "42501",
+            format!(
+                "permission denied for column {name} of table {}",
+                table.name
+            ),
+        )
+        .hint("This column is write-only: it can be set but never read, filtered or ordered by."));
+    }
+    Ok(col)
 }
 
 /// `WHERE …` for an AND of filters (`TRUE` when empty).
@@ -109,9 +129,7 @@ fn compile(table: &Table, f: &Filter, p: &mut Params) -> Result<String, ApiError
             op,
             operand,
         } => {
-            let col = table
-                .column(column)
-                .ok_or_else(|| ApiError::unknown_column(table.name, column))?;
+            let col = readable_column(table, column)?;
             let ident = quote_ident(col.name);
             match (op, operand) {
                 (Op::Is, Operand::Is(v)) => Ok(match v {
@@ -188,9 +206,7 @@ pub fn order_clause(table: &Table, order: &[Order]) -> Result<String, ApiError> 
     let parts = order
         .iter()
         .map(|o| {
-            let col = table
-                .column(&o.column)
-                .ok_or_else(|| ApiError::unknown_column(table.name, &o.column))?;
+            let col = readable_column(table, &o.column)?;
             Ok(format!(
                 "{} {} NULLS {}",
                 quote_ident(col.name),

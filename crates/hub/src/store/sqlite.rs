@@ -5,11 +5,11 @@
 use super::sql::{order_clause, quote_ident, where_clause, Dialect, Params};
 use super::{
     hash_token, Conflict, DeleteRequest, InsertRequest, PairingGrant, RefreshError, RefreshGrant,
-    SelectRequest, SelectResult, Store, UpdateRequest,
+    SelectRequest, SelectResult, Store, TxFn, TxOps, UpdateRequest,
 };
 use crate::changes::{ChangeFeed, ChangeKind, Row, RowChange};
 use crate::error::ApiError;
-use crate::schema::{self, Table};
+use crate::schema::{self, Column, Table};
 use crate::values::{format_timestamp, now_timestamp, parse_timestamp, to_json, SqlValue};
 use async_trait::async_trait;
 use rusqlite::types::{ToSqlOutput, Value as RValue, ValueRef};
@@ -176,6 +176,18 @@ CREATE TABLE auth_refresh_tokens (
 CREATE INDEX auth_refresh_tokens_session_idx ON auth_refresh_tokens (session_id);
 "#,
     r#"
+CREATE TABLE team_secrets (
+  id          TEXT PRIMARY KEY,
+  team_id     TEXT NOT NULL REFERENCES teams(id) ON DELETE CASCADE,
+  name        TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 128),
+  value       TEXT NOT NULL,
+  created_at  TEXT NOT NULL,
+  updated_at  TEXT NOT NULL,
+  CONSTRAINT team_secrets_team_name_uniq UNIQUE (team_id, name)
+);
+"#,
+    // Version 3: people (issue 13) — accounts, their sessions, team membership and invitations.
+    r#"
 CREATE TABLE user_accounts (
   id               TEXT PRIMARY KEY,
   email            TEXT NOT NULL UNIQUE,
@@ -226,6 +238,22 @@ CREATE TABLE team_invitations (
 "#,
 ];
 
+/// `chmod 600` the database file and its WAL companions that exist.
+fn secure_db_files(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let owner_only = || std::fs::Permissions::from_mode(0o600);
+    std::fs::set_permissions(path, owner_only())?;
+    for suffix in ["-wal", "-shm"] {
+        let mut companion = path.as_os_str().to_owned();
+        companion.push(suffix);
+        let companion = std::path::PathBuf::from(companion);
+        if companion.exists() {
+            std::fs::set_permissions(&companion, owner_only())?;
+        }
+    }
+    Ok(())
+}
+
 mod people;
 
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +265,11 @@ pub enum OpenError {
     },
     #[error("cannot migrate the hub database: {0}")]
     Migrate(rusqlite::Error),
+    #[error("cannot make the hub database {path} owner-only (0600): {source}. Check that this user owns it")]
+    Permissions {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub struct SqliteStore {
@@ -249,6 +282,13 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(|source| OpenError::Open {
             path: path.display().to_string(),
             source,
+        })?;
+        // Owner-only before WAL mode creates its files: SQLite gives the
+        // -wal and -shm files the database file's mode. The database holds
+        // team secrets and token hashes, wherever --db puts it.
+        secure_db_files(path).map_err(|e| OpenError::Permissions {
+            path: path.display().to_string(),
+            source: e,
         })?;
         Self::init(conn, feed)
     }
@@ -398,16 +438,17 @@ fn constraint_name(table: &str, cols: &str) -> String {
     match strip_table(cols).as_str() {
         "subagent_id, run_sequence" => "subagent_runs_sequence_uniq".into(),
         "run_id, sequence" => "subagent_run_events_sequence_uniq".into(),
+        "team_id, name" => "team_secrets_team_name_uniq".into(),
         "subagent_id" if table == "subagent_runs" => "subagent_runs_one_running".into(),
         "id" | "code" => format!("{table}_pkey"),
         other => format!("{table}_{}_key", other.replace(", ", "_")),
     }
 }
 
+/// The columns every generic read returns: never a write-only one.
 fn column_list(table: &Table) -> String {
     table
-        .columns
-        .iter()
+        .readable_columns()
         .map(|c| quote_ident(c.name))
         .collect::<Vec<_>>()
         .join(", ")
@@ -415,7 +456,7 @@ fn column_list(table: &Table) -> String {
 
 fn read_row(table: &Table, r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     let mut row = Row::new();
-    for (i, col) in table.columns.iter().enumerate() {
+    for (i, col) in table.readable_columns().enumerate() {
         let v = match r.get_ref(i)? {
             ValueRef::Null => SqlValue::Null,
             ValueRef::Integer(n) => SqlValue::Int(n),
@@ -498,6 +539,184 @@ fn change(
         record,
         old_record,
         commit_timestamp: now_timestamp(),
+    }
+}
+
+/// Inserts one row (no conflict handling) and returns it as stored.
+fn insert_row(
+    tx: &Transaction<'_>,
+    table: &'static Table,
+    values: &[(&'static Column, SqlValue)],
+    changes: &mut Vec<RowChange>,
+) -> Result<Row, ApiError> {
+    let mut p = Params::new(Dialect::Sqlite);
+    let cols = values
+        .iter()
+        .map(|(c, _)| quote_ident(c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let phs = values
+        .iter()
+        .map(|(_, v)| p.push(v.clone()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO {} ({cols}) VALUES ({phs})",
+        quote_ident(table.name)
+    );
+    tx.execute(&sql, rusqlite::params_from_iter(binds(&p.values)))
+        .map_err(|e| map_err(e, table.name))?;
+    let pk = values
+        .iter()
+        .find(|(c, _)| c.name == table.primary_key)
+        .and_then(|(_, v)| match v {
+            SqlValue::Text(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let new = select_by_pks(tx, table, &[pk])?.remove(0);
+    changes.push(change(table, ChangeKind::Insert, new.clone(), None));
+    Ok(new)
+}
+
+/// Updates the rows `filters` match, each checked by `guard` first;
+/// returns them as stored.
+fn update_rows(
+    tx: &Transaction<'_>,
+    table: &'static Table,
+    filters: &[crate::postgrest::Filter],
+    set: &[(&'static Column, SqlValue)],
+    guard: Option<&super::UpdateGuard>,
+    expect_single: bool,
+    changes: &mut Vec<RowChange>,
+) -> Result<Vec<Row>, ApiError> {
+    let old_rows = select_where(tx, table, filters)?;
+    if old_rows.is_empty() || set.is_empty() {
+        if expect_single && old_rows.len() != 1 {
+            return Err(ApiError::not_single(old_rows.len()));
+        }
+        return Ok(old_rows);
+    }
+    if let Some(guard) = guard {
+        for old in &old_rows {
+            let mut new = old.clone();
+            for (col, v) in set {
+                new.insert(col.name.to_string(), to_json(col, v.clone()));
+            }
+            guard(old, &new)?;
+        }
+    }
+    let pks: Vec<String> = old_rows.iter().map(|r| pk_of(table, r)).collect();
+    let mut p = Params::new(Dialect::Sqlite);
+    let sets = set
+        .iter()
+        .map(|(c, v)| format!("{} = {}", quote_ident(c.name), p.push(v.clone())))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let first_pk = p.values.len() + 1;
+    let sql = format!(
+        "UPDATE {} SET {sets} WHERE {} = {}",
+        quote_ident(table.name),
+        quote_ident(table.primary_key),
+        Dialect::Sqlite.placeholder(first_pk)
+    );
+    let mut stmt = tx
+        .prepare_cached(&sql)
+        .map_err(|e| map_err(e, table.name))?;
+    for pk in &pks {
+        let mut values = p.values.clone();
+        values.push(SqlValue::Text(pk.clone()));
+        stmt.execute(rusqlite::params_from_iter(binds(&values)))
+            .map_err(|e| map_err(e, table.name))?;
+    }
+    drop(stmt);
+    let new_rows = select_by_pks(tx, table, &pks)?;
+    if expect_single && new_rows.len() != 1 {
+        return Err(ApiError::not_single(new_rows.len()));
+    }
+    for (new, old) in new_rows.iter().zip(old_rows) {
+        changes.push(change(table, ChangeKind::Update, new.clone(), Some(old)));
+    }
+    Ok(new_rows)
+}
+
+/// `allocate_subagent_run_sequence` inside a transaction: max(existing,
+/// counter) + 1, remembered in the counter.
+fn allocate_sequence(tx: &Transaction<'_>, subagent_id: &str) -> Result<i64, ApiError> {
+    let max: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(run_sequence), 0) FROM subagent_runs WHERE subagent_id = ?1",
+            [subagent_id],
+            |r| r.get(0),
+        )
+        .map_err(|e| map_err(e, "subagent_runs"))?;
+    tx.query_row(
+        "INSERT INTO subagent_run_sequence_counters AS c (subagent_id, last_sequence) VALUES (?1, ?2 + 1) \
+         ON CONFLICT (subagent_id) DO UPDATE SET last_sequence = MAX(c.last_sequence, ?2) + 1 \
+         RETURNING last_sequence",
+        rusqlite::params![subagent_id, max],
+        |r| r.get(0),
+    )
+    .map_err(|e| map_err(e, "subagent_run_sequence_counters"))
+}
+
+/// [`TxOps`] over one open SQLite transaction; its row changes are
+/// published when the transaction commits.
+struct SqliteTx<'a, 'c> {
+    tx: &'a Transaction<'c>,
+    changes: &'a mut Vec<RowChange>,
+}
+
+impl TxOps for SqliteTx<'_, '_> {
+    fn select(
+        &mut self,
+        table: &'static Table,
+        filters: &[crate::postgrest::Filter],
+    ) -> Result<Vec<Row>, ApiError> {
+        select_where(self.tx, table, filters)
+    }
+
+    fn insert(
+        &mut self,
+        table: &'static Table,
+        values: &[(&'static Column, SqlValue)],
+    ) -> Result<Row, ApiError> {
+        insert_row(self.tx, table, values, self.changes)
+    }
+
+    fn update(
+        &mut self,
+        table: &'static Table,
+        filters: &[crate::postgrest::Filter],
+        set: &[(&'static Column, SqlValue)],
+    ) -> Result<Vec<Row>, ApiError> {
+        update_rows(self.tx, table, filters, set, None, false, self.changes)
+    }
+
+    fn allocate_run_sequence(&mut self, subagent_id: &str) -> Result<i64, ApiError> {
+        allocate_sequence(self.tx, subagent_id)
+    }
+
+    fn secret_values(
+        &mut self,
+        team_id: &str,
+        names: &[String],
+    ) -> Result<Vec<(String, String)>, ApiError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT name, value FROM team_secrets WHERE team_id = ?1 AND name = ?2")
+            .map_err(|e| map_err(e, "team_secrets"))?;
+        let mut out = Vec::new();
+        for name in names {
+            let found = stmt
+                .query_row(rusqlite::params![team_id, name], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()
+                .map_err(|e| map_err(e, "team_secrets"))?;
+            out.extend(found);
+        }
+        Ok(out)
     }
 }
 
@@ -608,36 +827,7 @@ impl Store for SqliteStore {
                         changes.push(change(table, ChangeKind::Update, new.clone(), Some(old)));
                         out.push(new);
                     }
-                    _ => {
-                        let mut p = Params::new(Dialect::Sqlite);
-                        let cols = values
-                            .iter()
-                            .map(|(c, _)| quote_ident(c.name))
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        let phs = values
-                            .iter()
-                            .map(|(_, v)| p.push(v.clone()))
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        let sql = format!(
-                            "INSERT INTO {} ({cols}) VALUES ({phs})",
-                            quote_ident(table.name)
-                        );
-                        tx.execute(&sql, rusqlite::params_from_iter(binds(&p.values)))
-                            .map_err(|e| map_err(e, table.name))?;
-                        let pk = values
-                            .iter()
-                            .find(|(c, _)| c.name == table.primary_key)
-                            .and_then(|(_, v)| match v {
-                                SqlValue::Text(s) => Some(s.clone()),
-                                _ => None,
-                            })
-                            .unwrap_or_default();
-                        let new = select_by_pks(tx, table, &[pk])?.remove(0);
-                        changes.push(change(table, ChangeKind::Insert, new.clone(), None));
-                        out.push(new);
-                    }
+                    _ => out.push(insert_row(tx, table, values, changes)?),
                 }
             }
             if req.expect_single && out.len() != 1 {
@@ -650,56 +840,15 @@ impl Store for SqliteStore {
 
     async fn update(&self, req: UpdateRequest) -> Result<Vec<Row>, ApiError> {
         self.tx(move |tx, changes| {
-            let table = req.table;
-            let old_rows = select_where(tx, table, &req.filters)?;
-            if old_rows.is_empty() || req.set.is_empty() {
-                if req.expect_single && old_rows.len() != 1 {
-                    return Err(ApiError::not_single(old_rows.len()));
-                }
-                return Ok(old_rows);
-            }
-            if let Some(guard) = &req.guard {
-                for old in &old_rows {
-                    let mut new = old.clone();
-                    for (col, v) in &req.set {
-                        new.insert(col.name.to_string(), to_json(col, v.clone()));
-                    }
-                    guard(old, &new)?;
-                }
-            }
-            let pks: Vec<String> = old_rows.iter().map(|r| pk_of(table, r)).collect();
-            let mut p = Params::new(Dialect::Sqlite);
-            let sets = req
-                .set
-                .iter()
-                .map(|(c, v)| format!("{} = {}", quote_ident(c.name), p.push(v.clone())))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let first_pk = p.values.len() + 1;
-            let sql = format!(
-                "UPDATE {} SET {sets} WHERE {} = {}",
-                quote_ident(table.name),
-                quote_ident(table.primary_key),
-                Dialect::Sqlite.placeholder(first_pk)
-            );
-            let mut stmt = tx
-                .prepare_cached(&sql)
-                .map_err(|e| map_err(e, table.name))?;
-            for pk in &pks {
-                let mut values = p.values.clone();
-                values.push(SqlValue::Text(pk.clone()));
-                stmt.execute(rusqlite::params_from_iter(binds(&values)))
-                    .map_err(|e| map_err(e, table.name))?;
-            }
-            drop(stmt);
-            let new_rows = select_by_pks(tx, table, &pks)?;
-            if req.expect_single && new_rows.len() != 1 {
-                return Err(ApiError::not_single(new_rows.len()));
-            }
-            for (new, old) in new_rows.iter().zip(old_rows) {
-                changes.push(change(table, ChangeKind::Update, new.clone(), Some(old)));
-            }
-            Ok(new_rows)
+            update_rows(
+                tx,
+                req.table,
+                &req.filters,
+                &req.set,
+                req.guard.as_ref(),
+                req.expect_single,
+                changes,
+            )
         })
         .await
     }
@@ -733,24 +882,13 @@ impl Store for SqliteStore {
 
     async fn allocate_run_sequence(&self, subagent_id: &str) -> Result<i64, ApiError> {
         let subagent_id = subagent_id.to_string();
-        self.tx(move |tx, _| {
-            let max: i64 = tx
-                .query_row(
-                    "SELECT COALESCE(MAX(run_sequence), 0) FROM subagent_runs WHERE subagent_id = ?1",
-                    [&subagent_id],
-                    |r| r.get(0),
-                )
-                .map_err(|e| map_err(e, "subagent_runs"))?;
-            tx.query_row(
-                "INSERT INTO subagent_run_sequence_counters AS c (subagent_id, last_sequence) VALUES (?1, ?2 + 1) \
-                 ON CONFLICT (subagent_id) DO UPDATE SET last_sequence = MAX(c.last_sequence, ?2) + 1 \
-                 RETURNING last_sequence",
-                rusqlite::params![subagent_id, max],
-                |r| r.get(0),
-            )
-            .map_err(|e| map_err(e, "subagent_run_sequence_counters"))
-        })
-        .await
+        self.tx(move |tx, _| allocate_sequence(tx, &subagent_id))
+            .await
+    }
+
+    async fn atomic(&self, f: TxFn) -> Result<Value, ApiError> {
+        self.tx(move |tx, changes| f(&mut SqliteTx { tx, changes }))
+            .await
     }
 
     async fn pair_gateway(
@@ -1046,6 +1184,79 @@ pub fn refresh_hash(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn database_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = SqliteStore::open(&path, ChangeFeed::new(16)).unwrap();
+        store
+            .atomic(Box::new(|tx| {
+                tx.allocate_run_sequence("x").map(serde_json::Value::from)
+            }))
+            .await
+            .unwrap_err(); // no such subagent: the write still opened the WAL
+        for p in [
+            path.clone(),
+            dir.path().join("hub.db-wal"),
+            dir.path().join("hub.db-shm"),
+        ] {
+            if let Ok(meta) = std::fs::metadata(&p) {
+                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", p.display());
+            }
+        }
+        assert!(dir.path().join("hub.db-wal").exists(), "WAL mode");
+    }
+
+    /// A database written before people existed (migrations 1 and 2: the
+    /// team secrets) upgrades to the people tables in place, rows kept.
+    #[test]
+    fn a_version_2_database_upgrades_to_people() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            conn.execute_batch("CREATE TABLE hub_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)").unwrap();
+            let tx = conn.transaction().unwrap();
+            for (i, sql) in MIGRATIONS[..2].iter().enumerate() {
+                tx.execute_batch(sql).unwrap();
+                tx.execute(
+                    "INSERT INTO hub_migrations (version, applied_at) VALUES (?1, 'then')",
+                    [i as i64 + 1],
+                )
+                .unwrap();
+            }
+            tx.execute_batch(
+                "INSERT INTO teams (id, name, created_at) VALUES ('t', 'old', 'x');
+                 INSERT INTO team_secrets (id, team_id, name, value, created_at, updated_at) VALUES ('s', 't', 'TOKEN', 'v', 'x', 'x');",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(&path, ChangeFeed::new(16)).unwrap();
+        let conn = store.conn.lock().unwrap();
+        let versions: Vec<i64> = conn
+            .prepare("SELECT version FROM hub_migrations ORDER BY version")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(versions, (1..=MIGRATIONS.len() as i64).collect::<Vec<_>>());
+        let kept: String = conn
+            .query_row("SELECT value FROM team_secrets WHERE id = 's'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kept, "v");
+        let members: i64 = conn
+            .query_row("SELECT count(*) FROM team_members", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(members, 0);
+    }
 
     #[test]
     fn migrated_columns_match_the_schema_description() {
