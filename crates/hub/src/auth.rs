@@ -23,6 +23,8 @@ pub enum Principal {
         user_id: String,
         session_id: String,
     },
+    /// A signed-in person, acting through their team memberships.
+    User { user_id: String, session_id: String },
 }
 
 impl Principal {
@@ -66,6 +68,8 @@ pub struct Claims {
     pub session_id: Option<String>,
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub app_metadata: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 /// The project's signing secret and its two API keys.
@@ -92,6 +96,7 @@ impl Keys {
                 iat: issued_at,
                 session_id: None,
                 app_metadata: Value::Null,
+                email: None,
             };
             sign(secret, &claims)
         };
@@ -173,17 +178,58 @@ impl Keys {
         now: i64,
         lifetime_secs: i64,
     ) -> String {
+        self.mint_session_token(
+            user_id,
+            session_id,
+            (now, lifetime_secs),
+            gateway_app_metadata(gateway_id, team_id),
+            None,
+        )
+    }
+
+    /// An `authenticated` access token for one session, as GoTrue mints.
+    fn mint_session_token(
+        &self,
+        sub: &str,
+        session_id: &str,
+        (now, lifetime_secs): (i64, i64),
+        app_metadata: Value,
+        email: Option<&str>,
+    ) -> String {
         self.sign(&Claims {
             iss: Some("panorama-hub/auth/v1".into()),
             aud: Some("authenticated".into()),
             role: "authenticated".into(),
-            sub: Some(user_id.into()),
+            sub: Some(sub.into()),
             exp: now + lifetime_secs,
             iat: now,
             session_id: Some(session_id.into()),
-            app_metadata: gateway_app_metadata(gateway_id, team_id),
+            app_metadata,
+            email: email.map(str::to_string),
         })
     }
+
+    /// Mints a person's access token, shaped like GoTrue's.
+    pub fn mint_user_token(
+        &self,
+        user_id: &str,
+        email: &str,
+        session_id: &str,
+        now: i64,
+        lifetime_secs: i64,
+    ) -> String {
+        self.mint_session_token(
+            user_id,
+            session_id,
+            (now, lifetime_secs),
+            user_app_metadata(),
+            Some(email),
+        )
+    }
+}
+
+pub fn user_app_metadata() -> Value {
+    json!({"provider": "email", "providers": ["email"]})
 }
 
 pub fn gateway_app_metadata(gateway_id: &str, team_id: &str) -> Value {
@@ -198,7 +244,15 @@ pub fn principal_of_claims(claims: &Claims) -> Result<Principal, AuthError> {
             let md = &claims.app_metadata;
             let field = |k: &str| md.get(k).and_then(Value::as_str).map(str::to_string);
             if field("principal").as_deref() != Some("gateway") {
-                return Err(AuthError::Invalid("token is not a gateway token".into()));
+                return match (claims.sub.clone(), claims.session_id.clone()) {
+                    (Some(user_id), Some(session_id)) => Ok(Principal::User {
+                        user_id,
+                        session_id,
+                    }),
+                    _ => Err(AuthError::Invalid(
+                        "user token lacks its sub or session_id claim".into(),
+                    )),
+                };
             }
             match (field("gateway_id"), field("team_id"), claims.sub.clone()) {
                 (Some(gateway_id), Some(team_id), Some(user_id)) => Ok(Principal::Gateway {
@@ -261,6 +315,25 @@ mod tests {
             p => panic!("unexpected {p:?}"),
         }
         let old = k.mint_gateway_token("u1", "s1", "g1", "t1", now - 7200, 3600);
+        assert_eq!(
+            k.resolve(Some(&k.anon_key), Some(&old)),
+            Err(AuthError::Expired)
+        );
+    }
+
+    #[test]
+    fn user_tokens_resolve_to_people_not_gateways() {
+        let k = keys();
+        let now = chrono::Utc::now().timestamp();
+        let t = k.mint_user_token("u1", "a@b.c", "s1", now, 60);
+        assert_eq!(
+            k.resolve(Some(&k.anon_key), Some(&t)),
+            Ok(Principal::User {
+                user_id: "u1".into(),
+                session_id: "s1".into()
+            })
+        );
+        let old = k.mint_user_token("u1", "a@b.c", "s1", now - 120, 60);
         assert_eq!(
             k.resolve(Some(&k.anon_key), Some(&old)),
             Err(AuthError::Expired)

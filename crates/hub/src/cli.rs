@@ -56,6 +56,10 @@ pub enum Command {
         /// SQLite database file (default: <data-dir>/hub.db).
         #[arg(long)]
         db: Option<PathBuf>,
+        /// Let anyone sign up (POST /auth/v1/signup); otherwise sign-up needs an
+        /// invitation code. Also PANORAMA_HUB_OPEN_SIGNUP=true.
+        #[arg(long)]
+        open_signup: bool,
     },
     /// Print the hub URL, anon key and service key.
     Keys,
@@ -83,6 +87,20 @@ pub enum Command {
     /// Remote shells: shell_session terminals, or shell_exec commands where the gateway only runs those.
     #[command(subcommand)]
     Shell(crate::attach::ShellCmd),
+    /// People who sign in (Supabase Auth users).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Sign in as a person; later commands use this session when no service key is configured.
+    /// The password is read from stdin, or prompted for without echo on a terminal.
+    Login {
+        #[arg(long)]
+        email: String,
+        /// The hub's anon key (default: the one in the data directory's keys.json).
+        #[arg(long, env = "PANORAMA_HUB_ANON_KEY", hide_env_values = true)]
+        anon_key: Option<String>,
+    },
+    /// End the stored session (on the hub too) and forget it.
+    Logout,
     /// Team secrets for shell_exec jobs' secret_env (values are write-only).
     #[command(subcommand)]
     Secret(SecretCmd),
@@ -131,11 +149,38 @@ pub enum SecretCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Create a confirmed user (the first person, or anyone while sign-up is invite-only).
+    /// The password is read from stdin, or prompted for without echo on a terminal.
+    Create {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum TeamCmd {
     /// Create a team and print its id.
     Create { name: String },
     /// List teams.
     List,
+    /// Invite someone by email with a role; prints the one-time code they redeem.
+    Invite {
+        #[arg(long)]
+        team: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_parser = ["owner", "admin", "member", "viewer"], default_value = "member")]
+        role: String,
+        /// Minutes until the code expires (default: 7 days).
+        #[arg(long)]
+        ttl_minutes: Option<i64>,
+    },
+    /// List a team's members and their roles.
+    Members {
+        #[arg(long)]
+        team: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -526,25 +571,53 @@ fn data_dir(cli: &Cli) -> Result<PathBuf> {
     }
 }
 
+/// `--hub`, else the URL a local `serve` recorded, else the default.
+fn hub_url(cli: &Cli, key_file: Option<&config::KeyFile>) -> String {
+    cli.hub
+        .clone()
+        .or_else(|| key_file.and_then(|k| k.url.clone()))
+        .unwrap_or_else(|| DEFAULT_URL.to_string())
+}
+
 fn client(cli: &Cli) -> Result<HubClient> {
     let dir = data_dir(cli)?;
     let key_file = config::read_key_file(&dir)?;
-    let url = cli
-        .hub
-        .clone()
-        .or_else(|| key_file.as_ref().and_then(|k| k.url.clone()))
-        .unwrap_or_else(|| DEFAULT_URL.to_string());
+    let url = hub_url(cli, key_file.as_ref());
     let service_key = cli
         .service_key
         .clone()
-        .or_else(|| key_file.map(|k| k.service_key))
-        .ok_or_else(|| {
-            anyhow!(
-                "no service key: none in {} and PANORAMA_HUB_SERVICE_KEY is not set. Run `panorama-hub serve` once on this machine, or pass --service-key",
-                config::key_file_path(&dir).display()
-            )
-        })?;
-    Ok(HubClient::new(&url, &service_key))
+        .or_else(|| key_file.map(|k| k.service_key));
+    if let Some(service_key) = service_key {
+        return Ok(HubClient::new(&url, &service_key));
+    }
+    // No service key here: act as the person who ran `panorama-hub login`.
+    if let Some(session) = crate::login::load()? {
+        // A session's tokens mean nothing to another hub: say so rather
+        // than send them there.
+        if let Some(wanted) = cli
+            .hub
+            .as_deref()
+            .filter(|w| w.trim_end_matches('/') != session.url.trim_end_matches('/'))
+        {
+            bail!(
+                "the stored session is for {}, not {wanted}; sign in there with `panorama-hub login --hub-url {wanted} --email ...`, or leave out --hub-url",
+                session.url
+            );
+        }
+        let session = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(crate::login::current(session))
+        })
+        .context("the stored session could not be refreshed; run `panorama-hub login` again")?;
+        return Ok(HubClient::with_bearer(
+            &session.url,
+            &session.anon_key,
+            &session.access_token,
+        ));
+    }
+    Err(anyhow!(
+        "no service key and no session: none in {}, PANORAMA_HUB_SERVICE_KEY is not set, and nobody ran `panorama-hub login`. Run `panorama-hub serve` once on this machine, pass --service-key, or sign in with `panorama-hub login --email ...`",
+        config::key_file_path(&dir).display()
+    ))
 }
 
 fn parse_object(what: &str, text: &Option<String>) -> Result<serde_json::Map<String, Value>> {
@@ -577,7 +650,11 @@ const TERMINAL: &[&str] = &["completed", "failed", "cancelled"];
 
 pub async fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
-        Command::Serve { listen, db } => serve(&cli, listen, db.clone()).await,
+        Command::Serve {
+            listen,
+            db,
+            open_signup,
+        } => serve(&cli, listen, db.clone(), *open_signup).await,
         Command::Up(args) => crate::up::run(&cli, args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -632,6 +709,95 @@ pub async fn run(cli: Cli) -> Result<i32> {
             let row = c.insert("teams", &json!({"name": name})).await?;
             print(&cli, &row, || {
                 format!("team {} created: {}", sp(&row, "name"), s(&row, "id"))
+            });
+            Ok(0)
+        }
+        Command::Login { email, anon_key } => login(&cli, email, anon_key.clone()).await,
+        Command::Logout => {
+            if let Some(session) = crate::login::load()? {
+                // Best effort on the hub: the local copy goes either way.
+                let _ = reqwest::Client::new()
+                    .post(format!("{}/auth/v1/logout?scope=local", session.url))
+                    .header("apikey", &session.anon_key)
+                    .bearer_auth(&session.access_token)
+                    .send()
+                    .await;
+            }
+            let had = crate::login::forget()?;
+            let v = json!({"signed_out": had});
+            print(&cli, &v, || {
+                if had {
+                    "signed out".into()
+                } else {
+                    "no stored session".into()
+                }
+            });
+            Ok(0)
+        }
+        Command::User(UserCmd::Create { email }) => {
+            let password = read_new_password()?;
+            let user = client(&cli)?
+                .post_json(
+                    "/auth/v1/admin/users",
+                    &json!({"email": email, "password": password, "email_confirm": true}),
+                )
+                .await?;
+            print(&cli, &user, || {
+                format!("user {} created: {}", s(&user, "email"), s(&user, "id"))
+            });
+            Ok(0)
+        }
+        Command::Team(TeamCmd::Invite {
+            team,
+            email,
+            role,
+            ttl_minutes,
+        }) => {
+            let c = client(&cli)?;
+            let team = resolve_team(&c, team).await?;
+            let mut args = json!({"p_team_id": team, "p_email": email, "p_role": role});
+            if let Some(t) = ttl_minutes {
+                args["p_ttl_minutes"] = json!(t);
+            }
+            let inv = c.rpc("create_team_invitation", &args).await?;
+            print(&cli, &inv, || {
+                format!(
+                    "invitation for {} as {} (expires {}):\n{}\nThey sign up with it (supabase-js: auth.signUp({{ email, password, options: {{ data: {{ invitation_code }} }} }})) or, signed in, call rpc('accept_team_invitation', {{ p_code }}).",
+                    s(&inv, "email"),
+                    s(&inv, "role"),
+                    s(&inv, "expires_at"),
+                    s(&inv, "code")
+                )
+            });
+            Ok(0)
+        }
+        Command::Team(TeamCmd::Members { team }) => {
+            let c = client(&cli)?;
+            let team = resolve_team(&c, team).await?;
+            let rows = c
+                .select(
+                    "team_members",
+                    &[
+                        ("team_id", format!("eq.{team}")),
+                        ("order", "created_at.asc".into()),
+                    ],
+                )
+                .await?;
+            print(&cli, &Value::Array(rows.clone()), || {
+                if rows.is_empty() {
+                    return format!("team {team} has no members");
+                }
+                rows.iter()
+                    .map(|r| {
+                        format!(
+                            "{:<8} {}  {}",
+                            s(r, "role"),
+                            sp(r, "email"),
+                            s(r, "user_id")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
             });
             Ok(0)
         }
@@ -922,13 +1088,18 @@ pub async fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-async fn serve(cli: &Cli, listen: &str, db: Option<PathBuf>) -> Result<i32> {
-    let hub = crate::server::bind(crate::server::ServeOptions {
+async fn serve(cli: &Cli, listen: &str, db: Option<PathBuf>, open_signup: bool) -> Result<i32> {
+    let mut hub = crate::server::bind(crate::server::ServeOptions {
         listen: listen.to_string(),
         data_dir: data_dir(cli)?,
         db,
     })
     .await?;
+    if open_signup {
+        std::sync::Arc::get_mut(&mut hub.state)
+            .ok_or_else(|| anyhow!("internal: the hub state is shared before serving"))?
+            .open_signup = true;
+    }
     let v = json!({"url": hub.url, "anon_key": hub.keys.anon_key});
     if cli.json {
         println!("{v}");
@@ -940,6 +1111,58 @@ async fn serve(cli: &Cli, listen: &str, db: Option<PathBuf>) -> Result<i32> {
     }
     hub.run(crate::server::shutdown_signal()).await?;
     Ok(0)
+}
+
+async fn login(cli: &Cli, email: &str, anon_key: Option<String>) -> Result<i32> {
+    let dir = data_dir(cli)?;
+    let key_file = config::read_key_file(&dir)?;
+    let url = hub_url(cli, key_file.as_ref());
+    let anon_key = anon_key
+        .or_else(|| key_file.map(|k| k.anon_key))
+        .ok_or_else(|| anyhow!("no anon key: pass --anon-key or set PANORAMA_HUB_ANON_KEY (the hub's operator prints it with `panorama-hub keys`)"))?;
+    let password = read_password("Password: ")?;
+    let session = crate::login::sign_in(&url, &anon_key, email, &password).await?;
+    let path = crate::login::save(&session)?;
+    let v = json!({"email": session.email, "url": session.url, "session_file": path, "expires_at": session.expires_at});
+    print(cli, &v, || {
+        format!(
+            "signed in to {} as {} (session in {}, owner-only)",
+            session.url,
+            session.email,
+            path.display()
+        )
+    });
+    Ok(0)
+}
+
+/// A password: prompted once without echo on a terminal, else the first
+/// line of stdin.
+fn read_password(prompt: &str) -> Result<String> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt).context("cannot read the password")?
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.is_empty() {
+        bail!("empty password: pipe one on stdin or type it at the prompt");
+    }
+    Ok(password)
+}
+
+/// A new user's password: prompted twice without echo on a terminal, else
+/// the first line of stdin (for scripts: `echo "$PW" | panorama-hub user create ...`).
+fn read_new_password() -> Result<String> {
+    use std::io::IsTerminal;
+    let password = read_password("Password: ")?;
+    if std::io::stdin().is_terminal() && read_password("Password again: ")? != password {
+        bail!("the two passwords differ; run the command again");
+    }
+    Ok(password)
 }
 
 fn new_pairing_code() -> String {
@@ -1337,14 +1560,37 @@ async fn secret(cli: &Cli, cmd: &SecretCmd) -> Result<i32> {
             let team = &resolve_team(&c, team).await?;
             check_secret_name(name)?;
             let value = read_secret_value(value_file)?;
-            let row = c
-                .upsert(
+            let row = if c.acts_as_person() {
+                // A signed-in owner/admin: people may not merge-upsert, so
+                // replace the value of an existing secret, else create it.
+                let filter = [
+                    ("team_id", format!("eq.{team}")),
+                    ("name", format!("eq.{name}")),
+                ];
+                match c
+                    .update("team_secrets", &filter, &json!({"value": value}))
+                    .await
+                    .context("storing the secret")?
+                    .pop()
+                {
+                    Some(row) => row,
+                    None => c
+                        .insert(
+                            "team_secrets",
+                            &json!({"team_id": team, "name": name, "value": value}),
+                        )
+                        .await
+                        .context("storing the secret")?,
+                }
+            } else {
+                c.upsert(
                     "team_secrets",
                     &json!({"team_id": team, "name": name, "value": value}),
                     "team_id,name",
                 )
                 .await
-                .context("storing the secret")?;
+                .context("storing the secret")?
+            };
             print(cli, &row, || format!("secret {name} set for team {team}"));
         }
         SecretCmd::List { team } => {

@@ -32,15 +32,23 @@ pub fn explain_refusal(code: Option<&str>, raw: &str) -> String {
 
 pub struct HubClient {
     pub url: String,
-    service_key: String,
+    apikey: String,
+    bearer: String,
     http: reqwest::Client,
 }
 
 impl HubClient {
+    /// A client acting with the service key.
     pub fn new(url: &str, service_key: &str) -> HubClient {
+        Self::with_bearer(url, service_key, service_key)
+    }
+
+    /// A client acting as a signed-in person (anon key + their access token).
+    pub fn with_bearer(url: &str, apikey: &str, bearer: &str) -> HubClient {
         HubClient {
             url: url.trim_end_matches('/').to_string(),
-            service_key: service_key.to_string(),
+            apikey: apikey.to_string(),
+            bearer: bearer.to_string(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -48,11 +56,17 @@ impl HubClient {
         }
     }
 
+    /// Whether this client acts as a signed-in person rather than with the
+    /// service key (people are not granted upserts that merge).
+    pub fn acts_as_person(&self) -> bool {
+        self.apikey != self.bearer
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.url))
-            .header("apikey", &self.service_key)
-            .header("authorization", format!("Bearer {}", self.service_key))
+            .header("apikey", &self.apikey)
+            .header("authorization", format!("Bearer {}", self.bearer))
             .header(
                 "x-client-info",
                 concat!("panorama-hub-cli/", env!("CARGO_PKG_VERSION")),
@@ -180,6 +194,12 @@ impl HubClient {
             .request(reqwest::Method::POST, &format!("/rest/v1/rpc/{name}"))
             .json(args);
         self.send(req).await
+    }
+
+    /// POST <path> (an `/auth/v1` endpoint) with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.send(self.request(reqwest::Method::POST, path).json(body))
+            .await
     }
 
     pub async fn health(&self) -> Result<Value, ClientError> {

@@ -102,8 +102,18 @@ pub fn read_key_file(data_dir: &Path) -> Result<Option<KeyFile>, ConfigError> {
 
 /// Writes the key file owner-only (0600), atomically.
 pub fn write_key_file(data_dir: &Path, kf: &KeyFile) -> Result<(), ConfigError> {
-    let path = key_file_path(data_dir);
-    let tmp = data_dir.join(".keys.json.tmp");
+    let text = serde_json::to_string_pretty(kf).expect("key file serializes");
+    write_private_file(&key_file_path(data_dir), text.as_bytes())
+}
+
+/// Writes `bytes` to `path` owner-only (0600) and atomically: a temporary
+/// file beside it, fsync'd, then renamed over it.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     let err = |source| ConfigError::Write {
         path: path.display().to_string(),
         source,
@@ -115,11 +125,10 @@ pub fn write_key_file(data_dir: &Path, kf: &KeyFile) -> Result<(), ConfigError> 
         .mode(0o600)
         .open(&tmp)
         .map_err(err)?;
-    let text = serde_json::to_string_pretty(kf).expect("key file serializes");
-    f.write_all(text.as_bytes()).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(err)?;
-    fs::rename(&tmp, &path).map_err(err)
+    fs::rename(&tmp, path).map_err(err)
 }
 
 /// The data directory's keys, created on first use.

@@ -37,8 +37,9 @@ use crate::auth::Principal;
 use crate::changes::Row;
 use crate::error::ApiError;
 use crate::store::{
-    DeleteRequest, InsertRequest, PairingGrant, RefreshError, RefreshGrant, SelectRequest,
-    SelectResult, SharedStore, Store, UpdateRequest,
+    DeleteRequest, InsertRequest, LogoutScope, NewInvitation, PairingGrant, PeopleError,
+    PeopleStore, RefreshError, RefreshGrant, SelectRequest, SelectResult, SharedStore, Store,
+    UpdateRequest, UserRecord,
 };
 
 /// Latency buckets in seconds (SQLite calls and HTTP requests alike).
@@ -403,6 +404,106 @@ impl Store for TimedStore {
                 .record_heartbeat(gateway_id, team_id, status, capabilities, device_name),
         )
         .await
+    }
+}
+
+/// People's store calls are timed like the rest (sign-in checks the
+/// password hash outside the store, so these stay cheap lookups).
+#[async_trait]
+impl PeopleStore for TimedStore {
+    async fn create_user(
+        &self,
+        email: &str,
+        password_hash: &str,
+        user_metadata: &serde_json::Value,
+        invitation_hash: Option<&str>,
+    ) -> Result<UserRecord, PeopleError> {
+        timed(
+            "create_user",
+            self.inner
+                .create_user(email, password_hash, user_metadata, invitation_hash),
+        )
+        .await
+    }
+    async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, ApiError> {
+        timed("user_by_email", self.inner.user_by_email(email)).await
+    }
+    async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, ApiError> {
+        timed("user_by_id", self.inner.user_by_id(id)).await
+    }
+    async fn update_user(
+        &self,
+        id: &str,
+        email: Option<&str>,
+        password_hash: Option<&str>,
+        user_metadata: Option<&serde_json::Value>,
+    ) -> Result<UserRecord, PeopleError> {
+        timed(
+            "update_user",
+            self.inner
+                .update_user(id, email, password_hash, user_metadata),
+        )
+        .await
+    }
+    async fn start_user_session(
+        &self,
+        user_id: &str,
+        refresh_hash: &str,
+    ) -> Result<String, ApiError> {
+        timed(
+            "start_user_session",
+            self.inner.start_user_session(user_id, refresh_hash),
+        )
+        .await
+    }
+    async fn rotate_user_refresh_token(
+        &self,
+        old_hash: &str,
+        new_hash: &str,
+        reuse_interval_secs: i64,
+    ) -> Result<(String, String), RefreshError> {
+        timed(
+            "rotate_user_refresh_token",
+            self.inner
+                .rotate_user_refresh_token(old_hash, new_hash, reuse_interval_secs),
+        )
+        .await
+    }
+    async fn user_session_active(&self, session_id: &str) -> Result<bool, ApiError> {
+        timed(
+            "user_session_active",
+            self.inner.user_session_active(session_id),
+        )
+        .await
+    }
+    async fn end_user_sessions(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        scope: LogoutScope,
+    ) -> Result<(), ApiError> {
+        timed(
+            "end_user_sessions",
+            self.inner.end_user_sessions(user_id, session_id, scope),
+        )
+        .await
+    }
+    async fn create_invitation(&self, inv: NewInvitation<'_>) -> Result<(), ApiError> {
+        timed("create_invitation", self.inner.create_invitation(inv)).await
+    }
+    async fn accept_invitation(&self, code_hash: &str, user_id: &str) -> Result<Row, PeopleError> {
+        timed(
+            "accept_invitation",
+            self.inner.accept_invitation(code_hash, user_id),
+        )
+        .await
+    }
+    async fn member_role(
+        &self,
+        team_id: &str,
+        user_id: &str,
+    ) -> Result<Option<crate::people::Role>, ApiError> {
+        timed("member_role", self.inner.member_role(team_id, user_id)).await
     }
 }
 

@@ -4,13 +4,20 @@
 //! only its own gateway's jobs, subagents and runs). Policies are written as
 //! extra filters and row checks, so both storage backends enforce them the
 //! same way.
+//!
+//! A signed-in person (`Principal::User`) acts through team membership:
+//! every role reads its teams' rows; members and above dispatch work to
+//! their teams' gateways; owners and admins manage the team. Membership is
+//! looked up in the same SQL statement as the request ([`Filter::TeamOfMember`]),
+//! so a removed member loses access at once, on REST and on realtime.
 
 use crate::auth::Principal;
 use crate::changes::Row;
 use crate::error::ApiError;
+use crate::people::{ALL_ROLES, DISPATCH_ROLES, MANAGE_ROLES};
 use crate::postgrest::{Filter, Op, Operand};
 use crate::schema::Table;
-use crate::store::{SelectRequest, SharedStore, UpdateGuard};
+use crate::store::{SelectRequest, SharedStore, TxOps, UpdateGuard};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -98,6 +105,129 @@ fn gateway_can_select(table: &str) -> bool {
     )
 }
 
+/// A person's grant on a table for one verb: the team roles that hold it
+/// and, for writes, the columns they may set.
+struct UserGrant {
+    roles: &'static [&'static str],
+    columns: &'static [&'static str],
+}
+
+const RESOURCE_COLUMNS: &[&str] = &[
+    "id",
+    "team_id",
+    "resource_type",
+    "resource_id",
+    "title",
+    "scope",
+    "owner_agent_id",
+    "max_access_level",
+    "metadata",
+];
+
+/// Only owners change roles or remove members: an admin could otherwise
+/// make itself owner. Admins add people through invitations, which refuse
+/// to hand out a role above their own.
+const OWNER_ONLY: &[&str] = &["owner"];
+
+fn user_grant(table: &str, verb: Verb) -> Option<UserGrant> {
+    let grant = |roles, columns| Some(UserGrant { roles, columns });
+    match (table, verb) {
+        ("gateway_pairing_codes", Verb::Select) => grant(MANAGE_ROLES, &[]),
+        (
+            "teams"
+            | "team_gateways"
+            | "gateway_jobs"
+            | "gateway_events"
+            | "subagents"
+            | "subagent_runs"
+            | "subagent_run_events"
+            | "team_resources"
+            | "team_members",
+            Verb::Select,
+        ) => grant(ALL_ROLES, &[]),
+        // Dispatch recipes (control-plane spec §16.10).
+        ("gateway_jobs", Verb::Insert) => grant(
+            DISPATCH_ROLES,
+            &[
+                "id",
+                "team_id",
+                "gateway_id",
+                "job_type",
+                "payload",
+                "requested_via",
+                "requested_by_user_id",
+                "idempotency_key",
+                "attempt",
+                "retry_of_job_id",
+            ],
+        ),
+        ("subagents", Verb::Insert) => grant(
+            DISPATCH_ROLES,
+            &[
+                "id",
+                "team_id",
+                "gateway_id",
+                "subagent_type",
+                "config",
+                "input",
+                "metadata",
+                "created_by",
+            ],
+        ),
+        ("subagents", Verb::Update) => {
+            grant(DISPATCH_ROLES, &["config", "input", "metadata", "status"])
+        }
+        // Managing the team.
+        ("gateway_pairing_codes", Verb::Insert) => grant(
+            MANAGE_ROLES,
+            &["code", "team_id", "expires_at", "created_by"],
+        ),
+        ("team_gateways", Verb::Update) => grant(
+            MANAGE_ROLES,
+            &["device_name", "full_control_enabled", "revoked_at"],
+        ),
+        ("team_resources", Verb::Insert) => grant(MANAGE_ROLES, RESOURCE_COLUMNS),
+        ("team_resources", Verb::Update) => grant(MANAGE_ROLES, &RESOURCE_COLUMNS[2..]),
+        ("team_resources", Verb::Delete) => grant(MANAGE_ROLES, &[]),
+        ("team_members", Verb::Update) => grant(OWNER_ONLY, &["role"]),
+        ("team_members", Verb::Delete) => grant(OWNER_ONLY, &[]),
+        // Team secrets: `value` is write-only for everyone (no grant reads
+        // it back). Those who dispatch may list names, which is what they
+        // need to fill a shell_exec job's `secret_env`; viewers may not
+        // even learn which secrets exist. Only managers set and delete.
+        ("team_secrets", Verb::Select) => grant(DISPATCH_ROLES, &[]),
+        ("team_secrets", Verb::Insert) => grant(MANAGE_ROLES, &["id", "team_id", "name", "value"]),
+        ("team_secrets", Verb::Update) => grant(MANAGE_ROLES, &["name", "value"]),
+        ("team_secrets", Verb::Delete) => grant(MANAGE_ROLES, &[]),
+        _ => None,
+    }
+}
+
+/// The row column naming the team a row belongs to.
+fn team_column(table: &str) -> &'static str {
+    if table == "teams" {
+        "id"
+    } else {
+        "team_id"
+    }
+}
+
+fn user_row_filters(
+    user_id: &str,
+    session_id: &str,
+    table: &Table,
+    verb: Verb,
+) -> Result<Vec<Filter>, ApiError> {
+    let grant = user_grant(table.name, verb)
+        .ok_or_else(|| ApiError::permission_denied(table.name, true))?;
+    Ok(vec![Filter::TeamOfMember {
+        column: team_column(table.name),
+        user_id: user_id.to_string(),
+        session_id: session_id.to_string(),
+        roles: grant.roles,
+    }])
+}
+
 /// The filters that restrict `principal` to the rows it may see or change
 /// (`USING`), or an error when it has no grant at all.
 pub fn row_filters(
@@ -108,6 +238,10 @@ pub fn row_filters(
     let (gateway_id, team_id) = match principal {
         Principal::Service => return Ok(Vec::new()),
         Principal::Anon => return Err(ApiError::permission_denied(table.name, false)),
+        Principal::User {
+            user_id,
+            session_id,
+        } => return user_row_filters(user_id, session_id, table, verb),
         Principal::Gateway {
             gateway_id,
             team_id,
@@ -135,6 +269,61 @@ pub fn row_filters(
     })
 }
 
+/// Who may call the later-protocol run RPCs (`accept_subagent_run`,
+/// `request_subagent_run_cancellation`): the service key on any row, a
+/// person on rows of the teams where they dispatch (owner, admin, member;
+/// not a viewer), nobody else — a gateway accepting or cancelling runs for
+/// itself would defeat the control plane's bookkeeping. `Some(filters)`
+/// restricts the row the RPC acts on ([`require_run_control`]); `None`
+/// refuses the call.
+pub fn run_control_filters(principal: &Principal) -> Option<Vec<Filter>> {
+    match principal {
+        Principal::Service => Some(Vec::new()),
+        Principal::User {
+            user_id,
+            session_id,
+        } => Some(vec![Filter::TeamOfMember {
+            column: "team_id",
+            user_id: user_id.clone(),
+            session_id: session_id.clone(),
+            roles: DISPATCH_ROLES,
+        }]),
+        Principal::Gateway { .. } | Principal::Anon => None,
+    }
+}
+
+/// Inside the RPC's transaction: refuses unless the row `id` of `table`
+/// (the subagent being accepted, the run being cancelled) lies within
+/// `scope` from [`run_control_filters`]. One refusal whether the row is
+/// another team's or does not exist, so the answer leaks nothing.
+pub fn require_run_control(
+    tx: &mut dyn TxOps,
+    table: &'static Table,
+    id: &str,
+    scope: &[Filter],
+    function: &str,
+) -> Result<(), ApiError> {
+    if scope.is_empty() {
+        return Ok(());
+    }
+    let mut filters = vec![Filter::eq("id", id)];
+    filters.extend(scope.iter().cloned());
+    if tx.select(table, &filters)?.is_empty() {
+        let mut e = ApiError::pg(
+            "42501",
+            format!("permission denied for function {function}"),
+        )
+        .details(format!(
+            "{} {id} is not in a team where you are an owner, admin or member",
+            table.name
+        ))
+        .hint("Ask a team owner or admin for the member role, or use the service key.");
+        e.status = 403;
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Refuses body columns the principal may not write (column grants).
 pub fn check_columns(
     principal: &Principal,
@@ -142,14 +331,21 @@ pub fn check_columns(
     verb: Verb,
     row: &Row,
 ) -> Result<(), ApiError> {
-    let Principal::Gateway { .. } = principal else {
-        return Ok(());
+    let (who, allowed) = match principal {
+        Principal::Gateway { .. } => (
+            "a gateway",
+            gateway_writable(table.name, verb).unwrap_or(&[]),
+        ),
+        Principal::User { .. } => (
+            "a team member",
+            user_grant(table.name, verb).map_or(&[][..], |g| g.columns),
+        ),
+        Principal::Service | Principal::Anon => return Ok(()),
     };
-    let allowed = gateway_writable(table.name, verb).unwrap_or(&[]);
     match row.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(
             ApiError::permission_denied(table.name, true).details(format!(
-                "a gateway may not write column {k:?} of {}",
+                "{who} may not write column {k:?} of {}",
                 table.name
             )),
         ),
@@ -165,6 +361,13 @@ pub fn check_columns(
 /// so a gateway's merge is always refused and the update policy (`USING`)
 /// on the conflicting row never has to be consulted.
 pub fn check_merge(principal: &Principal, table: &Table, row: &Row) -> Result<(), ApiError> {
+    if let Principal::User { .. } = principal {
+        // The merge would overwrite whatever row the conflict meets, and a
+        // person's insert check cannot see that row's team.
+        return Err(ApiError::permission_denied(table.name, true)
+            .details("upserts (resolution=merge-duplicates) are not granted to signed-in users")
+            .hint("Insert the row, then update it with a filter on its id."));
+    }
     let Principal::Gateway { .. } = principal else {
         return Ok(());
     };
@@ -177,6 +380,86 @@ fn str_field<'a>(row: &'a Row, key: &str) -> Option<&'a str> {
     row.get(key).and_then(Value::as_str)
 }
 
+async fn exists(
+    store: &SharedStore,
+    table: &'static Table,
+    filters: Vec<Filter>,
+) -> Result<bool, ApiError> {
+    Ok(!store
+        .select(SelectRequest {
+            table,
+            filters,
+            order: vec![],
+            limit: Some(1),
+            offset: None,
+            count: false,
+        })
+        .await?
+        .rows
+        .is_empty())
+}
+
+/// `WITH CHECK` for a person's insert: the row's team is one where they
+/// hold the grant's role; a job's or subagent's gateway is a live gateway
+/// of that team; who-did-it columns name them, not someone else.
+async fn check_user_insert(
+    user_id: &str,
+    session_id: &str,
+    table: &'static Table,
+    row: &Row,
+    store: &SharedStore,
+) -> Result<(), ApiError> {
+    let refuse = || ApiError::rls_violation(table.name);
+    let grant = user_grant(table.name, Verb::Insert).ok_or_else(refuse)?;
+    let team_id = str_field(row, "team_id").unwrap_or_default();
+    if uuid::Uuid::parse_str(team_id).is_err() {
+        return Err(refuse());
+    }
+    let member = Filter::TeamOfMember {
+        column: "id",
+        user_id: user_id.to_string(),
+        session_id: session_id.to_string(),
+        roles: grant.roles,
+    };
+    if !exists(
+        store,
+        &crate::schema::TEAMS,
+        vec![Filter::eq("id", team_id), member],
+    )
+    .await?
+    {
+        return Err(refuse());
+    }
+    for who in ["created_by", "requested_by_user_id"] {
+        if str_field(row, who).is_some_and(|u| u != user_id) {
+            return Err(refuse());
+        }
+    }
+    if matches!(table.name, "gateway_jobs" | "subagents") {
+        let gateway_id = str_field(row, "gateway_id").unwrap_or_default();
+        let live = Filter::Cond {
+            column: "revoked_at".into(),
+            op: Op::Is,
+            operand: Operand::Is(crate::postgrest::IsValue::Null),
+        };
+        if uuid::Uuid::parse_str(gateway_id).is_err()
+            || !exists(
+                store,
+                &crate::schema::TEAM_GATEWAYS,
+                vec![
+                    Filter::eq("id", gateway_id),
+                    Filter::eq("team_id", team_id),
+                    live,
+                ],
+            )
+            .await?
+        {
+            return Err(refuse());
+        }
+    }
+    Ok(())
+}
+
 /// `WITH CHECK` for an inserted row: it must belong to the gateway's team
 /// and gateway, and (for runs and events) to a subagent of this gateway.
 pub async fn check_insert(
@@ -185,6 +468,13 @@ pub async fn check_insert(
     row: &Row,
     store: &SharedStore,
 ) -> Result<(), ApiError> {
+    if let Principal::User {
+        user_id,
+        session_id,
+    } = principal
+    {
+        return check_user_insert(user_id, session_id, table, row, store).await;
+    }
     let Principal::Gateway {
         gateway_id,
         team_id,
@@ -214,35 +504,19 @@ pub async fn check_insert(
             if subagent_id.is_empty() || uuid::Uuid::parse_str(subagent_id).is_err() {
                 filters = vec![Filter::False];
             }
-            let found = store
-                .select(SelectRequest {
-                    table: &crate::schema::SUBAGENTS,
-                    filters,
-                    order: vec![],
-                    limit: Some(1),
-                    offset: None,
-                    count: false,
-                })
-                .await?;
-            let mut ok = !found.rows.is_empty();
+            let mut ok = exists(store, &crate::schema::SUBAGENTS, filters).await?;
             if ok && table.name == "subagent_run_events" {
                 let run_id = str_field(row, "run_id").unwrap_or_default();
                 ok = uuid::Uuid::parse_str(run_id).is_ok()
-                    && !store
-                        .select(SelectRequest {
-                            table: &crate::schema::SUBAGENT_RUNS,
-                            filters: vec![
-                                Filter::eq("id", run_id),
-                                Filter::eq("subagent_id", subagent_id),
-                            ],
-                            order: vec![],
-                            limit: Some(1),
-                            offset: None,
-                            count: false,
-                        })
-                        .await?
-                        .rows
-                        .is_empty();
+                    && exists(
+                        store,
+                        &crate::schema::SUBAGENT_RUNS,
+                        vec![
+                            Filter::eq("id", run_id),
+                            Filter::eq("subagent_id", subagent_id),
+                        ],
+                    )
+                    .await?;
             }
             ok
         }
@@ -336,18 +610,7 @@ pub async fn row_visible(
     };
     let mut filters = filters;
     filters.push(Filter::eq(table.primary_key, pk));
-    store
-        .select(SelectRequest {
-            table,
-            filters,
-            order: vec![],
-            limit: Some(1),
-            offset: None,
-            count: false,
-        })
-        .await
-        .map(|r| !r.rows.is_empty())
-        .unwrap_or(false)
+    exists(store, table, filters).await.unwrap_or(false)
 }
 
 #[cfg(test)]

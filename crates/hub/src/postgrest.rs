@@ -68,6 +68,17 @@ pub enum Filter {
     /// Policy-only (never parsed from a request): the row's `subagent_id`
     /// names a subagent assigned to this gateway.
     SubagentOfGateway(String),
+    /// Policy-only: the row's `column` names a team in which `user_id`
+    /// holds one of `roles`, through the live session `session_id`
+    /// (membership and session are read in the same statement, so a
+    /// removed member or an ended session loses access at once, realtime
+    /// deliveries included).
+    TeamOfMember {
+        column: &'static str,
+        user_id: String,
+        session_id: String,
+        roles: &'static [&'static str],
+    },
     /// Policy-only: matches nothing.
     False,
 }

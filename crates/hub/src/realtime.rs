@@ -568,6 +568,14 @@ async fn resolve_token(
             }
         }
     }
+    if let Principal::User { session_id, .. } = &principal {
+        if !matches!(state.store.user_session_active(session_id).await, Ok(true)) {
+            return Err(TokenError {
+                code: "Unauthorized",
+                message: "the session of this access token has ended; sign in again".into(),
+            });
+        }
+    }
     Ok((principal, exp))
 }
 

@@ -351,10 +351,11 @@ pub static TEAM_RESOURCES: Table = Table {
 };
 
 /// Per-team secrets for `shell_exec.secret_env` (spec §8.6, §15.1). The
-/// value is write-only: the service key may set, rename or delete a
-/// secret and list names; the value leaves the hub only through
-/// `resolve_secret_placeholders_for_job`, to the gateway running the job.
-/// Gateways have no grant on the table at all.
+/// value is write-only for everyone: the service key and a team's owners
+/// and admins may set, rename or delete a secret and list names (members
+/// list names only, viewers nothing; see `policy.rs`); the value leaves
+/// the hub only through `resolve_secret_placeholders_for_job`, to the
+/// gateway running the job. Gateways have no grant on the table at all.
 pub static TEAM_SECRETS: Table = Table {
     name: "team_secrets",
     primary_key: "id",
@@ -364,6 +365,21 @@ pub static TEAM_SECRETS: Table = Table {
         req("team_id", Uuid),
         req("name", Text),
         secret("value"),
+        def("created_at", Timestamp, Now),
+        def("updated_at", Timestamp, Now),
+    ],
+};
+
+pub static TEAM_MEMBERS: Table = Table {
+    name: "team_members",
+    primary_key: "id",
+    touch_updated_at: true,
+    columns: &[
+        def("id", Uuid, NewUuid),
+        req("team_id", Uuid),
+        req("user_id", Uuid),
+        def("email", Text, ColDefault::Json("\"\"")),
+        choice("role", "\"member\"", crate::people::ALL_ROLES),
         def("created_at", Timestamp, Now),
         def("updated_at", Timestamp, Now),
     ],
@@ -382,6 +398,7 @@ pub static TABLES: &[&Table] = &[
     &SUBAGENT_RUN_EVENTS,
     &TEAM_RESOURCES,
     &TEAM_SECRETS,
+    &TEAM_MEMBERS,
 ];
 
 pub fn table(name: &str) -> Option<&'static Table> {

@@ -78,10 +78,14 @@ impl Hub {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        axum::serve(self.listener, api::router(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServeError::Serve)
+        // Peer addresses feed the per-address sign-in limiter.
+        axum::serve(
+            self.listener,
+            api::router(self.state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServeError::Serve)
     }
 }
 

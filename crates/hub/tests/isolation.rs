@@ -8,12 +8,18 @@
 //! where the spec grants it, and the service key) run the same requests
 //! last, so a refusal is never just a malformed request.
 //!
+//! People (issue 13) are principals too: a member of another team, a
+//! viewer of the victim's team (reads granted, every write refused), a
+//! removed member, a signed-out session and an expired user token; an
+//! invitation accepted twice is refused. The victim team's owner and a
+//! member are positive controls for what their roles grant.
+//!
 //! Run: `cargo test -p panorama-hub --test isolation -- --nocapture`.
 
 use base64::Engine;
 use panorama_hub::auth::Claims;
 use panorama_hub::schema::{self, ColType, Table, TABLES};
-use panorama_testkit::{Hub, PairedGateway};
+use panorama_testkit::{Hub, PairedGateway, UserSession};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -59,6 +65,8 @@ struct Ident {
     gateway: String,
     subagent: String,
     run: String,
+    /// A person of the team (team_members rows name them).
+    user: String,
 }
 
 /// One row per table belonging to `ident`, made by the control plane.
@@ -93,6 +101,8 @@ fn table_case(table: &str) -> Option<(Value, Value)> {
         ),
         "subagent_run_events" => (json!({"payload": {"pwned": true}}), json!({})),
         "team_resources" => (json!({"title": "pwned"}), json!({})),
+        // Promoting a member: the change an owner may make.
+        "team_members" => (json!({"role": "owner"}), json!({"role": "member"})),
         // Overwriting another team's secret value.
         "team_secrets" => (
             json!({"value": format!("{SECRET_MARKER}-pwned")}),
@@ -115,6 +125,7 @@ fn insert_body(table: &Table, team: &Ident, rest: &Ident, seq: i64) -> Value {
             "gateway_id" => json!(rest.gateway),
             "subagent_id" => json!(rest.subagent),
             "run_id" => json!(rest.run),
+            "user_id" => json!(rest.user),
             _ if c.nullable || c.default != schema::ColDefault::None => continue,
             _ => match (c.ty, c.allowed) {
                 (_, Some(allowed)) => json!(allowed[0]),
@@ -192,6 +203,13 @@ fn victim_view(snap: &Snapshot, victim: &Ident) -> Vec<(String, Value)> {
     out
 }
 
+/// The tables every role of a team reads; a viewer's answers on the
+/// others (pairing codes for managers, secret names for those who
+/// dispatch) must hold none of the team's rows.
+fn viewer_reads(table: &str) -> bool {
+    !matches!(table, "gateway_pairing_codes" | "team_secrets")
+}
+
 /// A caller: its headers, its own identity (gateways) and what it must
 /// answer with when it is refused.
 #[derive(Clone)]
@@ -203,6 +221,11 @@ struct Caller {
     /// 401 for callers without a valid identity (PostgREST: anon role or a
     /// JWT that does not verify); 403 or an empty answer for gateways.
     must_be_401: bool,
+    /// A person of the victim's team whose role reads the team's rows:
+    /// reads are granted, writes are what the matrix checks.
+    reads_team: bool,
+    /// The person behind a user token (GET /auth/v1/user answers them).
+    user: Option<String>,
 }
 
 impl Caller {
@@ -271,6 +294,9 @@ struct World {
     hub: Hub,
     owned: BTreeMap<&'static str, Owned>,
     gws: BTreeMap<&'static str, PairedGateway>,
+    /// People: "A member", "B owner", "B viewer", "B removed",
+    /// "B signed out", "B member".
+    people: BTreeMap<&'static str, UserSession>,
 }
 
 fn own_rows(hub: &Hub, gw: &PairedGateway) -> Owned {
@@ -310,6 +336,7 @@ fn own_rows(hub: &Hub, gw: &PairedGateway) -> Owned {
             gateway,
             subagent: sub,
             run: run_id,
+            user: String::new(),
         },
         rows,
     }
@@ -359,7 +386,62 @@ fn world() -> World {
         &format!("id=eq.{}", gws["Brev"].gateway_id),
         json!({"revoked_at": "2025-01-01T00:00:00Z"}),
     );
-    World { hub, owned, gws }
+    let mut people = BTreeMap::new();
+    people.insert("A member", hub.member(&team_a, "member"));
+    people.insert("A owner", hub.member(&team_a, "owner"));
+    for (name, role) in [
+        ("B owner", "owner"),
+        ("B viewer", "viewer"),
+        ("B removed", "member"),
+        ("B signed out", "member"),
+        ("B member", "member"),
+    ] {
+        people.insert(name, hub.member(&team_b, role));
+    }
+    // The person an inserted team_members row names: someone who is not
+    // yet in that team, so that the service key's insert control lands.
+    for (name, outsider) in [("A", "B member"), ("A2", "B member"), ("B", "A member")] {
+        let o = owned.get_mut(name).unwrap();
+        o.ident.user = people[outsider].user_id.clone();
+    }
+    for (name, owner) in [("A", "A owner"), ("B", "B owner")] {
+        let o = owned.get_mut(name).unwrap();
+        let membership = hub.select(
+            "team_members",
+            &format!(
+                "team_id=eq.{}&user_id=eq.{}",
+                o.ident.team, people[owner].user_id
+            ),
+        );
+        o.rows.insert("team_members", membership[0].clone());
+    }
+    let b_team = owned["B"].ident.team.clone();
+    let removed = &people["B removed"].user_id;
+    let res = hub
+        .req(
+            Method::DELETE,
+            &format!("/rest/v1/team_members?team_id=eq.{b_team}&user_id=eq.{removed}"),
+            &hub.service_key,
+        )
+        .header("prefer", "return=representation")
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200, "removing a member");
+    let res = hub
+        .req(
+            Method::POST,
+            "/auth/v1/logout",
+            &people["B signed out"].access_token,
+        )
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 204, "signing out");
+    World {
+        hub,
+        owned,
+        gws,
+        people,
+    }
 }
 
 #[derive(Default)]
@@ -444,12 +526,13 @@ fn run_case(
     // Same-team gateways read team-scoped tables by policy (§16.5
     // gw_resources_select): only tables scoped by gateway are private.
     let team_wide_read = matches!(verb, Verb::SelectPk | Verb::SelectAll)
-        && caller
+        && ((caller
             .own
             .as_ref()
             .is_some_and(|o| o.team == victim.ident.team)
-        && table.column("gateway_id").is_none()
-        && table.name != "team_gateways";
+            && table.column("gateway_id").is_none()
+            && table.name != "team_gateways")
+            || (caller.reads_team && viewer_reads(table.name)));
     match status {
         401 | 403 => {
             if caller.must_be_401 && status != 401 {
@@ -614,6 +697,10 @@ fn run_rpc(
         {
             tally.empty += 1
         }
+        // A person gets only themselves.
+        200 if caller.user.is_some() && body["id"].as_str() == caller.user.as_deref() => {
+            tally.empty += 1
+        }
         _ => tally.leaks.push(format!(
             "{} GET /auth/v1/user [{status}]: {body}",
             caller.name
@@ -624,7 +711,12 @@ fn run_rpc(
 
 #[test]
 fn no_principal_reaches_another_principals_rows() {
-    let World { hub, owned, gws } = world();
+    let World {
+        hub,
+        owned,
+        gws,
+        people,
+    } = world();
     for t in TABLES {
         assert!(
             table_case(t.name).is_some(),
@@ -649,6 +741,22 @@ fn no_principal_reaches_another_principals_rows() {
         bearer: Some(gws[key].access_token.clone()),
         own: owned.get(key).map(|o| o.ident.clone()),
         must_be_401: false,
+        reads_team: false,
+        user: None,
+    };
+    let person = |name: &'static str, reads_team: bool, must_be_401: bool| Caller {
+        name,
+        apikey: anon.clone(),
+        bearer: Some(people[name].access_token.clone()),
+        // Upserts name the caller's own team and person.
+        own: Some(if name.starts_with('A') {
+            owned["A"].ident.clone()
+        } else {
+            owned["B"].ident.clone()
+        }),
+        must_be_401,
+        reads_team,
+        user: Some(people[name].user_id.clone()),
     };
     let (expired, forged, none) = bad_tokens(&hub, &gws["B"]);
     let invalid = |name: &'static str, apikey: Option<String>, bearer: Option<String>| Caller {
@@ -657,6 +765,15 @@ fn no_principal_reaches_another_principals_rows() {
         bearer,
         own: None,
         must_be_401: true,
+        reads_team: false,
+        user: None,
+    };
+    let expired_user = {
+        let mut c = claims_of(&people["B member"].access_token);
+        let now = chrono::Utc::now().timestamp();
+        c.iat = now - 7200;
+        c.exp = now - 3600;
+        sign(&hub_secret(&hub), &c)
     };
     let mut revoked = gw("revoked B", "Brev");
     revoked.own = Some(Ident {
@@ -685,6 +802,17 @@ fn no_principal_reaches_another_principals_rows() {
         (revoked, &owned["B"]),
         (
             invalid("no apikey, no Authorization", None, None),
+            &owned["B"],
+        ),
+        // People: another team's member, a viewer writing, a removed
+        // member, a signed-out session and an expired one.
+        (person("A member", false, false), &owned["B"]),
+        (person("B viewer", true, false), &owned["B"]),
+        (person("B removed", false, false), &owned["B"]),
+        // Its token still verifies: refused (401 or 403) by the session check.
+        (person("B signed out", false, false), &owned["B"]),
+        (
+            invalid("expired B user token", anon.clone(), Some(expired_user)),
             &owned["B"],
         ),
     ];
@@ -818,7 +946,134 @@ fn no_principal_reaches_another_principals_rows() {
     if victim_view(&after, b_ident) != victim_view(&baseline, b_ident) {
         tally.leaks.push("extra cases changed B's rows".into());
     }
-    baseline = after;
+    // Team secrets and people: a member of the team lists names but sets,
+    // changes and deletes nothing; another team's owner reaches nothing.
+    // (A viewer's reads are in the matrix: no row of B's.)
+    let b_secret = owned["B"].rows["team_secrets"]["id"].as_str().unwrap();
+    let b_team = &b_ident.team;
+    let secret_writes = |who: &str| {
+        vec![
+            (
+                format!("{who} insert"),
+                Method::POST,
+                "/rest/v1/team_secrets".to_string(),
+                json!({"team_id": b_team, "name": format!("by-{who}").replace(' ', "-"), "value": format!("{SECRET_MARKER}-x")}),
+            ),
+            (
+                format!("{who} update"),
+                Method::PATCH,
+                format!("/rest/v1/team_secrets?id=eq.{b_secret}"),
+                json!({"value": format!("{SECRET_MARKER}-x")}),
+            ),
+            (
+                format!("{who} delete"),
+                Method::DELETE,
+                format!("/rest/v1/team_secrets?id=eq.{b_secret}"),
+                Value::Null,
+            ),
+        ]
+    };
+    for who in ["B member", "A owner"] {
+        let token = &people[who].access_token;
+        for (what, method, path, body) in secret_writes(who) {
+            let mut req = hub
+                .req(method, &path, token)
+                .header("prefer", "return=representation");
+            if !body.is_null() {
+                req = req.json(&body);
+            }
+            let res = req.send().unwrap();
+            let status = res.status().as_u16();
+            let text = res.text().unwrap();
+            tally.cases += 1;
+            if text.contains(SECRET_MARKER) {
+                tally
+                    .leaks
+                    .push(format!("{what} team_secrets: value in the answer: {text}"));
+            }
+            match status {
+                401 | 403 => tally.refused += 1,
+                200 if text.trim() == "[]" => tally.empty += 1,
+                _ => tally
+                    .leaks
+                    .push(format!("{what} team_secrets of B: {status} {text}")),
+            }
+        }
+    }
+    let after = snapshot(&hub);
+    if victim_view(&after, b_ident) != victim_view(&baseline, b_ident) {
+        tally
+            .leaks
+            .push("people's secret writes changed B's rows".into());
+    }
+    // The later-protocol run RPCs, to the victim team's own viewer: refused
+    // like another team's member (in the matrix), on a fresh subagent
+    // whose acceptance would otherwise succeed.
+    let fresh = hub.insert(
+        "subagents",
+        json!({"id": panorama_testkit::new_uuid(), "team_id": b_team, "gateway_id": b_ident.gateway, "subagent_type": "codex_gateway"}),
+    );
+    let fresh_id = fresh["id"].as_str().unwrap().to_string();
+    for who in ["B viewer", "A member", "A owner"] {
+        let (status, body) = hub.rpc(
+            &people[who].access_token,
+            "accept_subagent_run",
+            json!({"p_subagent_id": fresh_id, "p_prompt": "pwned"}),
+        );
+        tally.cases += 1;
+        if status == 403 {
+            tally.refused += 1;
+        } else {
+            tally
+                .leaks
+                .push(format!("{who} accept_subagent_run of B: {status} {body}"));
+        }
+    }
+    let runs = hub.select("subagent_runs", &format!("subagent_id=eq.{fresh_id}"));
+    if !runs.is_empty() {
+        tally
+            .leaks
+            .push(format!("refused acceptances left runs: {runs:?}"));
+    }
+    // An invitation is used once: a second acceptance, by the same
+    // person or another, is refused and adds no membership. (Team C keeps
+    // A and B's memberships out of it; the first acceptance is the
+    // control.)
+    let team_c = hub.create_team("c");
+    let a_member = &people["A member"];
+    let code = hub.invite(&team_c, &a_member.email, "viewer");
+    let (status, first) = hub.rpc(
+        &a_member.access_token,
+        "accept_team_invitation",
+        json!({"p_code": code}),
+    );
+    assert_eq!(status, 200, "invitation control: {first}");
+    for (who, session) in [
+        ("the same person", a_member),
+        ("another person", &people["B member"]),
+    ] {
+        let (status, body) = hub.rpc(
+            &session.access_token,
+            "accept_team_invitation",
+            json!({"p_code": code}),
+        );
+        tally.cases += 1;
+        if status == 400 && body["code"] == "P0001" {
+            tally.refused += 1;
+        } else {
+            tally
+                .leaks
+                .push(format!("invitation used twice by {who}: {status} {body}"));
+        }
+    }
+    let c_members = hub.select("team_members", &format!("team_id=eq.{team_c}"));
+    if c_members.len() != 1 {
+        tally.leaks.push(format!(
+            "team C has {} members after one invitation",
+            c_members.len()
+        ));
+    }
+    baseline = snapshot(&hub);
     let extra = tally.cases - matrix - rpcs;
 
     for l in &tally.leaks {
@@ -826,7 +1081,7 @@ fn no_principal_reaches_another_principals_rows() {
     }
     // Positive controls: the owner (where the spec grants the verb) and
     // the service key get through with the very same requests.
-    let controls = positive_controls(&hub, &owned, &gws, &mut baseline);
+    let controls = positive_controls(&hub, &owned, &gws, &people, &mut baseline);
 
     println!(
         "isolation matrix: {matrix} cases ({} tables × {} verbs × {} principals), {matrix_refused} refused, {matrix_leaks} leaked; \
@@ -859,6 +1114,7 @@ fn positive_controls(
     hub: &Hub,
     owned: &BTreeMap<&'static str, Owned>,
     gws: &BTreeMap<&'static str, PairedGateway>,
+    people: &BTreeMap<&'static str, UserSession>,
     baseline: &mut Snapshot,
 ) -> usize {
     let victim = &owned["B"];
@@ -868,6 +1124,8 @@ fn positive_controls(
         bearer: Some(gws["B"].access_token.clone()),
         own: Some(victim.ident.clone()),
         must_be_401: false,
+        reads_team: false,
+        user: None,
     };
     let service = Caller {
         name: "service",
@@ -875,6 +1133,39 @@ fn positive_controls(
         bearer: Some(hub.service_key.clone()),
         own: None,
         must_be_401: false,
+        reads_team: false,
+        user: None,
+    };
+    let person = |name: &'static str| Caller {
+        name,
+        apikey: Some(hub.anon_key.clone()),
+        bearer: Some(people[name].access_token.clone()),
+        own: Some(victim.ident.clone()),
+        must_be_401: false,
+        reads_team: true,
+        user: Some(people[name].user_id.clone()),
+    };
+    let team_owner = person("B owner");
+    let team_member = person("B member");
+    // What issue 13 grants a team's owner (everything the team's people
+    // read; dispatch; pairing codes, gateways, resources, roles) and a
+    // member (reads and dispatch).
+    let person_select = |t: &str| t != "gateway_pairing_codes";
+    let owner_person_update = |t: &str| {
+        matches!(
+            t,
+            "subagents" | "team_gateways" | "team_resources" | "team_members" | "team_secrets"
+        )
+    };
+    let owner_person_insert = |t: &str| {
+        matches!(
+            t,
+            "gateway_jobs"
+                | "subagents"
+                | "gateway_pairing_codes"
+                | "team_resources"
+                | "team_secrets"
+        )
     };
     // What the spec (§16.5) grants a gateway on its own rows.
     let owner_select = |t: &str| {
@@ -945,6 +1236,49 @@ fn positive_controls(
         let pk = table.primary_key;
         rows.iter().any(|r| r[pk] == victim.rows[table.name][pk])
     };
+    // (First: the merge controls below hand B owner's membership row to
+    // someone else.) A team owner deletes a secret of its team; a member accepts a run on
+    // its team's subagent and cancels it before any gateway starts it.
+    let (status, rows) = send(&team_owner, Verb::Insert, &schema::TEAM_SECRETS, 5000);
+    assert_eq!(status, 201, "B owner secret insert: {rows:?}");
+    let made = rows[0]["id"].as_str().unwrap();
+    let res = team_owner
+        .request(
+            hub,
+            Method::DELETE,
+            &format!("/rest/v1/team_secrets?id=eq.{made}"),
+        )
+        .header("prefer", "return=representation")
+        .send()
+        .unwrap();
+    let deleted: Value = res.json().unwrap();
+    assert_eq!(
+        deleted.as_array().map(Vec::len),
+        Some(1),
+        "B owner secret delete: {deleted}"
+    );
+    passed += 1;
+    let fresh = hub.insert(
+        "subagents",
+        json!({"id": panorama_testkit::new_uuid(), "team_id": victim.ident.team, "gateway_id": victim.ident.gateway, "subagent_type": "codex_gateway"}),
+    );
+    let (status, accepted) = hub.rpc(
+        &people["B member"].access_token,
+        "accept_subagent_run",
+        json!({"p_subagent_id": fresh["id"], "p_prompt": "hello"}),
+    );
+    assert_eq!(status, 200, "B member accept_subagent_run: {accepted}");
+    let (status, cancelled) = hub.rpc(
+        &people["B member"].access_token,
+        "request_subagent_run_cancellation",
+        json!({"p_run_id": accepted["run_id"], "p_reason": "control"}),
+    );
+    assert_eq!(
+        (status, &cancelled["cancelled"]),
+        (200, &json!(true)),
+        "B member request_subagent_run_cancellation: {cancelled}"
+    );
+    passed += 2;
     // Reads, writes that keep the rows, then deletes (children first).
     for verb in [
         Verb::SelectPk,
@@ -978,6 +1312,40 @@ fn positive_controls(
                 );
                 passed += 1;
             }
+            // The team's people, with the same requests.
+            let mut people_granted = Vec::new();
+            match verb {
+                Verb::SelectPk | Verb::SelectAll if person_select(table.name) => {
+                    people_granted.extend([&team_owner, &team_member])
+                }
+                Verb::SelectPk | Verb::SelectAll if table.name == "gateway_pairing_codes" => {
+                    people_granted.push(&team_owner)
+                }
+                Verb::Update if owner_person_update(table.name) => people_granted.push(&team_owner),
+                Verb::Insert | Verb::InsertMixed if owner_person_insert(table.name) => {
+                    people_granted.push(&team_owner);
+                    if matches!(table.name, "gateway_jobs" | "subagents") {
+                        people_granted.push(&team_member);
+                    }
+                }
+                _ => {}
+            }
+            for caller in people_granted {
+                seq += 1;
+                let (status, rows) = send(caller, verb, table, seq);
+                let ok = match verb {
+                    Verb::SelectPk | Verb::SelectAll | Verb::Update => {
+                        (200..300).contains(&status) && has_target(&rows, table)
+                    }
+                    _ => status == 201 && rows.len() == 1,
+                };
+                assert!(
+                    ok,
+                    "{} control {verb:?} {}: {status} {rows:?}",
+                    caller.name, table.name
+                );
+                passed += 1;
+            }
             seq += 1;
             let (status, rows) = send(&service, verb, table, seq);
             let ok = match verb {
@@ -994,6 +1362,23 @@ fn positive_controls(
                 table.name
             );
             passed += 1;
+            // One membership per (team, person): the next insert control
+            // names the same person again.
+            if table.name == "team_members" && matches!(verb, Verb::Insert | Verb::InsertMixed) {
+                let id = rows[0]["id"].as_str().unwrap();
+                let res = service
+                    .request(
+                        hub,
+                        Method::DELETE,
+                        &format!("/rest/v1/team_members?id=eq.{id}"),
+                    )
+                    .send()
+                    .unwrap();
+                assert!(
+                    res.status().is_success(),
+                    "removing the inserted membership"
+                );
+            }
         }
     }
     // The owner's RPCs on its own subagent and run.

@@ -9,6 +9,13 @@
 //! `access_token` push with a bad token closes the channel. Positive
 //! controls: gateway B and the service key receive the same changes.
 //!
+//! People (issue 13): a member of another team gets only its own team's
+//! rows; a removed member, and a member removed after joining, get
+//! nothing (membership is read live), and so does a member who signs out
+//! after joining (the session is read live too); a signed-out session and
+//! an expired user token are refused at join. A viewer of team B is a positive
+//! control: it receives B's changes on every table its role reads.
+//!
 //! Run: `cargo test -p panorama-hub --test isolation_realtime -- --nocapture`.
 
 use base64::Engine;
@@ -63,6 +70,8 @@ struct B {
     gateway: String,
     subagent: String,
     run: String,
+    /// A person not (yet) in team B, for the team_members rows.
+    joiner: String,
 }
 
 /// A service-key row for `table` in team B; a table without a case
@@ -88,6 +97,7 @@ fn b_row(table: &str, b: &B, n: i64) -> Value {
         "team_resources" => {
             json!({"team_id": b.team, "resource_type": "remote_shell", "metadata": {"gateway_id": b.gateway}})
         }
+        "team_members" => json!({"team_id": b.team, "user_id": b.joiner, "role": "member"}),
         // The value is write-only: no frame may ever carry it (checked below).
         "team_secrets" => {
             json!({"team_id": b.team, "name": format!("rt-{n}-{}", &panorama_testkit::new_uuid()[..8]), "value": format!("{SECRET_MARKER}{n}")})
@@ -106,6 +116,7 @@ fn b_patch(table: &str) -> Value {
         "subagent_runs" => json!({"status": "completed"}),
         "subagent_run_events" => json!({"payload": {"n": 2}}),
         "team_resources" => json!({"title": "t2"}),
+        "team_members" => json!({"role": "viewer"}),
         "team_secrets" => json!({"value": format!("{SECRET_MARKER}patched")}),
         other => panic!("table {other} has no realtime isolation case"),
     }
@@ -256,6 +267,15 @@ struct Sub {
     expect: Expect,
     /// A gateway's own id (its sentinel job proves it caught up).
     own_gateway: Option<String>,
+    /// A person's own team: frames of its rows are theirs to see.
+    own_team: Option<String>,
+    /// A person whose role reads every team table but pairing codes and
+    /// secret names (a viewer).
+    person_reads: bool,
+    /// A membership removed after this subscriber joined.
+    removed_after_join: Option<String>,
+    /// Signs out (this access token) after joining.
+    signs_out_after_join: Option<String>,
 }
 
 #[test]
@@ -285,7 +305,42 @@ fn no_subscriber_receives_another_principals_rows() {
         gateway: gw["B"].gateway_id.clone(),
         subagent: sub,
         run: run["id"].as_str().unwrap().to_string(),
+        joiner: hub.create_user("joiner@example.test", "joiner password"),
     };
+    let a_member = hub.member(&team_a, "member");
+    let b_viewer = hub.member(&team_b, "viewer");
+    let b_removed = hub.member(&team_b, "member");
+    let b_removed_later = hub.member(&team_b, "member");
+    let b_signed_out = hub.member(&team_b, "member");
+    let b_signs_out_later = hub.member(&team_b, "member");
+    let membership = |u: &str| {
+        hub.select(
+            "team_members",
+            &format!("team_id=eq.{team_b}&user_id=eq.{u}"),
+        )[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let removed_id = membership(&b_removed.user_id);
+    hub.http()
+        .delete(format!(
+            "{}/rest/v1/team_members?id=eq.{removed_id}",
+            hub.url
+        ))
+        .header("apikey", &hub.service_key)
+        .header("authorization", format!("Bearer {}", hub.service_key))
+        .send()
+        .unwrap();
+    let res = hub
+        .req(
+            reqwest::Method::POST,
+            "/auth/v1/logout",
+            &b_signed_out.access_token,
+        )
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 204);
     hub.patch(
         "team_gateways",
         &format!("id=eq.{}", gw["Brev"].gateway_id),
@@ -315,6 +370,15 @@ fn no_subscriber_receives_another_principals_rows() {
         b64(&json!({"alg": "none", "typ": "JWT"})),
         b64(&serde_json::to_value(&claims).unwrap())
     );
+    let user_claims = claims_of(&b_viewer.access_token);
+    let expired_user = sign(
+        &secret,
+        &Claims {
+            iat: now - 7200,
+            exp: now - 3600,
+            ..user_claims
+        },
+    );
     let expiring_at = now + 2;
     let expiring = sign(
         &secret,
@@ -333,6 +397,10 @@ fn no_subscriber_receives_another_principals_rows() {
         push_closes: false,
         expect,
         own_gateway: None,
+        own_team: None,
+        person_reads: false,
+        removed_after_join: None,
+        signs_out_after_join: None,
     };
     let mut subs = vec![
         Sub {
@@ -395,6 +463,51 @@ fn no_subscriber_receives_another_principals_rows() {
             ..s(name, None, tok("A"), Expect::Nothing)
         });
     }
+    let person = |name, token: &str, expect| s(name, None, Some(token.to_string()), expect);
+    subs.push(Sub {
+        own_gateway: Some(gw["A"].gateway_id.clone()),
+        own_team: Some(team_a.clone()),
+        ..person("member of team A", &a_member.access_token, Expect::OwnOnly)
+    });
+    subs.push(person(
+        "removed member of B",
+        &b_removed.access_token,
+        Expect::Nothing,
+    ));
+    subs.push(Sub {
+        removed_after_join: Some(membership(&b_removed_later.user_id)),
+        ..person(
+            "member of B removed after joining",
+            &b_removed_later.access_token,
+            Expect::Nothing,
+        )
+    });
+    subs.push(Sub {
+        signs_out_after_join: Some(b_signs_out_later.access_token.clone()),
+        ..person(
+            "member of B signed out after joining",
+            &b_signs_out_later.access_token,
+            Expect::Nothing,
+        )
+    });
+    subs.push(person(
+        "signed-out member of B",
+        &b_signed_out.access_token,
+        Expect::RefusedAtJoin,
+    ));
+    subs.push(person(
+        "expired B user token",
+        &expired_user,
+        Expect::RefusedAtJoin,
+    ));
+    subs.push(Sub {
+        person_reads: true,
+        ..person(
+            "viewer of B (control)",
+            &b_viewer.access_token,
+            Expect::Everything,
+        )
+    });
     subs.push(Sub {
         own_gateway: Some(b.gateway.clone()),
         ..s("owner B (control)", None, tok("B"), Expect::Everything)
@@ -504,6 +617,27 @@ async fn subscribe_and_change(
             }
         }
         sockets.push(ws);
+    }
+    // Memberships that end while their holder is subscribed.
+    for id in subs.iter().filter_map(|s| s.removed_after_join.as_ref()) {
+        rest(
+            hub,
+            &http,
+            reqwest::Method::DELETE,
+            &format!("/rest/v1/team_members?id=eq.{id}"),
+            None,
+        )
+        .await;
+    }
+    for token in subs.iter().filter_map(|s| s.signs_out_after_join.as_ref()) {
+        let res = http
+            .post(format!("{}/auth/v1/logout", hub.url))
+            .header("apikey", &hub.anon_key)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 204, "signing out after joining");
     }
     // The expiring socket token must be past its `exp` before any change.
     let wait_ms = (expiring_at * 1000 + 1200 - chrono::Utc::now().timestamp_millis()).max(0);
@@ -628,7 +762,15 @@ async fn subscribe_and_change(
         }
         // The owner sees the tables the spec lets a gateway select; the
         // service key sees every table.
-        let want: BTreeSet<&str> = if s.own_gateway.is_some() {
+        let want: BTreeSet<&str> = if s.person_reads {
+            TABLES
+                .iter()
+                .map(|t| t.name)
+                // Pairing codes are for managers, secret names for those
+                // who dispatch: a viewer gets neither.
+                .filter(|t| !matches!(*t, "gateway_pairing_codes" | "team_secrets"))
+                .collect()
+        } else if s.own_gateway.is_some() {
             [
                 "team_gateways",
                 "gateway_jobs",
@@ -670,6 +812,14 @@ async fn subscribe_and_change(
                 .as_deref()
                 .is_some_and(|g| is_sentinel_of(f, g))
             {
+                own_frames += 1;
+                continue;
+            }
+            let d = &f["payload"]["data"];
+            let team_of = d["record"]["team_id"]
+                .as_str()
+                .or(d["old_record"]["team_id"].as_str());
+            if s.own_team.is_some() && team_of == s.own_team.as_deref() {
                 own_frames += 1;
                 continue;
             }

@@ -171,6 +171,36 @@ impl Hub {
         })
     }
 
+    /// `panorama-hub --json ARGS…` with `stdin` piped in.
+    fn cli_with_stdin(&self, args: &[&str], stdin: &str) -> Value {
+        use std::io::Write;
+        let mut child = Command::new(HUB)
+            .arg("--json")
+            .args(args)
+            .env("PANORAMA_HUB_DATA_DIR", self.data_dir.path().join("hub"))
+            .env("PANORAMA_HUB_URL", &self.url)
+            .env_remove("PANORAMA_HUB_SERVICE_KEY")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the panorama-hub CLI");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        let out = child.wait_with_output().expect("wait for the CLI");
+        assert!(
+            out.status.success(),
+            "panorama-hub --json {}:\n{}",
+            args.join(" "),
+            describe(&out)
+        );
+        serde_json::from_slice(&out.stdout).expect("CLI JSON")
+    }
+
     fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -246,6 +276,29 @@ fn official_supabase_js_talks_to_the_hub() {
         "code",
     );
 
+    // People: the first user from the CLI (password on stdin), and an
+    // invitation to team A that supabase-js signs up with.
+    let user_email = "operator@example.test";
+    let user_password = "operator password 1";
+    let user = hub.cli_with_stdin(
+        &["user", "create", "--email", user_email],
+        &format!("{user_password}\n"),
+    );
+    assert_eq!(field(&user, "email"), user_email);
+    let invite_email = "ada@example.test";
+    let invitation = hub.cli(&[
+        "team",
+        "invite",
+        "--team",
+        &team_a,
+        "--email",
+        invite_email,
+        "--role",
+        "member",
+    ]);
+    let members = hub.cli(&["team", "members", "--team", &team_a]);
+    assert_eq!(members, serde_json::json!([]), "nobody has accepted yet");
+
     let mut node = Command::new("node");
     node.arg("supabase-js.mjs")
         .current_dir(&dir)
@@ -256,7 +309,11 @@ fn official_supabase_js_talks_to_the_hub() {
         .env("HUB_TEAM_B", &team_b)
         .env("HUB_PAIRING_CODE_A", &code_a)
         .env("HUB_PAIRING_CODE_B", &code_b)
-        .env("HUB_REFRESH_REUSE_INTERVAL_SECS", REUSE_GRACE_SECS);
+        .env("HUB_REFRESH_REUSE_INTERVAL_SECS", REUSE_GRACE_SECS)
+        .env("HUB_INVITE_EMAIL", invite_email)
+        .env("HUB_INVITE_CODE", field(&invitation, "code"))
+        .env("HUB_USER_EMAIL", user_email)
+        .env("HUB_USER_PASSWORD", user_password);
     let (ok, stdout, stderr) = run_with_limit(node, Duration::from_secs(180));
     if !ok {
         panic!(
@@ -266,4 +323,13 @@ fn official_supabase_js_talks_to_the_hub() {
         );
     }
     println!("{stdout}");
+    let members = hub.cli(&["team", "members", "--team", &team_a]);
+    assert_eq!(
+        members.as_array().map(|m| m
+            .iter()
+            .map(|r| (field(r, "email"), field(r, "role")))
+            .collect::<Vec<_>>()),
+        Some(vec![(invite_email.to_string(), "member".to_string())]),
+        "team members after the sign-up: {members}"
+    );
 }

@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 pub mod agents;
 pub mod gateway;
 pub mod model_api;
+pub mod people;
 pub mod procs;
 pub mod reference;
 
 pub use gateway::{fake_agent_binary, GatewayHost, RunningGateway};
+pub use people::UserSession;
 
 /// Finds the `panorama-hub` binary next to the running test's target dir,
 /// building it when it is missing (e.g. `cargo test -p panorama-gateway`).

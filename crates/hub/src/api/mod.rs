@@ -35,7 +35,16 @@ pub struct AppState {
     pub access_token_ttl_secs: i64,
     /// Grace period for re-presenting a just-rotated refresh token.
     pub refresh_reuse_interval_secs: i64,
+    /// Whether anyone may sign up (`PANORAMA_HUB_OPEN_SIGNUP`); otherwise
+    /// only with an invitation code.
+    pub open_signup: bool,
+    /// Failed password sign-ins, per account and per client address.
+    pub signin_failures: Arc<std::sync::Mutex<crate::people::FailureLimiter>>,
 }
+
+/// Failed sign-ins allowed per account and per address in the window.
+pub const SIGNIN_FAILURE_LIMIT: usize = 5;
+pub const SIGNIN_FAILURE_WINDOW_SECS: i64 = 300;
 
 impl AppState {
     pub fn new(store: SharedStore, keys: Keys, feed: ChangeFeed) -> Arc<AppState> {
@@ -48,6 +57,14 @@ impl AppState {
                 "PANORAMA_HUB_REFRESH_REUSE_INTERVAL",
                 crate::store::REFRESH_REUSE_INTERVAL_SECS,
             ),
+            open_signup: env_flag("PANORAMA_HUB_OPEN_SIGNUP"),
+            signin_failures: Arc::new(std::sync::Mutex::new(crate::people::FailureLimiter::new(
+                SIGNIN_FAILURE_LIMIT,
+                std::time::Duration::from_secs(env_secs(
+                    "PANORAMA_HUB_SIGNIN_FAILURE_WINDOW",
+                    SIGNIN_FAILURE_WINDOW_SECS,
+                ) as u64),
+            ))),
         })
     }
 }
@@ -65,6 +82,16 @@ fn env_secs(name: &str, default: i64) -> i64 {
     }
 }
 
+/// A boolean setting from the environment: 1/true/yes/on.
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
 pub type State = axum::extract::State<Arc<AppState>>;
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -80,7 +107,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/functions/v1/{name}", any(functions::invoke))
         .route("/auth/v1/token", post(auth_routes::token))
-        .route("/auth/v1/user", get(auth_routes::user))
+        .route("/auth/v1/user", get(auth_routes::user).put(auth_routes::update_user))
+        .route("/auth/v1/signup", post(auth_routes::signup))
+        .route("/auth/v1/logout", post(auth_routes::logout))
+        .route("/auth/v1/admin/users", post(auth_routes::admin_create_user))
         .route("/realtime/v1/websocket", get(crate::realtime::websocket))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(crate::metrics::endpoint))
@@ -140,8 +170,19 @@ pub fn auth_error_response(e: AuthError) -> Response {
 }
 
 /// A gateway whose row was revoked or deleted gets nothing (RLS's
-/// `current_gateway_is_active()`), with an error that says why.
+/// `current_gateway_is_active()`), with an error that says why; so does a
+/// person whose session was signed out.
 pub async fn ensure_active(state: &AppState, p: &Principal) -> Result<(), ApiError> {
+    if let Principal::User { session_id, .. } = p {
+        if !state.store.user_session_active(session_id).await? {
+            return Err(ApiError::new(
+                401,
+                "PGRST301",
+                "the session of this access token has ended",
+            )
+            .hint("Sign in again (POST /auth/v1/token?grant_type=password)."));
+        }
+    }
     if let Principal::Gateway {
         gateway_id,
         team_id,

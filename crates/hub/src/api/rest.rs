@@ -541,7 +541,7 @@ fn function_not_found(name: &str, args: &Map<String, Value>) -> ApiError {
             "Searched for the function public.{name} with parameters {} or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.",
             keys.join(", ")
         ))
-        .hint("The hub provides allocate_subagent_run_sequence(p_subagent_id), gateway_record_heartbeat(p_status, p_capabilities, p_device_name), accept_subagent_run(p_subagent_id, p_run_id?, p_prompt?, p_prompted_at?, p_prompted_by_agent_id?, p_input?, p_metadata?, p_runner?, p_gateway_id?), request_subagent_run_cancellation(p_run_id, p_reason?) and resolve_secret_placeholders_for_job(p_job_id).")
+        .hint("The hub provides allocate_subagent_run_sequence(p_subagent_id), gateway_record_heartbeat(p_status, p_capabilities, p_device_name), accept_subagent_run(p_subagent_id, p_run_id?, p_prompt?, p_prompted_at?, p_prompted_by_agent_id?, p_input?, p_metadata?, p_runner?, p_gateway_id?), request_subagent_run_cancellation(p_run_id, p_reason?), resolve_secret_placeholders_for_job(p_job_id), create_team_invitation(p_team_id, p_email, p_role[, p_ttl_minutes]) and accept_team_invitation(p_code).")
 }
 
 pub async fn rpc(
@@ -614,22 +614,36 @@ async fn call_rpc(
                 )
                 .into_response();
             }
-            if let Principal::Gateway {
-                gateway_id,
-                team_id,
-                ..
-            } = &p
-            {
-                let own = try_resp!(
+            // The subagent must be the gateway's own, or of a team where
+            // the person dispatches; the service key allocates for any.
+            let own = match &p {
+                Principal::Gateway {
+                    gateway_id,
+                    team_id,
+                    ..
+                } => Some(vec![
+                    Filter::eq("gateway_id", gateway_id),
+                    Filter::eq("team_id", team_id),
+                ]),
+                Principal::User {
+                    user_id,
+                    session_id,
+                } => Some(vec![Filter::TeamOfMember {
+                    column: "team_id",
+                    user_id: user_id.clone(),
+                    session_id: session_id.clone(),
+                    roles: crate::people::DISPATCH_ROLES,
+                }]),
+                Principal::Service | Principal::Anon => None,
+            };
+            if let Some(mut filters) = own {
+                filters.push(Filter::eq("id", &id));
+                let found = try_resp!(
                     state
                         .store
                         .select(SelectRequest {
                             table: &schema::SUBAGENTS,
-                            filters: vec![
-                                Filter::eq("id", &id),
-                                Filter::eq("gateway_id", gateway_id),
-                                Filter::eq("team_id", team_id)
-                            ],
+                            filters,
                             order: vec![],
                             limit: Some(1),
                             offset: None,
@@ -637,7 +651,7 @@ async fn call_rpc(
                         })
                         .await
                 );
-                if own.rows.is_empty() {
+                if found.rows.is_empty() {
                     return ApiError::pg("42501", "subagent not accessible").into_response();
                 }
             }
@@ -678,6 +692,33 @@ async fn call_rpc(
         ("resolve_secret_placeholders_for_job", ["p_job_id"]) => {
             resolve_secret_placeholders(&state, &p, &args["p_job_id"]).await
         }
+        ("accept_team_invitation", ["p_code"]) => {
+            let Principal::User { user_id, .. } = &p else {
+                return ApiError::pg(
+                    "42501",
+                    "only a signed-in user can accept a team invitation",
+                )
+                .hint("Sign in (or sign up) first, then call accept_team_invitation(p_code).")
+                .into_response();
+            };
+            try_resp!(ensure_active(&state, &p).await);
+            let code = args["p_code"].as_str().unwrap_or_default().trim();
+            match state
+                .store
+                .accept_invitation(&crate::store::hash_token(code), user_id)
+                .await
+            {
+                Ok(row) => scalar_response(Value::Object(row)),
+                Err(crate::store::PeopleError::Storage(e)) => e.into_response(),
+                Err(e) => ApiError::pg("P0001", e.to_string())
+                    .hint("Ask a team owner or admin for a new invitation code.")
+                    .into_response(),
+            }
+        }
+        ("create_team_invitation", ["p_email", "p_role", "p_team_id"])
+        | ("create_team_invitation", ["p_email", "p_role", "p_team_id", "p_ttl_minutes"]) => {
+            create_team_invitation(&state, &p, &args).await
+        }
         _ => function_not_found(&name, &args).into_response(),
     }
 }
@@ -705,16 +746,19 @@ async fn atomic_answer(state: &State, f: crate::store::TxFn) -> Response {
 }
 
 /// `accept_subagent_run` (spec §4.2, §16.10 later recipe): the control
-/// plane's own bookkeeping, so only the service role may call it; a
-/// gateway accepting runs for itself would defeat the acceptance check.
+/// plane's own bookkeeping, so the service role or a person who dispatches
+/// for the subagent's team may call it (see
+/// [`crate::policy::run_control_filters`]); a gateway accepting runs for
+/// itself would defeat the acceptance check.
 async fn accept_subagent_run(state: &State, p: &Principal, args: &Map<String, Value>) -> Response {
-    if *p != Principal::Service {
+    let Some(scope) = crate::policy::run_control_filters(p) else {
         return function_refused(
             p,
             "accept_subagent_run",
-            "Runs are accepted by the control plane (service key), never by a gateway.",
+            "Runs are accepted by the control plane (service key or a team member), never by a gateway.",
         );
-    }
+    };
+    try_resp!(ensure_active(state, p).await);
     let req = match crate::runs::AcceptRequest::from_args(args) {
         Some(Ok(req)) => req,
         Some(Err(e)) => return e.into_response(),
@@ -723,22 +767,32 @@ async fn accept_subagent_run(state: &State, p: &Principal, args: &Map<String, Va
     let now = crate::values::now_timestamp();
     atomic_answer(
         state,
-        Box::new(move |tx| crate::runs::accept(tx, &req, &now)),
+        Box::new(move |tx| {
+            crate::policy::require_run_control(
+                tx,
+                &crate::schema::SUBAGENTS,
+                &req.subagent_id,
+                &scope,
+                "accept_subagent_run",
+            )?;
+            crate::runs::accept(tx, &req, &now)
+        }),
     )
     .await
 }
 
 /// `request_subagent_run_cancellation(p_run_id, p_reason?)`: the service
-/// role closes an accepted run no gateway has started (see
-/// [`crate::runs::cancel_unstarted`]).
+/// role, or a person who dispatches for the run's team, closes an accepted
+/// run no gateway has started (see [`crate::runs::cancel_unstarted`]).
 async fn cancel_unstarted_run(state: &State, p: &Principal, args: &Map<String, Value>) -> Response {
-    if *p != Principal::Service {
+    let Some(scope) = crate::policy::run_control_filters(p) else {
         return function_refused(
             p,
             "request_subagent_run_cancellation",
-            "Call it with the service key; a gateway cancels through subagent_cancel jobs.",
+            "Call it with the service key or as a team member; a gateway cancels through subagent_cancel jobs.",
         );
-    }
+    };
+    try_resp!(ensure_active(state, p).await);
     let Some(run_id) = args["p_run_id"]
         .as_str()
         .filter(|r| uuid::Uuid::parse_str(r).is_ok())
@@ -754,7 +808,16 @@ async fn cancel_unstarted_run(state: &State, p: &Principal, args: &Map<String, V
     let now = crate::values::now_timestamp();
     atomic_answer(
         state,
-        Box::new(move |tx| crate::runs::cancel_unstarted(tx, &run_id, reason.as_deref(), &now)),
+        Box::new(move |tx| {
+            crate::policy::require_run_control(
+                tx,
+                &crate::schema::SUBAGENT_RUNS,
+                &run_id,
+                &scope,
+                "request_subagent_run_cancellation",
+            )?;
+            crate::runs::cancel_unstarted(tx, &run_id, reason.as_deref(), &now)
+        }),
     )
     .await
 }
@@ -789,6 +852,90 @@ async fn resolve_secret_placeholders(state: &State, p: &Principal, job_id: &Valu
         Box::new(move |tx| crate::secrets::resolve_for_job(tx, &job_id, &gateway_id, &team_id)),
     )
     .await
+}
+
+/// Invitations last a week unless the caller says otherwise.
+const INVITATION_TTL_MINUTES: i64 = 7 * 24 * 60;
+
+/// `create_team_invitation(p_team_id, p_email, p_role[, p_ttl_minutes])`:
+/// the service key, or an owner/admin of the team (who may not hand out a
+/// role above their own). Returns `{code, team_id, email, role,
+/// expires_at}`; the code is shown once and stored hashed.
+async fn create_team_invitation(
+    state: &State,
+    p: &Principal,
+    args: &Map<String, Value>,
+) -> Response {
+    use crate::people::{new_invitation_code, normalize_email, Role};
+    let team_id = args["p_team_id"].as_str().unwrap_or_default();
+    if uuid::Uuid::parse_str(team_id).is_err() {
+        return ApiError::invalid_input("uuid", team_id).into_response();
+    }
+    let Some(role) = args["p_role"].as_str().and_then(Role::parse) else {
+        return ApiError::pg("22023", format!("invalid role {}", args["p_role"]))
+            .hint("Use one of owner, admin, member, viewer.")
+            .into_response();
+    };
+    let email = match normalize_email(args["p_email"].as_str().unwrap_or_default()) {
+        Ok(e) => e,
+        Err(m) => return ApiError::pg("22023", m).into_response(),
+    };
+    let ttl = args
+        .get("p_ttl_minutes")
+        .and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+        .unwrap_or(INVITATION_TTL_MINUTES);
+    if ttl <= 0 {
+        return ApiError::pg("22023", "p_ttl_minutes must be positive").into_response();
+    }
+    let created_by = match p {
+        Principal::Service => None,
+        Principal::User { user_id, .. } => {
+            try_resp!(ensure_active(state, p).await);
+            let mine = try_resp!(state.store.member_role(team_id, user_id).await);
+            if !mine.is_some_and(|r| r.may_grant(role)) {
+                return ApiError::pg(
+                    "42501",
+                    format!("you may not invite a {} to this team", role.as_str()),
+                )
+                .hint("Only owners and admins invite, and only owners invite owners.")
+                .into_response();
+            }
+            Some(user_id.as_str())
+        }
+        _ => {
+            return ApiError::pg(
+                "42501",
+                "only the service key or a team owner/admin can invite",
+            )
+            .into_response()
+        }
+    };
+    let code = new_invitation_code();
+    let expires_at =
+        crate::values::format_timestamp(chrono::Utc::now() + chrono::Duration::minutes(ttl));
+    try_resp!(
+        state
+            .store
+            .create_invitation(crate::store::NewInvitation {
+                team_id,
+                email: &email,
+                role,
+                code_hash: &crate::store::hash_token(&code),
+                expires_at: &expires_at,
+                created_by,
+            })
+            .await
+    );
+    scalar_response(serde_json::json!({
+        "code": code,
+        "team_id": team_id,
+        "email": email,
+        "role": role.as_str(),
+        "expires_at": expires_at,
+    }))
 }
 
 #[cfg(test)]

@@ -112,6 +112,108 @@ impl RefreshError {
 /// used once more (a client that lost the response), as GoTrue allows.
 pub const REFRESH_REUSE_INTERVAL_SECS: i64 = 10;
 
+/// A person's account as the auth endpoints need it.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub id: String,
+    pub email: String,
+    pub password_hash: String,
+    pub user_metadata: serde_json::Value,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_sign_in_at: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeopleError {
+    #[error("User already registered")]
+    EmailTaken,
+    #[error("Invitation code is invalid, expired, already used, or for another email")]
+    InvalidInvitation,
+    #[error("User not found")]
+    UserNotFound,
+    #[error(transparent)]
+    Storage(#[from] ApiError),
+}
+
+/// Which sessions a logout ends (GoTrue's `scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutScope {
+    /// This session only.
+    Local,
+    /// Every session of the user.
+    Global,
+    /// Every session of the user but this one.
+    Others,
+}
+
+/// An invitation to be stored (the code itself is never stored).
+pub struct NewInvitation<'a> {
+    pub team_id: &'a str,
+    pub email: &'a str,
+    pub role: crate::people::Role,
+    pub code_hash: &'a str,
+    pub expires_at: &'a str,
+    pub created_by: Option<&'a str>,
+}
+
+/// People, their sessions and team membership (issue 13).
+#[async_trait]
+pub trait PeopleStore: Send + Sync {
+    /// Creates an account; with `invitation_hash`, also accepts that
+    /// invitation in the same transaction (an invalid one creates nothing).
+    async fn create_user(
+        &self,
+        email: &str,
+        password_hash: &str,
+        user_metadata: &serde_json::Value,
+        invitation_hash: Option<&str>,
+    ) -> Result<UserRecord, PeopleError>;
+    async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, ApiError>;
+    async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, ApiError>;
+    async fn update_user(
+        &self,
+        id: &str,
+        email: Option<&str>,
+        password_hash: Option<&str>,
+        user_metadata: Option<&serde_json::Value>,
+    ) -> Result<UserRecord, PeopleError>;
+    /// Starts a session whose first refresh token has `refresh_hash`;
+    /// returns the session id.
+    async fn start_user_session(
+        &self,
+        user_id: &str,
+        refresh_hash: &str,
+    ) -> Result<String, ApiError>;
+    /// As [`Store::rotate_refresh_token`], for people; returns (user, session).
+    async fn rotate_user_refresh_token(
+        &self,
+        old_hash: &str,
+        new_hash: &str,
+        reuse_interval_secs: i64,
+    ) -> Result<(String, String), RefreshError>;
+    async fn user_session_active(&self, session_id: &str) -> Result<bool, ApiError>;
+    async fn end_user_sessions(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        scope: LogoutScope,
+    ) -> Result<(), ApiError>;
+    async fn create_invitation(&self, inv: NewInvitation<'_>) -> Result<(), ApiError>;
+    /// Redeems an invitation for `user_id` (whose email must be the
+    /// invited one); returns the new `team_members` row.
+    async fn accept_invitation(
+        &self,
+        code_hash: &str,
+        user_id: &str,
+    ) -> Result<crate::changes::Row, PeopleError>;
+    async fn member_role(
+        &self,
+        team_id: &str,
+        user_id: &str,
+    ) -> Result<Option<crate::people::Role>, ApiError>;
+}
+
 /// Reads and writes inside one store transaction, for operations that must
 /// change several rows at once or not at all (run acceptance and
 /// finalization) and for the one read of secret values. Rows are read and
@@ -147,7 +249,7 @@ pub type TxFn =
     Box<dyn FnOnce(&mut dyn TxOps) -> Result<serde_json::Value, ApiError> + Send + 'static>;
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: PeopleStore + Send + Sync + 'static {
     /// Runs `f` in one transaction (see [`TxFn`]).
     async fn atomic(&self, f: TxFn) -> Result<serde_json::Value, ApiError>;
 

@@ -105,6 +105,25 @@ fn compile(table: &Table, f: &Filter, p: &mut Params) -> Result<String, ApiError
                 "\"subagent_id\" IN (SELECT \"id\" FROM \"subagents\" WHERE \"gateway_id\" = {ph})"
             ))
         }
+        Filter::TeamOfMember {
+            column,
+            user_id,
+            session_id,
+            roles,
+        } => {
+            let user = p.push(SqlValue::Text(user_id.clone()));
+            let session = p.push(SqlValue::Text(session_id.clone()));
+            let roles = roles
+                .iter()
+                .map(|r| p.push(SqlValue::Text(r.to_string())))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Ok(format!(
+                "{} IN (SELECT m.\"team_id\" FROM \"team_members\" m JOIN \"user_sessions\" s ON s.\"user_id\" = m.\"user_id\" \
+                 WHERE m.\"user_id\" = {user} AND s.\"id\" = {session} AND s.\"revoked_at\" IS NULL AND m.\"role\" IN ({roles}))",
+                quote_ident(column)
+            ))
+        }
         Filter::Cond {
             column,
             op,

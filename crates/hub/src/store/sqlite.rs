@@ -186,6 +186,56 @@ CREATE TABLE team_secrets (
   CONSTRAINT team_secrets_team_name_uniq UNIQUE (team_id, name)
 );
 "#,
+    // Version 3: people (issue 13) — accounts, their sessions, team membership and invitations.
+    r#"
+CREATE TABLE user_accounts (
+  id               TEXT PRIMARY KEY,
+  email            TEXT NOT NULL UNIQUE,
+  password_hash    TEXT NOT NULL,
+  user_metadata    TEXT NOT NULL DEFAULT '{}',
+  created_at       TEXT NOT NULL,
+  updated_at       TEXT NOT NULL,
+  last_sign_in_at  TEXT
+);
+CREATE TABLE user_sessions (
+  id          TEXT PRIMARY KEY,
+  user_id     TEXT NOT NULL REFERENCES user_accounts(id) ON DELETE CASCADE,
+  created_at  TEXT NOT NULL,
+  revoked_at  TEXT
+);
+CREATE INDEX user_sessions_user_idx ON user_sessions (user_id);
+CREATE TABLE user_refresh_tokens (
+  token_hash  TEXT PRIMARY KEY,
+  session_id  TEXT NOT NULL REFERENCES user_sessions(id) ON DELETE CASCADE,
+  parent_hash TEXT,
+  created_at  TEXT NOT NULL,
+  revoked_at  TEXT
+);
+CREATE INDEX user_refresh_tokens_session_idx ON user_refresh_tokens (session_id);
+CREATE TABLE team_members (
+  id          TEXT PRIMARY KEY,
+  team_id     TEXT NOT NULL REFERENCES teams(id) ON DELETE CASCADE,
+  user_id     TEXT NOT NULL REFERENCES user_accounts(id) ON DELETE CASCADE,
+  email       TEXT NOT NULL DEFAULT '',
+  role        TEXT NOT NULL DEFAULT 'member' CHECK (role IN ('owner','admin','member','viewer')),
+  created_at  TEXT NOT NULL,
+  updated_at  TEXT NOT NULL,
+  CONSTRAINT team_members_team_user_uniq UNIQUE (team_id, user_id)
+);
+CREATE INDEX team_members_user_idx ON team_members (user_id, team_id);
+CREATE TABLE team_invitations (
+  id           TEXT PRIMARY KEY,
+  team_id      TEXT NOT NULL REFERENCES teams(id) ON DELETE CASCADE,
+  email        TEXT NOT NULL,
+  role         TEXT NOT NULL CHECK (role IN ('owner','admin','member','viewer')),
+  code_hash    TEXT NOT NULL UNIQUE,
+  created_by   TEXT,
+  created_at   TEXT NOT NULL,
+  expires_at   TEXT NOT NULL,
+  accepted_at  TEXT,
+  accepted_by  TEXT
+);
+"#,
 ];
 
 /// `chmod 600` the database file and its WAL companions that exist.
@@ -203,6 +253,8 @@ fn secure_db_files(path: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+mod people;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -924,62 +976,27 @@ impl Store for SqliteStore {
         let new_hash = new_hash.to_string();
         let outcome = self
             .tx(move |tx, _| {
-                let map = |e| map_err(e, "auth_refresh_tokens");
-                let found: Option<(String, Option<String>)> = tx
-                    .query_row(
-                        "SELECT session_id, revoked_at FROM auth_refresh_tokens WHERE token_hash = ?1",
-                        [&old_hash],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()
-                    .map_err(map)?;
-                let Some((session_id, revoked_at)) = found else {
-                    return Ok(Err(RefreshError::NotFound));
-                };
-                let identity: Option<(String, String, String, Option<String>, Option<String>)> = tx
-                    .query_row(
-                        "SELECT u.id, u.gateway_id, u.team_id, s.revoked_at, g.revoked_at FROM auth_sessions s \
-                         JOIN auth_users u ON u.id = s.user_id JOIN team_gateways g ON g.id = u.gateway_id \
-                         WHERE s.id = ?1",
-                        [&session_id],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                    )
-                    .optional()
-                    .map_err(map)?;
-                let Some((user_id, gateway_id, team_id, None, None)) = identity else {
-                    return Ok(Err(RefreshError::SessionGone));
-                };
-                let now = chrono::Utc::now();
-                if let Some(revoked) = revoked_at {
-                    let within_grace = parse_timestamp(&revoked)
-                        .is_some_and(|t| (now - t).num_seconds() < reuse_interval_secs);
-                    if !within_grace {
-                        // Reuse of an old token: treat the family as stolen.
-                        tx.execute(
-                            "UPDATE auth_sessions SET revoked_at = ?1 WHERE id = ?2",
-                            rusqlite::params![format_timestamp(now), session_id],
+                rotate_in_family(tx, &GATEWAY_TOKENS, &old_hash, &new_hash, reuse_interval_secs, |tx, session_id| {
+                    let identity: Option<(String, String, String, Option<String>, Option<String>)> = tx
+                        .query_row(
+                            "SELECT u.id, u.gateway_id, u.team_id, s.revoked_at, g.revoked_at FROM auth_sessions s \
+                             JOIN auth_users u ON u.id = s.user_id JOIN team_gateways g ON g.id = u.gateway_id \
+                             WHERE s.id = ?1",
+                            [session_id],
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                         )
-                        .map_err(map)?;
-                        return Ok(Err(RefreshError::AlreadyUsed));
-                    }
-                }
-                let now_s = format_timestamp(now);
-                tx.execute(
-                    "UPDATE auth_refresh_tokens SET revoked_at = ?1 WHERE session_id = ?2 AND revoked_at IS NULL",
-                    rusqlite::params![now_s, session_id],
-                )
-                .map_err(map)?;
-                tx.execute(
-                    "INSERT INTO auth_refresh_tokens (token_hash, session_id, parent_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-                    rusqlite::params![new_hash, session_id, old_hash, now_s],
-                )
-                .map_err(map)?;
-                Ok(Ok(RefreshGrant {
-                    user_id,
-                    session_id,
-                    gateway_id,
-                    team_id,
-                }))
+                        .optional()
+                        .map_err(|e| map_err(e, "auth_sessions"))?;
+                    Ok(match identity {
+                        Some((user_id, gateway_id, team_id, None, None)) => Some(RefreshGrant {
+                            user_id,
+                            session_id: session_id.to_string(),
+                            gateway_id,
+                            team_id,
+                        }),
+                        _ => None,
+                    })
+                })
             })
             .await;
         match outcome {
@@ -1078,6 +1095,87 @@ impl Store for SqliteStore {
     }
 }
 
+/// The tables of one kind of session: its refresh tokens and the sessions
+/// they belong to.
+struct TokenFamily {
+    tokens: &'static str,
+    sessions: &'static str,
+}
+
+const GATEWAY_TOKENS: TokenFamily = TokenFamily {
+    tokens: "auth_refresh_tokens",
+    sessions: "auth_sessions",
+};
+
+/// Refresh-token rotation with reuse detection, shared by gateway and user
+/// sessions: `old_hash` is revoked and `new_hash` becomes the session's
+/// active token. `identity` answers who the session stands for, or `None`
+/// when the session (or what it belongs to) is gone. A token revoked more
+/// than `reuse_interval_secs` ago is a replay: the whole session is
+/// revoked.
+fn rotate_in_family<T>(
+    tx: &Transaction<'_>,
+    family: &TokenFamily,
+    old_hash: &str,
+    new_hash: &str,
+    reuse_interval_secs: i64,
+    identity: impl FnOnce(&Transaction<'_>, &str) -> Result<Option<T>, ApiError>,
+) -> Result<Result<T, RefreshError>, ApiError> {
+    let map = |e| map_err(e, family.tokens);
+    let found: Option<(String, Option<String>)> = tx
+        .query_row(
+            &format!(
+                "SELECT session_id, revoked_at FROM {} WHERE token_hash = ?1",
+                family.tokens
+            ),
+            [old_hash],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(map)?;
+    let Some((session_id, revoked_at)) = found else {
+        return Ok(Err(RefreshError::NotFound));
+    };
+    let Some(who) = identity(tx, &session_id)? else {
+        return Ok(Err(RefreshError::SessionGone));
+    };
+    let now = chrono::Utc::now();
+    if let Some(revoked) = revoked_at {
+        let within_grace = parse_timestamp(&revoked)
+            .is_some_and(|t| (now - t).num_seconds() < reuse_interval_secs);
+        if !within_grace {
+            // Reuse of an old token: treat the family as stolen.
+            tx.execute(
+                &format!(
+                    "UPDATE {} SET revoked_at = ?1 WHERE id = ?2",
+                    family.sessions
+                ),
+                rusqlite::params![format_timestamp(now), session_id],
+            )
+            .map_err(map)?;
+            return Ok(Err(RefreshError::AlreadyUsed));
+        }
+    }
+    let now_s = format_timestamp(now);
+    tx.execute(
+        &format!(
+            "UPDATE {} SET revoked_at = ?1 WHERE session_id = ?2 AND revoked_at IS NULL",
+            family.tokens
+        ),
+        rusqlite::params![now_s, session_id],
+    )
+    .map_err(map)?;
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (token_hash, session_id, parent_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+            family.tokens
+        ),
+        rusqlite::params![new_hash, session_id, old_hash, now_s],
+    )
+    .map_err(map)?;
+    Ok(Ok(who))
+}
+
 /// Hashes a refresh token for storage (re-exported for the auth endpoints).
 pub fn refresh_hash(token: &str) -> String {
     hash_token(token)
@@ -1111,6 +1209,53 @@ mod tests {
             }
         }
         assert!(dir.path().join("hub.db-wal").exists(), "WAL mode");
+    }
+
+    /// A database written before people existed (migrations 1 and 2: the
+    /// team secrets) upgrades to the people tables in place, rows kept.
+    #[test]
+    fn a_version_2_database_upgrades_to_people() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            conn.execute_batch("CREATE TABLE hub_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)").unwrap();
+            let tx = conn.transaction().unwrap();
+            for (i, sql) in MIGRATIONS[..2].iter().enumerate() {
+                tx.execute_batch(sql).unwrap();
+                tx.execute(
+                    "INSERT INTO hub_migrations (version, applied_at) VALUES (?1, 'then')",
+                    [i as i64 + 1],
+                )
+                .unwrap();
+            }
+            tx.execute_batch(
+                "INSERT INTO teams (id, name, created_at) VALUES ('t', 'old', 'x');
+                 INSERT INTO team_secrets (id, team_id, name, value, created_at, updated_at) VALUES ('s', 't', 'TOKEN', 'v', 'x', 'x');",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(&path, ChangeFeed::new(16)).unwrap();
+        let conn = store.conn.lock().unwrap();
+        let versions: Vec<i64> = conn
+            .prepare("SELECT version FROM hub_migrations ORDER BY version")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(versions, (1..=MIGRATIONS.len() as i64).collect::<Vec<_>>());
+        let kept: String = conn
+            .query_row("SELECT value FROM team_secrets WHERE id = 's'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kept, "v");
+        let members: i64 = conn
+            .query_row("SELECT count(*) FROM team_members", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(members, 0);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //   HUB_REFRESH_REUSE_INTERVAL_SECS         the hub's refresh-token reuse
 //                                           grace (default 10; the Rust test
 //                                           starts the hub with a short one)
+//   HUB_INVITE_EMAIL, HUB_INVITE_CODE       an invitation to team A as member
+//   HUB_USER_EMAIL, HUB_USER_PASSWORD       a user made by `panorama-hub user create`
 //
 // Prints one line per check; exits 1 on the first failure with what was
 // expected and what came back.
@@ -37,6 +39,10 @@ const TEAM_B = env('HUB_TEAM_B')
 const CODE_A = env('HUB_PAIRING_CODE_A')
 const CODE_B = env('HUB_PAIRING_CODE_B')
 const REUSE_GRACE_SECS = Number(env('HUB_REFRESH_REUSE_INTERVAL_SECS', '10'))
+const INVITE_EMAIL = env('HUB_INVITE_EMAIL')
+const INVITE_CODE = env('HUB_INVITE_CODE')
+const USER_EMAIL = env('HUB_USER_EMAIL')
+const USER_PASSWORD = env('HUB_USER_PASSWORD')
 
 // supabase-js picks the runtime's WebSocket (Node.js 22+ has one); older
 // Node.js needs one passed in, and `ws` is the one realtime-js documents.
@@ -529,6 +535,103 @@ await check('gateway: realtime postgres_changes INSERT on gateway_jobs filtered 
   const leaked = received.filter((p) => p.new?.team_id !== TEAM_A || p.new?.id === jobB.id)
   expectEq("events for other teams' rows", leaked.map((p) => p.new), [])
   await gw.removeChannel(channel)
+})
+
+// ---------------------------------------------------------------- people (Supabase Auth)
+
+const person = client(ANON)
+const authEvents = []
+person.auth.onAuthStateChange((event, s) => authEvents.push({ event, user: s?.user?.id ?? null }))
+const PERSON_PASSWORD = `pw-${randomUUID()}`
+let personSession
+
+await check('person: auth.signUp() without an invitation is refused (invite-only)', async () => {
+  const res = await anon.auth.signUp({ email: `nobody-${tag}@example.test`, password: PERSON_PASSWORD })
+  expectTrue('an error', res.error, res.data)
+  expectEq('error.code', res.error.code, 'signup_disabled')
+  expectEq('no session', res.data.session, null)
+})
+
+await check('person: auth.signUp() with an invitation code gives a session and the membership', async () => {
+  const res = await person.auth.signUp({
+    email: INVITE_EMAIL, password: PERSON_PASSWORD, options: { data: { invitation_code: INVITE_CODE, name: 'Ada' } },
+  })
+  if (res.error) fail(`signUp: ${res.error.name} ${res.error.code ?? ''} ${res.error.message}`)
+  expectEq('user.email', res.data.user?.email, INVITE_EMAIL)
+  expectEq('user.aud', res.data.user.aud, 'authenticated')
+  expectEq('user.user_metadata', res.data.user.user_metadata, { name: 'Ada' })
+  expectTrue('a session', res.data.session?.access_token, res.data)
+  const { data: members } = ok('team_members', await person.from('team_members').select('team_id, role').eq('user_id', res.data.user.id))
+  expectEq('membership', members, [{ team_id: TEAM_A, role: 'member' }])
+  expectTrue('SIGNED_IN event', authEvents.some((e) => e.event === 'SIGNED_IN'), authEvents)
+  await person.auth.signOut({ scope: 'local' })
+})
+
+await check('person: signInWithPassword() with a wrong password or an unknown email says the same thing', async () => {
+  const wrong = await anon.auth.signInWithPassword({ email: INVITE_EMAIL, password: 'not the password' })
+  const unknown = await anon.auth.signInWithPassword({ email: `nobody-${tag}@example.test`, password: 'not the password' })
+  for (const [what, res] of [['wrong password', wrong], ['unknown email', unknown]]) {
+    expectTrue(`${what}: an error`, res.error, res.data)
+    expectEq(`${what}: error.code`, res.error.code, 'invalid_credentials')
+    expectEq(`${what}: error.message`, res.error.message, 'Invalid login credentials')
+    expectEq(`${what}: HTTP status`, res.error.status, 400)
+  }
+})
+
+await check('person: signInWithPassword() signs in, onAuthStateChange reports SIGNED_IN', async () => {
+  authEvents.length = 0
+  const res = await person.auth.signInWithPassword({ email: INVITE_EMAIL, password: PERSON_PASSWORD })
+  if (res.error) fail(`signInWithPassword: ${res.error.name} ${res.error.code ?? ''} ${res.error.message}`)
+  personSession = res.data.session
+  expectEq('token_type', personSession.token_type, 'bearer')
+  expectTrue('expires_at in the future', personSession.expires_at > Date.now() / 1000, personSession)
+  expectEq('SIGNED_IN for this user', authEvents.filter((e) => e.event === 'SIGNED_IN').map((e) => e.user), [res.data.user.id])
+  const ops = await anon.auth.signInWithPassword({ email: USER_EMAIL, password: USER_PASSWORD })
+  if (ops.error) fail(`the CLI-made user signs in: ${ops.error.message}`)
+})
+
+await check('person: a member reads its team only and dispatches to its own team\'s gateway', async () => {
+  const { data: teams } = ok('teams', await person.from('teams').select('id'))
+  expectEq('teams', teams, [{ id: TEAM_A }])
+  const mineJob = ok('dispatch', await person.from('gateway_jobs').insert({
+    team_id: TEAM_A, gateway_id: gwA.gateway_id, job_type: 'diagnostic', idempotency_key: `${tag}-person`,
+  }).select())
+  expectEq('dispatched job status', mineJob.data[0].status, 'queued')
+  expectError("another team's gateway", await person.from('gateway_jobs').insert({
+    team_id: TEAM_B, gateway_id: gwB.gateway_id, job_type: 'diagnostic',
+  }), '42501', 403)
+  const { data: others } = ok('select team B jobs', await person.from('gateway_jobs').select('id').eq('team_id', TEAM_B))
+  expectEq("team B's jobs", others, [])
+})
+
+await check('person: refreshSession() rotates, onAuthStateChange reports TOKEN_REFRESHED', async () => {
+  authEvents.length = 0
+  const res = await person.auth.refreshSession()
+  if (res.error) fail(`refreshSession: ${res.error.name} ${res.error.code ?? ''} ${res.error.message}`)
+  expectTrue('a new refresh token', res.data.session.refresh_token !== personSession.refresh_token, res.data.session)
+  expectTrue('TOKEN_REFRESHED', authEvents.some((e) => e.event === 'TOKEN_REFRESHED'), authEvents)
+  personSession = res.data.session
+  const { data: user, error } = await person.auth.getUser()
+  if (error) fail(`getUser: ${error.message}`)
+  expectEq('getUser().email', user.user.email, INVITE_EMAIL)
+  const upd = await person.auth.updateUser({ data: { theme: 'dark' } })
+  if (upd.error) fail(`updateUser: ${upd.error.message}`)
+  expectEq('user_metadata merged', upd.data.user.user_metadata, { name: 'Ada', theme: 'dark' })
+})
+
+await check('person: signOut() ends the session, onAuthStateChange reports SIGNED_OUT', async () => {
+  authEvents.length = 0
+  const res = await person.auth.signOut()
+  if (res.error) fail(`signOut: ${res.error.message}`)
+  expectTrue('SIGNED_OUT', authEvents.some((e) => e.event === 'SIGNED_OUT'), authEvents)
+  const { data } = await person.auth.getSession()
+  expectEq('no session', data.session, null)
+  const stale = await fetch(`${URL_}/rest/v1/teams?select=id`, {
+    headers: { apikey: ANON, authorization: `Bearer ${personSession.access_token}` },
+  })
+  expectEq('the old access token reads nothing (HTTP status)', stale.status, 401)
+  const reuse = await anon.auth.refreshSession({ refresh_token: personSession.refresh_token })
+  expectTrue('the old refresh token is refused', reuse.error, reuse.data)
 })
 
 console.log(`${passed} passed, 0 failed (${((Date.now() - started) / 1000).toFixed(1)} s)`)
