@@ -35,6 +35,8 @@ pub struct AppState {
     pub access_token_ttl_secs: i64,
     /// Grace period for re-presenting a just-rotated refresh token.
     pub refresh_reuse_interval_secs: i64,
+    /// Realtime broadcast fan-out between sockets.
+    pub broadcasts: Arc<crate::realtime::broadcast::Broadcasts>,
 }
 
 impl AppState {
@@ -43,6 +45,7 @@ impl AppState {
             store,
             keys,
             feed,
+            broadcasts: Default::default(),
             access_token_ttl_secs: env_secs("PANORAMA_HUB_ACCESS_TOKEN_TTL", ACCESS_TOKEN_TTL_SECS),
             refresh_reuse_interval_secs: env_secs(
                 "PANORAMA_HUB_REFRESH_REUSE_INTERVAL",
