@@ -93,12 +93,22 @@ async fn send_locked(
     status: GatewayStatus,
     last: &mut Option<GatewayStatus>,
 ) -> bool {
-    let capabilities = gw
+    let mut capabilities = gw
         .lock()
         .capabilities
         .as_ref()
         .map(Capabilities::to_value)
         .unwrap_or_else(|| json!({}));
+    // Extension (issue 15): this gateway serves `terminal_open` streams.
+    if let Some(caps) = capabilities.as_object_mut() {
+        caps.insert(
+            panorama_protocol::terminal::CAPABILITY_KEY.into(),
+            json!({
+                "version": panorama_protocol::terminal::PROTOCOL_VERSION,
+                "idle_timeout_secs": gw.shell_sessions.terminals().idle_timeout.as_secs_f64(),
+            }),
+        );
+    }
     let body = json!({
         "status": status.as_str(),
         "capabilities": capabilities,

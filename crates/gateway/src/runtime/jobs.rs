@@ -226,6 +226,9 @@ async fn dispatch(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
             }
         }
         JobType::ShellSession | JobType::ShellExec => super::shell_glue::handle(gw, job).await,
+        JobType::Unknown(t) if super::shell_glue::is_terminal_job(t) => {
+            super::shell_glue::handle(gw, job).await
+        }
         JobType::ModelRun => complete_job(
             &job.job_type,
             crate::delegated::model_run::handle(gw, job).await,
