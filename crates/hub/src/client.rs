@@ -36,6 +36,12 @@ impl HubClient {
         }
     }
 
+    /// The key this client acts with (the realtime socket of `shell
+    /// attach` joins with it).
+    pub fn service_key(&self) -> &str {
+        &self.service_key
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.url))
