@@ -27,13 +27,15 @@ pub const HELP: &str = r#"
 Panorama Gateway
 
 Usage:
-  panorama-gateway pair <PAIRING_CODE> [--device-name "My Mac"]
+  panorama-gateway pair <PAIRING_CODE> [--device-name "My Mac"] [--force]
   panorama-gateway start [--device-name "My Mac"] [--foreground|--daemon]
   panorama-gateway stop
   panorama-gateway status
   panorama-gateway logs [--lines 200] [--no-follow]
   panorama-gateway doctor
-  panorama-gateway full-control <enable|disable|status>
+  panorama-gateway full-control <on|off|status>
+  panorama-gateway service <install|uninstall|status>
+  panorama-gateway completions <bash|zsh|fish|elvish|powershell>
 
 Notes:
   Pair automatically starts the gateway when possible.
@@ -49,7 +51,7 @@ Environment options:
   PANORAMA_ENV_FILE                 Same as --env-file
 
 CLI overrides:
-  --config-dir <path>               Override config directory (default: ~/.panorama/gateway)
+  --data-dir <path>                 Override the data (config) directory (default: ~/.panorama/gateway)
   --config-path <path>              Override gateway config file
   --log-path <path>                 Override gateway log file
   --pid-path <path>                 Override gateway pid file
@@ -70,11 +72,12 @@ Environment overrides:
   PANORAMA_GATEWAY_RESTART_MAX_WAIT_MS (optional)
 
 Backend (this gateway's additions):
-  --supabase-url <url>              Control-plane URL (default: http://127.0.0.1:54321, a local panorama-hub)
+  --hub-url <url>                   Control-plane URL (default: http://127.0.0.1:54321, a local panorama-hub)
   --anon-key <key>                  Control-plane anon key
-  PANORAMA_SUPABASE_URL, SUPABASE_URL            Same as --supabase-url
+  PANORAMA_SUPABASE_URL, SUPABASE_URL            Same as --hub-url
   PANORAMA_SUPABASE_ANON_KEY, SUPABASE_ANON_KEY  Same as --anon-key
-  status --json, doctor --json      Machine-readable output
+  --json                            Machine-readable output (status, doctor)
+  start --metrics-listen <host:port> Serve Prometheus metrics at /metrics (PANORAMA_GATEWAY_METRICS_LISTEN)
   PANORAMA_GATEWAY_SHUTDOWN_GRACE_MS  How long running jobs may finish at shutdown
   PANORAMA_GATEWAY_LOG              Log filter (e.g. info, debug)
 "#;
@@ -105,8 +108,15 @@ pub struct GlobalArgs {
     /// Load a specific env file.
     #[arg(long, global = true, value_name = "PATH")]
     pub env_file: Option<PathBuf>,
-    /// Override the config directory (default ~/.panorama/gateway).
-    #[arg(long, global = true, value_name = "PATH")]
+    /// Override the data (config) directory (default ~/.panorama/gateway).
+    /// One spelling with `panorama-hub --data-dir`; `--config-dir` (the
+    /// reference gateway's) still works, hidden.
+    #[arg(
+        long = "data-dir",
+        alias = "config-dir",
+        global = true,
+        value_name = "PATH"
+    )]
     pub config_dir: Option<PathBuf>,
     /// Override the gateway config file.
     #[arg(long, global = true, value_name = "PATH")]
@@ -129,9 +139,18 @@ pub struct GlobalArgs {
     /// Device label (pair, start).
     #[arg(long, global = true, value_name = "NAME")]
     pub device_name: Option<String>,
-    /// Backend URL override (pair, start); beats env and config.
-    #[arg(long, global = true, value_name = "URL")]
+    /// Backend URL override (pair, start); beats env and config. One
+    /// spelling with `panorama-hub --hub-url`; `--supabase-url` still works, hidden.
+    #[arg(
+        long = "hub-url",
+        alias = "supabase-url",
+        global = true,
+        value_name = "URL"
+    )]
     pub supabase_url: Option<String>,
+    /// Print machine-readable JSON (status, doctor); global as in panorama-hub.
+    #[arg(long, global = true)]
+    pub json: bool,
     /// Backend anon key override (pair, start); beats env and config.
     #[arg(long, global = true, value_name = "KEY")]
     pub anon_key: Option<String>,
@@ -170,18 +189,38 @@ pub enum Command {
     /// Stop the background gateway.
     Stop,
     /// Show gateway status.
-    Status(JsonArgs),
+    Status,
     /// Show (and follow) the gateway log.
     Logs(LogsArgs),
     /// Check the configuration and providers.
-    Doctor(JsonArgs),
-    /// Enable, disable or show install full control.
+    Doctor,
+    /// Turn install full control on or off, or show it.
     FullControl(FullControlArgs),
+    /// Keep the gateway running as a user service (systemd on Linux, launchd on macOS).
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum ServiceAction {
+    /// Write the service definition and start it (or print how to).
+    Install,
+    /// Stop the service and remove its definition.
+    Uninstall,
+    /// Show whether the service is installed (and, with systemd, running).
+    Status,
 }
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct PairArgs {
-    /// The pairing code shown in the Panorama app.
+    /// The pairing code (from `panorama-hub pairing-code create`).
     #[arg(value_name = "PAIRING_CODE")]
     pub code: Option<String>,
     /// The pairing code (alternative to the positional argument).
@@ -193,6 +232,9 @@ pub struct PairArgs {
     /// Run the auto-started gateway attached to this terminal.
     #[arg(long)]
     pub foreground: bool,
+    /// Replace the identity of an already paired config directory.
+    #[arg(long)]
+    pub force: bool,
 }
 
 impl PairArgs {
@@ -214,13 +256,9 @@ pub struct StartArgs {
     /// Run in the background (the default).
     #[arg(long, alias = "background")]
     pub daemon: bool,
-}
-
-#[derive(Debug, Clone, Default, Args)]
-pub struct JsonArgs {
-    /// Print machine-readable JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT; keep it on loopback).
+    #[arg(long, value_name = "ADDR", env = "PANORAMA_GATEWAY_METRICS_LISTEN", value_parser = crate::metrics::parse_listen)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -235,8 +273,8 @@ pub struct LogsArgs {
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct FullControlArgs {
-    /// enable | disable | status (default status).
-    #[arg(value_name = "enable|disable|status")]
+    /// on | off | status (default status); enable/disable also work.
+    #[arg(value_name = "on|off|status")]
     pub action: Option<String>,
 }
 
@@ -262,15 +300,40 @@ mod tests {
 
     #[test]
     fn globals_work_before_and_after_the_command() {
-        let cli =
-            Cli::try_parse_from(["pg", "--verbose", "status", "--json", "--config-dir", "/x"])
-                .unwrap();
+        let cli = Cli::try_parse_from([
+            "pg",
+            "--verbose",
+            "status",
+            "--json",
+            "--data-dir",
+            "/x",
+            "--hub-url",
+            "http://h",
+        ])
+        .unwrap();
         assert!(cli.global.verbose);
+        assert!(cli.global.json);
         assert_eq!(cli.global.config_dir, Some(PathBuf::from("/x")));
-        assert!(matches!(
-            cli.command,
-            Some(Command::Status(JsonArgs { json: true }))
-        ));
+        assert_eq!(cli.global.supabase_url.as_deref(), Some("http://h"));
+        assert!(matches!(cli.command, Some(Command::Status)));
+    }
+
+    #[test]
+    fn the_old_spellings_still_parse() {
+        let cli = Cli::try_parse_from([
+            "pg",
+            "--json",
+            "doctor",
+            "--config-dir",
+            "/y",
+            "--supabase-url",
+            "http://old",
+        ])
+        .unwrap();
+        assert!(cli.global.json);
+        assert_eq!(cli.global.config_dir, Some(PathBuf::from("/y")));
+        assert_eq!(cli.global.supabase_url.as_deref(), Some("http://old"));
+        assert!(matches!(cli.command, Some(Command::Doctor)));
     }
 
     #[test]

@@ -276,6 +276,26 @@ impl ConfigLock {
     }
 }
 
+/// The install full-control flag as `gateway.json` says right now — the one
+/// reader of it (heartbeat refresh, shell gate, subagent runs).
+///
+/// Error policy: a config that cannot be read or parsed counts as **off**
+/// (fail closed), logged each time. Why this one: the flag only ever grants
+/// power (machine control, agents with full permissions), so an unreadable
+/// file must not grant it — not even by keeping an earlier `true` that the
+/// operator may have been turning off when the file broke; and reading it as
+/// off stops nothing that does not need full control (failing every
+/// subagent run instead would turn a typo in `gateway.json` into an outage).
+pub fn install_full_control(config_path: &Path) -> bool {
+    match GatewayConfig::load(config_path) {
+        Ok(config) => config.full_control_enabled,
+        Err(e) => {
+            tracing::error!(error = %e, path = %config_path.display(), "Cannot read the install full-control setting from the gateway config; treating it as off until the file is fixed");
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,5 +373,17 @@ mod tests {
         c.set_provider_health(&map);
         assert_eq!(c.provider_health(), map);
         assert_eq!(c.to_map()["providerHealth"]["codex"]["status"], "healthy");
+    }
+
+    #[test]
+    fn an_unreadable_config_turns_install_full_control_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.json");
+        std::fs::write(&path, r#"{"full_control_enabled":true}"#).unwrap();
+        assert!(install_full_control(&path));
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(!install_full_control(&path));
+        std::fs::remove_file(&path).unwrap();
+        assert!(!install_full_control(&path));
     }
 }

@@ -60,3 +60,13 @@ impl GatewayError {
 }
 
 pub type Result<T, E = GatewayError> = std::result::Result<T, E>;
+
+/// The text of a caught panic (`panic!` with a message or a format string),
+/// for the job's error and the log.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "handler panicked".to_string())
+}

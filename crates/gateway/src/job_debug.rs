@@ -157,6 +157,8 @@ mod tests {
             }],
             output_format: format,
             timeout_ms: 1000,
+            answer_file: None,
+            strict_json: false,
         }
     }
 

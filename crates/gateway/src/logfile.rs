@@ -177,6 +177,7 @@ pub fn init_tracing(log: Option<RotatingLog>, verbose: bool) {
             }
             let _ = tracing_subscriber::fmt()
                 .with_target(false)
+                .with_ansi(crate::output::color_enabled(&io::stderr()))
                 .with_env_filter(filter)
                 .with_writer(io::stderr)
                 .try_init();

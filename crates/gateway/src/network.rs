@@ -5,29 +5,13 @@
 
 use std::path::PathBuf;
 
-use crate::backend::Backend;
 use crate::config::{GatewayConfig, ProviderHealth};
 use crate::error::{GatewayError, Result};
 use crate::paths::GatewayPaths;
 use std::collections::BTreeMap;
 
-/// Input of the pairing exchange (control-plane.md §2.2).
-#[derive(Debug, Clone)]
-pub struct PairingRequest {
-    pub backend: Backend,
-    /// Trimmed pairing code.
-    pub code: String,
-    pub device_name: String,
-}
-
-/// A successful pairing exchange. All four ids/tokens are non-empty.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PairingExchange {
-    pub access_token: String,
-    pub refresh_token: String,
-    pub gateway_id: String,
-    pub team_id: String,
-}
+pub use crate::runtime::pairing::{PairingExchange, PairingRequest};
+pub use crate::runtime::RuntimeRequest;
 
 /// `pair` step 4–5: POST `{url}/functions/v1/exchange-gateway-pairing-code`
 /// with `{code, device_name}`, `apikey` and `Authorization: Bearer <anon>`.
@@ -56,20 +40,6 @@ fn tokio_runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime> {
     })
 }
 
-/// Everything the foreground runtime needs; the config has already been
-/// saved with the resolved backend and device name (runtime.md §1.6.2
-/// step B.5).
-#[derive(Debug, Clone)]
-pub struct RuntimeRequest {
-    pub paths: GatewayPaths,
-    pub config: GatewayConfig,
-    pub backend: Backend,
-    pub device_name: String,
-    /// Set when the fallback config dir is in use (emit `config_dir_fallback`).
-    pub migrated_from: Option<PathBuf>,
-    pub verbose: bool,
-}
-
 /// `start --foreground` steps B.6 onwards: `setSession`, token persistence,
 /// provider validation, heartbeat, job ingress, PID file (write with
 /// `pidfile::write_pid` after the first heartbeat, remove with
@@ -81,6 +51,114 @@ pub fn run_gateway_runtime(request: RuntimeRequest) -> Result<()> {
     // Do not wait for stragglers (e.g. a channel still closing).
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     result
+}
+
+/// What `doctor` found out about the hub and this gateway's session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HubCheck {
+    pub url: String,
+    pub reachable: bool,
+    /// `Some(true)`: the session was accepted; `Some(false)`: refused
+    /// (`error` says why); `None`: not known (the hub was not reached).
+    pub session_valid: Option<bool>,
+    pub error: Option<String>,
+}
+
+/// `doctor`: can the hub be reached, and does it accept this gateway's
+/// session? (Authenticating may rotate the tokens; they are persisted.)
+/// With `check_session` false only reachability is checked: a running
+/// gateway owns the session, and a second client refreshing it could
+/// trip the hub's refresh-token reuse detection.
+pub fn check_hub(
+    config: &GatewayConfig,
+    config_path: &std::path::Path,
+    check_session: bool,
+) -> Result<HubCheck> {
+    use crate::runtime::{authenticate, AuthError};
+    let url = config.supabase_url.clone();
+    if let Err(e) = probe_tcp(&url) {
+        return Ok(HubCheck {
+            url,
+            reachable: false,
+            session_valid: None,
+            error: Some(e),
+        });
+    }
+    if !check_session {
+        return Ok(HubCheck {
+            url,
+            reachable: true,
+            session_valid: None,
+            error: None,
+        });
+    }
+    let rt = tokio_runtime(false)?;
+    let result = rt.block_on(authenticate(
+        &config.supabase_url,
+        &config.supabase_anon_key,
+        config_path,
+        &config.access_token,
+        &config.refresh_token,
+    ));
+    Ok(match result {
+        Ok(_) => HubCheck {
+            url,
+            reachable: true,
+            session_valid: Some(true),
+            error: None,
+        },
+        Err(AuthError::Unreachable(e)) | Err(AuthError::Client(e)) => HubCheck {
+            url,
+            reachable: false,
+            session_valid: None,
+            error: Some(e),
+        },
+        Err(AuthError::Session(e)) => HubCheck {
+            url,
+            reachable: true,
+            session_valid: Some(false),
+            error: Some(e),
+        },
+    })
+}
+
+/// `host:port` of an http(s) URL (default ports 80/443).
+pub fn url_authority(url: &str) -> Option<String> {
+    let (scheme, rest) = url.trim().split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?.rsplit('@').next()?;
+    if authority.is_empty() {
+        return None;
+    }
+    let has_port = match authority.rfind(']') {
+        Some(close) => authority[close..].contains(':'),
+        None => authority.contains(':'),
+    };
+    if has_port {
+        return Some(authority.to_string());
+    }
+    let port = if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    };
+    Some(format!("{authority}:{port}"))
+}
+
+/// Does anything accept a TCP connection at the URL's host and port?
+fn probe_tcp(url: &str) -> std::result::Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let authority = url_authority(url).ok_or_else(|| format!("{url:?} is not an http(s) URL"))?;
+    let addrs = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {authority}: {e}"))?;
+    let mut last = format!("no address for {authority}");
+    for addr in addrs {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = format!("cannot connect to {addr}: {e}"),
+        }
+    }
+    Err(last)
 }
 
 /// Input of the provider checks of `doctor` and of `pair` step 8.
@@ -193,4 +271,22 @@ async fn emit_events(
         tracing::warn!("Gateway event not delivered yet; it is retried at the next start");
     }
     task.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn authorities_get_default_ports() {
+        use super::url_authority;
+        assert_eq!(
+            url_authority("http://127.0.0.1:54321").as_deref(),
+            Some("127.0.0.1:54321")
+        );
+        assert_eq!(
+            url_authority("https://x.supabase.co/rest").as_deref(),
+            Some("x.supabase.co:443")
+        );
+        assert_eq!(url_authority("http://[::1]/").as_deref(), Some("[::1]:80"));
+        assert_eq!(url_authority("nonsense"), None);
+    }
 }

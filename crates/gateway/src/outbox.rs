@@ -83,6 +83,9 @@ pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// least half of it is delivered entries.
 const COMPACT_BYTES: u64 = 8 * 1024 * 1024;
 
+/// The guard of writes that only apply to a row still `running`.
+pub const STATUS_RUNNING: &str = "eq.running";
+
 /// One write the gateway must get to the hub.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub enum OutboxWrite {
@@ -105,9 +108,44 @@ pub enum OutboxWrite {
         name: String,
         body: serde_json::Value,
     },
+    /// POST /functions/v1/<name>; where the control plane has no such
+    /// function (404), the `fallback` writes instead, in order. An answer of
+    /// `{"success": false}` is a permanent rejection. Used for the later
+    /// generation's `finalize-gateway-subagent-run` (control-plane §5.3),
+    /// whose fallback is the seed's two conditional terminal updates.
+    FunctionOrFallback {
+        name: String,
+        body: serde_json::Value,
+        fallback: Vec<OutboxWrite>,
+    },
 }
 
 impl OutboxWrite {
+    /// `PATCH <table>?id=eq.<id>&status=<status_filter>` with `patch`. The
+    /// status guard makes the write a compare-and-set: a replay, or a row
+    /// someone else already moved on, matches nothing.
+    pub fn update_where_status(
+        table: &str,
+        id: &str,
+        status_filter: &str,
+        patch: serde_json::Value,
+    ) -> OutboxWrite {
+        OutboxWrite::Update {
+            table: table.to_string(),
+            filters: vec![
+                ("id".to_string(), format!("eq.{id}")),
+                ("status".to_string(), status_filter.to_string()),
+            ],
+            patch,
+        }
+    }
+
+    /// [`OutboxWrite::update_where_status`] for a row still `running` — how
+    /// every terminal write of a job, run or subagent is guarded.
+    pub fn update_if_running(table: &str, id: &str, patch: serde_json::Value) -> OutboxWrite {
+        OutboxWrite::update_where_status(table, id, STATUS_RUNNING, patch)
+    }
+
     /// Refuses writes that can never succeed (caught at `push`, not at delivery).
     fn validate(&self) -> Result<(), String> {
         match self {
@@ -158,6 +196,19 @@ impl OutboxWrite {
                     return Err("a Function write needs a function name".into());
                 }
             }
+            OutboxWrite::FunctionOrFallback { name, fallback, .. } => {
+                if name.trim().is_empty() {
+                    return Err("a FunctionOrFallback write needs a function name".into());
+                }
+                for write in fallback {
+                    if matches!(write, OutboxWrite::FunctionOrFallback { .. }) {
+                        return Err(format!(
+                            "the fallback of {name} must be plain writes, not another function with a fallback"
+                        ));
+                    }
+                    write.validate()?;
+                }
+            }
         }
         Ok(())
     }
@@ -168,6 +219,10 @@ impl OutboxWrite {
             OutboxWrite::Update { table, .. } => format!("PATCH /rest/v1/{table}"),
             OutboxWrite::Insert { table, .. } => format!("POST /rest/v1/{table}"),
             OutboxWrite::Function { name, .. } => format!("POST /functions/v1/{name}"),
+            OutboxWrite::FunctionOrFallback { name, fallback, .. } => format!(
+                "POST /functions/v1/{name} (else {} direct writes)",
+                fallback.len()
+            ),
         }
     }
 }
@@ -583,6 +638,11 @@ fn is_retryable(e: &panorama_supabase::Error) -> bool {
 
 async fn deliver_once(client: &panorama_supabase::Client, write: &OutboxWrite) -> Disposition {
     let res = match write {
+        OutboxWrite::FunctionOrFallback {
+            name,
+            body,
+            fallback,
+        } => return deliver_function_or_fallback(client, name, body, fallback).await,
         OutboxWrite::Update {
             table,
             filters,
@@ -614,6 +674,44 @@ async fn deliver_once(client: &panorama_supabase::Client, write: &OutboxWrite) -
     };
     match res {
         Ok(()) => Disposition::Delivered,
+        Err(e) if is_retryable(&e) => Disposition::Retry(e),
+        Err(e) => Disposition::Permanent(e),
+    }
+}
+
+/// The function, or where it answers 404 the fallback writes in order (each
+/// conditional, so a replay after a partial delivery is harmless).
+async fn deliver_function_or_fallback(
+    client: &panorama_supabase::Client,
+    name: &str,
+    body: &Value,
+    fallback: &[OutboxWrite],
+) -> Disposition {
+    match client.functions().invoke(name, body.clone()).await {
+        Ok(answer) if answer.get("success") == Some(&Value::Bool(false)) => {
+            let reason = answer
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("the function answered success: false")
+                .to_string();
+            Disposition::Permanent(panorama_supabase::Error::InvalidRequest(format!(
+                "{name} refused the write: {reason}"
+            )))
+        }
+        Ok(_) => Disposition::Delivered,
+        Err(e) if e.status() == Some(404) => {
+            tracing::info!(
+                function = name,
+                "control plane has no such function; writing the rows directly"
+            );
+            for write in fallback {
+                match Box::pin(deliver_once(client, write)).await {
+                    Disposition::Delivered => {}
+                    other => return other,
+                }
+            }
+            Disposition::Delivered
+        }
         Err(e) if is_retryable(&e) => Disposition::Retry(e),
         Err(e) => Disposition::Permanent(e),
     }
@@ -875,6 +973,51 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_function_with_a_fallback_takes_only_plain_writes() {
+        let update = OutboxWrite::update_if_running("subagents", "s1", json!({"status": "failed"}));
+        let ok = OutboxWrite::FunctionOrFallback {
+            name: "finalize-gateway-subagent-run".into(),
+            body: json!({}),
+            fallback: vec![update.clone()],
+        };
+        assert!(ok.validate().is_ok());
+        assert_eq!(
+            ok.describe(),
+            "POST /functions/v1/finalize-gateway-subagent-run (else 1 direct writes)"
+        );
+        let nested = OutboxWrite::FunctionOrFallback {
+            name: "outer".into(),
+            body: json!({}),
+            fallback: vec![ok.clone()],
+        };
+        assert!(nested.validate().is_err());
+        let bad_fallback = OutboxWrite::FunctionOrFallback {
+            name: "f".into(),
+            body: json!({}),
+            fallback: vec![OutboxWrite::Update {
+                table: "subagents".into(),
+                filters: vec![],
+                patch: json!({}),
+            }],
+        };
+        assert!(
+            bad_fallback.validate().is_err(),
+            "an unfiltered fallback update is refused"
+        );
+        assert_eq!(
+            update,
+            OutboxWrite::Update {
+                table: "subagents".into(),
+                filters: vec![
+                    ("id".into(), "eq.s1".into()),
+                    ("status".into(), "eq.running".into())
+                ],
+                patch: json!({"status": "failed"}),
+            }
+        );
+    }
+
     use super::*;
 
     fn event(n: u64) -> OutboxWrite {

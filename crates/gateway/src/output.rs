@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One `  <Label>: <value>` row under a message.
 #[derive(Debug, Clone)]
@@ -32,6 +33,11 @@ impl Row {
 }
 
 /// Replace the home directory prefix with `~`.
+/// `Enabled` / `Disabled`, as status rows show a switch.
+pub fn enabled_label(on: bool) -> String {
+    if on { "Enabled" } else { "Disabled" }.to_string()
+}
+
 pub fn display_path(path: &Path, home: Option<&Path>) -> String {
     if let Some(home) = home {
         if path == home {
@@ -70,6 +76,144 @@ pub fn render(prefix: &str, message: &str, rows: &[Row], verbose: bool) -> Strin
     out
 }
 
+/// Set in a daemonized gateway, whose stdout and stderr are its JSON-lines
+/// log: CLI lines become log records instead of plain text.
+static LOG_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// Route every [`Printer`] line of this process into the log as a JSON
+/// record (daemon mode).
+pub fn route_to_log() {
+    LOG_ONLY.store(true, Ordering::Relaxed);
+}
+
+/// The rows of a message as one `Label: value; …` text (all rows: the log
+/// always has the details).
+fn rows_text(rows: &[Row]) -> Option<String> {
+    let parts: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let v = r.value.as_deref()?.trim();
+            (!v.is_empty()).then(|| format!("{}: {}", r.label, v))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// One CLI line as a log record: through `tracing` once it is set up,
+/// else as a JSON line of the same shape on stderr (the log file).
+fn log_record(prefix: &str, message: &str, rows: &[Row]) {
+    let details = rows_text(rows);
+    if tracing::dispatcher::has_been_set() {
+        let details = details.as_deref();
+        match prefix.trim() {
+            "ERROR" => tracing::error!(details, "{message}"),
+            "WARN" => tracing::warn!(details, "{message}"),
+            _ => tracing::info!(details, "{message}"),
+        }
+        return;
+    }
+    let level = match prefix.trim() {
+        "ERROR" => "ERROR",
+        "WARN" => "WARN",
+        _ => "INFO",
+    };
+    let mut record = serde_json::json!({
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "level": level,
+        "message": message,
+    });
+    if let Some(details) = details {
+        record["details"] = serde_json::Value::String(details);
+    }
+    let _ = writeln!(std::io::stderr(), "{record}");
+}
+
+/// Restore the default SIGPIPE action (Rust ignores it), so a printing
+/// command whose reader went away ends like any Unix tool instead of
+/// panicking in `println!`.
+pub fn reset_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default is always sound.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Colour only for a terminal, and never with `NO_COLOR` set to anything
+/// non-empty (no-color.org).
+pub fn color_enabled(stream: &impl std::io::IsTerminal) -> bool {
+    color_allowed(
+        stream.is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+/// [`color_enabled`]'s rule, pure.
+pub fn color_allowed(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// The line a foreground gateway prints when it takes a job.
+pub fn job_taken_line(job_id: &str, job_type: &str) -> String {
+    format!("Job {job_id} ({job_type}) started")
+}
+
+/// The line a foreground gateway prints when a job ends.
+pub fn job_ended_line(
+    job_id: &str,
+    job_type: &str,
+    status: &str,
+    error: Option<&str>,
+    elapsed: std::time::Duration,
+) -> String {
+    let mut line = format!(
+        "Job {job_id} ({job_type}) {status} in {:.1} s",
+        elapsed.as_secs_f64()
+    );
+    if let Some(error) = error.filter(|e| !e.trim().is_empty()) {
+        let first = error.lines().next().unwrap_or("");
+        let short: String = first.chars().take(200).collect();
+        line.push_str(&format!(": {}", escape_controls(&short)));
+    }
+    line
+}
+
+/// Control characters (other than none) shown escaped, so text from a job
+/// or a hub row cannot drive the terminal.
+pub fn escape_controls(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+/// A foreground gateway's job line on stdout; a daemon has the log records.
+fn job_line(line: String) {
+    if LOG_ONLY.load(Ordering::Relaxed) {
+        return;
+    }
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+pub fn job_taken(job_id: &str, job_type: &str) {
+    job_line(job_taken_line(job_id, job_type));
+}
+
+pub fn job_ended(
+    job_id: &str,
+    job_type: &str,
+    status: &str,
+    error: Option<&str>,
+    elapsed: std::time::Duration,
+) {
+    job_line(job_ended_line(job_id, job_type, status, error, elapsed));
+}
+
 /// Prints CLI output following the Node gateway's conventions.
 #[derive(Debug, Clone)]
 pub struct Printer {
@@ -90,6 +234,10 @@ impl Printer {
     }
 
     fn emit(&self, stderr: bool, prefix: &str, message: &str, rows: &[Row]) {
+        if LOG_ONLY.load(Ordering::Relaxed) {
+            log_record(prefix, message, rows);
+            return;
+        }
         let text = render(prefix, message, rows, self.verbose);
         // Output errors (closed pipe) are deliberately ignored, like console.log.
         if stderr {
@@ -223,6 +371,43 @@ mod tests {
         // Machine output never spins, whatever stderr is.
         assert!(!spinners_enabled(true, false));
         assert!(!spinners_enabled(false, true));
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(color_allowed(true, None));
+        assert!(color_allowed(true, Some(OsStr::new(""))));
+        assert!(!color_allowed(true, Some(OsStr::new("1"))));
+        assert!(!color_allowed(false, None));
+    }
+
+    #[test]
+    fn job_lines_say_what_ran_and_how_it_ended() {
+        assert_eq!(
+            job_taken_line("j1", "diagnostic"),
+            "Job j1 (diagnostic) started"
+        );
+        assert_eq!(
+            job_ended_line(
+                "j1",
+                "diagnostic",
+                "completed",
+                None,
+                std::time::Duration::from_millis(1234)
+            ),
+            "Job j1 (diagnostic) completed in 1.2 s"
+        );
+        assert_eq!(
+            job_ended_line(
+                "j2",
+                "shell_exec",
+                "failed",
+                Some("bad\u{1b}[2J\nmore"),
+                std::time::Duration::ZERO
+            ),
+            "Job j2 (shell_exec) failed in 0.0 s: bad\\u{1b}[2J"
+        );
     }
 
     #[test]

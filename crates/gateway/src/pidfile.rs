@@ -1,7 +1,19 @@
-//! The PID file (runtime.md §2.5): `<pid>\n`, mode 0600.
+//! The PID file (runtime.md §2.5): `<pid>\n`, mode 0600, and the lock
+//! that makes "one gateway per identity" atomic.
+//!
+//! Checking the PID file and then writing it is a race: two `start`s at the
+//! same instant both see no live gateway. So the process that runs the
+//! gateway first takes an exclusive `flock` on `<pid file>.lock` (a
+//! separate file, because the PID file itself is replaced by rename) and
+//! holds it for its lifetime. The kernel drops the lock when the process
+//! dies or execs (the descriptor is close-on-exec), so a crash never leaves
+//! a stale lock and the upgrade re-exec takes it again. The lock file is
+//! never removed: removing it would let a third process lock a fresh inode
+//! while the second still holds the old one.
 
 use std::fs;
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 use crate::paths;
@@ -40,6 +52,99 @@ fn is_zombie(pid: i32) -> bool {
     stat.rfind(')')
         .and_then(|i| stat[i + 1..].split_whitespace().next())
         .is_some_and(|state| state == "Z" || state == "X")
+}
+
+/// The PID of another live gateway that holds the PID file at `path`, if
+/// any: alive, not this process, and (where `/proc` tells) running a
+/// program with this executable's name, so a PID reused by an unrelated
+/// process after a reboot does not count.
+pub fn live_gateway(path: &Path) -> Option<i32> {
+    let pid = read_pid(path)?;
+    if pid == std::process::id() as i32 || !is_alive(pid) {
+        return None;
+    }
+    let ours = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let Some(ours) = ours else { return Some(pid) };
+    let names = program_names(pid);
+    if names.is_empty() || names.contains(&ours) {
+        Some(pid)
+    } else {
+        None
+    }
+}
+
+/// The file names `pid` runs under (Linux `/proc`: argv[0] and the
+/// executable, which an upgrade may have replaced); empty when unknown.
+fn program_names(pid: i32) -> Vec<String> {
+    let base = |p: &str| {
+        Path::new(p.trim_end_matches(" (deleted)"))
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    };
+    let mut names = Vec::new();
+    if let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) {
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        names.extend(base(&String::from_utf8_lossy(argv0)));
+    }
+    if let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) {
+        names.extend(base(&exe.to_string_lossy()));
+    }
+    names
+}
+
+/// The lock file beside a PID file: `<pid file>.lock`.
+pub fn lock_path(pid_path: &Path) -> PathBuf {
+    let mut name = pid_path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Proof that this process is the one gateway for a PID file; dropping it
+/// releases the lock.
+#[derive(Debug)]
+pub struct InstanceLock {
+    _file: fs::File,
+}
+
+/// Why [`claim`] failed.
+#[derive(Debug)]
+pub enum ClaimError {
+    /// Another process holds the lock; its PID when the PID file names a
+    /// live one already.
+    Held(Option<i32>),
+    Io(std::io::Error),
+}
+
+/// Take the instance lock for `pid_path` without waiting.
+pub fn claim(pid_path: &Path) -> std::result::Result<InstanceLock, ClaimError> {
+    let path = lock_path(pid_path);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(ClaimError::Io)?;
+    }
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(ClaimError::Io)?
+    };
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(InstanceLock { _file: file });
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        let holder =
+            read_pid(pid_path).filter(|pid| *pid != std::process::id() as i32 && is_alive(*pid));
+        Err(ClaimError::Held(holder))
+    } else {
+        Err(ClaimError::Io(err))
+    }
 }
 
 /// Remove the PID file only if it still holds `pid`. Returns whether it was
@@ -87,10 +192,47 @@ mod tests {
     }
 
     #[test]
+    fn the_instance_lock_admits_one_holder_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("gateway.pid");
+        assert_eq!(lock_path(&path), tmp.path().join("gateway.pid.lock"));
+        let first = claim(&path).expect("first claim");
+        // flock locks belong to the open file description, so a second
+        // open in the same process conflicts just like another process.
+        assert!(matches!(claim(&path), Err(ClaimError::Held(None))));
+        write_pid(&path, std::process::id()).unwrap();
+        // Our own PID is never reported as "the other holder".
+        assert!(matches!(claim(&path), Err(ClaimError::Held(None))));
+        drop(first);
+        let again = claim(&path).expect("claim after release");
+        drop(again);
+        assert!(lock_path(&path).exists(), "the lock file is never removed");
+    }
+
+    #[test]
     fn liveness() {
         assert!(is_alive(std::process::id() as i32));
         assert!(!is_alive(0));
         assert!(!is_alive(-1));
         assert!(!is_alive(i32::MAX));
+    }
+
+    #[test]
+    fn only_another_live_gateway_holds_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("gateway.pid");
+        assert_eq!(live_gateway(&path), None);
+        // This process: never "another".
+        write_pid(&path, std::process::id()).unwrap();
+        assert_eq!(live_gateway(&path), None);
+        // A live process running another program (a reused PID).
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        write_pid(&path, sleeper.id()).unwrap();
+        assert_eq!(live_gateway(&path), None);
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
     }
 }

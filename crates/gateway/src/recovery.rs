@@ -228,10 +228,6 @@ fn merged(base: Option<&Value>, extra: &Map<String, Value>) -> Value {
     Value::Object(out)
 }
 
-fn eq(col: &str, value: &str) -> (String, String) {
-    (col.to_string(), format!("eq.{value}"))
-}
-
 fn error_envelope(message: &str) -> Value {
     serde_json::to_value(panorama_protocol::subagent::OutputEnvelope::error(message))
         .unwrap_or_else(|_| {
@@ -299,16 +295,16 @@ pub async fn recover_interrupted_jobs(
                     fail_subagent_run(client, outbox, &job).await?;
                 }
                 let now = now_iso();
-                outbox.push(OutboxWrite::Update {
-                    table: "gateway_jobs".into(),
-                    filters: vec![eq("id", &job_id), eq("status", "running")],
-                    patch: json!({
+                outbox.push(OutboxWrite::update_if_running(
+                    "gateway_jobs",
+                    &job_id,
+                    json!({
                         "status": "failed",
                         "result": {"message": RESTART_MESSAGE, "recovered": true},
                         "error": RESTART_MESSAGE,
                         "completed_at": now,
                     }),
-                })?;
+                ))?;
                 tracing::warn!(job_id = %job_id, "job interrupted by a gateway restart; marking it failed");
                 report.recovered_jobs.push(job_id.clone());
             }
@@ -447,17 +443,17 @@ async fn fail_subagent_run(
                 }
                 (json!(reason), error_envelope(reason))
             };
-            outbox.push(OutboxWrite::Update {
-                table: "subagents".into(),
-                filters: vec![eq("id", &subagent_id), eq("status", "running")],
-                patch: json!({
+            outbox.push(OutboxWrite::update_if_running(
+                "subagents",
+                &subagent_id,
+                json!({
                     "status": run_status,
                     "error": error,
                     "output": output,
                     "completed_at": now_iso(),
                     "metadata": merged(subagent.get("metadata"), &extra),
                 }),
-            })?;
+            ))?;
         }
         return Ok(());
     }
@@ -528,11 +524,11 @@ async fn fail_subagent_run(
         p
     };
 
-    outbox.push(OutboxWrite::Update {
-        table: "subagent_runs".into(),
-        filters: vec![eq("id", &run_id), eq("status", "running")],
-        patch: patch(merged(run.get("metadata"), &extra)),
-    })?;
+    outbox.push(OutboxWrite::update_if_running(
+        "subagent_runs",
+        &run_id,
+        patch(merged(run.get("metadata"), &extra)),
+    ))?;
 
     let sub_status = str_of(&subagent, "status").unwrap_or_default().to_string();
     let current_run_is_this = subagent
@@ -541,11 +537,12 @@ async fn fail_subagent_run(
         == Some(run_id.as_str());
     let terminal = matches!(sub_status.as_str(), "completed" | "failed" | "cancelled");
     if sub_status == "running" || (current_run_is_this && !terminal && !sub_status.is_empty()) {
-        outbox.push(OutboxWrite::Update {
-            table: "subagents".into(),
-            filters: vec![eq("id", &subagent_id), eq("status", &sub_status)],
-            patch: patch(merged(subagent.get("metadata"), &extra)),
-        })?;
+        outbox.push(OutboxWrite::update_where_status(
+            "subagents",
+            &subagent_id,
+            &format!("eq.{}", &sub_status),
+            patch(merged(subagent.get("metadata"), &extra)),
+        ))?;
     }
 
     if has_terminal_event {

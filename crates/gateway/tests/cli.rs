@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -122,7 +122,7 @@ fn full_control_round_trip() {
         .starts_with("ERROR Unknown full-control command.\n"));
     assert!(r
         .stderr()
-        .contains("  Details: Use one of: enable, disable, status"));
+        .contains("  Details: Use one of: on, off, status"));
 }
 
 #[test]
@@ -197,7 +197,11 @@ fn permissions_are_repaired_on_every_start() {
     assert_eq!(mode(&dir.join("work")), 0o700);
     assert_eq!(mode(&home.config_path()), 0o600);
     assert_eq!(mode(&log), 0o600);
-    assert_eq!(mode(&pid), 0o600);
+    // The stale PID file was taken over, then removed by its owner.
+    assert!(
+        !pid.exists(),
+        "the foreground gateway removes its own PID file"
+    );
     // Start saved the resolved backend and device name, keeping the tokens.
     let doc: Value =
         serde_json::from_str(&fs::read_to_string(home.config_path()).unwrap()).unwrap();
@@ -422,10 +426,23 @@ fn bad_command_lines_fail_clearly() {
     assert_eq!(r.code(), 0);
     assert!(r
         .stdout()
-        .contains("panorama-gateway full-control <enable|disable|status>"));
-    // Options only this gateway has are listed after the reference's text.
-    for flag in ["--supabase-url <url>", "--anon-key <key>", "status --json"] {
+        .contains("panorama-gateway full-control <on|off|status>"));
+    // Options only this gateway has are listed after the reference's text;
+    // the spellings shared with panorama-hub, not the hidden old ones.
+    for flag in [
+        "--hub-url <url>",
+        "--data-dir <path>",
+        "--anon-key <key>",
+        "--json ",
+    ] {
         assert!(r.stdout().contains(flag), "--help lacks {flag}");
+    }
+    for old in [
+        "--supabase-url <url>",
+        "--config-dir <path>",
+        "enable|disable",
+    ] {
+        assert!(!r.stdout().contains(old), "--help still shows {old}");
     }
 
     let r = home.run(&["frobnicate"]);
@@ -485,16 +502,27 @@ fn pair_validates_locally_then_stops_at_the_network_step() {
 #[test]
 fn doctor_reports_local_state_in_host_only_mode() {
     let home = Home::new();
-    home.write_config(r#"{"gatewayId":"gw","full_control_enabled":true}"#);
+    let closed = closed_port_url();
+    home.write_config(&format!(
+        r#"{{"gatewayId":"gw","full_control_enabled":true,"supabaseUrl":"{closed}","supabaseAnonKey":"anon"}}"#
+    ));
     let r = home.run(&["doctor"]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     assert_eq!(
         r.stdout(),
-        "Gateway doctor report\n  Config dir: ~/.panorama/gateway\n  Paired: Yes\n  Install full control: Enabled\nValidating providers...\nProvider status:\n  - claude_code: unavailable (spawn claude ENOENT)\n  - codex: unavailable (spawn codex ENOENT)\n  - gemini: unavailable (spawn gemini ENOENT)\n"
+        format!("Gateway doctor report\n  Config dir: ~/.panorama/gateway\n  Paired: Yes\n  Hub: Unreachable ({closed})\n  Install full control: Enabled\nValidating providers...\nProvider status:\n  - claude_code: unavailable (spawn claude ENOENT)\n  - codex: unavailable (spawn codex ENOENT)\n  - gemini: unavailable (spawn gemini ENOENT)\n")
+    );
+    assert!(
+        r.stderr()
+            .starts_with(&format!("WARN The hub at {closed} cannot be reached.\n")),
+        "{}",
+        r.stderr()
     );
     let r = home.run(&["doctor", "--json"]);
     let doc: Value = serde_json::from_str(&r.stdout()).unwrap();
     assert_eq!(doc["paired"], true);
+    assert_eq!(doc["hub"]["reachable"], false);
+    assert_eq!(doc["hub"]["url"], closed.as_str());
     assert_eq!(doc["full_control_enabled"], true);
     // No AI CLI on this PATH: every provider is unavailable, none ready.
     assert_eq!(doc["host_only"], false);
@@ -503,37 +531,115 @@ fn doctor_reports_local_state_in_host_only_mode() {
     assert_eq!(doc["providers"]["codex"]["check_type"], "full");
 }
 
+/// A loopback URL nothing listens on.
+fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn garbage_config_is_not_paired_and_start_says_why() {
+    let home = Home::new();
+    home.write_config("garbage{");
+    let r = home.run(&["status"]);
+    assert!(
+        r.stdout().contains("  Paired: No (config unreadable: "),
+        "{}",
+        r.stdout()
+    );
+    let doc: Value = serde_json::from_str(&home.run(&["status", "--json"]).stdout()).unwrap();
+    assert_eq!(doc["paired"], false);
+    assert!(doc["config_error"]
+        .as_str()
+        .unwrap()
+        .contains("could not be parsed"));
+    let r = home.run(&["doctor", "--json"]);
+    let doc: Value = serde_json::from_str(&r.stdout()).unwrap();
+    assert_eq!(doc["paired"], false);
+
+    // The daemon parent waits for its child's verdict: the child's error,
+    // exit 1, no "OK".
+    let r = home.run(&["start"]);
+    assert_eq!(r.code(), 1, "{}", r.stdout());
+    assert!(!r.stdout().contains("OK Gateway started"), "{}", r.stdout());
+    assert!(
+        r.stderr().starts_with("ERROR Gateway config at "),
+        "{}",
+        r.stderr()
+    );
+    assert!(
+        r.stderr().contains("could not be parsed."),
+        "{}",
+        r.stderr()
+    );
+    assert!(!home.gateway_dir().join("gateway.pid").exists());
+}
+
+#[test]
+fn pair_on_a_paired_directory_asks_for_force() {
+    let home = Home::new();
+    home.write_config(r#"{"gatewayId":"gw-old","teamId":"t"}"#);
+    let r = home.run(&["pair", "ABC-123", "--anon-key", "anon", "-v"]);
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr()
+            .starts_with("ERROR This config directory is already paired (gateway gw-old).\n"),
+        "{}",
+        r.stderr()
+    );
+    assert!(r.stderr().contains("--force"), "{}", r.stderr());
+    let doc: Value =
+        serde_json::from_str(&fs::read_to_string(home.config_path()).unwrap()).unwrap();
+    assert_eq!(doc["gatewayId"], "gw-old", "identity untouched");
+    // With --force it goes on to the network step (nothing listens there).
+    let url = closed_port_url();
+    let r = home.run(&[
+        "pair",
+        "ABC-123",
+        "--force",
+        "--anon-key",
+        "a",
+        "--supabase-url",
+        &url,
+    ]);
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr().starts_with("ERROR Pairing request failed."),
+        "{}",
+        r.stderr()
+    );
+}
+
 #[test]
 fn start_daemonizes_into_the_log_file() {
     let home = Home::new();
-    home.write_config(r#"{"gatewayId":"gw"}"#);
+    home.write_config(r#"{"gatewayId":"gw","accessToken":"a","refreshToken":"r"}"#);
     let r = home.run(&["start", "--anon-key", "anon", "-v"]);
-    assert_eq!(r.code(), 0, "{}", r.stderr());
-    assert!(r
-        .stdout()
-        .starts_with("OK Gateway started\n  Logs: ~/.panorama/gateway/gateway.log\n  PID: "));
+    // The child loads its config and fails authentication (the tokens are
+    // not JWTs): the parent prints the child's error and exits 1.
+    assert_eq!(r.code(), 1, "{}", r.stdout());
+    assert!(!r.stdout().contains("OK Gateway started"), "{}", r.stdout());
+    assert!(
+        r.stderr()
+            .starts_with("ERROR Failed to authenticate gateway session.\n  Details: "),
+        "{}",
+        r.stderr()
+    );
     let pid_path = home.gateway_dir().join("gateway.pid");
-    let pid: u32 = fs::read_to_string(&pid_path)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(pid > 0);
-    assert_eq!(mode(&pid_path), 0o600);
-    // The detached child runs `start --foreground`, logging to the file,
-    // and stops at authentication (no hub listens on the default backend).
+    assert!(!pid_path.exists(), "a dead daemon's PID file is removed");
+    // The detached child logged to the file: JSON lines only.
     let log = home.gateway_dir().join("gateway.log");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("Failed to authenticate gateway session.") {
-            assert!(text.starts_with("Starting gateway...\n"), "{text}");
-            // Daemon errors carry their details in the log.
-            assert!(text.contains("  Details: "), "{text}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "daemon never logged: {text:?}");
-        std::thread::sleep(Duration::from_millis(100));
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("Failed to authenticate gateway session."),
+        "{text}"
+    );
+    for line in text.lines() {
+        let record: Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line:?}"));
+        assert!(record["level"].is_string(), "{line}");
     }
     assert_eq!(mode(&log), 0o600);
     let doc: Value =
@@ -542,11 +648,188 @@ fn start_daemonizes_into_the_log_file() {
         doc["supabaseAnonKey"], "anon",
         "flag reached the daemon child"
     );
+}
 
-    // A live PID means "already running"; no second daemon.
-    let live = spawn_sleeper();
-    fs::write(&pid_path, format!("{live}\n")).unwrap();
-    let r = home.run(&["start"]);
-    assert_eq!(r.stdout(), "Gateway already running\n");
-    kill_pid(live);
+#[test]
+fn piped_output_has_no_colour() {
+    let home = Home::new();
+    home.write_config(r#"{"gatewayId":"gw"}"#);
+    for args in [
+        &["doctor"][..],
+        &["status"][..],
+        &["start", "--foreground"][..],
+    ] {
+        let r = Run(home
+            .command(args)
+            .env("PANORAMA_GATEWAY_LOG", "info")
+            .output()
+            .unwrap());
+        assert!(
+            !r.stdout().contains('\u{1b}') && !r.stderr().contains('\u{1b}'),
+            "{args:?} printed ANSI escapes into a pipe: {:?}",
+            r.stderr()
+        );
+    }
+}
+
+#[test]
+fn completions_load_in_bash_and_know_the_commands() {
+    let home = Home::new();
+    let r = home.run(&["completions", "bash"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let script = r.stdout();
+    for word in ["pair", "start", "doctor", "full-control", "--data-dir"] {
+        assert!(script.contains(word), "{word} missing");
+    }
+    let path = home.path().join("completion.bash");
+    fs::write(&path, &script).unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source '{}' && complete -p panorama-gateway",
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("panorama-gateway"));
+    for shell in ["zsh", "fish"] {
+        let r = home.run(&["completions", shell]);
+        assert_eq!(r.code(), 0);
+        assert!(r.stdout().contains("panorama-gateway"));
+    }
+}
+
+/// One dialect with panorama-hub: `--data-dir`, `--hub-url`, `on|off`, a
+/// global `--json`; the old spellings still work but are not advertised.
+#[test]
+fn shared_spellings_and_hidden_old_ones() {
+    let home = Home::new();
+    let dir = home.path().join("elsewhere");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("gateway.json"),
+        r#"{"gatewayId":"gw-9","teamId":"t","accessToken":"a","refreshToken":"r"}"#,
+    )
+    .unwrap();
+    let dir = dir.to_str().unwrap();
+    let mut outputs = Vec::new();
+    for args in [
+        &["--json", "status", "--data-dir", dir][..],
+        &["status", "--json", "--config-dir", dir][..],
+    ] {
+        let r = home.run(args);
+        assert_eq!(r.code(), 0, "{args:?}: {}", r.stderr());
+        let v: Value = serde_json::from_str(&r.stdout()).unwrap();
+        assert_eq!(v["gateway_id"], "gw-9", "{args:?}: {v}");
+        outputs.push(v["config_dir"].clone());
+    }
+    assert_eq!(outputs[0], outputs[1]);
+
+    for (word, said) in [
+        ("on", "enabled"),
+        ("off", "disabled"),
+        ("enable", "enabled"),
+        ("disable", "disabled"),
+    ] {
+        let r = home.run(&["--data-dir", dir, "full-control", word]);
+        assert_eq!(r.code(), 0, "{word}: {}", r.stderr());
+        assert!(r.stdout().contains(said), "{word}: {}", r.stdout());
+    }
+
+    // --json on a command that prints no JSON is refused, not ignored.
+    let r = home.run(&["--data-dir", dir, "logs", "--no-follow", "--json"]);
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr()
+            .starts_with("ERROR --json is not available for this command."),
+        "{}",
+        r.stderr()
+    );
+}
+
+/// `service install|status|uninstall` with no systemd user manager around
+/// (as in a container): the unit is written under `$XDG_CONFIG_HOME`, the
+/// commands to start it are printed, and systemd-analyze accepts it.
+#[test]
+fn service_install_status_uninstall() {
+    let home = Home::new();
+    let xdg = home.path().join("xdg");
+    let run = |args: &[&str]| {
+        let mut cmd = home.command(args);
+        cmd.env("XDG_CONFIG_HOME", &xdg);
+        Run(cmd.output().unwrap())
+    };
+    let r = run(&["service", "install"]);
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr()
+            .starts_with("ERROR This gateway is not paired yet."),
+        "{}",
+        r.stderr()
+    );
+
+    home.write_config(r#"{"gatewayId":"gw-1","teamId":"t","accessToken":"a","refreshToken":"r"}"#);
+    let r = run(&["service", "install"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let unit_path = xdg.join("systemd/user/panorama-gateway.service");
+    assert!(
+        r.stdout().starts_with("OK Service unit written\n"),
+        "{}",
+        r.stdout()
+    );
+    assert!(
+        r.stdout()
+            .contains("systemctl --user enable --now panorama-gateway.service"),
+        "{}",
+        r.stdout()
+    );
+    assert!(
+        r.stdout().contains("loginctl enable-linger"),
+        "{}",
+        r.stdout()
+    );
+    let unit = fs::read_to_string(&unit_path).unwrap();
+    let exe = env!("CARGO_BIN_EXE_panorama-gateway");
+    assert!(
+        unit.contains(&format!("\nExecStart={exe} start --foreground\n")),
+        "{unit}"
+    );
+    assert!(
+        unit.contains(&format!(
+            "\nEnvironment=PANORAMA_GATEWAY_CONFIG_DIR={}\n",
+            home.gateway_dir().display()
+        )),
+        "{unit}"
+    );
+    if let Ok(out) = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit_path)
+        .output()
+    {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("panorama-gateway.service"),
+            "{stderr}"
+        );
+    } else {
+        eprintln!("systemd-analyze not installed: verification skipped");
+    }
+
+    let r = run(&["service", "status"]);
+    assert!(r.stdout().contains("  Installed: Yes\n"), "{}", r.stdout());
+    let r = run(&["service", "uninstall"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert!(
+        r.stdout().starts_with("OK Service removed\n"),
+        "{}",
+        r.stdout()
+    );
+    assert!(!unit_path.exists());
+    let r = run(&["service", "status"]);
+    assert!(r.stdout().contains("  Installed: No\n"), "{}", r.stdout());
 }

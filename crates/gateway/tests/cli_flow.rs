@@ -177,9 +177,12 @@ fn pair_start_run_a_job_inspect_and_stop_with_the_real_clis() {
     let gateway_id = config["gatewayId"].as_str().unwrap().to_string();
     assert_eq!(config["teamId"], team_id.as_str());
 
-    // `start --daemon` finds the daemon that pair started: no second one.
-    let stdout = ok(&machine.gateway(&["start", "--daemon"]), "start --daemon");
-    assert!(stdout.contains("Gateway already running"), "{stdout}");
+    // `start --daemon` finds the daemon that pair started and refuses to
+    // start a second one.
+    let out = machine.gateway(&["start", "--daemon"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("Gateway already running (PID "), "{stderr}");
 
     hub.wait_for("gateway ready", WAIT, || {
         (gateway_row(&hub, &gateway_id)["status"] == "ready").then_some(())

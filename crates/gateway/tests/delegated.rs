@@ -484,7 +484,11 @@ fn codex_gemini_model_run_and_scrubbed_environment() {
     let dump = dumps.path().join("env.json");
     let s = setup(
         false,
-        &[("FAKE_AGENT_ENV_DUMP", dump.display().to_string())],
+        &[
+            ("FAKE_AGENT_ENV_DUMP", dump.display().to_string()),
+            // Restricted Gemini runs need a sandbox; say there is one.
+            ("GEMINI_SANDBOX", "docker".to_string()),
+        ],
     );
     let codex = s.subagent(
         "codex_gateway",
@@ -519,7 +523,7 @@ fn codex_gemini_model_run_and_scrubbed_environment() {
     assert!(row["result"]["command"]
         .as_str()
         .unwrap()
-        .contains("--json-schema <redacted>"));
+        .contains("--json-schema [REDACTED]"));
     // gateway_jobs.debug (§3.2.5): launch facts and outcome, sanitized.
     let debug = &row["debug"];
     assert_eq!(debug["provider_id"], "claude_code", "{debug}");
@@ -1038,7 +1042,8 @@ fn shutdown_cancels_runs_capabilities_and_failure_fallback() {
         .clone();
     let claude = &caps["providers"]["claude_code"];
     assert_eq!(claude["available"], true, "{caps}");
-    assert_eq!(claude["version"], "2.0.14 (Claude Code)");
+    // The version is the semver parsed out of `--version` (issue 12).
+    assert_eq!(claude["version"], "2.0.14");
     assert_eq!(claude["supported_flags"]["permissionModeFlag"], true);
     assert_eq!(claude["health"]["check_type"], "full");
     assert_eq!(caps["providers"]["codex"]["available"], true);

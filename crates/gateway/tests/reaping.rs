@@ -181,6 +181,9 @@ struct Ctx<'a> {
     sampler: &'a Sampler,
     tx: mpsc::Sender<Stopped>,
     hold: String,
+    /// `PANORAMA_GATEWAY_CONTAINMENT` of every gateway: `auto` (cgroups on
+    /// a host that has them) or `off` (the tree-tag fallback).
+    containment: &'static str,
 }
 
 impl Ctx<'_> {
@@ -275,8 +278,9 @@ fn exec_tree(pid_file: &std::path::Path) -> Vec<(i32, u64)> {
     }
 }
 
-fn hostile_env(setsid: bool) -> Vec<(&'static str, &'static str)> {
+fn hostile_env(setsid: bool, containment: &'static str) -> Vec<(&'static str, &'static str)> {
     vec![
+        ("PANORAMA_GATEWAY_CONTAINMENT", containment),
         ("FAKE_AGENT_IGNORE_TERM", "1"),
         ("FAKE_AGENT_GRANDCHILDREN", "2"),
         (
@@ -289,7 +293,7 @@ fn hostile_env(setsid: bool) -> Vec<(&'static str, &'static str)> {
 
 /// `n` runs, cancelled mid-run in waves of `wave`.
 fn cancels(ctx: &Ctx, name: &str, setsid: bool, n: usize, wave: usize) {
-    let mut node = Node::new(ctx.hub, name, false, &hostile_env(setsid));
+    let mut node = Node::new(ctx.hub, name, false, &hostile_env(setsid, ctx.containment));
     ctx.sampler.add_root(node.start());
     let mut run_jobs = Vec::new();
     let mut i = 0;
@@ -342,7 +346,7 @@ fn cancels(ctx: &Ctx, name: &str, setsid: bool, n: usize, wave: usize) {
 
 /// `agents` run timeouts and `execs` `shell_exec` timeouts.
 fn timeouts(ctx: &Ctx, name: &str, agents: usize, execs: usize) {
-    let mut node = Node::new(ctx.hub, name, true, &hostile_env(true));
+    let mut node = Node::new(ctx.hub, name, true, &hostile_env(true, ctx.containment));
     ctx.sampler.add_root(node.start());
     let resource = node.resource();
     let mut pending = Vec::new();
@@ -398,7 +402,7 @@ fn timeouts(ctx: &Ctx, name: &str, agents: usize, execs: usize) {
 /// `rounds` gateway starts, each stopped by SIGTERM with an agent run (and,
 /// with `exec`, a `shell_exec`) in flight.
 fn shutdowns(ctx: &Ctx, name: &str, setsid: bool, exec: bool, rounds: usize) {
-    let mut env = hostile_env(setsid);
+    let mut env = hostile_env(setsid, ctx.containment);
     // A running shell_exec holds the shutdown for the whole grace.
     env.push(("PANORAMA_GATEWAY_SHUTDOWN_GRACE_MS", "1500"));
     let mut node = Node::new(ctx.hub, name, exec, &env);
@@ -453,6 +457,24 @@ fn shutdowns(ctx: &Ctx, name: &str, setsid: bool, exec: bool, rounds: usize) {
 
 #[test]
 fn hundred_hostile_trees_are_reaped_after_cancels_timeouts_and_shutdowns() {
+    suite("auto");
+}
+
+/// The same trees with containment forced off: the tree-tag fallback
+/// still reaps all of them (none clears its environment).
+#[test]
+fn hundred_hostile_trees_are_reaped_with_containment_off() {
+    suite("off");
+}
+
+/// One suite at a time: two in parallel (the test harness's default)
+/// overload the host so much that agents time out before they are seen.
+static ONE_SUITE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn suite(containment: &'static str) {
+    let _one = ONE_SUITE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let hub = Hub::start();
     let transcripts = tempfile::tempdir().unwrap();
@@ -466,6 +488,7 @@ fn hundred_hostile_trees_are_reaped_after_cancels_timeouts_and_shutdowns() {
         sampler: &sampler,
         tx,
         hold,
+        containment,
     };
     std::thread::scope(|s| {
         s.spawn(|| sampler.run());
@@ -524,7 +547,7 @@ fn hundred_hostile_trees_are_reaped_after_cancels_timeouts_and_shutdowns() {
         .max()
         .unwrap_or_default();
     eprintln!(
-        "reaping summary ({:.1} s):",
+        "reaping summary, containment={containment} ({:.1} s):",
         started.elapsed().as_secs_f64()
     );
     for (kind, (trees, pids, surv, ttr)) in &by_kind {

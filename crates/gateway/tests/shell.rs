@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use panorama_gateway::shell::proctree::pid_alive;
+use panorama_gateway::contain::pid_alive;
 use panorama_gateway::shell::{
     handle_shell_exec_job, handle_shell_session_job, shell_outcome, GateInputs, ShellContext,
     ShellControlState, ShellIdentity, ShellJobError, ShellSessions, ShellSessionsConfig,
@@ -979,7 +979,11 @@ async fn shell_exec_output_exit_code_and_truncation() {
     assert_eq!(r["cwd"], "/");
     assert_eq!(r["resource_id"], "res-1");
     assert_eq!(r["shell"], "/bin/bash");
-    assert_eq!(r["process_tree_contained"], false);
+    // True where the command ran in a cgroup of its own (contain module).
+    assert_eq!(
+        r["process_tree_contained"],
+        panorama_gateway::contain::current().is_cgroup()
+    );
     // As the later generation writes it: `error` is only a spawn error.
     assert_eq!(r["error"], Value::Null);
 

@@ -2,7 +2,8 @@
 //! agents, under injected faults. Every network call is on 127.0.0.1.
 //!
 //! * `soak_mixed_jobs_under_faults` submits `SOAK_JOBS` jobs of every type
-//!   (diagnostic, model_run, subagent_run, subagent_cancel, shell_exec)
+//!   (diagnostic, model_run, subagent_run — half of the stream runs with the
+//!   later recipe, pre-accepted by the control plane — subagent_cancel, shell_exec)
 //!   while `SOAK_FAULTS` faults are injected at seeded random points:
 //!   kill -9 of the gateway (then a restart) and kill -9 of the hub (then a
 //!   restart on the same data dir and port). At the end every job must be
@@ -204,9 +205,8 @@ impl World {
     }
 
     /// Plays the service manager (systemd `Restart=always`): a gateway that
-    /// exited on its own is started again. A gateway started while the hub
-    /// is down exits with "Failed to authenticate gateway session." (the
-    /// spec's start-up contract, runtime.md §1.6.2 B.6).
+    /// exited on its own is started again. (A gateway started while the hub
+    /// is down waits for it with backoff instead of exiting.)
     fn supervise(&mut self) {
         if let Some(g) = self.running.as_mut() {
             if !g.is_running() {
@@ -286,6 +286,32 @@ impl World {
                    "input": {"prompt": prompt}, "metadata": {}}),
         );
         id
+    }
+
+    /// The later protocol's recipe (control-plane §16.10): the control plane
+    /// accepted the run before the job — a `running` run row (sequence 1)
+    /// and the subagent `running` on it. Returns (subagent id, run id).
+    fn accepted_subagent(
+        &self,
+        subagent_type: &str,
+        config: Value,
+        prompt: &str,
+    ) -> (String, String) {
+        let (sid, run_id) = (new_id(), new_id());
+        self.insert(
+            "subagents",
+            json!({"id": sid, "team_id": self.gw.team_id, "gateway_id": self.gw.gateway_id,
+                   "subagent_type": subagent_type, "status": "running", "config": config,
+                   "input": {"prompt": prompt, "run_id": run_id, "run_sequence": 1},
+                   "metadata": {"current_run_id": run_id, "current_run_sequence": 1}}),
+        );
+        self.insert(
+            "subagent_runs",
+            json!({"id": run_id, "subagent_id": sid, "team_id": self.gw.team_id,
+                   "gateway_id": self.gw.gateway_id, "run_sequence": 1, "status": "running",
+                   "prompt": prompt, "metadata": {}}),
+        );
+        (sid, run_id)
     }
 
     fn events(&self, run_id: &str) -> Vec<Value> {
@@ -552,6 +578,7 @@ fn soak_mixed_jobs_under_faults() {
     // Runs a cancel will be sent for later: (due at job index, job index).
     let mut pending_cancels: Vec<(usize, usize)> = Vec::new();
     let mut next_fault = 0;
+    let mut accepted_runs = 0usize;
 
     let mut i = 0;
     while i < jobs_n {
@@ -628,12 +655,18 @@ fn soak_mixed_jobs_under_faults() {
             }
         } else if roll < 70 {
             let prompt = format!("{marker} [[fake:{}]]", stream.display());
-            let sid = world.subagent(
-                "claude_code_gateway",
-                json!({"output_format": "stream-json"}),
-                &prompt,
-            );
-            let run_id = new_id();
+            let config = json!({"output_format": "stream-json"});
+            // Both protocol generations, mixed: the seed recipe (the gateway
+            // creates the run) and the later one (the run is pre-accepted).
+            let (sid, run_id) = if rng.chance(50) {
+                accepted_runs += 1;
+                world.accepted_subagent("claude_code_gateway", config, &prompt)
+            } else {
+                (
+                    world.subagent("claude_code_gateway", config, &prompt),
+                    new_id(),
+                )
+            };
             let id = world.job(
                 "subagent_run",
                 json!({"subagent_id": sid, "run_id": run_id}),
@@ -845,7 +878,7 @@ fn soak_mixed_jobs_under_faults() {
     let faults_total: usize = faults.values().sum();
     eprintln!("soak: outcomes by kind/status: {by_status:?}; failed by restart: {restarted}; other errors: {other_errors:#?}; agent executions: {}", executions.len());
     println!(
-        "SOAK seed={seed} jobs={} faults={faults_total} {:?} supervisor_restarts={} lost={} duplicated={} phantom={} missing_events={} event_defects={} submitted_in={:.1}s elapsed={:.1}s",
+        "SOAK seed={seed} jobs={} accepted_runs={accepted_runs} faults={faults_total} {:?} supervisor_restarts={} lost={} duplicated={} phantom={} missing_events={} event_defects={} submitted_in={:.1}s elapsed={:.1}s",
         jobs.len(),
         faults,
         world.supervisor_restarts,

@@ -45,7 +45,7 @@ pub enum ShellMode {
     Session,
     /// Line mode through shell_exec jobs (one command per line).
     Exec,
-    /// The terminal stream (terminal_open, then bytes over realtime).
+    /// Experimental: the terminal stream (terminal_open, then bytes over realtime); the gateway must run with PANORAMA_GATEWAY_TERMINAL_STREAM=1. `auto` never picks it.
     Stream,
 }
 
@@ -522,19 +522,17 @@ pub async fn run(client: &HubClient, cmd: &ShellCmd, json_output: bool) -> Resul
                     }
                 },
             };
-            let stream = match mode {
-                ShellMode::Stream => true,
-                ShellMode::Auto => crate::term::announces_stream(&row["capabilities"]),
-                ShellMode::Session | ShellMode::Exec => false,
-            };
+            // The stream is experimental: only an explicit `--mode stream`
+            // uses it, never `auto`.
+            let stream = *mode == ShellMode::Stream;
             if path == ShellPath::Exec && !stream {
                 return line_mode(&jobs, gateway, *timeout_ms).await;
             }
-            // Before anything is opened on the gateway.
-            if !std::io::stdin().is_terminal() {
-                bail!("standard input is not a terminal: `shell attach` needs one (run it in a terminal, or use `panorama-hub shell exec {gateway} -- COMMAND` for one command); nothing was opened on the gateway");
-            }
             if stream {
+                // Before anything is opened on the gateway.
+                if !std::io::stdin().is_terminal() {
+                    bail!("standard input is not a terminal: `shell attach` needs one (run it in a terminal, or use `panorama-hub shell exec {gateway} -- COMMAND` for one command); nothing was opened on the gateway");
+                }
                 return stream_mode(&jobs).await;
             }
             let (cols, rows) = crossterm::terminal::size().unwrap_or((120, 40));

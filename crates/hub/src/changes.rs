@@ -66,6 +66,11 @@ impl ChangeFeed {
         let _ = self.tx.send(Arc::new(change));
     }
 
+    /// Changes published but not yet taken by every receiver.
+    pub fn backlog(&self) -> usize {
+        self.tx.len()
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RowChange>> {
         self.tx.subscribe()
     }

@@ -17,7 +17,14 @@ use std::time::{Duration, Instant};
 )]
 pub struct Cli {
     /// URL of the hub to talk to (default: the URL a local `serve` recorded, else http://127.0.0.1:54321).
-    #[arg(long, global = true, env = "PANORAMA_HUB_URL")]
+    // One spelling with `panorama-gateway --hub-url`; `--hub` still works, hidden.
+    #[arg(
+        long = "hub-url",
+        alias = "hub",
+        global = true,
+        env = "PANORAMA_HUB_URL",
+        value_name = "URL"
+    )]
     pub hub: Option<String>,
     /// Service key (default: the one in the data directory's keys.json).
     #[arg(
@@ -43,8 +50,8 @@ pub enum Command {
     Up(crate::up::UpArgs),
     /// Run the hub (HTTP + WebSocket on one port).
     Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = DEFAULT_LISTEN)]
+        /// Address to listen on (HOST:PORT).
+        #[arg(long, default_value = DEFAULT_LISTEN, env = "PANORAMA_HUB_LISTEN", value_parser = parse_listen)]
         listen: String,
         /// SQLite database file (default: <data-dir>/hub.db).
         #[arg(long)]
@@ -79,6 +86,11 @@ pub enum Command {
     /// Team secrets for shell_exec jobs' secret_env (values are write-only).
     #[command(subcommand)]
     Secret(SecretCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Which dispatch recipe a `subagent_run` uses (spec §16.10).
@@ -94,7 +106,7 @@ pub enum Recipe {
 pub enum SecretCmd {
     /// Set (create or replace) a team secret; the value is read from stdin or --value-file, never from the command line.
     Set {
-        /// Team id.
+        /// Team name or id.
         #[arg(long)]
         team: String,
         /// Secret name (letters, digits, _ - .; up to 128 characters).
@@ -105,13 +117,13 @@ pub enum SecretCmd {
     },
     /// List a team's secret names (values are never shown).
     List {
-        /// Team id.
+        /// Team name or id.
         #[arg(long)]
         team: String,
     },
     /// Delete a team secret.
     Delete {
-        /// Team id.
+        /// Team name or id.
         #[arg(long)]
         team: String,
         name: String,
@@ -130,10 +142,11 @@ pub enum TeamCmd {
 pub enum PairingCmd {
     /// Create a one-time pairing code for a team.
     Create {
+        /// The team, by name or id.
         #[arg(long)]
         team: String,
-        /// Minutes until the code expires.
-        #[arg(long, default_value_t = 15)]
+        /// Minutes until the code expires (1 to 10080, a week).
+        #[arg(long, default_value_t = 15, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(1..=MAX_TTL_MINUTES))]
         ttl_minutes: i64,
     },
 }
@@ -142,15 +155,22 @@ pub enum PairingCmd {
 pub enum GatewaysCmd {
     /// List gateways with status and last heartbeat.
     List {
+        /// The team, by name or id.
         #[arg(long)]
         team: Option<String>,
     },
+    /// One gateway: its agent CLIs (versions, health, flags) and every
+    /// full-control layer.
+    Show { gateway: String },
     /// Set a gateway's team-level full (machine) control flag.
     FullControl {
         gateway: String,
-        #[arg(value_parser = ["on", "off"])]
-        state: String,
+        /// on or off (enable/disable also work, as in `panorama-gateway full-control`).
+        #[arg(value_enum)]
+        state: OnOff,
     },
+    /// Revoke a gateway: its session stops working and it takes no more jobs.
+    Revoke { gateway: String },
 }
 
 #[derive(Args, Debug)]
@@ -163,9 +183,9 @@ pub struct SubmitArgs {
     /// Job payload (a JSON object).
     #[arg(long)]
     pub payload: Option<String>,
-    /// subagent_run: the subagent type (e.g. claude_code_gateway, codex_gateway, gemini_gateway).
-    #[arg(long, default_value = "claude_code_gateway")]
-    pub subagent_type: String,
+    /// subagent_run: the subagent type (e.g. claude_code_gateway, codex_gateway, gemini_gateway; default claude_code_gateway).
+    #[arg(long)]
+    pub subagent_type: Option<String>,
     /// subagent_run: the subagent config (a JSON object).
     #[arg(long)]
     pub config: Option<String>,
@@ -173,11 +193,54 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub input: Option<String>,
     /// subagent_run: the prompt (shorthand for --input '{"prompt": ...}').
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
     /// subagent_run: the dispatch recipe. `accepted` (the later protocol, 2.32.x gateways) or `seed` (2.29).
     #[arg(long, value_enum, default_value = "accepted")]
     pub recipe: Recipe,
+    /// subagent_run: read the prompt from a file (`-` reads standard input).
+    #[arg(long, value_name = "PATH")]
+    pub prompt_file: Option<PathBuf>,
+}
+
+impl SubmitArgs {
+    /// The subagent-only flags that were given (refused for other types).
+    fn subagent_flags(&self) -> Vec<&'static str> {
+        [
+            ("--subagent-type", self.subagent_type.is_some()),
+            ("--config", self.config.is_some()),
+            ("--input", self.input.is_some()),
+            ("--prompt", self.prompt.is_some()),
+            ("--prompt-file", self.prompt_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+
+    /// `--prompt`, or the contents of `--prompt-file` (`-` = stdin).
+    fn prompt_text(&self) -> Result<Option<String>> {
+        use std::io::Read;
+        if let Some(p) = &self.prompt {
+            return Ok(Some(p.clone()));
+        }
+        let Some(path) = &self.prompt_file else {
+            return Ok(None);
+        };
+        let mut text = String::new();
+        if path.as_os_str() == "-" {
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading the prompt from standard input")?;
+        } else {
+            text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the prompt file {}", path.display()))?;
+        }
+        if text.trim().is_empty() {
+            bail!("the prompt from {} is empty", path.display());
+        }
+        Ok(Some(text))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -208,6 +271,9 @@ pub enum JobsCmd {
         gateway: Option<String>,
         #[arg(long)]
         status: Option<String>,
+        /// Only jobs of this type (e.g. diagnostic, subagent_run, shell_exec).
+        #[arg(long = "type")]
+        job_type: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
@@ -217,9 +283,19 @@ pub enum JobsCmd {
 pub enum RunCmd {
     /// Print a run's events in order; --follow waits for new ones until the run ends.
     Events {
+        /// A run id, or the id of the subagent_run job that runs it.
         run_id: String,
         #[arg(long)]
         follow: bool,
+    },
+    /// List recent subagent runs.
+    List {
+        #[arg(long)]
+        gateway: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
     },
 }
 
@@ -227,6 +303,7 @@ pub enum RunCmd {
 pub enum ResourceCmd {
     /// Create a remote_shell resource bound to a gateway.
     Create {
+        /// The team, by name or id.
         #[arg(long)]
         team: String,
         #[arg(long)]
@@ -240,6 +317,206 @@ pub enum ResourceCmd {
         #[arg(long, default_value = "Remote shell")]
         title: String,
     },
+    /// List resources.
+    List {
+        /// The team, by name or id.
+        #[arg(long)]
+        team: Option<String>,
+    },
+}
+
+/// Restore the default SIGPIPE action (Rust ignores it), so writing to a
+/// closed pipe ends the process like any Unix tool instead of panicking in
+/// `println!`. Call first thing in `main`.
+pub fn reset_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default is always sound.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Longest pairing-code lifetime: a week.
+pub const MAX_TTL_MINUTES: i64 = 7 * 24 * 60;
+
+/// `--listen`: `HOST:PORT`; a bare address gets told its port is missing.
+/// A switch: `on`/`off`, with `enable`/`disable` (the gateway's old
+/// words) as hidden aliases.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOff {
+    #[value(alias = "enable")]
+    On,
+    #[value(alias = "disable")]
+    Off,
+}
+
+impl OnOff {
+    pub fn word(self) -> &'static str {
+        match self {
+            OnOff::On => "on",
+            OnOff::Off => "off",
+        }
+    }
+}
+
+/// The global options that only commands talking to a running hub use;
+/// hidden from the help of `up` and `serve`, which run a hub themselves.
+const CLIENT_ONLY_GLOBALS: [&str; 2] = ["hub", "service_key"];
+
+/// The command line as clap sees it, with each subcommand's help showing
+/// only the options that apply to it. Parse with [`parse_args`].
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    // Globals are copied into the subcommands when the command is built;
+    // only then can a subcommand's copy be hidden.
+    cmd.build();
+    for name in ["up", "serve"] {
+        let sub = cmd.find_subcommand_mut(name).expect("up and serve exist");
+        // `mut_args` edits in place; `mut_arg` would reorder the args of a
+        // built command and break its lookup table.
+        let taken = std::mem::take(sub);
+        *sub = taken.mut_args(|a| {
+            let client_only = CLIENT_ONLY_GLOBALS.contains(&a.get_id().as_str());
+            a.hide(client_only)
+        });
+    }
+    cmd
+}
+
+/// Parse the process's arguments with [`command`] (exits on `--help` and
+/// errors, like `Cli::parse`).
+pub fn parse_args() -> Cli {
+    use clap::FromArgMatches;
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+pub fn parse_listen(text: &str) -> std::result::Result<String, String> {
+    let text = text.trim();
+    if text.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(text.to_string());
+    }
+    if text.parse::<std::net::IpAddr>().is_ok()
+        || text
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+    {
+        let host = text.trim_matches(['[', ']']);
+        let example = if host.contains(':') {
+            format!("[{host}]:54321")
+        } else {
+            format!("{host}:54321")
+        };
+        return Err(format!(
+            "{text:?} has no port: give HOST:PORT, e.g. {example}"
+        ));
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(text.to_string())
+        }
+        Some((_, port)) if port.parse::<u16>().is_err() => Err(format!(
+            "{text:?}: the port {port:?} is not a number from 0 to 65535"
+        )),
+        _ => Err(format!(
+            "{text:?} has no port: give HOST:PORT, e.g. 127.0.0.1:54321"
+        )),
+    }
+}
+
+/// The id of a team given by name or id, with a clear error for neither.
+async fn resolve_team(c: &HubClient, team: &str) -> Result<String> {
+    let rows = if uuid::Uuid::parse_str(team).is_ok() {
+        c.select(
+            "teams",
+            &[("id", format!("eq.{team}")), ("select", "id".into())],
+        )
+        .await?
+    } else {
+        c.select(
+            "teams",
+            &[("name", format!("eq.{team}")), ("select", "id".into())],
+        )
+        .await?
+    };
+    match rows.as_slice() {
+        [one] => Ok(s(one, "id").to_string()),
+        [] => bail!(
+            "no team {:?}: list teams with `panorama-hub team list`, or create it with `panorama-hub team create NAME`",
+            printable(team)
+        ),
+        _ => bail!(
+            "{} teams are named {:?}: pass the team's id instead (`panorama-hub team list`)",
+            rows.len(),
+            printable(team)
+        ),
+    }
+}
+
+/// Refuse a malformed id before the hub answers with a database message.
+fn ensure_id(what: &str, id: &str, list_with: &str) -> Result<()> {
+    if uuid::Uuid::parse_str(id).is_err() {
+        bail!(
+            "{:?} is not a {what} id (a UUID); list them with `{list_with}`",
+            printable(id)
+        );
+    }
+    Ok(())
+}
+
+/// User-supplied text with control characters escaped, so a name cannot
+/// drive the terminal (colours, title, clearing the screen).
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if ch.is_control() {
+            out.extend(ch.escape_default());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// [`printable`] that keeps line breaks and tabs: for multi-line text such
+/// as error messages.
+pub fn printable_lines(text: &str) -> String {
+    text.split('\n')
+        .map(|line| {
+            line.split('\t')
+                .map(printable)
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// [`s`] for user-supplied text: control characters escaped.
+fn sp(v: &Value, k: &str) -> String {
+    printable(s(v, k))
+}
+
+/// The query of a "recent rows" listing (jobs, runs): newest first, at
+/// most `limit`, optionally one gateway's and one status.
+fn recent_query(
+    gateway: Option<&str>,
+    status: Option<&str>,
+    limit: u32,
+) -> Result<Vec<(&'static str, String)>> {
+    let mut q = vec![
+        ("order", "created_at.desc".to_string()),
+        ("limit", limit.to_string()),
+    ];
+    if let Some(g) = gateway {
+        ensure_id("gateway", g, "panorama-hub gateways list")?;
+        q.push(("gateway_id", format!("eq.{g}")));
+    }
+    if let Some(st) = status {
+        q.push(("status", format!("eq.{st}")));
+    }
+    Ok(q)
 }
 
 fn data_dir(cli: &Cli) -> Result<PathBuf> {
@@ -302,6 +579,15 @@ pub async fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
         Command::Serve { listen, db } => serve(&cli, listen, db.clone()).await,
         Command::Up(args) => crate::up::run(&cli, args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut command(),
+                "panorama-hub",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
         Command::Keys => {
             let dir = data_dir(&cli)?;
             let kf = config::read_key_file(&dir)?.ok_or_else(|| {
@@ -325,11 +611,27 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Team(TeamCmd::Create { name }) => {
-            let row = client(&cli)?
-                .insert("teams", &json!({"name": name}))
+            let name = name.trim();
+            if name.is_empty() {
+                bail!("a team needs a name: panorama-hub team create NAME");
+            }
+            let c = client(&cli)?;
+            let taken = c
+                .select(
+                    "teams",
+                    &[("name", format!("eq.{name}")), ("select", "id".into())],
+                )
                 .await?;
+            if let Some(existing) = taken.first() {
+                bail!(
+                    "a team named {:?} already exists ({}); pick another name",
+                    printable(name),
+                    s(existing, "id")
+                );
+            }
+            let row = c.insert("teams", &json!({"name": name})).await?;
             print(&cli, &row, || {
-                format!("team {} created: {}", s(&row, "name"), s(&row, "id"))
+                format!("team {} created: {}", sp(&row, "name"), s(&row, "id"))
             });
             Ok(0)
         }
@@ -339,7 +641,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 .await?;
             print(&cli, &Value::Array(rows.clone()), || {
                 rows.iter()
-                    .map(|r| format!("{}  {}", s(r, "id"), s(r, "name")))
+                    .map(|r| format!("{}  {}", s(r, "id"), sp(r, "name")))
                     .collect::<Vec<_>>()
                     .join("\n")
             });
@@ -349,10 +651,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
             let code = new_pairing_code();
             let expires = chrono::Utc::now() + chrono::Duration::minutes(*ttl_minutes);
             let c = client(&cli)?;
+            let team_id = resolve_team(&c, team).await?;
             let row = c
                 .insert(
                     "gateway_pairing_codes",
-                    &json!({"code": code, "team_id": team, "expires_at": expires.to_rfc3339()}),
+                    &json!({"code": code, "team_id": team_id, "expires_at": expires.to_rfc3339()}),
                 )
                 .await?;
             let anon = config::read_key_file(&data_dir(&cli)?)?.map(|k| k.anon_key);
@@ -379,14 +682,15 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 ("order", "created_at.asc".to_string()),
                 (
                     "select",
-                    "id,team_id,device_name,status,full_control_enabled,last_seen_at,revoked_at"
+                    "id,team_id,device_name,status,full_control_enabled,last_seen_at,revoked_at,capabilities"
                         .to_string(),
                 ),
             ];
+            let c = client(&cli)?;
             if let Some(t) = team {
-                q.push(("team_id", format!("eq.{t}")));
+                q.push(("team_id", format!("eq.{}", resolve_team(&c, t).await?)));
             }
-            let rows = client(&cli)?.select("team_gateways", &q).await?;
+            let rows = c.select("team_gateways", &q).await?;
             print(&cli, &Value::Array(rows.clone()), || {
                 if rows.is_empty() {
                     return "no gateways yet: create a pairing code and run `panorama-gateway pair <CODE>` on a machine".into();
@@ -394,11 +698,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 rows.iter()
                     .map(|r| {
                         format!(
-                            "{}  {:<8} {:<20} last seen {}",
+                            "{}  {:<8} {:<20} last seen {}  providers: {}",
                             s(r, "id"),
                             s(r, "status"),
-                            s(r, "device_name"),
-                            s(r, "last_seen_at")
+                            sp(r, "device_name"),
+                            s(r, "last_seen_at"),
+                            crate::gateway_view::providers_column(r)
                         )
                     })
                     .collect::<Vec<_>>()
@@ -406,19 +711,47 @@ pub async fn run(cli: Cli) -> Result<i32> {
             });
             Ok(0)
         }
+        Command::Gateways(GatewaysCmd::Show { gateway }) => {
+            let rows = client(&cli)?
+                .select("team_gateways", &[("id", format!("eq.{gateway}"))])
+                .await?;
+            let row = rows.into_iter().next().ok_or_else(|| {
+                anyhow!("no gateway {gateway}: list them with `panorama-hub gateways list`")
+            })?;
+            print(&cli, &row, || crate::gateway_view::describe_gateway(&row));
+            Ok(0)
+        }
         Command::Gateways(GatewaysCmd::FullControl { gateway, state }) => {
+            ensure_id("gateway", gateway, "panorama-hub gateways list")?;
             let rows = client(&cli)?
                 .update(
                     "team_gateways",
                     &[("id", format!("eq.{gateway}"))],
-                    &json!({"full_control_enabled": state == "on"}),
+                    &json!({"full_control_enabled": *state == OnOff::On}),
                 )
                 .await?;
             let row = rows.into_iter().next().ok_or_else(|| {
                 anyhow!("no gateway {gateway}: list them with `panorama-hub gateways list`")
             })?;
             print(&cli, &row, || {
-                format!("gateway {gateway}: team full control {state}")
+                format!("gateway {gateway}: team full control {}", state.word())
+            });
+            Ok(0)
+        }
+        Command::Gateways(GatewaysCmd::Revoke { gateway }) => {
+            ensure_id("gateway", gateway, "panorama-hub gateways list")?;
+            let rows = client(&cli)?
+                .update(
+                    "team_gateways",
+                    &[("id", format!("eq.{gateway}"))],
+                    &json!({"revoked_at": chrono::Utc::now().to_rfc3339()}),
+                )
+                .await?;
+            let row = rows.into_iter().next().ok_or_else(|| {
+                anyhow!("no gateway {gateway}: list them with `panorama-hub gateways list`")
+            })?;
+            print(&cli, &row, || {
+                format!("gateway {gateway} revoked: its session no longer works; pair the machine again to bring it back")
             });
             Ok(0)
         }
@@ -436,7 +769,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 let status = s(&job, "status");
                 if TERMINAL.contains(&status) {
                     print(&cli, &job, || describe_job(&job));
-                    return Ok(if status == "completed" { 0 } else { 1 });
+                    return Ok(if job_outcome(&job) == "completed" {
+                        0
+                    } else {
+                        1
+                    });
                 }
                 if Instant::now() >= deadline {
                     print(&cli, &job, || {
@@ -454,17 +791,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Jobs(JobsCmd::List {
             gateway,
             status,
+            job_type,
             limit,
         }) => {
-            let mut q = vec![
-                ("order", "created_at.desc".to_string()),
-                ("limit", limit.to_string()),
-            ];
-            if let Some(g) = gateway {
-                q.push(("gateway_id", format!("eq.{g}")));
-            }
-            if let Some(st) = status {
-                q.push(("status", format!("eq.{st}")));
+            let mut q = recent_query(gateway.as_deref(), status.as_deref(), *limit)?;
+            if let Some(t) = job_type {
+                q.push(("job_type", format!("eq.{t}")));
             }
             let rows = client(&cli)?.select("gateway_jobs", &q).await?;
             print(&cli, &Value::Array(rows.clone()), || {
@@ -473,7 +805,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                         format!(
                             "{}  {:<16} {:<10} {}",
                             s(r, "id"),
-                            s(r, "job_type"),
+                            sp(r, "job_type"),
                             s(r, "status"),
                             s(r, "created_at")
                         )
@@ -484,6 +816,62 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Run(RunCmd::Events { run_id, follow }) => run_events(&cli, run_id, *follow).await,
+        Command::Run(RunCmd::List {
+            gateway,
+            status,
+            limit,
+        }) => {
+            let q = recent_query(gateway.as_deref(), status.as_deref(), *limit)?;
+            let rows = client(&cli)?.select("subagent_runs", &q).await?;
+            print(&cli, &Value::Array(rows.clone()), || {
+                if rows.is_empty() {
+                    return "no runs yet: submit one with `panorama-hub job submit --type subagent_run --prompt TEXT`".into();
+                }
+                rows.iter()
+                    .map(|r| {
+                        format!(
+                            "{}  {:<10} subagent {}  #{}  {}",
+                            s(r, "id"),
+                            s(r, "status"),
+                            s(r, "subagent_id"),
+                            r.get("run_sequence")
+                                .map(Value::to_string)
+                                .unwrap_or_default(),
+                            s(r, "created_at")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            Ok(0)
+        }
+        Command::Resource(ResourceCmd::List { team }) => {
+            let c = client(&cli)?;
+            let mut q = vec![("order", "created_at.asc".to_string())];
+            if let Some(t) = team {
+                q.push(("team_id", format!("eq.{}", resolve_team(&c, t).await?)));
+            }
+            let rows = c.select("team_resources", &q).await?;
+            print(&cli, &Value::Array(rows.clone()), || {
+                if rows.is_empty() {
+                    return "no resources yet: create one with `panorama-hub resource create --team T --gateway G`".into();
+                }
+                rows.iter()
+                    .map(|r| {
+                        format!(
+                            "{}  {:<12} {:<8} gateway {}  {}",
+                            s(r, "id"),
+                            s(r, "resource_type"),
+                            s(r, "max_access_level"),
+                            s(r, "resource_id"),
+                            sp(r, "title")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            Ok(0)
+        }
         Command::Shell(cmd) => crate::attach::run(&client(&cli)?, cmd, cli.json).await,
         Command::Secret(cmd) => secret(&cli, cmd).await,
         Command::Resource(ResourceCmd::Create {
@@ -493,11 +881,31 @@ pub async fn run(cli: Cli) -> Result<i32> {
             machine_control,
             title,
         }) => {
-            let row = client(&cli)?
+            ensure_id("gateway", gateway, "panorama-hub gateways list")?;
+            let c = client(&cli)?;
+            let team_id = resolve_team(&c, team).await?;
+            let gateway_row = c
+                .select(
+                    "team_gateways",
+                    &[
+                        ("id", format!("eq.{gateway}")),
+                        ("select", "team_id".into()),
+                    ],
+                )
+                .await?;
+            match gateway_row.first() {
+                None => bail!("no gateway {gateway}: list them with `panorama-hub gateways list`"),
+                Some(g) if s(g, "team_id") != team_id => bail!(
+                    "gateway {gateway} belongs to another team ({}); a resource binds a gateway of its own team",
+                    s(g, "team_id")
+                ),
+                Some(_) => {}
+            }
+            let row = c
                 .insert(
                     "team_resources",
                     &json!({
-                        "team_id": team,
+                        "team_id": team_id,
                         "resource_type": "remote_shell",
                         "resource_id": gateway,
                         "title": title,
@@ -556,15 +964,37 @@ async fn get_job(c: &HubClient, id: &str) -> Result<Value> {
         .ok_or_else(|| anyhow!("no job {id}: list jobs with `panorama-hub jobs list`"))
 }
 
+/// What became of a job: its status, except that a subagent_run job
+/// "completed" (the protocol's word for "the gateway handled it") whose
+/// run was cancelled or failed is that.
+pub fn job_outcome(job: &Value) -> &str {
+    let status = s(job, "status");
+    if status == "completed" && s(job, "job_type") == "subagent_run" {
+        if let Some(run @ ("cancelled" | "failed")) =
+            job.pointer("/result/status").and_then(Value::as_str)
+        {
+            return run;
+        }
+    }
+    status
+}
+
 fn describe_job(job: &Value) -> String {
     let mut out = format!(
         "job {}  {}  {}",
         s(job, "id"),
-        s(job, "job_type"),
+        sp(job, "job_type"),
         s(job, "status")
     );
+    let outcome = job_outcome(job);
+    if outcome != s(job, "status") {
+        out.push_str(&format!(" (run {outcome})"));
+        if let Some(e) = job.pointer("/result/error").and_then(Value::as_str) {
+            out.push_str(&format!("\nrun error: {}", printable(e)));
+        }
+    }
     if let Some(e) = job.get("error").and_then(Value::as_str) {
-        out.push_str(&format!("\nerror: {e}"));
+        out.push_str(&format!("\nerror: {}", printable(e)));
     }
     if let Some(r) = job.get("result").filter(|r| !r.is_null()) {
         out.push_str(&format!(
@@ -579,11 +1009,11 @@ fn describe_job(job: &Value) -> String {
 /// and `prompt_at`. Errors when no prompt is given at all.
 fn run_input(args: &SubmitArgs, prompt_required: bool) -> Result<serde_json::Map<String, Value>> {
     let mut input = parse_object("input", &args.input)?;
-    if let Some(p) = &args.prompt {
+    if let Some(p) = args.prompt_text()? {
         input.insert("prompt".into(), json!(p));
     }
     if prompt_required && crate::runs::input_prompt(&input).is_none() {
-        bail!("a subagent_run needs a prompt: pass --prompt TEXT or --input '{{\"prompt\": \"...\"}}'");
+        bail!("a subagent_run needs a prompt: pass --prompt TEXT, --prompt-file PATH (- for stdin) or --input '{{\"prompt\": \"...\"}}'");
     }
     input.insert("schema_version".into(), json!(1));
     input
@@ -593,6 +1023,7 @@ fn run_input(args: &SubmitArgs, prompt_required: bool) -> Result<serde_json::Map
 }
 
 async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<i32> {
+    ensure_id("gateway", &args.gateway, "panorama-hub gateways list")?;
     let c = client(cli)?;
     let gateway = c
         .select("team_gateways", &[("id", format!("eq.{}", args.gateway))])
@@ -607,7 +1038,33 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<i32> {
             )
         })?;
     let team_id = s(&gateway, "team_id").to_string();
+    if gateway.get("revoked_at").is_some_and(|r| !r.is_null()) {
+        bail!(
+            "gateway {} is revoked and takes no jobs; pair a new one",
+            args.gateway
+        );
+    }
     let mut payload = parse_object("payload", &args.payload)?;
+    let given = args.subagent_flags();
+    if args.job_type != "subagent_run" && !given.is_empty() {
+        bail!(
+            "{} only appl{} to --type subagent_run, not {}; put {} settings in --payload JSON",
+            given.join(", "),
+            if given.len() == 1 { "ies" } else { "y" },
+            args.job_type,
+            args.job_type
+        );
+    }
+    if args.job_type == "subagent_run"
+        && args.recipe == Recipe::Seed
+        && payload.contains_key("subagent_id")
+        && !given.is_empty()
+    {
+        bail!(
+            "{} cannot be combined with a --payload that names its own subagent_id under --recipe seed (the accepted recipe takes a new prompt for an existing subagent)",
+            given.join(", ")
+        );
+    }
     let mut accepted_run: Option<String> = None;
     if args.job_type == "subagent_run" {
         match (
@@ -680,6 +1137,13 @@ async fn submit(cli: &Cli, args: &SubmitArgs) -> Result<i32> {
         }
         (Err(e), None) => return Err(e.into()),
     };
+    if s(&gateway, "status") == "offline" {
+        eprintln!(
+            "warning: gateway {} is offline (last seen {}); the job waits in the queue until it comes back (`panorama-gateway start` on that machine)",
+            args.gateway,
+            s(&gateway, "last_seen_at")
+        );
+    }
     print(cli, &job, || {
         let mut t = format!(
             "job {} queued ({} on gateway {})",
@@ -710,7 +1174,7 @@ async fn create_subagent(
         "subagents",
         &json!({
             "id": subagent_id, "team_id": team_id, "gateway_id": args.gateway,
-            "subagent_type": args.subagent_type, "status": "idle",
+            "subagent_type": args.subagent_type.as_deref().unwrap_or("claude_code_gateway"), "status": "idle",
             "config": config, "input": input, "metadata": {},
         }),
     )
@@ -870,6 +1334,7 @@ async fn secret(cli: &Cli, cmd: &SecretCmd) -> Result<i32> {
             name,
             value_file,
         } => {
+            let team = &resolve_team(&c, team).await?;
             check_secret_name(name)?;
             let value = read_secret_value(value_file)?;
             let row = c
@@ -883,6 +1348,7 @@ async fn secret(cli: &Cli, cmd: &SecretCmd) -> Result<i32> {
             print(cli, &row, || format!("secret {name} set for team {team}"));
         }
         SecretCmd::List { team } => {
+            let team = &resolve_team(&c, team).await?;
             let rows = c
                 .select(
                     "team_secrets",
@@ -904,6 +1370,7 @@ async fn secret(cli: &Cli, cmd: &SecretCmd) -> Result<i32> {
             });
         }
         SecretCmd::Delete { team, name } => {
+            let team = &resolve_team(&c, team).await?;
             let rows = c
                 .delete(
                     "team_secrets",
@@ -924,50 +1391,153 @@ async fn secret(cli: &Cli, cmd: &SecretCmd) -> Result<i32> {
     Ok(0)
 }
 
-async fn run_events(cli: &Cli, run_id: &str, follow: bool) -> Result<i32> {
+/// The run an id names: a run id, or a subagent_run job's run. Errors on
+/// an id that is neither.
+async fn resolve_run(c: &HubClient, id: &str) -> Result<(String, Option<Value>)> {
+    if uuid::Uuid::parse_str(id).is_err() {
+        bail!(
+            "{:?} is not a run or job id (a UUID); list jobs with `panorama-hub jobs list`",
+            printable(id)
+        );
+    }
+    let runs = c
+        .select("subagent_runs", &[("id", format!("eq.{id}"))])
+        .await?;
+    if let Some(run) = runs.into_iter().next() {
+        return Ok((id.to_string(), Some(run)));
+    }
+    let jobs = c
+        .select("gateway_jobs", &[("id", format!("eq.{id}"))])
+        .await?;
+    let Some(job) = jobs.first() else {
+        bail!("no run or job {id}: list jobs with `panorama-hub jobs list`");
+    };
+    let Some(run_id) = job.pointer("/payload/run_id").and_then(Value::as_str) else {
+        bail!(
+            "job {id} is a {} job and has no run; runs belong to subagent_run jobs",
+            s(job, "job_type")
+        );
+    };
+    let run = c
+        .select("subagent_runs", &[("id", format!("eq.{run_id}"))])
+        .await?
+        .into_iter()
+        .next();
+    eprintln!("job {id} runs {run_id}");
+    Ok((run_id.to_string(), run))
+}
+
+/// The output format a subagent asked for when it carries no live agent
+/// events (everything but stream-json reports the agent's output at the
+/// end of the run), else `None`.
+pub fn format_without_live_events(config: &Value) -> Option<String> {
+    let raw = ["output_format", "outputFormat"]
+        .iter()
+        .find_map(|k| config.get(*k).and_then(Value::as_str))
+        .map(|v| v.trim().to_ascii_lowercase());
+    match raw.as_deref() {
+        Some("stream-json" | "stream_json" | "stream") => None,
+        Some(other) if !other.is_empty() => Some(other.to_string()),
+        _ => Some("json (the default)".to_string()),
+    }
+}
+
+/// Longest a `--follow` keeps retrying an unreachable hub.
+const FOLLOW_RETRY_FOR: Duration = Duration::from_secs(300);
+
+async fn run_events(cli: &Cli, id: &str, follow: bool) -> Result<i32> {
     let c = client(cli)?;
-    if uuid::Uuid::parse_str(run_id).is_err() {
-        bail!("{run_id:?} is not a run id (a UUID)");
+    let (run_id, run) = resolve_run(&c, id).await?;
+    let subagent_id = run
+        .as_ref()
+        .map(|r| s(r, "subagent_id").to_string())
+        .filter(|v| v != "-");
+    let subagent_id = match subagent_id {
+        Some(sid) => Some(sid),
+        None => c
+            .select("gateway_jobs", &[("id", format!("eq.{id}"))])
+            .await?
+            .first()
+            .and_then(|j| j.pointer("/payload/subagent_id").and_then(Value::as_str))
+            .map(str::to_string),
+    };
+    if let Some(sid) = subagent_id {
+        let subagent = c
+            .select(
+                "subagents",
+                &[("id", format!("eq.{sid}")), ("select", "config".into())],
+            )
+            .await?;
+        if let Some(format) = subagent
+            .first()
+            .and_then(|r| r.get("config"))
+            .and_then(format_without_live_events)
+        {
+            eprintln!(
+                "note: this run's output format is {format}: the agent's output arrives with the run's end, not as live events (ask for live events with --config '{{\"output_format\": \"stream-json\"}}')"
+            );
+        }
     }
     let mut last: i64 = -1;
+    let mut unreachable_since: Option<Instant> = None;
     loop {
-        let rows = c
-            .select(
-                "subagent_run_events",
-                &[
-                    ("run_id", format!("eq.{run_id}")),
-                    ("sequence", format!("gt.{last}")),
-                    ("order", "sequence.asc".into()),
-                ],
-            )
-            .await?;
-        for r in &rows {
-            last = r.get("sequence").and_then(Value::as_i64).unwrap_or(last);
-            if cli.json {
-                println!("{r}");
-            } else {
-                println!(
-                    "{:>5} {:<26} {}",
-                    last,
-                    s(r, "event_type"),
-                    r.get("payload").map(Value::to_string).unwrap_or_default()
-                );
+        let step: Result<bool, crate::client::ClientError> = async {
+            let rows = c
+                .select(
+                    "subagent_run_events",
+                    &[
+                        ("run_id", format!("eq.{run_id}")),
+                        ("sequence", format!("gt.{last}")),
+                        ("order", "sequence.asc".into()),
+                    ],
+                )
+                .await?;
+            for r in &rows {
+                last = r.get("sequence").and_then(Value::as_i64).unwrap_or(last);
+                if cli.json {
+                    println!("{r}");
+                } else {
+                    println!(
+                        "{:>5} {:<26} {}",
+                        last,
+                        s(r, "event_type"),
+                        printable(&r.get("payload").map(Value::to_string).unwrap_or_default())
+                    );
+                }
             }
+            if !follow {
+                return Ok(true);
+            }
+            let run = c
+                .select(
+                    "subagent_runs",
+                    &[("id", format!("eq.{run_id}")), ("select", "status".into())],
+                )
+                .await?;
+            let done = run
+                .first()
+                .is_some_and(|r| TERMINAL.contains(&s(r, "status")));
+            Ok(done && rows.is_empty())
         }
-        if !follow {
-            return Ok(0);
-        }
-        let run = c
-            .select(
-                "subagent_runs",
-                &[("id", format!("eq.{run_id}")), ("select", "status".into())],
-            )
-            .await?;
-        let done = run
-            .first()
-            .is_some_and(|r| TERMINAL.contains(&s(r, "status")));
-        if done && rows.is_empty() {
-            return Ok(0);
+        .await;
+        match step {
+            Ok(true) => return Ok(0),
+            Ok(false) => unreachable_since = None,
+            Err(e @ crate::client::ClientError::Unreachable { .. }) if follow => {
+                let since = *unreachable_since.get_or_insert_with(|| {
+                    eprintln!(
+                        "the hub is unreachable; retrying (up to {} s): {e}",
+                        FOLLOW_RETRY_FOR.as_secs()
+                    );
+                    Instant::now()
+                });
+                if since.elapsed() > FOLLOW_RETRY_FOR {
+                    return Err(e.into());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -976,6 +1546,98 @@ async fn run_events(cli: &Cli, run_id: &str, follow: bool) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_need_a_port() {
+        assert_eq!(parse_listen("0.0.0.0:54321").unwrap(), "0.0.0.0:54321");
+        assert_eq!(parse_listen("localhost:8080").unwrap(), "localhost:8080");
+        let e = parse_listen("0.0.0.0").unwrap_err();
+        assert!(
+            e.contains("has no port") && e.contains("0.0.0.0:54321"),
+            "{e}"
+        );
+        assert!(parse_listen("::1")
+            .unwrap_err()
+            .contains("e.g. [::1]:54321"));
+        assert!(parse_listen("localhost")
+            .unwrap_err()
+            .contains("has no port"));
+        assert!(parse_listen("h:99999")
+            .unwrap_err()
+            .contains("not a number"));
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            printable("\u{1b}]0;pwned\u{7}\u{1b}[2J team"),
+            "\\u{1b}]0;pwned\\u{7}\\u{1b}[2J team"
+        );
+        assert_eq!(printable("plain ünïcode"), "plain ünïcode");
+        assert_eq!(printable("a\nb\tc"), "a\\nb\\tc");
+        assert_eq!(printable_lines("a\nb\u{1b}[2J\tc"), "a\nb\\u{1b}[2J\tc");
+    }
+
+    #[test]
+    fn a_cancelled_or_failed_run_is_the_jobs_outcome() {
+        let job = |t: &str, st: &str, result: Value| json!({"job_type": t, "status": st, "result": result});
+        assert_eq!(
+            job_outcome(&job(
+                "subagent_run",
+                "completed",
+                json!({"status": "cancelled"})
+            )),
+            "cancelled"
+        );
+        assert_eq!(
+            job_outcome(&job(
+                "subagent_run",
+                "completed",
+                json!({"status": "failed"})
+            )),
+            "failed"
+        );
+        assert_eq!(
+            job_outcome(&job(
+                "subagent_run",
+                "completed",
+                json!({"status": "completed"})
+            )),
+            "completed"
+        );
+        // A cancel job's "not_found" result is its own business.
+        assert_eq!(
+            job_outcome(&job(
+                "subagent_cancel",
+                "completed",
+                json!({"status": "not_found"})
+            )),
+            "completed"
+        );
+        assert_eq!(
+            job_outcome(&job("diagnostic", "failed", Value::Null)),
+            "failed"
+        );
+    }
+
+    #[test]
+    fn only_stream_json_carries_live_events() {
+        assert_eq!(
+            format_without_live_events(&json!({"output_format": "stream-json"})),
+            None
+        );
+        assert_eq!(
+            format_without_live_events(&json!({"outputFormat": "stream_json"})),
+            None
+        );
+        assert_eq!(
+            format_without_live_events(&json!({"output_format": "text"})).as_deref(),
+            Some("text")
+        );
+        assert!(format_without_live_events(&json!({}))
+            .unwrap()
+            .starts_with("json"));
+    }
 
     #[test]
     fn pairing_codes_are_readable() {

@@ -18,6 +18,18 @@ pub enum ClientError {
     Decode(String),
 }
 
+/// A database refusal in the operator's words (the raw message kept in
+/// parentheses for the curious).
+pub fn explain_refusal(code: Option<&str>, raw: &str) -> String {
+    match code {
+        Some("23503") => format!("it refers to something that does not exist, e.g. an unknown team or gateway id ({raw})"),
+        Some("23505") => format!("that already exists ({raw})"),
+        Some("23514") | Some("23502") => format!("a value is missing or not allowed ({raw})"),
+        Some("22P02") => format!("a value is malformed, e.g. an id that is not a UUID ({raw})"),
+        _ => raw.to_string(),
+    }
+}
+
 pub struct HubClient {
     pub url: String,
     service_key: String,
@@ -76,9 +88,11 @@ impl HubClient {
         };
         if status >= 400 {
             let field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+            let raw = field("message").or_else(|| field("error")).unwrap_or(text);
+            let code = field("code");
             return Err(ClientError::Refused {
                 status,
-                message: field("message").or_else(|| field("error")).unwrap_or(text),
+                message: explain_refusal(code.as_deref(), &raw),
                 hint: field("hint").or_else(|| field("details")),
             });
         }
@@ -177,5 +191,27 @@ impl HubClient {
     pub async fn health(&self) -> Result<Value, ClientError> {
         self.send(self.request(reqwest::Method::GET, "/health"))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explain_refusal;
+
+    #[test]
+    fn database_codes_are_explained() {
+        let fk = explain_refusal(
+            Some("23503"),
+            "insert or update violates foreign key constraint",
+        );
+        assert!(
+            fk.starts_with("it refers to something that does not exist"),
+            "{fk}"
+        );
+        assert!(
+            explain_refusal(Some("22P02"), "invalid input syntax for type uuid")
+                .contains("not a UUID")
+        );
+        assert_eq!(explain_refusal(None, "plain"), "plain");
     }
 }

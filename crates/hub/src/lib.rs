@@ -13,6 +13,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod gateway_view;
+pub mod metrics;
 pub mod policy;
 pub mod postgrest;
 pub mod realtime;

@@ -182,6 +182,7 @@ pub fn upgrade(
         .max_message_size(opts.max_message_bytes)
         .max_frame_size(opts.max_message_bytes)
         .on_upgrade(move |socket| async move {
+            let _open = crate::metrics::socket_opened();
             let (socket_id, broadcast_tx, broadcast_rx) = state.broadcasts.socket();
             let conn = Conn {
                 socket_id,

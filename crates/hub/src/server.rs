@@ -57,7 +57,12 @@ pub async fn bind(opts: ServeOptions) -> Result<Hub, ServeError> {
     let url = format!("http://{addr}");
     keys.url = Some(url.clone());
     config::write_key_file(&opts.data_dir, &keys)?;
-    let state = AppState::new(Arc::new(store), keys.keys(), feed);
+    crate::metrics::set_db_path(db.clone());
+    let state = AppState::new(
+        crate::metrics::TimedStore::wrap(Arc::new(store)),
+        keys.keys(),
+        feed,
+    );
     Ok(Hub {
         listener,
         addr,

@@ -36,8 +36,8 @@ const POLL: Duration = Duration::from_millis(100);
 
 #[derive(Args, Debug, Clone)]
 pub struct UpArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = DEFAULT_LISTEN)]
+    /// Address to listen on (HOST:PORT).
+    #[arg(long, default_value = DEFAULT_LISTEN, value_parser = crate::cli::parse_listen)]
     pub listen: String,
     /// Seconds to wait for the gateway to be ready, and then for the diagnostic job.
     #[arg(long, default_value_t = 60)]
@@ -285,12 +285,15 @@ async fn demo(
             .map(|_| id),
         None => None,
     };
+    // This machine's own gateway gets full control (install level here,
+    // team level below) so the demo can run a shell command on it.
     let command: Vec<String> = match &reuse {
         Some(id) => {
             ui.line(format!(
                 "reusing the paired local gateway {id} (config in {})",
                 dir.display()
             ));
+            enable_install_full_control(gateway_bin, &dir)?;
             vec!["start".into(), "--foreground".into()]
         }
         None => {
@@ -299,7 +302,13 @@ async fn demo(
                 "pairing a local gateway with code {code} (config in {})",
                 dir.display()
             ));
-            vec!["pair".into(), code, "--foreground".into()]
+            vec![
+                "pair".into(),
+                code,
+                "--full-control".into(),
+                "true".into(),
+                "--foreground".into(),
+            ]
         }
     };
     let gw = gateway.insert(spawn_gateway(gateway_bin, &dir, url, anon_key, &command)?);
@@ -342,35 +351,53 @@ async fn demo(
         dir.join("gateway.pid").display()
     ));
 
-    let job = client
-        .insert(
-            "gateway_jobs",
-            &json!({"team_id": team_id, "gateway_id": gateway_id, "job_type": "diagnostic", "status": "queued", "payload": {}, "requested_via": "panorama-hub-up"}),
+    // 1. The agents the gateway found, or how to get one.
+    let capabilities = gateway_row(client, &gateway_id)
+        .await?
+        .and_then(|r| r.get("capabilities").cloned())
+        .unwrap_or(Value::Null);
+    let agents = found_agents(&capabilities);
+    ui.line(describe_agents(&agents));
+
+    // 2. A shell command on this machine, with full control said out loud.
+    client
+        .update(
+            "team_gateways",
+            &[("id", format!("eq.{gateway_id}"))],
+            &json!({"full_control_enabled": true}),
         )
         .await
-        .context("submitting the diagnostic job")?;
-    let job_id = s(&job, "id").to_string();
-    ui.line(format!("diagnostic job {job_id} submitted"));
-    let deadline = Instant::now() + timeout;
-    let bar = ui.spinner(&format!("waiting for diagnostic job {job_id}"));
-    let job = loop {
-        let row = client
-            .select("gateway_jobs", &[("id", format!("eq.{job_id}"))])
-            .await?
-            .into_iter()
-            .next();
-        if let Some(row) =
-            row.filter(|r| matches!(s(r, "status"), "completed" | "failed" | "cancelled"))
-        {
-            break row;
-        }
-        gw.check_alive("the diagnostic job finished")?;
-        if Instant::now() >= deadline {
-            return Err(timeout_error(args, &format!("diagnostic job {job_id}"), gw));
-        }
-        tokio::time::sleep(POLL).await;
-    };
-    drop(bar);
+        .context("enabling full control for the local gateway")?;
+    ui.line(format!(
+        "full control is ON for this local gateway: jobs from this hub may run shell commands on this machine\n  \
+         (turn it off: panorama-hub gateways full-control {gateway_id} off)"
+    ));
+    let resource_id = ensure_local_shell_resource(client, &team_id, &gateway_id).await?;
+    let shell_job = run_job(
+        ui,
+        client,
+        gw,
+        args,
+        json!({"team_id": team_id, "gateway_id": gateway_id, "job_type": "shell_exec", "status": "queued",
+               "payload": {"resource_id": resource_id, "command": SHELL_DEMO_COMMAND, "timeout_ms": 20_000},
+               "requested_via": "panorama-hub-up"}),
+        "shell_exec",
+    )
+    .await?;
+    if !ui.json {
+        println!("{}", describe_shell_exec(&shell_job));
+    }
+
+    // 3. The diagnostic.
+    let job = run_job(
+        ui,
+        client,
+        gw,
+        args,
+        json!({"team_id": team_id, "gateway_id": gateway_id, "job_type": "diagnostic", "status": "queued", "payload": {}, "requested_via": "panorama-hub-up"}),
+        "diagnostic",
+    )
+    .await?;
     if ui.json {
         let v = json!({
             "url": url,
@@ -381,11 +408,179 @@ async fn demo(
             "gateway_pid": gw.pid,
             "gateway_config_dir": dir.display().to_string(),
             "paired_now": command[0] == "pair",
+            "agents": agents,
+            "full_control": true,
+            "shell_job": shell_job,
             "job": job,
         });
         println!("{v}");
     } else {
         println!("{}", describe_diagnostic(&job));
+    }
+    Ok(())
+}
+
+/// The shell command the demo runs on this machine.
+pub const SHELL_DEMO_COMMAND: &str = "uname -a";
+
+/// Submit one job and wait (with a spinner) until it is terminal.
+async fn run_job(
+    ui: &Ui,
+    client: &HubClient,
+    gw: &mut GatewayProcess,
+    args: &UpArgs,
+    row: Value,
+    what: &str,
+) -> Result<Value> {
+    let job = client
+        .insert("gateway_jobs", &row)
+        .await
+        .with_context(|| format!("submitting the {what} job"))?;
+    let job_id = s(&job, "id").to_string();
+    ui.line(format!("{what} job {job_id} submitted"));
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let _bar = ui.spinner(&format!("waiting for {what} job {job_id}"));
+    loop {
+        let row = client
+            .select("gateway_jobs", &[("id", format!("eq.{job_id}"))])
+            .await?
+            .into_iter()
+            .next();
+        if let Some(row) =
+            row.filter(|r| matches!(s(r, "status"), "completed" | "failed" | "cancelled"))
+        {
+            return Ok(row);
+        }
+        gw.check_alive(&format!("the {what} job finished"))?;
+        if Instant::now() >= deadline {
+            return Err(timeout_error(args, &format!("{what} job {job_id}"), gw));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// One agent CLI the gateway reported in its capabilities.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Agent {
+    pub id: String,
+    pub version: Option<String>,
+    pub health: Option<String>,
+}
+
+/// The available agent CLIs in a gateway's `capabilities`.
+pub fn found_agents(capabilities: &Value) -> Vec<Agent> {
+    let Some(providers) = capabilities.get("providers").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    providers
+        .iter()
+        .filter(|(_, p)| p.get("available").and_then(Value::as_bool) == Some(true))
+        .map(|(id, p)| Agent {
+            id: id.clone(),
+            version: p.get("version").and_then(Value::as_str).map(str::to_string),
+            health: p
+                .pointer("/health/status")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        })
+        .collect()
+}
+
+/// The agents line(s) of the demo.
+pub fn describe_agents(agents: &[Agent]) -> String {
+    if agents.is_empty() {
+        return "no AI agent CLI found on this machine, so agent jobs (subagent_run, model_run) cannot run here yet.\n  \
+                Install one, e.g. `npm install -g @anthropic-ai/claude-code` (Claude Code), `npm install -g @openai/codex` (Codex) \
+                or `npm install -g @google/gemini-cli` (Gemini CLI), or point the gateway at it with PANORAMA_CLAUDE_CLI=/path, \
+                then run `panorama-hub up` again."
+            .to_string();
+    }
+    let list: Vec<String> = agents
+        .iter()
+        .map(|a| {
+            let mut t = a.id.clone();
+            if let Some(v) = &a.version {
+                t.push_str(&format!(" {v}"));
+            }
+            if let Some(h) = &a.health {
+                t.push_str(&format!(" ({h})"));
+            }
+            t
+        })
+        .collect();
+    format!("agents found on this machine: {}", list.join(", "))
+}
+
+/// The shell_exec job in human form.
+pub fn describe_shell_exec(job: &Value) -> String {
+    let result = &job["result"];
+    let mut out = format!(
+        "shell_exec job {} {}: `{SHELL_DEMO_COMMAND}` on this machine",
+        s(job, "id"),
+        s(job, "status")
+    );
+    if let Some(stdout) = result.get("stdout").and_then(Value::as_str) {
+        for line in stdout.trim_end().lines() {
+            out.push_str(&format!("\n  {}", crate::cli::printable(line)));
+        }
+    }
+    if let Some(e) = job.get("error").and_then(Value::as_str) {
+        out.push_str(&format!("\n  error: {}", crate::cli::printable(e)));
+    }
+    out
+}
+
+/// The remote_shell resource `up` uses for its own gateway (reused).
+async fn ensure_local_shell_resource(
+    client: &HubClient,
+    team_id: &str,
+    gateway_id: &str,
+) -> Result<String> {
+    let existing = client
+        .select(
+            "team_resources",
+            &[
+                ("resource_type", "eq.remote_shell".into()),
+                ("resource_id", format!("eq.{gateway_id}")),
+                ("limit", "1".into()),
+            ],
+        )
+        .await
+        .context("looking up the local shell resource")?;
+    if let Some(row) = existing.first() {
+        return Ok(s(row, "id").to_string());
+    }
+    let row = client
+        .insert(
+            "team_resources",
+            &json!({
+                "team_id": team_id, "resource_type": "remote_shell", "resource_id": gateway_id,
+                "title": "This machine (panorama-hub up)", "max_access_level": "editor",
+                "metadata": {"gateway_id": gateway_id, "full_control": true},
+            }),
+        )
+        .await
+        .context("creating the local shell resource")?;
+    Ok(s(&row, "id").to_string())
+}
+
+/// `panorama-gateway full-control enable` for a reused local gateway.
+fn enable_install_full_control(bin: &Path, dir: &Path) -> Result<()> {
+    let out = std::process::Command::new(bin)
+        .arg("--config-dir")
+        .arg(dir)
+        .arg("--config-path")
+        .arg(dir.join("gateway.json"))
+        .args(["full-control", "enable"])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} full-control enable", bin.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "could not enable full control for the local gateway: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -667,6 +862,23 @@ fn log_tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agents_come_from_the_capabilities_or_the_install_hint() {
+        let caps = json!({"providers": {
+            "claude_code": {"available": true, "version": "2.0.14", "health": {"status": "healthy"}},
+            "codex": {"available": false},
+        }});
+        let agents = found_agents(&caps);
+        assert_eq!(agents.len(), 1);
+        assert_eq!(
+            describe_agents(&agents),
+            "agents found on this machine: claude_code 2.0.14 (healthy)"
+        );
+        let none = describe_agents(&found_agents(&json!({})));
+        assert!(none.starts_with("no AI agent CLI found"), "{none}");
+        assert!(none.contains("npm install -g"), "{none}");
+    }
 
     #[test]
     fn the_gateway_binary_is_found_next_to_us_then_on_path() {

@@ -264,7 +264,7 @@ fn bad_input_gets_a_clear_error_and_a_non_zero_exit() {
         ),
         (
             &["pairing-code", "create", "--team", "nope"],
-            "invalid input syntax for type uuid",
+            "no team \"nope\"",
         ),
     ];
     for (args, expected) in cases {

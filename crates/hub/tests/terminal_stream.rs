@@ -22,20 +22,26 @@ struct Setup {
     _running: RunningGateway,
 }
 
+/// A gateway with the experimental stream turned on.
 fn setup() -> Setup {
+    setup_with(true)
+}
+
+fn setup_with(stream_enabled: bool) -> Setup {
     let hub = Hub::start();
     let team_id = hub.create_team("terminal");
     let gw = hub.pair(&team_id, "term-box");
     let host = GatewayHost::new();
     host.write_config(&hub, &gw, true);
     let idle = IDLE_SECS.to_string();
-    let running = host.start(
-        &hub,
-        &[
-            ("PANORAMA_TERMINAL_IDLE_TIMEOUT_SECS", idle.as_str()),
-            ("SHELL", "/bin/bash"),
-        ],
-    );
+    let mut env = vec![
+        ("PANORAMA_TERMINAL_IDLE_TIMEOUT_SECS", idle.as_str()),
+        ("SHELL", "/bin/bash"),
+    ];
+    if stream_enabled {
+        env.push(("PANORAMA_GATEWAY_TERMINAL_STREAM", "1"));
+    }
+    let running = host.start(&hub, &env);
     hub.wait_gateway_status(&gw.gateway_id, "ready", WAIT);
     hub.set_full_control(&gw.gateway_id, true);
     let resource_id = hub.insert(
@@ -215,9 +221,17 @@ fn number_after(output: &[u8], key: &str) -> i32 {
 #[test]
 fn attach_without_a_terminal_opens_nothing_on_the_gateway() {
     let s = setup();
-    let out = s
-        .hub
-        .cli(&["shell", "attach", "--gateway", &s.gateway_id], None);
+    let out = s.hub.cli(
+        &[
+            "shell",
+            "attach",
+            "--mode",
+            "stream",
+            "--gateway",
+            &s.gateway_id,
+        ],
+        None,
+    );
     assert_ne!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -231,6 +245,32 @@ fn attach_without_a_terminal_opens_nothing_on_the_gateway() {
         .select("team_gateways", &format!("id=eq.{}", s.gateway_id))[0];
     assert_eq!(
         row["capabilities"]["terminal_stream"]["version"], 1,
+        "{row}"
+    );
+}
+
+#[test]
+fn without_the_setting_the_stream_is_neither_announced_nor_served() {
+    let s = setup_with(false);
+    let row = &s
+        .hub
+        .select("team_gateways", &format!("id=eq.{}", s.gateway_id))[0];
+    assert!(
+        row["capabilities"].get("terminal_stream").is_none(),
+        "{row}"
+    );
+    let id = s.hub.insert(
+        "gateway_jobs",
+        json!({"team_id": s.team_id, "gateway_id": s.gateway_id, "job_type": JOB_TERMINAL_OPEN,
+               "payload": {"resource_id": s.resource_id, "cols": 100, "rows": 30}}),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let row = s.hub.wait_job_terminal(&id, WAIT);
+    assert_eq!(row["status"], "failed", "{row}");
+    assert!(
+        row["error"].to_string().contains("Unsupported job type"),
         "{row}"
     );
 }

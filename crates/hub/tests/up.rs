@@ -286,6 +286,20 @@ fn up_runs_a_diagnostic_job_and_stops_cleanly_then_reuses_the_gateway() {
         sandbox.gateway_dir().display().to_string()
     );
     assert_diagnostic(&summary["job"]);
+    // The agents the gateway found, and a shell command on this machine
+    // with full control on.
+    assert_eq!(summary["agents"][0]["id"], "claude_code", "{summary}");
+    assert_eq!(summary["full_control"], true);
+    assert_eq!(summary["shell_job"]["status"], "completed", "{summary}");
+    assert_eq!(summary["shell_job"]["result"]["command"], "uname -a");
+    let uname = std::process::Command::new("uname")
+        .arg("-a")
+        .output()
+        .unwrap();
+    assert_eq!(
+        summary["shell_job"]["result"]["stdout"],
+        String::from_utf8_lossy(&uname.stdout).as_ref()
+    );
     let gateway_id = summary["gateway_id"].as_str().unwrap().to_string();
     let gateway_pid = summary["gateway_pid"].as_i64().unwrap() as i32;
     let job_id = summary["job"]["id"].as_str().unwrap().to_string();
@@ -322,8 +336,11 @@ fn up_runs_a_diagnostic_job_and_stops_cleanly_then_reuses_the_gateway() {
     let row = row_after_stop(&sandbox.data_dir(), &gateway_id);
     assert_eq!(row["status"], "offline", "row: {row}");
 
-    // Second run, human output: reuses the paired gateway.
-    let mut up = Up::spawn(sandbox.up(&addr, false));
+    // Second run, human output: reuses the paired gateway. With the
+    // default log filter: no hub INFO lines between the spinners.
+    let mut cmd = sandbox.up(&addr, false);
+    cmd.env_remove("PANORAMA_HUB_LOG");
+    let mut up = Up::spawn(cmd);
     up.wait_line("the reuse line", |l| {
         l.contains(&format!("reusing the paired local gateway {gateway_id}"))
     });
@@ -341,6 +358,27 @@ fn up_runs_a_diagnostic_job_and_stops_cleanly_then_reuses_the_gateway() {
     assert!(
         up.seen
             .iter()
+            .any(|l| l.starts_with("agents found on this machine: claude_code")),
+        "{:?}",
+        up.seen
+    );
+    assert!(
+        up.seen
+            .iter()
+            .any(|l| l.starts_with("full control is ON for this local gateway")),
+        "{:?}",
+        up.seen
+    );
+    assert!(
+        up.seen
+            .iter()
+            .any(|l| l.contains("completed: `uname -a` on this machine")),
+        "{:?}",
+        up.seen
+    );
+    assert!(
+        up.seen
+            .iter()
             .all(|l| !l.contains("pairing a local gateway")),
         "no second pairing: {:?}",
         up.seen
@@ -349,12 +387,16 @@ fn up_runs_a_diagnostic_job_and_stops_cleanly_then_reuses_the_gateway() {
     assert_eq!(gateways.len(), 1, "still one gateway: {gateways:?}");
     assert_eq!(gateways[0]["status"], "ready");
     let jobs = admin.select("gateway_jobs", "select=id,status");
-    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs.len(), 4, "two shell_exec and two diagnostic jobs");
     assert!(jobs.iter().all(|j| j["status"] == "completed"), "{jobs:?}");
 
     // SIGTERM works the same way.
     let (status, rest, stderr) = up.stop(libc::SIGTERM);
     assert!(status.success(), "exit {status:?}; stderr: {stderr}");
+    assert!(
+        !stderr.contains(" INFO "),
+        "hub INFO logs on up's terminal: {stderr}"
+    );
     assert!(
         rest.contains(&format!("gateway {gateway_id} stopped (offline)")),
         "stdout after the signal: {rest}\nstderr: {stderr}"

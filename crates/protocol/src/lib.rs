@@ -33,10 +33,12 @@
 //! behaviour is the default and the later one is selectable through an enum
 //! parameter; see `NOTES.md` for every such choice.
 
+pub mod accepted;
 pub mod cancel;
 pub mod capabilities;
 pub mod full_control;
 pub mod guard;
+pub mod job;
 pub mod jobs;
 pub mod operational;
 pub mod remote_shell;

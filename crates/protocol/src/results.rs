@@ -435,6 +435,10 @@ pub struct ShellExecResult {
     pub stderr_truncated: bool,
     pub output_truncated: bool,
     pub error: Option<String>,
+    /// What the command cost the machine (gateway containment; an extra
+    /// key of this implementation, absent where not measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_usage: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

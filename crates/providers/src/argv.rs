@@ -21,6 +21,14 @@ pub const GEMINI_SYSTEM_MD_ENV: &str = "GEMINI_SYSTEM_MD";
 pub const GEMINI_SYSTEM_MD_FILE: &str = "system.md";
 /// Codex model-run output schema file inside the work dir.
 pub const CODEX_OUTPUT_SCHEMA_FILE: &str = "output-schema.json";
+/// Codex's last message (`-o`) inside the work dir.
+pub const CODEX_LAST_MESSAGE_FILE: &str = "last-message.txt";
+/// Gemini's trust variable for CLIs without `--skip-trust`.
+pub const GEMINI_TRUST_ENV: &str = "GEMINI_CLI_TRUST_WORKSPACE";
+/// Claude's "this is a sandbox" variable: needed as root for bypass permissions.
+pub const CLAUDE_IS_SANDBOX_ENV: &str = "IS_SANDBOX";
+/// What replaces secret or prompt values in printable command lines.
+pub const REDACTED: &str = "[REDACTED]";
 /// Appended to Gemini's system prompt in json mode.
 pub const GEMINI_STRICT_JSON_NOTE: &str = "Return STRICT JSON only. Do not wrap in code fences.";
 
@@ -45,6 +53,12 @@ pub struct RunPlan {
     /// The format the output will actually be in.
     pub output_format: RunOutputFormat,
     pub timeout_ms: u64,
+    /// A file the CLI writes its final answer to (Codex `-o`); read it
+    /// after the run instead of digging the answer out of stdout.
+    pub answer_file: Option<PathBuf>,
+    /// JSON output was asked for with a schema: a prose answer is an error.
+    /// Without a schema (non-strict) prose completes as markdown.
+    pub strict_json: bool,
 }
 
 /// Full-control support of a provider given its detected flags (§10 / control-plane §13.3).
@@ -174,11 +188,19 @@ pub fn build_claude_subagent_plan(
     if fc && (mode.is_empty() || mode == "dontAsk") {
         mode = "bypassPermissions".into();
     }
+    let bypass = mode == "bypassPermissions";
     if flags.has("permissionModeFlag") {
         args.extend(["--permission-mode".into(), mode]);
     }
     if fc && flags.has("dangerouslySkipPermissionsFlag") {
         args.push("--dangerously-skip-permissions".into());
+    }
+    // Claude refuses bypass permissions as root unless told it runs in a
+    // sandbox; a full-control run is the owner's explicit choice, so say so
+    // in the child env only (never for restricted runs).
+    let mut env = BTreeMap::new();
+    if fc && ctx.running_as_root && (bypass || flags.has("dangerouslySkipPermissionsFlag")) {
+        env.insert(CLAUDE_IS_SANDBOX_ENV.to_string(), "1".to_string());
     }
     // 7. pass-through options
     if let Some(budget) = &config.max_budget_usd {
@@ -232,10 +254,12 @@ pub fn build_claude_subagent_plan(
         command: ctx.command.clone(),
         args,
         cwd: ctx.work_dir.clone(),
-        env: BTreeMap::new(),
+        env,
         files: Vec::new(),
         output_format,
         timeout_ms: config.timeout_ms(),
+        answer_file: None,
+        strict_json: config.json_schema.is_some(),
     })
 }
 
@@ -250,13 +274,24 @@ fn mentions_web_search(tools: &[String]) -> bool {
     })
 }
 
-/// §4: Codex subagent argv. Codex has no continuation.
+/// The session to continue: the config's `resume_session_id`, else the
+/// previous run's session id.
+fn resume_id(config: &SubagentConfig, ctx: &RunContext) -> Option<String> {
+    config.resume_session_id.clone().or_else(|| {
+        ctx.previous_session_id
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+    })
+}
+
+/// §4: Codex subagent argv; a session continues with `exec … resume <id>`.
 pub fn build_codex_subagent_plan(
     config: &SubagentConfig,
     ctx: &RunContext,
     flags: &SupportedFlags,
 ) -> Result<RunPlan, ProviderError> {
-    if config.resume_session_id.is_some() || ctx.previous_session_id.is_some() {
+    let resume = resume_id(config, ctx);
+    if resume.is_some() && !flags.has("resumeFlag") {
         return Err(ProviderError::ContinuationUnsupported);
     }
     let fc = ctx.full_control;
@@ -283,12 +318,19 @@ pub fn build_codex_subagent_plan(
         (false, mentions_web_search(&tools))
     };
     args.extend(["-c".into(), format!("features.shell_tool={shell}")]);
-    args.extend(["-c".into(), format!("features.web_search_request={web}")]);
+    // `[features].web_search_request` is deprecated (Codex ≥ 0.1xx ignores it
+    // and reports an error item); the current key is top-level `web_search`.
+    let web = if web { "live" } else { "disabled" };
+    args.extend(["-c".into(), format!("web_search=\"{web}\"")]);
     let output_format = config.output_format();
     if output_format != RunOutputFormat::Text {
         args.push("--json".into());
     }
     let schema = config.json_schema.as_ref().map(schema_instruction);
+    // `codex exec [exec options] resume <id> <prompt>`.
+    if let Some(id) = resume {
+        args.extend(["resume".into(), id]);
+    }
     args.push(join_prompt(&[
         config.system_prompt.as_deref(),
         Some(ctx.prompt.as_str()),
@@ -304,6 +346,8 @@ pub fn build_codex_subagent_plan(
         files: Vec::new(),
         output_format,
         timeout_ms: config.timeout_ms(),
+        answer_file: None,
+        strict_json: config.json_schema.is_some(),
     })
 }
 
@@ -332,30 +376,40 @@ fn gemini_system_file(
     );
 }
 
-/// §5: Gemini subagent argv and env. Gemini has no continuation.
+/// §5: Gemini subagent argv and env; a session continues with `--resume <id>`.
 pub fn build_gemini_subagent_plan(
     config: &SubagentConfig,
     ctx: &RunContext,
     flags: &SupportedFlags,
 ) -> Result<RunPlan, ProviderError> {
-    if config.resume_session_id.is_some() || ctx.previous_session_id.is_some() {
+    let resume = resume_id(config, ctx);
+    if resume.is_some() && !flags.has("resumeFlag") {
         return Err(ProviderError::ContinuationUnsupported);
     }
     let fc = ctx.full_control;
     let output_format = match config.output_format() {
         RunOutputFormat::Text => RunOutputFormat::Text,
+        // Gemini CLI ≥ 0.1x has `--output-format stream-json` (live events).
+        RunOutputFormat::StreamJson if flags.has("streamJsonFlag") => RunOutputFormat::StreamJson,
         _ => RunOutputFormat::Json,
     };
     let mut args: Vec<String> = vec!["--output-format".into(), output_format.as_str().into()];
+    let mut env = BTreeMap::new();
+    gemini_trust(flags, &mut args, &mut env);
     if flags.has("approvalModeFlag") {
         args.extend([
             "--approval-mode".into(),
             if fc { "yolo" } else { "plan" }.into(),
         ]);
-    } else if fc {
+    } else if fc && flags.has("yoloFlag") {
         args.push("--yolo".into());
     }
     if !fc && flags.has("sandboxFlag") {
+        // `--sandbox` without docker/podman dies with FatalSandboxError:
+        // refuse up front with a reason instead.
+        if !ctx.gemini_sandbox_available {
+            return Err(ProviderError::SandboxUnavailable);
+        }
         args.push("--sandbox".into());
     }
     if let Some(model) = &config.model {
@@ -364,7 +418,9 @@ pub fn build_gemini_subagent_plan(
     if !config.extensions.is_empty() {
         args.extend(["--extensions".into(), config.extensions.join(",")]);
     }
-    let mut env = BTreeMap::new();
+    if let Some(id) = resume {
+        args.extend(["--resume".into(), id]);
+    }
     let mut files = Vec::new();
     gemini_system_file(
         config.system_prompt.as_deref(),
@@ -385,7 +441,116 @@ pub fn build_gemini_subagent_plan(
         files,
         output_format,
         timeout_ms: config.timeout_ms(),
+        answer_file: None,
+        strict_json: config.json_schema.is_some(),
     })
+}
+
+/// Gemini refuses an untrusted working directory (exit 55) in headless
+/// runs: trust the run's own work dir with `--skip-trust` where the CLI has
+/// it, else with its environment variable.
+fn gemini_trust(
+    flags: &SupportedFlags,
+    args: &mut Vec<String>,
+    env: &mut BTreeMap<String, String>,
+) {
+    if flags.has("skipTrustFlag") {
+        args.push("--skip-trust".into());
+    } else {
+        env.insert(GEMINI_TRUST_ENV.into(), "true".into());
+    }
+}
+
+/// OpenAI strict structured output: every object closed
+/// (`additionalProperties: false`) with all its properties required; a
+/// property that was optional becomes nullable so it may still be absent in
+/// meaning. Applied recursively (properties, items, `$defs`, combinators).
+pub fn strict_json_schema(schema: &Value) -> Value {
+    let Value::Object(map) = schema else {
+        return schema.clone();
+    };
+    let mut out = serde_json::Map::new();
+    for (k, v) in map {
+        let v = match k.as_str() {
+            "properties" | "$defs" | "definitions" => match v {
+                Value::Object(props) => Value::Object(
+                    props
+                        .iter()
+                        .map(|(name, sub)| (name.clone(), strict_json_schema(sub)))
+                        .collect(),
+                ),
+                other => other.clone(),
+            },
+            "items" => strict_json_schema(v),
+            "anyOf" | "oneOf" | "allOf" => match v {
+                Value::Array(items) => Value::Array(items.iter().map(strict_json_schema).collect()),
+                other => other.clone(),
+            },
+            _ => v.clone(),
+        };
+        out.insert(k.clone(), v);
+    }
+    let is_object =
+        out.get("type").and_then(Value::as_str) == Some("object") || out.contains_key("properties");
+    if is_object {
+        if let Some(Value::Object(props)) = out.get_mut("properties") {
+            // A free-form `args` object cannot be strict (every object needs
+            // its properties listed): ask for it JSON-encoded as `args_json`
+            // (see `output::decode_args_json`).
+            if props.get("args").is_some_and(is_free_form_object) {
+                props.remove("args");
+                props.insert(
+                    ARGS_JSON.into(),
+                    serde_json::json!({"type": "string", "description": "The args object, JSON-encoded."}),
+                );
+                if let Some(Value::Array(req)) = out.get_mut("required") {
+                    for r in req.iter_mut() {
+                        if r == "args" {
+                            *r = Value::String(ARGS_JSON.into());
+                        }
+                    }
+                }
+            }
+            let required: Vec<String> = out
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| {
+                    r.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let Some(Value::Object(props)) = out.get_mut("properties") else {
+                unreachable!("checked above");
+            };
+            for (name, sub) in props.iter_mut() {
+                if !required.contains(name) {
+                    if let Some(Value::String(t)) = sub.get("type").cloned() {
+                        sub["type"] = serde_json::json!([t, "null"]);
+                    }
+                }
+            }
+            let all: Vec<Value> = props.keys().map(|k| Value::String(k.clone())).collect();
+            out.insert("required".into(), Value::Array(all));
+        } else {
+            out.insert("properties".into(), serde_json::json!({}));
+            out.insert("required".into(), serde_json::json!([]));
+        }
+        out.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    Value::Object(out)
+}
+
+/// The strict-schema stand-in for a free-form `args` object.
+pub const ARGS_JSON: &str = "args_json";
+
+fn is_free_form_object(schema: &Value) -> bool {
+    schema.get("type").and_then(Value::as_str) == Some("object")
+        && schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .is_none_or(|p| p.is_empty())
 }
 
 /// Dispatches to the provider's subagent builder.
@@ -414,6 +579,7 @@ pub fn build_model_run_plan(
     let mut env = BTreeMap::new();
     let mut files = Vec::new();
     let mut args: Vec<String> = Vec::new();
+    let mut answer_file = None;
     match payload.provider {
         ProviderId::ClaudeCode => {
             args.push("--print".into());
@@ -471,9 +637,10 @@ pub fn build_model_run_plan(
             let mut prompt_schema = None;
             if let Some(schema) = payload.json_schema.as_ref().filter(|_| json_mode) {
                 if flags.has("outputSchemaFlag") {
+                    // The Responses API only enforces strict schemas.
                     files.push(PlanFile {
                         relative_path: CODEX_OUTPUT_SCHEMA_FILE.into(),
-                        contents: schema.to_string(),
+                        contents: strict_json_schema(schema).to_string(),
                     });
                     args.extend([
                         "--output-schema".into(),
@@ -486,7 +653,15 @@ pub fn build_model_run_plan(
                     prompt_schema = Some(schema_instruction(schema));
                 }
             }
-            if flags.has("jsonFlag") {
+            // Text mode reads stdout as the answer: no `--json` (that would
+            // make it raw JSONL). JSON mode takes the answer from `-o <file>`
+            // (the final message only), keeping `--json` for usage data.
+            if json_mode && flags.has("outputLastMessageFlag") {
+                let file = work_dir.join(CODEX_LAST_MESSAGE_FILE);
+                args.extend(["-o".into(), file.to_string_lossy().into_owned()]);
+                answer_file = Some(file);
+            }
+            if json_mode && flags.has("jsonFlag") {
                 args.push("--json".into());
             }
             args.push(join_prompt(&[
@@ -500,6 +675,7 @@ pub fn build_model_run_plan(
                 "--output-format".into(),
                 if json_mode { "json" } else { "text" }.into(),
             ]);
+            gemini_trust(flags, &mut args, &mut env);
             if let Some(m) = model {
                 args.extend(["--model".into(), m.to_string()]);
             }
@@ -535,6 +711,8 @@ pub fn build_model_run_plan(
             RunOutputFormat::Text
         },
         timeout_ms: payload.timeout_ms,
+        answer_file,
+        strict_json: json_mode,
     })
 }
 
@@ -567,7 +745,7 @@ pub fn display_command(plan: &RunPlan) -> String {
     let last = plan.args.len().saturating_sub(1);
     for (i, arg) in plan.args.iter().enumerate() {
         if redact_next {
-            out.push("<redacted>".into());
+            out.push(REDACTED.into());
             redact_next = false;
             continue;
         }

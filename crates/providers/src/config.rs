@@ -183,6 +183,11 @@ impl SubagentConfig {
     }
 }
 
+/// The last segment of a subagent's work dir (`<work>/subagents/<id>/session`):
+/// the same for every run of the subagent, because the CLIs key their saved
+/// sessions by working directory and `--resume` must find them.
+pub const SUBAGENT_SESSION_DIR: &str = "session";
+
 /// Per-run inputs that do not come from the config.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RunContext {
@@ -196,12 +201,65 @@ pub struct RunContext {
     pub previous_session_id: Option<String>,
     /// The run's work dir (cwd of the child; Gemini's `system.md` goes here).
     pub work_dir: PathBuf,
+    /// The gateway runs as root (Claude then needs `IS_SANDBOX=1` to accept
+    /// bypass permissions in full-control runs).
+    pub running_as_root: bool,
+    /// Gemini's `--sandbox` can work here (see [`gemini_sandbox_available`]).
+    pub gemini_sandbox_available: bool,
+}
+
+impl RunContext {
+    /// A context with this host's facts filled in (root, sandbox); the
+    /// caller sets the per-run fields.
+    pub fn with_host_facts() -> RunContext {
+        RunContext {
+            // SAFETY: geteuid(2) has no preconditions and cannot fail.
+            running_as_root: unsafe { libc::geteuid() } == 0,
+            gemini_sandbox_available: gemini_sandbox_available(
+                |k| std::env::var(k).ok(),
+                |name| {
+                    let path = std::env::var_os("PATH");
+                    crate::registry::find_executable(name, path.as_deref()).is_some()
+                },
+            ),
+            ..RunContext::default()
+        }
+    }
+}
+
+/// Whether Gemini CLI's `--sandbox` has something to run in: `GEMINI_SANDBOX`
+/// names one (anything but `false`/`0`/empty), or `docker`/`podman` is on
+/// `PATH` (what the CLI itself looks for on Linux).
+pub fn gemini_sandbox_available(
+    env: impl Fn(&str) -> Option<String>,
+    on_path: impl Fn(&str) -> bool,
+) -> bool {
+    match env("GEMINI_SANDBOX").map(|v| v.trim().to_ascii_lowercase()) {
+        Some(v) if v == "false" || v == "0" => false,
+        Some(v) if !v.is_empty() => true,
+        _ => on_path("docker") || on_path("podman"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn gemini_sandbox_detection() {
+        let none = |_: &str| None;
+        assert!(!gemini_sandbox_available(none, |_| false));
+        assert!(gemini_sandbox_available(none, |n| n == "podman"));
+        assert!(gemini_sandbox_available(
+            |_| Some("docker".into()),
+            |_| false
+        ));
+        assert!(!gemini_sandbox_available(
+            |_| Some("false".into()),
+            |_| true
+        ));
+    }
 
     #[test]
     fn parses_keys_aliases_and_defaults() {

@@ -22,6 +22,9 @@ pub enum ProviderError {
     ModelRunRequiresSchema,
     #[error("Claude output missing structured JSON payload")]
     MissingStructuredPayload,
+    /// A restricted Gemini run needs `--sandbox`, and no sandbox is available.
+    #[error("Gemini restricted runs need a sandbox (docker or podman on PATH, or GEMINI_SANDBOX set) and none is available on this machine; install one, or enable full control for this subagent")]
+    SandboxUnavailable,
     #[error("Unsupported subagent type: {0}")]
     UnsupportedSubagentType(String),
     #[error("Unsupported provider for model runs: {0}")]

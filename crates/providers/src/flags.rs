@@ -66,6 +66,8 @@ pub const CODEX_FLAG_PROBES: &[FlagProbe] = &[
         "dangerouslyBypassApprovalsAndSandboxFlag",
         &["--dangerously-bypass-approvals-and-sandbox"],
     ),
+    // The `exec resume` subcommand, listed under Commands in `exec --help`.
+    ("resumeFlag", &["resume"]),
 ];
 
 pub const GEMINI_FLAG_PROBES: &[FlagProbe] = &[
@@ -75,6 +77,9 @@ pub const GEMINI_FLAG_PROBES: &[FlagProbe] = &[
     ("approvalModeFlag", &["--approval-mode"]),
     ("yoloFlag", &["--yolo"]),
     ("sandboxFlag", &["--sandbox"]),
+    ("skipTrustFlag", &["--skip-trust"]),
+    ("streamJsonFlag", &["stream-json"]),
+    ("resumeFlag", &["--resume"]),
 ];
 
 /// The probe table of a provider.
@@ -130,6 +135,15 @@ impl SupportedFlags {
     }
 
     /// Every probe true (a fully featured CLI; handy for tests and defaults).
+    /// The flags each CLI is known to have (every probed flag is in the
+    /// pinned versions tested end to end: Claude Code 2.1.197, Codex
+    /// 0.171.0, Gemini CLI 0.61.0 — see the README). Used when `--help`
+    /// fails and as an unavailable provider's `supported_flags`, so a run
+    /// never loses `--output-format` because one help probe broke.
+    pub fn defaults(id: ProviderId) -> Self {
+        Self::all_true(id)
+    }
+
     pub fn all_true(id: ProviderId) -> Self {
         SupportedFlags(
             flag_probes(id)
@@ -166,7 +180,8 @@ impl SupportedFlags {
                 tool_disable: self.has("toolsFlag") || self.has("allowedToolsFlag"),
             },
             ProviderId::Codex => ProviderSupports {
-                output_schema: self.has("outputSchemaFlag"),
+                // The schema answer is read from `-o`: both flags are needed.
+                output_schema: self.has("outputSchemaFlag") && self.has("outputLastMessageFlag"),
                 stream_json: self.has("jsonFlag"),
                 tool_disable: self.has("configFlag"),
             },
@@ -218,7 +233,8 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&flags).unwrap(),
             serde_json::json!({"approvalModeFlag": false, "extensionsFlag": false, "modelFlag": false,
-                "outputFormatFlag": false, "sandboxFlag": false, "yoloFlag": false})
+                "outputFormatFlag": false, "resumeFlag": false, "sandboxFlag": false, "skipTrustFlag": false,
+                "streamJsonFlag": false, "yoloFlag": false})
         );
         let codex = SupportedFlags::parse_help(
             ProviderId::Codex,

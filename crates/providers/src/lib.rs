@@ -7,6 +7,7 @@
 //! - [`health`]: validation modes, health transitions, `providerHealth` map.
 //! - [`config`]: subagent config parsing and the run context.
 //! - [`argv`]: pure argv/env/file plans for subagent runs, model runs and validation.
+//! - [`delivery`]: whether a prompt goes on the command line or on stdin.
 //! - [`collector`]: the stream-JSON stdout collector with its limits.
 //! - [`normalize`]: per-provider line normalizers → run events.
 //! - [`output`]: output envelopes, final result/metadata extraction, model-run extraction.
@@ -16,6 +17,7 @@
 pub mod argv;
 pub mod collector;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod flags;
 pub mod health;

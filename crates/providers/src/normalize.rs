@@ -485,7 +485,23 @@ impl StreamNormalizer for CodexNormalizer {
                     .map(str::to_string);
                 Vec::new()
             }
-            Some("turn.started" | "item.started" | "item.updated") => Vec::new(),
+            Some("item.started") => match map.get("item") {
+                // Codex ≥ 0.1xx: its shell tool is a `command_execution` item.
+                Some(item) if str_of(item, "type") == Some("command_execution") => {
+                    let command = str_of(item, "command").unwrap_or("");
+                    vec![NormalizedEvent::run(
+                        RunEventType::ToolCall,
+                        json!({
+                            "tool_name": "shell",
+                            "tool_use_id": str_of(item, "id"),
+                            "tool_input": {"command": command},
+                            "summary": command,
+                        }),
+                    )]
+                }
+                _ => Vec::new(),
+            },
+            Some("turn.started" | "item.updated") => Vec::new(),
             Some("turn.completed") => {
                 s.usage = map.get("usage").cloned();
                 Vec::new()
@@ -522,6 +538,19 @@ impl StreamNormalizer for CodexNormalizer {
                         s.errors.extend(error_text(item.get("message")));
                         Vec::new()
                     }
+                    Some("command_execution") => {
+                        let exit_code = item.get("exit_code").and_then(Value::as_i64);
+                        vec![NormalizedEvent::run(
+                            RunEventType::ToolResult,
+                            json!({
+                                "tool_use_id": str_of(item, "id"),
+                                "tool_name": "shell",
+                                "content": str_of(item, "aggregated_output").unwrap_or(""),
+                                "is_error": exit_code.is_some_and(|c| c != 0),
+                                "exit_code": exit_code,
+                            }),
+                        )]
+                    }
                     _ => Vec::new(),
                 }
             }
@@ -546,6 +575,8 @@ impl StreamNormalizer for CodexNormalizer {
 #[derive(Debug, Default)]
 pub struct GeminiNormalizer {
     summary: RunSummary,
+    /// tool id → tool name, for the results.
+    tool_names: std::collections::HashMap<String, String>,
 }
 
 impl StreamNormalizer for GeminiNormalizer {
@@ -586,7 +617,42 @@ impl StreamNormalizer for GeminiNormalizer {
                     json!({"role": role, "content": content}),
                 )]
             }
-            Some("tool_use" | "tool_result") => Vec::new(),
+            Some("tool_use") => {
+                let name = map.get("tool_name").and_then(Value::as_str).unwrap_or("");
+                let id = map.get("tool_id").and_then(Value::as_str).unwrap_or("");
+                let input = map.get("parameters").cloned().unwrap_or(json!({}));
+                self.tool_names.insert(id.to_string(), name.to_string());
+                vec![NormalizedEvent::run(
+                    RunEventType::ToolCall,
+                    json!({
+                        "tool_name": name,
+                        "tool_use_id": id,
+                        "tool_input": input,
+                        "summary": tool_summary(name, &input),
+                    }),
+                )]
+            }
+            Some("tool_result") => {
+                let id = map.get("tool_id").and_then(Value::as_str).unwrap_or("");
+                let status = map.get("status").and_then(Value::as_str).unwrap_or("");
+                let content = match map.get("output") {
+                    Some(Value::String(text)) => text.clone(),
+                    Some(Value::Null) | None => map
+                        .get("error")
+                        .map(|e| error_text(Some(e)).unwrap_or_default())
+                        .unwrap_or_default(),
+                    Some(other) => other.to_string(),
+                };
+                vec![NormalizedEvent::run(
+                    RunEventType::ToolResult,
+                    json!({
+                        "tool_use_id": id,
+                        "tool_name": self.tool_names.get(id),
+                        "content": content,
+                        "is_error": status != "success",
+                    }),
+                )]
+            }
             Some("error") => {
                 s.errors.extend(error_text(map.get("message")));
                 Vec::new()

@@ -6,7 +6,8 @@ use serde_json::{json, Map, Value};
 use crate::config::RunOutputFormat;
 use crate::error::ProviderError;
 use crate::normalize::{
-    normalize_all, ClaudeNormalizer, CodexNormalizer, RunSummary, StreamNormalizer,
+    normalize_all, ClaudeNormalizer, CodexNormalizer, GeminiNormalizer, RunSummary,
+    StreamNormalizer,
 };
 use crate::registry::ProviderId;
 
@@ -234,6 +235,7 @@ fn answer_output(
     provider: ProviderId,
     answer: Option<&str>,
     json_mode: bool,
+    strict_json: bool,
     usage: Option<&Value>,
 ) -> AdapterOutput {
     let mut metadata = base_metadata(provider);
@@ -257,10 +259,12 @@ fn answer_output(
                 provider_error: None,
             };
         }
+        // Without a schema, json output is non-strict: prose is a valid
+        // (markdown) answer, not a failure that marks the provider unhealthy.
         return AdapterOutput {
             output: OutputEnvelope::new(json!(answer), ContentType::Markdown),
             metadata,
-            parse_error: Some(PARSE_ERR_NO_JSON_IN_TEXT.into()),
+            parse_error: strict_json.then(|| PARSE_ERR_NO_JSON_IN_TEXT.into()),
             provider_error: None,
         };
     }
@@ -273,7 +277,11 @@ fn answer_output(
 }
 
 /// Codex: the last `agent_message` is the answer; usage from `turn.completed`.
-pub fn parse_codex_output(format: RunOutputFormat, stdout: &str) -> AdapterOutput {
+pub fn parse_codex_output(
+    format: RunOutputFormat,
+    strict_json: bool,
+    stdout: &str,
+) -> AdapterOutput {
     if format == RunOutputFormat::Text {
         return text_output(stdout, ProviderId::Codex);
     }
@@ -284,8 +292,13 @@ pub fn parse_codex_output(format: RunOutputFormat, stdout: &str) -> AdapterOutpu
         ProviderId::Codex,
         s.result_text.as_deref(),
         format == RunOutputFormat::Json,
+        strict_json,
         s.usage.as_ref(),
     );
+    // The thread id: the next run on this subagent resumes it.
+    if let Some(id) = &s.session_id {
+        out.metadata.insert("session_id".into(), json!(id));
+    }
     if s.is_error || (s.result_text.is_none() && !s.errors.is_empty()) {
         out.provider_error = s
             .errors
@@ -297,9 +310,36 @@ pub fn parse_codex_output(format: RunOutputFormat, stdout: &str) -> AdapterOutpu
 }
 
 /// Gemini `--output-format json`: `response` text, JSON extracted from it; `stats` → usage.
-pub fn parse_gemini_output(format: RunOutputFormat, stdout: &str) -> AdapterOutput {
+pub fn parse_gemini_output(
+    format: RunOutputFormat,
+    strict_json: bool,
+    stdout: &str,
+) -> AdapterOutput {
     if format == RunOutputFormat::Text {
         return text_output(stdout, ProviderId::Gemini);
+    }
+    if format == RunOutputFormat::StreamJson {
+        let mut n = GeminiNormalizer::default();
+        normalize_all(&mut n, stdout);
+        let s = n.summary();
+        let mut out = answer_output(
+            ProviderId::Gemini,
+            s.result_text.as_deref(),
+            false,
+            false,
+            s.usage.as_ref(),
+        );
+        if let Some(id) = &s.session_id {
+            out.metadata.insert("session_id".into(), json!(id));
+        }
+        if s.is_error {
+            out.provider_error = s
+                .errors
+                .last()
+                .cloned()
+                .or(Some("Gemini run failed".into()));
+        }
+        return out;
     }
     let Some(v) = last_json_object(stdout) else {
         return AdapterOutput {
@@ -313,8 +353,12 @@ pub fn parse_gemini_output(format: RunOutputFormat, stdout: &str) -> AdapterOutp
         ProviderId::Gemini,
         v.get("response").and_then(Value::as_str),
         true,
+        strict_json,
         v.get("stats"),
     );
+    if let Some(id) = v.get("session_id").and_then(Value::as_str) {
+        out.metadata.insert("session_id".into(), json!(id));
+    }
     if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
         out.provider_error = Some(
             err.get("message")
@@ -326,16 +370,98 @@ pub fn parse_gemini_output(format: RunOutputFormat, stdout: &str) -> AdapterOutp
     out
 }
 
-/// Dispatch by provider.
+/// Dispatch by provider, strict json (a prose answer in json mode is a
+/// parse error). See [`parse_plan_output`] for runs built from a plan.
 pub fn parse_subagent_output(
     provider: ProviderId,
     format: RunOutputFormat,
     stdout: &str,
 ) -> AdapterOutput {
+    parse_subagent_output_with(provider, format, true, stdout)
+}
+
+/// Dispatch by provider; `strict_json` false completes prose as markdown.
+pub fn parse_subagent_output_with(
+    provider: ProviderId,
+    format: RunOutputFormat,
+    strict_json: bool,
+    stdout: &str,
+) -> AdapterOutput {
     match provider {
         ProviderId::ClaudeCode => parse_claude_output(format, stdout),
-        ProviderId::Codex => parse_codex_output(format, stdout),
-        ProviderId::Gemini => parse_gemini_output(format, stdout),
+        ProviderId::Codex => parse_codex_output(format, strict_json, stdout),
+        ProviderId::Gemini => parse_gemini_output(format, strict_json, stdout),
+    }
+}
+
+/// A finished run's output, strict only when the plan asked for a schema.
+pub fn parse_plan_output(plan: &crate::argv::RunPlan, stdout: &str) -> AdapterOutput {
+    parse_subagent_output_with(plan.provider, plan.output_format, plan.strict_json, stdout)
+}
+
+/// A model run's structured answer: from the plan's answer file (Codex
+/// `-o`) when the CLI wrote one, else out of stdout.
+pub fn extract_model_run_answer(
+    provider: ProviderId,
+    stdout: &str,
+    answer_file: Option<&str>,
+) -> Result<Value, ProviderError> {
+    let value = match answer_file.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(text) => extract_json_lenient(text).ok_or(ProviderError::MissingStructuredPayload)?,
+        None => extract_model_run_output(provider, stdout)?,
+    };
+    Ok(if provider == ProviderId::Codex {
+        decode_args_json(value)
+    } else {
+        value
+    })
+}
+
+/// Undoes the strict schema's `args` → `args_json` (see
+/// [`crate::argv::strict_json_schema`]): a string `args_json` that holds
+/// JSON becomes `args` again.
+pub fn decode_args_json(mut value: Value) -> Value {
+    if let Some(obj) = value.as_object_mut() {
+        let decoded = obj
+            .get(crate::argv::ARGS_JSON)
+            .and_then(Value::as_str)
+            .and_then(|t| serde_json::from_str::<Value>(t).ok());
+        if let Some(args) = decoded {
+            obj.remove(crate::argv::ARGS_JSON);
+            obj.insert("args".into(), args);
+        }
+    }
+    value
+}
+
+/// Which control-plane generation reads a result (control-plane.md §15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProtocolGeneration {
+    /// 2.29: text output is a bare string, `raw` the stdout string.
+    #[default]
+    Seed,
+    /// 2.32.x: text output is `{text}`, `raw` the parsed object.
+    Later,
+}
+
+/// A model run's `(output, raw)` as `generation` stores them. `output` is
+/// the extracted answer (a string in text mode, the structured value in
+/// json mode); `stdout` the CLI's output.
+pub fn model_run_result_shape(
+    generation: ProtocolGeneration,
+    output: Value,
+    stdout: &str,
+) -> (Value, Value) {
+    match generation {
+        ProtocolGeneration::Seed => (output, json!(stdout)),
+        ProtocolGeneration::Later => {
+            let output = match output {
+                Value::String(text) => json!({ "text": text }),
+                other => other,
+            };
+            let raw = last_json_object(stdout).unwrap_or_else(|| json!(stdout));
+            (output, raw)
+        }
     }
 }
 
@@ -388,4 +514,69 @@ pub fn extract_model_run_output(
 /// Text output of a model run (text mode): Claude/Codex/Gemini print the answer as is.
 pub fn extract_model_run_text(stdout: &str) -> String {
     stdout.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_strict_json_prose_completes_as_markdown() {
+        let stdout = r#"{"response":"Here are the files: a, b.","stats":{}}"#;
+        let lax =
+            parse_subagent_output_with(ProviderId::Gemini, RunOutputFormat::Json, false, stdout);
+        assert_eq!(lax.parse_error, None);
+        assert_eq!(lax.output.content_type, ContentType::Markdown);
+        assert_eq!(lax.output.content, json!("Here are the files: a, b."));
+        let strict = parse_subagent_output(ProviderId::Gemini, RunOutputFormat::Json, stdout);
+        assert_eq!(
+            strict.parse_error.as_deref(),
+            Some(PARSE_ERR_NO_JSON_IN_TEXT)
+        );
+    }
+
+    #[test]
+    fn model_run_answer_prefers_the_answer_file() {
+        let jsonl = r#"{"type":"item.completed","item":{"type":"agent_message","text":"noise"}}"#;
+        assert_eq!(
+            extract_model_run_answer(ProviderId::Codex, jsonl, Some("{\"message\":\"hi\"}\n"))
+                .unwrap(),
+            json!({"message": "hi"})
+        );
+        assert!(extract_model_run_answer(ProviderId::Codex, jsonl, Some("  ")).is_err());
+    }
+
+    #[test]
+    fn args_json_is_decoded_back_into_args() {
+        let v = json!({"name": "search", "args_json": "{\"q\":\"rust\"}"});
+        assert_eq!(
+            decode_args_json(v),
+            json!({"name": "search", "args": {"q": "rust"}})
+        );
+        let bad = json!({"args_json": "not json"});
+        assert_eq!(decode_args_json(bad.clone()), bad);
+        assert_eq!(
+            extract_model_run_answer(
+                ProviderId::Codex,
+                "",
+                Some(r#"{"name":"n","args_json":"{}"}"#)
+            )
+            .unwrap(),
+            json!({"name": "n", "args": {}})
+        );
+    }
+
+    #[test]
+    fn result_shapes_by_generation() {
+        let (out, raw) =
+            model_run_result_shape(ProtocolGeneration::Seed, json!("hello"), "hello\n");
+        assert_eq!((out, raw), (json!("hello"), json!("hello\n")));
+        let (out, raw) =
+            model_run_result_shape(ProtocolGeneration::Later, json!("hello"), "hello\n");
+        assert_eq!((out, raw), (json!({"text": "hello"}), json!("hello\n")));
+        let stdout = "{\"type\":\"result\",\"structured_output\":{\"a\":1}}\n";
+        let (out, raw) = model_run_result_shape(ProtocolGeneration::Later, json!({"a": 1}), stdout);
+        assert_eq!(out, json!({"a": 1}));
+        assert_eq!(raw["type"], json!("result"));
+    }
 }

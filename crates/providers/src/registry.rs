@@ -44,7 +44,8 @@ pub const CODEX: ProviderSpec = ProviderSpec {
     cli_flag: "--codex-cli",
     env_keys: ["PANORAMA_CODEX_CLI", "CODEX_CLI"],
     subagent_type: "codex_gateway",
-    supports_continuation: false,
+    // `codex exec resume <id>` (Codex ≥ 0.1xx; the seed had none).
+    supports_continuation: true,
 };
 
 pub const GEMINI: ProviderSpec = ProviderSpec {
@@ -54,7 +55,8 @@ pub const GEMINI: ProviderSpec = ProviderSpec {
     cli_flag: "--gemini-cli",
     env_keys: ["PANORAMA_GEMINI_CLI", "GEMINI_CLI"],
     subagent_type: "gemini_gateway",
-    supports_continuation: false,
+    // `gemini --resume <session id>` (Gemini CLI ≥ 0.x; the seed had none).
+    supports_continuation: true,
 };
 
 /// All providers in spec order.
@@ -234,8 +236,8 @@ mod tests {
         assert_eq!(provider_for_subagent_type("openai_provider_hosted"), None);
         assert_eq!(provider_for_subagent_type("panorama_internal"), None);
         assert!(spec(ProviderId::ClaudeCode).supports_continuation);
-        assert!(!spec(ProviderId::Codex).supports_continuation);
-        assert!(!spec(ProviderId::Gemini).supports_continuation);
+        assert!(spec(ProviderId::Codex).supports_continuation);
+        assert!(spec(ProviderId::Gemini).supports_continuation);
     }
 
     #[test]

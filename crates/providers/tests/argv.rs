@@ -18,6 +18,7 @@ fn ctx(full_control: bool) -> RunContext {
         full_control,
         previous_session_id: None,
         work_dir: PathBuf::from("/w"),
+        ..RunContext::default()
     }
 }
 
@@ -210,7 +211,7 @@ fn codex_argv() {
             "-c",
             "features.shell_tool=false",
             "-c",
-            "features.web_search_request=true",
+            "web_search=\"live\"",
             "--json",
             "Do it\n\nBe brief.",
         ])
@@ -235,7 +236,7 @@ fn codex_argv() {
             "-c",
             "features.shell_tool=false",
             "-c",
-            "features.web_search_request=false",
+            "web_search=\"disabled\"",
             "Do it"
         ])
     );
@@ -251,9 +252,7 @@ fn codex_argv() {
         ])[..]
     );
     assert!(plan.args.contains(&"features.shell_tool=true".to_string()));
-    assert!(plan
-        .args
-        .contains(&"features.web_search_request=true".to_string()));
+    assert!(plan.args.contains(&"web_search=\"live\"".to_string()));
     let no_bypass = flags
         .clone()
         .with("dangerouslyBypassApprovalsAndSandboxFlag", false);
@@ -267,9 +266,31 @@ fn codex_argv() {
             "danger-full-access"
         ])[..]
     );
-    c.previous_session_id = Some("x".into());
+    // Continuation: `exec [options] resume <id> <prompt>` (Codex 0.171.0).
+    c.previous_session_id = Some("thread-1".into());
+    let plan = build_codex_subagent_plan(&cfg(json!({})), &c, &flags).unwrap();
+    let n = plan.args.len();
+    assert_eq!(&plan.args[n - 3..n - 1], &s(&["resume", "thread-1"])[..]);
     assert_eq!(
-        build_codex_subagent_plan(&cfg(json!({})), &c, &flags),
+        build_codex_subagent_plan(
+            &cfg(json!({})),
+            &c,
+            &flags.clone().with("resumeFlag", false)
+        ),
+        Err(ProviderError::ContinuationUnsupported)
+    );
+}
+
+#[test]
+fn gemini_resumes_with_its_flag() {
+    let flags = SupportedFlags::all_true(ProviderId::Gemini);
+    let mut c = ctx(true);
+    c.previous_session_id = Some("sess-1".into());
+    let plan = build_gemini_subagent_plan(&cfg(json!({})), &c, &flags).unwrap();
+    let n = plan.args.len();
+    assert_eq!(&plan.args[n - 3..n - 1], &s(&["--resume", "sess-1"])[..]);
+    assert_eq!(
+        build_gemini_subagent_plan(&cfg(json!({})), &c, &flags.with("resumeFlag", false)),
         Err(ProviderError::ContinuationUnsupported)
     );
 }
@@ -279,12 +300,22 @@ fn gemini_argv_env_and_files() {
     let flags = SupportedFlags::all_true(ProviderId::Gemini);
     let mut c = ctx(false);
     c.command = "gemini".into();
-    let plan = build_gemini_subagent_plan(&cfg(json!({"model": "gemini-2.5-pro", "extensions": ["a", "b"], "system_prompt": "Sys", "append_system_prompt": "App"})), &c, &flags).unwrap();
+    let gemini_cfg = cfg(
+        json!({"model": "gemini-2.5-pro", "extensions": ["a", "b"], "system_prompt": "Sys", "append_system_prompt": "App"}),
+    );
+    // Restricted runs need a sandbox: refused with a reason where none exists.
+    assert_eq!(
+        build_gemini_subagent_plan(&gemini_cfg, &c, &flags),
+        Err(ProviderError::SandboxUnavailable)
+    );
+    c.gemini_sandbox_available = true;
+    let plan = build_gemini_subagent_plan(&gemini_cfg, &c, &flags).unwrap();
     assert_eq!(
         plan.args,
         s(&[
             "--output-format",
             "json",
+            "--skip-trust",
             "--approval-mode",
             "plan",
             "--sandbox",
@@ -314,12 +345,15 @@ fn gemini_argv_env_and_files() {
         s(&[
             "--output-format",
             "text",
+            "--skip-trust",
             "--approval-mode",
             "yolo",
             "Do it"
         ])
     );
     assert!(plan.files.is_empty() && plan.env.is_empty());
+    // Without --skip-trust the work dir is trusted through the environment;
+    // --yolo only when the CLI has it.
     let yolo_only = SupportedFlags::all_false(ProviderId::Gemini).with("yoloFlag", true);
     let plan =
         build_gemini_subagent_plan(&cfg(json!({"output_format": "text"})), &c, &yolo_only).unwrap();
@@ -327,6 +361,14 @@ fn gemini_argv_env_and_files() {
         plan.args,
         s(&["--output-format", "text", "--yolo", "Do it"])
     );
+    assert_eq!(
+        plan.env.get(GEMINI_TRUST_ENV).map(String::as_str),
+        Some("true")
+    );
+    let neither = SupportedFlags::all_false(ProviderId::Gemini);
+    let plan =
+        build_gemini_subagent_plan(&cfg(json!({"output_format": "text"})), &c, &neither).unwrap();
+    assert_eq!(plan.args, s(&["--output-format", "text", "Do it"]));
 }
 
 #[test]
@@ -482,6 +524,8 @@ fn model_run_argv() {
             "model_reasoning_effort=\"medium\"",
             "--output-schema",
             "/w/output-schema.json",
+            "-o",
+            "/w/last-message.txt",
             "--json",
             "S\n\nQ"
         ])
@@ -490,7 +534,7 @@ fn model_run_argv() {
         plan.files,
         vec![PlanFile {
             relative_path: "output-schema.json".into(),
-            contents: "{\"type\":\"object\"}".into()
+            contents: "{\"type\":\"object\",\"properties\":{},\"required\":[],\"additionalProperties\":false}".into()
         }]
     );
     let v = build_validation_plan(ProviderId::ClaudeCode, "claude", "/v".into(), &flags).unwrap();
@@ -514,4 +558,86 @@ fn display_command_redacts_prompts() {
     let shown = display_command(&plan);
     assert!(!shown.contains("secret") && !shown.contains("Do it"));
     assert!(shown.starts_with("claude --print --output-format json"));
+}
+
+#[test]
+fn claude_full_control_as_root_sets_is_sandbox_in_the_child_env_only() {
+    let flags = SupportedFlags::all_true(ProviderId::ClaudeCode);
+    let mut c = ctx(true);
+    c.running_as_root = true;
+    let plan = build_claude_subagent_plan(&cfg(json!({})), &c, &flags).unwrap();
+    assert_eq!(
+        plan.env.get(CLAUDE_IS_SANDBOX_ENV).map(String::as_str),
+        Some("1")
+    );
+    c.full_control = false;
+    let plan = build_claude_subagent_plan(&cfg(json!({})), &c, &flags).unwrap();
+    assert!(plan.env.is_empty(), "restricted runs never claim a sandbox");
+    c.full_control = true;
+    c.running_as_root = false;
+    let plan = build_claude_subagent_plan(&cfg(json!({})), &c, &flags).unwrap();
+    assert!(plan.env.is_empty());
+}
+
+#[test]
+fn codex_text_model_run_has_no_json_and_schema_is_strict() {
+    let flags = SupportedFlags::all_true(ProviderId::Codex);
+    let mut payload = ModelRunPayload {
+        prompt: "Q".into(),
+        model: "default".into(),
+        provider: ProviderId::Codex,
+        output_format: OutputFormat::Text,
+        json_schema: None,
+        append_system_prompt: None,
+        reasoning_effort: None,
+        timeout_ms: 1000,
+    };
+    let plan = build_model_run_plan(&payload, "codex", PathBuf::from("/w"), &flags).unwrap();
+    assert!(
+        !plan.args.contains(&"--json".to_string()),
+        "{:?}",
+        plan.args
+    );
+    assert_eq!(plan.answer_file, None);
+    payload.output_format = OutputFormat::Json;
+    payload.json_schema = Some(
+        json!({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}, "required": ["a"]}),
+    );
+    let plan = build_model_run_plan(&payload, "codex", PathBuf::from("/w"), &flags).unwrap();
+    assert_eq!(plan.answer_file, Some(PathBuf::from("/w/last-message.txt")));
+    let schema: serde_json::Value = serde_json::from_str(&plan.files[0].contents).unwrap();
+    assert_eq!(
+        schema,
+        json!({"type": "object", "additionalProperties": false, "required": ["a", "b"],
+            "properties": {"a": {"type": "string"}, "b": {"type": ["integer", "null"]}}})
+    );
+}
+
+#[test]
+fn strict_schema_turns_free_form_args_into_args_json() {
+    let schema = json!({"type": "object", "properties": {"name": {"type": "string"}, "args": {"type": "object"}},
+        "required": ["name", "args"]});
+    assert_eq!(
+        strict_json_schema(&schema),
+        json!({"type": "object", "additionalProperties": false, "required": ["name", "args_json"],
+            "properties": {"name": {"type": "string"},
+                "args_json": {"type": "string", "description": "The args object, JSON-encoded."}}})
+    );
+}
+
+#[test]
+fn gemini_model_run_trusts_its_work_dir() {
+    let payload = ModelRunPayload {
+        prompt: "Q".into(),
+        model: "default".into(),
+        provider: ProviderId::Gemini,
+        output_format: OutputFormat::Text,
+        json_schema: None,
+        append_system_prompt: None,
+        reasoning_effort: None,
+        timeout_ms: 1000,
+    };
+    let flags = SupportedFlags::all_true(ProviderId::Gemini);
+    let plan = build_model_run_plan(&payload, "gemini", PathBuf::from("/w"), &flags).unwrap();
+    assert!(plan.args.contains(&"--skip-trust".to_string()));
 }

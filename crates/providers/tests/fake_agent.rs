@@ -59,9 +59,10 @@ async fn run_plan(plan: &RunPlan, extra: &[(&str, String)]) -> (i32, String, Str
 #[tokio::test]
 async fn detection_through_argv0_and_all_flags() {
     let dir = bin_dir();
+    // Versions are the semver parsed out of the `--version` text.
     for (id, version) in [
-        (ProviderId::ClaudeCode, "2.0.14 (Claude Code)"),
-        (ProviderId::Codex, "codex-cli 0.50.0"),
+        (ProviderId::ClaudeCode, "2.0.14"),
+        (ProviderId::Codex, "0.50.0"),
         (ProviderId::Gemini, "0.9.0"),
     ] {
         let overrides = CliOverrides::default();
@@ -79,6 +80,7 @@ async fn detection_through_argv0_and_all_flags() {
             &ProbeOptions {
                 env: Some(env_with(&[])),
                 timeout: None,
+                contain: None,
             },
         )
         .await;
@@ -119,6 +121,7 @@ async fn missing_cli_omitted_flags_and_timeouts() {
             "--permission-mode,--dangerously-skip-permissions".into(),
         )])),
         timeout: None,
+        contain: None,
     };
     let d = detect_provider(
         &resolve_command(
@@ -142,6 +145,7 @@ async fn missing_cli_omitted_flags_and_timeouts() {
     let opts = ProbeOptions {
         env: Some(env_with(&[("FAKE_AGENT_HOLD_MS", "5000".into())])),
         timeout: Some(Duration::from_millis(300)),
+        contain: None,
     };
     let started = std::time::Instant::now();
     let err = run_probe(&claude, &["-p", "hi"], &opts).await.unwrap_err();
@@ -160,6 +164,7 @@ async fn missing_cli_omitted_flags_and_timeouts() {
     let opts = ProbeOptions {
         env: Some(env_with(&[("FAKE_AGENT_VERSION_FAIL", "1".into())])),
         timeout: None,
+        contain: None,
     };
     let d = detect_provider(
         &resolve_command(
@@ -188,6 +193,7 @@ async fn claude_stream_run_is_logged_and_normalized() {
         full_control: false,
         previous_session_id: None,
         work_dir: work.path().to_path_buf(),
+        ..RunContext::default()
     };
     let cfg = SubagentConfig::from_value(&json!({"output_format": "stream-json"}));
     let plan = build_claude_subagent_plan(
@@ -264,6 +270,7 @@ async fn claude_json_gemini_json_resume_failure_and_exit_codes() {
         full_control: false,
         previous_session_id: None,
         work_dir: work.path().to_path_buf(),
+        ..RunContext::default()
     };
     let flags = SupportedFlags::all_true(ProviderId::ClaudeCode);
     let cfg = SubagentConfig::from_value(&json!({"json_schema": {"type": "object"}}));
@@ -296,6 +303,7 @@ async fn claude_json_gemini_json_resume_failure_and_exit_codes() {
         command: dir.path().join("gemini").to_string_lossy().into_owned(),
         previous_session_id: None,
         prompt: "Files?".into(),
+        gemini_sandbox_available: true,
         ..ctx.clone()
     };
     let gcfg = SubagentConfig::from_value(&json!({"system_prompt": "Sys"}));

@@ -177,6 +177,8 @@ fn codex_success_stream() {
         events,
         vec![
             ev("message", json!({"role":"assistant","content":"**Inspecting the repository layout**","kind":"reasoning"})),
+            ev("tool_call", json!({"tool_name":"shell","tool_use_id":"item_1","tool_input":{"command":"bash -lc ls"},"summary":"bash -lc ls"})),
+            ev("tool_result", json!({"tool_use_id":"item_1","tool_name":"shell","content":"Cargo.toml\nREADME.md\nsrc\n","is_error":false,"exit_code":0})),
             ev("unknown", json!("2025-10-28T12:00:01.123456Z ERROR codex_core::rollout::list: state db missing rollout path for thread 0199a213")),
             ev("unknown", json!("{\"type\":\"thread.compacted\",\"thread_id\":\"0199a213-81c0-7800-8aa1-bbab2a035a53\"}")),
             ev("message", json!({"role":"assistant","content":"{\"summary\":\"A Rust crate with a README.\",\"files\":3}"})),
@@ -248,6 +250,8 @@ fn gemini_success_stream() {
         vec![
             ev("unknown", json!("Loaded cached credentials.")),
             ev("message", json!({"role":"user","content":"List the files and summarize."})),
+            ev("tool_call", json!({"tool_name":"list_directory","tool_use_id":"list_directory-1761652801200-a1b2c3","tool_input":{"path":"."},"summary":"list_directory: ."})),
+            ev("tool_result", json!({"tool_use_id":"list_directory-1761652801200-a1b2c3","tool_name":"list_directory","content":"Listed 3 item(s).","is_error":false})),
             ev("message", json!({"role":"assistant","content":"{\"summary\":"})),
             ev("message", json!({"role":"assistant","content":"\"Three files.\"}"})),
             ev("unknown", json!("{\"type\":\"telemetry\",\"timestamp\":\"2025-10-28T12:00:02.160Z\",\"event\":\"flush\"}")),
@@ -303,7 +307,16 @@ fn every_fixture_is_covered() {
         for entry in
             std::fs::read_dir(format!("{}/fixtures/{dir}", env!("CARGO_MANIFEST_DIR"))).unwrap()
         {
-            let name = entry.unwrap().file_name().into_string().unwrap();
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            if entry.path().is_dir() {
+                // Recorded from a real CLI version (see the tests below).
+                for file in std::fs::read_dir(entry.path()).unwrap() {
+                    let file = file.unwrap().file_name().into_string().unwrap();
+                    seen.push(format!("{dir}/{name}/{file}"));
+                }
+                continue;
+            }
             seen.push(format!("{dir}/{name}"));
         }
     }
@@ -311,14 +324,61 @@ fn every_fixture_is_covered() {
     assert_eq!(
         seen,
         vec![
+            "claude/2.1.197/tool-turn.jsonl",
             "claude/rate_limited.jsonl",
             "claude/resume_not_found.jsonl",
             "claude/structured.jsonl",
             "claude/success.jsonl",
+            "codex/0.171.0/tool-turn.jsonl",
             "codex/rate_limited.jsonl",
             "codex/success.jsonl",
+            "gemini/0.61.0/tool-turn.jsonl",
             "gemini/rate_limited.jsonl",
             "gemini/success.jsonl",
         ]
     );
+}
+
+/// Recorded from the real CLIs on the loopback model API (a turn that runs
+/// `ls` through the shell tool, then answers); re-record with
+/// `PANORAMA_RECORD_FIXTURES=1 cargo test -p panorama-testkit --test model_api_cli`.
+fn real_tool_turn(n: &mut dyn StreamNormalizer, path: &str) -> Vec<String> {
+    run(n, path)
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| t != "unknown")
+        .collect()
+}
+
+#[test]
+fn real_cli_tool_turns_normalize_to_call_result_message() {
+    const ANSWER: &str = "The folder holds one marker file.";
+    let mut claude = ClaudeNormalizer::default();
+    assert_eq!(
+        real_tool_turn(&mut claude, "claude/2.1.197/tool-turn.jsonl"),
+        ["tool_call", "tool_result", "message"]
+    );
+    assert_eq!(claude.summary().result_text.as_deref(), Some(ANSWER));
+    let mut codex = CodexNormalizer::default();
+    assert_eq!(
+        real_tool_turn(&mut codex, "codex/0.171.0/tool-turn.jsonl"),
+        ["tool_call", "tool_result", "message"]
+    );
+    assert_eq!(codex.summary().result_text.as_deref(), Some(ANSWER));
+    let mut gemini = GeminiNormalizer::default();
+    assert_eq!(
+        real_tool_turn(&mut gemini, "gemini/0.61.0/tool-turn.jsonl"),
+        ["message", "tool_call", "tool_result", "message"]
+    );
+    assert_eq!(gemini.summary().result_text.as_deref(), Some(ANSWER));
+    for (provider, path) in [
+        (ProviderId::ClaudeCode, "claude/2.1.197/tool-turn.jsonl"),
+        (ProviderId::Codex, "codex/0.171.0/tool-turn.jsonl"),
+        (ProviderId::Gemini, "gemini/0.61.0/tool-turn.jsonl"),
+    ] {
+        let out = parse_subagent_output(provider, RunOutputFormat::StreamJson, &fixture(path));
+        assert_eq!(out.parse_error, None, "{path}");
+        assert_eq!(out.provider_error, None, "{path}");
+        assert_eq!(out.output.content, json!(ANSWER), "{path}");
+    }
 }

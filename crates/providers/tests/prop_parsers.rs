@@ -283,9 +283,21 @@ fn run_lines(provider: ProviderId, lines: &[String]) -> Result<(), TestCaseError
 
 fn fixture_lines(dir: &str) -> Vec<String> {
     let root = format!("{}/fixtures/{dir}", env!("CARGO_MANIFEST_DIR"));
+    // Hand-written fixtures plus the ones recorded from real CLI versions
+    // (`<dir>/<version>/*.jsonl`).
     let mut files: Vec<_> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("cannot list {root}: {e}"))
         .map(|e| e.expect("fixture dir entry").path())
+        .flat_map(|p| {
+            if p.is_dir() {
+                std::fs::read_dir(&p)
+                    .unwrap_or_else(|e| panic!("cannot list {}: {e}", p.display()))
+                    .map(|e| e.expect("fixture dir entry").path())
+                    .collect()
+            } else {
+                vec![p]
+            }
+        })
         .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
         .collect();
     files.sort();

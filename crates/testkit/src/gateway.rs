@@ -34,12 +34,17 @@ pub struct GatewayHost {
     /// The gateway executable to run: the workspace build unless a test
     /// installs a copy (upgrade and restart tests).
     pub program: PathBuf,
+    /// `bin/` holds the fake agent: the gateway is told a Gemini sandbox
+    /// exists (`GEMINI_SANDBOX=docker`), since restricted Gemini runs are
+    /// refused without one and the fake agent ignores `--sandbox`.
+    fake_agents: bool,
 }
 
 impl GatewayHost {
     /// A host whose `PATH` has the fake agent as `claude`, `codex`, `gemini`.
     pub fn new() -> GatewayHost {
-        let host = GatewayHost::bare();
+        let mut host = GatewayHost::bare();
+        host.fake_agents = true;
         let agent = fake_agent_binary();
         for name in AGENT_NAMES {
             symlink(&agent, host.bin_dir().join(name)).expect("link fake agent");
@@ -55,6 +60,7 @@ impl GatewayHost {
             home,
             device_name: "test-box".into(),
             program: crate::gateway_binary(),
+            fake_agents: false,
         }
     }
 
@@ -151,6 +157,7 @@ impl GatewayHost {
                 format!("{}:/usr/bin:/bin", self.bin_dir().display()),
             )
             .env("PANORAMA_GATEWAY_LOG", "info")
+            .envs(self.fake_agents.then_some(("GEMINI_SANDBOX", "docker")))
             .current_dir(self.home())
             .arg("--config-dir")
             .arg(self.config_dir())

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod agents;
 pub mod gateway;
+pub mod model_api;
 pub mod procs;
 pub mod reference;
 

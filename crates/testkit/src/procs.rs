@@ -107,6 +107,28 @@ pub fn environ(pid: i32) -> Option<Vec<(String, String)>> {
     )
 }
 
+/// The argv of a live process (`/proc/<pid>/cmdline`).
+pub fn cmdline(pid: i32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|&b| b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// Live processes whose argv is exactly `argv` and that started at or
+/// after `min_start` (clock ticks since boot), as `(pid, start)`.
+pub fn find_by_argv(argv: &[&str], min_start: u64) -> Vec<(i32, u64)> {
+    table()
+        .into_iter()
+        .filter(|s| s.state != 'Z' && s.start >= min_start)
+        .filter(|s| cmdline(s.pid).is_some_and(|a| a == argv))
+        .map(|s| (s.pid, s.start))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,14 @@ fn short_error(text: &str) -> String {
     }
 }
 
+fn hub_text(h: &network::HubCheck) -> String {
+    if h.reachable {
+        format!("Reachable ({})", h.url)
+    } else {
+        format!("Unreachable ({})", h.url)
+    }
+}
+
 pub fn run(ctx: &Context, json_output: bool) -> Result<()> {
     let prepared = ctx.prepare()?;
     let paths = &prepared.paths;
@@ -35,16 +43,37 @@ pub fn run(ctx: &Context, json_output: bool) -> Result<()> {
             ),
         }
     }
+    let containment = crate::contain::describe(&paths.config_dir);
+    // Paired means a readable config with a gateway id, not just a file.
+    let paired = config.as_ref().is_some_and(|c| !c.gateway_id.is_empty());
+    let running = crate::pidfile::live_gateway(&paths.pid_path);
+    let hub = match config.as_ref().filter(|_| paired) {
+        Some(c) => Some(network::check_hub(
+            c,
+            &paths.config_path,
+            running.is_none(),
+        )?),
+        None => None,
+    };
+    if let Some(fresh) = config
+        .as_ref()
+        .and_then(|_| GatewayConfig::load(&paths.config_path).ok())
+    {
+        // The check may have rotated the session; keep the saved tokens.
+        config = Some(fresh);
+    }
     let mut report = json!({
         "config_dir": paths.config_dir.display().to_string(),
         "config_path": paths.config_path.display().to_string(),
-        "paired": config_exists,
+        "paired": paired,
+        "hub": hub,
         "full_control_enabled": config.as_ref().map(|c| c.full_control_enabled),
         "gateway_id": config.as_ref().map(|c| c.gateway_id.clone()),
         "team_id": config.as_ref().map(|c| c.team_id.clone()),
         "fallback_from": prepared.migrated_from.as_ref().map(|p| p.display().to_string()),
         "providers": null,
         "any_provider_ready": null,
+        "process_containment": containment.clone(),
     });
     if !json_output {
         out.info(
@@ -53,7 +82,26 @@ pub fn run(ctx: &Context, json_output: bool) -> Result<()> {
                 Row::new("Config dir", Some(out.path(&paths.config_dir))),
                 Row::new(
                     "Paired",
-                    Some(if config_exists { "Yes" } else { "No" }.to_string()),
+                    Some(
+                        match (config_exists, paired) {
+                            (_, true) => "Yes",
+                            (true, false) => "No (the config cannot be used)",
+                            (false, false) => "No",
+                        }
+                        .to_string(),
+                    ),
+                ),
+                Row::new("Hub", hub.as_ref().map(hub_text)),
+                Row::new(
+                    "Session",
+                    hub.as_ref().and_then(|h| match (h.session_valid, running) {
+                        (Some(true), _) => Some("Valid".to_string()),
+                        (Some(false), _) => Some("Refused: pair again with a new code".to_string()),
+                        (None, Some(pid)) if h.reachable => Some(format!(
+                            "In use by the running gateway (PID {pid}); see \"panorama-gateway status\""
+                        )),
+                        (None, _) => None,
+                    }),
                 ),
                 Row::new(
                     "Install full control",
@@ -66,10 +114,34 @@ pub fn run(ctx: &Context, json_output: bool) -> Result<()> {
                         .to_string()
                     }),
                 ),
+                Row::verbose(
+                    "Process containment",
+                    Some(format!(
+                        "{} ({})",
+                        containment["mode"].as_str().unwrap_or("unknown"),
+                        containment["reason"]
+                            .as_str()
+                            .or(containment["error"].as_str())
+                            .unwrap_or("")
+                    )),
+                ),
                 Row::verbose("Gateway ID", config.as_ref().map(|c| c.gateway_id.clone())),
                 Row::verbose("Team ID", config.as_ref().map(|c| c.team_id.clone())),
             ],
         );
+    }
+    if !json_output {
+        match &hub {
+            Some(h) if !h.reachable => out.warn(
+                &format!("The hub at {} cannot be reached.", h.url),
+                &[Row::new("Error", h.error.clone()), Row::new("Hint", Some("Is the hub running? Check --supabase-url / PANORAMA_SUPABASE_URL and the network.".to_string()))],
+            ),
+            Some(h) if h.session_valid == Some(false) => out.warn(
+                "The hub refused this gateway's session.",
+                &[Row::new("Error", h.error.clone()), Row::new("Hint", Some("Run \"panorama-gateway pair <CODE> --force\" with a new pairing code.".to_string()))],
+            ),
+            _ => {}
+        }
     }
     // `--json` prints no progress line and never spins.
     let step = (!json_output).then(|| out.step("Validating providers...", json_output));

@@ -13,7 +13,8 @@ pub enum Action {
 }
 
 /// Parse the action: trimmed, lowercased, default `status`;
-/// `enable|on|true`, `disable|off|false`.
+/// `on|enable|true`, `off|disable|false` (`on|off` as in
+/// `panorama-hub gateways full-control`).
 pub fn parse_action(action: Option<&str>) -> Result<Action> {
     match action.unwrap_or("status").trim().to_lowercase().as_str() {
         "status" => Ok(Action::Status),
@@ -21,7 +22,7 @@ pub fn parse_action(action: Option<&str>) -> Result<Action> {
         "disable" | "off" | "false" => Ok(Action::Set(false)),
         _ => Err(GatewayError::cli(
             "Unknown full-control command.",
-            "Use one of: enable, disable, status".to_string(),
+            "Use one of: on, off, status".to_string(),
         )),
     }
 }
@@ -87,7 +88,7 @@ mod tests {
         assert_eq!(err.to_string(), "Unknown full-control command.");
         assert_eq!(
             err.details().as_deref(),
-            Some("Use one of: enable, disable, status")
+            Some("Use one of: on, off, status")
         );
     }
 }

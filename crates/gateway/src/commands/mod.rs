@@ -4,6 +4,7 @@ pub mod doctor;
 pub mod full_control;
 pub mod logs;
 pub mod pair;
+pub mod service;
 pub mod start;
 pub mod status;
 pub mod stop;
@@ -111,6 +112,12 @@ pub fn run(cli: Cli) -> Result<()> {
         println!("{}", crate::cli::HELP);
         return Ok(());
     };
+    if cli.global.json && !matches!(command, Command::Status | Command::Doctor) {
+        return Err(GatewayError::cli(
+            "--json is not available for this command.",
+            "Only \"status\" and \"doctor\" print JSON; drop --json.".to_string(),
+        ));
+    }
     let ctx = Context::new(cli.global)?;
     apply_cli_env_overrides(&ctx.global);
     let is_start = matches!(command, Command::Start(_) | Command::Pair(_));
@@ -122,9 +129,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pair(args) => pair::run(&ctx, &args),
         Command::Start(args) => start::run(&ctx, &args).map(|_| ()),
         Command::Stop => stop::run(&ctx),
-        Command::Status(args) => status::run(&ctx, args.json),
+        Command::Status => status::run(&ctx, ctx.global.json),
         Command::Logs(args) => logs::run(&ctx, &args),
-        Command::Doctor(args) => doctor::run(&ctx, args.json),
+        Command::Doctor => doctor::run(&ctx, ctx.global.json),
         Command::FullControl(args) => full_control::run(&ctx, args.action.as_deref()),
+        Command::Service { action } => service::run(&ctx, &action),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "panorama-gateway", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }

@@ -49,6 +49,31 @@ pub fn write_paired_config(
     Ok(config)
 }
 
+/// Pairing a paired directory replaces its identity (the old gateway row
+/// is orphaned): only with `--force`, and never under a running gateway.
+fn refuse_repairing(paths: &paths::GatewayPaths, force: bool) -> Result<()> {
+    let existing = GatewayConfig::load_optional(&paths.config_path)
+        .ok()
+        .flatten()
+        .filter(|c| !c.gateway_id.is_empty());
+    let Some(existing) = existing else {
+        return Ok(());
+    };
+    if !force {
+        return Err(GatewayError::cli(
+            format!(
+                "This config directory is already paired (gateway {}).",
+                existing.gateway_id
+            ),
+            format!(
+                "Pairing again replaces its identity and leaves the old gateway behind on the hub (revoke it with \"panorama-hub gateways revoke {}\"). Pass --force to do that, or --config-dir DIR to pair a second gateway elsewhere.",
+                existing.gateway_id
+            ),
+        ));
+    }
+    super::start::refuse_if_running(paths)
+}
+
 pub fn run(ctx: &Context, args: &PairArgs) -> Result<()> {
     let prepared = ctx.prepare()?;
     crate::logfile::init_tracing(None, ctx.global.verbose);
@@ -57,7 +82,7 @@ pub fn run(ctx: &Context, args: &PairArgs) -> Result<()> {
     let code = args.pairing_code().ok_or_else(|| {
         GatewayError::cli(
             "Pairing code is required",
-            "Usage: panorama-gateway pair <PAIRING_CODE>. Copy the code from the Panorama app."
+            "Usage: panorama-gateway pair <PAIRING_CODE>. Create a code with `panorama-hub pairing-code create --team TEAM` (or your control plane)."
                 .to_string(),
         )
     })?;
@@ -71,6 +96,7 @@ pub fn run(ctx: &Context, args: &PairArgs) -> Result<()> {
             )
         })?),
     };
+    refuse_repairing(paths, args.force)?;
     let step = out.step("Pairing with team...", false);
     let backend = backend::resolve_backend(
         ctx.global.supabase_url.as_deref(),
@@ -138,14 +164,7 @@ pub fn run(ctx: &Context, args: &PairArgs) -> Result<()> {
             Row::verbose("Device", Some(device_name)),
             Row::verbose(
                 "Install full control",
-                Some(
-                    if config.full_control_enabled {
-                        "Enabled"
-                    } else {
-                        "Disabled"
-                    }
-                    .to_string(),
-                ),
+                Some(crate::output::enabled_label(config.full_control_enabled)),
             ),
             Row::verbose("Provider health", health_summary),
         ],
@@ -155,6 +174,7 @@ pub fn run(ctx: &Context, args: &PairArgs) -> Result<()> {
     let start = StartArgs {
         foreground: args.foreground,
         daemon: false,
+        metrics_listen: None,
     };
     if let Err(e) = super::start::run(ctx, &start) {
         out.warn(

@@ -98,6 +98,8 @@ pub struct StatusReport {
     pub uptime: Option<String>,
     pub uptime_seconds: Option<u64>,
     pub paired: bool,
+    /// Why an existing config could not be read (then `paired` is false).
+    pub config_error: Option<String>,
     /// `null` when the config is missing or unreadable.
     pub full_control_enabled: Option<bool>,
     pub device_name: Option<String>,
@@ -107,6 +109,9 @@ pub struct StatusReport {
     pub config_path: String,
     pub log_path: String,
     pub pid_path: String,
+    /// The process containment in force (the running gateway's record), or
+    /// the one a start would choose now (`"source": "detected"`).
+    pub process_containment: serde_json::Value,
 }
 
 pub fn collect(ctx: &Context) -> StatusReport {
@@ -117,12 +122,24 @@ pub fn collect(ctx: &Context) -> StatusReport {
         Some((text, secs)) => (Some(text), secs),
         None => (None, None),
     };
-    let paired = paths.config_path.exists();
-    let config = if paired {
-        GatewayConfig::load(&paths.config_path).ok()
+    // Paired means a readable config with a gateway id, not just a file.
+    let (config, config_error) = if paths.config_path.exists() {
+        match GatewayConfig::load(&paths.config_path) {
+            Ok(c) => (Some(c), None),
+            Err(e) => (
+                None,
+                Some(match e.details() {
+                    Some(d) if matches!(e, crate::error::GatewayError::Cli { .. }) => {
+                        format!("{e} {d}")
+                    }
+                    _ => e.to_string(),
+                }),
+            ),
+        }
     } else {
-        None
+        (None, None)
     };
+    let paired = config.as_ref().is_some_and(|c| !c.gateway_id.is_empty());
     let non_empty = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
     StatusReport {
         running,
@@ -132,6 +149,7 @@ pub fn collect(ctx: &Context) -> StatusReport {
         uptime: uptime_text,
         uptime_seconds,
         paired,
+        config_error,
         full_control_enabled: config.as_ref().map(|c| c.full_control_enabled),
         device_name: config.as_ref().and_then(|c| c.device_name.clone()),
         gateway_id: config.as_ref().and_then(|c| non_empty(&c.gateway_id)),
@@ -140,7 +158,23 @@ pub fn collect(ctx: &Context) -> StatusReport {
         config_path: paths.config_path.display().to_string(),
         log_path: paths.log_path.display().to_string(),
         pid_path: paths.pid_path.display().to_string(),
+        process_containment: containment_status(&paths.config_dir, running),
     }
+}
+
+/// The running gateway's containment record, else a fresh detection.
+fn containment_status(config_dir: &std::path::Path, running: bool) -> serde_json::Value {
+    let recorded = std::fs::read_to_string(config_dir.join(crate::contain::STATE_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let (mut value, source) = match recorded.filter(|_| running) {
+        Some(v) => (v, "running_gateway"),
+        None => (crate::contain::describe(config_dir), "detected"),
+    };
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("source".into(), serde_json::json!(source));
+    }
+    value
 }
 
 pub fn run(ctx: &Context, json: bool) -> Result<()> {
@@ -162,13 +196,23 @@ pub fn run(ctx: &Context, json: bool) -> Result<()> {
             Row::new("Uptime", report.uptime.clone()),
             Row::new(
                 "Paired",
-                Some(if report.paired { "Yes" } else { "No" }.to_string()),
+                Some(match (&report.config_error, report.paired) {
+                    (Some(e), _) => format!("No (config unreadable: {e})"),
+                    (None, true) => "Yes".to_string(),
+                    (None, false) => "No".to_string(),
+                }),
             ),
             Row::new(
                 "Install full control",
                 report
                     .full_control_enabled
                     .map(|on| if on { "Enabled" } else { "Disabled" }.to_string()),
+            ),
+            Row::verbose(
+                "Process containment",
+                report.process_containment["mode"]
+                    .as_str()
+                    .map(str::to_string),
             ),
             Row::verbose("Device", report.device_name.clone()),
             Row::verbose("Gateway ID", report.gateway_id.clone()),

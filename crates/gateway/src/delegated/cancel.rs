@@ -16,14 +16,15 @@ use panorama_protocol::cancel::{
 };
 use panorama_protocol::jobs::{HandlerOutcome, SubagentCancelPayload};
 use panorama_protocol::results::CancelJobResult;
-use panorama_protocol::rows::GatewayJobRow;
 use panorama_protocol::status::{RunEventType, SubagentStatus};
 use serde_json::{json, Value};
 
 use super::active::CancelSignal;
-use super::events::{push_out_of_band, RunIds};
-use super::subagent_run::retry_unanswered;
-use crate::runtime::{now_iso, Gateway};
+use super::events::RunIds;
+use super::out_of_band::push_out_of_band;
+use crate::control_plane::retry_unanswered;
+use crate::job_context::JobContext;
+use crate::timestamp::now_iso;
 
 /// CAS attempts before giving up on a subagent whose state keeps changing.
 const MAX_CAS_ATTEMPTS: usize = 3;
@@ -42,39 +43,58 @@ fn fail(message: &str, subagent_id: &str, error: String) -> HandlerOutcome {
 }
 
 /// `op` until the hub answers (see the module docs).
-async fn answered<T, Fut>(gw: &Gateway, what: &str, op: impl FnMut() -> Fut) -> Result<T, String>
+async fn answered<T, Fut>(gw: &JobContext, what: &str, op: impl FnMut() -> Fut) -> Result<T, String>
 where
     Fut: std::future::Future<Output = Result<T, panorama_supabase::Error>>,
 {
-    retry_unanswered(gw, what, op)
+    retry_unanswered(&gw.shutdown, what, op)
         .await
         .0
         .map_err(|e| e.to_string())
 }
 
-async fn newest_running_run(gw: &Gateway, sid: &str) -> Result<Option<Value>, String> {
+async fn newest_running_run(gw: &JobContext, sid: &str) -> Result<Option<Value>, String> {
     answered(gw, "GET /rest/v1/subagent_runs", || {
         super::subagent_run::newest_running_run(&gw.client, sid, "id,metadata")
     })
     .await
 }
 
-pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
-    let payload = match SubagentCancelPayload::parse(&job.payload) {
-        Ok(p) => p,
-        Err(e) => return HandlerOutcome::from_payload_error(&e),
-    };
+/// The cancel lost a race with the run's own end (or the rows kept
+/// changing): rejected, nothing recorded.
+fn lost_race(status: SubagentStatus) -> CancelResolution {
+    CancelResolution {
+        accepted: false,
+        cancel_result: CancelOutcome::Rejected,
+        cancel_state: CancelState::None,
+        resolved_run_id: None,
+        message: MSG_CANCEL_STATE_CHANGED.to_string(),
+        status,
+    }
+}
+
+/// The newest `running` run of a subagent whose status is `status`; none
+/// (without asking the hub) unless the subagent is `running`.
+async fn running_run_of(
+    gw: &JobContext,
+    sid: &str,
+    status: Option<&str>,
+) -> Result<Option<Value>, String> {
+    if status.map(SubagentStatus::normalize) == Some(SubagentStatus::Running) {
+        newest_running_run(gw, sid).await
+    } else {
+        Ok(None)
+    }
+}
+
+/// A `subagent_cancel` job, its payload decoded at claim.
+pub async fn handle(gw: &JobContext, payload: &SubagentCancelPayload) -> HandlerOutcome {
     let sid = payload.subagent_id.as_str();
     let reason = payload.reason.as_str();
     let requested = payload.run_id.as_deref();
-    let sub = answered(gw, "GET /rest/v1/subagents", || {
-        gw.client
-            .from("subagents")
-            .select("id,team_id,gateway_id,subagent_type,status,metadata")
-            .eq("id", sid)
-            .maybe_single()
-    })
-    .await;
+    let sub = super::subagent_run::subagent_summary(gw, sid)
+        .await
+        .map_err(|e| e.to_string());
     let sub = match sub {
         Ok(Some(s)) => s,
         Ok(None) => return result(CancelJobResult::not_found(sid, requested, reason)),
@@ -100,21 +120,16 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         .and_then(Value::as_str)
         .map(str::to_string);
     let mut sub_metadata = sub.get("metadata").cloned().unwrap_or_else(|| json!({}));
-    let mut run =
-        if status.as_deref().map(SubagentStatus::normalize) == Some(SubagentStatus::Running) {
-            match newest_running_run(gw, sid).await {
-                Ok(r) => r,
-                Err(e) => {
-                    return fail(
-                        "Failed to resolve active subagent run for cancellation",
-                        sid,
-                        e,
-                    )
-                }
-            }
-        } else {
-            None
-        };
+    let mut run = match running_run_of(gw, sid, status.as_deref()).await {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                "Failed to resolve active subagent run for cancellation",
+                sid,
+                e,
+            )
+        }
+    };
     let mut first_pass = true;
     for _ in 0..MAX_CAS_ATTEMPTS {
         let resolution = resolve_cancel_request(CancelRequest {
@@ -139,14 +154,18 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             );
         };
         let now = now_iso();
-        let metadata = build_requested_cancel_metadata(
-            &sub_metadata,
-            Some(&run_id),
-            reason,
-            &now,
-            adapter.support,
-            adapter.scope,
-        );
+        // The requested-cancel keys, over the subagent's and then the run's metadata.
+        let cancel_metadata = |base: &Value| {
+            build_requested_cancel_metadata(
+                base,
+                Some(&run_id),
+                reason,
+                &now,
+                adapter.support,
+                adapter.scope,
+            )
+        };
+        let metadata = cancel_metadata(&sub_metadata);
         let updated = answered(gw, "PATCH /rest/v1/subagents", || {
             gw.client
                 .from("subagents")
@@ -189,33 +208,22 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
                     )
                 }
             }
-            run = if status.as_deref().map(SubagentStatus::normalize)
-                == Some(SubagentStatus::Running)
-            {
-                match newest_running_run(gw, sid).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return fail(
-                            "Failed to refresh active subagent run after cancel race",
-                            sid,
-                            e,
-                        )
-                    }
+            run = match running_run_of(gw, sid, status.as_deref()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return fail(
+                        "Failed to refresh active subagent run after cancel race",
+                        sid,
+                        e,
+                    )
                 }
-            } else {
-                None
             };
             continue;
         }
-        let run_metadata = build_requested_cancel_metadata(
+        let run_metadata = cancel_metadata(
             run.as_ref()
                 .and_then(|r| r.get("metadata"))
                 .unwrap_or(&json!({})),
-            Some(&run_id),
-            reason,
-            &now,
-            adapter.support,
-            adapter.scope,
         );
         let run_updated = answered(gw, "PATCH /rest/v1/subagent_runs", || {
             gw.client
@@ -229,7 +237,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         if let Err(e) = run_updated {
             return fail("Failed to persist run cancellation metadata", sid, e);
         }
-        let signal = super::get().active.request_cancel(sid, Some(&run_id), reason, |local| {
+        let signal = gw.delegated.active.request_cancel(sid, Some(&run_id), reason, |local| {
             local.sink.emit(
                 RunEventType::CancellationRequested,
                 json!({"reason": reason, "source": "gateway_cancel_job", "active_process": true, "cancel_state": "requested"}),
@@ -267,14 +275,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
                 // after the rows above were read as running: the cancel
                 // lost the race, and no event may follow the terminal one.
                 Ok(None) => {
-                    let resolution = CancelResolution {
-                        accepted: false,
-                        cancel_result: CancelOutcome::Rejected,
-                        cancel_state: CancelState::None,
-                        resolved_run_id: None,
-                        message: MSG_CANCEL_STATE_CHANGED.to_string(),
-                        status: SubagentStatus::Running,
-                    };
+                    let resolution = lost_race(SubagentStatus::Running);
                     return result(CancelJobResult::after_race(
                         sid, reason, supported, &resolution,
                     ));
@@ -290,14 +291,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             adapter.support,
         ));
     }
-    let resolution = CancelResolution {
-        accepted: false,
-        cancel_result: CancelOutcome::Rejected,
-        cancel_state: CancelState::None,
-        resolved_run_id: None,
-        message: MSG_CANCEL_STATE_CHANGED.to_string(),
-        status: SubagentStatus::normalize(status.as_deref().unwrap_or("")),
-    };
+    let resolution = lost_race(SubagentStatus::normalize(status.as_deref().unwrap_or("")));
     result(CancelJobResult::after_race(
         sid,
         reason,

@@ -1,18 +1,18 @@
 //! Agent processes: spawned in their own process group with a scrubbed
-//! environment; stdout streamed to a callback; a stop request or timeout
-//! sends SIGTERM to the whole tree and SIGKILL after the grace; leftovers
-//! of the tree are always reaped before the run returns.
-//!
-//! The tree is the agent's process group, every process tagged with the
-//! run's [`RUN_TREE_ENV`] value (inherited through the environment, so a
-//! descendant that left the group with `setsid` — a daemonizing MCP server
-//! — or was orphaned is still found), and every descendant of those. On
-//! Linux it is read from `/proc`; elsewhere only the group is signalled.
+//! environment, as a contained job ([`crate::contain`]: its own cgroup
+//! where the host allows, else the process tree with its environment
+//! tag); stdout streamed to a callback; a stop request or timeout sends
+//! SIGTERM to the whole job and SIGKILL after the grace; leftovers of the
+//! job are always killed before the run returns, and its resource usage is
+//! read then.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::contain::{Job, LimitHit, ResourceUsage};
 
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
@@ -35,6 +35,10 @@ pub struct ProcessSpec {
     pub timeout: Duration,
     /// Grace between SIGTERM and SIGKILL for a stop request.
     pub stop_grace: Duration,
+    /// Written to the child's stdin, which is then closed (a prompt too
+    /// large for argv, see `panorama_providers::delivery`); `None` means
+    /// stdin is `/dev/null`.
+    pub stdin: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -46,11 +50,18 @@ pub struct ProcessResult {
     /// A stop request arrived (cancel or shutdown).
     pub stopped: bool,
     pub spawn_error: Option<String>,
+    /// The spawn failed because the command line was too long (`E2BIG`):
+    /// the job's input, not the provider, is at fault.
+    pub input_too_large: bool,
     pub stdout: String,
     pub stdout_truncated: bool,
     pub stderr: String,
     pub stderr_truncated: bool,
     pub duration_ms: u64,
+    /// What the agent's processes cost (`resource_usage` in run metadata).
+    pub resource_usage: Option<ResourceUsage>,
+    /// The limit that stopped the agent, if one did.
+    pub limit_hit: Option<LimitHit>,
 }
 
 impl ProcessResult {
@@ -62,6 +73,9 @@ impl ProcessResult {
     pub fn failure_detail(&self, timeout_ms: u64) -> Option<String> {
         if let Some(e) = &self.spawn_error {
             return Some(e.clone());
+        }
+        if let Some(hit) = &self.limit_hit {
+            return Some(hit.message());
         }
         if self.timed_out {
             return Some(format!("Process timed out after {timeout_ms} ms"));
@@ -94,208 +108,53 @@ pub fn stderr_tail(stderr: &str) -> String {
     collapsed.chars().take(500).collect()
 }
 
-/// Environment variable that tags every process of an agent's tree (a
-/// random id per run; not a secret, and not `PANORAMA_*` so it reads as
-/// no gateway internal).
-pub const RUN_TREE_ENV: &str = "GATEWAY_RUN_TREE_ID";
+/// The agent jobs alive now, by the leader's process group, for
+/// [`stop_requested`] and [`kill_group`].
+static JOBS: std::sync::Mutex<BTreeMap<i32, Arc<Job>>> = std::sync::Mutex::new(BTreeMap::new());
 
-/// One agent's process tree: its group, its tag, and the leader's start
-/// time (a tagged process started no earlier; older ones are not read).
-#[derive(Debug, Clone)]
-struct Tree {
-    pgid: i32,
-    tag: String,
-    min_start: u64,
-    /// When a stop (cancel, shutdown) was requested: the SIGKILL deadline
-    /// counts from here, not from when the run's task saw the request.
-    stop_at: Option<Instant>,
+fn jobs() -> std::sync::MutexGuard<'static, BTreeMap<i32, Arc<Job>>> {
+    JOBS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A stop was requested for the agent of group `pgid` (a cancel or the
-/// shutdown): SIGTERM the tree now and start the grace from now, however
-/// late the run's task (which then escalates) gets to run.
+/// shutdown): SIGTERM the whole job now and start the grace from now,
+/// however late the run's task (which then escalates) gets to run.
 pub fn stop_requested(pgid: i32) {
-    let tree = {
-        let mut trees = trees();
-        let Some(tree) = trees.get_mut(&pgid) else {
-            return;
-        };
-        if tree.stop_at.is_some() {
-            return;
-        }
-        tree.stop_at = Some(Instant::now());
-        tree.clone()
-    };
-    signal_group(pgid, libc::SIGTERM);
-    let scan = move || signal_tree(&tree, libc::SIGTERM);
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => drop(handle.spawn_blocking(scan)),
-        Err(_) => drop(std::thread::spawn(scan)),
+    let job = jobs().get(&pgid).cloned();
+    if let Some(job) = job {
+        job.request_stop();
     }
 }
 
-/// The instant a stop was requested for group `pgid`, if one was.
-fn stop_requested_at(pgid: i32) -> Option<Instant> {
-    trees().get(&pgid).and_then(|t| t.stop_at)
-}
-
-/// The agent trees alive now, by group, for [`kill_group`].
-static TREES: std::sync::Mutex<BTreeMap<i32, Tree>> = std::sync::Mutex::new(BTreeMap::new());
-
-fn trees() -> std::sync::MutexGuard<'static, BTreeMap<i32, Tree>> {
-    TREES.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-#[cfg(target_os = "linux")]
-fn read_stat(pid: i32) -> Option<crate::shell::proctree::ProcStat> {
-    crate::shell::proctree::parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// Live members of `tree`: members of the group, tagged processes, and
-/// descendants of either (zombies excluded). The leader's PID alone is not
-/// a criterion: once reaped it may be reused.
-#[cfg(target_os = "linux")]
-fn tree_members(tree: &Tree) -> Vec<crate::shell::proctree::ProcStat> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let procs: Vec<_> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(read_stat)
-        .collect();
-    let own = std::process::id() as i32;
-    let needle = format!("{RUN_TREE_ENV}={}", tree.tag).into_bytes();
-    let tagged = |p: &crate::shell::proctree::ProcStat| {
-        p.pid != own
-            && p.start_time >= tree.min_start
-            && std::fs::read(format!("/proc/{}/environ", p.pid))
-                .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_slice()))
-                .unwrap_or(false)
-    };
-    let pgid = tree.pgid;
-    let mut members: std::collections::BTreeSet<i32> = procs
-        .iter()
-        .filter(|p| pgid > 1 && (p.pgid == pgid || p.sid == pgid) || tagged(p))
-        .map(|p| p.pid)
-        .collect();
-    loop {
-        let before = members.len();
-        for p in &procs {
-            if members.contains(&p.ppid) {
-                members.insert(p.pid);
-            }
-        }
-        if members.len() == before {
-            break;
-        }
-    }
-    members.remove(&own);
-    procs
-        .into_iter()
-        .filter(|p| members.contains(&p.pid) && !p.is_zombie())
-        .collect()
-}
-
-/// `signal` to the group and to every live member of the tree. Blocking
-/// (reads `/proc`).
-fn signal_tree(tree: &Tree, signal: i32) {
-    signal_group(tree.pgid, signal);
-    #[cfg(target_os = "linux")]
-    for m in tree_members(tree) {
-        // Skip a PID that was reused since the scan.
-        if read_stat(m.pid).is_some_and(|now| now.start_time == m.start_time && !now.is_zombie()) {
-            // SAFETY: kill(2) on a member of a tree we started.
-            unsafe { libc::kill(m.pid, signal) };
-        }
-    }
-}
-
-/// [`signal_tree`] from the async loop: the group at once, the rest of the
-/// tree from a blocking thread (the `/proc` scan must not stall the
-/// runtime when many runs stop together).
-fn signal_tree_now(tree: &Tree, signal: i32) {
-    signal_group(tree.pgid, signal);
-    let tree = tree.clone();
-    tokio::task::spawn_blocking(move || signal_tree(&tree, signal));
-}
-
-/// Whether anything of the tree is alive (zombies do not count).
-fn tree_alive(tree: &Tree) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        !tree_members(tree).is_empty()
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        group_alive(tree.pgid)
-    }
-}
-
-/// SIGKILL the tree until nothing of it is left (bounded). Blocking.
-fn kill_tree_blocking(tree: &Tree) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        signal_tree(tree, libc::SIGKILL);
-        std::thread::sleep(Duration::from_millis(20));
-        if !tree_alive(tree) || Instant::now() >= deadline {
-            return;
-        }
-    }
-}
-
-fn signal_group(pgid: i32, signal: i32) {
-    if pgid <= 1 {
-        return;
-    }
-    // SAFETY: kill(2) on a process group we created; no memory is touched.
-    let rc = unsafe { libc::kill(-pgid, signal) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ESRCH) {
-            tracing::warn!(pgid, signal, error = %err, "Failed to send child process termination signal");
-        }
-    }
-}
-
-/// Whether any process of the group is still alive. Zombies (exited,
-/// waiting for a parent that may never reap them) do not count; on Linux
-/// `/proc` tells them apart.
+/// Whether any process of the group is still alive (zombies excluded).
 pub fn group_alive(pgid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    if pgid <= 1 || unsafe { libc::kill(-pgid, 0) } != 0 {
-        return false;
-    }
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return true;
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .any(|stat| {
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-                return false;
-            };
-            let mut fields = rest.split_whitespace();
-            let state = fields.next().unwrap_or("Z");
-            let _ppid = fields.next();
-            let group = fields.next().and_then(|g| g.parse::<i32>().ok());
-            group == Some(pgid) && state != "Z" && state != "X"
+    pgid > 1
+        && crate::contain::tree::live_tree(&crate::contain::tree::TreeId {
+            leader: pgid,
+            tag: None,
+            min_start: 0,
         })
+        .iter()
+        .any(|p| p.pgid == pgid)
 }
 
-/// SIGKILL the whole tree of group `pgid` now (shutdown of an aborted run).
+/// SIGKILL the whole job of group `pgid` now (shutdown of an aborted run).
 pub fn kill_group(pgid: i32) {
-    let tree = trees().remove(&pgid);
-    match tree {
-        Some(tree) => kill_tree_blocking(&tree),
-        None => signal_group(pgid, libc::SIGKILL),
+    let job = jobs().remove(&pgid);
+    match job {
+        Some(job) => {
+            job.finish();
+        }
+        None => crate::contain::tree::signal_group(pgid, libc::SIGKILL),
     }
 }
 
-async fn tree_alive_async(tree: &Tree) -> bool {
-    let tree = tree.clone();
-    tokio::task::spawn_blocking(move || tree_alive(&tree))
-        .await
-        .unwrap_or(true)
+/// `signal` to the leader's group at once and to the rest of the job from
+/// a blocking thread (the fallback's `/proc` scan must not stall the
+/// runtime when many runs stop together).
+fn signal_now(job: &Arc<Job>, signal: i32) {
+    let j = Arc::clone(job);
+    tokio::task::spawn_blocking(move || j.signal(signal));
 }
 
 async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> (Vec<u8>, bool) {
@@ -333,20 +192,25 @@ pub async fn run_process(
         result.stopped = true;
         return result;
     }
-    let tag = uuid::Uuid::new_v4().to_string();
+    let job = crate::contain::job("agent_process");
     let mut cmd = tokio::process::Command::new(&spec.command);
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .env_clear()
         .envs(&spec.env)
-        .env(RUN_TREE_ENV, &tag)
-        .stdin(Stdio::null())
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    job.prepare(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
+            result.input_too_large = e.raw_os_error() == Some(libc::E2BIG);
             result.spawn_error = Some(panorama_providers::probe::spawn_error_message(
                 &spec.command,
                 &e,
@@ -358,18 +222,17 @@ pub async fn run_process(
     let pid = child.id().unwrap_or(0);
     result.pid = Some(pid);
     let pgid = pid as i32;
-    #[cfg(target_os = "linux")]
-    let min_start = read_stat(pgid).map_or(0, |p| p.start_time);
-    #[cfg(not(target_os = "linux"))]
-    let min_start = 0;
-    let tree = Tree {
-        pgid,
-        tag,
-        min_start,
-        stop_at: None,
-    };
-    trees().insert(pgid, tree.clone());
+    job.started(pgid);
+    jobs().insert(pgid, Arc::clone(&job));
     on_spawn(pid);
+    if let (Some(mut pipe), Some(input)) = (child.stdin.take(), spec.stdin.clone()) {
+        // Written on its own task so a child that reads slowly (or not at
+        // all) cannot stall the stdout loop; dropping the pipe closes it.
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = pipe.write_all(input.as_bytes()).await;
+        });
+    }
     let mut stdout = child.stdout.take();
     let stderr_task = child.stderr.take().map(|e| tokio::spawn(read_capped(e)));
 
@@ -418,15 +281,15 @@ pub async fn run_process(
             }
             _ = &mut timeout, if !result.timed_out && status.is_none() && kill_at.is_none() => {
                 result.timed_out = true;
-                signal_tree_now(&tree, libc::SIGTERM);
+                signal_now(&job, libc::SIGTERM);
                 kill_at = Some(tokio::time::Instant::now() + PROCESS_KILL_GRACE);
             }
             changed = stop.changed(), if stop_open && kill_at.is_none() => {
                 match changed {
                     Ok(()) if stop.borrow().is_some() => {
                         result.stopped = true;
-                        signal_tree_now(&tree, libc::SIGTERM);
-                        let requested = stop_requested_at(pgid)
+                        signal_now(&job, libc::SIGTERM);
+                        let requested = job.stop_requested_at()
                             .map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std);
                         kill_at = Some(requested + spec.stop_grace);
                     }
@@ -435,7 +298,8 @@ pub async fn run_process(
                 }
             }
             _ = tokio::time::sleep_until(kill_deadline), if kill_at.is_some() && !killed => {
-                signal_tree_now(&tree, libc::SIGKILL);
+                let j = Arc::clone(&job);
+                tokio::task::spawn_blocking(move || j.kill());
                 killed = true;
             }
             _ = tokio::time::sleep_until(drain_deadline), if exited_at.is_some() && stdout.is_some() => {
@@ -447,15 +311,14 @@ pub async fn run_process(
     // (SIGKILL then), otherwise leftovers of a finished agent (also those
     // that left the group) are killed now.
     if let Some(at) = kill_at.filter(|_| !killed) {
-        while tokio::time::Instant::now() < at && tree_alive_async(&tree).await {
+        while tokio::time::Instant::now() < at && job.alive_async().await {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    if tree_alive_async(&tree).await {
-        let t = tree.clone();
-        let _ = tokio::task::spawn_blocking(move || kill_tree_blocking(&t)).await;
-    }
-    trees().remove(&pgid);
+    let done = job.finish_async().await;
+    jobs().remove(&pgid);
+    result.resource_usage = Some(done.usage);
+    result.limit_hit = done.limit_hit;
     if let Some(task) = stderr_task {
         // Leftovers holding stderr are dead now, so this ends promptly.
         match tokio::time::timeout(Duration::from_secs(2), task).await {
@@ -487,6 +350,7 @@ mod tests {
             cwd: std::env::temp_dir(),
             env: std::env::vars().collect(),
             timeout: Duration::from_millis(timeout_ms),
+            stdin: None,
             stop_grace: Duration::from_millis(300),
         }
     }
@@ -509,6 +373,27 @@ mod tests {
             r.failure_detail(1).as_deref(),
             Some("Process exited with code 3: two")
         );
+    }
+
+    #[tokio::test]
+    async fn stdin_input_is_written_and_closed() {
+        let (_tx, rx) = watch::channel(None);
+        let input = "p".repeat(3 * 1024 * 1024);
+        let mut with_input = spec("wc -c", 10_000);
+        with_input.stdin = Some(input.clone());
+        let r = run_process(&with_input, rx, &mut |_| {}, &mut |_| {}).await;
+        assert_eq!(r.stdout.trim(), input.len().to_string());
+        assert!(r.success(), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn an_argument_list_too_long_is_an_input_error() {
+        let (_tx, rx) = watch::channel(None);
+        let mut huge = spec("true", 5_000);
+        huge.args.push("a".repeat(200 * 1024));
+        let r = run_process(&huge, rx, &mut |_| {}, &mut |_| {}).await;
+        assert!(r.input_too_large, "{r:?}");
+        assert!(r.spawn_error.is_some());
     }
 
     #[tokio::test]

@@ -5,34 +5,38 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use panorama_protocol::capabilities::{
-    Capabilities, HostCapability, ProviderCapability, ProviderHealthStatus, Providers,
-};
+use panorama_protocol::capabilities::{ProviderCapability, ProviderHealthStatus, Providers};
 use panorama_providers::argv::build_validation_plan;
 use panorama_providers::flags::SupportedFlags;
 use panorama_providers::health::{
     full_health, health_after_run, light_health, resolve_check_type, validation_succeeded,
     CheckType, ProviderHealth, ProviderHealthMap, ValidationMode, ValidationOutcome,
 };
-use panorama_providers::output::extract_model_run_output;
+use panorama_providers::output::extract_model_run_answer;
 use panorama_providers::probe::{detect_provider, ProbeOptions, ProviderDetection};
 use panorama_providers::registry::{resolve_all, CliOverrides, ResolvedCommand, ALL_PROVIDERS};
 use panorama_providers::ProviderId;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use super::process::{run_process, ProcessSpec, PROCESS_KILL_GRACE};
+use super::agent_process::spec_for_plan;
+use super::process::{run_process, PROCESS_KILL_GRACE};
 use super::workdir::WorkDir;
 use crate::config::{GatewayConfig, ProviderHealth as StoredHealth};
+use crate::gateway_events as events;
 use crate::paths::GatewayPaths;
-use crate::runtime::{events, heartbeat, now_iso, Gateway};
+use crate::timestamp::now_iso;
 
 /// Detected CLIs and their health.
 #[derive(Default)]
 pub struct ProviderState {
     inner: Mutex<Inner>,
+    /// Set when a run changed a provider's health; the runtime takes it to
+    /// rebuild its capabilities and heartbeat (handlers never reach into
+    /// the runtime themselves).
+    health_changed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default, Clone)]
@@ -82,6 +86,12 @@ fn probe_options(paths: &GatewayPaths) -> ProbeOptions {
             &[],
         )),
         timeout: None,
+        // `--version`/`--help` probes run contained like every job.
+        contain: Some(std::sync::Arc::new(|cmd: &mut tokio::process::Command| {
+            let job = crate::contain::job(crate::contain::PROBE_LABEL);
+            job.prepare(cmd);
+            Box::new(job) as Box<dyn std::any::Any + Send>
+        })),
     }
 }
 
@@ -141,28 +151,15 @@ async fn full_check(detection: &ProviderDetection, paths: &GatewayPaths) -> Vali
         )
         .map_err(|e| e.to_string())?;
         wd.write_files(&plan.files).map_err(|e| e.to_string())?;
-        let overrides: Vec<(String, Option<String>)> = plan
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), Some(v.clone())))
-            .collect();
-        let spec = ProcessSpec {
-            command: plan.command.clone(),
-            args: plan.args.clone(),
-            cwd: plan.cwd.clone(),
-            env: crate::child_env::child_env_from_process(
-                Some(paths.tmp_dir.as_path()),
-                &overrides,
-            ),
-            timeout: Duration::from_millis(plan.timeout_ms),
-            stop_grace: PROCESS_KILL_GRACE,
-        };
+        let spec = spec_for_plan(&plan, &paths.tmp_dir, PROCESS_KILL_GRACE);
         let (_tx, rx) = watch::channel(None);
         let result = run_process(&spec, rx, &mut |_| {}, &mut |_| {}).await;
         if let Some(detail) = result.failure_detail(plan.timeout_ms) {
             return Err(detail);
         }
-        let structured = extract_model_run_output(id, &result.stdout).map_err(|e| e.to_string())?;
+        let answer = super::model_run::read_answer_file(&plan);
+        let structured = extract_model_run_answer(id, &result.stdout, answer.as_deref())
+            .map_err(|e| e.to_string())?;
         if validation_succeeded(&structured) {
             Ok(())
         } else {
@@ -230,7 +227,7 @@ pub async fn validate(
             provider = id.as_str(),
             command = %detection.command,
             available = detection.available,
-            version = ?detection.version,
+            version = detection.version.as_deref(),
             status = health.status.as_str(),
             "Provider capability refreshed"
         );
@@ -288,7 +285,9 @@ pub fn validation_event_rows(
                     "status": h.status.as_str(),
                     "check_type": "full",
                     "error": h.error,
-                    "duration_ms": h.duration_ms,
+                    // As the reference: the event carries no duration (the
+                    // health entry in gateway.json keeps it).
+                    "duration_ms": Value::Null,
                 }),
             ))
         })
@@ -296,6 +295,37 @@ pub fn validation_event_rows(
 }
 
 impl ProviderState {
+    /// A run's outcome applied to its provider's health. `None` when the
+    /// status did not change; else whether it became non-healthy, the whole
+    /// map (to persist) and the new status.
+    pub(super) fn apply_run_outcome(
+        &self,
+        provider: ProviderId,
+        ok: bool,
+        error: Option<&str>,
+        now: &str,
+    ) -> Option<(bool, ProviderHealthMap, ProviderHealthStatus)> {
+        let mut inner = self.lock();
+        let prev = inner.health.get(&provider).cloned();
+        let (h, became) = health_after_run(prev.as_ref(), ok, error, now);
+        let changed = prev.map(|p| p.status) != Some(h.status);
+        let status = h.status;
+        inner.health.insert(provider, h);
+        changed.then(|| (became, inner.health.clone(), status))
+    }
+
+    /// Records that a run changed a provider's health.
+    pub(super) fn mark_health_changed(&self) {
+        self.health_changed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a run changed a provider's health since the last call.
+    pub fn take_health_changed(&self) -> bool {
+        self.health_changed
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -311,14 +341,14 @@ impl ProviderState {
     }
 
     /// Command and flags for a run; an undetected provider uses the
-    /// resolved command and all-false flags.
+    /// resolved command and the known default flags.
     pub fn command_and_flags(&self, id: ProviderId) -> (String, SupportedFlags) {
         match self.detection(id) {
             Some(d) if d.available => (d.command, d.supported_flags),
-            Some(d) => (d.command, SupportedFlags::all_false(id)),
+            Some(d) => (d.command, SupportedFlags::defaults(id)),
             None => (
                 resolve_commands()[&id].command.clone(),
-                SupportedFlags::all_false(id),
+                SupportedFlags::defaults(id),
             ),
         }
     }
@@ -353,18 +383,6 @@ impl ProviderState {
     }
 }
 
-/// Capabilities v1 with the detected providers.
-pub fn capabilities(device_name: &str, install_full_control_enabled: bool) -> Capabilities {
-    Capabilities::assemble(
-        super::get().providers.providers(),
-        HostCapability::gateway(
-            Some(device_name.to_string()).filter(|n| !n.is_empty()),
-            install_full_control_enabled,
-        ),
-        Some(heartbeat::runtime_info()),
-    )
-}
-
 /// Persist the in-memory `providerHealth` into `gateway.json` (merge-on-save).
 pub fn persist_health(paths: &GatewayPaths, health: &ProviderHealthMap) {
     let result = GatewayConfig::load(&paths.config_path).and_then(|mut c| {
@@ -373,61 +391,5 @@ pub fn persist_health(paths: &GatewayPaths, health: &ProviderHealthMap) {
     });
     if let Err(e) = result {
         tracing::error!(error = %e, "Failed to persist provider health");
-    }
-}
-
-/// After a model or subagent run (runtime.md §4.6 item 4): mark the
-/// provider healthy/unhealthy, persist, heartbeat on a status change, and
-/// emit `provider_unhealthy` when it became non-healthy.
-pub async fn record_run_outcome(
-    gw: &Gateway,
-    provider: ProviderId,
-    ok: bool,
-    error: Option<&str>,
-    context: &str,
-    job_id: &str,
-    run_id: Option<&str>,
-) {
-    let state = &super::get().providers;
-    let (changed, became_unhealthy, health, status) = {
-        let mut inner = state.lock();
-        let prev = inner.health.get(&provider).cloned();
-        let (h, became) = health_after_run(prev.as_ref(), ok, error, &now_iso());
-        let changed = prev.map(|p| p.status) != Some(h.status);
-        let status = h.status;
-        inner.health.insert(provider, h);
-        (changed, became, inner.health.clone(), status)
-    };
-    if !changed {
-        return;
-    }
-    persist_health(&gw.paths, &health);
-    {
-        let mut st = gw.lock();
-        let enabled = st.full_control_enabled;
-        st.capabilities = Some(capabilities(&gw.device_name, enabled));
-    }
-    let status_now = gw.compute_status();
-    heartbeat::send(gw, status_now).await;
-    if became_unhealthy {
-        let level = if status == ProviderHealthStatus::Unhealthy {
-            "error"
-        } else {
-            "warn"
-        };
-        events::emit(
-            &gw.outbox,
-            &gw.gateway_id,
-            &gw.team_id,
-            events::event_row(
-                &gw.gateway_id,
-                &gw.team_id,
-                Some(provider.as_str()),
-                level,
-                Some("provider_unhealthy"),
-                &format!("{} provider marked {}.", provider.label(), status.as_str()),
-                json!({"context": context, "status": status.as_str(), "error": error, "job_id": job_id, "run_id": run_id}),
-            ),
-        );
     }
 }

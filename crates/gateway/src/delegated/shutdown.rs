@@ -6,26 +6,28 @@ use panorama_protocol::status::RunEventType;
 use panorama_protocol::subagent::OutputEnvelope;
 use serde_json::{json, Value};
 
-use super::events::{push_out_of_band, RunIds};
+use super::events::RunIds;
+use super::out_of_band::push_out_of_band;
 use super::process::kill_group;
-use crate::runtime::{now_iso, Gateway};
+use crate::job_context::JobContext;
+use crate::timestamp::now_iso;
 
 /// Step 5: cancel every active subagent run (SIGTERM, SIGKILL after 5 s)
 /// and stop every model run (2 s grace).
-pub fn request_termination(reason: &str) {
-    super::get().active.shutdown(reason);
+pub fn request_termination(gw: &JobContext, reason: &str) {
+    gw.delegated.active.shutdown(reason);
 }
 
 /// Whether delegated runs are still active (the shutdown wait includes them).
-pub fn active_runs() -> usize {
-    super::get().active.run_count()
+pub fn active_runs(gw: &JobContext) -> usize {
+    gw.delegated.active.run_count()
 }
 
 /// Step 7, for one residual job (its task was aborted): kill what is left
 /// of its agent's process group and, for a live subagent run, cancel the
 /// run and the subagent in the database and emit the shutdown events.
-pub async fn finalize_residual(gw: &Gateway, job_id: &str, reason: &str) {
-    let active = &super::get().active;
+pub async fn finalize_residual(gw: &JobContext, job_id: &str, reason: &str) {
+    let active = &gw.delegated.active;
     if let Some(pgid) = active.pgid_for_job(job_id) {
         kill_group(pgid);
     }
@@ -37,17 +39,7 @@ pub async fn finalize_residual(gw: &Gateway, job_id: &str, reason: &str) {
     run.sink.flush();
     let now = now_iso();
     let envelope = serde_json::to_value(OutputEnvelope::error(reason)).unwrap_or(Value::Null);
-    let current = gw
-        .client
-        .from("subagent_runs")
-        .select("metadata")
-        .eq("id", run.run_id.as_str())
-        .maybe_single()
-        .await
-        .ok()
-        .flatten()
-        .and_then(|r| r.get("metadata").cloned())
-        .unwrap_or_else(|| json!({}));
+    let current = metadata_of(gw, "subagent_runs", &run.run_id).await;
     let mut metadata = build_requested_cancel_metadata(
         &current,
         Some(&run.run_id),
@@ -73,17 +65,7 @@ pub async fn finalize_residual(gw: &Gateway, job_id: &str, reason: &str) {
         "cancel_state": "acknowledged", "cancel_support": "gateway", "cancellation_scope": "gateway",
         "cancelled": true, "last_run_at": now,
     });
-    let existing = gw
-        .client
-        .from("subagents")
-        .select("metadata")
-        .eq("id", run.subagent_id.as_str())
-        .maybe_single()
-        .await
-        .ok()
-        .flatten()
-        .and_then(|r| r.get("metadata").cloned())
-        .unwrap_or_else(|| json!({}));
+    let existing = metadata_of(gw, "subagents", &run.subagent_id).await;
     let mut merged = existing.as_object().cloned().unwrap_or_default();
     if let Value::Object(m) = sub_meta {
         merged.extend(m);
@@ -117,4 +99,19 @@ pub async fn finalize_residual(gw: &Gateway, job_id: &str, reason: &str) {
             tracing::error!(error = %e, runId = %ids.run_id, "Failed to queue the shutdown events of a cancelled run");
         }
     }
+}
+
+/// A row's `metadata`, `{}` when it cannot be read: shutdown does not wait
+/// for a hub that does not answer (its writes merge over what they find).
+async fn metadata_of(gw: &JobContext, table: &str, id: &str) -> Value {
+    gw.client
+        .from(table)
+        .select("metadata")
+        .eq("id", id)
+        .maybe_single()
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.get("metadata").cloned())
+        .unwrap_or_else(|| json!({}))
 }

@@ -7,18 +7,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use panorama_protocol::accepted::{
+    changed_before_start, check_accepted_subagent, run_generation, verify_accepted_run,
+    AcceptedRunRead, RunGeneration, MSG_SUBAGENT_CHANGED,
+};
 use panorama_protocol::cancel::{cancel_adapter_for, Runner};
 use panorama_protocol::full_control::{
     resolve_full_control, FullControlLayers, FullControlWording,
 };
 use panorama_protocol::jobs::{
-    complete_job, handler_threw, resolve_run_id, HandlerOutcome, JobCompletion, SubagentRunPayload,
+    complete_job, handler_threw, is_canonical_uuid, resolve_run_id, HandlerOutcome, JobCompletion,
+    SubagentRunPayload,
 };
-use panorama_protocol::rows::GatewayJobRow;
+use panorama_protocol::rows::SubagentRow;
 use panorama_protocol::shell_gate::{
     check_subagent_run_gateway_state, ControlState, SubagentRunGate, MSG_CONTROL_STATE_UNAVAILABLE,
 };
-use panorama_protocol::status::RunEventType;
+use panorama_protocol::status::{JobType, RunEventType, SubagentRunStatus};
 use panorama_protocol::subagent::{
     provider_failure_message, OutputEnvelope, SUBAGENT_SCHEMA_VERSION,
 };
@@ -27,8 +32,9 @@ use panorama_providers::argv::{
 };
 use panorama_providers::collector::{StreamJsonCollector, MAX_STREAM_EVENTS};
 use panorama_providers::config::{RunContext, RunOutputFormat, SubagentConfig};
+use panorama_providers::delivery::{deliver_prompt, Delivery};
 use panorama_providers::normalize::{normalizer_for, NormalizedEvent, StreamNormalizer};
-use panorama_providers::output::{claude_stream_output, parse_subagent_output, AdapterOutput};
+use panorama_providers::output::{claude_stream_output, parse_plan_output, AdapterOutput};
 use panorama_providers::registry::spec;
 use panorama_providers::retry::{
     attempt_started_payload, retry_scheduled_payload, should_retry, AttemptOutcome, RetryConfig,
@@ -36,12 +42,17 @@ use panorama_providers::retry::{
 use panorama_providers::ProviderId;
 use serde_json::{json, Map, Value};
 
+use super::accepted_run::{closed_upstream, start_accepted_run, AcceptedRunPort, HubAcceptedRuns};
 use super::active::{CancelInfo, RunControl};
-use super::events::{push_out_of_band, EventSink, RunIds};
-use super::process::{run_process, ProcessResult, ProcessSpec, CANCEL_KILL_GRACE};
+use super::agent_process::spec_for_plan;
+use super::events::{EventSink, RunIds};
+use super::out_of_band::push_out_of_band;
+use super::process::{run_process, ProcessResult, CANCEL_KILL_GRACE};
 use super::workdir::WorkDir;
-use crate::outbox::OutboxWrite;
-use crate::runtime::{now_iso, now_ms, Gateway};
+use crate::control_plane::retry_unanswered;
+use crate::job_context::JobContext;
+use crate::outbox::{OutboxWrite, STATUS_RUNNING};
+use crate::timestamp::{now_iso, now_ms};
 
 /// Marker of a failed `--resume` in Claude's output.
 pub const RESUME_NOT_FOUND: &str = "No conversation found";
@@ -61,17 +72,16 @@ fn obj(v: &Value) -> Map<String, Value> {
 }
 
 /// The whole job: handler, then the job-failure fallback when it applies.
-pub async fn run_job(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
-    let completion = match AssertUnwindSafe(handle(gw, job)).catch_unwind().await {
-        Ok(outcome) => complete_job(&job.job_type, outcome),
+pub async fn run_job(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload) -> JobCompletion {
+    let completion = match AssertUnwindSafe(handle(gw, job_id, payload))
+        .catch_unwind()
+        .await
+    {
+        Ok(outcome) => complete_job(&JobType::SubagentRun, outcome),
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "handler panicked".to_string());
-            tracing::error!(jobId = %job.id, error = %message, "Gateway job processing failed");
-            handler_threw(&job.job_type, &message)
+            let message = crate::error::panic_message(panic.as_ref());
+            tracing::error!(jobId = %job_id, error = %message, "Gateway job processing failed");
+            handler_threw(&JobType::SubagentRun, &message)
         }
     };
     if completion.run_subagent_failure_fallback {
@@ -79,28 +89,17 @@ pub async fn run_job(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
             .error
             .clone()
             .unwrap_or_else(|| "Gateway job failed".into());
-        fail_subagent_run(gw, &job.payload, &error).await;
+        fail_subagent_run(gw, &payload.subagent_id, &error).await;
     }
     completion
 }
 
 /// §10.10 `failSubagentRun`. Acts only on a subagent that is `running`
 /// (an idle subagent is never marked failed).
-pub async fn fail_subagent_run(gw: &Gateway, payload: &Value, error: &str) {
-    let Ok(parsed) = SubagentRunPayload::parse(payload) else {
-        return;
-    };
-    let sid = parsed.subagent_id;
+pub async fn fail_subagent_run(gw: &JobContext, sid: &str, error: &str) {
     // Reads are retried while the hub does not answer: giving up here would
     // leave the run and the subagent `running` with nobody to finish them.
-    let (sub, _) = retry_unanswered(gw, "GET /rest/v1/subagents", || {
-        gw.client
-            .from("subagents")
-            .select("id,team_id,gateway_id,subagent_type,status,metadata")
-            .eq("id", sid.as_str())
-            .maybe_single()
-    })
-    .await;
+    let sub = subagent_summary(gw, sid).await;
     let sub = match sub {
         Ok(Some(s)) => s,
         Ok(None) => return,
@@ -121,8 +120,8 @@ pub async fn fail_subagent_run(gw: &Gateway, payload: &Value, error: &str) {
     let envelope = error_envelope(error);
     // Our own queued writes for this run go first, so its status is current.
     gw.outbox.flush(Duration::from_secs(2)).await;
-    let (run, _) = retry_unanswered(gw, "GET /rest/v1/subagent_runs", || {
-        newest_running_run(&gw.client, &sid, "id")
+    let (run, _) = retry_unanswered(&gw.shutdown, "GET /rest/v1/subagent_runs", || {
+        newest_running_run(&gw.client, sid, "id")
     })
     .await;
     if let Err(e) = &run {
@@ -136,7 +135,7 @@ pub async fn fail_subagent_run(gw: &Gateway, payload: &Value, error: &str) {
         if let Some(gateway_id) = sub["gateway_id"].as_str() {
             let ids = RunIds {
                 run_id: run_id.clone(),
-                subagent_id: sid.clone(),
+                subagent_id: sid.to_string(),
                 team_id: sub["team_id"].as_str().unwrap_or(&gw.team_id).to_string(),
                 gateway_id: gateway_id.to_string(),
             };
@@ -155,26 +154,20 @@ pub async fn fail_subagent_run(gw: &Gateway, payload: &Value, error: &str) {
         }
         push(
             gw,
-            OutboxWrite::Update {
-                table: "subagent_runs".into(),
-                filters: vec![
-                    ("id".into(), format!("eq.{run_id}")),
-                    ("status".into(), "eq.running".into()),
-                ],
-                patch: json!({"status": "failed", "error": error, "output": envelope, "completed_at": now, "metadata": metadata}),
-            },
+            OutboxWrite::update_if_running(
+                "subagent_runs",
+                &run_id,
+                json!({"status": "failed", "error": error, "output": envelope, "completed_at": now, "metadata": metadata}),
+            ),
         );
     }
     push(
         gw,
-        OutboxWrite::Update {
-            table: "subagents".into(),
-            filters: vec![
-                ("id".into(), format!("eq.{sid}")),
-                ("status".into(), "eq.running".into()),
-            ],
-            patch: json!({"status": "failed", "error": error, "output": envelope, "completed_at": now, "metadata": metadata}),
-        },
+        OutboxWrite::update_if_running(
+            "subagents",
+            sid,
+            json!({"status": "failed", "error": error, "output": envelope, "completed_at": now, "metadata": metadata}),
+        ),
     );
 }
 
@@ -191,6 +184,23 @@ fn fsyncing<T>(f: impl FnOnce() -> T) -> T {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
     }
+}
+
+/// The subagent's identity, status and metadata (what the cancel job and
+/// the failure fallback decide on), retried while the hub does not answer.
+pub(super) async fn subagent_summary(
+    gw: &JobContext,
+    sid: &str,
+) -> Result<Option<Value>, panorama_supabase::Error> {
+    retry_unanswered(&gw.shutdown, "GET /rest/v1/subagents", || {
+        gw.client
+            .from("subagents")
+            .select("id,team_id,gateway_id,subagent_type,status,metadata")
+            .eq("id", sid)
+            .maybe_single()
+    })
+    .await
+    .0
 }
 
 /// The subagent's newest `running` run (`columns` of it), if any.
@@ -210,44 +220,10 @@ pub(super) async fn newest_running_run(
         .await
 }
 
-fn push(gw: &Gateway, write: OutboxWrite) {
+fn push(gw: &JobContext, write: OutboxWrite) {
     let what = write.describe();
     if let Err(e) = gw.outbox.push(write) {
         tracing::error!(error = %e, write = %what, "Failed to queue subagent state update");
-    }
-}
-
-/// Runs a hub request (a write, or a read) again while the hub gives no
-/// answer (transport error, 5xx, 408, 429), with a capped backoff, until it
-/// answers or the gateway asks its jobs to stop: a blip of the hub must not
-/// fail a run that has not started yet, nor a cancel. Returns the last result and whether an earlier attempt went
-/// unanswered (it may have been applied).
-pub(super) async fn retry_unanswered<T, Fut>(
-    gw: &Gateway,
-    what: &str,
-    mut op: impl FnMut() -> Fut,
-) -> (Result<T, panorama_supabase::Error>, bool)
-where
-    Fut: std::future::Future<Output = Result<T, panorama_supabase::Error>>,
-{
-    let mut delay = Duration::from_millis(100);
-    let mut unanswered = false;
-    loop {
-        match op().await {
-            Err(e)
-                if crate::runtime::jobs::claim_error_is_transient(&e)
-                    && gw.cancel_reason().is_none() =>
-            {
-                tracing::warn!(error = %e, request = what, delay_ms = delay.as_millis() as u64, "Hub request got no answer; retrying");
-                unanswered = true;
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = gw.cancelled() => return (Err(e), unanswered),
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            result => return (result, unanswered),
-        }
     }
 }
 
@@ -272,7 +248,7 @@ fn sequence_of(input: &Value) -> Option<i64> {
         })
 }
 
-async fn allocate_sequence(gw: &Gateway, sid: &str) -> i64 {
+async fn allocate_sequence(gw: &JobContext, sid: &str) -> i64 {
     match gw
         .client
         .rpc(
@@ -312,9 +288,72 @@ async fn allocate_sequence(gw: &Gateway, sid: &str) -> i64 {
         .map_or(1, |n| n + 1)
 }
 
+/// The terminal state of one run, as both generations write it.
+struct TerminalRows<'a> {
+    sid: &'a str,
+    run_id: &'a str,
+    status: &'a str,
+    output: &'a Value,
+    error: Option<&'a str>,
+    completed_at: &'a str,
+    run_metadata: &'a Map<String, Value>,
+    sub_metadata: &'a Map<String, Value>,
+    /// The subagent update's status filter (`eq.running`, or "not yet
+    /// terminal" for a run cancelled before it started).
+    subagent_guard: &'a str,
+}
+
+/// The edge function of the later generation's terminal write (§5.3).
+pub const FINALIZE_FUNCTION: &str = "finalize-gateway-subagent-run";
+
+/// The outbox writes that put a run and its subagent in their terminal
+/// state. Seed: two updates, each conditional (a replay, or a run someone
+/// else already ended, matches 0 rows). Accepted: the finalize function,
+/// with those same two updates as its fallback where the control plane has
+/// no such function (404).
+fn terminal_writes(generation: RunGeneration, t: &TerminalRows<'_>) -> Vec<OutboxWrite> {
+    let direct = vec![
+        OutboxWrite::update_if_running(
+            "subagent_runs",
+            t.run_id,
+            json!({"status": t.status, "output": t.output, "error": t.error,
+                          "completed_at": t.completed_at, "metadata": t.run_metadata}),
+        ),
+        OutboxWrite::update_where_status(
+            "subagents",
+            t.sid,
+            t.subagent_guard,
+            json!({"status": t.status, "output": t.output, "error": t.error,
+                          "completed_at": t.completed_at, "metadata": t.sub_metadata}),
+        ),
+    ];
+    match generation {
+        RunGeneration::Seed => direct,
+        RunGeneration::Accepted => {
+            let completed = t.status == "completed";
+            vec![OutboxWrite::FunctionOrFallback {
+                name: FINALIZE_FUNCTION.into(),
+                body: json!({
+                    "subagent_id": t.sid,
+                    "run_id": t.run_id,
+                    "final_status": t.status,
+                    "output": if completed { t.output.clone() } else { Value::Null },
+                    "failure_output": if completed { Value::Null } else { t.output.clone() },
+                    "final_error": t.error,
+                    "completed_at": t.completed_at,
+                    "stderr": t.run_metadata.get("stderr").cloned().unwrap_or(Value::Null),
+                    "metadata_patch": t.run_metadata,
+                }),
+                fallback: direct,
+            }]
+        }
+    }
+}
+
 /// Everything a run's finalization needs.
 struct RunCtx<'a> {
-    gw: &'a Gateway,
+    gw: &'a JobContext,
+    generation: RunGeneration,
     sid: String,
     run_id: String,
     provider: ProviderId,
@@ -340,6 +379,8 @@ struct Terminal {
     retry_max_attempts: u32,
     stderr: String,
     adapter_metadata: Map<String, Value>,
+    /// The final attempt's `resource_usage` (contain::ResourceUsage).
+    resource_usage: Value,
 }
 
 impl RunCtx<'_> {
@@ -375,6 +416,9 @@ impl RunCtx<'_> {
             "cancellation_scope": cancel.map(|_| "gateway"),
             "full_control_denied_reason": null,
         }));
+        if !t.resource_usage.is_null() {
+            term.insert("resource_usage".into(), t.resource_usage.clone());
+        }
         if !t.stderr.trim().is_empty() {
             term.insert(
                 "stderr".into(),
@@ -408,69 +452,92 @@ impl RunCtx<'_> {
         metadata: &Map<String, Value>,
     ) {
         self.sink.flush();
-        let now = now_iso();
-        push(
-            self.gw,
-            OutboxWrite::Update {
-                table: "subagent_runs".into(),
-                filters: vec![
-                    ("id".into(), format!("eq.{}", self.run_id)),
-                    ("status".into(), "eq.running".into()),
-                ],
-                patch: json!({"status": status, "output": output, "error": error, "completed_at": now, "metadata": metadata}),
-            },
-        );
         let mut sub_meta = self.sub_metadata.clone();
         sub_meta.extend(metadata.clone());
-        push(
-            self.gw,
-            OutboxWrite::Update {
-                table: "subagents".into(),
-                filters: vec![
-                    ("id".into(), format!("eq.{}", self.sid)),
-                    ("status".into(), "eq.running".into()),
-                ],
-                patch: json!({"status": status, "output": output, "error": error, "completed_at": now, "metadata": sub_meta}),
+        for write in terminal_writes(
+            self.generation,
+            &TerminalRows {
+                sid: &self.sid,
+                run_id: &self.run_id,
+                status,
+                output,
+                error,
+                completed_at: &now_iso(),
+                run_metadata: metadata,
+                sub_metadata: &sub_meta,
+                subagent_guard: STATUS_RUNNING,
             },
-        );
+        ) {
+            push(self.gw, write);
+        }
+    }
+
+    /// Later generation: the run's status on the control plane right before
+    /// its terminal write. `None` while it is still `running` (or when the
+    /// control plane cannot say: then the conditional terminal write decides).
+    async fn closed_upstream(&self) -> Option<String> {
+        if self.generation != RunGeneration::Accepted {
+            return None;
+        }
+        closed_upstream(&HubAcceptedRuns(self.gw), &self.run_id).await
+    }
+
+    /// The control plane ended the run while the agent ran: its rows are
+    /// left as the control plane wrote them, and the event log is closed.
+    fn stand_down(&self, upstream: &str) -> HandlerOutcome {
+        tracing::info!(runId = %self.run_id, status = upstream, "Accepted run was ended by the control plane; not overwriting it");
+        if upstream == "cancelled" {
+            let reason = "Subagent run was cancelled by the control plane";
+            self.sink.emit(
+                RunEventType::RunCancelled,
+                json!({"reason": reason, "source": "control_plane", "duration_ms": self.duration_ms()}),
+            );
+            self.sink.flush();
+            return HandlerOutcome::success(json!({
+                "subagent_id": self.sid, "status": "cancelled", "output": error_envelope(reason), "error": reason,
+            }));
+        }
+        let message = format!("Accepted subagent run is {upstream}");
+        self.sink.flush();
+        HandlerOutcome::cancelled_skip(
+            json!({"message": "Accepted subagent run is no longer active", "subagent_id": self.sid,
+                   "run_id": self.run_id, "run_status": upstream}),
+            message,
+        )
     }
 
     /// §10.8.3: a failure after `run_started` (denial, plan error).
-    fn pre_execution_failure(
+    async fn pre_execution_failure(
         &self,
         message: &str,
         overrides: Map<String, Value>,
     ) -> HandlerOutcome {
+        if let Some(upstream) = self.closed_upstream().await {
+            return self.stand_down(&upstream);
+        }
         let mut metadata = self.start_metadata.clone();
         metadata.extend(overrides.clone());
         metadata.insert("last_run_at".into(), json!(now_iso()));
         self.sink.flush();
-        let now = now_iso();
         let envelope = error_envelope(message);
-        push(
-            self.gw,
-            OutboxWrite::Update {
-                table: "subagent_runs".into(),
-                filters: vec![
-                    ("id".into(), format!("eq.{}", self.run_id)),
-                    ("status".into(), "eq.running".into()),
-                ],
-                patch: json!({"status": "failed", "output": envelope, "error": message, "completed_at": now, "metadata": metadata}),
-            },
-        );
         let mut sub_meta = self.sub_metadata.clone();
         sub_meta.extend(overrides);
-        push(
-            self.gw,
-            OutboxWrite::Update {
-                table: "subagents".into(),
-                filters: vec![
-                    ("id".into(), format!("eq.{}", self.sid)),
-                    ("status".into(), "eq.running".into()),
-                ],
-                patch: json!({"status": "failed", "output": envelope, "error": message, "completed_at": now, "metadata": sub_meta}),
+        for write in terminal_writes(
+            self.generation,
+            &TerminalRows {
+                sid: &self.sid,
+                run_id: &self.run_id,
+                status: "failed",
+                output: &envelope,
+                error: Some(message),
+                completed_at: &now_iso(),
+                run_metadata: &metadata,
+                sub_metadata: &sub_meta,
+                subagent_guard: STATUS_RUNNING,
             },
-        );
+        ) {
+            push(self.gw, write);
+        }
         self.sink.emit(
             RunEventType::RunFailed,
             json!({"reason": message, "source": "gateway", "stage": "pre_execution"}),
@@ -486,7 +553,10 @@ impl RunCtx<'_> {
     }
 
     /// §10.8.5 / §10.8.6 (within the grace).
-    fn finish_cancelled(&self, cancel: &CancelInfo, t: &Terminal) -> HandlerOutcome {
+    async fn finish_cancelled(&self, cancel: &CancelInfo, t: &Terminal) -> HandlerOutcome {
+        if let Some(upstream) = self.closed_upstream().await {
+            return self.stand_down(&upstream);
+        }
         let source = cancel.source.event_source();
         self.sink.emit(
             RunEventType::CancellationAcknowledged,
@@ -605,29 +675,15 @@ struct Attempt {
 }
 
 async fn run_attempt(
-    gw: &Gateway,
+    gw: &JobContext,
     provider: ProviderId,
     plan: &RunPlan,
+    delivery: Delivery,
     run: &Arc<RunControl>,
 ) -> Attempt {
-    let overrides: Vec<(String, Option<String>)> = plan
-        .env
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                Some(v.replace("{WORKDIR}", &plan.cwd.to_string_lossy())),
-            )
-        })
-        .collect();
-    let spec = ProcessSpec {
-        command: plan.command.clone(),
-        args: plan.args.clone(),
-        cwd: plan.cwd.clone(),
-        env: crate::child_env::child_env_from_process(Some(gw.paths.tmp_dir.as_path()), &overrides),
-        timeout: Duration::from_millis(plan.timeout_ms),
-        stop_grace: CANCEL_KILL_GRACE,
-    };
+    let mut spec = spec_for_plan(plan, &gw.paths.tmp_dir, CANCEL_KILL_GRACE);
+    spec.args = delivery.args;
+    spec.stdin = delivery.stdin;
     let streaming = is_stream(provider, plan);
     let mut state = StreamState::new(normalizer_for(provider), run.sink.clone());
     let run_for_spawn = Arc::clone(run);
@@ -653,7 +709,7 @@ async fn run_attempt(
     let adapter = if streaming && provider == ProviderId::ClaudeCode {
         claude_stream_output(state.normalizer.summary())
     } else {
-        parse_subagent_output(provider, plan.output_format, &process.stdout)
+        parse_plan_output(plan, &process.stdout)
     };
     Attempt {
         process,
@@ -663,24 +719,27 @@ async fn run_attempt(
     }
 }
 
-/// The handler proper.
-pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
-    // Row 1.
-    let payload = match SubagentRunPayload::parse(&job.payload) {
-        Ok(p) => p,
-        Err(e) => return HandlerOutcome::from_payload_error(&e),
-    };
+/// The handler proper. Row 1 (the payload names a subagent) was checked
+/// when the job was decoded.
+pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload) -> HandlerOutcome {
     let sid = payload.subagent_id.clone();
-    // Row 2.
-    let sub = match gw
+    // Row 2: the row, read once and typed.
+    let row = gw
         .client
         .from("subagents")
         .select("*")
         .eq("id", sid.as_str())
         .maybe_single()
         .await
-    {
-        Ok(Some(s)) => s,
+        .map(|row| row.map(serde_json::from_value::<SubagentRow>));
+    let sub = match row {
+        Ok(Some(Ok(s))) => s,
+        Ok(Some(Err(e))) => {
+            return HandlerOutcome::cancelled_skip(
+                json!({"message": "Subagent not found", "subagent_id": sid}),
+                format!("The subagent row could not be read: {e}; fix the row's column values"),
+            )
+        }
         Ok(None) => {
             return HandlerOutcome::cancelled_skip(
                 json!({"message": "Subagent not found", "subagent_id": sid}),
@@ -695,7 +754,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         }
     };
     // Row 3.
-    let assigned = sub.get("gateway_id").and_then(Value::as_str);
+    let assigned = sub.gateway_id.as_deref();
     if assigned != Some(gw.gateway_id.as_str()) {
         return HandlerOutcome::cancelled_skip(
             json!({"message": "Subagent is assigned to a different gateway", "subagent_id": sid,
@@ -703,12 +762,33 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
             "Subagent is assigned to a different gateway",
         );
     }
+    // Which generation: did the control plane accept this run already?
+    let payload_run_id = payload
+        .run_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|id| is_canonical_uuid(id))
+        .map(str::to_string);
+    let accepted_read = match &payload_run_id {
+        Some(run_id) => Some(HubAcceptedRuns(gw).accepted_run(run_id).await),
+        None => None,
+    };
+    let generation = run_generation(
+        payload_run_id.as_deref(),
+        &sub,
+        matches!(accepted_read, Some(AcceptedRunRead::Found(_))),
+    );
+    if generation == RunGeneration::Accepted {
+        // Rows 3a–3b.
+        if let Err(outcome) =
+            check_accepted_subagent(&sub, payload_run_id.as_deref().unwrap_or_default())
+        {
+            return outcome;
+        }
+    }
+    tracing::info!(subagentId = %sid, generation = ?generation, "Subagent run job");
     // Row 4.
-    let subagent_type = sub
-        .get("subagent_type")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let subagent_type = sub.subagent_type.clone();
     let adapter = cancel_adapter_for(&subagent_type);
     let provider = (adapter.runner == Some(Runner::Gateway))
         .then_some(adapter.adapter_id)
@@ -721,7 +801,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         );
     };
     // Row 5.
-    let input = sub.get("input").cloned().unwrap_or(Value::Null);
+    let input = sub.input.clone().unwrap_or(Value::Null);
     let Some(prompt) = prompt_of(&input) else {
         return HandlerOutcome::failure(
             json!({"message": "Missing prompt in subagent input", "subagent_id": sid}),
@@ -729,8 +809,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         );
     };
     // Rows 6–7.
-    let install =
-        crate::config::GatewayConfig::load(&gw.paths.config_path).map(|c| c.full_control_enabled);
+    let install = crate::config::install_full_control(&gw.paths.config_path);
     let control = gw
         .client
         .from("team_gateways")
@@ -740,9 +819,8 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         .await
         .ok()
         .and_then(|row| ControlState::from_row(row.as_ref()));
-    let (install, control) = match (install, control) {
-        (Ok(i), Some(c)) => (i, c),
-        _ => return HandlerOutcome::failure_message(MSG_CONTROL_STATE_UNAVAILABLE),
+    let Some(control) = control else {
+        return HandlerOutcome::failure_message(MSG_CONTROL_STATE_UNAVAILABLE);
     };
     if let Err(message) =
         check_subagent_run_gateway_state(Some(&control), now_ms(), SubagentRunGate::Seed)
@@ -750,9 +828,9 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         return HandlerOutcome::failure_message(message);
     }
     // Row 8.
-    let raw_config = sub.get("config").cloned().unwrap_or_else(|| json!({}));
+    let raw_config = sub.config.clone();
     let config = SubagentConfig::from_value(&raw_config);
-    let (command, flags) = super::get().providers.command_and_flags(provider);
+    let (command, flags) = gw.delegated.providers.command_and_flags(provider);
     let decision = resolve_full_control(
         &FullControlLayers {
             requested: config.full_control_requested,
@@ -764,7 +842,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
     );
     tracing::info!(subagentId = %sid, requested = decision.requested, effective = decision.effective, "Resolved subagent full-control state");
     // Row 9.
-    let sub_metadata = obj(sub.get("metadata").unwrap_or(&Value::Null));
+    let sub_metadata = obj(&sub.metadata);
     let previous_session = sub_metadata
         .get("session_id")
         .and_then(Value::as_str)
@@ -783,16 +861,37 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         input.get("run_id").and_then(Value::as_str),
     )
     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let run_sequence = match sequence_of(&input) {
-        Some(n) => n,
-        None => allocate_sequence(gw, &sid).await,
+    let run_sequence = match (generation, &accepted_read) {
+        (RunGeneration::Accepted, Some(read)) => {
+            match verify_accepted_run(&sid, &run_id, sequence_of(&input), &prompt, read) {
+                Ok(n) => n,
+                // A cancel recorded for this still-running run is applied
+                // even when the job would not pass the start checks: the
+                // run never starts either way, and this way it ends.
+                Err(outcome) => match read {
+                    AcceptedRunRead::Found(run)
+                        if sub_metadata.get("cancel_run_id").and_then(Value::as_str)
+                            == Some(run_id.as_str())
+                            && run.subagent_id == sid
+                            && run.status == Some(SubagentRunStatus::Running) =>
+                    {
+                        run.run_sequence.unwrap_or_default()
+                    }
+                    _ => return outcome,
+                },
+            }
+        }
+        _ => match sequence_of(&input) {
+            Some(n) => n,
+            None => allocate_sequence(gw, &sid).await,
+        },
     };
-    let team_id = sub
-        .get("team_id")
-        .and_then(Value::as_str)
-        .unwrap_or(&gw.team_id)
-        .to_string();
-    let start_metadata = obj(&json!({
+    let team_id = if sub.team_id.is_empty() {
+        gw.team_id.clone()
+    } else {
+        sub.team_id.clone()
+    };
+    let mut start_metadata = obj(&json!({
         "schema_version": SUBAGENT_SCHEMA_VERSION, "runner": "gateway", "adapter_id": provider.as_str(),
         "subagent_type": subagent_type, "run_id": run_id, "run_sequence": run_sequence,
         "cancel_state": "none", "full_control_requested": decision.requested,
@@ -804,7 +903,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         team_id: team_id.clone(),
         gateway_id: gw.gateway_id.clone(),
     };
-    let active = &super::get().active;
+    let active = &gw.delegated.active;
 
     // §9.6 step 1: pre-start cancel.
     let metadata_cancel = (sub_metadata.get("cancel_run_id").and_then(Value::as_str)
@@ -821,6 +920,7 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
     if let Some(reason) = metadata_cancel.or_else(|| active.take_pending(&run_id, &sid)) {
         return cancelled_before_start(
             gw,
+            generation,
             &ids,
             run_sequence,
             &prompt,
@@ -831,9 +931,71 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
         .await;
     }
 
-    // §10.4 step 2–3: the run row.
+    if generation == RunGeneration::Accepted {
+        // §10.4 "later" step 3: mark the accepted run started, only if it is
+        // still this subagent's running run.
+        let current = match &accepted_read {
+            Some(AcceptedRunRead::Found(run)) => obj(&run.metadata),
+            _ => Map::new(),
+        };
+        match start_accepted_run(
+            &HubAcceptedRuns(gw),
+            &sid,
+            &run_id,
+            current,
+            &start_metadata,
+        )
+        .await
+        {
+            // The run's metadata from here on: the control plane's keys
+            // with ours over them (the direct terminal writes replace it).
+            Ok(merged) => start_metadata = merged,
+            Err(outcome) => return outcome,
+        }
+    } else if let Err(outcome) =
+        insert_seed_run(gw, &ids, run_sequence, &prompt, &start_metadata).await
+    {
+        return outcome;
+    }
+    run_accepted_or_inserted(
+        gw,
+        job_id,
+        RunCtx {
+            gw,
+            generation,
+            sid: sid.clone(),
+            run_id: run_id.clone(),
+            provider,
+            start_metadata,
+            sub_metadata,
+            sink: gw.delegated.sequences.sink(&gw.outbox, &ids, 0),
+            started: Instant::now(),
+        },
+        Registered {
+            subagent_type,
+            run_sequence,
+            prompt,
+            config,
+            command,
+            flags,
+            decision,
+            previous_session,
+        },
+    )
+    .await
+}
+
+/// §10.4 seed steps 2–3: the run row.
+async fn insert_seed_run(
+    gw: &JobContext,
+    ids: &RunIds,
+    run_sequence: i64,
+    prompt: &str,
+    start_metadata: &Map<String, Value>,
+) -> Result<(), HandlerOutcome> {
+    let (sid, run_id, team_id) = (&ids.subagent_id, &ids.run_id, &ids.team_id);
     let now = now_iso();
-    let (mut inserted, unanswered) = retry_unanswered(gw, "POST /rest/v1/subagent_runs", || {
+    let (mut inserted, unanswered) = retry_unanswered(&gw.shutdown, "POST /rest/v1/subagent_runs", || {
         gw.client
             .from("subagent_runs")
             .insert(json!({
@@ -871,61 +1033,47 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> HandlerOutcome {
     }
     if let Err(e) = inserted {
         if e.is_unique_violation() {
-            let active_run = newest_running_run(&gw.client, &sid, "id").await;
+            let active_run = newest_running_run(&gw.client, sid, "id").await;
             match active_run {
                 Err(_) => {
-                    return HandlerOutcome::failure(
+                    return Err(HandlerOutcome::failure(
                         json!({"message": "Failed to resolve conflicting subagent run after insert conflict", "subagent_id": sid, "run_id": run_id}),
                         "Failed to resolve conflicting subagent run after insert conflict",
-                    )
+                    ))
                 }
                 Ok(Some(r)) if r["id"].as_str() != Some(run_id.as_str()) => {
-                    return HandlerOutcome::cancelled_skip(
+                    return Err(HandlerOutcome::cancelled_skip(
                         json!({"message": "Skipped duplicate subagent job because another run is already active",
                                "subagent_id": sid, "run_id": run_id, "active_run_id": r["id"]}),
                         "Another subagent run is already active",
-                    )
+                    ))
                 }
                 Ok(_) => {}
             }
         }
-        return HandlerOutcome::failure(
+        return Err(HandlerOutcome::failure(
             json!({"message": "Failed to create subagent run", "subagent_id": sid}),
             e.to_string(),
-        );
+        ));
     }
 
-    // Step 4: register locally (consumes a late pending cancel).
+    Ok(())
+}
+
+/// §10.4 step 4 onwards: register the run locally (consumes a late pending
+/// cancel), run it, and unregister it.
+async fn run_accepted_or_inserted(
+    gw: &JobContext,
+    job_id: &str,
+    ctx: RunCtx<'_>,
+    r: Registered,
+) -> HandlerOutcome {
+    let active = &gw.delegated.active;
+    let run_id = ctx.run_id.clone();
     // The run's counter: shared with out-of-band writers, and after any
     // event a cancel job already wrote for this run id.
-    let sink = super::get().sequences.sink(&gw.outbox, &ids, 0);
-    let run = active.register(&run_id, &sid, &job.id, sink.clone());
-    let outcome = run_registered(
-        gw,
-        job,
-        &run,
-        RunCtx {
-            gw,
-            sid: sid.clone(),
-            run_id: run_id.clone(),
-            provider,
-            start_metadata,
-            sub_metadata,
-            sink,
-            started: Instant::now(),
-        },
-        Registered {
-            subagent_type,
-            run_sequence,
-            prompt,
-            config,
-            command,
-            flags,
-            decision,
-            previous_session,
-        },
-    )
-    .await;
+    let run = active.register(&run_id, &ctx.sid, job_id, ctx.sink.clone());
+    let outcome = run_registered(gw, job_id, &run, ctx, r).await;
     active.remove(&run_id);
     outcome
 }
@@ -942,8 +1090,8 @@ struct Registered {
 }
 
 async fn run_registered(
-    gw: &Gateway,
-    job: &GatewayJobRow,
+    gw: &JobContext,
+    job_id: &str,
     run: &Arc<RunControl>,
     mut ctx: RunCtx<'_>,
     r: Registered,
@@ -953,14 +1101,22 @@ async fn run_registered(
     sub_meta.insert("current_run_id".into(), json!(ctx.run_id));
     sub_meta.insert("current_run_sequence".into(), json!(r.run_sequence));
     let started_at = now_iso();
-    let (marked, _) = retry_unanswered(gw, "PATCH /rest/v1/subagents", || {
-        gw.client
+    let (marked, _) = retry_unanswered(&gw.shutdown, "PATCH /rest/v1/subagents", || {
+        let update = gw
+            .client
             .from("subagents")
             .update(json!({"status": "running", "started_at": started_at, "metadata": sub_meta}))
-            .eq("id", ctx.sid.as_str())
-            .execute()
+            .eq("id", ctx.sid.as_str());
+        match ctx.generation {
+            RunGeneration::Seed => update.execute(),
+            // §10.4 "later" step 4: a compare-and-set on `status=running`.
+            RunGeneration::Accepted => update.eq("status", "running").select("id").execute(),
+        }
     })
     .await;
+    if ctx.generation == RunGeneration::Accepted && marked.as_ref().is_ok_and(Vec::is_empty) {
+        return changed_before_start(MSG_SUBAGENT_CHANGED, &ctx.sid, &ctx.run_id);
+    }
     if let Err(e) = marked {
         tracing::error!(error = %e, subagentId = %ctx.sid, "Failed to mark subagent as running");
         // The run row we created must not stay `running` (the job-failure
@@ -977,15 +1133,12 @@ async fn run_registered(
         metadata.insert("gateway_error".into(), json!(message));
         push(
             gw,
-            OutboxWrite::Update {
-                table: "subagent_runs".into(),
-                filters: vec![
-                    ("id".into(), format!("eq.{}", ctx.run_id)),
-                    ("status".into(), "eq.running".into()),
-                ],
-                patch: json!({"status": "failed", "output": error_envelope(message), "error": message,
+            OutboxWrite::update_if_running(
+                "subagent_runs",
+                &ctx.run_id,
+                json!({"status": "failed", "output": error_envelope(message), "error": message,
                               "completed_at": now_iso(), "metadata": metadata}),
-            },
+            ),
         );
         return HandlerOutcome::failure(
             json!({"message": "Failed to mark subagent as running", "subagent_id": ctx.sid, "run_id": ctx.run_id}),
@@ -1004,27 +1157,35 @@ async fn run_registered(
         let overrides = obj(
             &json!({"full_control_requested": true, "full_control_effective": false, "full_control_denied_reason": message}),
         );
-        return ctx.pre_execution_failure(&message, overrides);
+        return ctx.pre_execution_failure(&message, overrides).await;
     }
+    // One stable cwd per subagent, not per run (runtime.md §2.1 says
+    // `<subagent_id>/<run_id>`): Claude Code and Gemini CLI file their saved
+    // sessions under the working directory, so `--resume` of the previous
+    // run only finds the conversation from the same path. Runs of one
+    // subagent never overlap; the dir is still removed after each run.
     let wd = match WorkDir::create(
         &gw.paths.work_dir,
         "subagents",
         &[
             ("subagent id", ctx.sid.as_str()),
-            ("run id", ctx.run_id.as_str()),
+            (
+                "session dir",
+                panorama_providers::config::SUBAGENT_SESSION_DIR,
+            ),
         ],
     ) {
         Ok(wd) => wd,
-        Err(e) => return ctx.pre_execution_failure(&e.to_string(), Map::new()),
+        Err(e) => return ctx.pre_execution_failure(&e.to_string(), Map::new()).await,
     };
-    let outcome = attempts(gw, job, run, &ctx, &r, &wd).await;
+    let outcome = attempts(gw, job_id, run, &ctx, &r, &wd).await;
     wd.cleanup();
     outcome
 }
 
 async fn attempts(
-    gw: &Gateway,
-    job: &GatewayJobRow,
+    gw: &JobContext,
+    job_id: &str,
     run: &Arc<RunControl>,
     ctx: &RunCtx<'_>,
     r: &Registered,
@@ -1038,6 +1199,7 @@ async fn attempts(
         full_control: r.decision.effective,
         previous_session_id: r.previous_session.clone(),
         work_dir: wd.path.clone(),
+        ..RunContext::with_host_facts()
     };
     let retry = RetryConfig::from_config(&config.raw);
     let max_attempts = retry.max_attempts.max(1);
@@ -1050,16 +1212,22 @@ async fn attempts(
     loop {
         let plan = match build_subagent_plan(provider, &config, &run_context, &r.flags) {
             Ok(p) => p,
-            Err(e) => return ctx.pre_execution_failure(&e.to_string(), Map::new()),
+            Err(e) => return ctx.pre_execution_failure(&e.to_string(), Map::new()).await,
         };
         if let Err(e) = wd.write_files(&plan.files) {
-            return ctx.pre_execution_failure(&e.to_string(), Map::new());
+            return ctx.pre_execution_failure(&e.to_string(), Map::new()).await;
         }
+        // A prompt too large for argv goes on stdin; what cannot is the
+        // job's input error, so the provider's health is left alone.
+        let delivery = match deliver_prompt(provider, &plan.args) {
+            Ok(d) => d,
+            Err(e) => return ctx.pre_execution_failure(&e.to_string(), Map::new()).await,
+        };
         ctx.sink.emit(
             RunEventType::RunProgress,
             attempt_started_payload(attempt, max_attempts),
         );
-        let a = run_attempt(gw, provider, &plan, run).await;
+        let a = run_attempt(gw, provider, &plan, delivery, run).await;
         terminal.command = Some(display_command(&plan));
         terminal.exit_code = a.process.exit_code;
         terminal.timed_out = a.process.timed_out;
@@ -1067,11 +1235,21 @@ async fn attempts(
         terminal.stderr_truncated = a.process.stderr_truncated;
         terminal.stream_events_truncated = a.stream_events_truncated;
         terminal.output_format = Some(plan.output_format.as_str());
-        terminal.parse_error = a.adapter.parse_error.clone();
+        // A cancelled run stopped before its result: no parse error to report.
+        terminal.parse_error = a
+            .adapter
+            .parse_error
+            .clone()
+            .filter(|_| run.cancelled().is_none());
         terminal.stderr = a.process.stderr.clone();
         terminal.adapter_metadata = a.adapter.metadata.clone();
+        terminal.resource_usage = a
+            .process
+            .resource_usage
+            .as_ref()
+            .map_or(Value::Null, |u| u.to_value());
         if let Some(cancel) = run.cancelled() {
-            return ctx.finish_cancelled(&cancel, &terminal);
+            return ctx.finish_cancelled(&cancel, &terminal).await;
         }
         let process_error = a.process.failure_detail(plan.timeout_ms);
         let json_parse_failed =
@@ -1137,7 +1315,7 @@ async fn attempts(
                 _ = stop.wait_for(|v| v.is_some()) => {}
             }
             if let Some(cancel) = run.cancelled() {
-                return ctx.finish_cancelled(&cancel, &terminal);
+                return ctx.finish_cancelled(&cancel, &terminal).await;
             }
             attempt += 1;
             terminal.retry_count = attempt - 1;
@@ -1145,16 +1323,22 @@ async fn attempts(
         }
         terminal.retry_count = attempt - 1;
         let detail = error_text.clone();
-        super::providers::record_run_outcome(
-            gw,
-            provider,
-            ok,
-            detail.as_deref(),
-            "subagent_run",
-            &job.id,
-            Some(&ctx.run_id),
-        )
-        .await;
+        // A job stopped at its resource limit, or one whose input was too
+        // large, says nothing about the provider.
+        if a.process.limit_hit.is_none() && !a.process.input_too_large {
+            super::run_outcome::record_run_outcome(
+                gw,
+                provider,
+                ok,
+                detail.as_deref(),
+                "subagent_run",
+                job_id,
+                Some(&ctx.run_id),
+            );
+        }
+        if let Some(upstream) = ctx.closed_upstream().await {
+            return ctx.stand_down(&upstream);
+        }
         if ok {
             ctx.sink.emit(
                 RunEventType::RunCompleted,
@@ -1165,9 +1349,13 @@ async fn attempts(
             ctx.persist_terminal("completed", &output, None, &metadata);
             return HandlerOutcome::success(json!({
                 "subagent_id": ctx.sid, "status": "completed", "output": output, "error": null,
+                "resource_usage": terminal.resource_usage,
             }));
         }
-        let message = provider_failure_message(provider, detail.as_deref());
+        let message = match a.process.limit_hit {
+            Some(hit) => hit.message(),
+            None => provider_failure_message(provider, detail.as_deref()),
+        };
         ctx.sink.emit(
             RunEventType::RunFailed,
             json!({"reason": message, "duration_ms": ctx.duration_ms(), "parse_error": terminal.parse_error}),
@@ -1183,16 +1371,21 @@ async fn attempts(
         return HandlerOutcome {
             skip_subagent_failure: true,
             ..HandlerOutcome::failure(
-                json!({"subagent_id": ctx.sid, "status": "failed", "output": null, "error": message}),
+                json!({"subagent_id": ctx.sid, "status": "failed", "output": null, "error": message, "resource_usage": terminal.resource_usage}),
                 message.clone(),
             )
         };
     }
 }
 
-/// §10.8.4, plus the fix of §17.6: the `subagents` row also moves to `cancelled`.
+/// §10.8.4, plus the fix of §17.6: the `subagents` row also moves to
+/// `cancelled`. Seed: the run row is inserted already cancelled (or, when it
+/// exists, cancelled in place). Accepted: the run exists; its events go
+/// first, then the finalize function (§10.4 "later" step 2).
+#[allow(clippy::too_many_arguments)]
 async fn cancelled_before_start(
-    gw: &Gateway,
+    gw: &JobContext,
+    generation: RunGeneration,
     ids: &RunIds,
     run_sequence: i64,
     prompt: &str,
@@ -1207,60 +1400,71 @@ async fn cancelled_before_start(
         "cancel_reason": reason, "cancel_support": "gateway", "cancel_state": "acknowledged",
         "cancellation_scope": "gateway", "cancelled": true, "last_run_at": now,
     })));
-    let inserted = gw
-        .client
-        .from("subagent_runs")
-        .insert(json!({
-            "id": ids.run_id, "subagent_id": ids.subagent_id, "team_id": ids.team_id, "gateway_id": ids.gateway_id,
-            "run_sequence": run_sequence, "status": "cancelled", "prompt": prompt, "started_at": now,
-            "completed_at": now, "output": envelope, "error": reason, "metadata": metadata,
-        }))
-        .execute()
-        .await;
-    let row_existed = inserted.is_err();
-    if let Err(e) = inserted {
-        // The run row may already exist (accepted upstream): cancel it in place.
-        let updated = if e.is_unique_violation() {
-            gw.client
+    let row_existed = match generation {
+        RunGeneration::Accepted => true,
+        RunGeneration::Seed => {
+            let inserted = gw
+                .client
                 .from("subagent_runs")
-                .update(json!({"status": "cancelled", "completed_at": now, "output": envelope, "error": reason, "metadata": metadata}))
-                .eq("id", ids.run_id.as_str())
-                .eq("status", "running")
-                .select("id")
+                .insert(json!({
+                    "id": ids.run_id, "subagent_id": ids.subagent_id, "team_id": ids.team_id, "gateway_id": ids.gateway_id,
+                    "run_sequence": run_sequence, "status": "cancelled", "prompt": prompt, "started_at": now,
+                    "completed_at": now, "output": envelope, "error": reason, "metadata": metadata,
+                }))
                 .execute()
-                .await
-                .ok()
-                .filter(|rows| !rows.is_empty())
-        } else {
-            None
-        };
-        if updated.is_none() {
-            return HandlerOutcome::failure(
-                json!({"message": "Failed to record cancelled run", "subagent_id": ids.subagent_id}),
-                e.to_string(),
-            );
+                .await;
+            let row_existed = inserted.is_err();
+            if let Err(e) = inserted {
+                // The run row may already exist (accepted upstream): cancel it in place.
+                let updated = if e.is_unique_violation() {
+                    gw.client
+                        .from("subagent_runs")
+                        .update(json!({"status": "cancelled", "completed_at": now, "output": envelope, "error": reason, "metadata": metadata}))
+                        .eq("id", ids.run_id.as_str())
+                        .eq("status", "running")
+                        .select("id")
+                        .execute()
+                        .await
+                        .ok()
+                        .filter(|rows| !rows.is_empty())
+                } else {
+                    None
+                };
+                if updated.is_none() {
+                    return HandlerOutcome::failure(
+                        json!({"message": "Failed to record cancelled run", "subagent_id": ids.subagent_id}),
+                        e.to_string(),
+                    );
+                }
+            }
+            row_existed
         }
-    }
+    };
     let mut sub_meta = sub_metadata;
     sub_meta.extend(obj(&json!({
         "cancel_run_id": null, "cancel_requested_at": null, "cancel_reason": reason,
         "cancel_state": "acknowledged", "cancel_support": "gateway", "cancellation_scope": "gateway",
         "cancelled": true, "last_run_at": now, "current_run_id": ids.run_id, "current_run_sequence": run_sequence,
     })));
-    push(
-        gw,
-        OutboxWrite::Update {
-            table: "subagents".into(),
-            filters: vec![
-                ("id".into(), format!("eq.{}", ids.subagent_id)),
-                (
-                    "status".into(),
-                    "not.in.(completed,failed,cancelled)".into(),
-                ),
-            ],
-            patch: json!({"status": "cancelled", "output": envelope, "error": reason, "completed_at": now, "metadata": sub_meta}),
-        },
-    );
+    let rows = TerminalRows {
+        sid: &ids.subagent_id,
+        run_id: &ids.run_id,
+        status: "cancelled",
+        output: &envelope,
+        error: Some(reason),
+        completed_at: &now,
+        run_metadata: &metadata,
+        sub_metadata: &sub_meta,
+        subagent_guard: "not.in.(completed,failed,cancelled)",
+    };
+    let mut writes = terminal_writes(generation, &rows);
+    if generation == RunGeneration::Seed {
+        // The run row was written above; only the subagent's update is left.
+        writes.remove(0);
+        for write in writes.drain(..) {
+            push(gw, write);
+        }
+    }
     let events = vec![
         (
             RunEventType::CancellationRequested,
@@ -1283,9 +1487,109 @@ async fn cancelled_before_start(
         }
     } else {
         // We just created the run row: it has no events but ours.
-        super::get().sequences.push_from(&gw.outbox, ids, 0, events);
+        gw.delegated.sequences.push_from(&gw.outbox, ids, 0, events);
+    }
+    // Accepted: the terminal write after the run's last event.
+    for write in writes {
+        push(gw, write);
     }
     HandlerOutcome::success(json!({
         "subagent_id": ids.subagent_id, "status": "cancelled", "output": envelope, "error": reason,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows<'a>(
+        status: &'a str,
+        output: &'a Value,
+        error: Option<&'a str>,
+        run_meta: &'a Map<String, Value>,
+        sub_meta: &'a Map<String, Value>,
+    ) -> TerminalRows<'a> {
+        TerminalRows {
+            sid: "s1",
+            run_id: "r1",
+            status,
+            output,
+            error,
+            completed_at: "2026-01-01T00:00:00.000Z",
+            run_metadata: run_meta,
+            sub_metadata: sub_meta,
+            subagent_guard: STATUS_RUNNING,
+        }
+    }
+
+    fn meta(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn seed_terminal_state_is_two_conditional_updates() {
+        let (run_meta, sub_meta) = (
+            meta(json!({"exit_code": 0})),
+            meta(json!({"session_id": "x"})),
+        );
+        let output = json!({"schema_version": 1, "content": "hi", "content_type": "markdown"});
+        let writes = terminal_writes(
+            RunGeneration::Seed,
+            &rows("completed", &output, None, &run_meta, &sub_meta),
+        );
+        assert_eq!(
+            writes,
+            vec![
+                OutboxWrite::update_if_running(
+                    "subagent_runs",
+                    "r1",
+                    json!({"status": "completed", "output": output, "error": null,
+                           "completed_at": "2026-01-01T00:00:00.000Z", "metadata": run_meta})
+                ),
+                OutboxWrite::update_if_running(
+                    "subagents",
+                    "s1",
+                    json!({"status": "completed", "output": output, "error": null,
+                           "completed_at": "2026-01-01T00:00:00.000Z", "metadata": sub_meta})
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn accepted_terminal_state_goes_through_finalize_with_the_seed_writes_as_fallback() {
+        let run_meta = meta(json!({"exit_code": 1, "stderr": "boom"}));
+        let sub_meta = meta(json!({}));
+        let envelope = error_envelope("Claude failed");
+        let t = rows(
+            "failed",
+            &envelope,
+            Some("Claude failed"),
+            &run_meta,
+            &sub_meta,
+        );
+        let seed = terminal_writes(RunGeneration::Seed, &t);
+        let writes = terminal_writes(RunGeneration::Accepted, &t);
+        let [OutboxWrite::FunctionOrFallback {
+            name,
+            body,
+            fallback,
+        }] = writes.as_slice()
+        else {
+            panic!("one finalize write: {writes:?}")
+        };
+        assert_eq!(name, FINALIZE_FUNCTION);
+        assert_eq!(fallback, &seed);
+        // §5.3: `output` only for completed runs, the envelope as
+        // `failure_output` otherwise.
+        assert_eq!(
+            body,
+            &json!({
+                "subagent_id": "s1", "run_id": "r1", "final_status": "failed",
+                "output": null, "failure_output": envelope, "final_error": "Claude failed",
+                "completed_at": "2026-01-01T00:00:00.000Z", "stderr": "boom",
+                "metadata_patch": run_meta,
+            })
+        );
+    }
 }

@@ -1,8 +1,8 @@
 //! `diagnostic` jobs (runtime.md §6, control-plane.md §8.1): run
 //! `<claude command> --version` directly (no shell) with a 10 s timeout in
-//! the scrubbed child environment. The child leads its own process group;
-//! a timeout or a cancellation (shutdown) stops the whole group: SIGTERM,
-//! then SIGKILL after [`KILL_GRACE`].
+//! the scrubbed child environment. The child runs as a contained job
+//! ([`crate::contain`]); a timeout or a cancellation (shutdown) stops the
+//! whole job: SIGTERM, then SIGKILL after [`KILL_GRACE`].
 
 use std::future::Future;
 use std::path::Path;
@@ -13,8 +13,8 @@ use panorama_protocol::jobs::HandlerOutcome;
 use panorama_protocol::results::{DiagnosticResult, DIAGNOSTIC_TIMEOUT_MS};
 use tokio::io::AsyncReadExt;
 
-use super::procgroup::{terminate_group, GroupGuard, KILL_GRACE};
 use crate::child_env;
+use crate::contain::{self, KILL_GRACE};
 
 /// Env var holding the Claude CLI override (`--claude-cli`).
 pub const CLAUDE_CLI_ENV: &str = "PANORAMA_CLAUDE_CLI";
@@ -85,6 +85,9 @@ pub async fn run_diagnostic(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // Dropped (an aborted task) or finished, the job leaves nothing behind.
+    let job = contain::job("diagnostic");
+    job.prepare(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -102,8 +105,9 @@ pub async fn run_diagnostic(
             ));
         }
     };
-    let pgid = child.id().map(|id| id as i32);
-    let mut guard = GroupGuard::new(pgid);
+    if let Some(pid) = child.id() {
+        job.started(pid as i32);
+    }
     let stdout = tokio::spawn(read_capped(child.stdout.take()));
     let stderr = tokio::spawn(read_capped(child.stderr.take()));
     let waited = tokio::select! {
@@ -111,10 +115,11 @@ pub async fn run_diagnostic(
         () = cancel => None,
     };
     let stop = !matches!(waited, Some(Ok(_)));
-    if let (true, Some(pgid)) = (stop, pgid) {
-        terminate_group(&mut child, pgid, KILL_GRACE).await;
+    if stop {
+        job.terminate_async(KILL_GRACE).await;
+        let _ = child.wait().await;
     }
-    guard.disarm();
+    job.finish_async().await;
     let stdout = join_reader(stdout).await;
     let stderr = join_reader(stderr).await;
     let duration_ms = elapsed(started);

@@ -11,7 +11,6 @@ use panorama_protocol::status::GatewayStatus;
 use serde_json::json;
 
 use super::Gateway;
-use crate::config::GatewayConfig;
 
 pub const HEARTBEAT_INTERVAL: Duration =
     Duration::from_millis(panorama_protocol::operational::HEARTBEAT_INTERVAL_MS as u64);
@@ -65,6 +64,38 @@ pub fn build_capabilities(device_name: &str, install_full_control_enabled: bool)
     )
 }
 
+/// Capabilities v1 with the providers this gateway detected.
+pub fn capabilities(
+    providers: &crate::delegated::providers::ProviderState,
+    device_name: &str,
+    install_full_control_enabled: bool,
+) -> Capabilities {
+    Capabilities::assemble(
+        providers.providers(),
+        HostCapability::gateway(
+            Some(device_name.to_string()).filter(|n| !n.is_empty()),
+            install_full_control_enabled,
+        ),
+        Some(runtime_info()),
+    )
+}
+
+/// A job changed a provider's health: rebuild the capabilities and send a
+/// heartbeat with the status they give (runtime.md §4.6 item 4).
+pub async fn after_provider_health_change(gw: &Gateway) {
+    {
+        let mut st = gw.lock();
+        let enabled = st.full_control_enabled;
+        st.capabilities = Some(capabilities(
+            &gw.delegated.providers,
+            &gw.device_name,
+            enabled,
+        ));
+    }
+    let status = gw.compute_status();
+    send(gw, status).await;
+}
+
 /// `{id: {available, version, health}}` for the startup log line.
 pub fn providers_summary(gw: &Gateway) -> serde_json::Value {
     let st = gw.lock();
@@ -99,14 +130,27 @@ async fn send_locked(
         .as_ref()
         .map(Capabilities::to_value)
         .unwrap_or_else(|| json!({}));
-    // Extension (issue 15): this gateway serves `terminal_open` streams.
-    if let Some(caps) = capabilities.as_object_mut() {
-        caps.insert(
-            panorama_protocol::terminal::CAPABILITY_KEY.into(),
-            json!({
-                "version": panorama_protocol::terminal::PROTOCOL_VERSION,
-                "idle_timeout_secs": gw.shell_sessions.terminals().idle_timeout.as_secs_f64(),
-            }),
+    // Extension (issue 15, experimental): this gateway serves `terminal_open`
+    // streams, announced only when the operator turned the stream on.
+    if gw.shell_sessions.terminals().enabled {
+        if let Some(caps) = capabilities.as_object_mut() {
+            caps.insert(
+                panorama_protocol::terminal::CAPABILITY_KEY.into(),
+                json!({
+                    "version": panorama_protocol::terminal::PROTOCOL_VERSION,
+                    "idle_timeout_secs": gw.shell_sessions.terminals().idle_timeout.as_secs_f64(),
+                }),
+            );
+        }
+    }
+    // An extra key in the host's free-form metadata: v1's shape is kept.
+    if let Some(meta) = capabilities
+        .pointer_mut("/hosts/gateway/metadata")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        meta.insert(
+            crate::contain::CAPABILITY_KEY.to_string(),
+            crate::contain::current().report_value(),
         );
     }
     let body = json!({
@@ -122,7 +166,10 @@ async fn send_locked(
     )
     .await
     {
-        Ok(Ok(_)) => true,
+        Ok(Ok(_)) => {
+            crate::metrics::heartbeat_ok();
+            true
+        }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "Failed to send gateway heartbeat");
             false
@@ -150,27 +197,16 @@ pub async fn sync_if_changed(gw: &Gateway) {
 /// The 30 s refresh (§4.6 item 3): re-read the install flag, rebuild
 /// capabilities, recompute, send.
 pub async fn refresh(gw: &Gateway) {
-    let flag = match GatewayConfig::load(&gw.paths.config_path) {
-        Ok(c) => Some(c.full_control_enabled),
-        Err(e) => {
-            tracing::error!(error = %e, "Failed to refresh gateway install full-control setting");
-            None
-        }
-    };
-    crate::delegated::get()
-        .providers
-        .light_refresh(&gw.paths)
-        .await;
+    let enabled = crate::config::install_full_control(&gw.paths.config_path);
+    gw.delegated.providers.light_refresh(&gw.paths).await;
     {
         let mut st = gw.lock();
-        if let Some(enabled) = flag {
-            if enabled != st.full_control_enabled {
-                tracing::info!(enabled, "Reloaded gateway install full-control setting");
-            }
-            st.full_control_enabled = enabled;
+        if enabled != st.full_control_enabled {
+            tracing::info!(enabled, "Reloaded gateway install full-control setting");
         }
-        let enabled = st.full_control_enabled;
-        st.capabilities = Some(crate::delegated::providers::capabilities(
+        st.full_control_enabled = enabled;
+        st.capabilities = Some(capabilities(
+            &gw.delegated.providers,
             &gw.device_name,
             enabled,
         ));

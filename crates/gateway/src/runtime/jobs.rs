@@ -6,9 +6,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
+use panorama_protocol::job::Job;
 use panorama_protocol::jobs::{
-    complete_job, handler_threw, idempotency_duplicate, residual_shutdown_completion,
-    unsupported_job_type, JobCompletion,
+    complete_job, handler_threw, idempotency_duplicate, residual_shutdown_completion, JobCompletion,
 };
 use panorama_protocol::rows::{decode_gateway_job_row, GatewayJobRow};
 use panorama_protocol::status::{JobStatus, JobType};
@@ -44,27 +44,13 @@ pub fn completion_write(
     completion: &JobCompletion,
     completed_at: &str,
 ) -> OutboxWrite {
-    OutboxWrite::Update {
-        table: "gateway_jobs".to_string(),
-        filters: vec![
-            ("id".to_string(), format!("eq.{job_id}")),
-            ("status".to_string(), "eq.running".to_string()),
-        ],
-        patch: completion.update_body(completed_at),
-    }
+    OutboxWrite::update_if_running("gateway_jobs", job_id, completion.update_body(completed_at))
 }
 
 /// First pause before re-sending a claim whose answer was lost.
 const CLAIM_RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(100);
 /// Longest pause between claim attempts while the hub is unreachable.
 const CLAIM_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// No answer, or an answer that says "try again": the claim may or may
-/// not have been applied.
-pub(crate) fn claim_error_is_transient(e: &panorama_supabase::Error) -> bool {
-    matches!(e, panorama_supabase::Error::Transport { .. })
-        || e.status().is_some_and(|s| s >= 500 || s == 408 || s == 429)
-}
 
 /// Whether `row` carries the claim this process sent with `started_at`.
 fn claimed_by_us(gw: &Gateway, row: &Value, started_at: &str) -> bool {
@@ -125,7 +111,7 @@ async fn claim(gw: &Gateway, job: &GatewayJobRow) -> Result<Option<GatewayJobRow
         };
         let rows: Vec<Value> = match attempt.await {
             Ok(rows) => rows,
-            Err(e) if claim_error_is_transient(&e) && gw.cancel_reason().is_none() => {
+            Err(e) if crate::control_plane::is_unanswered(&e) && gw.cancel_reason().is_none() => {
                 tracing::warn!(error = %e, jobId = %job.id, delay_ms = delay.as_millis() as u64, "Gateway job claim got no answer; retrying");
                 unanswered = true;
                 tokio::select! {
@@ -207,44 +193,55 @@ fn log_processing(job: &GatewayJobRow) {
         jobId = %job.id,
         jobType = %job.job_type.as_str(),
         jobKind = %job.job_type.job_kind(),
-        provider = ?provider,
-        model = ?payload_str(p, "model"),
-        subagentType = ?subagent_type,
-        shellAction = ?payload_str(p, "action"),
+        provider,
+        model = payload_str(p, "model"),
+        subagentType = subagent_type,
+        shellAction = payload_str(p, "action"),
         "Processing gateway job"
     );
 }
 
 /// Run the handler for a claimed job. Every job type is decided here.
-async fn dispatch(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
-    match &job.job_type {
-        JobType::Diagnostic => {
+/// Runs one claimed job: its payload decoded once into a [`Job`], then the
+/// handler of its type. A payload that does not decode completes the job
+/// with the spec's message for it, without running anything.
+async fn dispatch(gw: &Gateway, row: &GatewayJobRow) -> JobCompletion {
+    // `terminal_open` / `terminal_close` (issue 15) are an experimental
+    // extension outside the protocol's job types: served only when the
+    // operator turned the stream on, otherwise refused as unsupported like
+    // any other unknown type.
+    if let JobType::Unknown(t) = &row.job_type {
+        if super::shell_glue::is_terminal_job(t) && gw.shell_sessions.terminals().enabled {
+            return super::shell_glue::handle(gw, row).await;
+        }
+    }
+    let job = match Job::decode(&row.job_type, &row.payload) {
+        Ok(job) => job,
+        Err(undecodable) => return undecodable.completion(),
+    };
+    let job_type = job.job_type();
+    match &job {
+        Job::Diagnostic => {
             match diagnostic::handle(Some(gw.paths.tmp_dir.as_path()), gw.cancelled()).await {
-                Some(outcome) => complete_job(&job.job_type, outcome),
-                // Stopped by the shutdown (§4.8 step 7): a residual job.
+                Some(outcome) => complete_job(&job_type, outcome),
                 None => residual_shutdown_completion(&gw.cancel_reason().unwrap_or_default()),
             }
         }
-        JobType::ShellSession | JobType::ShellExec => super::shell_glue::handle(gw, job).await,
-        JobType::Unknown(t) if super::shell_glue::is_terminal_job(t) => {
-            super::shell_glue::handle(gw, job).await
+        Job::ShellSession(_) | Job::ShellExec(_) => super::shell_glue::handle(gw, row).await,
+        Job::ModelRun(payload) => complete_job(
+            &job_type,
+            crate::delegated::model_run::handle(gw, &row.id, payload).await,
+        ),
+        Job::SubagentRun(payload) => {
+            crate::delegated::subagent_run::run_job(gw, &row.id, payload).await
         }
-        JobType::ModelRun => complete_job(
-            &job.job_type,
-            crate::delegated::model_run::handle(gw, job).await,
+        Job::SubagentCancel(payload) => complete_job(
+            &job_type,
+            crate::delegated::cancel::handle(gw, payload).await,
         ),
-        JobType::SubagentRun => crate::delegated::subagent_run::run_job(gw, job).await,
-        JobType::SubagentCancel => complete_job(
-            &job.job_type,
-            crate::delegated::cancel::handle(gw, job).await,
-        ),
-        JobType::Unknown(_) => unsupported_job_type(&job.job_type),
     }
 }
 
-/// Queue the completion in the outbox, then release the ledger entry.
-/// Only the first completion of a job counts (the job's own task and the
-/// shutdown's residual finalization may race).
 pub fn complete(gw: &Gateway, job_id: &str, completion: &JobCompletion) {
     if !gw.lock().finalized.insert(job_id.to_string()) {
         return;
@@ -288,6 +285,8 @@ pub async fn process_job(gw: &Arc<Gateway>, job: GatewayJobRow) {
     if let Err(e) = gw.ledger.record(&record) {
         tracing::error!(error = %e, jobId = %claimed.id, "Failed to record gateway job claim");
     }
+    let started = std::time::Instant::now();
+    crate::output::job_taken(&claimed.id, claimed.job_type.as_str());
     let completion = match idempotency_conflict(gw, &claimed).await {
         Some(duplicate) => duplicate,
         None => {
@@ -301,18 +300,25 @@ pub async fn process_job(gw: &Arc<Gateway>, job: GatewayJobRow) {
             {
                 Ok(completion) => completion,
                 Err(panic) => {
-                    let message = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "handler panicked".to_string());
+                    let message = crate::error::panic_message(panic.as_ref());
                     tracing::error!(jobId = %claimed.id, error = %message, "Gateway job processing failed");
                     handler_threw(&claimed.job_type, &message)
                 }
             }
         }
     };
+    if gw.delegated.providers.take_health_changed() {
+        super::heartbeat::after_provider_health_change(gw).await;
+    }
     complete(gw, &claimed.id, &completion);
+    crate::metrics::job_ended(claimed.job_type.as_str(), completion.status.as_str());
+    crate::output::job_ended(
+        &claimed.id,
+        claimed.job_type.as_str(),
+        completion.status.as_str(),
+        completion.error.as_deref(),
+        started.elapsed(),
+    );
 }
 
 #[cfg(test)]

@@ -12,12 +12,11 @@
 
 pub mod clock;
 pub mod diagnostic;
-pub mod events;
+pub use crate::gateway_events as events;
 pub mod heartbeat;
 pub mod ingress;
 pub mod jobs;
 pub mod pairing;
-pub mod procgroup;
 pub mod queue;
 pub mod restart;
 pub mod shell_glue;
@@ -37,9 +36,10 @@ use panorama_protocol::status::GatewayStatus;
 use panorama_supabase::{Client, Session};
 use tokio::sync::watch;
 
+use crate::backend::Backend;
 use crate::config::GatewayConfig;
 use crate::error::{GatewayError, Result};
-use crate::network::RuntimeRequest;
+use crate::job_context::{Delegated, JobContext, Shutdown};
 use crate::outbox::Outbox;
 use crate::output::{Printer, Row};
 use crate::paths::GatewayPaths;
@@ -48,19 +48,28 @@ use crate::recovery::{self, ClaimLedger};
 
 use queue::JobQueue;
 
+/// Everything the foreground runtime needs; the config has already been
+/// saved with the resolved backend and device name (runtime.md §1.6.2
+/// step B.5).
+#[derive(Debug)]
+pub struct RuntimeRequest {
+    pub paths: GatewayPaths,
+    pub config: GatewayConfig,
+    pub backend: Backend,
+    pub device_name: String,
+    /// Set when the fallback config dir is in use (emit `config_dir_fallback`).
+    pub migrated_from: Option<PathBuf>,
+    pub verbose: bool,
+    /// `--metrics-listen`, already bound (so a bad address fails `start`).
+    pub metrics_listener: Option<std::net::TcpListener>,
+}
+
 /// Shutdown grace for running jobs (runtime.md §4.8 step 6).
 pub const SHUTDOWN_GRACE_MS: u64 = 15_000;
 /// How long shutdown waits for the outbox to deliver before exiting.
 pub const OUTBOX_FLUSH_TIMEOUT_MS: u64 = 10_000;
 
-/// Now as an ISO timestamp with milliseconds (`Date.toISOString()`).
-pub fn now_iso() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+pub use crate::timestamp::{now_iso, now_ms};
 
 /// Directory of the durable outbox: next to `gateway.json`.
 pub fn outbox_dir(paths: &GatewayPaths) -> PathBuf {
@@ -89,14 +98,11 @@ pub struct State {
     pub finalized: HashSet<String>,
 }
 
-/// Everything the runtime's tasks share.
+/// Everything the runtime's tasks share. Derefs to the [`JobContext`] it
+/// hands to job handlers (client, identity, paths, outbox, delegated-run
+/// state, shutdown signal).
 pub struct Gateway {
-    pub client: Client,
-    pub gateway_id: String,
-    pub team_id: String,
-    pub device_name: String,
-    pub paths: GatewayPaths,
-    pub outbox: Outbox,
+    pub ctx: JobContext,
     pub ledger: ClaimLedger,
     pub concurrency: usize,
     pub state: Mutex<State>,
@@ -104,13 +110,18 @@ pub struct Gateway {
     pub last_sent: tokio::sync::Mutex<Option<GatewayStatus>>,
     pub reconcile_in_flight: AtomicBool,
     pub shutdown_tx: watch::Sender<bool>,
-    /// Set (with the reason) when running jobs must stop their children
-    /// (shutdown step 7).
-    pub cancel_tx: watch::Sender<Option<String>>,
     /// Server-clock estimate for freshness checks (control-plane.md §17).
     pub clock: clock::ServerClock,
     /// Shell sessions of this process (runtime.md §5), closed at shutdown.
     pub shell_sessions: Arc<crate::shell::ShellSessions>,
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = JobContext;
+
+    fn deref(&self) -> &JobContext {
+        &self.ctx
+    }
 }
 
 impl Gateway {
@@ -120,21 +131,6 @@ impl Gateway {
 
     pub fn is_shutting_down(&self) -> bool {
         self.lock().shutting_down
-    }
-
-    /// Resolves once running jobs are asked to stop.
-    pub fn cancelled(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.cancel_tx.subscribe();
-        async move {
-            if rx.wait_for(Option::is_some).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-
-    /// The reason running jobs were asked to stop, if they were.
-    pub fn cancel_reason(&self) -> Option<String> {
-        self.cancel_tx.borrow().clone()
     }
 
     /// The operational status now (later rule: host availability).
@@ -381,19 +377,35 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         device_name,
         migrated_from,
         verbose,
+        metrics_listener,
     } = request;
     let out = Printer::new(verbose);
     // Signals are caught from here on, so an early SIGTERM is not fatal.
     let mut signals = shutdown::Signals::install()?;
 
-    let client = authenticate(
-        &backend.url,
-        &backend.anon_key,
-        &paths.config_path,
-        &config.access_token,
-        &config.refresh_token,
-    )
-    .await?;
+    // An unreachable hub is waited for (with backoff), not fatal; a signal
+    // while waiting ends the gateway cleanly.
+    let client = tokio::select! {
+        client = crate::readiness::retry_while_unreachable(
+            &out,
+            &backend.url,
+            || authenticate(
+                &backend.url,
+                &backend.anon_key,
+                &paths.config_path,
+                &config.access_token,
+                &config.refresh_token,
+            ),
+            |e| match e {
+                AuthError::Unreachable(why) => Some(why.clone()),
+                _ => None,
+            },
+        ) => client?,
+        signal = signals.wait() => {
+            tracing::info!(signal, "Gateway stopped before it reached the hub");
+            return Ok(());
+        }
+    };
     // Not a spec step: without both ids no query could match our jobs.
     if config.gateway_id.is_empty() || config.team_id.is_empty() {
         return Err(GatewayError::cli(
@@ -401,6 +413,7 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
             "Run \"panorama-gateway pair <CODE>\" to pair this machine again.".to_string(),
         ));
     }
+    crate::readiness::notify(&crate::readiness::Signal::Ready);
     let auto_refresh = client.start_auto_refresh();
 
     let outbox = Outbox::open(&outbox_dir(&paths))
@@ -413,12 +426,16 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     let concurrency =
         queue::concurrency_from(crate::paths::process_env(queue::CONCURRENCY_ENV).as_deref());
     let gw = Arc::new(Gateway {
-        client: client.clone(),
-        gateway_id: config.gateway_id.clone(),
-        team_id: config.team_id.clone(),
-        device_name: device_name.clone(),
-        paths: paths.clone(),
-        outbox: outbox.clone(),
+        ctx: JobContext {
+            client: client.clone(),
+            gateway_id: config.gateway_id.clone(),
+            team_id: config.team_id.clone(),
+            device_name: device_name.clone(),
+            paths: paths.clone(),
+            outbox: outbox.clone(),
+            delegated: Delegated::default(),
+            shutdown: Shutdown::default(),
+        },
         ledger,
         concurrency,
         state: Mutex::new(State {
@@ -429,7 +446,6 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         last_sent: tokio::sync::Mutex::new(None),
         reconcile_in_flight: AtomicBool::new(false),
         shutdown_tx,
-        cancel_tx: watch::channel(None).0,
         clock: clock::ServerClock::new(),
         shell_sessions: shell_glue::new_sessions(&paths),
     });
@@ -441,6 +457,18 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     // ingress starts only once it succeeded.
     let other_live = pidfile::read_pid(&paths.pid_path)
         .filter(|pid| *pid != std::process::id() as i32 && pidfile::is_alive(*pid));
+    // Containment is chosen before any job process starts; with no other
+    // live process of this gateway, job cgroups an earlier one left (a
+    // kill -9) are emptied and removed now.
+    let containment = crate::contain::init(&paths.config_dir, other_live.is_none())
+        .map_err(|e| GatewayError::cli("Invalid process containment setting.", e.to_string()))?;
+    tracing::info!(containment = %containment.report_value(), "Process containment");
+    if let Err(e) = std::fs::write(
+        paths.config_dir.join(crate::contain::STATE_FILE),
+        containment.report_value().to_string(),
+    ) {
+        tracing::warn!(error = %e, "Could not record the process containment for status");
+    }
     let recovered = match other_live {
         Some(pid) => {
             tracing::warn!(
@@ -453,10 +481,11 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     };
 
     // §4.1 steps 1–5: provider discovery and `auto` validation, capabilities.
-    crate::delegated::startup(&gw, &out).await;
+    validate_providers_at_startup(&gw, &out).await;
     {
         let mut st = gw.lock();
-        st.capabilities = Some(crate::delegated::providers::capabilities(
+        st.capabilities = Some(heartbeat::capabilities(
+            &gw.delegated.providers,
             &device_name,
             config.full_control_enabled,
         ));
@@ -487,6 +516,18 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     pidfile::write_pid(&paths.pid_path, std::process::id())?;
     // Step 8: heartbeat interval on its own task.
     let heartbeat_task = tokio::spawn(heartbeat::run_loop(Arc::clone(&gw)));
+    if let Some(listener) = metrics_listener {
+        match listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+        {
+            Ok(listener) => drop(tokio::spawn(crate::metrics::serve(
+                listener,
+                Arc::clone(&gw),
+            ))),
+            Err(e) => tracing::error!(error = %e, "Metrics endpoint not started"),
+        }
+    }
     // Step 9: auto-restart watcher (captures the executable now).
     let watcher = restart::Watcher::for_current_exe(restart::RestartConfig::from_env(
         crate::paths::process_env,
@@ -514,14 +555,7 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
             Row::new("Device", Some(device_name.clone())),
             Row::new(
                 "Install full control",
-                Some(
-                    if config.full_control_enabled {
-                        "Enabled"
-                    } else {
-                        "Disabled"
-                    }
-                    .to_string(),
-                ),
+                Some(crate::output::enabled_label(config.full_control_enabled)),
             ),
             Row::verbose("Gateway ID", Some(gw.gateway_id.clone())),
             Row::verbose("Team ID", Some(gw.team_id.clone())),
@@ -556,4 +590,41 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Runtime startup (runtime.md §4.1 steps 1–3, 6): CLI discovery and
+/// `auto` validation with progress lines, `providerHealth` saved when a
+/// full check ran, `provider_validation` events (context `startup`).
+async fn validate_providers_at_startup(gw: &Gateway, out: &Printer) {
+    let _ = std::fs::create_dir_all(&gw.paths.tmp_dir);
+    let previous = crate::config::GatewayConfig::load(&gw.paths.config_path)
+        .map(|c| crate::delegated::providers::from_stored(&c.provider_health()))
+        .unwrap_or_default();
+    let commands = crate::delegated::providers::resolve_commands();
+    tracing::info!(
+        claude = %commands[&panorama_providers::ProviderId::ClaudeCode].command,
+        codex = %commands[&panorama_providers::ProviderId::Codex].command,
+        gemini = %commands[&panorama_providers::ProviderId::Gemini].command,
+        "Gateway CLI discovery results"
+    );
+    out.info("Validating providers...", &[]);
+    let report = crate::delegated::providers::validate(
+        panorama_providers::health::ValidationMode::Auto,
+        &previous,
+        &gw.paths,
+        &|line| out.info(&line, &[]),
+    )
+    .await;
+    gw.delegated.providers.install(&report);
+    if !report.full_checked.is_empty() {
+        crate::delegated::providers::persist_health(&gw.paths, &report.health);
+        for row in crate::delegated::providers::validation_event_rows(
+            &report,
+            &gw.gateway_id,
+            &gw.team_id,
+            "startup",
+        ) {
+            crate::runtime::events::emit(&gw.outbox, &gw.gateway_id, &gw.team_id, row);
+        }
+    }
 }

@@ -4,12 +4,30 @@
 use panorama_supabase::{Client, Error, InvokeOptions};
 use serde_json::{json, Value};
 
+use crate::backend::Backend;
 use crate::error::{GatewayError, Result};
-use crate::network::{PairingExchange, PairingRequest};
+
+/// Input of the pairing exchange (control-plane.md §2.2).
+#[derive(Debug, Clone)]
+pub struct PairingRequest {
+    pub backend: Backend,
+    /// Trimmed pairing code.
+    pub code: String,
+    pub device_name: String,
+}
+
+/// A successful pairing exchange. All four ids/tokens are non-empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairingExchange {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub gateway_id: String,
+    pub team_id: String,
+}
 
 pub const PAIRING_FUNCTION: &str = "exchange-gateway-pairing-code";
 pub const MSG_MISSING_FIELDS: &str = "Pairing response missing required fields";
-const HINT: &str = "Pairing codes expire and work only once: generate a new code in the Panorama app and run \"panorama-gateway pair <CODE>\" again.";
+const HINT: &str = "Pairing codes expire and work only once: generate a new code (`panorama-hub pairing-code create --team TEAM`, or your control plane) and run \"panorama-gateway pair <CODE>\" again.";
 
 fn field(body: &Value, key: &str) -> Option<String> {
     body.get(key)

@@ -3,7 +3,7 @@
 //! client and `gateway.json`, the process-wide [`ShellSessions`], and the
 //! dispatch of `shell_session` / `shell_exec` jobs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,7 +14,6 @@ use panorama_supabase::Client;
 use serde_json::Value;
 
 use super::{now_ms, Gateway};
-use crate::config::GatewayConfig;
 use crate::paths::GatewayPaths;
 use crate::shell::{
     handle_shell_exec_job, handle_shell_session_job, shell_outcome, GateInputs, ShellContext,
@@ -70,19 +69,7 @@ impl HubShellControl {
             team_id: gw.team_id.clone(),
             config_path: gw.paths.config_path.clone(),
             clock_offset_ms: gw.clock.offset_ms(),
-            stop: gw.cancel_tx.subscribe(),
-        }
-    }
-}
-
-/// The install flag as `gateway.json` says now: JSON `true` only; an
-/// unreadable config fails closed.
-pub fn install_full_control(config_path: &Path) -> bool {
-    match GatewayConfig::load(config_path) {
-        Ok(config) => config.full_control_enabled,
-        Err(e) => {
-            tracing::error!(error = %e, "Failed to re-read install full control from gateway config");
-            false
+            stop: gw.shutdown.subscribe(),
         }
     }
 }
@@ -109,7 +96,7 @@ impl ShellControlState for HubShellControl {
     }
 
     async fn load_gate_inputs(&self) -> GateInputs {
-        let install = install_full_control(&self.config_path);
+        let install = crate::config::install_full_control(&self.config_path);
         let row = self
             .client
             .from("team_gateways")
@@ -215,7 +202,7 @@ fn without_nulls(row: Value) -> Value {
 /// `shell_exec` gate reads from `team_gateways.capabilities`) is current
 /// instead of up to 30 s stale.
 pub async fn sync_install_flag(gw: &Gateway) {
-    let on_disk = install_full_control(&gw.paths.config_path);
+    let on_disk = crate::config::install_full_control(&gw.paths.config_path);
     if on_disk != gw.lock().full_control_enabled {
         super::heartbeat::refresh(gw).await;
     }

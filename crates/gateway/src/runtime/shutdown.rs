@@ -17,8 +17,8 @@ use panorama_protocol::status::GatewayStatus;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::ingress::IngressHandle;
-use super::procgroup::KILL_GRACE;
 use super::{heartbeat, jobs, Gateway, OUTBOX_FLUSH_TIMEOUT_MS, SHUTDOWN_GRACE_MS};
+use crate::contain::KILL_GRACE;
 use crate::error::{GatewayError, Result};
 use crate::pidfile;
 
@@ -119,7 +119,10 @@ pub async fn perform_shutdown(
     // 4. Status sync (normally `pending`).
     heartbeat::sync_if_changed(gw).await;
     // 5. Agent runs are stopped now (SIGTERM to the group, SIGKILL after 5 s).
-    crate::delegated::shutdown::request_termination(&format!("Gateway shutting down ({signal})"));
+    crate::delegated::shutdown::request_termination(
+        gw,
+        &format!("Gateway shutting down ({signal})"),
+    );
     // 6. Let running jobs finish within the grace period.
     let grace = grace_from(crate::paths::process_env(SHUTDOWN_GRACE_ENV).as_deref());
     wait_for_no_active(gw, grace).await;
@@ -130,7 +133,7 @@ pub async fn perform_shutdown(
     // cannot touch an unclaimed one).
     let reason = format!("Gateway shutting down ({signal})");
     if !gw.lock().active.is_empty() {
-        gw.cancel_tx.send_replace(Some(reason.clone()));
+        gw.shutdown.request(&reason);
         wait_for_no_active(gw, RESIDUAL_STOP_WAIT).await;
     }
     let residual: Vec<(String, tokio::task::AbortHandle)> = gw.lock().active.drain().collect();
@@ -142,6 +145,8 @@ pub async fn perform_shutdown(
     }
     // 8. Close every shell session (local only).
     super::shell_glue::close_all_sessions(gw).await;
+    // No job runs any more: what is left of one in a cgroup goes now.
+    let _ = tokio::task::spawn_blocking(|| crate::contain::current().release()).await;
     // Deliver outcomes before announcing `offline`.
     if !gw
         .outbox

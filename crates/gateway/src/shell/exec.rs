@@ -1,6 +1,7 @@
 //! One-shot `shell_exec` execution (runtime.md §5.7): `<shell> -lc <cmd>`
-//! in `/`, its own session and process group, output captured inline (5 MB
-//! per stream), the whole tree killed on timeout.
+//! in `/`, its own session and process group, in a contained job
+//! ([`crate::contain`]: its own cgroup where the host allows), output
+//! captured inline (5 MB per stream), the whole job killed on timeout.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use super::proctree::{self, PROCESS_KILL_GRACE};
+use crate::contain::{self, LimitHit, ResourceUsage, KILL_GRACE as PROCESS_KILL_GRACE};
 
 /// Resolves `secret_env` (§8.6 step 6) through the control plane: nothing
 /// requested → nothing to do; otherwise every requested variable must come
@@ -77,6 +78,14 @@ pub struct ExecRun {
     /// The stop reason, when a stop request (gateway shutdown) ended the
     /// command: its whole tree was terminated like on a timeout.
     pub stopped: Option<String>,
+    /// The job's cgroup, when it ran in one.
+    pub cgroup: Option<String>,
+    /// What the command cost (read from its cgroup).
+    pub resource_usage: Option<ResourceUsage>,
+    /// The limit that stopped the command, if one did.
+    pub limit_hit: Option<LimitHit>,
+    /// PIDs of the command that survived the final kill.
+    pub survivors: Vec<i32>,
 }
 
 impl ExecRun {
@@ -97,7 +106,13 @@ impl ExecRun {
     pub fn into_result(self, resource_id: &str, command: &str) -> ShellExecResult {
         let message =
             ShellExecMessage::classify(self.spawn_error.is_some(), self.timed_out, self.exit_code);
-        let error = self.spawn_error.clone();
+        // As the later generation writes it, `error` is only a spawn error;
+        // ours adds the message of a containment limit that stopped the job.
+        let error = match message {
+            ShellExecMessage::FailedToStart => self.spawn_error.clone(),
+            ShellExecMessage::NonZeroExit => self.limit_hit.map(|hit| hit.message()),
+            ShellExecMessage::Completed | ShellExecMessage::TimedOut => None,
+        };
         ShellExecResult {
             message,
             resource_id: resource_id.to_string(),
@@ -105,9 +120,10 @@ impl ExecRun {
             shell: self.shell,
             exec_user: None,
             workload_id: None,
-            cgroup: None,
-            cgroup_termination_error: None,
-            process_tree_contained: false,
+            process_tree_contained: self.cgroup.is_some(),
+            cgroup: self.cgroup,
+            cgroup_termination_error: (!self.survivors.is_empty())
+                .then(|| format!("Processes survived the kill: {:?}", self.survivors)),
             cwd: SHELL_EXEC_CWD.to_string(),
             output_truncated: self.stdout_truncated || self.stderr_truncated,
             stdout: self.stdout,
@@ -120,6 +136,7 @@ impl ExecRun {
             stdout_truncated: self.stdout_truncated,
             stderr_truncated: self.stderr_truncated,
             error,
+            resource_usage: self.resource_usage.map(|u| u.to_value()),
         }
     }
 }
@@ -197,14 +214,13 @@ pub async fn run_command_until(
     stop: Option<watch::Receiver<Option<String>>>,
 ) -> ExecRun {
     let started = Instant::now();
-    let tag = proctree::new_tree_tag();
+    let job = contain::job("shell_exec");
     let mut cmd = Command::new(shell);
     cmd.arg("-lc")
         .arg(command)
         .current_dir(SHELL_EXEC_CWD)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env(proctree::TREE_TAG_ENV, &tag)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -219,6 +235,7 @@ pub async fn run_command_until(
             Ok(())
         });
     }
+    job.prepare(&mut cmd);
     let mut run = ExecRun {
         shell: shell.to_string(),
         ..Default::default()
@@ -233,6 +250,9 @@ pub async fn run_command_until(
     };
     let pid = child.id().map(|p| p as i32);
     run.pid = pid;
+    if let Some(pid) = pid {
+        job.started(pid);
+    }
     let out = Arc::new(Mutex::new(Capture::default()));
     let err = Arc::new(Mutex::new(Capture::default()));
     let mut readers = Vec::new();
@@ -261,12 +281,8 @@ pub async fn run_command_until(
                 Some(reason) => run.stopped = Some(reason),
                 None => run.timed_out = true,
             }
-            if let Some(pid) = pid {
-                let tree = proctree::TreeId::new(pid, Some(tag));
-                let _ = tokio::task::spawn_blocking(move || {
-                    proctree::terminate_tree(&tree, kill_grace, &[])
-                })
-                .await;
+            if pid.is_some() {
+                job.terminate_async(kill_grace).await;
             }
             let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
                 .await
@@ -283,6 +299,12 @@ pub async fn run_command_until(
         run.exit_code = status.code();
         run.signal = status.signal();
     }
+    // Whatever the command left running is killed with it.
+    let done = job.finish_async().await;
+    run.cgroup = job.cgroup_path();
+    run.limit_hit = done.limit_hit;
+    run.survivors = done.survivors;
+    run.resource_usage = Some(done.usage);
     let take = |c: &Arc<Mutex<Capture>>| {
         let c = c.lock().unwrap_or_else(|p| p.into_inner());
         (String::from_utf8_lossy(&c.bytes).into_owned(), c.truncated)

@@ -12,7 +12,6 @@ pub mod buffer;
 pub mod error;
 pub mod exec;
 pub mod gate;
-pub mod proctree;
 pub mod session;
 pub mod terminal;
 

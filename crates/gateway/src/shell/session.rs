@@ -2,9 +2,9 @@
 //!
 //! Differences from the seed, by design: the shell runs on a PTY (so there
 //! is job control, a prompt and `resize`); all terminal output is reported
-//! on the `stdout` stream; termination reaches the whole process tree
-//! (session and group of the shell, and its descendants) instead of the
-//! direct child only.
+//! on the `stdout` stream; termination reaches the whole contained job
+//! ([`crate::contain`]: the session's cgroup, or its process tree) instead
+//! of the direct child only.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -28,8 +28,8 @@ use serde_json::{json, Value};
 use super::buffer::{EventBuffer, Utf8Chunker};
 use super::error::ShellJobError;
 use super::gate::ShellIdentity;
-use super::proctree::{self, Termination, TreeId, PROCESS_KILL_GRACE, TREE_TAG_ENV};
 use crate::child_env::build_child_env;
+use crate::contain::{self, Job, Termination, KILL_GRACE as PROCESS_KILL_GRACE};
 
 /// Retention of non-running sessions after `updated_at`.
 pub const SHELL_SESSION_RETENTION_MS: i64 = 15 * 60_000;
@@ -138,8 +138,8 @@ pub struct Session {
     pub created_at: String,
     /// The shell's PID: session and process-group leader of its tree.
     pub leader_pid: i32,
-    /// The shell's process tree (leader and environment tag).
-    pub tree: TreeId,
+    /// The shell's contained job (its cgroup or process tree).
+    pub job: Arc<Job>,
     state: Mutex<SessionState>,
     io: Mutex<SessionIo>,
     clock: Clock,
@@ -365,10 +365,12 @@ impl ShellSessions {
             pixel_width: 0,
             pixel_height: 0,
         };
-        let tag = proctree::new_tree_tag();
+        let job = contain::job("shell_session");
         let mut overrides: Vec<(String, Option<String>)> =
             session_env.into_iter().map(|(k, v)| (k, Some(v))).collect();
-        overrides.push((TREE_TAG_ENV.to_string(), Some(tag.clone())));
+        if let Some((k, v)) = job.env_tag() {
+            overrides.push((k, Some(v)));
+        }
         let env = self.config.child_env(&overrides);
 
         let fail = |message: String| {
@@ -382,8 +384,12 @@ impl ShellSessions {
         let program = resolve_program(&shell, &env, &cwd).map_err(fail)?;
 
         let now = iso((self.config.clock)());
-        let spawned = spawn_pty(&program, &parsed.shell_args, &env, &cwd, size)
+        // Placed in the job's cgroup before the shell executes.
+        let (program, args) = job.trampoline(&program, &parsed.shell_args);
+        let spawned = spawn_pty(&program, &args, &env, &cwd, size)
             .map_err(|e| fail(format!("spawn {shell} {e}")))?;
+        job.started(spawned.pid);
+        job.trampoline_done(spawned.pid).await;
         let session = Arc::new(Session {
             id: session_id.clone(),
             team_id: owner.team_id.clone(),
@@ -394,7 +400,7 @@ impl ShellSessions {
             cwd: parsed.cwd.clone(),
             created_at: now.clone(),
             leader_pid: spawned.pid,
-            tree: TreeId::new(spawned.pid, Some(tag)),
+            job,
             state: Mutex::new(SessionState {
                 status: ShellSessionState::Running,
                 updated_at: now,
@@ -485,14 +491,15 @@ impl ShellSessions {
             }
             st.updated_at = now;
         }
-        let tree_alive = !proctree::live_tree(&session.tree).is_empty();
+        let tree_alive = session.job.alive();
         if had_child.is_some() || tree_alive {
-            let tree = session.tree.clone();
+            let job = Arc::clone(&session.job);
             let grace = self.config.kill_grace;
             let session_id = session.id.clone();
             let reason = reason.to_string();
             let handle = std::thread::spawn(move || {
-                let report = proctree::terminate_tree(&tree, grace, &[libc::SIGHUP]);
+                let report = job.terminate(grace, &[libc::SIGHUP]);
+                job.finish();
                 if !report.survivors.is_empty() {
                     tracing::error!(
                         context = "shell_session_cleanup",

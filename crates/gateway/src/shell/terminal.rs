@@ -12,8 +12,12 @@
 //! The session ends when a client sends `close`, when no client message
 //! arrived for the idle timeout (clients ping every second while
 //! attached), when the shell exits, or at the gateway's shutdown; its whole
-//! process tree is then terminated with
-//! [`proctree::terminate_tree`](super::proctree::terminate_tree).
+//! contained job (its cgroup, or its process tree; [`crate::contain`]) is
+//! then terminated with [`Job::terminate`].
+//!
+//! Experimental: served (and announced in the heartbeat) only when
+//! [`STREAM_ENABLE_ENV`] is `1`; otherwise `terminal_*` jobs are refused as
+//! unsupported, like any unknown job type.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -31,13 +35,16 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::proctree::{self, TreeId, TREE_TAG_ENV};
 use super::session::{default_shell, resolve_program, signal_name, spawn_pty, DEFAULT_SHELL_TERM};
 use super::ShellSessionsConfig;
+use crate::contain::{self, Job};
 
 /// The idle-timeout setting (seconds): no client message for this long
 /// ends a terminal session.
 pub const IDLE_TIMEOUT_ENV: &str = "PANORAMA_TERMINAL_IDLE_TIMEOUT_SECS";
+/// Turns the experimental terminal stream on (`1`): only then does the
+/// gateway announce it and accept `terminal_open` / `terminal_close`.
+pub const STREAM_ENABLE_ENV: &str = "PANORAMA_GATEWAY_TERMINAL_STREAM";
 /// Most terminals one gateway runs at once.
 pub const MAX_TERMINALS: usize = 64;
 /// How long to wait between joins after the channel dropped.
@@ -57,6 +64,11 @@ pub fn idle_timeout_setting() -> Duration {
     Duration::from_secs_f64(secs)
 }
 
+/// Whether [`STREAM_ENABLE_ENV`] turns the stream on.
+pub fn stream_enabled_setting() -> bool {
+    std::env::var(STREAM_ENABLE_ENV).is_ok_and(|v| v.trim() == "1")
+}
+
 struct Running {
     resource_id: String,
     stop: watch::Sender<Option<String>>,
@@ -67,11 +79,15 @@ struct Running {
 pub struct Terminals {
     sessions: Mutex<HashMap<String, Running>>,
     pub idle_timeout: Duration,
+    /// The experimental stream is served (see [`STREAM_ENABLE_ENV`]).
+    pub enabled: bool,
 }
 
 impl Default for Terminals {
     fn default() -> Self {
-        Terminals::new(idle_timeout_setting())
+        let mut t = Terminals::new(idle_timeout_setting());
+        t.enabled = stream_enabled_setting();
+        t
     }
 }
 
@@ -100,6 +116,7 @@ impl Terminals {
         Terminals {
             sessions: Mutex::new(HashMap::new()),
             idle_timeout,
+            enabled: false,
         }
     }
 
@@ -132,17 +149,20 @@ impl Terminals {
             ));
         }
         let shell = default_shell();
-        let tag = proctree::new_tree_tag();
+        let job = contain::job("terminal");
         let term = payload
             .term
             .clone()
             .unwrap_or_else(|| DEFAULT_SHELL_TERM.to_string());
-        let env = config.child_env(&[
+        let mut overrides: Vec<(String, Option<String>)> = vec![
             ("TERM".into(), Some(term)),
             ("COLUMNS".into(), None),
             ("LINES".into(), None),
-            (TREE_TAG_ENV.into(), Some(tag.clone())),
-        ]);
+        ];
+        if let Some((k, v)) = job.env_tag() {
+            overrides.push((k, Some(v)));
+        }
+        let env = config.child_env(&overrides);
         let fail = |m: String| format!("Failed to open terminal: {m}");
         let program = resolve_program(&shell, &env, &cwd)
             .map_err(|e| fail(format!("{e} (working directory {})", cwd.display())))?;
@@ -152,16 +172,20 @@ impl Terminals {
             pixel_width: 0,
             pixel_height: 0,
         };
-        let spawned = spawn_pty(&program, &["-i".to_string()], &env, &cwd, size)
+        // Placed in the job's cgroup before the shell executes.
+        let (program, args) = job.trampoline(&program, &["-i".to_string()]);
+        let spawned = spawn_pty(&program, &args, &env, &cwd, size)
             .map_err(|e| fail(format!("spawn {shell} {e}")))?;
-        let tree = TreeId::new(spawned.pid, Some(tag));
+        job.started(spawned.pid);
+        job.trampoline_done(spawned.pid).await;
         let joined = BroadcastChannel::join(&channel).await;
         let chan = match joined {
             Ok(c) => c,
             Err(e) => {
-                let t = tree.clone();
+                let j = Arc::clone(&job);
                 let _ = tokio::task::spawn_blocking(move || {
-                    proctree::terminate_tree(&t, Duration::from_millis(500), &[libc::SIGHUP])
+                    j.terminate(Duration::from_millis(500), &[libc::SIGHUP]);
+                    j.finish();
                 })
                 .await;
                 return Err(fail(format!("joining {} failed: {e}", channel.topic)));
@@ -181,7 +205,7 @@ impl Terminals {
             session_id: session_id.to_string(),
             idle_timeout: self.idle_timeout,
             kill_grace: config.kill_grace,
-            tree,
+            job,
             channel_opts: channel.clone(),
         };
         let terminals = Arc::clone(self);
@@ -240,7 +264,7 @@ struct Pump {
     session_id: String,
     idle_timeout: Duration,
     kill_grace: Duration,
-    tree: TreeId,
+    job: Arc<Job>,
     channel_opts: BroadcastOptions,
 }
 
@@ -425,10 +449,12 @@ impl Pump {
             }
         };
         // Reap the whole tree first, then tell the clients.
-        let tree = self.tree.clone();
+        let job = Arc::clone(&self.job);
         let grace = self.kill_grace;
         let termination = tokio::task::spawn_blocking(move || {
-            proctree::terminate_tree(&tree, grace, &[libc::SIGHUP])
+            let report = job.terminate(grace, &[libc::SIGHUP]);
+            job.finish();
+            report
         })
         .await
         .unwrap_or_default();

@@ -86,6 +86,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/v1/user", get(auth_routes::user))
         .route("/realtime/v1/websocket", get(crate::realtime::websocket))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(crate::metrics::endpoint))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -93,6 +94,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn(crate::metrics::track_request))
         .with_state(state)
 }
 

@@ -408,6 +408,15 @@ impl Dispatcher {
         lists + ix.gateways.values().map(Vec::len).sum::<usize>()
     }
 
+    /// Changes waiting in socket queues right now (all sockets).
+    pub fn queued_now(&self) -> usize {
+        lock(&self.index)
+            .subs
+            .values()
+            .map(|s| s.tx.max_capacity() - s.tx.capacity())
+            .sum()
+    }
+
     /// Changes queued to sockets, and changes dropped because a socket's
     /// queue was full, since the hub started.
     pub fn counts(&self) -> (u64, u64) {

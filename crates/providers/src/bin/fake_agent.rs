@@ -96,6 +96,9 @@ const CODEX_HELP: &str = "Run Codex non-interactively
 
 Usage: codex exec [OPTIONS] [PROMPT] [COMMAND]
 
+Commands:
+  resume  Resume a previous session by id or pick the most recent with --last
+
 Options:
   -c, --config <key=value>                        Override a configuration value
   -m, --model <MODEL>                             Model the agent should use
@@ -119,6 +122,8 @@ Options:
   -m, --model                 Model  [string]
   -p, --prompt                Prompt. Appended to input on stdin (if any).  [string]
   -s, --sandbox               Run in sandbox?  [boolean]
+      --skip-trust            Trust the current workspace for this session.  [boolean]
+  -r, --resume                Resume a previous session.  [string]
   -y, --yolo                  Automatically accept all actions (aka YOLO mode)  [boolean] [default: false]
       --approval-mode         Set the approval mode  [string] [choices: \"default\", \"auto_edit\", \"yolo\", \"plan\"]
   -e, --extensions            A list of extensions to use. If not provided, all extensions are used.  [array]
@@ -388,6 +393,21 @@ fn main() {
     }
 
     let mut grandchildren = Vec::new();
+    // A shell command the agent runs in the background, as an agent's
+    // tool call would (containment tests: escapees that clear their
+    // environment and leave the session).
+    if let Some(script) = env("FAKE_AGENT_SHELL") {
+        let spawned = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Ok(child) = spawned {
+            grandchildren.push(child);
+        }
+    }
     for _ in 0..env_u64("FAKE_AGENT_GRANDCHILDREN").unwrap_or(0) {
         if let Ok(exe) = std::env::current_exe() {
             let mut cmd = std::process::Command::new(exe);

@@ -1,8 +1,9 @@
-//! Whole-tree termination for shell children.
+//! The tree-tag fallback of [`super`]: where no cgroup hierarchy is
+//! writable (or containment is off), a job's processes are found as a tree.
 //!
-//! Shell children are started as session (and process-group) leaders. A tree
-//! is every process in that session or process group, plus every descendant
-//! of the leader found through parent links (which also catches a descendant
+//! Job children are started as session or process-group leaders. A tree is
+//! every process in that session or process group, plus every descendant
+//! of those found through parent links (which also catches a descendant
 //! that called `setsid` itself). Termination sends SIGTERM (and, for PTY
 //! sessions, SIGHUP as a closed terminal would), waits up to the grace, then
 //! SIGKILLs whatever is left and keeps doing so until nothing of the tree is
@@ -11,9 +12,11 @@
 //! A process that double-forks *and* calls `setsid` leaves both the session
 //! and the parent chain. To catch it, every tree is also tagged with an
 //! environment variable ([`TREE_TAG_ENV`] = a random id) that descendants
-//! inherit: any process whose initial environment carries the tag belongs
-//! to the tree. (Only a process that also scrubs its environment escapes;
-//! containing that needs cgroups.)
+//! inherit: any process whose initial environment carries the tag (and
+//! that started no earlier than the leader) belongs to the tree. **Known
+//! escape:** a descendant that clears its environment (`env -i`) *and*
+//! leaves the session and the parent chain (`setsid`, double fork) is not
+//! found; only cgroup containment catches it.
 //!
 //! On Linux the tree is found through `/proc`; elsewhere only the process
 //! group is signalled.
@@ -21,21 +24,33 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-/// Environment variable that tags every process of a shell tree.
-/// (Not `PANORAMA_*`: children see no gateway-internal variable.)
-pub const TREE_TAG_ENV: &str = "GATEWAY_SHELL_TREE_ID";
+/// Environment variable that tags every process of a job's tree (a random
+/// id per job; not a secret, and not `PANORAMA_*`: children see no
+/// gateway-internal variable).
+pub const TREE_TAG_ENV: &str = "GATEWAY_JOB_TREE_ID";
 
-/// A process tree: its leader and its environment tag.
+/// A process tree: its leader, its environment tag, and the leader's start
+/// time (a tagged process that started earlier is not part of it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeId {
     pub leader: i32,
     /// The value of [`TREE_TAG_ENV`] given to the leader, if any.
     pub tag: Option<String>,
+    /// The leader's start time in clock ticks (0 = unknown).
+    pub min_start: u64,
 }
 
 impl TreeId {
     pub fn new(leader: i32, tag: Option<String>) -> Self {
-        TreeId { leader, tag }
+        #[cfg(target_os = "linux")]
+        let min_start = read_stat(leader).map_or(0, |s| s.start_time);
+        #[cfg(not(target_os = "linux"))]
+        let min_start = 0;
+        TreeId {
+            leader,
+            tag,
+            min_start,
+        }
     }
 }
 
@@ -43,9 +58,6 @@ impl TreeId {
 pub fn new_tree_tag() -> String {
     uuid::Uuid::new_v4().to_string()
 }
-
-/// Default grace between SIGTERM and SIGKILL (`PROCESS_KILL_GRACE_MS`).
-pub const PROCESS_KILL_GRACE: Duration = Duration::from_millis(2_000);
 
 /// One process as `/proc/<pid>/stat` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +95,7 @@ pub fn parse_stat(line: &str) -> Option<ProcStat> {
 }
 
 #[cfg(target_os = "linux")]
-fn read_stat(pid: i32) -> Option<ProcStat> {
+pub(crate) fn read_stat(pid: i32) -> Option<ProcStat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
@@ -146,9 +158,16 @@ pub fn live_tree(tree: &TreeId) -> Vec<ProcStat> {
             .as_ref()
             .map(|t| format!("{TREE_TAG_ENV}={t}").into_bytes());
         let own = std::process::id() as i32;
-        tree_members(leader, &all_processes(), |pid| {
-            pid != own && needle.as_deref().is_some_and(|n| has_tag(pid, n))
+        let procs = all_processes();
+        let started: BTreeMap<i32, u64> = procs.iter().map(|p| (p.pid, p.start_time)).collect();
+        tree_members(leader, &procs, |pid| {
+            pid != own
+                && started.get(&pid).is_some_and(|s| *s >= tree.min_start)
+                && needle.as_deref().is_some_and(|n| has_tag(pid, n))
         })
+        .into_iter()
+        .filter(|p| p.pid != own)
+        .collect()
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -180,11 +199,8 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
-fn signal_members(leader: i32, members: &[ProcStat], signal: libc::c_int) {
-    // SAFETY: plain signal syscalls; errors (ESRCH, EPERM) are ignored.
-    unsafe {
-        libc::killpg(leader, signal);
-    }
+pub(crate) fn signal_members(leader: i32, members: &[ProcStat], signal: libc::c_int) {
+    signal_group(leader, signal);
     for m in members {
         #[cfg(target_os = "linux")]
         {
@@ -194,9 +210,22 @@ fn signal_members(leader: i32, members: &[ProcStat], signal: libc::c_int) {
                 _ => continue,
             }
         }
+        // SAFETY: kill(2) on a member of a tree we started.
         unsafe {
             libc::kill(m.pid, signal);
         }
+    }
+}
+
+/// `signal` to every process of group `pgid` (errors such as ESRCH — the
+/// group is gone — are ignored).
+pub fn signal_group(pgid: i32, signal: libc::c_int) {
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: killpg(2) on a group we created; no memory is touched.
+    unsafe {
+        libc::killpg(pgid, signal);
     }
 }
 
@@ -211,23 +240,29 @@ pub struct Termination {
     pub survivors: Vec<i32>,
 }
 
-/// SIGTERM (plus `extra`) to the whole tree, SIGKILL after `grace`. Blocks;
-/// call it from a blocking thread.
+/// SIGTERM (plus `extra`) to the whole tree, SIGKILL after `grace` (at
+/// once for a zero grace). Blocks; call it from a blocking thread.
 pub fn terminate_tree(tree: &TreeId, grace: Duration, extra: &[libc::c_int]) -> Termination {
     let leader = tree.leader;
     let mut report = Termination::default();
+    if grace.is_zero() {
+        // A kill: the group at once, before the (slower) scan.
+        signal_group(leader, libc::SIGKILL);
+    }
     let mut members = live_tree(tree);
     report.pids.extend(members.iter().map(|m| m.pid));
-    for signal in std::iter::once(libc::SIGTERM).chain(extra.iter().copied()) {
-        signal_members(leader, &members, signal);
-    }
-    let deadline = Instant::now() + grace;
-    loop {
-        std::thread::sleep(Duration::from_millis(25));
-        members = live_tree(tree);
-        report.pids.extend(members.iter().map(|m| m.pid));
-        if members.is_empty() || Instant::now() >= deadline {
-            break;
+    if !grace.is_zero() {
+        for signal in std::iter::once(libc::SIGTERM).chain(extra.iter().copied()) {
+            signal_members(leader, &members, signal);
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            std::thread::sleep(Duration::from_millis(25));
+            members = live_tree(tree);
+            report.pids.extend(members.iter().map(|m| m.pid));
+            if members.is_empty() || Instant::now() >= deadline {
+                break;
+            }
         }
     }
     // SIGKILL until nothing is left; new children may appear while we scan.
