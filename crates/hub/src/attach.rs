@@ -45,6 +45,8 @@ pub enum ShellMode {
     Session,
     /// Line mode through shell_exec jobs (one command per line).
     Exec,
+    /// Experimental: the terminal stream (terminal_open, then bytes over realtime); the gateway must run with PANORAMA_GATEWAY_TERMINAL_STREAM=1. `auto` never picks it.
+    Stream,
 }
 
 #[derive(Subcommand, Debug)]
@@ -69,6 +71,20 @@ pub enum ShellCmd {
         /// Per-command timeout in line mode, in milliseconds (1..600000).
         #[arg(long, default_value_t = EXEC_TIMEOUT_MS)]
         timeout_ms: u64,
+    },
+    /// Close a terminal session (one terminal_close job).
+    Close {
+        /// Gateway id.
+        #[arg(long)]
+        gateway: String,
+        /// The session id `shell attach` or `shell list` printed.
+        session: String,
+    },
+    /// List the terminal sessions opened on a gateway (terminal_open jobs, newest first) and whether a close was requested.
+    List {
+        /// Gateway id.
+        #[arg(long)]
+        gateway: String,
     },
     /// Run one command on a gateway through a shell_exec job (`bash -lc` in /), print its output and exit with its exit code.
     Exec {
@@ -316,6 +332,12 @@ impl ShellJobs<'_> {
         self.run_job_for("shell_exec", "exec", payload, wait).await
     }
 
+    /// Queues one job of any type on the resource and waits for its
+    /// result (a failed or cancelled job is an error).
+    pub async fn job(&self, job_type: &str, action: &str, payload: Value) -> Result<Value> {
+        self.run_job(job_type, action, payload).await
+    }
+
     async fn run_job(&self, job_type: &str, action: &str, payload: Value) -> Result<Value> {
         self.run_job_for(job_type, action, payload, self.timeout)
             .await
@@ -490,7 +512,7 @@ pub async fn run(client: &HubClient, cmd: &ShellCmd, json_output: bool) -> Resul
                 timeout: JOB_TIMEOUT,
             };
             let path = match mode {
-                ShellMode::Session => ShellPath::Session,
+                ShellMode::Session | ShellMode::Stream => ShellPath::Session,
                 ShellMode::Exec => ShellPath::Exec,
                 ShellMode::Auto => match shell_path_for(&row["capabilities"]) {
                     Some(p) => p,
@@ -500,8 +522,18 @@ pub async fn run(client: &HubClient, cmd: &ShellCmd, json_output: bool) -> Resul
                     }
                 },
             };
-            if path == ShellPath::Exec {
+            // The stream is experimental: only an explicit `--mode stream`
+            // uses it, never `auto`.
+            let stream = *mode == ShellMode::Stream;
+            if path == ShellPath::Exec && !stream {
                 return line_mode(&jobs, gateway, *timeout_ms).await;
+            }
+            if stream {
+                // Before anything is opened on the gateway.
+                if !std::io::stdin().is_terminal() {
+                    bail!("standard input is not a terminal: `shell attach` needs one (run it in a terminal, or use `panorama-hub shell exec {gateway} -- COMMAND` for one command); nothing was opened on the gateway");
+                }
+                return stream_mode(&jobs).await;
             }
             let (cols, rows) = crossterm::terminal::size().unwrap_or((120, 40));
             let mut open = json!({"env": {"COLUMNS": cols.to_string(), "LINES": rows.to_string()}});
@@ -521,6 +553,24 @@ pub async fn run(client: &HubClient, cmd: &ShellCmd, json_output: bool) -> Resul
                 Err(e) => Err(e),
             }
         }
+        ShellCmd::Close { gateway, session } => {
+            let row = gateway_row(client, gateway).await?;
+            let jobs = ShellJobs {
+                client,
+                team_id: row["team_id"].as_str().unwrap_or_default().to_string(),
+                resource_id: String::new(),
+                gateway_id: gateway.clone(),
+                timeout: JOB_TIMEOUT,
+            };
+            if crate::term::close(&jobs, session).await? {
+                println!("session {session} closed");
+                Ok(0)
+            } else {
+                eprintln!("gateway {gateway} has no open session {session} (it ended already, or idled out)");
+                Ok(1)
+            }
+        }
+        ShellCmd::List { gateway } => list_terminals(client, gateway, json_output).await,
         ShellCmd::Exec {
             gateway,
             resource,
@@ -825,6 +875,103 @@ async fn session_mode(
         bail!("{e}");
     }
     outcome
+}
+
+/// `shell attach` on the terminal stream: one job opens the session, the
+/// bytes flow over realtime; one line says how it ended.
+async fn stream_mode(jobs: &ShellJobs<'_>) -> Result<i32> {
+    let (cols, rows) = crossterm::terminal::size().unwrap_or((80, 24));
+    let (session_id, topic) = crate::term::open(jobs, cols, rows).await?;
+    let ended = crate::term::attach(jobs, &session_id, &topic).await;
+    match ended {
+        Ok(crate::term::Ended::Exited { reason, code }) => {
+            eprintln!("\r[session {session_id} ended: {reason}]");
+            Ok(code.unwrap_or(0))
+        }
+        Ok(crate::term::Ended::Detached) => {
+            eprintln!("\r[session {session_id} closed]");
+            Ok(0)
+        }
+        Ok(crate::term::Ended::Signalled(sig)) => {
+            eprintln!("\r[{sig}: session {session_id} closed]");
+            Ok(128 + 1)
+        }
+        Err(e) => Err(e.context(format!(
+            "session {session_id}: the gateway ends it after its idle timeout, or close it with `panorama-hub shell close --gateway {} {session_id}`",
+            jobs.gateway_id
+        ))),
+    }
+}
+
+/// `shell list`: the terminal sessions opened on a gateway.
+async fn list_terminals(client: &HubClient, gateway: &str, json_output: bool) -> Result<i32> {
+    use panorama_protocol::terminal::{JOB_TERMINAL_CLOSE, JOB_TERMINAL_OPEN};
+    let opened = client
+        .select(
+            "gateway_jobs",
+            &[
+                ("gateway_id", format!("eq.{gateway}")),
+                ("job_type", format!("eq.{JOB_TERMINAL_OPEN}")),
+                ("select", "id,status,created_at,payload,error".into()),
+                ("order", "created_at.desc".into()),
+                ("limit", "50".into()),
+            ],
+        )
+        .await
+        .context("listing terminal_open jobs")?;
+    let closes = client
+        .select(
+            "gateway_jobs",
+            &[
+                ("gateway_id", format!("eq.{gateway}")),
+                ("job_type", format!("eq.{JOB_TERMINAL_CLOSE}")),
+                ("select", "payload".into()),
+            ],
+        )
+        .await
+        .context("listing terminal_close jobs")?;
+    let closed: Vec<&str> = closes
+        .iter()
+        .filter_map(|c| c.pointer("/payload/session_id").and_then(Value::as_str))
+        .collect();
+    let rows: Vec<Value> = opened
+        .iter()
+        .map(|o| {
+            let id = o["id"].as_str().unwrap_or_default();
+            json!({"session_id": id, "open_job": o["status"], "created_at": o["created_at"],
+                "resource_id": o.pointer("/payload/resource_id"), "close_requested": closed.contains(&id), "error": o["error"]})
+        })
+        .collect();
+    if json_output {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!("no terminal sessions were opened on gateway {gateway}");
+        return Ok(0);
+    }
+    println!(
+        "{:<36}  {:<9}  {:<24}  close requested",
+        "SESSION", "OPEN JOB", "CREATED"
+    );
+    for r in &rows {
+        println!(
+            "{:<36}  {:<9}  {:<24}  {}",
+            r["session_id"].as_str().unwrap_or_default(),
+            r["open_job"].as_str().unwrap_or_default(),
+            r["created_at"].as_str().unwrap_or_default(),
+            if r["close_requested"] == true {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+    }
+    println!("(a session also ends when no client is attached for the gateway's idle timeout)");
+    Ok(0)
 }
 
 #[cfg(test)]

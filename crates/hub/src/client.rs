@@ -62,6 +62,13 @@ impl HubClient {
         self.apikey != self.bearer
     }
 
+    /// The token this client acts with (the realtime socket of `shell
+    /// attach` joins with it): the service key, or a signed-in person's
+    /// access token.
+    pub fn service_key(&self) -> &str {
+        &self.bearer
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.url))

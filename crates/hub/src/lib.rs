@@ -25,5 +25,6 @@ pub mod schema;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod term;
 pub mod up;
 pub mod values;

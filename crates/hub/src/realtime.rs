@@ -25,12 +25,18 @@
 //! * a bad binding (unknown table, malformed filter) refuses the join with
 //!   a `phx_reply` error rather than an ok followed by a `system` error, so
 //!   that the client reports `CHANNEL_ERROR`;
-//! * broadcast is echoed only to the sender (`self: true`); it is not fanned
-//!   out to other sockets. Presence pushes are acknowledged and not tracked;
+//! * broadcast reaches every other socket joined to the same channel
+//!   ([`broadcast`]), and the sender too when it joined with `self: true`;
+//!   public and private (`config.private`) channels of a topic are distinct.
+//!   A private channel is joined only by principals its topic allows
+//!   ([`authorize_private`]): `terminal:<session_id>` for the service key
+//!   and the gateway whose `terminal_open` job is that session. Presence
+//!   pushes are acknowledged and not tracked;
 //! * a socket too slow to take its changes (its dispatcher queue filled up)
 //!   gets `phx_error` on its bound channels, so that clients rejoin and
 //!   reconcile (see [`Conn::fail_bound_channels`]).
 
+pub mod broadcast;
 pub mod dispatch;
 pub mod filter;
 pub mod frame;
@@ -46,6 +52,7 @@ use axum::extract::RawQuery;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use broadcast::{Body, ChannelKey, Delivery};
 use dispatch::{Item, Route, Subscription};
 use filter::{binding_id, columns_json, Binding};
 use frame::{BinaryPush, Frame, Vsn};
@@ -176,7 +183,11 @@ pub fn upgrade(
         .max_frame_size(opts.max_message_bytes)
         .on_upgrade(move |socket| async move {
             let _open = crate::metrics::socket_opened();
+            let (socket_id, broadcast_tx, broadcast_rx) = state.broadcasts.socket();
             let conn = Conn {
+                socket_id,
+                broadcast_tx,
+                broadcast_rx,
                 state,
                 opts,
                 vsn,
@@ -206,15 +217,28 @@ struct Channel {
     bindings: Vec<Binding>,
     broadcast_ack: bool,
     broadcast_self: bool,
+    /// Joined with `config.private: true` (authorized by topic).
+    private: bool,
 }
 
 impl Channel {
+    fn key(&self) -> ChannelKey {
+        ChannelKey {
+            topic: self.topic.clone(),
+            private: self.private,
+        }
+    }
+
     fn sub_topic(&self) -> &str {
         self.topic.strip_prefix("realtime:").unwrap_or(&self.topic)
     }
 }
 
 struct Conn {
+    /// This socket in the broadcast registry, and its queue there.
+    socket_id: u64,
+    broadcast_tx: tokio::sync::mpsc::Sender<Arc<Delivery>>,
+    broadcast_rx: tokio::sync::mpsc::Receiver<Arc<Delivery>>,
     state: Arc<AppState>,
     opts: RealtimeOptions,
     vsn: Vsn,
@@ -337,6 +361,7 @@ impl Conn {
                     }
                 },
                 item = next_item(&mut self.sub) => self.on_item(item).await,
+                Some(delivery) = self.broadcast_rx.recv() => self.on_delivery(&delivery).await,
                 () = &mut sleep => self.on_timer(last_seen).await,
             };
             if flow.is_err() {
@@ -344,6 +369,7 @@ impl Conn {
             }
             sleep.as_mut().reset(self.deadline(last_seen));
         }
+        self.state.broadcasts.leave_all(self.socket_id);
         tracing::debug!("realtime socket closed");
     }
 
@@ -439,6 +465,12 @@ impl Conn {
                     self.channels[idx].broadcast_ack,
                     self.channels[idx].broadcast_self,
                 );
+                let key = self.channels[idx].key();
+                self.state.broadcasts.publish(
+                    self.socket_id,
+                    &key,
+                    Body::Json(frame.payload.clone()),
+                );
                 if ack && !frame.ref_.is_null() {
                     self.reply(&frame, ok_reply()).await?;
                 }
@@ -492,6 +524,10 @@ impl Conn {
             self.channels[idx].broadcast_ack,
             self.channels[idx].broadcast_self,
         );
+        let key = self.channels[idx].key();
+        self.state
+            .broadcasts
+            .publish(self.socket_id, &key, Body::Binary(push.clone()));
         if ack {
             self.reply(&req, ok_reply()).await?;
         }
@@ -595,6 +631,7 @@ impl Conn {
         // A re-join of a joined topic replaces the old channel.
         if let Some(idx) = self.channel_index(&frame.topic) {
             let old = self.channels.remove(idx);
+            self.state.broadcasts.leave(&old.key(), self.socket_id);
             self.send(Frame::new(
                 old.join_ref.clone(),
                 old.join_ref,
@@ -616,7 +653,12 @@ impl Conn {
         match prepared {
             Ok((channel, echo, presence)) => {
                 let has_bindings = !channel.bindings.is_empty();
-                tracing::debug!(topic = %frame.topic, principal = ?channel.principal, bindings = channel.bindings.len(), "realtime channel joined");
+                tracing::debug!(topic = %frame.topic, principal = ?channel.principal, bindings = channel.bindings.len(), private = channel.private, "realtime channel joined");
+                self.state.broadcasts.join(
+                    channel.key(),
+                    self.socket_id,
+                    self.broadcast_tx.clone(),
+                );
                 self.channels.push(channel);
                 // Listen before replying, so that every change committed
                 // after the client sees SUBSCRIBED is delivered.
@@ -689,6 +731,15 @@ async fn prepare_channel(
         .get("config")
         .and_then(Value::as_object)
         .unwrap_or(&empty);
+    let private = config
+        .get("private")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let sub_topic = frame
+        .topic
+        .strip_prefix("realtime:")
+        .unwrap_or(&frame.topic);
+    authorize_private(state, &principal, sub_topic, private).await?;
     let entries: &[Value] = match config.get("postgres_changes") {
         None | Some(Value::Null) => &[],
         Some(Value::Array(a)) => a,
@@ -735,6 +786,7 @@ async fn prepare_channel(
         bindings,
         broadcast_ack: flag("broadcast", "ack"),
         broadcast_self: flag("broadcast", "self"),
+        private,
     };
     Ok((channel, echo, flag("presence", "enabled")))
 }
@@ -748,6 +800,7 @@ impl Conn {
             return self.reply(&frame, ok_reply()).await;
         }
         let channel = self.channels.remove(idx);
+        self.state.broadcasts.leave(&channel.key(), self.socket_id);
         self.sync_routes();
         self.reply(&frame, ok_reply()).await?;
         self.send(Frame::new(
@@ -764,6 +817,7 @@ impl Conn {
     /// `phx_close` (supabase-wire §5.7).
     async fn close_channel(&mut self, idx: usize, message: &str) -> Flow {
         let channel = self.channels.remove(idx);
+        self.state.broadcasts.leave(&channel.key(), self.socket_id);
         self.sync_routes();
         tracing::info!(topic = %channel.topic, %message, "realtime channel closed by the server");
         self.end_channel(channel, message, "phx_close").await
@@ -891,6 +945,49 @@ impl Conn {
         }
     }
 
+    /// Another socket's broadcast on a channel this socket joined, in this
+    /// socket's serializer. A binary push with a binary payload has no JSON
+    /// form and is not delivered to a vsn 1.0.0 socket.
+    async fn on_delivery(&mut self, delivery: &Delivery) -> Flow {
+        let Some(channel) = self.channels.iter().find(|c| c.key() == delivery.channel) else {
+            return Ok(());
+        };
+        let topic = channel.topic.clone();
+        match (&delivery.body, self.vsn) {
+            (Body::Json(payload), _) => {
+                self.send(Frame::new(
+                    Value::Null,
+                    Value::Null,
+                    &topic,
+                    "broadcast",
+                    payload.clone(),
+                ))
+                .await
+            }
+            (Body::Binary(push), Vsn::V2) => match push.to_broadcast() {
+                Some(out) => self.send_message(Message::Binary(out.into())).await,
+                None => Ok(()),
+            },
+            (Body::Binary(push), Vsn::V1) => {
+                if push.encoding != 1 {
+                    tracing::debug!(topic = %topic, "a binary broadcast has no JSON form for a vsn 1.0.0 socket; not delivered");
+                    return Ok(());
+                }
+                let Ok(payload) = serde_json::from_slice::<Value>(&push.payload) else {
+                    return Ok(());
+                };
+                self.send(Frame::new(
+                    Value::Null,
+                    Value::Null,
+                    &topic,
+                    "broadcast",
+                    json!({"type": "broadcast", "event": push.event, "payload": payload}),
+                ))
+                .await
+            }
+        }
+    }
+
     async fn on_item(&mut self, item: Item) -> Flow {
         if let Item::Change(change) = item {
             self.deliver(&change).await?;
@@ -922,6 +1019,7 @@ impl Conn {
             "SubscriberTooSlow: {lost} changes could not be queued for this socket because it did not read them fast enough; rejoin and reconcile"
         );
         for channel in failed {
+            self.state.broadcasts.leave(&channel.key(), self.socket_id);
             tracing::debug!(topic = %channel.topic, lost, "realtime channel failed: the socket fell behind");
             self.end_channel(channel, &message, "phx_error").await?;
         }
@@ -1016,6 +1114,75 @@ impl Conn {
             self.close_channel(idx, &message).await?;
         }
         Ok(())
+    }
+}
+
+/// The prefix of a terminal stream's topic; the rest is the session id,
+/// which is the id of the `terminal_open` job that opened it.
+pub const TERMINAL_TOPIC_PREFIX: &str = "terminal:";
+
+/// Who may join a channel, by topic (Realtime authorizes private channels
+/// with RLS on `realtime.messages`; ours are authorized here, like the
+/// tables). A terminal channel must be private and is open only to the
+/// service key and to the gateway that owns the session; any other private
+/// topic is refused, having no policy. Public topics are open to anyone
+/// holding an API key, as in Realtime.
+async fn authorize_private(
+    state: &AppState,
+    principal: &Principal,
+    topic: &str,
+    private: bool,
+) -> Result<(), String> {
+    let Some(session_id) = topic.strip_prefix(TERMINAL_TOPIC_PREFIX) else {
+        return if private {
+            Err(format!("Unauthorized: You do not have permissions to read from this Channel topic: {topic}"))
+        } else {
+            Ok(())
+        };
+    };
+    if !private {
+        return Err(format!(
+            "Unauthorized: {topic} is a terminal stream; join it as a private channel (config.private = true)"
+        ));
+    }
+    let refuse = |why: &str| {
+        Err(format!(
+            "Unauthorized: You do not have permissions to read from this Channel topic: {topic} ({why})"
+        ))
+    };
+    match principal {
+        Principal::Service => Ok(()),
+        Principal::Anon => refuse("the anon key may not join terminal streams"),
+        Principal::Gateway {
+            gateway_id,
+            team_id,
+            ..
+        } => {
+            if uuid::Uuid::parse_str(session_id).is_err() {
+                return refuse("the session id is not a job id");
+            }
+            let found = state
+                .store
+                .select(crate::store::SelectRequest {
+                    table: &schema::GATEWAY_JOBS,
+                    filters: vec![
+                        crate::postgrest::Filter::eq("id", session_id),
+                        crate::postgrest::Filter::eq("gateway_id", gateway_id),
+                        crate::postgrest::Filter::eq("team_id", team_id),
+                    ],
+                    order: vec![],
+                    limit: Some(1),
+                    offset: None,
+                    count: false,
+                })
+                .await
+                .map_err(|e| format!("Unauthorized: could not check {topic}: {}", e.message))?;
+            if found.rows.is_empty() {
+                refuse("this gateway does not own that session")
+            } else {
+                Ok(())
+            }
+        }
     }
 }
 

@@ -240,7 +240,7 @@ fn shell_attach_drives_a_remote_shell_from_a_real_terminal() {
 
     // `shell attach` in a 100x30 terminal.
     let attach = format!(
-        "{} --hub {} --service-key {} shell attach --gateway {} --resource {}",
+        "{} --hub {} --service-key {} shell attach --mode session --gateway {} --resource {}",
         shell_quote(env!("CARGO_BIN_EXE_panorama-hub")),
         shell_quote(&hub.url),
         shell_quote(&hub.service_key),

@@ -1082,3 +1082,211 @@ async fn silent_sockets_are_closed_and_heartbeating_ones_are_not() {
     }
     alive.heartbeat("last").await;
 }
+
+impl Ws {
+    /// Joins `realtime:<name>` for broadcast only, private or not; returns
+    /// the reply.
+    async fn join_broadcast(
+        &mut self,
+        name: &str,
+        jr: &str,
+        private: bool,
+        token: Option<&str>,
+    ) -> In {
+        let mut payload = json!({
+            "config": {
+                "broadcast": {"ack": false, "self": false},
+                "presence": {"key": "", "enabled": false},
+                "postgres_changes": [],
+                "private": private
+            }
+        });
+        if let Some(t) = token {
+            payload["access_token"] = json!(t);
+        }
+        self.push(
+            json!(jr),
+            jr,
+            &format!("realtime:{name}"),
+            "phx_join",
+            payload,
+        )
+        .await;
+        let r = self.recv().await;
+        assert_eq!(r.event, "phx_reply", "{:?}", r.raw);
+        r
+    }
+}
+
+#[tokio::test]
+async fn broadcast_reaches_the_other_sockets_in_order_across_serializers() {
+    use base64::Engine;
+    let World { hub, .. } = world().await;
+    let mut sender = hub.connect(Some("2.0.0")).await;
+    let mut v1 = hub.connect(None).await;
+    let mut v2 = hub.connect(Some("2.0.0")).await;
+    let mut elsewhere = hub.connect(Some("2.0.0")).await;
+    for (ws, name) in [
+        (&mut sender, "room"),
+        (&mut v1, "room"),
+        (&mut v2, "room"),
+        (&mut elsewhere, "other"),
+    ] {
+        assert_eq!(
+            ws.join_broadcast(name, "1", false, None).await.payload["status"],
+            "ok"
+        );
+    }
+    // Every byte value, base64 in JSON, 300 messages in order.
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bytes: Vec<u8> = (0..=255u8).collect();
+    for seq in 0..300u64 {
+        let msg = json!({"type": "broadcast", "event": "output", "payload": {"seq": seq, "data": b64.encode(&bytes)}});
+        sender
+            .push(
+                json!("1"),
+                &format!("s{seq}"),
+                "realtime:room",
+                "broadcast",
+                msg,
+            )
+            .await;
+    }
+    for ws in [&mut v1, &mut v2] {
+        for seq in 0..300u64 {
+            let r = ws.recv().await;
+            assert_eq!(
+                (r.topic.as_str(), r.event.as_str()),
+                ("realtime:room", "broadcast")
+            );
+            assert_eq!((&r.join_ref, &r.ref_), (&Value::Null, &Value::Null));
+            assert_eq!(r.payload["event"], "output");
+            assert_eq!(r.payload["payload"]["seq"], seq, "in order");
+            assert_eq!(
+                b64.decode(r.payload["payload"]["data"].as_str().unwrap())
+                    .unwrap(),
+                bytes
+            );
+        }
+    }
+    // A binary push: kind 4 to the vsn 2 socket, JSON to the vsn 1 one.
+    let mut b = vec![3u8, 1, 1, 13, 2, 0, 1];
+    b.extend_from_slice(b"19realtime:roomhi{\"y\":2}");
+    sender.stream.send(Message::binary(b)).await.unwrap();
+    let got = tokio::time::timeout(WAIT, v2.stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mut want = vec![4u8, 13, 2, 0, 1];
+    want.extend_from_slice(b"realtime:roomhi{\"y\":2}");
+    assert_eq!(got, Message::binary(want));
+    let r = v1.recv().await;
+    assert_eq!(
+        r.payload,
+        json!({"type": "broadcast", "event": "hi", "payload": {"y": 2}})
+    );
+    // Neither the sender (self: false) nor another topic got anything.
+    for ws in [&mut sender, &mut elsewhere] {
+        ws.heartbeat("h").await;
+    }
+    // After a leave, nothing more arrives.
+    v1.push(Value::Null, "9", "realtime:room", "phx_leave", json!({}))
+        .await;
+    assert_eq!(v1.recv().await.event, "phx_reply");
+    assert_eq!(v1.recv().await.event, "phx_close");
+    sender
+        .push(
+            json!("1"),
+            "x",
+            "realtime:room",
+            "broadcast",
+            json!({"type": "broadcast", "event": "late", "payload": {}}),
+        )
+        .await;
+    assert_eq!(v2.recv().await.payload["event"], "late");
+    v1.heartbeat("h2").await;
+}
+
+#[tokio::test]
+async fn terminal_channels_are_private_and_open_only_to_the_service_key_and_the_owning_gateway() {
+    let World { hub, a1, a2, b1 } = world().await;
+    let session = hub.job(&a1).await;
+    let topic = format!("terminal:{session}");
+    let service_key = hub.state.keys.service_key.clone();
+
+    let mut service = hub.connect_key(&service_key, Some("2.0.0")).await;
+    assert_eq!(
+        service
+            .join_broadcast(&topic, "1", true, None)
+            .await
+            .payload["status"],
+        "ok"
+    );
+    let mut owner = hub.connect(Some("2.0.0")).await;
+    let r = owner
+        .join_broadcast(&topic, "1", true, Some(&hub.token(&a1)))
+        .await;
+    assert_eq!(r.payload["status"], "ok", "{:?}", r.raw);
+
+    let refused = |r: In| {
+        assert_eq!(r.payload["status"], "error", "{:?}", r.raw);
+        r.payload["response"]["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for (gw, who) in [(&a2, "same team, other gateway"), (&b1, "other team")] {
+        let mut ws = hub.connect(None).await;
+        let why = refused(
+            ws.join_broadcast(&topic, "1", true, Some(&hub.token(gw)))
+                .await,
+        );
+        assert!(
+            why.starts_with("Unauthorized:") && why.contains("does not own"),
+            "{who}: {why}"
+        );
+    }
+    let mut anon = hub.connect(None).await;
+    let why = refused(anon.join_broadcast(&topic, "1", true, None).await);
+    assert!(why.contains("anon"), "{why}");
+    // Public terminal topics do not exist; other private topics have no policy.
+    let why = refused(anon.join_broadcast(&topic, "2", false, None).await);
+    assert!(why.contains("private"), "{why}");
+    let why = refused(anon.join_broadcast("room", "3", true, None).await);
+    assert!(why.starts_with("Unauthorized"), "{why}");
+    let mut stranger = hub.connect(Some("2.0.0")).await;
+    let why = refused(
+        stranger
+            .join_broadcast("terminal:not-a-uuid", "1", true, Some(&hub.token(&a1)))
+            .await,
+    );
+    assert!(why.contains("not a job id"), "{why}");
+
+    // Both ways between the service key and the owner, and nothing to a
+    // public channel of the same name (it cannot be joined anyway).
+    let msg = json!({"type": "broadcast", "event": "input", "payload": {"seq": 1, "data": "aGk="}});
+    service
+        .push(
+            json!("1"),
+            "2",
+            &format!("realtime:{topic}"),
+            "broadcast",
+            msg.clone(),
+        )
+        .await;
+    assert_eq!(owner.recv().await.payload, msg);
+    let out =
+        json!({"type": "broadcast", "event": "output", "payload": {"seq": 1, "data": "aGk="}});
+    owner
+        .push(
+            json!("1"),
+            "2",
+            &format!("realtime:{topic}"),
+            "broadcast",
+            out.clone(),
+        )
+        .await;
+    assert_eq!(service.recv().await.payload, out);
+    stranger.heartbeat("h").await;
+}

@@ -183,6 +183,8 @@ fn attach_falls_back_to_line_mode_for_shell_exec_only_gateways() {
     let mut caps = s.hub.row("team_gateways", g).unwrap()["capabilities"].clone();
     caps["runtime"]["node_version"] = json!("v24.3.0");
     caps["runtime"]["gateway_version"] = json!("2.32.167");
+    // A reference gateway announces no terminal stream.
+    caps.as_object_mut().unwrap().remove("terminal_stream");
     s.hub.patch(
         "team_gateways",
         &format!("id=eq.{g}"),

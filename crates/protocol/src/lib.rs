@@ -48,4 +48,5 @@ pub mod secrets;
 pub mod shell_gate;
 pub mod status;
 pub mod subagent;
+pub mod terminal;
 pub mod time;

@@ -6,9 +6,11 @@
 //! * Edge functions: [`Client::functions`] → [`Functions::invoke`].
 //! * Auth: [`Session`], [`Client::set_session`], [`Client::refresh`],
 //!   [`Client::on_session_change`], [`Client::get_user`].
-//! * Realtime: [`realtime::Realtime`] (Phoenix channels, `postgres_changes`).
+//! * Realtime: [`realtime::Realtime`] (Phoenix channels, `postgres_changes`);
+//!   [`broadcast::BroadcastChannel`] (one broadcast channel, e.g. a terminal stream).
 
 mod auth;
+pub mod broadcast;
 mod client;
 mod error;
 mod functions;

@@ -130,6 +130,19 @@ async fn send_locked(
         .as_ref()
         .map(Capabilities::to_value)
         .unwrap_or_else(|| json!({}));
+    // Extension (issue 15, experimental): this gateway serves `terminal_open`
+    // streams, announced only when the operator turned the stream on.
+    if gw.shell_sessions.terminals().enabled {
+        if let Some(caps) = capabilities.as_object_mut() {
+            caps.insert(
+                panorama_protocol::terminal::CAPABILITY_KEY.into(),
+                json!({
+                    "version": panorama_protocol::terminal::PROTOCOL_VERSION,
+                    "idle_timeout_secs": gw.shell_sessions.terminals().idle_timeout.as_secs_f64(),
+                }),
+            );
+        }
+    }
     // An extra key in the host's free-form metadata: v1's shape is kept.
     if let Some(meta) = capabilities
         .pointer_mut("/hosts/gateway/metadata")

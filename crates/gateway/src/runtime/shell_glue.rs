@@ -145,6 +145,24 @@ impl ShellControlState for HubShellControl {
         Some(self.stop.clone())
     }
 
+    async fn terminal_channel(
+        &self,
+        topic: &str,
+    ) -> Result<panorama_supabase::broadcast::BroadcastOptions, String> {
+        let token = self
+            .client
+            .access_token()
+            .await
+            .map_err(|e| format!("no gateway token for the terminal channel: {e}"))?;
+        Ok(panorama_supabase::broadcast::BroadcastOptions {
+            url: self.client.url().to_string(),
+            apikey: self.client.anon_key().to_string(),
+            access_token: Some(token),
+            topic: topic.to_string(),
+            private: true,
+        })
+    }
+
     async fn resolve_secret_placeholders(&self, job_id: &str) -> Result<Value, String> {
         let answer = self
             .client
@@ -190,7 +208,14 @@ pub async fn sync_install_flag(gw: &Gateway) {
     }
 }
 
-/// Runs a `shell_session` or `shell_exec` job and maps its outcome.
+/// `terminal_open` / `terminal_close` (issue 15): not in the protocol's
+/// job types; dispatched here with the shell jobs.
+pub fn is_terminal_job(job_type: &str) -> bool {
+    job_type == panorama_protocol::terminal::JOB_TERMINAL_OPEN
+        || job_type == panorama_protocol::terminal::JOB_TERMINAL_CLOSE
+}
+
+/// Runs a `shell_session`, `shell_exec` or terminal job and maps its outcome.
 pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
     sync_install_flag(gw).await;
     let ctx = ShellContext {
@@ -202,8 +227,11 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
             gateway_id: gw.gateway_id.clone(),
         },
     };
-    let result = match job.job_type {
+    let result = match &job.job_type {
         JobType::ShellExec => handle_shell_exec_job(&ctx, &job.payload).await,
+        JobType::Unknown(t) if is_terminal_job(t) => {
+            crate::shell::handle_terminal_job(&ctx, t, &job.payload).await
+        }
         _ => handle_shell_session_job(&ctx, &job.payload).await,
     };
     // A command stopped by the shutdown (its tree terminated) is a

@@ -13,6 +13,7 @@ pub mod error;
 pub mod exec;
 pub mod gate;
 pub mod session;
+pub mod terminal;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +79,16 @@ pub trait ShellControlState: Send + Sync {
     /// value. The default: a control plane that offers no secrets.
     async fn resolve_secret_placeholders(&self, _job_id: &str) -> Result<Value, String> {
         Err("this control plane does not resolve team secrets".into())
+    }
+
+    /// How to join the terminal stream `topic` as this gateway (the hub's
+    /// realtime URL, its API key and the gateway's current JWT). The
+    /// default: this control plane offers no terminal stream.
+    async fn terminal_channel(
+        &self,
+        _topic: &str,
+    ) -> Result<panorama_supabase::broadcast::BroadcastOptions, String> {
+        Err("this control plane offers no terminal stream".into())
     }
 }
 
@@ -266,4 +277,74 @@ pub async fn handle_shell_exec_job(
         ));
     }
     Ok(serde_json::to_value(result).unwrap_or(Value::Null))
+}
+
+/// A `terminal_open` or `terminal_close` job (issue 15). `terminal_open`
+/// is gated like `shell_session open` (machine control, a remote_shell
+/// resource of this gateway with write access) and completes once the
+/// stream is ready; `terminal_close` ends a session of this gateway.
+pub async fn handle_terminal_job(
+    ctx: &ShellContext,
+    job_type: &str,
+    payload: &Value,
+) -> Result<Value, ShellJobError> {
+    use panorama_protocol::terminal::{topic, OpenPayload, JOB_TERMINAL_CLOSE};
+    let terminals = ctx.sessions.terminals();
+    if job_type == JOB_TERMINAL_CLOSE {
+        let session_id = payload
+            .get("session_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ShellJobError::message("Invalid terminal_close payload: session_id is required")
+            })?;
+        let closed = terminals
+            .close(session_id, "closed by a terminal_close job")
+            .await;
+        return Ok(json!({ "session_id": session_id, "closed": closed }));
+    }
+    if ctx.control.job_cancelled(&ctx.job_id).await {
+        return Err(ShellJobError::with_fields(
+            MSG_SHELL_JOB_CANCELLED,
+            json!({ "cancelled": true }),
+        ));
+    }
+    let inputs = ctx.control.load_gate_inputs().await;
+    let now_ms = ctx
+        .control
+        .freshness_now_ms()
+        .unwrap_or_else(|| ctx.sessions.now_ms());
+    check_machine_control(ShellGateKind::Session, &inputs, now_ms)
+        .map_err(ShellJobError::message)?;
+    let parsed = OpenPayload::parse(payload).map_err(ShellJobError::message)?;
+    let resource = ctx.control.load_resource(&parsed.resource_id).await;
+    check_resource(
+        ShellGateKind::Session,
+        &ctx.identity,
+        &inputs,
+        resource
+            .as_ref()
+            .map(Option::as_ref)
+            .map_err(String::as_str),
+        ShellAccess::Write,
+    )
+    .map_err(|m| ShellJobError::with_fields(m, json!({ "resource_id": parsed.resource_id })))?;
+    let metadata = resource.ok().flatten().and_then(|r| r.metadata);
+    let cwd = terminal::start_dir(parsed.cwd.as_deref(), metadata.as_ref(), dirs_home());
+    let topic = topic(&ctx.job_id);
+    let channel = ctx
+        .control
+        .terminal_channel(&topic)
+        .await
+        .map_err(|e| ShellJobError::message(format!("Failed to open terminal: {e}")))?;
+    terminals
+        .open(&ctx.job_id, &parsed, cwd, ctx.sessions.config(), channel)
+        .await
+        .map_err(ShellJobError::message)
+}
+
+/// `$HOME` of the gateway's user.
+fn dirs_home() -> Option<std::path::PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(std::path::PathBuf::from)
 }

@@ -237,6 +237,9 @@ pub struct ShellSessions {
     /// Serializes `open` so the 64-session cap cannot be overshot.
     open_lock: tokio::sync::Mutex<()>,
     terminations: Mutex<Vec<std::thread::JoinHandle<Termination>>>,
+    /// The streamed terminals (`terminal_open`), which share the shell
+    /// sessions' environment and shutdown.
+    terminals: Arc<super::terminal::Terminals>,
 }
 
 impl Default for ShellSessions {
@@ -252,7 +255,13 @@ impl ShellSessions {
             sessions: Mutex::new(HashMap::new()),
             open_lock: tokio::sync::Mutex::new(()),
             terminations: Mutex::new(Vec::new()),
+            terminals: Arc::new(super::terminal::Terminals::default()),
         }
+    }
+
+    /// The streamed terminals of this process.
+    pub fn terminals(&self) -> &Arc<super::terminal::Terminals> {
+        &self.terminals
     }
 
     pub fn config(&self) -> &ShellSessionsConfig {
@@ -673,6 +682,9 @@ impl ShellSessions {
             }
         }
         self.wait_for_terminations().await;
+        self.terminals
+            .close_all("the gateway is shutting down")
+            .await;
     }
 
     /// Waits for every termination started so far.
@@ -713,7 +725,11 @@ fn dimension(raw: Option<&String>, default: u32) -> u16 {
 /// Node-style spawn checks, so errors read `spawn <shell> ENOENT`: the
 /// program must resolve (through the child's `PATH` when it has no slash)
 /// and the cwd must exist. Returns the program to run.
-fn resolve_program(shell: &str, env: &[(String, String)], cwd: &Path) -> Result<PathBuf, String> {
+pub(crate) fn resolve_program(
+    shell: &str,
+    env: &[(String, String)],
+    cwd: &Path,
+) -> Result<PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
     let enoent = || format!("spawn {shell} ENOENT");
     if !cwd.is_dir() {
@@ -748,15 +764,15 @@ fn resolve_program(shell: &str, env: &[(String, String)], cwd: &Path) -> Result<
     Err(enoent())
 }
 
-struct SpawnedPty {
-    pid: i32,
-    master: Box<dyn MasterPty + Send>,
-    writer: Box<dyn Write + Send>,
-    reader: Box<dyn Read + Send>,
-    child: Box<dyn portable_pty::Child + Send + Sync>,
+pub(crate) struct SpawnedPty {
+    pub(crate) pid: i32,
+    pub(crate) master: Box<dyn MasterPty + Send>,
+    pub(crate) writer: Box<dyn Write + Send>,
+    pub(crate) reader: Box<dyn Read + Send>,
+    pub(crate) child: Box<dyn portable_pty::Child + Send + Sync>,
 }
 
-fn spawn_pty(
+pub(crate) fn spawn_pty(
     program: &Path,
     args: &[String],
     env: &[(String, String)],
@@ -800,7 +816,7 @@ fn spawn_pty(
 }
 
 /// Signal names for `strsignal` texts portable-pty reports.
-fn signal_name(text: &str) -> &'static str {
+pub(crate) fn signal_name(text: &str) -> &'static str {
     match text {
         "Hangup" => "SIGHUP",
         "Interrupt" => "SIGINT",

@@ -40,6 +40,8 @@ pub struct AppState {
     pub open_signup: bool,
     /// Failed password sign-ins, per account and per client address.
     pub signin_failures: Arc<std::sync::Mutex<crate::people::FailureLimiter>>,
+    /// Realtime broadcast fan-out between sockets.
+    pub broadcasts: Arc<crate::realtime::broadcast::Broadcasts>,
 }
 
 /// Failed sign-ins allowed per account and per address in the window.
@@ -52,6 +54,7 @@ impl AppState {
             store,
             keys,
             feed,
+            broadcasts: Default::default(),
             access_token_ttl_secs: env_secs("PANORAMA_HUB_ACCESS_TOKEN_TTL", ACCESS_TOKEN_TTL_SECS),
             refresh_reuse_interval_secs: env_secs(
                 "PANORAMA_HUB_REFRESH_REUSE_INTERVAL",
