@@ -1153,6 +1153,9 @@ async fn authorize_private(
     match principal {
         Principal::Service => Ok(()),
         Principal::Anon => refuse("the anon key may not join terminal streams"),
+        // Not yet: which people may watch or type is the console's part of
+        // the terminal issue; until then a person is refused, never admitted.
+        Principal::User { .. } => refuse("signed-in people may not join terminal streams yet"),
         Principal::Gateway {
             gateway_id,
             team_id,
