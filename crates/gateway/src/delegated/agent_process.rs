@@ -31,3 +31,10 @@ pub fn spec_for_plan(plan: &RunPlan, tmp_dir: &Path, stop_grace: Duration) -> Pr
         stdin: None,
     }
 }
+
+/// The plan's answer file (Codex `-o`), when the CLI wrote one.
+pub fn read_answer_file(plan: &RunPlan) -> Option<String> {
+    plan.answer_file
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+}

@@ -110,7 +110,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
             );
         }
         let output = match payload.output_format {
-            OutputFormat::Json => match extract_model_run_answer(provider, &r.stdout, read_answer_file(&plan).as_deref()) {
+            OutputFormat::Json => match extract_model_run_answer(provider, &r.stdout, super::agent_process::read_answer_file(&plan).as_deref()) {
                 Ok(v) => v,
                 Err(e) => {
                     let message = e.to_string();
@@ -143,11 +143,4 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
     active.remove_model_run(job_id);
     wd.cleanup();
     outcome
-}
-
-/// The plan's answer file (Codex `-o`), when the CLI wrote one.
-pub(super) fn read_answer_file(plan: &panorama_providers::argv::RunPlan) -> Option<String> {
-    plan.answer_file
-        .as_ref()
-        .and_then(|f| std::fs::read_to_string(f).ok())
 }

@@ -157,7 +157,7 @@ async fn full_check(detection: &ProviderDetection, paths: &GatewayPaths) -> Vali
         if let Some(detail) = result.failure_detail(plan.timeout_ms) {
             return Err(detail);
         }
-        let answer = super::model_run::read_answer_file(&plan);
+        let answer = super::agent_process::read_answer_file(&plan);
         let structured = extract_model_run_answer(id, &result.stdout, answer.as_deref())
             .map_err(|e| e.to_string())?;
         if validation_succeeded(&structured) {
