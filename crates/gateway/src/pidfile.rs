@@ -204,7 +204,21 @@ mod tests {
         // Our own PID is never reported as "the other holder".
         assert!(matches!(claim(&path), Err(ClaimError::Held(None))));
         drop(first);
-        let again = claim(&path).expect("claim after release");
+        // Another test thread that forks a child at this moment hands the
+        // child a copy of every descriptor until the child execs (that is
+        // when close-on-exec applies), and a copy of ours keeps the lock.
+        // So the release is visible once such a child has exec'd: retry
+        // briefly instead of expecting it on the first try.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let again = loop {
+            match claim(&path) {
+                Ok(lock) => break lock,
+                Err(ClaimError::Held(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("claim after release: {e:?}"),
+            }
+        };
         drop(again);
         assert!(lock_path(&path).exists(), "the lock file is never removed");
     }
