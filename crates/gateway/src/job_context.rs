@@ -1,10 +1,11 @@
-//! What a job handler gets from the runtime: the control-plane client and
+//! What a job handler gets from the runtime: the control-plane port and the
 //! outbox, this gateway's identity and paths, the delegated-run state and a
 //! [`Shutdown`] handle — and nothing of the runtime's own machinery (queue,
 //! ingress, heartbeat). The runtime's `Gateway` holds one and derefs to it,
 //! so handlers sit below the runtime and never import it.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use panorama_supabase::Client;
 use tokio::sync::watch;
@@ -14,6 +15,7 @@ use crate::delegated::events::RunSequences;
 use crate::delegated::providers::ProviderState;
 use crate::outbox::Outbox;
 use crate::paths::GatewayPaths;
+use crate::port::ControlPlane;
 
 /// The runtime's request that running jobs stop their children (shutdown
 /// step 7), with its reason. Cheap to clone; every clone sees one signal.
@@ -69,7 +71,11 @@ pub struct Delegated {
 
 /// Everything a job handler may use.
 pub struct JobContext {
+    /// The session's client, for what is not a request of a job (realtime,
+    /// the terminal stream's channel).
     pub client: Client,
+    /// Every request a job makes of the control plane (`port`).
+    pub control: Arc<dyn ControlPlane>,
     pub gateway_id: String,
     pub team_id: String,
     pub device_name: String,
@@ -89,6 +95,34 @@ impl JobContext {
     /// The reason running jobs were asked to stop, if they were.
     pub fn cancel_reason(&self) -> Option<String> {
         self.shutdown.reason()
+    }
+}
+
+#[cfg(test)]
+impl JobContext {
+    /// A context over `control` with its files (config, outbox, work dirs)
+    /// under `dir`; the client points at a closed port (nothing may use it).
+    pub fn for_tests(control: Arc<dyn ControlPlane>, dir: &std::path::Path) -> JobContext {
+        let paths = GatewayPaths::resolve(
+            &crate::paths::PathOverrides {
+                config_dir: Some(dir.to_path_buf()),
+                ..Default::default()
+            },
+            &|_| None,
+            dir,
+            dir,
+        );
+        JobContext {
+            client: Client::new("http://127.0.0.1:9", "anon").expect("a client"),
+            control,
+            gateway_id: "gateway-1".into(),
+            team_id: "team-1".into(),
+            device_name: "test".into(),
+            outbox: Outbox::open(&dir.join("outbox")).expect("an outbox"),
+            paths,
+            delegated: Delegated::default(),
+            shutdown: Shutdown::default(),
+        }
     }
 }
 

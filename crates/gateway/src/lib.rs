@@ -23,6 +23,7 @@ pub mod outbox;
 pub mod output;
 pub mod paths;
 pub mod pidfile;
+pub mod port;
 pub mod readiness;
 pub mod recovery;
 pub mod redact;

@@ -5,9 +5,44 @@
 use std::path::Path;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use panorama_providers::argv::RunPlan;
+use tokio::sync::watch;
 
-use super::process::ProcessSpec;
+use super::process::{run_process, ProcessResult, ProcessSpec};
+
+/// Starts an agent process and supervises it to its end: the one step of a
+/// run that needs a real CLI, behind a trait so the run's lifecycle can be
+/// driven with a scripted outcome in unit tests.
+#[async_trait]
+pub trait AgentLauncher: Send + Sync {
+    /// Runs `spec` until it exits or `stop` carries a reason (see
+    /// [`run_process`]): `on_spawn` gets the process group, `on_stdout` the
+    /// output as it arrives.
+    async fn run(
+        &self,
+        spec: &ProcessSpec,
+        stop: watch::Receiver<Option<String>>,
+        on_spawn: &mut (dyn FnMut(u32) + Send),
+        on_stdout: &mut (dyn for<'b> FnMut(&'b [u8]) + Send),
+    ) -> ProcessResult;
+}
+
+/// The agent CLI as a contained child process.
+pub struct ChildProcess;
+
+#[async_trait]
+impl AgentLauncher for ChildProcess {
+    async fn run(
+        &self,
+        spec: &ProcessSpec,
+        stop: watch::Receiver<Option<String>>,
+        on_spawn: &mut (dyn FnMut(u32) + Send),
+        on_stdout: &mut (dyn for<'b> FnMut(&'b [u8]) + Send),
+    ) -> ProcessResult {
+        run_process(spec, stop, on_spawn, on_stdout).await
+    }
+}
 
 /// Placeholder in a plan's environment values for the run's working dir.
 const WORKDIR_PLACEHOLDER: &str = "{WORKDIR}";

@@ -16,6 +16,7 @@ use panorama_protocol::cancel::{
 };
 use panorama_protocol::jobs::{HandlerOutcome, SubagentCancelPayload};
 use panorama_protocol::results::CancelJobResult;
+use panorama_protocol::rows::SubagentRunRow;
 use panorama_protocol::status::{RunEventType, SubagentStatus};
 use serde_json::{json, Value};
 
@@ -24,6 +25,7 @@ use super::events::RunIds;
 use super::out_of_band::push_out_of_band;
 use crate::control_plane::retry_unanswered;
 use crate::job_context::JobContext;
+use crate::port::{PortError, StatusGuard};
 use crate::timestamp::now_iso;
 
 /// CAS attempts before giving up on a subagent whose state keeps changing.
@@ -45,19 +47,12 @@ fn fail(message: &str, subagent_id: &str, error: String) -> HandlerOutcome {
 /// `op` until the hub answers (see the module docs).
 async fn answered<T, Fut>(gw: &JobContext, what: &str, op: impl FnMut() -> Fut) -> Result<T, String>
 where
-    Fut: std::future::Future<Output = Result<T, panorama_supabase::Error>>,
+    Fut: std::future::Future<Output = Result<T, PortError>>,
 {
     retry_unanswered(&gw.shutdown, what, op)
         .await
         .0
         .map_err(|e| e.to_string())
-}
-
-async fn newest_running_run(gw: &JobContext, sid: &str) -> Result<Option<Value>, String> {
-    answered(gw, "GET /rest/v1/subagent_runs", || {
-        super::subagent_run::newest_running_run(&gw.client, sid, "id,metadata")
-    })
-    .await
 }
 
 /// The cancel lost a race with the run's own end (or the rows kept
@@ -78,10 +73,13 @@ fn lost_race(status: SubagentStatus) -> CancelResolution {
 async fn running_run_of(
     gw: &JobContext,
     sid: &str,
-    status: Option<&str>,
-) -> Result<Option<Value>, String> {
-    if status.map(SubagentStatus::normalize) == Some(SubagentStatus::Running) {
-        newest_running_run(gw, sid).await
+    status: &SubagentStatus,
+) -> Result<Option<SubagentRunRow>, String> {
+    if status.is_running() {
+        answered(gw, "GET /rest/v1/subagent_runs", || {
+            gw.control.newest_running_run(sid)
+        })
+        .await
     } else {
         Ok(None)
     }
@@ -92,35 +90,22 @@ pub async fn handle(gw: &JobContext, payload: &SubagentCancelPayload) -> Handler
     let sid = payload.subagent_id.as_str();
     let reason = payload.reason.as_str();
     let requested = payload.run_id.as_deref();
-    let sub = super::subagent_run::subagent_summary(gw, sid)
-        .await
-        .map_err(|e| e.to_string());
+    let sub = answered(gw, "GET /rest/v1/subagents", || gw.control.subagent(sid)).await;
     let sub = match sub {
         Ok(Some(s)) => s,
         Ok(None) => return result(CancelJobResult::not_found(sid, requested, reason)),
         Err(e) => return fail("Failed to load subagent for cancellation", sid, e),
     };
-    let assigned = sub.get("gateway_id").and_then(Value::as_str);
+    let assigned = sub.gateway_id.as_deref();
     if assigned != Some(gw.gateway_id.as_str()) {
         return result(CancelJobResult::other_gateway(sid, requested, reason));
     }
-    let subagent_type = sub
-        .get("subagent_type")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let adapter = cancel_adapter_for(subagent_type);
+    let adapter = cancel_adapter_for(&sub.subagent_type);
     let supported = cancel_supported(&adapter, assigned);
-    let team_id = sub
-        .get("team_id")
-        .and_then(Value::as_str)
-        .unwrap_or(&gw.team_id)
-        .to_string();
-    let mut status = sub
-        .get("status")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let mut sub_metadata = sub.get("metadata").cloned().unwrap_or_else(|| json!({}));
-    let mut run = match running_run_of(gw, sid, status.as_deref()).await {
+    let team_id = super::subagent_run::team_of(gw, &sub);
+    let mut status = sub.status.clone();
+    let mut sub_metadata = sub.metadata.clone();
+    let mut run = match running_run_of(gw, sid, &status).await {
         Ok(r) => r,
         Err(e) => {
             return fail(
@@ -133,9 +118,9 @@ pub async fn handle(gw: &JobContext, payload: &SubagentCancelPayload) -> Handler
     let mut first_pass = true;
     for _ in 0..MAX_CAS_ATTEMPTS {
         let resolution = resolve_cancel_request(CancelRequest {
-            subagent_status: status.as_deref(),
+            subagent_status: Some(status.as_str()),
             requested_run_id: requested,
-            active_run_id: run.as_ref().and_then(|r| r["id"].as_str()),
+            active_run_id: run.as_ref().map(|r| r.id.as_str()),
             cancel_supported: supported,
         });
         if !resolution.accepted {
@@ -167,38 +152,26 @@ pub async fn handle(gw: &JobContext, payload: &SubagentCancelPayload) -> Handler
         };
         let metadata = cancel_metadata(&sub_metadata);
         let updated = answered(gw, "PATCH /rest/v1/subagents", || {
-            gw.client
-                .from("subagents")
-                .update(json!({"metadata": metadata}))
-                .eq("status", "running")
-                .eq("id", sid)
-                .select("id")
-                .execute()
+            gw.control
+                .update_subagent(sid, StatusGuard::Running, json!({"metadata": metadata}))
         })
         .await;
-        let rows = match updated {
-            Ok(rows) => rows,
+        let matched = match updated {
+            Ok(matched) => matched,
             Err(e) => return fail("Failed to persist subagent cancellation metadata", sid, e),
         };
-        if rows.is_empty() {
+        if !matched {
             // Race: refresh and resolve again.
-            let refreshed = answered(gw, "GET /rest/v1/subagents", || {
-                gw.client
-                    .from("subagents")
-                    .select("status,metadata")
-                    .eq("id", sid)
-                    .maybe_single()
-            })
-            .await;
+            let refreshed =
+                answered(gw, "GET /rest/v1/subagents", || gw.control.subagent(sid)).await;
             match refreshed {
-                Ok(row) => {
-                    status = row
-                        .as_ref()
-                        .and_then(|r| r["status"].as_str())
-                        .map(str::to_string);
-                    sub_metadata = row
-                        .and_then(|r| r.get("metadata").cloned())
-                        .unwrap_or_else(|| json!({}));
+                Ok(Some(row)) => {
+                    status = row.status;
+                    sub_metadata = row.metadata;
+                }
+                Ok(None) => {
+                    status = SubagentStatus::from_json(None);
+                    sub_metadata = json!({});
                 }
                 Err(e) => {
                     return fail(
@@ -208,7 +181,7 @@ pub async fn handle(gw: &JobContext, payload: &SubagentCancelPayload) -> Handler
                     )
                 }
             }
-            run = match running_run_of(gw, sid, status.as_deref()).await {
+            run = match running_run_of(gw, sid, &status).await {
                 Ok(r) => r,
                 Err(e) => {
                     return fail(
@@ -220,18 +193,10 @@ pub async fn handle(gw: &JobContext, payload: &SubagentCancelPayload) -> Handler
             };
             continue;
         }
-        let run_metadata = cancel_metadata(
-            run.as_ref()
-                .and_then(|r| r.get("metadata"))
-                .unwrap_or(&json!({})),
-        );
+        let run_metadata = cancel_metadata(run.as_ref().map_or(&json!({}), |r| &r.metadata));
         let run_updated = answered(gw, "PATCH /rest/v1/subagent_runs", || {
-            gw.client
-                .from("subagent_runs")
-                .update(json!({"metadata": run_metadata}))
-                .eq("id", run_id.as_str())
-                .eq("status", "running")
-                .execute()
+            gw.control
+                .update_run_if_running(&run_id, json!({"metadata": run_metadata}))
         })
         .await;
         if let Err(e) = run_updated {
@@ -291,7 +256,7 @@ pub async fn handle(gw: &JobContext, payload: &SubagentCancelPayload) -> Handler
             adapter.support,
         ));
     }
-    let resolution = lost_race(SubagentStatus::normalize(status.as_deref().unwrap_or("")));
+    let resolution = lost_race(status);
     result(CancelJobResult::after_race(
         sid,
         reason,

@@ -42,16 +42,18 @@ use panorama_providers::retry::{
 use panorama_providers::ProviderId;
 use serde_json::{json, Map, Value};
 
-use super::accepted_run::{closed_upstream, start_accepted_run, AcceptedRunPort, HubAcceptedRuns};
+use super::accepted_run::{accepted_run, closed_upstream, start_accepted_run};
 use super::active::{CancelInfo, RunControl};
-use super::agent_process::spec_for_plan;
+use super::agent_process::{spec_for_plan, AgentLauncher, ChildProcess};
 use super::events::{EventSink, RunIds};
 use super::out_of_band::push_out_of_band;
-use super::process::{run_process, ProcessResult, CANCEL_KILL_GRACE};
+use super::process::{ProcessResult, CANCEL_KILL_GRACE};
 use super::workdir::WorkDir;
 use crate::control_plane::retry_unanswered;
 use crate::job_context::JobContext;
-use crate::outbox::{OutboxWrite, STATUS_RUNNING};
+use crate::outbox::OutboxWrite;
+use crate::port::writes::{self, TerminalRows};
+use crate::port::{NewRun, PortError, StatusGuard};
 use crate::timestamp::{now_iso, now_ms};
 
 /// Marker of a failed `--resume` in Claude's output.
@@ -73,7 +75,17 @@ fn obj(v: &Value) -> Map<String, Value> {
 
 /// The whole job: handler, then the job-failure fallback when it applies.
 pub async fn run_job(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload) -> JobCompletion {
-    let completion = match AssertUnwindSafe(handle(gw, job_id, payload))
+    run_job_with(gw, &ChildProcess, job_id, payload).await
+}
+
+/// [`run_job`] with the agent started by `agent` (tests script it).
+pub async fn run_job_with(
+    gw: &JobContext,
+    agent: &dyn AgentLauncher,
+    job_id: &str,
+    payload: &SubagentRunPayload,
+) -> JobCompletion {
+    let completion = match AssertUnwindSafe(handle(gw, agent, job_id, payload))
         .catch_unwind()
         .await
     {
@@ -99,7 +111,10 @@ pub async fn run_job(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload
 pub async fn fail_subagent_run(gw: &JobContext, sid: &str, error: &str) {
     // Reads are retried while the hub does not answer: giving up here would
     // leave the run and the subagent `running` with nobody to finish them.
-    let sub = subagent_summary(gw, sid).await;
+    let (sub, _) = retry_unanswered(&gw.shutdown, "GET /rest/v1/subagents", || {
+        gw.control.subagent(sid)
+    })
+    .await;
     let sub = match sub {
         Ok(Some(s)) => s,
         Ok(None) => return,
@@ -108,35 +123,35 @@ pub async fn fail_subagent_run(gw: &JobContext, sid: &str, error: &str) {
             return;
         }
     };
-    if sub.get("status").and_then(Value::as_str) != Some("running") {
+    if !sub.status.is_running() {
         return;
     }
     let now = now_iso();
-    let mut metadata = obj(&sub["metadata"]);
+    let mut metadata = obj(&sub.metadata);
     metadata.extend(obj(&json!({
         "schema_version": SUBAGENT_SCHEMA_VERSION, "runner": "gateway",
-        "subagent_type": sub["subagent_type"], "last_run_at": now, "gateway_error": error,
+        "subagent_type": sub.subagent_type, "last_run_at": now, "gateway_error": error,
     })));
-    let envelope = error_envelope(error);
+    let patch = json!({"status": "failed", "error": error, "output": error_envelope(error),
+                       "completed_at": now, "metadata": metadata});
     // Our own queued writes for this run go first, so its status is current.
     gw.outbox.flush(Duration::from_secs(2)).await;
     let (run, _) = retry_unanswered(&gw.shutdown, "GET /rest/v1/subagent_runs", || {
-        newest_running_run(&gw.client, sid, "id")
+        gw.control.newest_running_run(sid)
     })
     .await;
     if let Err(e) = &run {
         tracing::error!(error = %e, subagentId = %sid, "Failed to load the running run after gateway error");
     }
     if let Ok(Some(run)) = run {
-        let run_id = run["id"].as_str().unwrap_or_default().to_string();
         // The terminal event first, then the row (GUARANTEES: terminal
         // state after the run's last event). Its sequence comes from the
         // run's counter, or from the hub once it answers: never a guess.
-        if let Some(gateway_id) = sub["gateway_id"].as_str() {
+        if let Some(gateway_id) = sub.gateway_id.as_deref() {
             let ids = RunIds {
-                run_id: run_id.clone(),
+                run_id: run.id.clone(),
                 subagent_id: sid.to_string(),
-                team_id: sub["team_id"].as_str().unwrap_or(&gw.team_id).to_string(),
+                team_id: team_of(gw, &sub),
                 gateway_id: gateway_id.to_string(),
             };
             if let Err(e) = push_out_of_band(
@@ -149,26 +164,24 @@ pub async fn fail_subagent_run(gw: &JobContext, sid: &str, error: &str) {
             )
             .await
             {
-                tracing::error!(error = %e, runId = %run_id, "Failed to queue the run_failed event of a failed job");
+                tracing::error!(error = %e, runId = %run.id, "Failed to queue the run_failed event of a failed job");
             }
         }
-        push(
-            gw,
-            OutboxWrite::update_if_running(
-                "subagent_runs",
-                &run_id,
-                json!({"status": "failed", "error": error, "output": envelope, "completed_at": now, "metadata": metadata}),
-            ),
-        );
+        push(gw, writes::run_update_if_running(&run.id, patch.clone()));
     }
     push(
         gw,
-        OutboxWrite::update_if_running(
-            "subagents",
-            sid,
-            json!({"status": "failed", "error": error, "output": envelope, "completed_at": now, "metadata": metadata}),
-        ),
+        writes::subagent_update(sid, StatusGuard::Running, patch),
     );
+}
+
+/// The subagent's team (the gateway's when the row has none).
+pub(super) fn team_of(gw: &JobContext, sub: &SubagentRow) -> String {
+    if sub.team_id.is_empty() {
+        gw.team_id.clone()
+    } else {
+        sub.team_id.clone()
+    }
 }
 
 /// Runs `f`, which does several fsync'd outbox pushes in a row, without
@@ -184,40 +197,6 @@ fn fsyncing<T>(f: impl FnOnce() -> T) -> T {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
     }
-}
-
-/// The subagent's identity, status and metadata (what the cancel job and
-/// the failure fallback decide on), retried while the hub does not answer.
-pub(super) async fn subagent_summary(
-    gw: &JobContext,
-    sid: &str,
-) -> Result<Option<Value>, panorama_supabase::Error> {
-    retry_unanswered(&gw.shutdown, "GET /rest/v1/subagents", || {
-        gw.client
-            .from("subagents")
-            .select("id,team_id,gateway_id,subagent_type,status,metadata")
-            .eq("id", sid)
-            .maybe_single()
-    })
-    .await
-    .0
-}
-
-/// The subagent's newest `running` run (`columns` of it), if any.
-pub(super) async fn newest_running_run(
-    client: &panorama_supabase::Client,
-    sid: &str,
-    columns: &str,
-) -> Result<Option<Value>, panorama_supabase::Error> {
-    client
-        .from("subagent_runs")
-        .select(columns)
-        .eq("subagent_id", sid)
-        .eq("status", "running")
-        .order("run_sequence", false, None)
-        .limit(1)
-        .maybe_single()
-        .await
 }
 
 fn push(gw: &JobContext, write: OutboxWrite) {
@@ -248,111 +227,28 @@ fn sequence_of(input: &Value) -> Option<i64> {
         })
 }
 
+/// The next run sequence of a seed run: the control plane's allocator, else
+/// the highest sequence + 1 (1 for a first run).
 async fn allocate_sequence(gw: &JobContext, sid: &str) -> i64 {
-    match gw
-        .client
-        .rpc(
-            "allocate_subagent_run_sequence",
-            json!({"p_subagent_id": sid}),
-        )
-        .await
-    {
-        Ok(v) => {
-            let n = v
-                .as_i64()
-                .or_else(|| v.as_array().and_then(|a| a.first()).and_then(Value::as_i64))
-                .or_else(|| {
-                    v.get("allocate_subagent_run_sequence")
-                        .and_then(Value::as_i64)
-                });
-            if let Some(n) = n {
-                return n;
-            }
-            tracing::warn!(response = %v, "Unexpected allocate_subagent_run_sequence response");
-        }
+    match gw.control.allocate_run_sequence(sid).await {
+        Ok(Some(n)) => return n,
+        Ok(None) => {}
         Err(e) => {
             tracing::warn!(error = %e, "allocate_subagent_run_sequence failed; using max + 1")
         }
     }
-    gw.client
-        .from("subagent_runs")
-        .select("run_sequence")
-        .eq("subagent_id", sid)
-        .order("run_sequence", false, None)
-        .limit(1)
-        .maybe_single()
+    gw.control
+        .highest_run_sequence(sid)
         .await
         .ok()
         .flatten()
-        .and_then(|r| r.get("run_sequence").and_then(Value::as_i64))
         .map_or(1, |n| n + 1)
-}
-
-/// The terminal state of one run, as both generations write it.
-struct TerminalRows<'a> {
-    sid: &'a str,
-    run_id: &'a str,
-    status: &'a str,
-    output: &'a Value,
-    error: Option<&'a str>,
-    completed_at: &'a str,
-    run_metadata: &'a Map<String, Value>,
-    sub_metadata: &'a Map<String, Value>,
-    /// The subagent update's status filter (`eq.running`, or "not yet
-    /// terminal" for a run cancelled before it started).
-    subagent_guard: &'a str,
-}
-
-/// The edge function of the later generation's terminal write (§5.3).
-pub const FINALIZE_FUNCTION: &str = "finalize-gateway-subagent-run";
-
-/// The outbox writes that put a run and its subagent in their terminal
-/// state. Seed: two updates, each conditional (a replay, or a run someone
-/// else already ended, matches 0 rows). Accepted: the finalize function,
-/// with those same two updates as its fallback where the control plane has
-/// no such function (404).
-fn terminal_writes(generation: RunGeneration, t: &TerminalRows<'_>) -> Vec<OutboxWrite> {
-    let direct = vec![
-        OutboxWrite::update_if_running(
-            "subagent_runs",
-            t.run_id,
-            json!({"status": t.status, "output": t.output, "error": t.error,
-                          "completed_at": t.completed_at, "metadata": t.run_metadata}),
-        ),
-        OutboxWrite::update_where_status(
-            "subagents",
-            t.sid,
-            t.subagent_guard,
-            json!({"status": t.status, "output": t.output, "error": t.error,
-                          "completed_at": t.completed_at, "metadata": t.sub_metadata}),
-        ),
-    ];
-    match generation {
-        RunGeneration::Seed => direct,
-        RunGeneration::Accepted => {
-            let completed = t.status == "completed";
-            vec![OutboxWrite::FunctionOrFallback {
-                name: FINALIZE_FUNCTION.into(),
-                body: json!({
-                    "subagent_id": t.sid,
-                    "run_id": t.run_id,
-                    "final_status": t.status,
-                    "output": if completed { t.output.clone() } else { Value::Null },
-                    "failure_output": if completed { Value::Null } else { t.output.clone() },
-                    "final_error": t.error,
-                    "completed_at": t.completed_at,
-                    "stderr": t.run_metadata.get("stderr").cloned().unwrap_or(Value::Null),
-                    "metadata_patch": t.run_metadata,
-                }),
-                fallback: direct,
-            }]
-        }
-    }
 }
 
 /// Everything a run's finalization needs.
 struct RunCtx<'a> {
     gw: &'a JobContext,
+    agent: &'a dyn AgentLauncher,
     generation: RunGeneration,
     sid: String,
     run_id: String,
@@ -454,20 +350,30 @@ impl RunCtx<'_> {
         self.sink.flush();
         let mut sub_meta = self.sub_metadata.clone();
         sub_meta.extend(metadata.clone());
-        for write in terminal_writes(
-            self.generation,
-            &TerminalRows {
-                sid: &self.sid,
-                run_id: &self.run_id,
-                status,
-                output,
-                error,
-                completed_at: &now_iso(),
-                run_metadata: metadata,
-                sub_metadata: &sub_meta,
-                subagent_guard: STATUS_RUNNING,
-            },
-        ) {
+        self.queue_terminal(status, output, error, metadata, &sub_meta);
+    }
+
+    /// The terminal writes of this run and its subagent (both `running`).
+    fn queue_terminal(
+        &self,
+        status: &str,
+        output: &Value,
+        error: Option<&str>,
+        run_metadata: &Map<String, Value>,
+        sub_metadata: &Map<String, Value>,
+    ) {
+        let rows = TerminalRows {
+            subagent_id: &self.sid,
+            run_id: &self.run_id,
+            status,
+            output,
+            error,
+            completed_at: &now_iso(),
+            run_metadata,
+            sub_metadata,
+            subagent_guard: StatusGuard::Running,
+        };
+        for write in writes::terminal(self.generation, &rows) {
             push(self.gw, write);
         }
     }
@@ -479,7 +385,7 @@ impl RunCtx<'_> {
         if self.generation != RunGeneration::Accepted {
             return None;
         }
-        closed_upstream(&HubAcceptedRuns(self.gw), &self.run_id).await
+        closed_upstream(self.gw, &self.run_id).await
     }
 
     /// The control plane ended the run while the agent ran: its rows are
@@ -522,22 +428,7 @@ impl RunCtx<'_> {
         let envelope = error_envelope(message);
         let mut sub_meta = self.sub_metadata.clone();
         sub_meta.extend(overrides);
-        for write in terminal_writes(
-            self.generation,
-            &TerminalRows {
-                sid: &self.sid,
-                run_id: &self.run_id,
-                status: "failed",
-                output: &envelope,
-                error: Some(message),
-                completed_at: &now_iso(),
-                run_metadata: &metadata,
-                sub_metadata: &sub_meta,
-                subagent_guard: STATUS_RUNNING,
-            },
-        ) {
-            push(self.gw, write);
-        }
+        self.queue_terminal("failed", &envelope, Some(message), &metadata, &sub_meta);
         self.sink.emit(
             RunEventType::RunFailed,
             json!({"reason": message, "source": "gateway", "stage": "pre_execution"}),
@@ -676,6 +567,7 @@ struct Attempt {
 
 async fn run_attempt(
     gw: &JobContext,
+    agent: &dyn AgentLauncher,
     provider: ProviderId,
     plan: &RunPlan,
     delivery: Delivery,
@@ -687,17 +579,18 @@ async fn run_attempt(
     let streaming = is_stream(provider, plan);
     let mut state = StreamState::new(normalizer_for(provider), run.sink.clone());
     let run_for_spawn = Arc::clone(run);
-    let process = run_process(
-        &spec,
-        run.stop_receiver(),
-        &mut move |pid| run_for_spawn.set_pgid(Some(pid as i32)),
-        &mut |chunk| {
-            if streaming {
-                state.feed(chunk)
-            }
-        },
-    )
-    .await;
+    let process = agent
+        .run(
+            &spec,
+            run.stop_receiver(),
+            &mut move |pid| run_for_spawn.set_pgid(Some(pid as i32)),
+            &mut |chunk| {
+                if streaming {
+                    state.feed(chunk)
+                }
+            },
+        )
+        .await;
     let mut collector_truncated = false;
     if streaming {
         collector_truncated = state.finish();
@@ -721,23 +614,20 @@ async fn run_attempt(
 
 /// The handler proper. Row 1 (the payload names a subagent) was checked
 /// when the job was decoded.
-pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload) -> HandlerOutcome {
+pub async fn handle(
+    gw: &JobContext,
+    agent: &dyn AgentLauncher,
+    job_id: &str,
+    payload: &SubagentRunPayload,
+) -> HandlerOutcome {
     let sid = payload.subagent_id.clone();
     // Row 2: the row, read once and typed.
-    let row = gw
-        .client
-        .from("subagents")
-        .select("*")
-        .eq("id", sid.as_str())
-        .maybe_single()
-        .await
-        .map(|row| row.map(serde_json::from_value::<SubagentRow>));
-    let sub = match row {
-        Ok(Some(Ok(s))) => s,
-        Ok(Some(Err(e))) => {
+    let sub = match gw.control.subagent(&sid).await {
+        Ok(Some(s)) => s,
+        Err(PortError::Decode { message, .. }) => {
             return HandlerOutcome::cancelled_skip(
                 json!({"message": "Subagent not found", "subagent_id": sid}),
-                format!("The subagent row could not be read: {e}; fix the row's column values"),
+                format!("The subagent row could not be read: {message}"),
             )
         }
         Ok(None) => {
@@ -770,7 +660,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload)
         .filter(|id| is_canonical_uuid(id))
         .map(str::to_string);
     let accepted_read = match &payload_run_id {
-        Some(run_id) => Some(HubAcceptedRuns(gw).accepted_run(run_id).await),
+        Some(run_id) => Some(accepted_run(gw, run_id).await),
         None => None,
     };
     let generation = run_generation(
@@ -811,11 +701,8 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload)
     // Rows 6–7.
     let install = crate::config::install_full_control(&gw.paths.config_path);
     let control = gw
-        .client
-        .from("team_gateways")
-        .select(ControlState::SEED_SELECT)
-        .eq("id", gw.gateway_id.as_str())
-        .maybe_single()
+        .control
+        .gateway_row(ControlState::SEED_SELECT)
         .await
         .ok()
         .and_then(|row| ControlState::from_row(row.as_ref()));
@@ -886,11 +773,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload)
             None => allocate_sequence(gw, &sid).await,
         },
     };
-    let team_id = if sub.team_id.is_empty() {
-        gw.team_id.clone()
-    } else {
-        sub.team_id.clone()
-    };
+    let team_id = team_of(gw, &sub);
     let mut start_metadata = obj(&json!({
         "schema_version": SUBAGENT_SCHEMA_VERSION, "runner": "gateway", "adapter_id": provider.as_str(),
         "subagent_type": subagent_type, "run_id": run_id, "run_sequence": run_sequence,
@@ -938,15 +821,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload)
             Some(AcceptedRunRead::Found(run)) => obj(&run.metadata),
             _ => Map::new(),
         };
-        match start_accepted_run(
-            &HubAcceptedRuns(gw),
-            &sid,
-            &run_id,
-            current,
-            &start_metadata,
-        )
-        .await
-        {
+        match start_accepted_run(gw, &sid, &run_id, current, &start_metadata).await {
             // The run's metadata from here on: the control plane's keys
             // with ours over them (the direct terminal writes replace it).
             Ok(merged) => start_metadata = merged,
@@ -962,6 +837,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &SubagentRunPayload)
         job_id,
         RunCtx {
             gw,
+            agent,
             generation,
             sid: sid.clone(),
             run_id: run_id.clone(),
@@ -993,58 +869,44 @@ async fn insert_seed_run(
     prompt: &str,
     start_metadata: &Map<String, Value>,
 ) -> Result<(), HandlerOutcome> {
-    let (sid, run_id, team_id) = (&ids.subagent_id, &ids.run_id, &ids.team_id);
+    let (sid, run_id) = (&ids.subagent_id, &ids.run_id);
     let now = now_iso();
-    let (mut inserted, unanswered) = retry_unanswered(&gw.shutdown, "POST /rest/v1/subagent_runs", || {
-        gw.client
-            .from("subagent_runs")
-            .insert(json!({
-                "id": run_id, "subagent_id": sid, "team_id": team_id, "gateway_id": gw.gateway_id,
-                "run_sequence": run_sequence, "status": "running", "prompt": prompt, "started_at": now,
-                "metadata": start_metadata,
-            }))
-            .select("id")
-            .execute()
-    })
-    .await;
+    let row = new_run(ids, run_sequence, prompt, &now, start_metadata.clone());
+    let (mut inserted, unanswered) =
+        retry_unanswered(&gw.shutdown, "POST /rest/v1/subagent_runs", || {
+            gw.control.insert_run(&row)
+        })
+        .await;
     // An unanswered earlier attempt that was applied: the conflicting row is
     // our own run (same id, subagent, gateway and started_at), so go on.
     if unanswered && inserted.as_ref().is_err_and(|e| e.is_unique_violation()) {
-        let existing = gw
-            .client
-            .from("subagent_runs")
-            .select("id,subagent_id,gateway_id,status,started_at")
-            .eq("id", run_id.as_str())
-            .maybe_single()
-            .await;
         let ms = |v: Option<&str>| {
             v.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
                 .map(|t| t.timestamp_millis())
         };
-        if let Ok(Some(row)) = existing {
-            if row["subagent_id"].as_str() == Some(sid.as_str())
-                && row["gateway_id"].as_str() == Some(gw.gateway_id.as_str())
-                && row["status"] == "running"
-                && ms(row["started_at"].as_str()) == ms(Some(now.as_str()))
+        if let Ok(Some(existing)) = gw.control.run(run_id).await {
+            if existing.subagent_id == *sid
+                && existing.gateway_id.as_deref() == Some(gw.gateway_id.as_str())
+                && existing.status == Some(SubagentRunStatus::Running)
+                && ms(existing.started_at.as_deref()) == ms(Some(now.as_str()))
             {
-                inserted = Ok(vec![row]);
+                inserted = Ok(());
             }
         }
     }
     if let Err(e) = inserted {
         if e.is_unique_violation() {
-            let active_run = newest_running_run(&gw.client, sid, "id").await;
-            match active_run {
+            match gw.control.newest_running_run(sid).await {
                 Err(_) => {
                     return Err(HandlerOutcome::failure(
                         json!({"message": "Failed to resolve conflicting subagent run after insert conflict", "subagent_id": sid, "run_id": run_id}),
                         "Failed to resolve conflicting subagent run after insert conflict",
                     ))
                 }
-                Ok(Some(r)) if r["id"].as_str() != Some(run_id.as_str()) => {
+                Ok(Some(r)) if r.id != *run_id => {
                     return Err(HandlerOutcome::cancelled_skip(
                         json!({"message": "Skipped duplicate subagent job because another run is already active",
-                               "subagent_id": sid, "run_id": run_id, "active_run_id": r["id"]}),
+                               "subagent_id": sid, "run_id": run_id, "active_run_id": r.id}),
                         "Another subagent run is already active",
                     ))
                 }
@@ -1056,8 +918,31 @@ async fn insert_seed_run(
             e.to_string(),
         ));
     }
-
     Ok(())
+}
+
+/// The seed's run row, `running` from `started_at`.
+fn new_run(
+    ids: &RunIds,
+    run_sequence: i64,
+    prompt: &str,
+    started_at: &str,
+    metadata: Map<String, Value>,
+) -> NewRun {
+    NewRun {
+        id: ids.run_id.clone(),
+        subagent_id: ids.subagent_id.clone(),
+        team_id: ids.team_id.clone(),
+        gateway_id: ids.gateway_id.clone(),
+        run_sequence,
+        status: "running".into(),
+        prompt: prompt.to_string(),
+        started_at: started_at.to_string(),
+        completed_at: None,
+        output: None,
+        error: None,
+        metadata,
+    }
 }
 
 /// §10.4 step 4 onwards: register the run locally (consumes a late pending
@@ -1101,20 +986,20 @@ async fn run_registered(
     sub_meta.insert("current_run_id".into(), json!(ctx.run_id));
     sub_meta.insert("current_run_sequence".into(), json!(r.run_sequence));
     let started_at = now_iso();
+    let guard = match ctx.generation {
+        RunGeneration::Seed => StatusGuard::Any,
+        // §10.4 "later" step 4: a compare-and-set on `status=running`.
+        RunGeneration::Accepted => StatusGuard::Running,
+    };
     let (marked, _) = retry_unanswered(&gw.shutdown, "PATCH /rest/v1/subagents", || {
-        let update = gw
-            .client
-            .from("subagents")
-            .update(json!({"status": "running", "started_at": started_at, "metadata": sub_meta}))
-            .eq("id", ctx.sid.as_str());
-        match ctx.generation {
-            RunGeneration::Seed => update.execute(),
-            // §10.4 "later" step 4: a compare-and-set on `status=running`.
-            RunGeneration::Accepted => update.eq("status", "running").select("id").execute(),
-        }
+        gw.control.update_subagent(
+            &ctx.sid,
+            guard.clone(),
+            json!({"status": "running", "started_at": started_at, "metadata": sub_meta}),
+        )
     })
     .await;
-    if ctx.generation == RunGeneration::Accepted && marked.as_ref().is_ok_and(Vec::is_empty) {
+    if ctx.generation == RunGeneration::Accepted && matches!(marked, Ok(false)) {
         return changed_before_start(MSG_SUBAGENT_CHANGED, &ctx.sid, &ctx.run_id);
     }
     if let Err(e) = marked {
@@ -1133,11 +1018,10 @@ async fn run_registered(
         metadata.insert("gateway_error".into(), json!(message));
         push(
             gw,
-            OutboxWrite::update_if_running(
-                "subagent_runs",
+            writes::run_update_if_running(
                 &ctx.run_id,
                 json!({"status": "failed", "output": error_envelope(message), "error": message,
-                              "completed_at": now_iso(), "metadata": metadata}),
+                       "completed_at": now_iso(), "metadata": metadata}),
             ),
         );
         return HandlerOutcome::failure(
@@ -1227,7 +1111,7 @@ async fn attempts(
             RunEventType::RunProgress,
             attempt_started_payload(attempt, max_attempts),
         );
-        let a = run_attempt(gw, provider, &plan, delivery, run).await;
+        let a = run_attempt(gw, ctx.agent, provider, &plan, delivery, run).await;
         terminal.command = Some(display_command(&plan));
         terminal.exit_code = a.process.exit_code;
         terminal.timed_out = a.process.timed_out;
@@ -1403,34 +1287,27 @@ async fn cancelled_before_start(
     let row_existed = match generation {
         RunGeneration::Accepted => true,
         RunGeneration::Seed => {
-            let inserted = gw
-                .client
-                .from("subagent_runs")
-                .insert(json!({
-                    "id": ids.run_id, "subagent_id": ids.subagent_id, "team_id": ids.team_id, "gateway_id": ids.gateway_id,
-                    "run_sequence": run_sequence, "status": "cancelled", "prompt": prompt, "started_at": now,
-                    "completed_at": now, "output": envelope, "error": reason, "metadata": metadata,
-                }))
-                .execute()
-                .await;
+            let row = NewRun {
+                status: "cancelled".into(),
+                completed_at: Some(now.clone()),
+                output: Some(envelope.clone()),
+                error: Some(reason.to_string()),
+                ..new_run(ids, run_sequence, prompt, &now, metadata.clone())
+            };
+            let inserted = gw.control.insert_run(&row).await;
             let row_existed = inserted.is_err();
             if let Err(e) = inserted {
                 // The run row may already exist (accepted upstream): cancel it in place.
-                let updated = if e.is_unique_violation() {
-                    gw.client
-                        .from("subagent_runs")
-                        .update(json!({"status": "cancelled", "completed_at": now, "output": envelope, "error": reason, "metadata": metadata}))
-                        .eq("id", ids.run_id.as_str())
-                        .eq("status", "running")
-                        .select("id")
-                        .execute()
+                let updated = e.is_unique_violation()
+                    && gw
+                        .control
+                        .update_run_if_running(
+                            &ids.run_id,
+                            json!({"status": "cancelled", "completed_at": now, "output": envelope, "error": reason, "metadata": metadata}),
+                        )
                         .await
-                        .ok()
-                        .filter(|rows| !rows.is_empty())
-                } else {
-                    None
-                };
-                if updated.is_none() {
+                        .unwrap_or(false);
+                if !updated {
                     return HandlerOutcome::failure(
                         json!({"message": "Failed to record cancelled run", "subagent_id": ids.subagent_id}),
                         e.to_string(),
@@ -1447,7 +1324,7 @@ async fn cancelled_before_start(
         "cancelled": true, "last_run_at": now, "current_run_id": ids.run_id, "current_run_sequence": run_sequence,
     })));
     let rows = TerminalRows {
-        sid: &ids.subagent_id,
+        subagent_id: &ids.subagent_id,
         run_id: &ids.run_id,
         status: "cancelled",
         output: &envelope,
@@ -1455,9 +1332,9 @@ async fn cancelled_before_start(
         completed_at: &now,
         run_metadata: &metadata,
         sub_metadata: &sub_meta,
-        subagent_guard: "not.in.(completed,failed,cancelled)",
+        subagent_guard: StatusGuard::NotTerminal,
     };
-    let mut writes = terminal_writes(generation, &rows);
+    let mut writes = writes::terminal(generation, &rows);
     if generation == RunGeneration::Seed {
         // The run row was written above; only the subagent's update is left.
         writes.remove(0);
@@ -1496,100 +1373,4 @@ async fn cancelled_before_start(
     HandlerOutcome::success(json!({
         "subagent_id": ids.subagent_id, "status": "cancelled", "output": envelope, "error": reason,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rows<'a>(
-        status: &'a str,
-        output: &'a Value,
-        error: Option<&'a str>,
-        run_meta: &'a Map<String, Value>,
-        sub_meta: &'a Map<String, Value>,
-    ) -> TerminalRows<'a> {
-        TerminalRows {
-            sid: "s1",
-            run_id: "r1",
-            status,
-            output,
-            error,
-            completed_at: "2026-01-01T00:00:00.000Z",
-            run_metadata: run_meta,
-            sub_metadata: sub_meta,
-            subagent_guard: STATUS_RUNNING,
-        }
-    }
-
-    fn meta(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().unwrap()
-    }
-
-    #[test]
-    fn seed_terminal_state_is_two_conditional_updates() {
-        let (run_meta, sub_meta) = (
-            meta(json!({"exit_code": 0})),
-            meta(json!({"session_id": "x"})),
-        );
-        let output = json!({"schema_version": 1, "content": "hi", "content_type": "markdown"});
-        let writes = terminal_writes(
-            RunGeneration::Seed,
-            &rows("completed", &output, None, &run_meta, &sub_meta),
-        );
-        assert_eq!(
-            writes,
-            vec![
-                OutboxWrite::update_if_running(
-                    "subagent_runs",
-                    "r1",
-                    json!({"status": "completed", "output": output, "error": null,
-                           "completed_at": "2026-01-01T00:00:00.000Z", "metadata": run_meta})
-                ),
-                OutboxWrite::update_if_running(
-                    "subagents",
-                    "s1",
-                    json!({"status": "completed", "output": output, "error": null,
-                           "completed_at": "2026-01-01T00:00:00.000Z", "metadata": sub_meta})
-                ),
-            ]
-        );
-    }
-
-    #[test]
-    fn accepted_terminal_state_goes_through_finalize_with_the_seed_writes_as_fallback() {
-        let run_meta = meta(json!({"exit_code": 1, "stderr": "boom"}));
-        let sub_meta = meta(json!({}));
-        let envelope = error_envelope("Claude failed");
-        let t = rows(
-            "failed",
-            &envelope,
-            Some("Claude failed"),
-            &run_meta,
-            &sub_meta,
-        );
-        let seed = terminal_writes(RunGeneration::Seed, &t);
-        let writes = terminal_writes(RunGeneration::Accepted, &t);
-        let [OutboxWrite::FunctionOrFallback {
-            name,
-            body,
-            fallback,
-        }] = writes.as_slice()
-        else {
-            panic!("one finalize write: {writes:?}")
-        };
-        assert_eq!(name, FINALIZE_FUNCTION);
-        assert_eq!(fallback, &seed);
-        // §5.3: `output` only for completed runs, the envelope as
-        // `failure_output` otherwise.
-        assert_eq!(
-            body,
-            &json!({
-                "subagent_id": "s1", "run_id": "r1", "final_status": "failed",
-                "output": null, "failure_output": envelope, "final_error": "Claude failed",
-                "completed_at": "2026-01-01T00:00:00.000Z", "stderr": "boom",
-                "metadata_patch": run_meta,
-            })
-        );
-    }
 }

@@ -428,6 +428,11 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
     let gw = Arc::new(Gateway {
         ctx: JobContext {
             client: client.clone(),
+            control: Arc::new(crate::port::hub::HubControlPlane {
+                client: client.clone(),
+                gateway_id: config.gateway_id.clone(),
+                team_id: config.team_id.clone(),
+            }),
             gateway_id: config.gateway_id.clone(),
             team_id: config.team_id.clone(),
             device_name: device_name.clone(),

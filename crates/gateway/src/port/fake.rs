@@ -1,0 +1,387 @@
+//! An in-memory control plane for unit tests: subagent and run rows with
+//! the real one's compare-and-set semantics, a switch that makes the next
+//! requests go unanswered, a log of what was asked, and [`FakeControlPlane::apply`],
+//! which applies the outbox's queued writes the way the control plane would
+//! (a finalize function it lacks: the direct fallback writes).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use panorama_protocol::rows::{GatewayJobRow, SubagentRow, SubagentRunRow};
+use panorama_protocol::status::{SubagentRunStatus, SubagentStatus};
+use serde_json::{json, Map, Value};
+
+use super::{ControlPlane, LastEvent, NewRun, PortError, StatusGuard};
+use crate::outbox::OutboxWrite;
+
+#[derive(Default)]
+pub struct FakeControlPlane {
+    pub subagents: Mutex<HashMap<String, SubagentRow>>,
+    pub runs: Mutex<HashMap<String, SubagentRunRow>>,
+    pub events: Mutex<Vec<Value>>,
+    pub gateway: Mutex<Option<Value>>,
+    /// The next this many requests get no answer (a transport error).
+    pub unanswered: AtomicUsize,
+    /// Every request refused with this (HTTP 500) while set.
+    pub refusing: Mutex<Option<String>>,
+    /// What `allocate_subagent_run_sequence` hands out next.
+    pub next_sequence: AtomicI64,
+    /// The requests made, by name, in order.
+    pub calls: Mutex<Vec<String>>,
+}
+
+fn no_answer() -> PortError {
+    PortError::Transport {
+        context: "fake control plane".into(),
+        message: "no answer".into(),
+    }
+}
+
+fn unique_violation() -> PortError {
+    PortError::Postgrest {
+        status: 409,
+        code: "23505".into(),
+        message: "duplicate key value violates unique constraint \"subagent_runs_one_running\""
+            .into(),
+        details: None,
+        hint: None,
+    }
+}
+
+fn merge(target: &mut Value, patch: &Value) -> Value {
+    if let (Some(t), Some(p)) = (target.as_object_mut(), patch.as_object()) {
+        t.extend(p.clone());
+    }
+    target.clone()
+}
+
+/// Whether a status satisfies a PostgREST filter of the writes we queue.
+fn matches_filter(status: &str, filter: &str) -> bool {
+    if let Some(v) = filter.strip_prefix("eq.") {
+        return status == v;
+    }
+    if let Some(list) = filter
+        .strip_prefix("not.in.(")
+        .and_then(|l| l.strip_suffix(')'))
+    {
+        return !list.split(',').any(|v| v == status);
+    }
+    panic!("the fake control plane does not know the filter {filter}")
+}
+
+impl FakeControlPlane {
+    /// A control plane where this gateway's control state is fresh and
+    /// full control is off.
+    pub fn new() -> FakeControlPlane {
+        let fake = FakeControlPlane::default();
+        *fake.gateway.lock().unwrap() = Some(json!({
+            "full_control_enabled": false, "status": "ready",
+            "last_seen_at": crate::timestamp::now_iso(),
+        }));
+        fake.next_sequence.store(1, Ordering::SeqCst);
+        fake
+    }
+
+    pub fn put_subagent(&self, row: SubagentRow) {
+        self.subagents.lock().unwrap().insert(row.id.clone(), row);
+    }
+
+    pub fn put_run(&self, row: SubagentRunRow) {
+        self.runs.lock().unwrap().insert(row.id.clone(), row);
+    }
+
+    pub fn subagent_row(&self, id: &str) -> SubagentRow {
+        self.subagents.lock().unwrap()[id].clone()
+    }
+
+    pub fn run_row(&self, id: &str) -> Option<SubagentRunRow> {
+        self.runs.lock().unwrap().get(id).cloned()
+    }
+
+    pub fn set_run_status(&self, id: &str, status: SubagentRunStatus) {
+        self.runs.lock().unwrap().get_mut(id).unwrap().status = Some(status);
+    }
+
+    pub fn called(&self, name: &str) -> bool {
+        self.calls.lock().unwrap().iter().any(|c| c == name)
+    }
+
+    fn call(&self, name: &str) -> Result<(), PortError> {
+        self.calls.lock().unwrap().push(name.to_string());
+        if let Some(message) = self.refusing.lock().unwrap().clone() {
+            return Err(PortError::Http {
+                context: name.into(),
+                status: 400,
+                message,
+                body: None,
+            });
+        }
+        let left = self.unanswered.load(Ordering::SeqCst);
+        if left > 0 {
+            self.unanswered.store(left - 1, Ordering::SeqCst);
+            return Err(no_answer());
+        }
+        Ok(())
+    }
+
+    fn patch_subagent(&self, id: &str, filter: Option<&str>, patch: &Value) -> bool {
+        let mut subs = self.subagents.lock().unwrap();
+        let Some(row) = subs.get_mut(id) else {
+            return false;
+        };
+        if filter.is_some_and(|f| !matches_filter(row.status.as_str(), f)) {
+            return false;
+        }
+        let mut value = serde_json::to_value(&*row).unwrap();
+        *row = serde_json::from_value(merge(&mut value, patch)).unwrap();
+        true
+    }
+
+    fn patch_run(&self, id: &str, filter: Option<&str>, patch: &Value) -> bool {
+        let mut runs = self.runs.lock().unwrap();
+        let Some(row) = runs.get_mut(id) else {
+            return false;
+        };
+        let status = row
+            .status
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default();
+        if filter.is_some_and(|f| !matches_filter(&status, f)) {
+            return false;
+        }
+        let mut value = serde_json::to_value(&*row).unwrap();
+        *row = serde_json::from_value(merge(&mut value, patch)).unwrap();
+        true
+    }
+
+    /// Applies queued writes as the control plane would (without the
+    /// finalize function: its direct fallback writes).
+    pub fn apply(&self, writes: &[OutboxWrite]) {
+        for write in writes {
+            match write {
+                OutboxWrite::Update {
+                    table,
+                    filters,
+                    patch,
+                } => {
+                    let id = filters
+                        .iter()
+                        .find(|(c, _)| c == "id")
+                        .and_then(|(_, f)| f.strip_prefix("eq."))
+                        .unwrap();
+                    let status = filters
+                        .iter()
+                        .find(|(c, _)| c == "status")
+                        .map(|(_, f)| f.as_str());
+                    match table.as_str() {
+                        "subagents" => drop(self.patch_subagent(id, status, patch)),
+                        "subagent_runs" => drop(self.patch_run(id, status, patch)),
+                        _ => {}
+                    }
+                }
+                OutboxWrite::Insert { table, rows, .. } if table == super::writes::EVENTS_TABLE => {
+                    let rows = match rows {
+                        Value::Array(rows) => rows.clone(),
+                        row => vec![row.clone()],
+                    };
+                    self.events.lock().unwrap().extend(rows);
+                }
+                OutboxWrite::FunctionOrFallback { fallback, .. } => self.apply(fallback),
+                _ => {}
+            }
+        }
+    }
+
+    /// `event_type`s of the run's events, in sequence order.
+    pub fn event_types(&self, run_id: &str) -> Vec<String> {
+        let mut events: Vec<Value> = self
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["run_id"] == run_id)
+            .cloned()
+            .collect();
+        events.sort_by_key(|e| e["sequence"].as_i64());
+        events
+            .iter()
+            .map(|e| e["event_type"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ControlPlane for FakeControlPlane {
+    async fn claim_job(
+        &self,
+        _job_id: &str,
+        _started_at: &str,
+    ) -> Result<Option<Value>, PortError> {
+        self.call("claim_job")?;
+        Ok(None)
+    }
+
+    async fn job(&self, _job_id: &str) -> Result<Option<Value>, PortError> {
+        self.call("job")?;
+        Ok(None)
+    }
+
+    async fn running_job_ids(&self) -> Result<Vec<String>, PortError> {
+        self.call("running_job_ids")?;
+        Ok(Vec::new())
+    }
+
+    async fn has_idempotency_twin(
+        &self,
+        _job: &GatewayJobRow,
+        _key: &str,
+        _attempt: i64,
+    ) -> Result<bool, PortError> {
+        self.call("has_idempotency_twin")?;
+        Ok(false)
+    }
+
+    async fn gateway_row(&self, _columns: &str) -> Result<Option<Value>, PortError> {
+        self.call("gateway_row")?;
+        Ok(self.gateway.lock().unwrap().clone())
+    }
+
+    async fn team_resource(&self, _id: &str, _columns: &str) -> Result<Option<Value>, PortError> {
+        self.call("team_resource")?;
+        Ok(None)
+    }
+
+    async fn resolve_secret_placeholders(&self, _job_id: &str) -> Result<Value, PortError> {
+        self.call("resolve_secret_placeholders")?;
+        Ok(json!([]))
+    }
+
+    async fn subagent(&self, id: &str) -> Result<Option<SubagentRow>, PortError> {
+        self.call("subagent")?;
+        Ok(self.subagents.lock().unwrap().get(id).cloned())
+    }
+
+    async fn update_subagent(
+        &self,
+        id: &str,
+        guard: StatusGuard,
+        patch: Value,
+    ) -> Result<bool, PortError> {
+        self.call("update_subagent")?;
+        let filter = super::writes::status_filter(&guard);
+        Ok(self.patch_subagent(id, filter.as_deref(), &patch))
+    }
+
+    async fn allocate_run_sequence(&self, _subagent_id: &str) -> Result<Option<i64>, PortError> {
+        self.call("allocate_run_sequence")?;
+        Ok(Some(self.next_sequence.fetch_add(1, Ordering::SeqCst)))
+    }
+
+    async fn highest_run_sequence(&self, subagent_id: &str) -> Result<Option<i64>, PortError> {
+        self.call("highest_run_sequence")?;
+        Ok(self
+            .runs
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|r| r.subagent_id == subagent_id)
+            .filter_map(|r| r.run_sequence)
+            .max())
+    }
+
+    async fn run(&self, run_id: &str) -> Result<Option<SubagentRunRow>, PortError> {
+        self.call("run")?;
+        Ok(self.run_row(run_id))
+    }
+
+    async fn newest_running_run(
+        &self,
+        subagent_id: &str,
+    ) -> Result<Option<SubagentRunRow>, PortError> {
+        self.call("newest_running_run")?;
+        Ok(self
+            .runs
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|r| {
+                r.subagent_id == subagent_id && r.status == Some(SubagentRunStatus::Running)
+            })
+            .max_by_key(|r| r.run_sequence)
+            .cloned())
+    }
+
+    async fn insert_run(&self, run: &NewRun) -> Result<(), PortError> {
+        self.call("insert_run")?;
+        let mut runs = self.runs.lock().unwrap();
+        let one_running = run.status == "running"
+            && runs.values().any(|r| {
+                r.subagent_id == run.subagent_id && r.status == Some(SubagentRunStatus::Running)
+            });
+        if runs.contains_key(&run.id) || one_running {
+            return Err(unique_violation());
+        }
+        let row: SubagentRunRow =
+            serde_json::from_value(serde_json::to_value(run).unwrap()).unwrap();
+        runs.insert(run.id.clone(), row);
+        Ok(())
+    }
+
+    async fn mark_run_started(
+        &self,
+        subagent_id: &str,
+        run_id: &str,
+        started_at: &str,
+        metadata: &Map<String, Value>,
+    ) -> Result<bool, PortError> {
+        self.call("mark_run_started")?;
+        let mut runs = self.runs.lock().unwrap();
+        match runs.get_mut(run_id) {
+            Some(run)
+                if run.subagent_id == subagent_id
+                    && run.status == Some(SubagentRunStatus::Running) =>
+            {
+                run.started_at = Some(started_at.into());
+                run.metadata = Value::Object(metadata.clone());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn update_run_if_running(&self, run_id: &str, patch: Value) -> Result<bool, PortError> {
+        self.call("update_run_if_running")?;
+        Ok(self.patch_run(run_id, Some("eq.running"), &patch))
+    }
+
+    async fn last_run_event(&self, run_id: &str) -> Result<Option<LastEvent>, PortError> {
+        self.call("last_run_event")?;
+        Ok(self
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["run_id"] == run_id)
+            .max_by_key(|e| e["sequence"].as_i64())
+            .map(|e| LastEvent {
+                sequence: e["sequence"].as_i64().unwrap_or_default(),
+                event_type: e["event_type"].as_str().unwrap_or_default().to_string(),
+                payload: e["payload"].clone(),
+            }))
+    }
+}
+
+/// A subagent of this gateway, `idle`, with a prompt.
+pub fn subagent(id: &str, gateway_id: &str, subagent_type: &str) -> SubagentRow {
+    SubagentRow {
+        id: id.into(),
+        team_id: "team-1".into(),
+        gateway_id: Some(gateway_id.into()),
+        subagent_type: subagent_type.into(),
+        status: SubagentStatus::Idle,
+        input: Some(json!({"prompt": "say hi"})),
+        ..SubagentRow::default()
+    }
+}
