@@ -3,7 +3,8 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::outbox::{Outbox, OutboxWrite};
+use crate::outbox::Outbox;
+use crate::port::writes;
 
 /// Maximum message length before truncation (`...` is appended).
 pub const MESSAGE_LIMIT: usize = 2_000;
@@ -68,11 +69,7 @@ pub fn emit(outbox: &Outbox, gateway_id: &str, team_id: &str, row: Value) {
         return;
     }
     let code = row.get("code").cloned().unwrap_or(Value::Null);
-    if let Err(e) = outbox.push(OutboxWrite::Insert {
-        table: "gateway_events".to_string(),
-        rows: row,
-        duplicate_is_delivered: false,
-    }) {
+    if let Err(e) = outbox.push(writes::gateway_event(row)) {
         tracing::error!(error = %e, code = %code, "Failed to record gateway event");
     }
 }

@@ -83,9 +83,6 @@ pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// least half of it is delivered entries.
 const COMPACT_BYTES: u64 = 8 * 1024 * 1024;
 
-/// The guard of writes that only apply to a row still `running`.
-pub const STATUS_RUNNING: &str = "eq.running";
-
 /// One write the gateway must get to the hub.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub enum OutboxWrite {
@@ -121,31 +118,6 @@ pub enum OutboxWrite {
 }
 
 impl OutboxWrite {
-    /// `PATCH <table>?id=eq.<id>&status=<status_filter>` with `patch`. The
-    /// status guard makes the write a compare-and-set: a replay, or a row
-    /// someone else already moved on, matches nothing.
-    pub fn update_where_status(
-        table: &str,
-        id: &str,
-        status_filter: &str,
-        patch: serde_json::Value,
-    ) -> OutboxWrite {
-        OutboxWrite::Update {
-            table: table.to_string(),
-            filters: vec![
-                ("id".to_string(), format!("eq.{id}")),
-                ("status".to_string(), status_filter.to_string()),
-            ],
-            patch,
-        }
-    }
-
-    /// [`OutboxWrite::update_where_status`] for a row still `running` — how
-    /// every terminal write of a job, run or subagent is guarded.
-    pub fn update_if_running(table: &str, id: &str, patch: serde_json::Value) -> OutboxWrite {
-        OutboxWrite::update_where_status(table, id, STATUS_RUNNING, patch)
-    }
-
     /// Refuses writes that can never succeed (caught at `push`, not at delivery).
     fn validate(&self) -> Result<(), String> {
         match self {
@@ -975,7 +947,14 @@ impl Outbox {
 mod tests {
     #[test]
     fn a_function_with_a_fallback_takes_only_plain_writes() {
-        let update = OutboxWrite::update_if_running("subagents", "s1", json!({"status": "failed"}));
+        let update = OutboxWrite::Update {
+            table: "subagents".into(),
+            filters: vec![
+                ("id".into(), "eq.s1".into()),
+                ("status".into(), "eq.running".into()),
+            ],
+            patch: json!({"status": "failed"}),
+        };
         let ok = OutboxWrite::FunctionOrFallback {
             name: "finalize-gateway-subagent-run".into(),
             body: json!({}),
@@ -1004,17 +983,6 @@ mod tests {
         assert!(
             bad_fallback.validate().is_err(),
             "an unfiltered fallback update is refused"
-        );
-        assert_eq!(
-            update,
-            OutboxWrite::Update {
-                table: "subagents".into(),
-                filters: vec![
-                    ("id".into(), "eq.s1".into()),
-                    ("status".into(), "eq.running".into())
-                ],
-                patch: json!({"status": "failed"}),
-            }
         );
     }
 

@@ -60,9 +60,13 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::outbox::{
-    ensure_private_dir, fsync_dir, io_err, open_private, Outbox, OutboxError, OutboxWrite,
-};
+use panorama_protocol::rows::SubagentRow;
+use panorama_protocol::status::SubagentStatus;
+
+use crate::outbox::{ensure_private_dir, fsync_dir, io_err, open_private, Outbox, OutboxError};
+use crate::port::writes::{self, error_output as error_envelope};
+use crate::port::{ControlPlane, PortError, StatusGuard};
+use crate::timestamp::now_iso;
 
 /// The error written on jobs, runs and subagents interrupted by a restart.
 pub const RESTART_MESSAGE: &str = "gateway restarted while the job was running";
@@ -201,16 +205,12 @@ pub struct RecoveryReport {
     pub already_terminal: Vec<String>,
 }
 
-fn hub_err(what: impl Into<String>) -> impl FnOnce(panorama_supabase::Error) -> OutboxError {
+fn hub_err(what: impl Into<String>) -> impl FnOnce(PortError) -> OutboxError {
     let what = what.into();
     move |source| OutboxError::Hub {
         what,
         source: Box::new(source),
     }
-}
-
-fn now_iso() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -228,13 +228,6 @@ fn merged(base: Option<&Value>, extra: &Map<String, Value>) -> Value {
     Value::Object(out)
 }
 
-fn error_envelope(message: &str) -> Value {
-    serde_json::to_value(panorama_protocol::subagent::OutputEnvelope::error(message))
-        .unwrap_or_else(|_| {
-            json!({"schema_version":1,"content":message,"content_type":"text","errors":[message]})
-        })
-}
-
 /// Run at start, before taking new work: every ledger entry whose job is still `running` on the hub
 /// (and every `gateway_jobs?gateway_id=eq.<gw>&status=eq.running`, to catch claims whose ledger
 /// write was lost) is finalized through the outbox as described in the module docs; then the
@@ -245,11 +238,10 @@ fn error_envelope(message: &str) -> Value {
 /// outbox entries could not be delivered first ([`OutboxError::NotDrained`]),
 /// or a local file failed.
 pub async fn recover_interrupted_jobs(
-    client: &panorama_supabase::Client,
+    control: &dyn ControlPlane,
     outbox: &Outbox,
     ledger: &ClaimLedger,
     gateway_id: &str,
-    team_id: &str,
 ) -> Result<RecoveryReport, OutboxError> {
     if outbox.pending() > 0 && !outbox.flush(DRAIN_TIMEOUT).await {
         return Err(OutboxError::NotDrained {
@@ -260,30 +252,19 @@ pub async fn recover_interrupted_jobs(
     let mut report = RecoveryReport::default();
     let ledger_jobs = ledger.outstanding();
     let mut candidates: Vec<String> = ledger_jobs.iter().map(|j| j.job_id.clone()).collect();
-    let running = client
-        .from("gateway_jobs")
-        .select("id")
-        .eq("team_id", team_id)
-        .eq("gateway_id", gateway_id)
-        .eq("status", "running")
-        .order("created_at", true, None)
-        .execute()
+    let running = control
+        .running_job_ids()
         .await
         .map_err(hub_err("this gateway's running jobs"))?;
-    for row in &running {
-        if let Some(id) = str_of(row, "id") {
-            if !candidates.iter().any(|c| c == id) {
-                candidates.push(id.to_string());
-            }
+    for id in running {
+        if !candidates.contains(&id) {
+            candidates.push(id);
         }
     }
 
     for job_id in candidates {
-        let job = client
-            .from("gateway_jobs")
-            .select("id,team_id,gateway_id,job_type,status,payload")
-            .eq("id", &job_id)
-            .maybe_single()
+        let job = control
+            .job(&job_id)
             .await
             .map_err(hub_err(format!("job {job_id}")))?;
         let interrupted = job.as_ref().is_some_and(|j| {
@@ -292,11 +273,10 @@ pub async fn recover_interrupted_jobs(
         match (job, interrupted) {
             (Some(job), true) => {
                 if str_of(&job, "job_type") == Some("subagent_run") {
-                    fail_subagent_run(client, outbox, &job).await?;
+                    fail_subagent_run(control, outbox, &job).await?;
                 }
                 let now = now_iso();
-                outbox.push(OutboxWrite::update_if_running(
-                    "gateway_jobs",
+                outbox.push(writes::job_update_if_running(
                     &job_id,
                     json!({
                         "status": "failed",
@@ -315,10 +295,19 @@ pub async fn recover_interrupted_jobs(
     Ok(report)
 }
 
+/// Whether the subagent's `metadata.current_run_id` is `run_id`.
+fn current_run_is(subagent: &SubagentRow, run_id: &str) -> bool {
+    subagent
+        .metadata
+        .get("current_run_id")
+        .and_then(Value::as_str)
+        == Some(run_id)
+}
+
 /// Queues the run, subagent and event writes for an interrupted
 /// `subagent_run` job whose run is still running.
 async fn fail_subagent_run(
-    client: &panorama_supabase::Client,
+    control: &dyn ControlPlane,
     outbox: &Outbox,
     job: &Value,
 ) -> Result<(), OutboxError> {
@@ -329,38 +318,25 @@ async fn fail_subagent_run(
     else {
         return Ok(());
     };
-    let subagent = client
-        .from("subagents")
-        .select("id,team_id,gateway_id,subagent_type,status,input,metadata")
-        .eq("id", &subagent_id)
-        .maybe_single()
+    let subagent = control
+        .subagent(&subagent_id)
         .await
         .map_err(hub_err(format!("subagent {subagent_id}")))?;
     let Some(subagent) = subagent else {
         return Ok(());
     };
-    let run_select = "id,subagent_id,status,error,output,metadata";
     let requested = panorama_protocol::jobs::resolve_run_id(
         str_of(&payload, "run_id").or_else(|| str_of(&payload, "runId")),
-        subagent.get("input").and_then(|i| str_of(i, "run_id")),
+        subagent.input.as_ref().and_then(|i| str_of(i, "run_id")),
     );
     let run = match &requested {
-        Some(run_id) => client
-            .from("subagent_runs")
-            .select(run_select)
-            .eq("id", run_id)
-            .eq("subagent_id", &subagent_id)
-            .maybe_single()
+        Some(run_id) => control
+            .run(run_id)
             .await
-            .map_err(hub_err(format!("subagent run {run_id}")))?,
-        None => client
-            .from("subagent_runs")
-            .select(run_select)
-            .eq("subagent_id", &subagent_id)
-            .eq("status", "running")
-            .order("run_sequence", false, None)
-            .limit(1)
-            .maybe_single()
+            .map_err(hub_err(format!("subagent run {run_id}")))?
+            .filter(|run| run.subagent_id == subagent_id),
+        None => control
+            .newest_running_run(&subagent_id)
             .await
             .map_err(hub_err(format!(
                 "the running run of subagent {subagent_id}"
@@ -369,39 +345,33 @@ async fn fail_subagent_run(
     let Some(run) = run else {
         return Ok(());
     };
-    let run_id = str_of(&run, "id").unwrap_or_default().to_string();
-    let run_status = str_of(&run, "status").unwrap_or_default().to_string();
-    let last_event = client
-        .from("subagent_run_events")
-        .select("sequence,event_type,payload")
-        .eq("run_id", &run_id)
-        .order("sequence", false, None)
-        .limit(1)
-        .maybe_single()
+    let run_id = run.id.clone();
+    let run_status = run
+        .status
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_default();
+    let last_event = control
+        .last_run_event(&run_id)
         .await
         .map_err(hub_err(format!("the last event sequence of run {run_id}")))?;
-    let next_sequence = last_event
-        .as_ref()
-        .and_then(|e| e.get("sequence"))
-        .and_then(Value::as_i64)
-        .map_or(0, |s| s + 1);
-    let has_terminal_event = last_event.as_ref().is_some_and(|e| {
-        matches!(
-            str_of(e, "event_type"),
-            Some("run_completed" | "run_failed" | "run_cancelled")
-        )
-    });
+    let next_sequence = last_event.as_ref().map_or(0, |e| e.sequence + 1);
+    let last_type = last_event.as_ref().map(|e| e.event_type.as_str());
+    let has_terminal_event = matches!(
+        last_type,
+        Some("run_completed" | "run_failed" | "run_cancelled")
+    );
     let event_row = |event_type: &str, reason: &str| {
         json!({
             "run_id": run_id,
             "subagent_id": subagent_id,
-            "team_id": subagent.get("team_id").cloned().unwrap_or(Value::Null),
-            "gateway_id": subagent.get("gateway_id").cloned().unwrap_or(Value::Null),
+            "team_id": subagent.team_id,
+            "gateway_id": subagent.gateway_id,
             "sequence": next_sequence,
             "event_type": event_type,
             "payload": {"reason": reason, "source": RESTART_EVENT_SOURCE},
         })
     };
+    let current_run_is_this = current_run_is(&subagent, &run_id);
     if run_status != "running" {
         // A run made terminal without its terminal event: an earlier
         // recovery (or job-failure fallback) was killed between its writes.
@@ -412,46 +382,34 @@ async fn fail_subagent_run(
             "failed" => "run_failed",
             _ => return Ok(()),
         };
+        let reason = run.error.as_deref().unwrap_or(RESTART_MESSAGE);
         if !has_terminal_event {
-            let reason = str_of(&run, "error").unwrap_or(RESTART_MESSAGE).to_string();
-            outbox.push(OutboxWrite::Insert {
-                table: "subagent_run_events".into(),
-                rows: event_row(event_type, &reason),
-                duplicate_is_delivered: true,
-            })?;
+            outbox.push(writes::run_events(event_row(event_type, reason)))?;
             tracing::warn!(run_id = %run_id, "subagent run was terminal without its terminal event; adding it");
         }
         // Same crash window: the run row updated, the subagent not yet.
-        let current_run_is_this = subagent
-            .get("metadata")
-            .and_then(|m| str_of(m, "current_run_id"))
-            == Some(run_id.as_str());
-        if str_of(&subagent, "status") == Some("running") && current_run_is_this {
+        if subagent.status.is_running() && current_run_is_this {
             // The subagent takes the run's outcome: a completed run's output
             // and no error; otherwise the run's error.
             let mut extra = Map::new();
             extra.insert("last_run_at".into(), json!(now_iso()));
             let (error, output) = if run_status == "completed" {
-                (
-                    Value::Null,
-                    run.get("output").cloned().unwrap_or(Value::Null),
-                )
+                (Value::Null, run.output.clone().unwrap_or(Value::Null))
             } else {
-                let reason = str_of(&run, "error").unwrap_or(RESTART_MESSAGE);
                 if run_status == "failed" {
                     extra.insert("gateway_error".into(), json!(reason));
                 }
                 (json!(reason), error_envelope(reason))
             };
-            outbox.push(OutboxWrite::update_if_running(
-                "subagents",
+            outbox.push(writes::subagent_update(
                 &subagent_id,
+                StatusGuard::Running,
                 json!({
                     "status": run_status,
                     "error": error,
                     "output": output,
                     "completed_at": now_iso(),
-                    "metadata": merged(subagent.get("metadata"), &extra),
+                    "metadata": merged(Some(&subagent.metadata), &extra),
                 }),
             ))?;
         }
@@ -460,11 +418,9 @@ async fn fail_subagent_run(
     // The run's last event decides its terminal status: a terminal event
     // means the process died after queueing it but before the row updates
     // landed, and the row must say what the events say.
-    let last_type = last_event.as_ref().and_then(|e| str_of(e, "event_type"));
     let event_reason = last_event
         .as_ref()
-        .and_then(|e| e.get("payload"))
-        .and_then(|p| str_of(p, "reason"))
+        .and_then(|e| str_of(&e.payload, "reason"))
         .filter(|r| !r.trim().is_empty())
         .map(str::to_string);
     let (status, error) = match last_type {
@@ -482,11 +438,7 @@ async fn fail_subagent_run(
             // the row updates are queued, the next recovery finds the run
             // still running and this event in place, finalizes the row to
             // `failed` from it, and does not add a second one.
-            outbox.push(OutboxWrite::Insert {
-                table: "subagent_run_events".into(),
-                rows: event_row("run_failed", RESTART_MESSAGE),
-                duplicate_is_delivered: true,
-            })?;
+            outbox.push(writes::run_events(event_row("run_failed", RESTART_MESSAGE)))?;
             ("failed", Some(RESTART_MESSAGE.to_string()))
         }
     };
@@ -495,9 +447,7 @@ async fn fail_subagent_run(
     let mut extra = Map::new();
     extra.insert("schema_version".into(), json!(1));
     extra.insert("runner".into(), json!("gateway"));
-    if let Some(t) = subagent.get("subagent_type") {
-        extra.insert("subagent_type".into(), t.clone());
-    }
+    extra.insert("subagent_type".into(), json!(subagent.subagent_type));
     extra.insert("last_run_at".into(), json!(now));
     if has_terminal_event {
         extra.insert("recovered_after_restart".into(), json!(true));
@@ -524,24 +474,20 @@ async fn fail_subagent_run(
         p
     };
 
-    outbox.push(OutboxWrite::update_if_running(
-        "subagent_runs",
+    outbox.push(writes::run_update_if_running(
         &run_id,
-        patch(merged(run.get("metadata"), &extra)),
+        patch(merged(Some(&run.metadata), &extra)),
     ))?;
 
-    let sub_status = str_of(&subagent, "status").unwrap_or_default().to_string();
-    let current_run_is_this = subagent
-        .get("metadata")
-        .and_then(|m| str_of(m, "current_run_id"))
-        == Some(run_id.as_str());
-    let terminal = matches!(sub_status.as_str(), "completed" | "failed" | "cancelled");
-    if sub_status == "running" || (current_run_is_this && !terminal && !sub_status.is_empty()) {
-        outbox.push(OutboxWrite::update_where_status(
-            "subagents",
+    let sub_status = subagent.status.as_str().to_string();
+    let known = sub_status != SubagentStatus::UNKNOWN;
+    if subagent.status.is_running()
+        || (current_run_is_this && !subagent.status.is_terminal() && known)
+    {
+        outbox.push(writes::subagent_update(
             &subagent_id,
-            &format!("eq.{}", &sub_status),
-            patch(merged(subagent.get("metadata"), &extra)),
+            StatusGuard::Status(sub_status),
+            patch(merged(Some(&subagent.metadata), &extra)),
         ))?;
     }
 

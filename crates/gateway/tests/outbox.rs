@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use panorama_gateway::outbox::{Outbox, OutboxWrite, DEAD_LETTER_FILE};
+use panorama_gateway::port::hub::HubControlPlane;
 use panorama_gateway::recovery::{
     recover_interrupted_jobs, ClaimLedger, ClaimedJob, RESTART_MESSAGE,
 };
@@ -34,6 +35,15 @@ fn client(rt: &tokio::runtime::Runtime, hub: &Hub, gw: &PairedGateway) -> Client
             .expect("set_session");
         c
     })
+}
+
+/// The gateway's control-plane port over `c`.
+fn port(c: &Client, gw: &PairedGateway) -> HubControlPlane {
+    HubControlPlane {
+        client: c.clone(),
+        gateway_id: gw.gateway_id.clone(),
+        team_id: gw.team_id.clone(),
+    }
 }
 
 fn setup() -> (Hub, PairedGateway) {
@@ -441,11 +451,10 @@ fn recovery_fails_jobs_claimed_by_the_previous_process() {
     };
     let report = rt
         .block_on(recover_interrupted_jobs(
-            &c,
+            &port(&c, &gw),
             &outbox,
             &ledger,
             &gw.gateway_id,
-            &gw.team_id,
         ))
         .expect("recovery");
     let mut recovered = report.recovered_jobs.clone();
@@ -474,11 +483,10 @@ fn recovery_fails_jobs_claimed_by_the_previous_process() {
     // A second recovery finds nothing to do.
     let again = rt
         .block_on(recover_interrupted_jobs(
-            &c,
+            &port(&c, &gw),
             &outbox,
             &ledger,
             &gw.gateway_id,
-            &gw.team_id,
         ))
         .expect("second recovery");
     assert!(again.recovered_jobs.is_empty() && again.already_terminal.is_empty());
@@ -536,11 +544,10 @@ fn recovery_fails_an_interrupted_subagent_run() {
     };
     let report = rt
         .block_on(recover_interrupted_jobs(
-            &c,
+            &port(&c, &gw),
             &outbox,
             &ledger,
             &gw.gateway_id,
-            &gw.team_id,
         ))
         .expect("recovery");
     assert_eq!(report.recovered_jobs, vec![job_id.clone()]);

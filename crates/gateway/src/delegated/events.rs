@@ -24,13 +24,13 @@ use panorama_protocol::status::RunEventType;
 use panorama_protocol::subagent::trim_event_payload;
 use serde_json::{json, Value};
 
-use crate::outbox::{Outbox, OutboxWrite};
+use crate::outbox::Outbox;
+use crate::port::writes;
 
 /// Longest time an emitted event waits in memory.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 /// Largest batch (one outbox entry).
 pub const MAX_BATCH: usize = 100;
-pub const EVENTS_TABLE: &str = "subagent_run_events";
 /// Counters of finished runs kept for late out-of-band events; past this,
 /// the oldest finished run's counter is forgotten (its next out-of-band
 /// event then reads the hub).
@@ -132,11 +132,7 @@ impl RunLog {
 
 fn queue_rows(outbox: &Outbox, run_id: &str, rows: Vec<Value>) {
     let count = rows.len();
-    if let Err(e) = outbox.push(OutboxWrite::Insert {
-        table: EVENTS_TABLE.to_string(),
-        rows: Value::Array(rows),
-        duplicate_is_delivered: true,
-    }) {
+    if let Err(e) = outbox.push(writes::run_events(Value::Array(rows))) {
         tracing::error!(error = %e, runId = %run_id, count, "Failed to queue subagent run events");
     }
 }
@@ -320,24 +316,6 @@ impl RunSequences {
     pub fn knows(&self, run_id: &str) -> bool {
         self.lock().logs.contains_key(run_id)
     }
-}
-
-/// max(sequence) + 1 of a run at the hub, 0 when it has no events.
-pub async fn next_sequence_at_hub(
-    client: &panorama_supabase::Client,
-    run_id: &str,
-) -> Result<i64, panorama_supabase::Error> {
-    let row = client
-        .from(EVENTS_TABLE)
-        .select("sequence")
-        .eq("run_id", run_id)
-        .order("sequence", false, None)
-        .limit(1)
-        .maybe_single()
-        .await?;
-    Ok(row
-        .and_then(|r| r.get("sequence").and_then(Value::as_i64))
-        .map_or(0, |s| s + 1))
 }
 
 #[cfg(test)]

@@ -7,9 +7,10 @@ use std::time::Duration;
 use panorama_protocol::status::RunEventType;
 use serde_json::Value;
 
-use super::events::{next_sequence_at_hub, RunIds, STOPPING_DRAIN};
+use super::events::{RunIds, STOPPING_DRAIN};
 use crate::control_plane::is_unanswered;
 use crate::job_context::JobContext;
+use crate::port::next_event_sequence;
 
 /// Out-of-band events (cancel job, job-failure fallback, cancel before
 /// start, shutdown) of a run: queued at the run's next sequences, dense and
@@ -68,7 +69,7 @@ pub async fn push_out_of_band(
             Ok(first) => return Ok(first),
             Err(events) => events,
         };
-        match next_sequence_at_hub(&gw.client, &ids.run_id).await {
+        match next_event_sequence(&*gw.control, &ids.run_id).await {
             Ok(next) => return Ok(seqs.push_from(&gw.outbox, ids, next, events)),
             Err(e) if is_unanswered(&e) && gw.cancel_reason().is_none() => {
                 tracing::warn!(error = %e, runId = %ids.run_id, delay_ms = delay.as_millis() as u64,

@@ -10,6 +10,7 @@ use super::events::RunIds;
 use super::out_of_band::push_out_of_band;
 use super::process::kill_group;
 use crate::job_context::JobContext;
+use crate::port::StatusGuard;
 use crate::timestamp::now_iso;
 
 /// Step 5: cancel every active subagent run (SIGTERM, SIGKILL after 5 s)
@@ -39,7 +40,15 @@ pub async fn finalize_residual(gw: &JobContext, job_id: &str, reason: &str) {
     run.sink.flush();
     let now = now_iso();
     let envelope = serde_json::to_value(OutputEnvelope::error(reason)).unwrap_or(Value::Null);
-    let current = metadata_of(gw, "subagent_runs", &run.run_id).await;
+    // Shutdown does not wait for a hub that does not answer: `{}` when a
+    // row cannot be read (its writes merge over what they find).
+    let current = gw
+        .control
+        .run(&run.run_id)
+        .await
+        .ok()
+        .flatten()
+        .map_or_else(|| json!({}), |r| r.metadata);
     let mut metadata = build_requested_cancel_metadata(
         &current,
         Some(&run.run_id),
@@ -52,36 +61,36 @@ pub async fn finalize_residual(gw: &JobContext, job_id: &str, reason: &str) {
     metadata.insert("cancelled".into(), json!(true));
     metadata.insert("last_run_at".into(), json!(now));
     let updated = gw
-        .client
-        .from("subagent_runs")
-        .update(json!({"status": "cancelled", "output": envelope, "error": reason, "completed_at": now, "metadata": metadata}))
-        .eq("id", run.run_id.as_str())
-        .eq("status", "running")
-        .select("id")
-        .execute()
+        .control
+        .update_run_if_running(
+            &run.run_id,
+            json!({"status": "cancelled", "output": envelope, "error": reason, "completed_at": now, "metadata": metadata}),
+        )
         .await;
     let sub_meta = json!({
         "cancel_run_id": run.run_id, "cancel_requested_at": now, "cancel_reason": reason,
         "cancel_state": "acknowledged", "cancel_support": "gateway", "cancellation_scope": "gateway",
         "cancelled": true, "last_run_at": now,
     });
-    let existing = metadata_of(gw, "subagents", &run.subagent_id).await;
-    let mut merged = existing.as_object().cloned().unwrap_or_default();
+    let existing = gw.control.subagent(&run.subagent_id).await.ok().flatten();
+    let mut merged = existing
+        .and_then(|s| s.metadata.as_object().cloned())
+        .unwrap_or_default();
     if let Value::Object(m) = sub_meta {
         merged.extend(m);
     }
     if let Err(e) = gw
-        .client
-        .from("subagents")
-        .update(json!({"status": "cancelled", "output": envelope, "error": reason, "completed_at": now, "metadata": merged}))
-        .eq("id", run.subagent_id.as_str())
-        .eq("status", "running")
-        .execute()
+        .control
+        .update_subagent(
+            &run.subagent_id,
+            StatusGuard::Running,
+            json!({"status": "cancelled", "output": envelope, "error": reason, "completed_at": now, "metadata": merged}),
+        )
         .await
     {
         tracing::error!(error = %e, subagentId = %run.subagent_id, "Failed to cancel subagent at shutdown");
     }
-    let matched = matches!(&updated, Ok(rows) if !rows.is_empty());
+    let matched = matches!(updated, Ok(true));
     if matched {
         let ids: RunIds = run.sink.ids().clone();
         let payload = json!({"reason": reason, "source": "gateway_shutdown", "cancellation_scope": "gateway"});
@@ -99,19 +108,4 @@ pub async fn finalize_residual(gw: &JobContext, job_id: &str, reason: &str) {
             tracing::error!(error = %e, runId = %ids.run_id, "Failed to queue the shutdown events of a cancelled run");
         }
     }
-}
-
-/// A row's `metadata`, `{}` when it cannot be read: shutdown does not wait
-/// for a hub that does not answer (its writes merge over what they find).
-async fn metadata_of(gw: &JobContext, table: &str, id: &str) -> Value {
-    gw.client
-        .from(table)
-        .select("metadata")
-        .eq("id", id)
-        .maybe_single()
-        .await
-        .ok()
-        .flatten()
-        .and_then(|r| r.get("metadata").cloned())
-        .unwrap_or_else(|| json!({}))
 }

@@ -228,6 +228,11 @@ impl ControlPlane for FakeControlPlane {
         Ok(None)
     }
 
+    async fn queued_jobs(&self) -> Result<Vec<Value>, PortError> {
+        self.call("queued_jobs")?;
+        Ok(Vec::new())
+    }
+
     async fn running_job_ids(&self) -> Result<Vec<String>, PortError> {
         self.call("running_job_ids")?;
         Ok(Vec::new())
@@ -241,6 +246,11 @@ impl ControlPlane for FakeControlPlane {
     ) -> Result<bool, PortError> {
         self.call("has_idempotency_twin")?;
         Ok(false)
+    }
+
+    async fn heartbeat(&self, _body: Value) -> Result<Value, PortError> {
+        self.call("heartbeat")?;
+        Ok(json!({"success": true}))
     }
 
     async fn gateway_row(&self, _columns: &str) -> Result<Option<Value>, PortError> {

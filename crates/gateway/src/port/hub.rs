@@ -13,6 +13,8 @@ const SUBAGENTS: &str = "subagents";
 const SUBAGENT_RUNS: &str = "subagent_runs";
 const RUN_EVENTS: &str = "subagent_run_events";
 const RUNNING: &str = "running";
+/// The heartbeat's edge function (control-plane §5.2).
+pub const HEARTBEAT_FUNCTION: &str = "gateway-heartbeat";
 
 /// This gateway's requests, as the paired gateway (its session in `client`).
 pub struct HubControlPlane {
@@ -84,6 +86,18 @@ impl ControlPlane for HubControlPlane {
             .await
     }
 
+    async fn queued_jobs(&self) -> Result<Vec<Value>, PortError> {
+        self.client
+            .from(GATEWAY_JOBS)
+            .select("*")
+            .eq("team_id", self.team_id.as_str())
+            .eq("status", "queued")
+            .eq("gateway_id", self.gateway_id.as_str())
+            .order("created_at", true, None)
+            .execute()
+            .await
+    }
+
     async fn running_job_ids(&self) -> Result<Vec<String>, PortError> {
         let rows = self
             .client
@@ -121,6 +135,13 @@ impl ControlPlane for HubControlPlane {
             .maybe_single()
             .await?;
         Ok(found.is_some())
+    }
+
+    async fn heartbeat(&self, body: Value) -> Result<Value, PortError> {
+        self.client
+            .functions()
+            .invoke(HEARTBEAT_FUNCTION, body)
+            .await
     }
 
     async fn gateway_row(&self, columns: &str) -> Result<Option<Value>, PortError> {

@@ -17,6 +17,10 @@
 //! PostgREST's query grammar (`eq.running`, `not.in.(…)`) lives only in
 //! this module and in the outbox that sends it.
 
+// `PortError` is the transport's error, whose PostgREST variant is large;
+// it is returned once per request, so boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
 use async_trait::async_trait;
 use panorama_protocol::rows::{GatewayJobRow, SubagentRow, SubagentRunRow};
 use serde::Serialize;
@@ -85,6 +89,8 @@ pub trait ControlPlane: Send + Sync {
     async fn claim_job(&self, job_id: &str, started_at: &str) -> Result<Option<Value>, PortError>;
     /// A job row as the control plane has it now.
     async fn job(&self, job_id: &str) -> Result<Option<Value>, PortError>;
+    /// This gateway's `queued` jobs, oldest first (the reconcile, §3.2.1).
+    async fn queued_jobs(&self) -> Result<Vec<Value>, PortError>;
     /// The ids of this gateway's `running` jobs, oldest first.
     async fn running_job_ids(&self) -> Result<Vec<String>, PortError>;
     /// §3.2.4: whether another job with `job`'s idempotency key and attempt
@@ -97,6 +103,8 @@ pub trait ControlPlane: Send + Sync {
     ) -> Result<bool, PortError>;
 
     // --- this gateway's control state ---
+    /// `gateway-heartbeat` with `body` (status, capabilities, device name).
+    async fn heartbeat(&self, body: Value) -> Result<Value, PortError>;
     /// `columns` of this gateway's `team_gateways` row.
     async fn gateway_row(&self, columns: &str) -> Result<Option<Value>, PortError>;
     /// A `team_resources` row of this team (`columns` of it).

@@ -15,6 +15,13 @@ pub const FINALIZE_FUNCTION: &str = "finalize-gateway-subagent-run";
 /// The run events table.
 pub const EVENTS_TABLE: &str = "subagent_run_events";
 
+/// The output envelope of a failed or cancelled run (`{schema_version,
+/// content, content_type, errors}`), as rows store it.
+pub fn error_output(message: &str) -> Value {
+    serde_json::to_value(panorama_protocol::subagent::OutputEnvelope::error(message))
+        .unwrap_or(Value::Null)
+}
+
 /// The PostgREST filter a guard stands for.
 pub(crate) fn status_filter(guard: &StatusGuard) -> Option<String> {
     match guard {

@@ -17,7 +17,6 @@ pub const HEARTBEAT_INTERVAL: Duration =
 /// Per-request timeout (later version; keeps a hung request from blocking
 /// the next sync forever).
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(20);
-pub const HEARTBEAT_FUNCTION: &str = "gateway-heartbeat";
 
 /// Why providers show as unavailable in this build.
 pub const HOST_ONLY_NOTE: &str =
@@ -159,13 +158,7 @@ async fn send_locked(
         "device_name": gw.device_name,
     });
     *last = Some(status);
-    let functions = gw.client.functions();
-    match tokio::time::timeout(
-        HEARTBEAT_TIMEOUT,
-        functions.invoke(HEARTBEAT_FUNCTION, body),
-    )
-    .await
-    {
+    match tokio::time::timeout(HEARTBEAT_TIMEOUT, gw.control.heartbeat(body)).await {
         Ok(Ok(_)) => {
             crate::metrics::heartbeat_ok();
             true
@@ -223,14 +216,7 @@ pub async fn send_and_calibrate(gw: &Gateway, status: GatewayStatus) -> bool {
         return false;
     }
     let recv = super::now_ms();
-    let row = gw
-        .client
-        .from("team_gateways")
-        .select("last_seen_at")
-        .eq("id", gw.gateway_id.as_str())
-        .eq("team_id", gw.team_id.as_str())
-        .maybe_single()
-        .await;
+    let row = gw.control.gateway_row("last_seen_at").await;
     match row {
         Ok(Some(row)) => {
             let seen = row.get("last_seen_at").and_then(serde_json::Value::as_str);

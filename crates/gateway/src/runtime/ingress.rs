@@ -255,14 +255,8 @@ pub async fn reconcile(gw: &Arc<Gateway>, reason: &str) {
     }
     let _guard = InFlight(gw);
     let listed = gw
-        .client
-        .from("gateway_jobs")
-        .select("*")
-        .eq("team_id", gw.team_id.as_str())
-        .eq("status", "queued")
-        .eq("gateway_id", gw.gateway_id.as_str())
-        .order("created_at", true, None)
-        .execute()
+        .control
+        .queued_jobs()
         .await
         .map_err(|e| e.to_string())
         .and_then(|rows| {

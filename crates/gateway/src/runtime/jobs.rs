@@ -15,7 +15,7 @@ use panorama_protocol::status::{JobStatus, JobType};
 use serde_json::{json, Value};
 
 use super::{diagnostic, now_iso, Gateway};
-use crate::outbox::OutboxWrite;
+use crate::port::writes;
 use crate::recovery::ClaimedJob;
 
 /// Message for job types this build knows but does not run yet.
@@ -35,16 +35,6 @@ pub fn not_supported_yet(job_type: &JobType) -> JobCompletion {
         error: Some(message),
         run_subagent_failure_fallback: false,
     }
-}
-
-/// The completion PATCH as an outbox write (§3.2.3): conditional on
-/// `status=eq.running`, so a replay or a server-side cancel is harmless.
-pub fn completion_write(
-    job_id: &str,
-    completion: &JobCompletion,
-    completed_at: &str,
-) -> OutboxWrite {
-    OutboxWrite::update_if_running("gateway_jobs", job_id, completion.update_body(completed_at))
 }
 
 /// First pause before re-sending a claim whose answer was lost.
@@ -79,38 +69,15 @@ async fn claim(gw: &Gateway, job: &GatewayJobRow) -> Result<Option<GatewayJobRow
     let mut unanswered = false;
     loop {
         let attempt = async {
-            let rows = gw
-                .client
-                .from("gateway_jobs")
-                .update(json!({
-                    "status": "running",
-                    "gateway_id": gw.gateway_id,
-                    "started_at": started_at,
-                }))
-                .eq("id", job.id.as_str())
-                .eq("team_id", gw.team_id.as_str())
-                .eq("status", "queued")
-                .eq("gateway_id", gw.gateway_id.as_str())
-                .select("*")
-                .execute()
-                .await?;
-            if !rows.is_empty() || !unanswered {
-                return Ok(rows);
+            let row = gw.control.claim_job(&job.id, &started_at).await?;
+            if row.is_some() || !unanswered {
+                return Ok(row);
             }
-            let row = gw
-                .client
-                .from("gateway_jobs")
-                .select("*")
-                .eq("id", job.id.as_str())
-                .maybe_single()
-                .await?;
-            Ok(row
-                .filter(|r| claimed_by_us(gw, r, &started_at))
-                .into_iter()
-                .collect())
+            let row = gw.control.job(&job.id).await?;
+            Ok(row.filter(|r| claimed_by_us(gw, r, &started_at)))
         };
-        let rows: Vec<Value> = match attempt.await {
-            Ok(rows) => rows,
+        let row: Option<Value> = match attempt.await {
+            Ok(row) => row,
             Err(e) if crate::control_plane::is_unanswered(&e) && gw.cancel_reason().is_none() => {
                 tracing::warn!(error = %e, jobId = %job.id, delay_ms = delay.as_millis() as u64, "Gateway job claim got no answer; retrying");
                 unanswered = true;
@@ -123,7 +90,7 @@ async fn claim(gw: &Gateway, job: &GatewayJobRow) -> Result<Option<GatewayJobRow
             }
             Err(e) => return Err(e.to_string()),
         };
-        return match rows.first() {
+        return match row.as_ref() {
             None => Ok(None),
             // Use the updated row; fall back to ours if it does not decode.
             Some(row) => Ok(Some(decode_gateway_job_row(row).unwrap_or_else(|_| {
@@ -140,22 +107,9 @@ async fn claim(gw: &Gateway, job: &GatewayJobRow) -> Result<Option<GatewayJobRow
 async fn idempotency_conflict(gw: &Gateway, job: &GatewayJobRow) -> Option<JobCompletion> {
     let key = job.idempotency_key.as_deref().filter(|k| !k.is_empty())?;
     let attempt = job.attempt_or_default();
-    let found = gw
-        .client
-        .from("gateway_jobs")
-        .select("id,status,result,error")
-        .eq("team_id", job.team_id.as_str())
-        .eq("idempotency_key", key)
-        .eq("attempt", attempt)
-        .in_("status", &["running", "completed"])
-        .neq("id", job.id.as_str())
-        .order("created_at", true, None)
-        .limit(1)
-        .maybe_single()
-        .await;
-    match found {
-        Ok(Some(_)) => Some(idempotency_duplicate(key, attempt)),
-        Ok(None) => None,
+    match gw.control.has_idempotency_twin(job, key, attempt).await {
+        Ok(true) => Some(idempotency_duplicate(key, attempt)),
+        Ok(false) => None,
         Err(e) => {
             tracing::error!(error = %e, jobId = %job.id, "Failed to check gateway job idempotency");
             None
@@ -248,7 +202,7 @@ pub fn complete(gw: &Gateway, job_id: &str, completion: &JobCompletion) {
     }
     match gw
         .outbox
-        .push(completion_write(job_id, completion, &now_iso()))
+        .push(writes::job_completion(job_id, completion, &now_iso()))
     {
         Ok(_) => {
             if let Err(e) = gw.ledger.release(job_id) {
@@ -326,32 +280,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn completion_is_conditional_on_running() {
+    fn a_type_not_built_yet_fails_saying_so() {
         let c = not_supported_yet(&JobType::ModelRun);
         assert_eq!(c.status, JobStatus::Failed);
         assert_eq!(
             c.error.as_deref(),
             Some("Job type model_run is not supported by this gateway yet; update panorama-gateway to a version that supports it.")
         );
-        let OutboxWrite::Update {
-            table,
-            filters,
-            patch,
-        } = completion_write("j1", &c, "2025-01-01T00:00:00.000Z")
-        else {
-            panic!("expected an update");
-        };
-        assert_eq!(table, "gateway_jobs");
-        assert_eq!(
-            filters,
-            vec![
-                ("id".to_string(), "eq.j1".to_string()),
-                ("status".to_string(), "eq.running".to_string())
-            ]
-        );
-        assert_eq!(patch["status"], "failed");
-        assert_eq!(patch["result"]["job_type"], "model_run");
-        assert_eq!(patch["completed_at"], "2025-01-01T00:00:00.000Z");
+        assert_eq!(c.result.unwrap()["job_type"], "model_run");
     }
 
     #[test]

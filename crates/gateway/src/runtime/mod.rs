@@ -324,14 +324,8 @@ async fn recover_once(gw: &Gateway) -> bool {
         );
         return false;
     }
-    match recovery::recover_interrupted_jobs(
-        &gw.client,
-        &gw.outbox,
-        &gw.ledger,
-        &gw.gateway_id,
-        &gw.team_id,
-    )
-    .await
+    match recovery::recover_interrupted_jobs(&*gw.control, &gw.outbox, &gw.ledger, &gw.gateway_id)
+        .await
     {
         Ok(report) if !report.recovered_jobs.is_empty() || !report.already_terminal.is_empty() => {
             tracing::info!(

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::{now_ms, Gateway};
 use crate::paths::GatewayPaths;
+use crate::port::{ControlPlane, PortError};
 use crate::shell::{
     handle_shell_exec_job, handle_shell_session_job, shell_outcome, GateInputs, ShellContext,
     ShellControlState, ShellIdentity, ShellSessions, ShellSessionsConfig,
@@ -49,11 +50,13 @@ pub async fn close_all_sessions(gw: &Gateway) {
     gw.shell_sessions.close_all().await;
 }
 
-/// [`ShellControlState`] over the hub client; every call reads fresh state.
+/// [`ShellControlState`] over the control-plane port; every call reads
+/// fresh state.
 pub struct HubShellControl {
+    pub control: Arc<dyn ControlPlane>,
+    /// The session's client, for the terminal stream's channel.
     pub client: Client,
     pub gateway_id: String,
-    pub team_id: String,
     pub config_path: PathBuf,
     /// `server − local` clock offset measured by the heartbeat.
     pub clock_offset_ms: i64,
@@ -64,9 +67,9 @@ pub struct HubShellControl {
 impl HubShellControl {
     pub fn new(gw: &Gateway) -> Self {
         HubShellControl {
+            control: Arc::clone(&gw.control),
             client: gw.client.clone(),
             gateway_id: gw.gateway_id.clone(),
-            team_id: gw.team_id.clone(),
             config_path: gw.paths.config_path.clone(),
             clock_offset_ms: gw.clock.offset_ms(),
             stop: gw.shutdown.subscribe(),
@@ -77,15 +80,7 @@ impl HubShellControl {
 #[async_trait]
 impl ShellControlState for HubShellControl {
     async fn job_cancelled(&self, job_id: &str) -> bool {
-        let row = self
-            .client
-            .from("gateway_jobs")
-            .select("status")
-            .eq("id", job_id)
-            .eq("team_id", self.team_id.as_str())
-            .maybe_single()
-            .await;
-        match row {
+        match self.control.job(job_id).await {
             Ok(Some(row)) => row.get("status").and_then(Value::as_str) == Some("cancelled"),
             Ok(None) => false,
             Err(e) => {
@@ -97,15 +92,7 @@ impl ShellControlState for HubShellControl {
 
     async fn load_gate_inputs(&self) -> GateInputs {
         let install = crate::config::install_full_control(&self.config_path);
-        let row = self
-            .client
-            .from("team_gateways")
-            .select(GATEWAY_CONTROL_COLUMNS)
-            .eq("id", self.gateway_id.as_str())
-            .eq("team_id", self.team_id.as_str())
-            .maybe_single()
-            .await;
-        let row = match row {
+        let row = match self.control.gateway_row(GATEWAY_CONTROL_COLUMNS).await {
             Ok(row) => row,
             Err(e) => {
                 tracing::error!(error = %e, gatewayId = %self.gateway_id, "Failed to load gateway control state");
@@ -116,15 +103,11 @@ impl ShellControlState for HubShellControl {
     }
 
     async fn load_resource(&self, resource_id: &str) -> Result<Option<TeamResourceRow>, String> {
-        let row = self
-            .client
-            .from("team_resources")
-            .select(RESOURCE_COLUMNS)
-            .eq("id", resource_id)
-            .eq("team_id", self.team_id.as_str())
-            .maybe_single()
-            .await;
-        let decoded = match row {
+        let decoded = match self
+            .control
+            .team_resource(resource_id, RESOURCE_COLUMNS)
+            .await
+        {
             Ok(None) => return Ok(None),
             Ok(Some(row)) => serde_json::from_value::<TeamResourceRow>(without_nulls(row))
                 .map(Some)
@@ -164,18 +147,12 @@ impl ShellControlState for HubShellControl {
     }
 
     async fn resolve_secret_placeholders(&self, job_id: &str) -> Result<Value, String> {
-        let answer = self
-            .client
-            .rpc(
-                "resolve_secret_placeholders_for_job",
-                serde_json::json!({ "p_job_id": job_id }),
-            )
-            .await;
+        let answer = self.control.resolve_secret_placeholders(job_id).await;
         answer.map_err(|e| {
             // The error never carries a value (the hub sends none in
             // errors); it names the function when the control plane lacks it.
             let text = match &e {
-                panorama_supabase::Error::Postgrest { status: 404, .. } => format!(
+                PortError::Postgrest { status: 404, .. } => format!(
                     "this control plane does not offer resolve_secret_placeholders_for_job ({e})"
                 ),
                 _ => e.to_string(),
