@@ -176,8 +176,7 @@ mod tests {
     #[tokio::test]
     async fn a_start_without_an_answer_is_sent_again() {
         let (fake, gw, _dir) = with_run("r1", "s1", SubagentRunStatus::Running);
-        fake.unanswered
-            .store(2, std::sync::atomic::Ordering::SeqCst);
+        fake.leave_unanswered("mark_run_started", 2);
         start_accepted_run(&gw, "s1", "r1", Map::new(), &start_metadata())
             .await
             .unwrap();

@@ -1374,3 +1374,7 @@ async fn cancelled_before_start(
         "subagent_id": ids.subagent_id, "status": "cancelled", "output": envelope, "error": reason,
     }))
 }
+
+#[cfg(test)]
+#[path = "subagent_run_tests.rs"]
+mod tests;

@@ -5,7 +5,7 @@
 //! (a finalize function it lacks: the direct fallback writes).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -22,8 +22,9 @@ pub struct FakeControlPlane {
     pub runs: Mutex<HashMap<String, SubagentRunRow>>,
     pub events: Mutex<Vec<Value>>,
     pub gateway: Mutex<Option<Value>>,
-    /// The next this many requests get no answer (a transport error).
-    pub unanswered: AtomicUsize,
+    /// Requests by name whose next this many attempts get no answer (a
+    /// transport error; the request is not applied).
+    pub unanswered: Mutex<HashMap<String, usize>>,
     /// Every request refused with this (HTTP 500) while set.
     pub refusing: Mutex<Option<String>>,
     /// What `allocate_subagent_run_sequence` hands out next.
@@ -104,6 +105,11 @@ impl FakeControlPlane {
         self.runs.lock().unwrap().get_mut(id).unwrap().status = Some(status);
     }
 
+    /// The next `times` attempts of request `name` get no answer.
+    pub fn leave_unanswered(&self, name: &str, times: usize) {
+        self.unanswered.lock().unwrap().insert(name.into(), times);
+    }
+
     pub fn called(&self, name: &str) -> bool {
         self.calls.lock().unwrap().iter().any(|c| c == name)
     }
@@ -118,12 +124,13 @@ impl FakeControlPlane {
                 body: None,
             });
         }
-        let left = self.unanswered.load(Ordering::SeqCst);
-        if left > 0 {
-            self.unanswered.store(left - 1, Ordering::SeqCst);
-            return Err(no_answer());
+        match self.unanswered.lock().unwrap().get_mut(name) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                Err(no_answer())
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn patch_subagent(&self, id: &str, filter: Option<&str>, patch: &Value) -> bool {
