@@ -30,8 +30,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::runtime::Gateway;
-
 static JOBS: Mutex<BTreeMap<(String, String), u64>> = Mutex::new(BTreeMap::new());
 /// Unix ms of the last heartbeat the hub accepted; 0 = none yet.
 static LAST_HEARTBEAT_MS: AtomicI64 = AtomicI64::new(0);
@@ -166,31 +164,31 @@ pub fn render(snap: &Snapshot) -> String {
     out
 }
 
-fn snapshot(gw: &Gateway) -> Snapshot {
+/// A scrape's snapshot: the runtime's parts it is given (outbox backlog,
+/// `(provider, health status)` pairs) with the counters kept here.
+pub fn snapshot(outbox_pending: usize, providers: Vec<(String, String)>) -> Snapshot {
     let last = LAST_HEARTBEAT_MS.load(Ordering::Relaxed);
     Snapshot {
         jobs: JOBS.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-        outbox_pending: gw.outbox.pending(),
+        outbox_pending,
         heartbeat_age_secs: (last > 0)
             .then(|| (chrono::Utc::now().timestamp_millis() - last).max(0) as f64 / 1000.0),
-        providers: gw
-            .delegated
-            .providers
-            .health()
-            .iter()
-            .map(|(id, h)| (id.as_str().to_string(), h.status.as_str().to_string()))
-            .collect(),
+        providers,
         usage: crate::contain::usage_totals(),
     }
 }
 
+/// Where a scrape gets its snapshot (the runtime hands one in, so this
+/// module needs nothing of it).
+pub type SnapshotSource = Arc<dyn Fn() -> Snapshot + Send + Sync>;
+
 /// Serve `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, gw: Arc<Gateway>) {
+pub async fn serve(listener: tokio::net::TcpListener, source: SnapshotSource) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
-        let gw = Arc::clone(&gw);
+        let source = Arc::clone(&source);
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut len = 0;
@@ -210,7 +208,7 @@ pub async fn serve(listener: tokio::net::TcpListener, gw: Arc<Gateway>) {
             let mut parts = head.split_whitespace();
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             let (status, body) = if method == "GET" && path.split('?').next() == Some("/metrics") {
-                ("200 OK", render(&snapshot(&gw)))
+                ("200 OK", render(&source()))
             } else {
                 (
                     "404 Not Found",

@@ -85,7 +85,7 @@ impl ServerClock {
 
     /// The server's "now" (local time plus the measured offset).
     pub fn server_now_ms(&self) -> i64 {
-        self.server_now_at(super::now_ms())
+        self.server_now_at(crate::timestamp::now_ms())
     }
 
     /// The 90 s heartbeat freshness rule against the server's clock.
@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn freshness_follows_the_server_clock_not_the_local_one() {
         let c = ServerClock::new();
-        let local_now = super::super::now_ms();
+        let local_now = crate::timestamp::now_ms();
         let iso = |ms: i64| {
             chrono::DateTime::from_timestamp_millis(ms)
                 .unwrap()

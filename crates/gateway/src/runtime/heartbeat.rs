@@ -10,7 +10,8 @@ use panorama_protocol::capabilities::{
 use panorama_protocol::status::GatewayStatus;
 use serde_json::json;
 
-use super::Gateway;
+use super::gateway::Gateway;
+use crate::timestamp::now_ms;
 
 pub const HEARTBEAT_INTERVAL: Duration =
     Duration::from_millis(panorama_protocol::operational::HEARTBEAT_INTERVAL_MS as u64);
@@ -211,11 +212,11 @@ pub async fn refresh(gw: &Gateway) {
 /// Send a heartbeat, then measure the server clock from the `last_seen_at`
 /// it just set (control-plane.md §17 item 14; see [`super::clock`]).
 pub async fn send_and_calibrate(gw: &Gateway, status: GatewayStatus) -> bool {
-    let sent = super::now_ms();
+    let sent = now_ms();
     if !send(gw, status).await {
         return false;
     }
-    let recv = super::now_ms();
+    let recv = now_ms();
     let row = gw.control.gateway_row("last_seen_at").await;
     match row {
         Ok(Some(row)) => {

@@ -17,7 +17,8 @@ use panorama_supabase::{
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{heartbeat, Gateway};
+use super::gateway::Gateway;
+use super::{heartbeat, jobs};
 
 pub const RECONCILE_INTERVAL: Duration =
     Duration::from_millis(panorama_protocol::operational::RECONCILE_INTERVAL_MS as u64);
@@ -229,7 +230,7 @@ fn on_realtime_row(gw: &Arc<Gateway>, record: &serde_json::Value) {
         return;
     }
     match decode_gateway_job_row(record) {
-        Ok(row) => gw.enqueue(row),
+        Ok(row) => jobs::enqueue(gw, row),
         Err(e) => tracing::warn!(error = %e, "Rejected malformed gateway job realtime payload"),
     }
 }
@@ -276,7 +277,7 @@ pub async fn reconcile(gw: &Arc<Gateway>, reason: &str) {
             // the batch (control-plane.md §7.4 race note).
             heartbeat::sync_if_changed(gw).await;
             for row in rows {
-                gw.enqueue(row);
+                jobs::enqueue(gw, row);
             }
         }
         Err(e) => {

@@ -14,9 +14,11 @@ use panorama_protocol::rows::{decode_gateway_job_row, GatewayJobRow};
 use panorama_protocol::status::{JobStatus, JobType};
 use serde_json::{json, Value};
 
-use super::{diagnostic, now_iso, Gateway};
+use super::diagnostic;
+use super::gateway::{Gateway, State};
 use crate::port::writes;
 use crate::recovery::ClaimedJob;
+use crate::timestamp::now_iso;
 
 /// Message for job types this build knows but does not run yet.
 pub fn not_supported_yet_message(job_type: &JobType) -> String {
@@ -214,6 +216,56 @@ pub fn complete(gw: &Gateway, job_id: &str, completion: &JobCompletion) {
             tracing::error!(error = %e, jobId = %job_id, "Failed to update gateway job result")
         }
     }
+}
+
+/// Offer a job (runtime.md §4.2 "Enqueue").
+pub fn enqueue(gw: &Arc<Gateway>, job: GatewayJobRow) {
+    let mut st = gw.lock();
+    if st.shutting_down || !job.is_targeted_at(&gw.gateway_id) {
+        return;
+    }
+    if job.job_type.bypasses_queue() {
+        if st.queue.mark_seen(&job.id) {
+            spawn_job(gw, &mut st, job, None);
+        }
+        return;
+    }
+    if !st.accepting {
+        return;
+    }
+    if st.queue.enqueue(job) {
+        pump(gw, &mut st);
+    }
+}
+
+/// Start as many queued jobs as the concurrency allows.
+fn pump(gw: &Arc<Gateway>, st: &mut State) {
+    if !st.accepting {
+        return;
+    }
+    for taken in st.queue.take_available(gw.concurrency) {
+        spawn_job(gw, st, taken.job, taken.reserved_subagent_id);
+    }
+}
+
+fn spawn_job(gw: &Arc<Gateway>, st: &mut State, job: GatewayJobRow, reserved: Option<String>) {
+    let task_gw = Arc::clone(gw);
+    let id = job.id.clone();
+    let task_id = id.clone();
+    // The task's epilogue takes the state lock, which we hold until the
+    // handle is registered, so it cannot remove the entry before it exists.
+    let handle = tokio::spawn(async move {
+        process_job(&task_gw, job).await;
+        job_finished(&task_gw, &task_id, reserved.as_deref());
+    });
+    st.active.insert(id, handle.abort_handle());
+}
+
+fn job_finished(gw: &Arc<Gateway>, job_id: &str, reserved: Option<&str>) {
+    let mut st = gw.lock();
+    st.active.remove(job_id);
+    st.queue.mark_done(job_id, reserved);
+    pump(gw, &mut st);
 }
 
 /// The whole life of one job in this process.

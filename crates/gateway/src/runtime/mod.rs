@@ -12,6 +12,7 @@
 
 pub mod clock;
 pub mod diagnostic;
+pub mod gateway;
 pub use crate::gateway_events as events;
 pub mod heartbeat;
 pub mod ingress;
@@ -22,17 +23,11 @@ pub mod restart;
 pub mod shell_glue;
 pub mod shutdown;
 
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
-use panorama_protocol::capabilities::Capabilities;
-use panorama_protocol::operational::{
-    compute_operational_status, IngressState, OperationalStatusRule,
-};
-use panorama_protocol::rows::GatewayJobRow;
-use panorama_protocol::status::GatewayStatus;
+use panorama_protocol::operational::IngressState;
 use panorama_supabase::{Client, Session};
 use tokio::sync::watch;
 
@@ -45,8 +40,6 @@ use crate::output::{Printer, Row};
 use crate::paths::GatewayPaths;
 use crate::pidfile;
 use crate::recovery::{self, ClaimLedger};
-
-use queue::JobQueue;
 
 /// Everything the foreground runtime needs; the config has already been
 /// saved with the resolved backend and device name (runtime.md §1.6.2
@@ -64,12 +57,8 @@ pub struct RuntimeRequest {
     pub metrics_listener: Option<std::net::TcpListener>,
 }
 
-/// Shutdown grace for running jobs (runtime.md §4.8 step 6).
-pub const SHUTDOWN_GRACE_MS: u64 = 15_000;
-/// How long shutdown waits for the outbox to deliver before exiting.
-pub const OUTBOX_FLUSH_TIMEOUT_MS: u64 = 10_000;
-
-pub use crate::timestamp::{now_iso, now_ms};
+pub use gateway::{Gateway, State};
+pub use shutdown::{OUTBOX_FLUSH_TIMEOUT_MS, SHUTDOWN_GRACE_MS};
 
 /// Directory of the durable outbox: next to `gateway.json`.
 pub fn outbox_dir(paths: &GatewayPaths) -> PathBuf {
@@ -79,140 +68,6 @@ pub fn outbox_dir(paths: &GatewayPaths) -> PathBuf {
 /// Directory of the claim ledger: next to `gateway.json`.
 pub fn claims_dir(paths: &GatewayPaths) -> PathBuf {
     paths.config_dir.join("claims")
-}
-
-/// Mutable runtime state, behind one lock (never held across an await).
-#[derive(Default)]
-pub struct State {
-    pub queue: JobQueue,
-    pub accepting: bool,
-    pub shutting_down: bool,
-    pub ingress: Option<IngressState>,
-    pub last_ingress_success_ms: Option<i64>,
-    pub last_ingress_error: Option<String>,
-    pub capabilities: Option<Capabilities>,
-    pub full_control_enabled: bool,
-    /// The active-claimed map: every job handed to a task, until it ends.
-    pub active: HashMap<String, tokio::task::AbortHandle>,
-    /// Jobs whose completion was queued by this process.
-    pub finalized: HashSet<String>,
-}
-
-/// Everything the runtime's tasks share. Derefs to the [`JobContext`] it
-/// hands to job handlers (client, identity, paths, outbox, delegated-run
-/// state, shutdown signal).
-pub struct Gateway {
-    pub ctx: JobContext,
-    pub ledger: ClaimLedger,
-    pub concurrency: usize,
-    pub state: Mutex<State>,
-    /// Last status sent; the lock also serializes heartbeat requests.
-    pub last_sent: tokio::sync::Mutex<Option<GatewayStatus>>,
-    pub reconcile_in_flight: AtomicBool,
-    pub shutdown_tx: watch::Sender<bool>,
-    /// Server-clock estimate for freshness checks (control-plane.md §17).
-    pub clock: clock::ServerClock,
-    /// Shell sessions of this process (runtime.md §5), closed at shutdown.
-    pub shell_sessions: Arc<crate::shell::ShellSessions>,
-}
-
-impl std::ops::Deref for Gateway {
-    type Target = JobContext;
-
-    fn deref(&self) -> &JobContext {
-        &self.ctx
-    }
-}
-
-impl Gateway {
-    pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.lock().shutting_down
-    }
-
-    /// The operational status now (later rule: host availability).
-    pub fn compute_status(&self) -> GatewayStatus {
-        let st = self.lock();
-        compute_operational_status(
-            st.capabilities.as_ref(),
-            st.ingress,
-            st.accepting,
-            OperationalStatusRule::HostAvailability,
-        )
-    }
-
-    /// Record the outcome of a reconcile and recompute the ingress state.
-    pub fn record_ingress(&self, outcome: std::result::Result<(), String>) {
-        let now = now_ms();
-        let mut st = self.lock();
-        match outcome {
-            Ok(()) => {
-                st.last_ingress_success_ms = Some(now);
-                st.last_ingress_error = None;
-            }
-            Err(e) => st.last_ingress_error = Some(e),
-        }
-        if !st.shutting_down {
-            st.ingress = Some(IngressState::after_reconcile(
-                st.last_ingress_success_ms,
-                st.last_ingress_error.is_some(),
-                now,
-            ));
-        }
-    }
-
-    /// Offer a job (runtime.md §4.2 "Enqueue").
-    pub fn enqueue(self: &Arc<Self>, job: GatewayJobRow) {
-        let mut st = self.lock();
-        if st.shutting_down || !job.is_targeted_at(&self.gateway_id) {
-            return;
-        }
-        if job.job_type.bypasses_queue() {
-            if st.queue.mark_seen(&job.id) {
-                self.spawn_job(&mut st, job, None);
-            }
-            return;
-        }
-        if !st.accepting {
-            return;
-        }
-        if st.queue.enqueue(job) {
-            self.pump(&mut st);
-        }
-    }
-
-    /// Start as many queued jobs as the concurrency allows.
-    fn pump(self: &Arc<Self>, st: &mut State) {
-        if !st.accepting {
-            return;
-        }
-        for taken in st.queue.take_available(self.concurrency) {
-            self.spawn_job(st, taken.job, taken.reserved_subagent_id);
-        }
-    }
-
-    fn spawn_job(self: &Arc<Self>, st: &mut State, job: GatewayJobRow, reserved: Option<String>) {
-        let gw = Arc::clone(self);
-        let id = job.id.clone();
-        let task_id = id.clone();
-        // The task's epilogue takes the state lock, which we hold until the
-        // handle is registered, so it cannot remove the entry before it exists.
-        let handle = tokio::spawn(async move {
-            jobs::process_job(&gw, job).await;
-            gw.job_finished(&task_id, reserved.as_deref());
-        });
-        st.active.insert(id, handle.abort_handle());
-    }
-
-    fn job_finished(self: &Arc<Self>, job_id: &str, reserved: Option<&str>) {
-        let mut st = self.lock();
-        st.active.remove(job_id);
-        st.queue.mark_done(job_id, reserved);
-        self.pump(&mut st);
-    }
 }
 
 /// Persist a (possibly rotated) session into `gateway.json`; runs inside
@@ -520,10 +375,20 @@ pub async fn run(request: RuntimeRequest) -> Result<()> {
             .set_nonblocking(true)
             .and_then(|()| tokio::net::TcpListener::from_std(listener))
         {
-            Ok(listener) => drop(tokio::spawn(crate::metrics::serve(
-                listener,
-                Arc::clone(&gw),
-            ))),
+            Ok(listener) => {
+                let gw = Arc::clone(&gw);
+                let source: crate::metrics::SnapshotSource = Arc::new(move || {
+                    let providers = gw.delegated.providers.health();
+                    crate::metrics::snapshot(
+                        gw.outbox.pending(),
+                        providers
+                            .iter()
+                            .map(|(id, h)| (id.as_str().to_string(), h.status.as_str().to_string()))
+                            .collect(),
+                    )
+                });
+                drop(tokio::spawn(crate::metrics::serve(listener, source)))
+            }
             Err(e) => tracing::error!(error = %e, "Metrics endpoint not started"),
         }
     }

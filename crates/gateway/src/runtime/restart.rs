@@ -28,7 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{heartbeat, Gateway};
+use super::gateway::Gateway;
+use super::heartbeat;
 
 pub const AUTO_RESTART_ENV: &str = "PANORAMA_GATEWAY_AUTO_RESTART";
 pub const RESTART_CHECK_MS_ENV: &str = "PANORAMA_GATEWAY_RESTART_CHECK_MS";

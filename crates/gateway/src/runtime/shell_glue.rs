@@ -13,13 +13,14 @@ use panorama_protocol::status::JobType;
 use panorama_supabase::Client;
 use serde_json::Value;
 
-use super::{now_ms, Gateway};
+use super::gateway::Gateway;
 use crate::paths::GatewayPaths;
 use crate::port::{ControlPlane, PortError};
 use crate::shell::{
     handle_shell_exec_job, handle_shell_session_job, shell_outcome, GateInputs, ShellContext,
     ShellControlState, ShellIdentity, ShellSessions, ShellSessionsConfig,
 };
+use crate::timestamp::now_ms;
 
 /// Columns of the `team_gateways` control state (§4.9, later §13.4).
 pub const GATEWAY_CONTROL_COLUMNS: &str =

@@ -16,11 +16,17 @@ use panorama_protocol::operational::IngressState;
 use panorama_protocol::status::GatewayStatus;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use super::gateway::Gateway;
 use super::ingress::IngressHandle;
-use super::{heartbeat, jobs, Gateway, OUTBOX_FLUSH_TIMEOUT_MS, SHUTDOWN_GRACE_MS};
+use super::{heartbeat, jobs};
 use crate::contain::KILL_GRACE;
 use crate::error::{GatewayError, Result};
 use crate::pidfile;
+
+/// Shutdown grace for running jobs (runtime.md §4.8 step 6).
+pub const SHUTDOWN_GRACE_MS: u64 = 15_000;
+/// How long shutdown waits for the outbox to deliver before exiting.
+pub const OUTBOX_FLUSH_TIMEOUT_MS: u64 = 10_000;
 
 /// SIGINT and SIGTERM, installed once. Later signals during shutdown are
 /// swallowed (the handlers stay installed), so shutdown always completes.
