@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::control_plane::retry_unanswered;
 use crate::job_context::JobContext;
-use crate::port::PortError;
+use crate::port::{PortError, RunStart};
 use crate::timestamp::now_iso;
 
 /// The run row (id, subagent, sequence, status, prompt, metadata).
@@ -41,9 +41,14 @@ pub async fn start_accepted_run(
     let mut metadata = run_metadata;
     metadata.extend(start_metadata.clone());
     let started_at = now_iso();
+    let start = RunStart {
+        subagent_id,
+        run_id,
+        started_at: &started_at,
+        metadata: &metadata,
+    };
     let (marked, _) = retry_unanswered(&gw.shutdown, "PATCH /rest/v1/subagent_runs", || {
-        gw.control
-            .mark_run_started(subagent_id, run_id, &started_at, &metadata)
+        gw.control.mark_run_started(&start)
     })
     .await;
     match marked {

@@ -16,16 +16,19 @@ use super::process::{run_process, ProcessResult, ProcessSpec};
 /// driven with a scripted outcome in unit tests.
 #[async_trait]
 pub trait AgentLauncher: Send + Sync {
-    /// Runs `spec` until it exits or `stop` carries a reason (see
-    /// [`run_process`]): `on_spawn` gets the process group, `on_stdout` the
-    /// output as it arrives.
-    async fn run(
-        &self,
-        spec: &ProcessSpec,
-        stop: watch::Receiver<Option<String>>,
-        on_spawn: &mut (dyn FnMut(u32) + Send),
-        on_stdout: &mut (dyn for<'b> FnMut(&'b [u8]) + Send),
-    ) -> ProcessResult;
+    /// Runs `spec` until it exits or `io.stop` carries a reason (see
+    /// [`run_process`]).
+    async fn run(&self, spec: &ProcessSpec, io: AgentIo<'_>) -> ProcessResult;
+}
+
+/// How a run talks to its agent process while it runs.
+pub struct AgentIo<'a> {
+    /// A reason here stops the process (cancel, shutdown).
+    pub stop: watch::Receiver<Option<String>>,
+    /// Gets the process group once the process started.
+    pub on_spawn: &'a mut (dyn FnMut(u32) + Send),
+    /// Gets the output as it arrives.
+    pub on_stdout: &'a mut (dyn for<'b> FnMut(&'b [u8]) + Send),
 }
 
 /// The agent CLI as a contained child process.
@@ -33,14 +36,8 @@ pub struct ChildProcess;
 
 #[async_trait]
 impl AgentLauncher for ChildProcess {
-    async fn run(
-        &self,
-        spec: &ProcessSpec,
-        stop: watch::Receiver<Option<String>>,
-        on_spawn: &mut (dyn FnMut(u32) + Send),
-        on_stdout: &mut (dyn for<'b> FnMut(&'b [u8]) + Send),
-    ) -> ProcessResult {
-        run_process(spec, stop, on_spawn, on_stdout).await
+    async fn run(&self, spec: &ProcessSpec, io: AgentIo<'_>) -> ProcessResult {
+        run_process(spec, io.stop, io.on_spawn, io.on_stdout).await
     }
 }
 

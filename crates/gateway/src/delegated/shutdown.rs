@@ -3,14 +3,13 @@
 
 use panorama_protocol::cancel::{build_requested_cancel_metadata, CancelScope, CancelSupport};
 use panorama_protocol::status::RunEventType;
-use panorama_protocol::subagent::OutputEnvelope;
 use serde_json::{json, Value};
 
 use super::events::RunIds;
 use super::out_of_band::push_out_of_band;
 use super::process::kill_group;
 use crate::job_context::JobContext;
-use crate::port::StatusGuard;
+use crate::port::{writes, StatusGuard};
 use crate::timestamp::now_iso;
 
 /// Step 5: cancel every active subagent run (SIGTERM, SIGKILL after 5 s)
@@ -39,7 +38,7 @@ pub async fn finalize_residual(gw: &JobContext, job_id: &str, reason: &str) {
     active.remove(&run.run_id);
     run.sink.flush();
     let now = now_iso();
-    let envelope = serde_json::to_value(OutputEnvelope::error(reason)).unwrap_or(Value::Null);
+    let envelope = writes::error_output(reason);
     // Shutdown does not wait for a hub that does not answer: `{}` when a
     // row cannot be read (its writes merge over what they find).
     let current = gw

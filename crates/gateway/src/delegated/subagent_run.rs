@@ -24,9 +24,7 @@ use panorama_protocol::shell_gate::{
     check_subagent_run_gateway_state, ControlState, SubagentRunGate, MSG_CONTROL_STATE_UNAVAILABLE,
 };
 use panorama_protocol::status::{JobType, RunEventType, SubagentRunStatus};
-use panorama_protocol::subagent::{
-    provider_failure_message, OutputEnvelope, SUBAGENT_SCHEMA_VERSION,
-};
+use panorama_protocol::subagent::{provider_failure_message, SUBAGENT_SCHEMA_VERSION};
 use panorama_providers::argv::{
     build_subagent_plan, display_command, full_control_support, RunPlan,
 };
@@ -44,7 +42,7 @@ use serde_json::{json, Map, Value};
 
 use super::accepted_run::{accepted_run, closed_upstream, start_accepted_run};
 use super::active::{CancelInfo, RunControl};
-use super::agent_process::{spec_for_plan, AgentLauncher, ChildProcess};
+use super::agent_process::{spec_for_plan, AgentIo, AgentLauncher, ChildProcess};
 use super::events::{EventSink, RunIds};
 use super::out_of_band::push_out_of_band;
 use super::process::{ProcessResult, CANCEL_KILL_GRACE};
@@ -52,7 +50,7 @@ use super::workdir::WorkDir;
 use crate::control_plane::retry_unanswered;
 use crate::job_context::JobContext;
 use crate::outbox::OutboxWrite;
-use crate::port::writes::{self, TerminalRows};
+use crate::port::writes::{self, error_output as error_envelope, TerminalRows};
 use crate::port::{NewRun, PortError, StatusGuard};
 use crate::timestamp::{now_iso, now_ms};
 
@@ -60,14 +58,6 @@ use crate::timestamp::{now_iso, now_ms};
 pub const RESUME_NOT_FOUND: &str = "No conversation found";
 /// Cap of the raw stderr kept in run metadata.
 const METADATA_STDERR_CHARS: usize = 200_000;
-
-fn envelope_value(e: &OutputEnvelope) -> Value {
-    serde_json::to_value(e).unwrap_or(Value::Null)
-}
-
-fn error_envelope(message: &str) -> Value {
-    envelope_value(&OutputEnvelope::error(message))
-}
 
 fn obj(v: &Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap_or_default()
@@ -329,39 +319,17 @@ impl RunCtx<'_> {
         m
     }
 
-    /// Terminal row updates through the outbox (after the events).
+    /// Terminal row updates of this run and its subagent (both `running`)
+    /// through the outbox, after the events. The subagent's metadata takes
+    /// `sub_metadata` when given, else the run's terminal keys.
     fn persist_terminal(
         &self,
-        status: &str,
-        output: &Value,
-        error: Option<&str>,
-        metadata: &Map<String, Value>,
-    ) {
-        fsyncing(|| self.persist_terminal_now(status, output, error, metadata));
-    }
-
-    fn persist_terminal_now(
-        &self,
-        status: &str,
-        output: &Value,
-        error: Option<&str>,
-        metadata: &Map<String, Value>,
-    ) {
-        self.sink.flush();
-        let mut sub_meta = self.sub_metadata.clone();
-        sub_meta.extend(metadata.clone());
-        self.queue_terminal(status, output, error, metadata, &sub_meta);
-    }
-
-    /// The terminal writes of this run and its subagent (both `running`).
-    fn queue_terminal(
-        &self,
-        status: &str,
-        output: &Value,
-        error: Option<&str>,
+        (status, output, error): (&str, &Value, Option<&str>),
         run_metadata: &Map<String, Value>,
-        sub_metadata: &Map<String, Value>,
+        sub_metadata: Option<&Map<String, Value>>,
     ) {
+        let mut sub_meta = self.sub_metadata.clone();
+        sub_meta.extend(sub_metadata.unwrap_or(run_metadata).clone());
         let rows = TerminalRows {
             subagent_id: &self.sid,
             run_id: &self.run_id,
@@ -370,12 +338,15 @@ impl RunCtx<'_> {
             error,
             completed_at: &now_iso(),
             run_metadata,
-            sub_metadata,
+            sub_metadata: &sub_meta,
             subagent_guard: StatusGuard::Running,
         };
-        for write in writes::terminal(self.generation, &rows) {
-            push(self.gw, write);
-        }
+        fsyncing(|| {
+            self.sink.flush();
+            for write in writes::terminal(self.generation, &rows) {
+                push(self.gw, write);
+            }
+        });
     }
 
     /// Later generation: the run's status on the control plane right before
@@ -424,11 +395,12 @@ impl RunCtx<'_> {
         let mut metadata = self.start_metadata.clone();
         metadata.extend(overrides.clone());
         metadata.insert("last_run_at".into(), json!(now_iso()));
-        self.sink.flush();
         let envelope = error_envelope(message);
-        let mut sub_meta = self.sub_metadata.clone();
-        sub_meta.extend(overrides);
-        self.queue_terminal("failed", &envelope, Some(message), &metadata, &sub_meta);
+        self.persist_terminal(
+            ("failed", &envelope, Some(message)),
+            &metadata,
+            Some(&overrides),
+        );
         self.sink.emit(
             RunEventType::RunFailed,
             json!({"reason": message, "source": "gateway", "stage": "pre_execution"}),
@@ -459,7 +431,8 @@ impl RunCtx<'_> {
         );
         let envelope = error_envelope(&cancel.reason);
         let metadata = self.terminal_metadata(t, Some(cancel));
-        self.persist_terminal("cancelled", &envelope, Some(&cancel.reason), &metadata);
+        let end = ("cancelled", &envelope, Some(cancel.reason.as_str()));
+        self.persist_terminal(end, &metadata, None);
         HandlerOutcome::success(json!({
             "subagent_id": self.sid, "status": "cancelled", "output": envelope, "error": cancel.reason,
         }))
@@ -579,18 +552,16 @@ async fn run_attempt(
     let streaming = is_stream(provider, plan);
     let mut state = StreamState::new(normalizer_for(provider), run.sink.clone());
     let run_for_spawn = Arc::clone(run);
-    let process = agent
-        .run(
-            &spec,
-            run.stop_receiver(),
-            &mut move |pid| run_for_spawn.set_pgid(Some(pid as i32)),
-            &mut |chunk| {
-                if streaming {
-                    state.feed(chunk)
-                }
-            },
-        )
-        .await;
+    let io = AgentIo {
+        stop: run.stop_receiver(),
+        on_spawn: &mut move |pid| run_for_spawn.set_pgid(Some(pid as i32)),
+        on_stdout: &mut |chunk| {
+            if streaming {
+                state.feed(chunk)
+            }
+        },
+    };
+    let process = agent.run(&spec, io).await;
     let mut collector_truncated = false;
     if streaming {
         collector_truncated = state.finish();
@@ -1230,7 +1201,7 @@ async fn attempts(
             );
             let output = serde_json::to_value(&a.adapter.output).unwrap_or(Value::Null);
             let metadata = ctx.terminal_metadata(&terminal, None);
-            ctx.persist_terminal("completed", &output, None, &metadata);
+            ctx.persist_terminal(("completed", &output, None), &metadata, None);
             return HandlerOutcome::success(json!({
                 "subagent_id": ctx.sid, "status": "completed", "output": output, "error": null,
                 "resource_usage": terminal.resource_usage,
@@ -1245,12 +1216,8 @@ async fn attempts(
             json!({"reason": message, "duration_ms": ctx.duration_ms(), "parse_error": terminal.parse_error}),
         );
         let metadata = ctx.terminal_metadata(&terminal, None);
-        ctx.persist_terminal(
-            "failed",
-            &error_envelope(&message),
-            Some(&message),
-            &metadata,
-        );
+        let envelope = error_envelope(&message);
+        ctx.persist_terminal(("failed", &envelope, Some(&message)), &metadata, None);
         // Terminal state is persisted: the job-failure fallback has nothing to do.
         return HandlerOutcome {
             skip_subagent_failure: true,

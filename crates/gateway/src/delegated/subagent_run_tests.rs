@@ -11,9 +11,9 @@ use async_trait::async_trait;
 use panorama_protocol::jobs::SubagentRunPayload;
 use panorama_protocol::rows::SubagentRunRow;
 use panorama_protocol::status::{JobStatus, SubagentStatus};
-use tokio::sync::watch;
 
 use super::*;
+use crate::delegated::agent_process::AgentIo;
 use crate::delegated::process::ProcessSpec;
 use crate::port::fake::{self, FakeControlPlane};
 
@@ -82,13 +82,7 @@ impl ScriptedAgent {
 
 #[async_trait]
 impl AgentLauncher for ScriptedAgent {
-    async fn run(
-        &self,
-        spec: &ProcessSpec,
-        _stop: watch::Receiver<Option<String>>,
-        on_spawn: &mut (dyn FnMut(u32) + Send),
-        on_stdout: &mut (dyn for<'b> FnMut(&'b [u8]) + Send),
-    ) -> ProcessResult {
+    async fn run(&self, spec: &ProcessSpec, io: AgentIo<'_>) -> ProcessResult {
         self.argv.lock().unwrap().push(spec.args.clone());
         let step = self
             .steps
@@ -96,11 +90,11 @@ impl AgentLauncher for ScriptedAgent {
             .unwrap()
             .pop_front()
             .expect("an attempt the script did not expect");
-        on_spawn(step.result.pid.unwrap_or_default());
+        (io.on_spawn)(step.result.pid.unwrap_or_default());
         if let Some(during) = &step.during {
             during();
         }
-        on_stdout(step.result.stdout.as_bytes());
+        (io.on_stdout)(step.result.stdout.as_bytes());
         step.result
     }
 }

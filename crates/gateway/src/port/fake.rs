@@ -11,9 +11,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use panorama_protocol::rows::{GatewayJobRow, SubagentRow, SubagentRunRow};
 use panorama_protocol::status::{SubagentRunStatus, SubagentStatus};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use super::{ControlPlane, LastEvent, NewRun, PortError, StatusGuard};
+use super::{Answer, ControlPlane, LastEvent, NewRun, PortError, RunStart, StatusGuard};
 use crate::outbox::OutboxWrite;
 
 #[derive(Default)]
@@ -114,7 +114,7 @@ impl FakeControlPlane {
         self.calls.lock().unwrap().iter().any(|c| c == name)
     }
 
-    fn call(&self, name: &str) -> Result<(), PortError> {
+    fn call(&self, name: &str) -> Answer<()> {
         self.calls.lock().unwrap().push(name.to_string());
         if let Some(message) = self.refusing.lock().unwrap().clone() {
             return Err(PortError::Http {
@@ -203,134 +203,116 @@ impl FakeControlPlane {
 
     /// `event_type`s of the run's events, in sequence order.
     pub fn event_types(&self, run_id: &str) -> Vec<String> {
-        let mut events: Vec<Value> = self
-            .events
-            .lock()
-            .unwrap()
+        self.events_of(run_id)
+            .iter()
+            .map(|e| e["event_type"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The run's event rows, in sequence order.
+    pub fn events_of(&self, run_id: &str) -> Vec<Value> {
+        let events = self.events.lock().unwrap();
+        let mut events: Vec<Value> = events
             .iter()
             .filter(|e| e["run_id"] == run_id)
             .cloned()
             .collect();
         events.sort_by_key(|e| e["sequence"].as_i64());
         events
-            .iter()
-            .map(|e| e["event_type"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// The subagent's run rows.
+    fn runs_of(&self, subagent_id: &str) -> Vec<SubagentRunRow> {
+        let runs = self.runs.lock().unwrap();
+        runs.values()
+            .filter(|r| r.subagent_id == subagent_id)
+            .cloned()
             .collect()
     }
 }
 
 #[async_trait]
 impl ControlPlane for FakeControlPlane {
-    async fn claim_job(
-        &self,
-        _job_id: &str,
-        _started_at: &str,
-    ) -> Result<Option<Value>, PortError> {
+    async fn claim_job(&self, _job_id: &str, _started_at: &str) -> Answer<Option<Value>> {
         self.call("claim_job")?;
         Ok(None)
     }
 
-    async fn job(&self, _job_id: &str) -> Result<Option<Value>, PortError> {
+    async fn job(&self, _job_id: &str) -> Answer<Option<Value>> {
         self.call("job")?;
         Ok(None)
     }
 
-    async fn queued_jobs(&self) -> Result<Vec<Value>, PortError> {
+    async fn queued_jobs(&self) -> Answer<Vec<Value>> {
         self.call("queued_jobs")?;
         Ok(Vec::new())
     }
 
-    async fn running_job_ids(&self) -> Result<Vec<String>, PortError> {
+    async fn running_job_ids(&self) -> Answer<Vec<String>> {
         self.call("running_job_ids")?;
         Ok(Vec::new())
     }
 
-    async fn has_idempotency_twin(
-        &self,
-        _job: &GatewayJobRow,
-        _key: &str,
-        _attempt: i64,
-    ) -> Result<bool, PortError> {
+    async fn has_idempotency_twin(&self, _job: &GatewayJobRow) -> Answer<bool> {
         self.call("has_idempotency_twin")?;
         Ok(false)
     }
 
-    async fn heartbeat(&self, _body: Value) -> Result<Value, PortError> {
+    async fn heartbeat(&self, _body: Value) -> Answer<Value> {
         self.call("heartbeat")?;
         Ok(json!({"success": true}))
     }
 
-    async fn gateway_row(&self, _columns: &str) -> Result<Option<Value>, PortError> {
+    async fn gateway_row(&self, _columns: &str) -> Answer<Option<Value>> {
         self.call("gateway_row")?;
         Ok(self.gateway.lock().unwrap().clone())
     }
 
-    async fn team_resource(&self, _id: &str, _columns: &str) -> Result<Option<Value>, PortError> {
+    async fn team_resource(&self, _id: &str, _columns: &str) -> Answer<Option<Value>> {
         self.call("team_resource")?;
         Ok(None)
     }
 
-    async fn resolve_secret_placeholders(&self, _job_id: &str) -> Result<Value, PortError> {
+    async fn resolve_secret_placeholders(&self, _job_id: &str) -> Answer<Value> {
         self.call("resolve_secret_placeholders")?;
         Ok(json!([]))
     }
 
-    async fn subagent(&self, id: &str) -> Result<Option<SubagentRow>, PortError> {
+    async fn subagent(&self, id: &str) -> Answer<Option<SubagentRow>> {
         self.call("subagent")?;
         Ok(self.subagents.lock().unwrap().get(id).cloned())
     }
 
-    async fn update_subagent(
-        &self,
-        id: &str,
-        guard: StatusGuard,
-        patch: Value,
-    ) -> Result<bool, PortError> {
+    async fn update_subagent(&self, id: &str, guard: StatusGuard, patch: Value) -> Answer<bool> {
         self.call("update_subagent")?;
         let filter = super::writes::status_filter(&guard);
         Ok(self.patch_subagent(id, filter.as_deref(), &patch))
     }
 
-    async fn allocate_run_sequence(&self, _subagent_id: &str) -> Result<Option<i64>, PortError> {
+    async fn allocate_run_sequence(&self, _subagent_id: &str) -> Answer<Option<i64>> {
         self.call("allocate_run_sequence")?;
         Ok(Some(self.next_sequence.fetch_add(1, Ordering::SeqCst)))
     }
 
-    async fn highest_run_sequence(&self, subagent_id: &str) -> Result<Option<i64>, PortError> {
+    async fn highest_run_sequence(&self, subagent_id: &str) -> Answer<Option<i64>> {
         self.call("highest_run_sequence")?;
-        Ok(self
-            .runs
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|r| r.subagent_id == subagent_id)
-            .filter_map(|r| r.run_sequence)
-            .max())
+        let runs = self.runs_of(subagent_id);
+        Ok(runs.iter().filter_map(|r| r.run_sequence).max())
     }
 
-    async fn run(&self, run_id: &str) -> Result<Option<SubagentRunRow>, PortError> {
+    async fn run(&self, run_id: &str) -> Answer<Option<SubagentRunRow>> {
         self.call("run")?;
         Ok(self.run_row(run_id))
     }
 
-    async fn newest_running_run(
-        &self,
-        subagent_id: &str,
-    ) -> Result<Option<SubagentRunRow>, PortError> {
+    async fn newest_running_run(&self, subagent_id: &str) -> Answer<Option<SubagentRunRow>> {
         self.call("newest_running_run")?;
-        Ok(self
-            .runs
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|r| {
-                r.subagent_id == subagent_id && r.status == Some(SubagentRunStatus::Running)
-            })
-            .max_by_key(|r| r.run_sequence)
-            .cloned())
+        let runs = self.runs_of(subagent_id).into_iter();
+        let running = runs.filter(|r| r.status == Some(SubagentRunStatus::Running));
+        Ok(running.max_by_key(|r| r.run_sequence))
     }
 
-    async fn insert_run(&self, run: &NewRun) -> Result<(), PortError> {
+    async fn insert_run(&self, run: &NewRun) -> Answer<()> {
         self.call("insert_run")?;
         let mut runs = self.runs.lock().unwrap();
         let one_running = run.status == "running"
@@ -346,47 +328,34 @@ impl ControlPlane for FakeControlPlane {
         Ok(())
     }
 
-    async fn mark_run_started(
-        &self,
-        subagent_id: &str,
-        run_id: &str,
-        started_at: &str,
-        metadata: &Map<String, Value>,
-    ) -> Result<bool, PortError> {
+    async fn mark_run_started(&self, start: &RunStart<'_>) -> Answer<bool> {
         self.call("mark_run_started")?;
         let mut runs = self.runs.lock().unwrap();
-        match runs.get_mut(run_id) {
+        match runs.get_mut(start.run_id) {
             Some(run)
-                if run.subagent_id == subagent_id
+                if run.subagent_id == start.subagent_id
                     && run.status == Some(SubagentRunStatus::Running) =>
             {
-                run.started_at = Some(started_at.into());
-                run.metadata = Value::Object(metadata.clone());
+                run.started_at = Some(start.started_at.into());
+                run.metadata = Value::Object(start.metadata.clone());
                 Ok(true)
             }
             _ => Ok(false),
         }
     }
 
-    async fn update_run_if_running(&self, run_id: &str, patch: Value) -> Result<bool, PortError> {
+    async fn update_run_if_running(&self, run_id: &str, patch: Value) -> Answer<bool> {
         self.call("update_run_if_running")?;
         Ok(self.patch_run(run_id, Some("eq.running"), &patch))
     }
 
-    async fn last_run_event(&self, run_id: &str) -> Result<Option<LastEvent>, PortError> {
+    async fn last_run_event(&self, run_id: &str) -> Answer<Option<LastEvent>> {
         self.call("last_run_event")?;
-        Ok(self
-            .events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e["run_id"] == run_id)
-            .max_by_key(|e| e["sequence"].as_i64())
-            .map(|e| LastEvent {
-                sequence: e["sequence"].as_i64().unwrap_or_default(),
-                event_type: e["event_type"].as_str().unwrap_or_default().to_string(),
-                payload: e["payload"].clone(),
-            }))
+        Ok(self.events_of(run_id).last().map(|e| LastEvent {
+            sequence: e["sequence"].as_i64().unwrap_or_default(),
+            event_type: e["event_type"].as_str().unwrap_or_default().to_string(),
+            payload: e["payload"].clone(),
+        }))
     }
 }
 

@@ -4,9 +4,9 @@
 use async_trait::async_trait;
 use panorama_protocol::rows::{GatewayJobRow, SubagentRow, SubagentRunRow};
 use panorama_supabase::Client;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use super::{ControlPlane, LastEvent, NewRun, PortError, StatusGuard};
+use super::{Answer, ControlPlane, LastEvent, NewRun, PortError, RunStart, StatusGuard};
 
 const GATEWAY_JOBS: &str = "gateway_jobs";
 const SUBAGENTS: &str = "subagents";
@@ -23,18 +23,47 @@ pub struct HubControlPlane {
     pub team_id: String,
 }
 
-fn decode<T: serde::de::DeserializeOwned>(what: &str, row: Value) -> Result<T, PortError> {
+fn decode<T: serde::de::DeserializeOwned>(what: &str, row: Value) -> Answer<T> {
     serde_json::from_value(row).map_err(|e| PortError::Decode {
         context: format!("the {what} row"),
         message: format!("{e}; fix the row's column values"),
     })
 }
 
-fn decode_opt<T: serde::de::DeserializeOwned>(
-    what: &str,
-    row: Option<Value>,
-) -> Result<Option<T>, PortError> {
+fn decode_opt<T: serde::de::DeserializeOwned>(what: &str, row: Option<Value>) -> Answer<Option<T>> {
     row.map(|r| decode(what, r)).transpose()
+}
+
+impl HubControlPlane {
+    /// The whole row of `table` with `id`.
+    async fn row_by_id(&self, table: &str, id: &str) -> Answer<Option<Value>> {
+        self.client
+            .from(table)
+            .select("*")
+            .eq("id", id)
+            .maybe_single()
+            .await
+    }
+
+    /// `columns` of the row matching `filters` (column = value) that is
+    /// last by `order`.
+    async fn last_row(
+        &self,
+        table: &str,
+        columns: &str,
+        filters: &[(&str, &str)],
+        order: &str,
+    ) -> Answer<Option<Value>> {
+        let mut query = self.client.from(table).select(columns);
+        for (column, value) in filters {
+            query = query.eq(column, *value);
+        }
+        query
+            .order(order, false, None)
+            .limit(1)
+            .maybe_single()
+            .await
+    }
 }
 
 /// The number in an `allocate_subagent_run_sequence` answer: a bare
@@ -57,7 +86,7 @@ pub fn allocated_sequence(answer: &Value) -> Option<i64> {
 
 #[async_trait]
 impl ControlPlane for HubControlPlane {
-    async fn claim_job(&self, job_id: &str, started_at: &str) -> Result<Option<Value>, PortError> {
+    async fn claim_job(&self, job_id: &str, started_at: &str) -> Answer<Option<Value>> {
         let rows = self
             .client
             .from(GATEWAY_JOBS)
@@ -76,7 +105,7 @@ impl ControlPlane for HubControlPlane {
         Ok(rows.into_iter().next())
     }
 
-    async fn job(&self, job_id: &str) -> Result<Option<Value>, PortError> {
+    async fn job(&self, job_id: &str) -> Answer<Option<Value>> {
         self.client
             .from(GATEWAY_JOBS)
             .select("*")
@@ -86,7 +115,7 @@ impl ControlPlane for HubControlPlane {
             .await
     }
 
-    async fn queued_jobs(&self) -> Result<Vec<Value>, PortError> {
+    async fn queued_jobs(&self) -> Answer<Vec<Value>> {
         self.client
             .from(GATEWAY_JOBS)
             .select("*")
@@ -98,7 +127,7 @@ impl ControlPlane for HubControlPlane {
             .await
     }
 
-    async fn running_job_ids(&self) -> Result<Vec<String>, PortError> {
+    async fn running_job_ids(&self) -> Answer<Vec<String>> {
         let rows = self
             .client
             .from(GATEWAY_JOBS)
@@ -115,19 +144,17 @@ impl ControlPlane for HubControlPlane {
             .collect())
     }
 
-    async fn has_idempotency_twin(
-        &self,
-        job: &GatewayJobRow,
-        key: &str,
-        attempt: i64,
-    ) -> Result<bool, PortError> {
+    async fn has_idempotency_twin(&self, job: &GatewayJobRow) -> Answer<bool> {
         let found = self
             .client
             .from(GATEWAY_JOBS)
             .select("id,status,result,error")
             .eq("team_id", job.team_id.as_str())
-            .eq("idempotency_key", key)
-            .eq("attempt", attempt)
+            .eq(
+                "idempotency_key",
+                job.idempotency_key.as_deref().unwrap_or_default(),
+            )
+            .eq("attempt", job.attempt_or_default())
             .in_("status", &[RUNNING, "completed"])
             .neq("id", job.id.as_str())
             .order("created_at", true, None)
@@ -137,14 +164,14 @@ impl ControlPlane for HubControlPlane {
         Ok(found.is_some())
     }
 
-    async fn heartbeat(&self, body: Value) -> Result<Value, PortError> {
+    async fn heartbeat(&self, body: Value) -> Answer<Value> {
         self.client
             .functions()
             .invoke(HEARTBEAT_FUNCTION, body)
             .await
     }
 
-    async fn gateway_row(&self, columns: &str) -> Result<Option<Value>, PortError> {
+    async fn gateway_row(&self, columns: &str) -> Answer<Option<Value>> {
         self.client
             .from("team_gateways")
             .select(columns)
@@ -154,7 +181,7 @@ impl ControlPlane for HubControlPlane {
             .await
     }
 
-    async fn team_resource(&self, id: &str, columns: &str) -> Result<Option<Value>, PortError> {
+    async fn team_resource(&self, id: &str, columns: &str) -> Answer<Option<Value>> {
         self.client
             .from("team_resources")
             .select(columns)
@@ -164,7 +191,7 @@ impl ControlPlane for HubControlPlane {
             .await
     }
 
-    async fn resolve_secret_placeholders(&self, job_id: &str) -> Result<Value, PortError> {
+    async fn resolve_secret_placeholders(&self, job_id: &str) -> Answer<Value> {
         self.client
             .rpc(
                 "resolve_secret_placeholders_for_job",
@@ -173,23 +200,12 @@ impl ControlPlane for HubControlPlane {
             .await
     }
 
-    async fn subagent(&self, id: &str) -> Result<Option<SubagentRow>, PortError> {
-        let row = self
-            .client
-            .from(SUBAGENTS)
-            .select("*")
-            .eq("id", id)
-            .maybe_single()
-            .await?;
+    async fn subagent(&self, id: &str) -> Answer<Option<SubagentRow>> {
+        let row = self.row_by_id(SUBAGENTS, id).await?;
         decode_opt("subagent", row)
     }
 
-    async fn update_subagent(
-        &self,
-        id: &str,
-        guard: StatusGuard,
-        patch: Value,
-    ) -> Result<bool, PortError> {
+    async fn update_subagent(&self, id: &str, guard: StatusGuard, patch: Value) -> Answer<bool> {
         let update = self.client.from(SUBAGENTS).update(patch).eq("id", id);
         let update = match &guard {
             StatusGuard::Any => update,
@@ -200,7 +216,7 @@ impl ControlPlane for HubControlPlane {
         Ok(!update.select("id").execute().await?.is_empty())
     }
 
-    async fn allocate_run_sequence(&self, subagent_id: &str) -> Result<Option<i64>, PortError> {
+    async fn allocate_run_sequence(&self, subagent_id: &str) -> Answer<Option<i64>> {
         let answer = self
             .client
             .rpc(
@@ -215,48 +231,28 @@ impl ControlPlane for HubControlPlane {
         Ok(n)
     }
 
-    async fn highest_run_sequence(&self, subagent_id: &str) -> Result<Option<i64>, PortError> {
+    async fn highest_run_sequence(&self, subagent_id: &str) -> Answer<Option<i64>> {
+        let filters = [("subagent_id", subagent_id)];
         let row = self
-            .client
-            .from(SUBAGENT_RUNS)
-            .select("run_sequence")
-            .eq("subagent_id", subagent_id)
-            .order("run_sequence", false, None)
-            .limit(1)
-            .maybe_single()
+            .last_row(SUBAGENT_RUNS, "run_sequence", &filters, "run_sequence")
             .await?;
         Ok(row.and_then(|r| r.get("run_sequence").and_then(Value::as_i64)))
     }
 
-    async fn run(&self, run_id: &str) -> Result<Option<SubagentRunRow>, PortError> {
+    async fn run(&self, run_id: &str) -> Answer<Option<SubagentRunRow>> {
+        let row = self.row_by_id(SUBAGENT_RUNS, run_id).await?;
+        decode_opt("subagent run", row)
+    }
+
+    async fn newest_running_run(&self, subagent_id: &str) -> Answer<Option<SubagentRunRow>> {
+        let filters = [("subagent_id", subagent_id), ("status", RUNNING)];
         let row = self
-            .client
-            .from(SUBAGENT_RUNS)
-            .select("*")
-            .eq("id", run_id)
-            .maybe_single()
+            .last_row(SUBAGENT_RUNS, "*", &filters, "run_sequence")
             .await?;
         decode_opt("subagent run", row)
     }
 
-    async fn newest_running_run(
-        &self,
-        subagent_id: &str,
-    ) -> Result<Option<SubagentRunRow>, PortError> {
-        let row = self
-            .client
-            .from(SUBAGENT_RUNS)
-            .select("*")
-            .eq("subagent_id", subagent_id)
-            .eq("status", RUNNING)
-            .order("run_sequence", false, None)
-            .limit(1)
-            .maybe_single()
-            .await?;
-        decode_opt("subagent run", row)
-    }
-
-    async fn insert_run(&self, run: &NewRun) -> Result<(), PortError> {
+    async fn insert_run(&self, run: &NewRun) -> Answer<()> {
         let row = serde_json::to_value(run)
             .map_err(|e| PortError::InvalidRequest(format!("the run row: {e}")))?;
         self.client
@@ -268,19 +264,13 @@ impl ControlPlane for HubControlPlane {
             .map(drop)
     }
 
-    async fn mark_run_started(
-        &self,
-        subagent_id: &str,
-        run_id: &str,
-        started_at: &str,
-        metadata: &Map<String, Value>,
-    ) -> Result<bool, PortError> {
+    async fn mark_run_started(&self, start: &RunStart<'_>) -> Answer<bool> {
         let rows = self
             .client
             .from(SUBAGENT_RUNS)
-            .update(json!({"started_at": started_at, "metadata": metadata}))
-            .eq("id", run_id)
-            .eq("subagent_id", subagent_id)
+            .update(json!({"started_at": start.started_at, "metadata": start.metadata}))
+            .eq("id", start.run_id)
+            .eq("subagent_id", start.subagent_id)
             .eq("status", RUNNING)
             .select("id")
             .execute()
@@ -288,7 +278,7 @@ impl ControlPlane for HubControlPlane {
         Ok(!rows.is_empty())
     }
 
-    async fn update_run_if_running(&self, run_id: &str, patch: Value) -> Result<bool, PortError> {
+    async fn update_run_if_running(&self, run_id: &str, patch: Value) -> Answer<bool> {
         let rows = self
             .client
             .from(SUBAGENT_RUNS)
@@ -301,15 +291,10 @@ impl ControlPlane for HubControlPlane {
         Ok(!rows.is_empty())
     }
 
-    async fn last_run_event(&self, run_id: &str) -> Result<Option<LastEvent>, PortError> {
+    async fn last_run_event(&self, run_id: &str) -> Answer<Option<LastEvent>> {
+        let columns = "sequence,event_type,payload";
         let row = self
-            .client
-            .from(RUN_EVENTS)
-            .select("sequence,event_type,payload")
-            .eq("run_id", run_id)
-            .order("sequence", false, None)
-            .limit(1)
-            .maybe_single()
+            .last_row(RUN_EVENTS, columns, &[("run_id", run_id)], "sequence")
             .await?;
         Ok(row.map(|e| LastEvent {
             sequence: e.get("sequence").and_then(Value::as_i64).unwrap_or(-1),

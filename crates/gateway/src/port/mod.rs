@@ -36,6 +36,19 @@ pub mod writes;
 /// and its text is what a failed job reports.
 pub type PortError = panorama_supabase::Error;
 
+/// A control plane's answer to one request.
+pub type Answer<T> = Result<T, PortError>;
+
+/// §10.4 "later" step 3: the accepted run this gateway starts.
+#[derive(Debug, Clone, Copy)]
+pub struct RunStart<'a> {
+    pub subagent_id: &'a str,
+    pub run_id: &'a str,
+    pub started_at: &'a str,
+    /// The run's metadata from here on (the control plane's keys and ours).
+    pub metadata: &'a Map<String, Value>,
+}
+
 /// Which rows an update may touch, by their status (its compare-and-set).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusGuard {
@@ -86,72 +99,53 @@ pub trait ControlPlane: Send + Sync {
     // --- gateway_jobs ---
     /// The claim (§3.2.2): `queued` → `running` for this gateway with
     /// `started_at`; the claimed row, `None` when it was not ours to take.
-    async fn claim_job(&self, job_id: &str, started_at: &str) -> Result<Option<Value>, PortError>;
+    async fn claim_job(&self, job_id: &str, started_at: &str) -> Answer<Option<Value>>;
     /// A job row as the control plane has it now.
-    async fn job(&self, job_id: &str) -> Result<Option<Value>, PortError>;
+    async fn job(&self, job_id: &str) -> Answer<Option<Value>>;
     /// This gateway's `queued` jobs, oldest first (the reconcile, §3.2.1).
-    async fn queued_jobs(&self) -> Result<Vec<Value>, PortError>;
+    async fn queued_jobs(&self) -> Answer<Vec<Value>>;
     /// The ids of this gateway's `running` jobs, oldest first.
-    async fn running_job_ids(&self) -> Result<Vec<String>, PortError>;
-    /// §3.2.4: whether another job with `job`'s idempotency key and attempt
-    /// is running or completed.
-    async fn has_idempotency_twin(
-        &self,
-        job: &GatewayJobRow,
-        key: &str,
-        attempt: i64,
-    ) -> Result<bool, PortError>;
+    async fn running_job_ids(&self) -> Answer<Vec<String>>;
+    /// §3.2.4: whether another job with `job`'s (non-empty) idempotency key
+    /// and attempt is running or completed.
+    async fn has_idempotency_twin(&self, job: &GatewayJobRow) -> Answer<bool>;
 
     // --- this gateway's control state ---
     /// `gateway-heartbeat` with `body` (status, capabilities, device name).
-    async fn heartbeat(&self, body: Value) -> Result<Value, PortError>;
+    async fn heartbeat(&self, body: Value) -> Answer<Value>;
     /// `columns` of this gateway's `team_gateways` row.
-    async fn gateway_row(&self, columns: &str) -> Result<Option<Value>, PortError>;
+    async fn gateway_row(&self, columns: &str) -> Answer<Option<Value>>;
     /// A `team_resources` row of this team (`columns` of it).
-    async fn team_resource(&self, id: &str, columns: &str) -> Result<Option<Value>, PortError>;
+    async fn team_resource(&self, id: &str, columns: &str) -> Answer<Option<Value>>;
     /// `resolve_secret_placeholders_for_job` (later generation).
-    async fn resolve_secret_placeholders(&self, job_id: &str) -> Result<Value, PortError>;
+    async fn resolve_secret_placeholders(&self, job_id: &str) -> Answer<Value>;
 
     // --- subagents ---
-    async fn subagent(&self, id: &str) -> Result<Option<SubagentRow>, PortError>;
+    async fn subagent(&self, id: &str) -> Answer<Option<SubagentRow>>;
     /// Applies `patch` where `guard` allows; whether a row matched.
-    async fn update_subagent(
-        &self,
-        id: &str,
-        guard: StatusGuard,
-        patch: Value,
-    ) -> Result<bool, PortError>;
+    async fn update_subagent(&self, id: &str, guard: StatusGuard, patch: Value) -> Answer<bool>;
 
     // --- subagent_runs ---
     /// `allocate_subagent_run_sequence`; `None` when its answer carries no number.
-    async fn allocate_run_sequence(&self, subagent_id: &str) -> Result<Option<i64>, PortError>;
+    async fn allocate_run_sequence(&self, subagent_id: &str) -> Answer<Option<i64>>;
     /// The highest `run_sequence` of the subagent's runs.
-    async fn highest_run_sequence(&self, subagent_id: &str) -> Result<Option<i64>, PortError>;
-    async fn run(&self, run_id: &str) -> Result<Option<SubagentRunRow>, PortError>;
+    async fn highest_run_sequence(&self, subagent_id: &str) -> Answer<Option<i64>>;
+    async fn run(&self, run_id: &str) -> Answer<Option<SubagentRunRow>>;
     /// The subagent's newest `running` run.
-    async fn newest_running_run(
-        &self,
-        subagent_id: &str,
-    ) -> Result<Option<SubagentRunRow>, PortError>;
-    async fn insert_run(&self, run: &NewRun) -> Result<(), PortError>;
-    /// §10.4 "later" step 3: `started_at` and `metadata`, only while the run
-    /// is this subagent's `running` run; whether it matched.
-    async fn mark_run_started(
-        &self,
-        subagent_id: &str,
-        run_id: &str,
-        started_at: &str,
-        metadata: &Map<String, Value>,
-    ) -> Result<bool, PortError>;
+    async fn newest_running_run(&self, subagent_id: &str) -> Answer<Option<SubagentRunRow>>;
+    async fn insert_run(&self, run: &NewRun) -> Answer<()>;
+    /// `started_at` and `metadata` of the run, only while it is this
+    /// subagent's `running` run; whether it matched.
+    async fn mark_run_started(&self, start: &RunStart<'_>) -> Answer<bool>;
     /// Applies `patch` to the run while it is `running`; whether it matched.
-    async fn update_run_if_running(&self, run_id: &str, patch: Value) -> Result<bool, PortError>;
+    async fn update_run_if_running(&self, run_id: &str, patch: Value) -> Answer<bool>;
 
     // --- subagent_run_events ---
-    async fn last_run_event(&self, run_id: &str) -> Result<Option<LastEvent>, PortError>;
+    async fn last_run_event(&self, run_id: &str) -> Answer<Option<LastEvent>>;
 }
 
 /// The sequence after a run's last event (0 for a run without events).
-pub async fn next_event_sequence(port: &dyn ControlPlane, run_id: &str) -> Result<i64, PortError> {
+pub async fn next_event_sequence(port: &dyn ControlPlane, run_id: &str) -> Answer<i64> {
     Ok(port
         .last_run_event(run_id)
         .await?

@@ -83,17 +83,22 @@ pub fn capabilities(
 /// A job changed a provider's health: rebuild the capabilities and send a
 /// heartbeat with the status they give (runtime.md §4.6 item 4).
 pub async fn after_provider_health_change(gw: &Gateway) {
-    {
-        let mut st = gw.lock();
-        let enabled = st.full_control_enabled;
-        st.capabilities = Some(capabilities(
-            &gw.delegated.providers,
-            &gw.device_name,
-            enabled,
-        ));
-    }
+    let enabled = gw.lock().full_control_enabled;
+    rebuild_capabilities(gw, enabled);
     let status = gw.compute_status();
     send(gw, status).await;
+}
+
+/// Records the install full-control flag and rebuilds the capabilities
+/// from it and the providers' current state.
+fn rebuild_capabilities(gw: &Gateway, enabled: bool) {
+    let caps = capabilities(&gw.delegated.providers, &gw.device_name, enabled);
+    let mut st = gw.lock();
+    if enabled != st.full_control_enabled {
+        tracing::info!(enabled, "Reloaded gateway install full-control setting");
+    }
+    st.full_control_enabled = enabled;
+    st.capabilities = Some(caps);
 }
 
 /// `{id: {available, version, health}}` for the startup log line.
@@ -193,18 +198,7 @@ pub async fn sync_if_changed(gw: &Gateway) {
 pub async fn refresh(gw: &Gateway) {
     let enabled = crate::config::install_full_control(&gw.paths.config_path);
     gw.delegated.providers.light_refresh(&gw.paths).await;
-    {
-        let mut st = gw.lock();
-        if enabled != st.full_control_enabled {
-            tracing::info!(enabled, "Reloaded gateway install full-control setting");
-        }
-        st.full_control_enabled = enabled;
-        st.capabilities = Some(capabilities(
-            &gw.delegated.providers,
-            &gw.device_name,
-            enabled,
-        ));
-    }
+    rebuild_capabilities(gw, enabled);
     let status = gw.compute_status();
     send_and_calibrate(gw, status).await;
 }

@@ -109,7 +109,7 @@ async fn claim(gw: &Gateway, job: &GatewayJobRow) -> Result<Option<GatewayJobRow
 async fn idempotency_conflict(gw: &Gateway, job: &GatewayJobRow) -> Option<JobCompletion> {
     let key = job.idempotency_key.as_deref().filter(|k| !k.is_empty())?;
     let attempt = job.attempt_or_default();
-    match gw.control.has_idempotency_twin(job, key, attempt).await {
+    match gw.control.has_idempotency_twin(job).await {
         Ok(true) => Some(idempotency_duplicate(key, attempt)),
         Ok(false) => None,
         Err(e) => {
