@@ -12,6 +12,7 @@ use panorama_providers::argv::RunPlan;
 use panorama_providers::config::RunOutputFormat;
 use serde_json::{json, Map, Value};
 
+use crate::port::ControlPlane;
 use crate::redact::{sanitize_debug_payload, ArgRedaction};
 
 /// Output captured into `stdout`/`stderr` of the debug row (the
@@ -122,15 +123,11 @@ pub fn sanitized(debug: &Map<String, Value>) -> Value {
     )
 }
 
-/// `PATCH gateway_jobs?id=eq.<job>&status=eq.running {"debug": …}`: only
-/// while the job runs, so a late write never touches a finished row.
-pub async fn write(client: &panorama_supabase::Client, job_id: &str, debug: &Map<String, Value>) {
-    let result = client
-        .from("gateway_jobs")
-        .update(json!({ "debug": sanitized(debug) }))
-        .eq("id", job_id)
-        .eq("status", "running")
-        .execute()
+/// The job's `debug`, sanitized, only while the job runs, so a late write
+/// never touches a finished row.
+pub async fn write(control: &dyn ControlPlane, job_id: &str, debug: &Map<String, Value>) {
+    let result = control
+        .update_job_if_running(job_id, json!({ "debug": sanitized(debug) }))
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, jobId = %job_id, "Failed to update gateway job debug info");

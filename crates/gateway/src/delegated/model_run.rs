@@ -55,7 +55,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
         let shown = display_command(&plan);
         // gateway_jobs.debug (§3.2.5): before launch, then after exit.
         let launch = job_debug::launch_debug(payload, &plan, &wd.path, provider.as_str());
-        job_debug::write(&gw.client, job_id, &launch).await;
+        job_debug::write(&*gw.control, job_id, &launch).await;
         let slot = pgid_slot.clone();
         let r = run_process(
             &spec,
@@ -72,7 +72,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
             timed_out: r.timed_out,
             error_summary: r.failure_detail(plan.timeout_ms),
         };
-        job_debug::write(&gw.client, job_id, &job_debug::exit_debug(&launch, &facts)).await;
+        job_debug::write(&*gw.control, job_id, &job_debug::exit_debug(&launch, &facts)).await;
         if r.stopped {
             // Shutdown (runtime.md §4.8 step 5): reported like a residual job.
             let reason = gw.delegated

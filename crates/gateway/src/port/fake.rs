@@ -243,6 +243,10 @@ impl ControlPlane for FakeControlPlane {
         Ok(None)
     }
 
+    async fn update_job_if_running(&self, _job_id: &str, _patch: Value) -> Answer<()> {
+        self.call("update_job_if_running")
+    }
+
     async fn queued_jobs(&self) -> Answer<Vec<Value>> {
         self.call("queued_jobs")?;
         Ok(Vec::new())

@@ -115,6 +115,17 @@ impl ControlPlane for HubControlPlane {
             .await
     }
 
+    async fn update_job_if_running(&self, job_id: &str, patch: Value) -> Answer<()> {
+        self.client
+            .from(GATEWAY_JOBS)
+            .update(patch)
+            .eq("id", job_id)
+            .eq("status", RUNNING)
+            .execute()
+            .await
+            .map(drop)
+    }
+
     async fn queued_jobs(&self) -> Answer<Vec<Value>> {
         self.client
             .from(GATEWAY_JOBS)

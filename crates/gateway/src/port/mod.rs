@@ -102,6 +102,8 @@ pub trait ControlPlane: Send + Sync {
     async fn claim_job(&self, job_id: &str, started_at: &str) -> Answer<Option<Value>>;
     /// A job row as the control plane has it now.
     async fn job(&self, job_id: &str) -> Answer<Option<Value>>;
+    /// Applies `patch` to a job while it is `running` (model_run's `debug`).
+    async fn update_job_if_running(&self, job_id: &str, patch: Value) -> Answer<()>;
     /// This gateway's `queued` jobs, oldest first (the reconcile, §3.2.1).
     async fn queued_jobs(&self) -> Answer<Vec<Value>>;
     /// The ids of this gateway's `running` jobs, oldest first.
