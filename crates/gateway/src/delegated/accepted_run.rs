@@ -169,7 +169,7 @@ mod tests {
     #[tokio::test]
     async fn a_start_the_control_plane_refuses_fails_the_job() {
         let (fake, gw, _dir) = with_run("r1", "s1", SubagentRunStatus::Running);
-        *fake.refusing.lock().unwrap() = Some("hub refuses".into());
+        fake.refuse("*", "hub refuses");
         let outcome = start_accepted_run(&gw, "s1", "r1", Map::new(), &start_metadata())
             .await
             .unwrap_err();
@@ -204,7 +204,7 @@ mod tests {
             Some("missing")
         );
         // Unknown: the conditional terminal write decides.
-        *fake.refusing.lock().unwrap() = Some("hub refuses".into());
+        fake.refuse("*", "hub refuses");
         assert_eq!(closed_upstream(&gw, "r1").await, None);
     }
 
@@ -216,7 +216,7 @@ mod tests {
             AcceptedRunRead::Found(ref r) if r.subagent_id == "s1"
         ));
         assert_eq!(accepted_run(&gw, "r2").await, AcceptedRunRead::Missing);
-        *fake.refusing.lock().unwrap() = Some("hub refuses".into());
+        fake.refuse("*", "hub refuses");
         assert!(matches!(
             accepted_run(&gw, "r1").await,
             AcceptedRunRead::Failed(_)

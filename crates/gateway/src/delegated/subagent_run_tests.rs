@@ -524,3 +524,40 @@ async fn a_seed_run_survives_a_hub_that_does_not_answer_its_insert() {
         .count();
     assert_eq!(inserts, 3, "sent again until answered");
 }
+
+#[tokio::test]
+async fn a_job_that_fails_after_the_run_is_accepted_fails_the_run_and_the_subagent() {
+    // The control plane refuses the start of its accepted run: the job
+    // fails, and the job-failure fallback (§10.10) ends the run and the
+    // subagent, its terminal event first.
+    let w = world(Gen::Accepted, json!({}), json!({}));
+    w.fake
+        .refuse("mark_run_started", "permission denied for subagent_runs");
+    let agent = ScriptedAgent::new(vec![]);
+    let completion = w.run(&agent).await;
+    assert_eq!(completion.status, JobStatus::Failed, "{completion:?}");
+    assert!(completion.error.unwrap().contains("permission denied"));
+    assert!(agent.argv.lock().unwrap().is_empty());
+    let run = w.run_row();
+    assert_eq!(run.status, Some(SubagentRunStatus::Failed));
+    assert!(run.metadata["gateway_error"]
+        .as_str()
+        .unwrap()
+        .contains("permission denied"));
+    assert_eq!(w.fake.subagent_row(SID).status, SubagentStatus::Failed);
+    assert_eq!(w.events(), ["run_failed"]);
+    let last = w.fake.events_of(RUN_ID).pop().unwrap();
+    assert_eq!(last["payload"]["source"], "gateway_job_failure");
+}
+
+#[tokio::test]
+async fn a_seed_job_for_another_gateways_subagent_touches_nothing() {
+    let w = world(Gen::Seed, json!({}), json!({}));
+    let mut sub = w.fake.subagent_row(SID);
+    sub.gateway_id = Some("gateway-2".into());
+    w.fake.put_subagent(sub);
+    let completion = w.run(&ScriptedAgent::new(vec![])).await;
+    assert_eq!(completion.status, JobStatus::Cancelled, "{completion:?}");
+    assert!(w.fake.runs.lock().unwrap().is_empty(), "no run row");
+    assert!(queued(w.dir.path()).is_empty(), "nothing queued");
+}

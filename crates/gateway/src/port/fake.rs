@@ -25,8 +25,9 @@ pub struct FakeControlPlane {
     /// Requests by name whose next this many attempts get no answer (a
     /// transport error; the request is not applied).
     pub unanswered: Mutex<HashMap<String, usize>>,
-    /// Every request refused with this (HTTP 500) while set.
-    pub refusing: Mutex<Option<String>>,
+    /// Requests by name (`*`: every request) refused with this message
+    /// (HTTP 400) while set.
+    pub refusing: Mutex<HashMap<String, String>>,
     /// What `allocate_subagent_run_sequence` hands out next.
     pub next_sequence: AtomicI64,
     /// The requests made, by name, in order.
@@ -105,6 +106,14 @@ impl FakeControlPlane {
         self.runs.lock().unwrap().get_mut(id).unwrap().status = Some(status);
     }
 
+    /// Request `name` (`*`: every request) is refused with `message`.
+    pub fn refuse(&self, name: &str, message: &str) {
+        self.refusing
+            .lock()
+            .unwrap()
+            .insert(name.into(), message.into());
+    }
+
     /// The next `times` attempts of request `name` get no answer.
     pub fn leave_unanswered(&self, name: &str, times: usize) {
         self.unanswered.lock().unwrap().insert(name.into(), times);
@@ -116,7 +125,8 @@ impl FakeControlPlane {
 
     fn call(&self, name: &str) -> Answer<()> {
         self.calls.lock().unwrap().push(name.to_string());
-        if let Some(message) = self.refusing.lock().unwrap().clone() {
+        let refusals = self.refusing.lock().unwrap();
+        if let Some(message) = refusals.get(name).or_else(|| refusals.get("*")).cloned() {
             return Err(PortError::Http {
                 context: name.into(),
                 status: 400,
