@@ -774,6 +774,27 @@ impl ShellExecPayload {
     }
 }
 
+/// A `shell_exec` job's payload, parsed once when the job is claimed.
+/// §8.6 checks its fields between the gate's steps (machine control, then
+/// `resource_id`, then the resource, then `command`), so each part keeps its
+/// own outcome and the handler reports the first failing one at its step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShellExecJob {
+    /// Step 3: `Missing resource_id in payload`.
+    pub resource_id: Result<String, PayloadError>,
+    /// Step 5 onwards: `Missing command in payload`, or the whole request.
+    pub request: Result<ShellExecPayload, PayloadError>,
+}
+
+impl ShellExecJob {
+    pub fn parse(payload: &Value) -> Self {
+        ShellExecJob {
+            resource_id: parse_resource_id(payload),
+            request: ShellExecPayload::parse(payload),
+        }
+    }
+}
+
 // ---------------------------------------------------------------- envelope
 
 pub const MSG_HANDLER_THREW: &str = "Gateway job processing failed";

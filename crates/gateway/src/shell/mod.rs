@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use panorama_protocol::jobs::{
-    parse_resource_id, parse_session_id, ShellExecPayload, ShellSessionAction,
-    MSG_INVALID_SHELL_ACTION,
+    parse_resource_id, parse_session_id, ShellExecJob, ShellSessionAction, MSG_INVALID_SHELL_ACTION,
 };
 use panorama_protocol::remote_shell::ShellAccess;
 use panorama_protocol::results::{MSG_SHELL_EXEC_JOB_CANCELLED, MSG_SHELL_JOB_CANCELLED};
@@ -217,11 +216,12 @@ pub async fn handle_shell_session_job(
     }
 }
 
-/// A `shell_exec` job (runtime.md §5.7, control-plane §8.6). The job
-/// completes (`Ok`) even when the command fails; `Err` is a refusal.
+/// A `shell_exec` job (runtime.md §5.7, control-plane §8.6), its payload
+/// parsed at claim. The job completes (`Ok`) even when the command fails;
+/// `Err` is a refusal.
 pub async fn handle_shell_exec_job(
     ctx: &ShellContext,
-    payload: &Value,
+    job: &ShellExecJob,
 ) -> Result<Value, ShellJobError> {
     if ctx.control.job_cancelled(&ctx.job_id).await {
         return Err(ShellJobError::with_fields(
@@ -235,7 +235,10 @@ pub async fn handle_shell_exec_job(
         .freshness_now_ms()
         .unwrap_or_else(|| ctx.sessions.now_ms());
     check_machine_control(ShellGateKind::Exec, &inputs, now_ms).map_err(ShellJobError::message)?;
-    let resource_id = parse_resource_id(payload).map_err(|e| ShellJobError::from_payload(&e))?;
+    let resource_id = job
+        .resource_id
+        .clone()
+        .map_err(|e| ShellJobError::from_payload(&e))?;
     validate_resource(
         ctx,
         ShellGateKind::Exec,
@@ -245,8 +248,11 @@ pub async fn handle_shell_exec_job(
     )
     .await
     .map_err(|m| ShellJobError::with_fields(m, json!({ "resource_id": resource_id })))?;
-    let parsed = ShellExecPayload::parse(payload).map_err(|e| ShellJobError::from_payload(&e))?;
-    let secrets = exec::resolve_secret_env(ctx, &parsed)
+    let parsed = job
+        .request
+        .as_ref()
+        .map_err(|e| ShellJobError::from_payload(e).with("resource_id", json!(resource_id)))?;
+    let secrets = exec::resolve_secret_env(ctx, parsed)
         .await
         .map_err(|m| ShellJobError::with_fields(m, json!({ "resource_id": resource_id })))?;
     let config = ctx.sessions.config();
