@@ -16,6 +16,7 @@ use panorama_gateway::shell::{
 use panorama_protocol::capabilities::{
     Capabilities, HostCapability, ProviderCapability, Providers,
 };
+use panorama_protocol::jobs::ShellSessionJob;
 use panorama_protocol::rows::TeamResourceRow;
 use panorama_protocol::shell_gate::ControlState;
 use serde_json::{json, Value};
@@ -154,7 +155,7 @@ impl Harness {
     }
 
     async fn job(&self, payload: Value) -> Result<Value, ShellJobError> {
-        handle_shell_session_job(&self.ctx, &payload).await
+        handle_shell_session_job(&self.ctx, &ShellSessionJob::parse(&payload)).await
     }
 
     async fn open(&self, extra: Value) -> String {
@@ -890,7 +891,9 @@ async fn existing_session_checks_and_open_failures() {
     };
     let e = handle_shell_session_job(
         &other,
-        &json!({"action": "status", "resource_id": "res-1", "session_id": sid}),
+        &ShellSessionJob::parse(
+            &json!({"action": "status", "resource_id": "res-1", "session_id": sid}),
+        ),
     )
     .await
     .unwrap_err();

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::jobs::{
     complete_job, unsupported_job_type, HandlerOutcome, JobCompletion, ModelRunPayload,
-    PayloadError, ShellExecJob, SubagentCancelPayload, SubagentRunPayload,
+    PayloadError, ShellExecJob, ShellSessionJob, SubagentCancelPayload, SubagentRunPayload,
 };
 use crate::status::JobType;
 
@@ -16,9 +16,9 @@ pub enum Job {
     ModelRun(ModelRunPayload),
     SubagentRun(SubagentRunPayload),
     SubagentCancel(SubagentCancelPayload),
-    /// Seed only. Its payload is action-dependent (open, write, read,
-    /// close…), so the shell layer decodes it per action.
-    ShellSession(Value),
+    /// Seed only. Action-dependent (open, write, read, close…); each part
+    /// keeps its parse outcome for the handler's step that checks it.
+    ShellSession(ShellSessionJob),
     /// Later only. Each part keeps its parse outcome: the handler checks
     /// them in the spec's order, between the gate's steps.
     ShellExec(ShellExecJob),
@@ -63,7 +63,7 @@ impl Job {
             JobType::SubagentCancel => {
                 Job::SubagentCancel(SubagentCancelPayload::parse(payload).map_err(bad)?)
             }
-            JobType::ShellSession => Job::ShellSession(payload.clone()),
+            JobType::ShellSession => Job::ShellSession(ShellSessionJob::parse(payload)),
             JobType::ShellExec => Job::ShellExec(ShellExecJob::parse(payload)),
             JobType::Unknown(_) => return Err(Undecodable::Unsupported(job_type.clone())),
         })

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use panorama_protocol::job::Job;
-use panorama_protocol::jobs::{complete_job, residual_shutdown_completion, JobCompletion};
+use panorama_protocol::jobs::{
+    complete_job, residual_shutdown_completion, unsupported_job_type, JobCompletion,
+};
 use panorama_protocol::rows::{GatewayJobRow, TeamResourceRow};
 use panorama_protocol::status::JobType;
 use panorama_supabase::Client;
@@ -234,7 +236,9 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow, decoded: Option<&Job>) ->
         (_, JobType::Unknown(t)) if is_terminal_job(t) => {
             crate::shell::handle_terminal_job(&ctx, t, &job.payload).await
         }
-        _ => handle_shell_session_job(&ctx, &job.payload).await,
+        (Some(Job::ShellSession(session)), _) => handle_shell_session_job(&ctx, session).await,
+        // Not a shell job: nothing here runs it.
+        _ => return unsupported_job_type(&job.job_type),
     };
     // A command stopped by the shutdown (its tree terminated) is a
     // residual job: cancelled, like the other job kinds (§4.8 step 7).
