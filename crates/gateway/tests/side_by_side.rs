@@ -64,23 +64,10 @@ impl Side {
         }
     }
 
-    fn cli_json(&self, args: &[&str]) -> Value {
-        let mut full = vec!["--json"];
-        full.extend_from_slice(args);
-        let out = self.hub.cli(&full, None);
-        assert!(
-            out.status.success(),
-            "[{}] panorama-hub {args:?}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("CLI JSON")
-    }
-
     fn submit(&self, args: &[&str]) -> Value {
         let mut full = vec!["job", "submit", "--gateway", &self.gw.gateway_id];
         full.extend_from_slice(args);
-        self.cli_json(&full)
+        self.hub.cli_json(&full)
     }
 
     fn wait_terminal(&self, job_id: &str) -> Value {
@@ -452,7 +439,9 @@ fn script(side: &Side) -> Table {
         side.name,
         side.event_types(&run_id)
     );
-    let cancel = side.cli_json(&["job", "cancel", job_id, "--reason", "side by side"]);
+    let cancel = side
+        .hub
+        .cli_json(&["job", "cancel", job_id, "--reason", "side by side"]);
     let done = side.wait_terminal(job_id);
     rec.job(step, &done);
     rec.run(step, sid);

@@ -18,15 +18,7 @@ use serde_json::{json, Value};
 const WAIT: Duration = Duration::from_secs(90);
 
 fn json_cli(hub: &Hub, args: &[&str]) -> Value {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let out = hub.cli(&full, None);
-    assert!(
-        out.status.success(),
-        "panorama-hub {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    hub.cli_json(args)
 }
 
 fn reference_or_skip() -> Option<ReferenceGateway> {
