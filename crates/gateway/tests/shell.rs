@@ -16,6 +16,7 @@ use panorama_gateway::shell::{
 use panorama_protocol::capabilities::{
     Capabilities, HostCapability, ProviderCapability, Providers,
 };
+use panorama_protocol::jobs::ShellSessionJob;
 use panorama_protocol::rows::TeamResourceRow;
 use panorama_protocol::shell_gate::ControlState;
 use serde_json::{json, Value};
@@ -154,7 +155,7 @@ impl Harness {
     }
 
     async fn job(&self, payload: Value) -> Result<Value, ShellJobError> {
-        handle_shell_session_job(&self.ctx, &payload).await
+        handle_shell_session_job(&self.ctx, &ShellSessionJob::parse(&payload)).await
     }
 
     async fn open(&self, extra: Value) -> String {
@@ -890,7 +891,9 @@ async fn existing_session_checks_and_open_failures() {
     };
     let e = handle_shell_session_job(
         &other,
-        &json!({"action": "status", "resource_id": "res-1", "session_id": sid}),
+        &ShellSessionJob::parse(
+            &json!({"action": "status", "resource_id": "res-1", "session_id": sid}),
+        ),
     )
     .await
     .unwrap_err();
@@ -955,7 +958,8 @@ async fn existing_session_checks_and_open_failures() {
 // ------------------------------------------------------------------ shell_exec
 
 async fn exec(h: &Harness, payload: Value) -> Result<Value, ShellJobError> {
-    handle_shell_exec_job(&h.ctx, &payload).await
+    let job = panorama_protocol::jobs::ShellExecJob::parse(&payload);
+    handle_shell_exec_job(&h.ctx, &job).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1052,6 +1056,11 @@ async fn shell_exec_gate_and_payload_denials() {
         .await
         .unwrap_err();
     assert_eq!(e.error, "Missing command in payload");
+    // As 2.32.167 writes it: the checked resource beside the message.
+    assert_eq!(
+        e.result,
+        json!({"message": "Missing command in payload", "resource_id": "res-1"})
+    );
     let e = exec(&h, json!({"command": "true"})).await.unwrap_err();
     assert_eq!(e.error, "Missing resource_id in payload");
     // secret_env: the control plane must resolve every name, with values.

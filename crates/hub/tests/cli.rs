@@ -2,33 +2,14 @@
 
 use panorama_testkit::Hub;
 use serde_json::{json, Value};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn cli(hub: &Hub, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_panorama-hub"))
-        .args(args)
-        .env("PANORAMA_HUB_DATA_DIR", hub.data_dir.path())
-        .env_remove("PANORAMA_HUB_URL")
-        .env_remove("PANORAMA_HUB_SERVICE_KEY")
-        .output()
-        .expect("run panorama-hub")
+    hub.cli(args, None)
 }
 
 fn json_of(hub: &Hub, args: &[&str]) -> Value {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let out = cli(hub, &full);
-    assert!(
-        out.status.success(),
-        "panorama-hub {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{args:?} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    hub.cli_json(args)
 }
 
 #[test]

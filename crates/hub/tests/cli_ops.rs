@@ -7,18 +7,11 @@ use std::process::{Command, Output};
 
 /// `panorama-hub ARGS` that finds `hub` through its data directory.
 fn hub_cmd(hub: &Hub, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_panorama-hub"));
-    cmd.args(args)
-        .env("PANORAMA_HUB_DATA_DIR", hub.data_dir.path())
-        .env("PANORAMA_HUB_LOG", "warn")
-        .env_remove("PANORAMA_HUB_URL")
-        .env_remove("PANORAMA_HUB_SERVICE_KEY")
-        .env_remove("NO_COLOR");
-    cmd
+    hub.cli_command(args)
 }
 
 fn cli(hub: &Hub, args: &[&str]) -> Output {
-    hub_cmd(hub, args).output().expect("run panorama-hub")
+    hub.cli(args, None)
 }
 
 fn stdout(o: &Output) -> String {
@@ -31,11 +24,7 @@ fn stderr(o: &Output) -> String {
 
 #[track_caller]
 fn json_ok(hub: &Hub, args: &[&str]) -> Value {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let out = cli(hub, &full);
-    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
+    hub.cli_json(args)
 }
 
 #[track_caller]

@@ -9,7 +9,6 @@
 //!
 //! Skips, loudly, only when the npm registry is unreachable.
 
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use panorama_testkit::reference::{install, InstallError, ReferenceGateway};
@@ -18,26 +17,8 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// The reference gateway process; SIGKILLed on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn json_cli(hub: &Hub, args: &[&str]) -> Value {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let out = hub.cli(&full, None);
-    assert!(
-        out.status.success(),
-        "panorama-hub {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    hub.cli_json(args)
 }
 
 fn reference_or_skip() -> Option<ReferenceGateway> {
@@ -72,31 +53,9 @@ fn the_reference_2_32_gateway_runs_accepted_runs_and_shell_exec_against_our_hub(
     let host = GatewayHost::new();
     host.write_config(&hub, &gw, true);
     let agent_log = host.path("agent.log");
-    let out = std::fs::File::create(host.path("ref-stdout.log")).unwrap();
-    let err = std::fs::File::create(host.path("ref-stderr.log")).unwrap();
-    let path = format!("{}:/usr/bin:/bin", host.bin_dir().display());
-    let _running = Running(
-        reference
-            .command(host.home(), &path, &hub.url, &hub.anon_key)
-            .env("FAKE_AGENT_LOG", &agent_log)
-            .arg("start")
-            .arg("--foreground")
-            .arg("--config-dir")
-            .arg(host.config_dir())
-            .arg("--claude-cli")
-            .arg(host.bin_dir().join("claude"))
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("spawn the reference gateway"),
-    );
-    let log = || {
-        format!(
-            "{}\n{}",
-            std::fs::read_to_string(host.path("ref-stdout.log")).unwrap_or_default(),
-            std::fs::read_to_string(host.path("ref-stderr.log")).unwrap_or_default()
-        )
-    };
+    let agent_log_env = agent_log.display().to_string();
+    let running = reference.start(&host, &hub, &[("FAKE_AGENT_LOG", &agent_log_env)]);
+    let log = || running.log();
     hub.wait_for("the reference gateway ready", WAIT, || {
         hub.row("team_gateways", &gw.gateway_id)
             .filter(|r| r["status"] == "ready")

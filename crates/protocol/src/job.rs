@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::jobs::{
     complete_job, unsupported_job_type, HandlerOutcome, JobCompletion, ModelRunPayload,
-    PayloadError, SubagentCancelPayload, SubagentRunPayload,
+    PayloadError, ShellExecJob, ShellSessionJob, SubagentCancelPayload, SubagentRunPayload,
 };
 use crate::status::JobType;
 
@@ -16,12 +16,12 @@ pub enum Job {
     ModelRun(ModelRunPayload),
     SubagentRun(SubagentRunPayload),
     SubagentCancel(SubagentCancelPayload),
-    /// Seed only. Its payload is action-dependent (open, write, read,
-    /// close…), so the shell layer decodes it per action.
-    ShellSession(Value),
-    /// Later only. Decoded by the shell layer, which owns its validation
-    /// (resource, command, timeout, environment).
-    ShellExec(Value),
+    /// Seed only. Action-dependent (open, write, read, close…); each part
+    /// keeps its parse outcome for the handler's step that checks it.
+    ShellSession(ShellSessionJob),
+    /// Later only. Each part keeps its parse outcome: the handler checks
+    /// them in the spec's order, between the gate's steps.
+    ShellExec(ShellExecJob),
 }
 
 /// Why a job cannot be handed to a handler: how it completes instead.
@@ -63,8 +63,8 @@ impl Job {
             JobType::SubagentCancel => {
                 Job::SubagentCancel(SubagentCancelPayload::parse(payload).map_err(bad)?)
             }
-            JobType::ShellSession => Job::ShellSession(payload.clone()),
-            JobType::ShellExec => Job::ShellExec(payload.clone()),
+            JobType::ShellSession => Job::ShellSession(ShellSessionJob::parse(payload)),
+            JobType::ShellExec => Job::ShellExec(ShellExecJob::parse(payload)),
             JobType::Unknown(_) => return Err(Undecodable::Unsupported(job_type.clone())),
         })
     }
@@ -109,10 +109,29 @@ mod tests {
         );
         let cancel = Job::decode(&JobType::SubagentCancel, &json!({"subagent_id": "s"})).unwrap();
         assert!(matches!(cancel, Job::SubagentCancel(ref c) if c.reason == "Cancelled"));
-        let exec = json!({"command": "ls"});
+        // A shell_exec payload decodes even when malformed: its handler
+        // reports each part at its step (§8.6).
+        let exec = Job::decode(&JobType::ShellExec, &json!({"command": "ls"})).unwrap();
+        let Job::ShellExec(exec) = exec else {
+            panic!("{exec:?}")
+        };
         assert_eq!(
-            Job::decode(&JobType::ShellExec, &exec).unwrap(),
-            Job::ShellExec(exec)
+            exec.resource_id.unwrap_err().result_message,
+            crate::jobs::MSG_MISSING_RESOURCE_ID
+        );
+        let exec = Job::decode(
+            &JobType::ShellExec,
+            &json!({"resource_id": " r1 ", "command": "ls", "timeout_ms": 10_000_000}),
+        )
+        .unwrap();
+        let Job::ShellExec(exec) = exec else {
+            panic!("{exec:?}")
+        };
+        assert_eq!(exec.resource_id.as_deref(), Ok("r1"));
+        let request = exec.request.unwrap();
+        assert_eq!(
+            (request.command.as_str(), request.timeout_ms),
+            ("ls", 600_000)
         );
     }
 

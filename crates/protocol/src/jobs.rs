@@ -774,6 +774,118 @@ impl ShellExecPayload {
     }
 }
 
+/// A `shell_session` action: the spec's five plus `resize` (our
+/// extension: set the PTY size; needs write access).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShellJobAction {
+    Spec(ShellSessionAction),
+    Resize,
+}
+
+impl ShellJobAction {
+    /// Trimmed and case-insensitive; `None` → `Invalid shell session action`.
+    pub fn parse(payload: &Value) -> Option<Self> {
+        let raw = payload.get("action")?.as_str()?;
+        if raw.trim().eq_ignore_ascii_case("resize") {
+            return Some(ShellJobAction::Resize);
+        }
+        ShellSessionAction::normalize(raw).map(ShellJobAction::Spec)
+    }
+
+    pub fn required_access(self) -> ShellAccess {
+        match self {
+            ShellJobAction::Spec(a) => a.required_access(),
+            ShellJobAction::Resize => ShellAccess::Write,
+        }
+    }
+}
+
+/// Largest `cols`/`rows` a `resize` accepts.
+pub const MAX_RESIZE_DIMENSION: i64 = 1000;
+
+/// `resize` fields: `cols` (or `columns`) and `rows` (or `lines`), numbers
+/// or numeric strings, each 1..=[`MAX_RESIZE_DIMENSION`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShellResizePayload {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+impl ShellResizePayload {
+    /// `None`: a dimension is missing or out of range.
+    pub fn parse(payload: &Value) -> Option<Self> {
+        let dim = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| payload.get(*k).filter(|v| !v.is_null()))
+                .and_then(|v| match v {
+                    Value::Number(n) => n.as_i64(),
+                    Value::String(s) => s.trim().parse().ok(),
+                    _ => None,
+                })
+                .filter(|n| (1..=MAX_RESIZE_DIMENSION).contains(n))
+                .and_then(|n| u16::try_from(n).ok())
+        };
+        Some(ShellResizePayload {
+            cols: dim(&["cols", "columns"])?,
+            rows: dim(&["rows", "lines"])?,
+        })
+    }
+}
+
+/// A `shell_session` job's payload, parsed once when the job is claimed.
+/// Runtime.md §5.2–§5.5 check its parts between the gate's steps (machine
+/// control, action, `resource_id`, the resource, `session_id`, then the
+/// action's own fields), so each keeps its own outcome and the handler
+/// reports the first failing one at its step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShellSessionJob {
+    /// `None`: `Invalid shell session action`.
+    pub action: Option<ShellJobAction>,
+    pub resource_id: Result<String, PayloadError>,
+    /// Actions on an existing session.
+    pub session_id: Result<String, PayloadError>,
+    pub open: Result<ShellOpenPayload, PayloadError>,
+    pub write: Result<ShellWritePayload, PayloadError>,
+    pub read: ShellReadPayload,
+    /// `None`: invalid dimensions.
+    pub resize: Option<ShellResizePayload>,
+}
+
+impl ShellSessionJob {
+    pub fn parse(payload: &Value) -> Self {
+        ShellSessionJob {
+            action: ShellJobAction::parse(payload),
+            resource_id: parse_resource_id(payload),
+            session_id: parse_session_id(payload),
+            open: ShellOpenPayload::parse(payload),
+            write: ShellWritePayload::parse(payload),
+            read: ShellReadPayload::parse(payload),
+            resize: ShellResizePayload::parse(payload),
+        }
+    }
+}
+
+/// A `shell_exec` job's payload, parsed once when the job is claimed.
+/// §8.6 checks its fields between the gate's steps (machine control, then
+/// `resource_id`, then the resource, then `command`), so each part keeps its
+/// own outcome and the handler reports the first failing one at its step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShellExecJob {
+    /// Step 3: `Missing resource_id in payload`.
+    pub resource_id: Result<String, PayloadError>,
+    /// Step 5 onwards: `Missing command in payload`, or the whole request.
+    pub request: Result<ShellExecPayload, PayloadError>,
+}
+
+impl ShellExecJob {
+    pub fn parse(payload: &Value) -> Self {
+        ShellExecJob {
+            resource_id: parse_resource_id(payload),
+            request: ShellExecPayload::parse(payload),
+        }
+    }
+}
+
 // ---------------------------------------------------------------- envelope
 
 pub const MSG_HANDLER_THREW: &str = "Gateway job processing failed";

@@ -120,9 +120,10 @@ fn base_metadata(provider: ProviderId) -> Map<String, Value> {
     m
 }
 
+/// Text output format: the envelope says `text` (as 2.32.167 writes it).
 fn text_output(stdout: &str, provider: ProviderId) -> AdapterOutput {
     AdapterOutput {
-        output: OutputEnvelope::new(json!(stdout.trim()), ContentType::Markdown),
+        output: OutputEnvelope::new(json!(stdout.trim()), ContentType::Text),
         metadata: base_metadata(provider),
         parse_error: None,
         provider_error: None,
@@ -406,14 +407,25 @@ pub fn extract_model_run_answer(
     stdout: &str,
     answer_file: Option<&str>,
 ) -> Result<Value, ProviderError> {
+    extract_model_run_answer_and_raw(provider, stdout, answer_file).map(|(answer, _)| answer)
+}
+
+/// The answer and what the later generation stores as `raw` beside it
+/// (`None`: the parsed stdout, see [`model_run_result_shape`]): for Codex
+/// the answer as the CLI wrote it, before `args_json` is decoded.
+pub fn extract_model_run_answer_and_raw(
+    provider: ProviderId,
+    stdout: &str,
+    answer_file: Option<&str>,
+) -> Result<(Value, Option<Value>), ProviderError> {
     let value = match answer_file.map(str::trim).filter(|t| !t.is_empty()) {
         Some(text) => extract_json_lenient(text).ok_or(ProviderError::MissingStructuredPayload)?,
         None => extract_model_run_output(provider, stdout)?,
     };
     Ok(if provider == ProviderId::Codex {
-        decode_args_json(value)
+        (decode_args_json(value.clone()), Some(value))
     } else {
-        value
+        (value, None)
     })
 }
 
@@ -434,34 +446,51 @@ pub fn decode_args_json(mut value: Value) -> Value {
     value
 }
 
-/// Which control-plane generation reads a result (control-plane.md §15).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which control-plane generation reads a result (control-plane §15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProtocolGeneration {
-    /// 2.29: text output is a bare string, `raw` the stdout string.
-    #[default]
+    /// 2.29 as our first gateway stored it: text output a bare string,
+    /// `raw` the stdout string.
     Seed,
-    /// 2.32.x: text output is `{text}`, `raw` the parsed object.
+    /// 2.32.x: text output and `raw` are `{text}`; in json mode `raw` is
+    /// the parsed provider output (Codex: its answer before `args_json` is
+    /// decoded).
     Later,
 }
 
+/// The generation a `model_run` result is written for. A model_run job
+/// carries no sign of its generation (same payload, same row in both; the
+/// seed's own result is not visible), and the control plane reads only
+/// `result.output`, which in json mode is the same in both; so results
+/// take the shape the reference 2.32.167 writes (PROTOCOL.md, "model_run
+/// result shape").
+pub const MODEL_RUN_GENERATION: ProtocolGeneration = ProtocolGeneration::Later;
+
 /// A model run's `(output, raw)` as `generation` stores them. `output` is
 /// the extracted answer (a string in text mode, the structured value in
-/// json mode); `stdout` the CLI's output.
+/// json mode); `raw` what the extraction says the provider answered
+/// ([`extract_model_run_answer_and_raw`]; `None`: the parsed stdout);
+/// `stdout` the CLI's output.
 pub fn model_run_result_shape(
     generation: ProtocolGeneration,
     output: Value,
+    raw: Option<Value>,
     stdout: &str,
 ) -> (Value, Value) {
     match generation {
         ProtocolGeneration::Seed => (output, json!(stdout)),
-        ProtocolGeneration::Later => {
-            let output = match output {
-                Value::String(text) => json!({ "text": text }),
-                other => other,
-            };
-            let raw = last_json_object(stdout).unwrap_or_else(|| json!(stdout));
-            (output, raw)
-        }
+        ProtocolGeneration::Later => match output {
+            Value::String(text) => {
+                let text = json!({ "text": text });
+                (text.clone(), text)
+            }
+            other => {
+                let raw = raw
+                    .or_else(|| last_json_object(stdout))
+                    .unwrap_or_else(|| json!(stdout));
+                (other, raw)
+            }
+        },
     }
 }
 
@@ -569,14 +598,31 @@ mod tests {
     #[test]
     fn result_shapes_by_generation() {
         let (out, raw) =
-            model_run_result_shape(ProtocolGeneration::Seed, json!("hello"), "hello\n");
+            model_run_result_shape(ProtocolGeneration::Seed, json!("hello"), None, "hello\n");
         assert_eq!((out, raw), (json!("hello"), json!("hello\n")));
+        // Text mode, later: output and raw are both {text} (as 2.32.167).
         let (out, raw) =
-            model_run_result_shape(ProtocolGeneration::Later, json!("hello"), "hello\n");
-        assert_eq!((out, raw), (json!({"text": "hello"}), json!("hello\n")));
+            model_run_result_shape(ProtocolGeneration::Later, json!("hello"), None, "hello\n");
+        assert_eq!(
+            (out, raw),
+            (json!({"text": "hello"}), json!({"text": "hello"}))
+        );
+        // Json mode, later: raw is the parsed stdout object…
         let stdout = "{\"type\":\"result\",\"structured_output\":{\"a\":1}}\n";
-        let (out, raw) = model_run_result_shape(ProtocolGeneration::Later, json!({"a": 1}), stdout);
+        let (out, raw) =
+            model_run_result_shape(ProtocolGeneration::Later, json!({"a": 1}), None, stdout);
         assert_eq!(out, json!({"a": 1}));
         assert_eq!(raw["type"], json!("result"));
+        // …or what the extraction said the provider answered (Codex).
+        let (answer, raw) = extract_model_run_answer_and_raw(
+            ProviderId::Codex,
+            "",
+            Some(r#"{"name":"n","args_json":"{}"}"#),
+        )
+        .unwrap();
+        let (out, raw) = model_run_result_shape(ProtocolGeneration::Later, answer, raw, "");
+        assert_eq!(out, json!({"name": "n", "args": {}}));
+        assert_eq!(raw, json!({"name": "n", "args_json": "{}"}));
+        assert_eq!(MODEL_RUN_GENERATION, ProtocolGeneration::Later);
     }
 }

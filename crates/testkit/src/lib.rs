@@ -38,11 +38,16 @@ pub fn gateway_binary() -> PathBuf {
     )
 }
 
-/// `target/<profile>/<bin>` of the running test, built with
-/// `cargo build -p <package> --bin <bin>` when missing: an integration test
-/// only gets its own package's binaries built for it.
+/// The binary `bin`: `override_var` when set; else `CARGO_BIN_EXE_<bin>`,
+/// which Cargo sets when it runs an integration test of the binary's own
+/// package; else `target/<profile>/<bin>` of the running test, built with
+/// `cargo build -p <package> --bin <bin>` when missing (an integration test
+/// only gets its own package's binaries built for it).
 pub(crate) fn workspace_binary(override_var: &str, package: &str, bin: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(override_var) {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os(format!("CARGO_BIN_EXE_{bin}")) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
@@ -301,15 +306,26 @@ impl Hub {
         }
     }
 
-    /// Runs the operator CLI (`panorama-hub <args>`) against this hub, with
-    /// `stdin` fed to it (closed when `None`).
-    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        use std::io::Write;
-        let mut child = Command::new(hub_binary())
-            .args(args)
+    /// `panorama-hub <args>` (the operator CLI) pointed at this hub through
+    /// its data directory, with none of the runner's `PANORAMA_HUB_URL`,
+    /// `PANORAMA_HUB_SERVICE_KEY` or `NO_COLOR`, and warnings-only logs.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(hub_binary());
+        cmd.args(args)
             .env("PANORAMA_HUB_DATA_DIR", self.data_dir.path())
+            .env("PANORAMA_HUB_LOG", "warn")
             .env_remove("PANORAMA_HUB_URL")
             .env_remove("PANORAMA_HUB_SERVICE_KEY")
+            .env_remove("NO_COLOR");
+        cmd
+    }
+
+    /// Runs the operator CLI against this hub, with `stdin` fed to it
+    /// (closed when `None`).
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .cli_command(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -325,6 +341,56 @@ impl Hub {
                 .expect("write the CLI's stdin");
         }
         child.wait_with_output().expect("wait for panorama-hub")
+    }
+
+    /// `panorama-hub --json <args>`, which must succeed; its JSON output.
+    #[track_caller]
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let out = self.cli(&full, None);
+        assert!(
+            out.status.success(),
+            "panorama-hub {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "panorama-hub {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// How many REST reads (`GET /rest/v1/<table>`) the hub has answered,
+    /// from its `/metrics`. For an idle gateway running only diagnostics,
+    /// its reads are its reconcile passes (job-queue listings).
+    pub fn rest_reads(&self) -> u64 {
+        let res = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(&self.service_key)
+            .send()
+            .expect("metrics request");
+        let body = res.text().expect("metrics text");
+        body.lines()
+            .filter(|l| {
+                l.starts_with("panorama_hub_http_requests_total{")
+                    && l.contains("route=\"/rest/v1/:table\"")
+                    && l.contains("method=\"GET\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    /// Waits until some client (the test's own reads excepted, since it
+    /// makes none meanwhile) has read from the REST API again: for an idle
+    /// gateway, one reconcile pass of its job queue after this call.
+    pub fn wait_next_rest_read(&self, timeout: Duration) {
+        let before = self.rest_reads();
+        self.wait_for("the gateway's next reconcile pass", timeout, || {
+            (self.rest_reads() > before).then_some(())
+        });
     }
 
     /// Waits until `f` returns Some, polling every 50 ms, or panics after

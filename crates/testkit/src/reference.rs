@@ -218,3 +218,63 @@ impl ReferenceGateway {
         cmd
     }
 }
+
+/// A running reference gateway; SIGKILLed on drop.
+pub struct RunningReference {
+    child: std::process::Child,
+    stdout_log: PathBuf,
+    stderr_log: PathBuf,
+}
+
+impl RunningReference {
+    /// What the reference gateway printed so far (stdout, then stderr).
+    pub fn log(&self) -> String {
+        format!(
+            "{}\n{}",
+            std::fs::read_to_string(&self.stdout_log).unwrap_or_default(),
+            std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for RunningReference {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ReferenceGateway {
+    /// `start --foreground` on `host` (whose `gateway.json` the test wrote
+    /// with [`crate::GatewayHost::write_config`]), the fake agent of its
+    /// `bin/` as the Claude CLI, `env` added; output goes to
+    /// `ref-stdout.log`/`ref-stderr.log` in the host's home.
+    pub fn start(
+        &self,
+        host: &crate::GatewayHost,
+        hub: &crate::Hub,
+        env: &[(&str, &str)],
+    ) -> RunningReference {
+        let stdout_log = host.path("ref-stdout.log");
+        let stderr_log = host.path("ref-stderr.log");
+        let out = std::fs::File::create(&stdout_log).expect("create ref-stdout.log");
+        let err = std::fs::File::create(&stderr_log).expect("create ref-stderr.log");
+        let path = format!("{}:/usr/bin:/bin", host.bin_dir().display());
+        let mut cmd = self.command(host.home(), &path, &hub.url, &hub.anon_key);
+        cmd.envs(env.iter().copied())
+            .arg("start")
+            .arg("--foreground")
+            .arg("--config-dir")
+            .arg(host.config_dir())
+            .arg("--claude-cli")
+            .arg(host.bin_dir().join("claude"))
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        let child = cmd.spawn().expect("spawn the reference gateway");
+        RunningReference {
+            child,
+            stdout_log,
+            stderr_log,
+        }
+    }
+}

@@ -1,7 +1,7 @@
-//! Operations on the cgroup files of a job, whatever the hierarchy: write
-//! and read the kernel's files, place a child before `exec`, list, kill and
-//! remove a job's cgroups. Version-specific files are in [`super::v1`] and
-//! [`super::v2`].
+//! Operations on the cgroups of a job, whatever the hierarchy: place a
+//! child before `exec`, list, kill and remove a job's cgroups. The files of
+//! each version are in [`super::v1`] and [`super::v2`]; the way one file is
+//! read or written, in [`super::cgroup_file`], below all three.
 
 use std::ffi::CString;
 use std::io;
@@ -10,27 +10,6 @@ use std::time::{Duration, Instant};
 
 use super::tree::pid_alive;
 use super::{v1, v2, KillMethod, Version, EMPTY_WAIT};
-
-/// Write `value` to a cgroup file (one `write(2)`, as the kernel wants).
-pub(super) fn write_file(path: &Path, value: &str) -> io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
-    f.write_all(value.as_bytes())
-}
-
-/// A file holding one number (`max` and unreadable → `None`).
-pub(super) fn read_u64(path: &Path) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// The value of `key` in a `key value` per line file (`cgroup.events`,
-/// `memory.events`, `cpu.stat`, `memory.oom_control`).
-pub(super) fn keyed_value(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let (k, v) = line.split_once(char::is_whitespace)?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
-    })
-}
 
 /// The PIDs in `dir/cgroup.procs` and in every sub-cgroup below it (a job
 /// running as root may create some), zombies excluded.

@@ -30,6 +30,7 @@
 //! job ends with an error naming the limit. [`Job::finish`] reads the
 //! job's [`ResourceUsage`] before the cgroup is removed.
 
+mod cgroup_file;
 mod cgroupfs;
 pub mod detect;
 mod job;
@@ -581,7 +582,7 @@ mod process_tests;
 
 #[cfg(test)]
 mod tests {
-    use super::cgroupfs::keyed_value;
+    use super::cgroup_file::keyed_value;
     use super::*;
 
     #[test]

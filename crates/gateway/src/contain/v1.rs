@@ -7,7 +7,7 @@ use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::cgroupfs::{keyed_value, read_u64, write_file};
+use super::cgroup_file::{keyed_value, read_u64, write_file};
 use super::limits::{weight_to_shares, LimitHit, Limits};
 
 /// Freeze (`true`) or thaw the cgroup; waits (bounded) until the state is

@@ -7,7 +7,7 @@ use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::cgroupfs::{keyed_value, read_u64, write_file};
+use super::cgroup_file::{keyed_value, read_u64, write_file};
 use super::limits::{LimitHit, Limits};
 
 /// `cgroup.kill`: SIGKILL every process of the cgroup, atomically (no

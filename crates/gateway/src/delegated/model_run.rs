@@ -7,7 +7,8 @@ use panorama_protocol::subagent::provider_failure_message;
 use panorama_providers::argv::{build_model_run_plan, display_command};
 use panorama_providers::delivery::deliver_prompt;
 use panorama_providers::output::{
-    extract_model_run_answer, extract_model_run_text, model_run_result_shape, ProtocolGeneration,
+    extract_model_run_answer_and_raw, extract_model_run_text, model_run_result_shape,
+    MODEL_RUN_GENERATION,
 };
 use serde_json::{json, Value};
 
@@ -109,9 +110,9 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
                 message,
             );
         }
-        let output = match payload.output_format {
-            OutputFormat::Json => match extract_model_run_answer(provider, &r.stdout, super::agent_process::read_answer_file(&plan).as_deref()) {
-                Ok(v) => v,
+        let (output, provider_raw) = match payload.output_format {
+            OutputFormat::Json => match extract_model_run_answer_and_raw(provider, &r.stdout, super::agent_process::read_answer_file(&plan).as_deref()) {
+                Ok(answer) => answer,
                 Err(e) => {
                     let message = e.to_string();
                     super::run_outcome::record_run_outcome(gw, provider, false, Some(&message), "model_run", job_id, None);
@@ -121,7 +122,7 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
                     );
                 }
             },
-            OutputFormat::Text => json!(extract_model_run_text(&r.stdout)),
+            OutputFormat::Text => (json!(extract_model_run_text(&r.stdout)), None),
         };
         super::run_outcome::record_run_outcome(gw, provider, true, None, "model_run", job_id, None);
         let last = last_json_object(&r.stdout);
@@ -130,8 +131,8 @@ pub async fn handle(gw: &JobContext, job_id: &str, payload: &ModelRunPayload) ->
             .as_ref()
             .and_then(|v| v.get("model").and_then(Value::as_str).map(str::to_string))
             .or_else(|| payload.model_flag().map(str::to_string));
-        // Seed shapes until the engine tells this job's protocol generation.
-        let (output, raw) = model_run_result_shape(ProtocolGeneration::default(), output, &r.stdout);
+        // No job tells its generation: the shape 2.32 writes (PROTOCOL.md).
+        let (output, raw) = model_run_result_shape(MODEL_RUN_GENERATION, output, provider_raw, &r.stdout);
         HandlerOutcome::success(json!({
             "output": output, "raw": raw, "usage": usage, "model": model,
             "duration_ms": r.duration_ms, "exit_code": r.exit_code,

@@ -168,7 +168,7 @@ async fn dispatch(gw: &Gateway, row: &GatewayJobRow) -> JobCompletion {
     // any other unknown type.
     if let JobType::Unknown(t) = &row.job_type {
         if super::shell_glue::is_terminal_job(t) && gw.shell_sessions.terminals().enabled {
-            return super::shell_glue::handle(gw, row).await;
+            return super::shell_glue::handle(gw, row, None).await;
         }
     }
     let job = match Job::decode(&row.job_type, &row.payload) {
@@ -183,7 +183,9 @@ async fn dispatch(gw: &Gateway, row: &GatewayJobRow) -> JobCompletion {
                 None => residual_shutdown_completion(&gw.cancel_reason().unwrap_or_default()),
             }
         }
-        Job::ShellSession(_) | Job::ShellExec(_) => super::shell_glue::handle(gw, row).await,
+        Job::ShellSession(_) | Job::ShellExec(_) => {
+            super::shell_glue::handle(gw, row, Some(&job)).await
+        }
         Job::ModelRun(payload) => complete_job(
             &job_type,
             crate::delegated::model_run::handle(gw, &row.id, payload).await,

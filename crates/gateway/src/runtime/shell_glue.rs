@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use panorama_protocol::jobs::{complete_job, residual_shutdown_completion, JobCompletion};
+use panorama_protocol::job::Job;
+use panorama_protocol::jobs::{
+    complete_job, residual_shutdown_completion, unsupported_job_type, JobCompletion,
+};
 use panorama_protocol::rows::{GatewayJobRow, TeamResourceRow};
 use panorama_protocol::status::JobType;
 use panorama_supabase::Client;
@@ -193,8 +196,9 @@ pub fn is_terminal_job(job_type: &str) -> bool {
         || job_type == panorama_protocol::terminal::JOB_TERMINAL_CLOSE
 }
 
-/// Runs a `shell_session`, `shell_exec` or terminal job and maps its outcome.
-pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
+/// Runs a `shell_session`, `shell_exec` (`decoded`: its typed job) or
+/// terminal job (`decoded`: `None`) and maps its outcome.
+pub async fn handle(gw: &Gateway, job: &GatewayJobRow, decoded: Option<&Job>) -> JobCompletion {
     sync_install_flag(gw).await;
     let ctx = ShellContext {
         sessions: Arc::clone(&gw.shell_sessions),
@@ -205,12 +209,14 @@ pub async fn handle(gw: &Gateway, job: &GatewayJobRow) -> JobCompletion {
             gateway_id: gw.gateway_id.clone(),
         },
     };
-    let result = match &job.job_type {
-        JobType::ShellExec => handle_shell_exec_job(&ctx, &job.payload).await,
-        JobType::Unknown(t) if is_terminal_job(t) => {
+    let result = match (decoded, &job.job_type) {
+        (Some(Job::ShellExec(exec)), _) => handle_shell_exec_job(&ctx, exec).await,
+        (_, JobType::Unknown(t)) if is_terminal_job(t) => {
             crate::shell::handle_terminal_job(&ctx, t, &job.payload).await
         }
-        _ => handle_shell_session_job(&ctx, &job.payload).await,
+        (Some(Job::ShellSession(session)), _) => handle_shell_session_job(&ctx, session).await,
+        // Not a shell job: nothing here runs it.
+        _ => return unsupported_job_type(&job.job_type),
     };
     // A command stopped by the shutdown (its tree terminated) is a
     // residual job: cancelled, like the other job kinds (§4.8 step 7).

@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use panorama_protocol::jobs::{
-    parse_resource_id, parse_session_id, ShellExecPayload, ShellSessionAction,
-    MSG_INVALID_SHELL_ACTION,
+    ShellExecJob, ShellSessionAction, ShellSessionJob, MSG_INVALID_SHELL_ACTION,
 };
 use panorama_protocol::remote_shell::ShellAccess;
 use panorama_protocol::results::{MSG_SHELL_EXEC_JOB_CANCELLED, MSG_SHELL_JOB_CANCELLED};
@@ -104,30 +103,7 @@ pub struct ShellContext {
 }
 
 /// A `shell_session` action: the five of the spec plus `resize`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionAction {
-    Spec(ShellSessionAction),
-    /// Extension: set the PTY size (`cols`, `rows`). Needs write access.
-    Resize,
-}
-
-impl SessionAction {
-    /// Trimmed and case-insensitive; `None` → `Invalid shell session action`.
-    pub fn parse(payload: &Value) -> Option<Self> {
-        let raw = payload.get("action")?.as_str()?;
-        if raw.trim().eq_ignore_ascii_case("resize") {
-            return Some(SessionAction::Resize);
-        }
-        ShellSessionAction::normalize(raw).map(SessionAction::Spec)
-    }
-
-    pub fn required_access(self) -> ShellAccess {
-        match self {
-            SessionAction::Spec(a) => a.required_access(),
-            SessionAction::Resize => ShellAccess::Write,
-        }
-    }
-}
+pub use panorama_protocol::jobs::ShellJobAction as SessionAction;
 
 async fn validate_resource(
     ctx: &ShellContext,
@@ -146,11 +122,12 @@ async fn validate_resource(
     )
 }
 
-/// A `shell_session` job (runtime.md §5.2–§5.5). `Ok` is the `completed`
-/// result; `Err` a `failed` job (see [`shell_outcome`]).
+/// A `shell_session` job (runtime.md §5.2–§5.5), its payload parsed at
+/// claim. `Ok` is the `completed` result; `Err` a `failed` job (see
+/// [`shell_outcome`]).
 pub async fn handle_shell_session_job(
     ctx: &ShellContext,
-    payload: &Value,
+    job: &ShellSessionJob,
 ) -> Result<Value, ShellJobError> {
     let sessions = &ctx.sessions;
     // 1. Purge.
@@ -171,9 +148,13 @@ pub async fn handle_shell_session_job(
     check_machine_control(ShellGateKind::Session, &inputs, now_ms)
         .map_err(ShellJobError::message)?;
     // 4–5. Action, resource id.
-    let action = SessionAction::parse(payload)
+    let action = job
+        .action
         .ok_or_else(|| ShellJobError::message(MSG_INVALID_SHELL_ACTION))?;
-    let resource_id = parse_resource_id(payload).map_err(|e| ShellJobError::from_payload(&e))?;
+    let resource_id = job
+        .resource_id
+        .clone()
+        .map_err(|e| ShellJobError::from_payload(&e))?;
 
     if action == SessionAction::Spec(ShellSessionAction::Open) {
         validate_resource(
@@ -185,10 +166,13 @@ pub async fn handle_shell_session_job(
         )
         .await
         .map_err(|m| ShellJobError::with_fields(m, json!({ "resource_id": resource_id })))?;
-        return sessions.open(&ctx.identity, &resource_id, payload).await;
+        return sessions.open(&ctx.identity, &resource_id, &job.open).await;
     }
 
-    let session_id = parse_session_id(payload).map_err(|e| ShellJobError::from_payload(&e))?;
+    let session_id = job
+        .session_id
+        .clone()
+        .map_err(|e| ShellJobError::from_payload(&e))?;
     let session = sessions.lookup(&ctx.identity, &resource_id, &session_id)?;
     if let Err(message) = validate_resource(
         ctx,
@@ -207,21 +191,24 @@ pub async fn handle_shell_session_job(
     }
     match action {
         SessionAction::Spec(ShellSessionAction::Status) => Ok(sessions.status(&session)),
-        SessionAction::Spec(ShellSessionAction::Read) => Ok(sessions.read(&session, payload)),
-        SessionAction::Spec(ShellSessionAction::Write) => sessions.write(&session, payload).await,
+        SessionAction::Spec(ShellSessionAction::Read) => Ok(sessions.read(&session, job.read)),
+        SessionAction::Spec(ShellSessionAction::Write) => {
+            sessions.write(&session, &job.write).await
+        }
         SessionAction::Spec(ShellSessionAction::Close) => Ok(sessions.close(&session)),
-        SessionAction::Resize => sessions.resize(&session, payload),
+        SessionAction::Resize => sessions.resize(&session, job.resize),
         SessionAction::Spec(other) => Err(ShellJobError::message(format!(
             "Unsupported shell session action: {other}"
         ))),
     }
 }
 
-/// A `shell_exec` job (runtime.md §5.7, control-plane §8.6). The job
-/// completes (`Ok`) even when the command fails; `Err` is a refusal.
+/// A `shell_exec` job (runtime.md §5.7, control-plane §8.6), its payload
+/// parsed at claim. The job completes (`Ok`) even when the command fails;
+/// `Err` is a refusal.
 pub async fn handle_shell_exec_job(
     ctx: &ShellContext,
-    payload: &Value,
+    job: &ShellExecJob,
 ) -> Result<Value, ShellJobError> {
     if ctx.control.job_cancelled(&ctx.job_id).await {
         return Err(ShellJobError::with_fields(
@@ -235,7 +222,10 @@ pub async fn handle_shell_exec_job(
         .freshness_now_ms()
         .unwrap_or_else(|| ctx.sessions.now_ms());
     check_machine_control(ShellGateKind::Exec, &inputs, now_ms).map_err(ShellJobError::message)?;
-    let resource_id = parse_resource_id(payload).map_err(|e| ShellJobError::from_payload(&e))?;
+    let resource_id = job
+        .resource_id
+        .clone()
+        .map_err(|e| ShellJobError::from_payload(&e))?;
     validate_resource(
         ctx,
         ShellGateKind::Exec,
@@ -245,8 +235,11 @@ pub async fn handle_shell_exec_job(
     )
     .await
     .map_err(|m| ShellJobError::with_fields(m, json!({ "resource_id": resource_id })))?;
-    let parsed = ShellExecPayload::parse(payload).map_err(|e| ShellJobError::from_payload(&e))?;
-    let secrets = exec::resolve_secret_env(ctx, &parsed)
+    let parsed = job
+        .request
+        .as_ref()
+        .map_err(|e| ShellJobError::from_payload(e).with("resource_id", json!(resource_id)))?;
+    let secrets = exec::resolve_secret_env(ctx, parsed)
         .await
         .map_err(|m| ShellJobError::with_fields(m, json!({ "resource_id": resource_id })))?;
     let config = ctx.sessions.config();

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use panorama_protocol::jobs::{
-    ShellOpenPayload, ShellReadPayload, ShellWritePayload, MSG_MISSING_INPUT,
+    PayloadError, ShellOpenPayload, ShellReadPayload, ShellResizePayload, ShellWritePayload,
+    MSG_MISSING_INPUT,
 };
 use panorama_protocol::results::{
     ShellOpenResult, ShellReadResult, ShellSessionState, ShellSessionSummary, ShellStream,
@@ -37,7 +38,7 @@ pub const DEFAULT_SHELL_TERM: &str = "xterm-256color";
 /// How long `write` waits for the PTY to accept the input.
 pub const SHELL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest accepted `resize` dimension.
-pub const MAX_RESIZE_DIMENSION: i64 = 1000;
+pub use panorama_protocol::jobs::MAX_RESIZE_DIMENSION;
 /// How long after the shell exits its remaining output may still arrive
 /// before `Session exited with code …` is appended.
 const EXIT_DRAIN: Duration = Duration::from_millis(300);
@@ -313,7 +314,7 @@ impl ShellSessions {
         &self,
         owner: &ShellIdentity,
         resource_id: &str,
-        payload: &Value,
+        open: &Result<ShellOpenPayload, PayloadError>,
     ) -> Result<Value, ShellJobError> {
         let _guard = self.open_lock.lock().await;
         if self.running_count() >= MAX_ACTIVE_SHELL_SESSIONS {
@@ -322,8 +323,7 @@ impl ShellSessions {
                 json!({ "max_active_sessions": MAX_ACTIVE_SHELL_SESSIONS }),
             ));
         }
-        let parsed =
-            ShellOpenPayload::parse(payload).map_err(|e| ShellJobError::from_payload(&e))?;
+        let parsed = open.as_ref().map_err(ShellJobError::from_payload)?;
         let shell = parsed.shell.clone().unwrap_or_else(default_shell);
         let session_id = match &parsed.session_id {
             Some(requested) => {
@@ -540,8 +540,7 @@ impl ShellSessions {
         to_value(ShellSummaryResult::status(session.summary()))
     }
 
-    pub fn read(&self, session: &Session, payload: &Value) -> Value {
-        let p = ShellReadPayload::parse(payload);
+    pub fn read(&self, session: &Session, p: ShellReadPayload) -> Value {
         let st = lock(&session.state);
         let page = st.buffer.read(p.since_sequence, p.max_events);
         to_value(ShellReadResult::new(
@@ -553,8 +552,12 @@ impl ShellSessions {
         ))
     }
 
-    pub async fn write(&self, session: &Session, payload: &Value) -> Result<Value, ShellJobError> {
-        let p = ShellWritePayload::parse(payload).map_err(|_| {
+    pub async fn write(
+        &self,
+        session: &Session,
+        p: &Result<ShellWritePayload, PayloadError>,
+    ) -> Result<Value, ShellJobError> {
+        let p = p.as_ref().map_err(|_| {
             ShellJobError::with_fields(MSG_MISSING_INPUT, json!({ "session_id": session.id }))
         })?;
         let writer = {
@@ -603,19 +606,14 @@ impl ShellSessions {
         )))
     }
 
-    /// `resize` (extension): `cols` (or `columns`) and `rows`, 1..=1000.
-    pub fn resize(&self, session: &Session, payload: &Value) -> Result<Value, ShellJobError> {
-        let dim = |keys: &[&str]| {
-            keys.iter()
-                .find_map(|k| payload.get(*k).filter(|v| !v.is_null()))
-                .and_then(|v| match v {
-                    Value::Number(n) => n.as_i64(),
-                    Value::String(s) => s.trim().parse().ok(),
-                    _ => None,
-                })
-                .filter(|n| (1..=MAX_RESIZE_DIMENSION).contains(n))
-        };
-        let (Some(cols), Some(rows)) = (dim(&["cols", "columns"]), dim(&["rows", "lines"])) else {
+    /// `resize` (extension): `cols` (or `columns`) and `rows`, 1..=1000
+    /// (`None`: the payload's dimensions were missing or out of range).
+    pub fn resize(
+        &self,
+        session: &Session,
+        size: Option<ShellResizePayload>,
+    ) -> Result<Value, ShellJobError> {
+        let Some(ShellResizePayload { cols, rows }) = size else {
             return Err(ShellJobError::with_fields(
                 MSG_INVALID_RESIZE,
                 json!({ "session_id": session.id }),
@@ -634,8 +632,8 @@ impl ShellSessions {
                 }
             };
             let size = PtySize {
-                cols: cols as u16,
-                rows: rows as u16,
+                cols,
+                rows,
                 pixel_width: 0,
                 pixel_height: 0,
             };
