@@ -466,9 +466,29 @@ async function terminalView(gatewayId) {
       h('ul', {}, ready.length ? ready.map((g) => h('li', {}, h('a', { href: `#/terminal/${g.id}` }, g.device_name))) : h('li', {}, 'none')));
   }
   if (!can(DISPATCH)) return layout('Terminal', h('p', {}, 'Viewers cannot run commands.'));
+  const resourceId = await shellResource(gw);
+  if (!resourceId) return layout('Terminal', h('p', {}, `${gw.device_name} has no remote shell resource yet: an owner or admin creates it by opening this terminal once.`));
   const el = h('div', { id: 'terminal', class: 'terminal' });
   layout(`Terminal on ${gw.device_name}`, h('p', { class: 'muted' }, 'Tab leaves the terminal.'), el);
-  return mountTerminal(el, sb, { teamId: teamId(), gatewayId: gw.id, userId: user.id, deviceName: gw.device_name }, isDark());
+  return mountTerminal(el, sb, { teamId: teamId(), gatewayId: gw.id, userId: user.id, resourceId, deviceName: gw.device_name }, isDark());
+}
+
+/**
+ * The machine's `remote_shell` resource with machine control (spec §16.10
+ * "Shell session"), created for it when an owner or admin opens its
+ * terminal for the first time.
+ */
+async function shellResource(gw) {
+  const rows = must(await sb.from('team_resources').select('id, metadata').eq('team_id', teamId()).eq('resource_type', 'remote_shell'));
+  const mine = rows.filter((r) => r.metadata?.gateway_id === gw.id && r.metadata?.full_control === true);
+  if (mine.length) return mine[0].id;
+  if (!can(MANAGE)) return null;
+  const row = must(await sb.from('team_resources').insert({
+    team_id: teamId(), resource_type: 'remote_shell', resource_id: gw.id, title: `Shell on ${gw.device_name}`,
+    max_access_level: 'editor', metadata: { gateway_id: gw.id, full_control: true },
+  }).select().single());
+  notify(`Created the remote shell resource for ${gw.device_name}.`);
+  return row.id;
 }
 
 // ------------------------------------------------------------------ router
@@ -500,7 +520,8 @@ async function routeOnce() {
   try {
     const stop = await view_(arg);
     if (typeof stop === 'function') cleanup = stop;
-    document.getElementById('main')?.focus({ preventScroll: true });
+    // A new screen starts at its content, unless the view focused something itself (the terminal).
+    if (!document.activeElement || document.activeElement === document.body) document.getElementById('main')?.focus({ preventScroll: true });
   } catch (e) {
     layout('Something went wrong', h('p', { class: 'error' }, e.message || String(e)));
   }

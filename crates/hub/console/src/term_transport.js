@@ -25,7 +25,7 @@ export function splitCwd(stdout, cwd) {
 }
 
 /** A line-mode transport over `shell_exec` jobs. */
-export function lineTransport(sb, { teamId, gatewayId, userId, timeoutMs = 30000 }) {
+export function lineTransport(sb, { teamId, gatewayId, userId, resourceId, timeoutMs = 30000 }) {
   let cwd = '/';
   let closed = false;
   return {
@@ -33,7 +33,7 @@ export function lineTransport(sb, { teamId, gatewayId, userId, timeoutMs = 30000
     get cwd() { return cwd; },
     async run(line) {
       const { data: job, error } = await sb.from('gateway_jobs')
-        .insert(jobRow({ teamId, gatewayId, userId, jobType: 'shell_exec', payload: { command: lineCommand(line, cwd), timeout_ms: timeoutMs } }))
+        .insert(jobRow({ teamId, gatewayId, userId, jobType: 'shell_exec', payload: { command: lineCommand(line, cwd), timeout_ms: timeoutMs, resource_id: resourceId } }))
         .select().single();
       if (error) throw new Error(error.message);
       const deadline = Date.now() + timeoutMs + 30000;
