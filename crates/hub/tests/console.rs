@@ -263,3 +263,23 @@ fn console_in_chromium() {
         .collect();
     assert_eq!(statuses, ["completed", "cancelled"], "{runs:?}");
 }
+
+/// The console's pure functions (dispatch rows, pairing codes, the
+/// terminal's line commands): `node --test console/test/`.
+#[test]
+fn console_pure_functions() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("console");
+    let out = Command::new("node")
+        .args(["--test", "test/"])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node ({e}): install Node.js 20+ (.ci/run does)"));
+    assert!(
+        out.status.success(),
+        "node --test failed in {}:\n{}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -11,6 +11,8 @@ export function mountTerminal(el, sb, opts, dark) {
     cursorBlink: true,
     convertEol: false,
     fontSize: 14,
+    rows: 24,
+    lineHeight: 1.15,
     theme: dark ? { background: '#111418', foreground: '#e6e6e6' } : { background: '#fbfbfb', foreground: '#1b1b1b', cursor: '#1b1b1b', selectionBackground: '#b3d4fc' },
   });
   term.open(el);
