@@ -28,6 +28,13 @@ fn main() {
     if let Err(why) = built {
         println!("cargo:warning=the web console was not built ({why}); the hub serves a page saying so at /. Install Node.js 20+ with npm, make the npm registry reachable, then rebuild.");
         write_fallback(&dist, &why);
+        // A path that never exists: cargo reruns this script on every
+        // build until the console builds, so a registry that comes back
+        // is picked up without touching a file.
+        println!(
+            "cargo:rerun-if-changed={}",
+            out_dir.join("console-not-built-yet").display()
+        );
     }
 }
 

@@ -9,7 +9,10 @@ const marked = new Marked({
   breaks: true,
   renderer: {
     html: ({ text }) => escape(text),
-    link: ({ href, text }) => `<a href="${escape(href || '')}" rel="noreferrer noopener" target="_blank">${escape(text || '')}</a>`,
+    // Only web and mail links are links; anything else (javascript:, data:) stays text.
+    link: ({ href, text }) => (/^(https?:|mailto:)/i.test(href || '')
+      ? `<a href="${escape(href)}" rel="noreferrer noopener" target="_blank">${escape(text || '')}</a>`
+      : escape(`${text || ''} (${href || ''})`)),
     image: ({ text }) => escape(`[image: ${text || ''}]`),
   },
 });
