@@ -253,6 +253,15 @@ fn console_in_chromium() {
         .row("team_gateways", &gateway_id)
         .expect("the paired gateway");
     assert_eq!(row["team_id"], json!(alpha));
+    assert!(
+        row["revoked_at"].is_null(),
+        "the other team revoked it: {row}"
+    );
+    assert_eq!(
+        row["full_control_enabled"],
+        json!(true),
+        "the owner's toggle reached the hub"
+    );
     let runs = hub.select(
         "subagent_runs",
         &format!("gateway_id=eq.{gateway_id}&order=created_at.asc"),

@@ -21,6 +21,12 @@ function body(ev) {
       return h('p', { class: 'error' }, `Run failed: ${p.error || p.message || text(p)}`);
     case 'run_completed':
       return h('p', {}, 'Run completed', p.duration_ms ? ` in ${(p.duration_ms / 1000).toFixed(1)} s` : '', '.');
+    case 'run_progress':
+      if (p.phase === 'retry_scheduled') {
+        return h('p', { class: 'warn' }, `Attempt ${p.attempt} of ${p.max_attempts} failed (${String(p.reason || 'error').replace(/_/g, ' ')}); retrying in ${((p.delay_ms || 0) / 1000).toFixed(1)} s.`);
+      }
+      if (p.phase === 'attempt_started' && p.attempt > 1) return h('p', {}, `Attempt ${p.attempt} of ${p.max_attempts} started.`);
+      return h('details', {}, h('summary', {}, `progress${p.phase ? `: ${p.phase.replace(/_/g, ' ')}` : ''}`), h('pre', {}, text(p)));
     case 'run_cancelled':
       return h('p', { class: 'warn' }, `Run cancelled${p.reason ? `: ${p.reason}` : ''}.`);
     default: {
@@ -34,7 +40,7 @@ function body(ev) {
 export function renderEvent(ev) {
   const p = ev.payload || {};
   const bad = ev.event_type === 'run_failed' || p.level === 'error' || p.is_error === true;
-  const retry = /retry/i.test(`${p.subtype || ''} ${p.code || ''} ${p.message || ''}`);
+  const retry = p.phase === 'retry_scheduled' || /retry/i.test(`${p.subtype || ''} ${p.code || ''} ${p.message || ''}`);
   return h('li', {
     class: `event e-${ev.event_type}${bad ? ' bad' : ''}${retry ? ' retry' : ''}`,
     dataset: { seq: ev.sequence, type: ev.event_type },
