@@ -113,23 +113,8 @@ fn slow_transcript(host: &GatewayHost) -> PathBuf {
 fn pair_command(host: &GatewayHost, printed: &str) -> Command {
     let words: Vec<&str> = printed.split_whitespace().collect();
     assert_eq!(words.first(), Some(&"panorama-gateway"), "{printed}");
-    let mut cmd = Command::new(&host.program);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("PANORAMA_")
-            || key.starts_with("SUPABASE_")
-            || key.starts_with("FAKE_AGENT")
-        {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("HOME", host.home())
-        .env(
-            "PATH",
-            format!("{}:/usr/bin:/bin", host.bin_dir().display()),
-        )
-        .env("GEMINI_SANDBOX", "docker")
-        .env("FAKE_AGENT_LINE_DELAY_MS", "400")
-        .current_dir(host.home())
+    let mut cmd = host.program_command();
+    cmd.env("FAKE_AGENT_LINE_DELAY_MS", "400")
         .args(&words[1..])
         .arg("--config-dir")
         .arg(host.config_dir())
@@ -139,8 +124,7 @@ fn pair_command(host: &GatewayHost, printed: &str) -> Command {
             "--foreground",
             "--full-control",
             "true",
-        ])
-        .stdin(Stdio::null());
+        ]);
     cmd
 }
 
