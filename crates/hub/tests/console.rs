@@ -32,6 +32,8 @@ const PASSWORD: &str = "correct horse battery staple";
 const STAMP: &str = ".panorama-console-test-stamp";
 /// The whole browser run; it takes about a minute.
 const DRIVE_TIMEOUT: Duration = Duration::from_secs(240);
+/// Completed jobs made before the browser starts, so the history pages.
+const HISTORY_JOBS: usize = 55;
 
 fn chromium() -> Option<PathBuf> {
     let path =
@@ -163,6 +165,14 @@ fn console_in_chromium() {
     let other = "owner@beta.test";
     person(&hub, &alpha, owner, "owner");
     person(&hub, &beta, other, "owner");
+    // History older than today's work: two pages of it.
+    let history: Vec<_> = (0..HISTORY_JOBS)
+        .map(|n| {
+            json!({"team_id": alpha, "job_type": "diagnostic", "status": "completed",
+            "payload": {"n": n}, "created_at": format!("2026-01-01T00:{:02}:00Z", n % 60)})
+        })
+        .collect();
+    hub.insert("gateway_jobs", json!(history));
     let host = GatewayHost::new();
     let slow = slow_transcript(&host);
     let shots = std::env::var("PANORAMA_CONSOLE_SCREENSHOTS")

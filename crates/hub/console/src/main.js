@@ -378,7 +378,7 @@ async function jobsView() {
       h('tbody', {}, jobs.map((j) => h('tr', { dataset: { job: j.id } },
         h('td', { title: j.created_at }, ago(j.created_at)), h('td', {}, j.job_type), h('td', {}, badge(outcome(j))),
         h('td', {}, names[j.gateway_id] || '–'), h('td', {}, duration(j.started_at, j.completed_at)),
-        h('td', {}, h('a', { href: jobLink(j) }, 'open')))))),
+        h('td', {}, h('a', { href: jobLink(j), 'aria-label': `Open the ${j.job_type} job from ${ago(j.created_at)}` }, 'open')))))),
     h('nav', { class: 'pager', 'aria-label': 'Pages' },
       h('button', { type: 'button', disabled: page <= 1, onclick: () => go({ page: String(page - 1) }) }, '← Newer'),
       h('span', { id: 'page-info' }, ` Page ${page} of ${pages} (${count} jobs) `),

@@ -157,8 +157,12 @@ try {
   await p.selectOption('select[name=job_type]', 'subagent_run');
   await p.waitForFunction(() => location.hash.includes('job_type=subagent_run') && document.querySelectorAll('#jobs tbody tr').length === 2);
   await p.selectOption('select[name=job_type]', '');
-  await p.waitForSelector('#page-info');
+  await p.waitForSelector('#page-info:has-text("Page 1 of 2")');
   await shot(p, 'jobs');
+  await p.click('button:has-text("Older")');
+  await p.waitForSelector('#page-info:has-text("Page 2 of 2")');
+  await p.click('button:has-text("Newer")');
+  await p.waitForSelector('#page-info:has-text("Page 1 of 2")');
 
   // ------------------------------------------------------------ terminal
   stepTo('terminal: echo hi');
