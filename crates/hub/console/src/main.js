@@ -213,12 +213,26 @@ function fullControlCell(gw, onToggle) {
     mc && h('div', {}, `machine control: ${mc.ready ? 'ready' : `not ready${mc.reason ? ` (${mc.reason})` : ''}`}`));
 }
 
+/**
+ * Redraws `container` with `redraw` and puts the keyboard focus back on the
+ * same control (same row, same label), so live updates never throw a
+ * keyboard user out of the table.
+ */
+function keepFocus(container, redraw) {
+  const active = document.activeElement;
+  const key = container.contains(active) ? [active.closest('[data-gateway]')?.dataset.gateway, active.textContent] : null;
+  redraw();
+  if (!key) return;
+  const row = key[0] ? container.querySelector(`[data-gateway="${key[0]}"]`) : container;
+  [...(row || container).querySelectorAll('a, button, select, input')].find((e) => e.textContent === key[1])?.focus();
+}
+
 const terminalReady = (gw) => !gw.revoked_at && gw.capabilities?.services?.machine_control?.ready === true;
 
 async function machinesView() {
   const body = h('tbody', { id: 'machines-body' });
   let rows = await gateways();
-  const draw = () => fill(body, rows.length ? rows.map((gw) => h('tr', { dataset: { gateway: gw.id, status: gw.revoked_at ? 'revoked' : gw.status }, class: gw.revoked_at ? 'revoked' : '' },
+  const draw = () => keepFocus(body, () => fill(body, rows.length ? rows.map((gw) => h('tr', { dataset: { gateway: gw.id, status: gw.revoked_at ? 'revoked' : gw.status }, class: gw.revoked_at ? 'revoked' : '' },
     h('td', {}, h('strong', {}, gw.device_name || gw.id.slice(0, 8)), h('div', { class: 'muted' }, [gw.capabilities?.runtime?.platform, gw.capabilities?.runtime?.arch].filter(Boolean).join(' / '))),
     h('td', {}, badge(gw.revoked_at ? 'revoked' : gw.status)),
     h('td', { title: gw.last_seen_at || '' }, ago(gw.last_seen_at)),
@@ -237,7 +251,7 @@ async function machinesView() {
           notify(`${gw.device_name} revoked.`);
         }),
       }, 'Revoke'))))
-    : h('tr', {}, h('td', { colspan: 7 }, 'No machines yet. ', h('a', { href: '#/pair' }, 'Pair one'), '.')));
+    : h('tr', {}, h('td', { colspan: 7 }, 'No machines yet. ', h('a', { href: '#/pair' }, 'Pair one'), '.'))));
   draw();
   const stop = watch('machines', 'team_gateways', `team_id=eq.${teamId()}`, (m) => {
     const row = m.new;
@@ -367,12 +381,21 @@ async function jobsView() {
   };
   const filter = (name, label, options) => h('label', {}, label, h('select', { name, onchange: (e) => go({ [name]: e.target.value, page: '' }) },
     h('option', { value: '' }, 'all'), options.map(([v, t]) => h('option', { value: v, selected: params.get(name) === v }, t))));
-  const stop = page === 1 ? watch('jobs', 'gateway_jobs', `team_id=eq.${teamId()}`, debounce(() => route(), 400)) : () => {};
+  // Live on the first page; while the keyboard is on a control in the page,
+  // a button offers the new rows instead of redrawing under it.
+  const fresh = h('button', { type: 'button', id: 'show-new', hidden: true, onclick: () => route() }, 'Show new activity');
+  const refresh = debounce(() => {
+    const main = document.getElementById('main');
+    if (main && main.contains(document.activeElement) && document.activeElement !== main) fresh.hidden = false;
+    else route();
+  }, 400);
+  const stop = page === 1 ? watch('jobs', 'gateway_jobs', `team_id=eq.${teamId()}`, refresh) : () => {};
   layout('Jobs',
     h('div', { class: 'filters', role: 'group', 'aria-label': 'Filters' },
       filter('status', 'Status', JOB_STATUSES.map((s) => [s, s])),
       filter('job_type', 'Type', JOB_TYPES.map((s) => [s, s])),
       filter('gateway_id', 'Machine', gws.map((g) => [g.id, g.device_name]))),
+    fresh,
     h('table', { id: 'jobs' },
       h('thead', {}, h('tr', {}, ['Created', 'Type', 'Status', 'Machine', 'Duration', ''].map((t) => h('th', { scope: 'col' }, t)))),
       h('tbody', {}, jobs.map((j) => h('tr', { dataset: { job: j.id } },
