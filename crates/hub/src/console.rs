@@ -6,15 +6,20 @@
 //! like any other Supabase client.
 
 use crate::api::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 const INDEX_HTML: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/console/index.html"));
 const APP_JS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/console/app.js"));
 const APP_CSS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/console/app.css"));
+
+/// Each asset's ETag, hashed once.
+static INDEX_TAG: LazyLock<String> = LazyLock::new(|| etag(INDEX_HTML));
+static APP_JS_TAG: LazyLock<String> = LazyLock::new(|| etag(APP_JS));
+static APP_CSS_TAG: LazyLock<String> = LazyLock::new(|| etag(APP_CSS));
 
 /// No request may leave the hub's origin: scripts, styles, fonts, images
 /// and connections (REST, auth, the realtime WebSocket) are all `'self'`.
@@ -30,17 +35,26 @@ pub fn routes() -> Router<Arc<crate::api::AppState>> {
         .route("/", get(index))
         .route(
             "/console/app.js",
-            get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),
+            get(|headers: HeaderMap| async move {
+                asset(
+                    &headers,
+                    APP_JS,
+                    &APP_JS_TAG,
+                    "text/javascript; charset=utf-8",
+                )
+            }),
         )
         .route(
             "/console/app.css",
-            get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }),
+            get(|headers: HeaderMap| async move {
+                asset(&headers, APP_CSS, &APP_CSS_TAG, "text/css; charset=utf-8")
+            }),
         )
         .route("/console/config.json", get(config))
 }
 
-async fn index() -> Response {
-    let mut res = asset(INDEX_HTML, "text/html; charset=utf-8");
+async fn index(headers: HeaderMap) -> Response {
+    let mut res = asset(&headers, INDEX_HTML, &INDEX_TAG, "text/html; charset=utf-8");
     res.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),
@@ -55,17 +69,72 @@ async fn config(state: State) -> Response {
     axum::Json(serde_json::json!({"anon_key": state.keys.anon_key})).into_response()
 }
 
-fn asset(body: &'static [u8], content_type: &'static str) -> Response {
+/// A strong validator for an embedded asset: its SHA-256, quoted.
+pub fn etag(body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("\"{}\"", &hex::encode(Sha256::digest(body))[..32])
+}
+
+/// Whether an `If-None-Match` header value names `etag` (a list, or `*`).
+pub fn not_modified(if_none_match: Option<&str>, etag: &str) -> bool {
+    if_none_match.is_some_and(|v| {
+        v.split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == etag || t == "*")
+    })
+}
+
+/// An embedded asset, revalidated on every load (`no-cache` + ETag): a new
+/// binary is never shadowed by an old cached bundle, and an unchanged one
+/// costs a 304, not the 650 KB again.
+fn asset(
+    headers: &HeaderMap,
+    body: &'static [u8],
+    tag: &str,
+    content_type: &'static str,
+) -> Response {
+    let common = [
+        (header::CACHE_CONTROL, "no-cache".to_string()),
+        (header::ETAG, tag.to_string()),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+    ];
+    let inm = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    if not_modified(inm, tag) {
+        return (StatusCode::NOT_MODIFIED, common).into_response();
+    }
     (
         StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, content_type),
-            // Small and embedded: revalidating is cheap, and a new binary
-            // must never be shadowed by an old cached bundle.
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
+        common,
+        [(header::CONTENT_TYPE, content_type)],
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etag_is_quoted_and_content_addressed() {
+        let a = etag(b"one");
+        assert!(
+            a.starts_with('"') && a.ends_with('"') && a.len() == 34,
+            "{a}"
+        );
+        assert_eq!(a, etag(b"one"));
+        assert_ne!(a, etag(b"two"));
+    }
+
+    #[test]
+    fn if_none_match_matches_lists_weak_tags_and_star() {
+        let tag = etag(b"x");
+        assert!(not_modified(Some(&tag), &tag));
+        assert!(not_modified(Some(&format!("\"other\", W/{tag}")), &tag));
+        assert!(not_modified(Some("*"), &tag));
+        assert!(!not_modified(Some("\"other\""), &tag));
+        assert!(!not_modified(None, &tag));
+    }
 }

@@ -286,3 +286,36 @@ fn console_pure_functions() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The hub serves the console on its own origin: `/` with a same-origin
+/// Content-Security-Policy, the bundle revalidated by ETag (304 when
+/// unchanged), and the anon key the page's client needs.
+#[test]
+fn console_assets_are_served_by_the_hub() {
+    let hub = Hub::start();
+    let get = |path: &str, etag: Option<&str>| {
+        let mut req = hub.http().get(format!("{}{path}", hub.url));
+        if let Some(tag) = etag {
+            req = req.header("if-none-match", tag);
+        }
+        req.send().expect("GET")
+    };
+    let index = get("/", None);
+    assert_eq!(index.status(), 200);
+    let csp = index.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    assert!(index.text().unwrap().contains("<html"));
+    let js = get("/console/app.js", None);
+    assert_eq!(js.status(), 200);
+    let tag = js.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(get("/console/app.js", Some(&tag)).status(), 304);
+    assert_eq!(get("/console/app.js", Some("\"stale\"")).status(), 200);
+    let config: serde_json::Value = get("/console/config.json", None).json().unwrap();
+    assert_eq!(config["anon_key"], json!(hub.anon_key));
+}
