@@ -324,9 +324,14 @@ async function dispatchView(preselect) {
         location.hash = `#/runs/${r.runId}`;
         return;
       }
-      const payload = f.type === 'model_run' ? modelRunPayload({ provider: f.provider, model: f.model.trim(), prompt: f.prompt, outputFormat: f.format })
-        : f.type === 'shell_exec' ? { command: f.command, timeout_ms: Number(f.timeout) * 1000 }
-          : {};
+      let payload = {};
+      if (f.type === 'model_run') payload = modelRunPayload({ provider: f.provider, model: f.model.trim(), prompt: f.prompt, outputFormat: f.format });
+      if (f.type === 'shell_exec') {
+        // A shell command runs on the machine's remote_shell resource (spec §8.6).
+        const resourceId = await shellResource(gws.find((g) => g.id === f.gateway));
+        if (!resourceId) throw new Error('this machine has no remote shell resource yet: an owner or admin creates it by opening its terminal once');
+        payload = { command: f.command, timeout_ms: Number(f.timeout) * 1000, resource_id: resourceId };
+      }
       const r = await dispatchJob(sb, { ...base, jobType: f.type, payload });
       location.hash = `#/jobs/${r.job.id}`;
     }),

@@ -150,6 +150,18 @@ try {
   const runUrl = p.url();
   await shot(p, 'run-cancelled');
 
+  stepTo('dispatch a diagnostic and a shell command');
+  await p.goto(HUB + `/#/dispatch/${gatewayId}`);
+  await p.check('#dispatch input[value=diagnostic]');
+  await p.click('#dispatch button[type=submit]');
+  await p.waitForSelector('#job-status :text("completed")', { timeout: 30000 });
+  await p.goto(HUB + `/#/dispatch/${gatewayId}`);
+  await p.check('#dispatch input[value=shell_exec]');
+  await p.fill('#dispatch input[name=command]', 'echo from the console');
+  await p.click('#dispatch button[type=submit]');
+  await p.waitForSelector('#job-stdout:has-text("from the console")', { timeout: 30000 });
+  await shot(p, 'job');
+
   // ------------------------------------------------------------ jobs
   stepTo('job history with filters');
   await p.goto(HUB + '/#/jobs');
