@@ -9,7 +9,9 @@
 //! `GatewayHost` (fake agent CLIs); sees the machine come online with its
 //! providers and turns team full control on; dispatches a stream-json run
 //! and sees events while it is still running; cancels a second run and sees
-//! it end cancelled; filters the job history; runs `echo hi` in the
+//! it end cancelled; dispatches a diagnostic, a shell command and a text
+//! model run and sees their results; pages and filters the job history
+//! (55 older jobs); runs `echo hi` in the
 //! terminal; signs out. The owner of another team sees none of it and is
 //! refused when acting on it. No request leaves the hub's origin.
 //!

@@ -150,7 +150,7 @@ try {
   const runUrl = p.url();
   await shot(p, 'run-cancelled');
 
-  stepTo('dispatch a diagnostic and a shell command');
+  stepTo('dispatch a diagnostic, a shell command and a model run');
   await p.goto(HUB + `/#/dispatch/${gatewayId}`);
   await p.check('#dispatch input[value=diagnostic]');
   await p.click('#dispatch button[type=submit]');
@@ -161,6 +161,13 @@ try {
   await p.click('#dispatch button[type=submit]');
   await p.waitForSelector('#job-stdout:has-text("from the console")', { timeout: 30000 });
   await shot(p, 'job');
+  await p.goto(HUB + `/#/dispatch/${gatewayId}`);
+  await p.check('#dispatch input[value=model_run]');
+  await p.selectOption('#dispatch select[name=format]', 'text');
+  await p.fill('#dispatch textarea[name=prompt]', 'Say hello');
+  await p.click('#dispatch button[type=submit]');
+  await p.waitForSelector('#job-status :text("completed")', { timeout: 30000 });
+  await p.waitForSelector('#job-output');
 
   // ------------------------------------------------------------ jobs
   stepTo('job history with filters');
