@@ -67,7 +67,7 @@ function watch(name, table, filter, onChange) {
 
 function layout(title, ...content) {
   const nav = [['#/machines', 'Machines'], ['#/pair', 'Pair a machine'], ['#/dispatch', 'Dispatch'], ['#/jobs', 'Jobs'], ['#/teams', 'Team']];
-  const here = location.hash.split('/').slice(0, 2).join('/');
+  const here = location.hash.split('?')[0].split('/').slice(0, 2).join('/');
   const teamSelect = h('select', {
     id: 'team-select', 'aria-label': 'Team',
     onchange: (e) => { localStorage.setItem('panorama.team', e.target.value); route(); },
@@ -139,6 +139,8 @@ function signInView() {
     h('p', { id: 'notice', class: 'notice', role: 'status', 'aria-live': 'polite' }),
     h('main', { id: 'main', class: 'signin' }, h('h1', {}, 'Panorama console'), signIn, accept));
   document.title = 'Sign in · Panorama';
+  // autofocus applies once per document; after a sign-out, focus by hand.
+  signIn.querySelector('input[name=email]').focus();
 }
 
 async function signOut() {
