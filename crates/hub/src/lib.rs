@@ -12,6 +12,7 @@ pub mod changes;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod gateway_view;
 pub mod login;

@@ -142,6 +142,20 @@ impl GatewayHost {
     /// with `HOME`, a private `PATH` and none of the test runner's
     /// `PANORAMA_*`, `SUPABASE_*` or `FAKE_AGENT_*` variables.
     pub fn command(&self, hub: &Hub, args: &[&str]) -> Command {
+        let mut cmd = self.program_command();
+        cmd.arg("--config-dir")
+            .arg(self.config_dir())
+            .args(["--supabase-url", &hub.url, "--anon-key", &hub.anon_key])
+            .args(["--device-name", &self.device_name])
+            .args(args);
+        cmd
+    }
+
+    /// The gateway program in this host's environment (`HOME`, a private
+    /// `PATH`, none of the test runner's `PANORAMA_*`, `SUPABASE_*` or
+    /// `FAKE_AGENT_*` variables), with no arguments yet: for a test that
+    /// runs a command line as printed for a person.
+    pub fn program_command(&self) -> Command {
         let mut cmd = Command::new(&self.program);
         for (key, _) in std::env::vars() {
             if key.starts_with("PANORAMA_")
@@ -159,11 +173,6 @@ impl GatewayHost {
             .env("PANORAMA_GATEWAY_LOG", "info")
             .envs(self.fake_agents.then_some(("GEMINI_SANDBOX", "docker")))
             .current_dir(self.home())
-            .arg("--config-dir")
-            .arg(self.config_dir())
-            .args(["--supabase-url", &hub.url, "--anon-key", &hub.anon_key])
-            .args(["--device-name", &self.device_name])
-            .args(args)
             .stdin(Stdio::null());
         cmd
     }

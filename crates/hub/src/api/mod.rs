@@ -117,6 +117,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/realtime/v1/websocket", get(crate::realtime::websocket))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(crate::metrics::endpoint))
+        .merge(crate::console::routes())
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,

@@ -1,0 +1,64 @@
+// How the console's terminal reaches a machine. One small module so the
+// transport can be switched: today people run each line as one
+// `shell_exec` job (the hub refuses signed-in people on the interactive
+// `terminal:<session>` broadcast stream until it decides who may watch or
+// type — ARCHITECTURE.md, "Terminal stream"). A stream transport would
+// implement the same `{ kind, run(line), close() }` with a raw byte pipe.
+
+import { jobRow } from './recipes.js';
+
+const TERMINAL = ['completed', 'failed', 'cancelled'];
+const CWD_MARK = '\u001e';
+
+const quote = (s) => `'${s.replace(/'/g, `'\\''`)}'`;
+
+/** The shell_exec command for one line typed in `cwd`: runs it there and reports the new directory after a marker. */
+export function lineCommand(line, cwd) {
+  return `cd ${quote(cwd)} 2>/dev/null || cd /\n${line}\n__rc=$?; printf '${CWD_MARK}%s' "$PWD"; exit $__rc`;
+}
+
+/** Splits a result's stdout into what the command printed and the directory it ended in. */
+export function splitCwd(stdout, cwd) {
+  const i = stdout.lastIndexOf(CWD_MARK);
+  if (i < 0) return { out: stdout, cwd };
+  return { out: stdout.slice(0, i), cwd: stdout.slice(i + 1) || cwd };
+}
+
+/** A line-mode transport over `shell_exec` jobs. */
+export function lineTransport(sb, { teamId, gatewayId, userId, resourceId, timeoutMs = 30000 }) {
+  let cwd = '/';
+  let closed = false;
+  return {
+    kind: 'shell_exec',
+    get cwd() { return cwd; },
+    async run(line) {
+      const { data: job, error } = await sb.from('gateway_jobs')
+        .insert(jobRow({ teamId, gatewayId, userId, jobType: 'shell_exec', payload: { command: lineCommand(line, cwd), timeout_ms: timeoutMs, resource_id: resourceId } }))
+        .select().single();
+      if (error) throw new Error(error.message);
+      const deadline = Date.now() + timeoutMs + 30000;
+      for (;;) {
+        if (closed) throw new Error('terminal closed');
+        const { data: row, error: e } = await sb.from('gateway_jobs').select('status,result,error').eq('id', job.id).single();
+        if (e) throw new Error(e.message);
+        if (TERMINAL.includes(row.status)) {
+          const r = row.result || {};
+          if (row.status !== 'completed' && !r.stdout && !r.stderr) {
+            return { out: '', err: `${row.error || r.message || row.status}\n`, code: 1 };
+          }
+          const split = splitCwd(r.stdout || '', cwd);
+          cwd = split.cwd;
+          return { out: split.out, err: r.stderr || '', code: r.exit_code ?? (r.timed_out ? 124 : 1) };
+        }
+        if (Date.now() > deadline) throw new Error('no answer from the machine in time (is it online?)');
+        await new Promise((res) => setTimeout(res, 150));
+      }
+    },
+    close() { closed = true; },
+  };
+}
+
+/** The transport the console uses for a machine. */
+export function openTransport(sb, opts) {
+  return lineTransport(sb, opts);
+}
