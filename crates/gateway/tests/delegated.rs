@@ -2,113 +2,45 @@
 //! `panorama-fake-agent` symlinked as `claude`/`codex`/`gemini` on a temp
 //! PATH. Every network call is on 127.0.0.1.
 
-use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use panorama_testkit::{procs, Hub, PairedGateway};
+use panorama_testkit::{procs, GatewayHost, Hub, PairedGateway, RunningGateway};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(40);
 
-/// `target/<profile>/panorama-fake-agent`, built when missing.
-fn fake_agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
-    let bin = profile_dir.join("panorama-fake-agent");
-    if !bin.exists() {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "-p",
-                "panorama-providers",
-                "--bin",
-                "panorama-fake-agent",
-            ])
-            .status()
-            .expect("run cargo build for panorama-fake-agent");
-        assert!(status.success(), "building panorama-fake-agent failed");
-    }
-    bin
+/// A gateway host with `panorama-fake-agent` as `claude`, `codex` and
+/// `gemini`, and secrets in the gateway's environment that no child may see.
+struct Machine {
+    host: GatewayHost,
 }
 
-struct Machine {
-    home: tempfile::TempDir,
+impl std::ops::Deref for Machine {
+    type Target = GatewayHost;
+    fn deref(&self) -> &GatewayHost {
+        &self.host
+    }
 }
 
 impl Machine {
     fn new() -> Machine {
-        let home = tempfile::tempdir().expect("temp home");
-        let bin = home.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        let agent = fake_agent_binary();
-        for name in ["claude", "codex", "gemini"] {
-            symlink(&agent, bin.join(name)).unwrap();
-        }
-        Machine { home }
+        let mut host = GatewayHost::new();
+        host.device_name = "agent-box".into();
+        Machine { host }
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
-        self.home.path().join(rel)
-    }
-
-    fn config_dir(&self) -> PathBuf {
-        self.path(".panorama/gateway")
-    }
-
-    fn write_config(&self, hub: &Hub, gw: &PairedGateway, full_control: bool) {
-        std::fs::create_dir_all(self.config_dir()).unwrap();
-        let doc = json!({
-            "supabaseUrl": hub.url, "supabaseAnonKey": hub.anon_key,
-            "accessToken": gw.access_token, "refreshToken": gw.refresh_token,
-            "gatewayId": gw.gateway_id, "teamId": gw.team_id,
-            "full_control_enabled": full_control, "deviceName": "agent-box",
-        });
-        std::fs::write(self.config_dir().join("gateway.json"), doc.to_string()).unwrap();
-    }
-
-    fn start(&self, hub: &Hub, env: &[(&str, String)]) -> Running {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_panorama-gateway"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("PANORAMA_")
-                || key.starts_with("SUPABASE_")
-                || key.starts_with("FAKE_AGENT")
-            {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("HOME", self.home.path())
-            .env(
-                "PATH",
-                format!("{}:/usr/bin:/bin", self.path("bin").display()),
-            )
-            .env("PANORAMA_GATEWAY_LOG", "info")
-            // Secrets and internal variables a child must never see.
-            .env("SUPABASE_SERVICE_ROLE_KEY", "service-role-secret")
+    fn start(&self, hub: &Hub, env: &[(&str, String)]) -> RunningGateway {
+        let mut cmd = self.host.command(hub, &["start", "--foreground"]);
+        // Secrets and internal variables a child must never see.
+        cmd.env("SUPABASE_SERVICE_ROLE_KEY", "service-role-secret")
             .env("OPENROUTER_API_KEY", "openrouter-secret")
             .env("PANORAMA_SUPABASE_ANON_KEY", hub.anon_key.as_str())
-            .env("FAKE_AGENT_LOG", self.path("agent-log.jsonl"))
-            .current_dir(self.home.path())
-            .arg("--config-dir")
-            .arg(self.config_dir())
-            .args(["--supabase-url", &hub.url, "--anon-key", &hub.anon_key])
-            .args(["start", "--foreground"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(self.path("gateway.log")).unwrap(),
-            ));
+            .env("FAKE_AGENT_LOG", self.path("agent-log.jsonl"));
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Running {
-            child: Some(cmd.spawn().expect("spawn gateway")),
-        }
+        self.host.spawn(cmd)
     }
 
     fn agent_log(&self) -> Vec<Value> {
@@ -120,41 +52,11 @@ impl Machine {
     }
 }
 
-struct Running {
-    child: Option<Child>,
-}
-
-impl Running {
-    fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + WAIT;
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("gateway did not exit after SIGTERM");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 struct Setup {
     hub: Hub,
     machine: Machine,
     gw: PairedGateway,
-    running: Running,
+    running: RunningGateway,
 }
 
 fn setup(full_control: bool, env: &[(&str, String)]) -> Setup {
@@ -196,7 +98,7 @@ fn setup(full_control: bool, env: &[(&str, String)]) -> Setup {
 impl Drop for Setup {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.machine.path("gateway.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(self.machine.log_path()).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             eprintln!(
                 "--- gateway log (last lines, newest first) ---\n{}",
@@ -1007,8 +909,8 @@ fn cancels_before_start_during_run_and_unknown() {
         (s.row("subagents", &sid)["status"] == "cancelled").then_some(())
     });
     let mut s = s;
-    s.running.terminate();
-    assert!(s.machine.path("gateway.log").exists());
+    s.running.terminate(WAIT);
+    assert!(s.machine.log_path().exists());
 }
 
 fn new_id() -> String {
@@ -1130,7 +1032,7 @@ fn shutdown_cancels_runs_capabilities_and_failure_fallback() {
             .map(|p| p as i32)
     });
     tree.extend(procs::group_members(model_agent));
-    s.running.terminate();
+    s.running.terminate(WAIT);
     let model_row = s.job_row(&model_job);
     assert_eq!(model_row["status"], "cancelled", "{model_row}");
     assert_eq!(model_row["result"]["cancelled"], true);

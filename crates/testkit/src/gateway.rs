@@ -22,6 +22,13 @@ pub fn fake_agent_binary() -> PathBuf {
     )
 }
 
+/// What the [`GatewayHost::scripted_claude`] CLI prints.
+pub const SCRIPTED_CLAUDE_VERSION: &str = "2.0.14 (Claude Code)";
+
+/// How long tests wait for something a gateway or hub does (only a bound
+/// for a failing test: a passing one never waits it out).
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Names of the agent CLIs the fake agent stands in for.
 pub const AGENT_NAMES: [&str; 3] = ["claude", "codex", "gemini"];
 
@@ -50,6 +57,29 @@ impl GatewayHost {
             symlink(&agent, host.bin_dir().join(name)).expect("link fake agent");
         }
         host
+    }
+
+    /// A host whose only agent CLI is a shell-script `claude` that sleeps
+    /// `delay_s` seconds, records each call in `claude-calls` (see
+    /// [`GatewayHost::claude_calls`]) and prints [`SCRIPTED_CLAUDE_VERSION`]
+    /// whatever it is asked: detected, but its full validation fails.
+    pub fn scripted_claude(delay_s: u32) -> GatewayHost {
+        let host = GatewayHost::bare();
+        host.write_script(
+            "claude",
+            &format!(
+                "sleep {delay_s}\necho \"$$\" >> '{}'\necho '{SCRIPTED_CLAUDE_VERSION}'",
+                host.path("claude-calls").display()
+            ),
+        );
+        host
+    }
+
+    /// How often the [`GatewayHost::scripted_claude`] CLI ran.
+    pub fn claude_calls(&self) -> usize {
+        std::fs::read_to_string(self.path("claude-calls"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
     }
 
     /// A host with an empty `bin/` on its `PATH` (no agent CLI at all).
