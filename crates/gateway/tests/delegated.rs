@@ -10,58 +10,40 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(40);
 
-/// A gateway host with `panorama-fake-agent` as `claude`, `codex` and
-/// `gemini`, and secrets in the gateway's environment that no child may see.
-struct Machine {
-    host: GatewayHost,
+/// `start --foreground` on `host` (the fake agent as every CLI), with
+/// secrets in the gateway's environment that no child may see.
+fn start(host: &GatewayHost, hub: &Hub, env: &[(&str, String)]) -> RunningGateway {
+    let mut cmd = host.command(hub, &["start", "--foreground"]);
+    cmd.env("SUPABASE_SERVICE_ROLE_KEY", "service-role-secret")
+        .env("OPENROUTER_API_KEY", "openrouter-secret")
+        .env("PANORAMA_SUPABASE_ANON_KEY", hub.anon_key.as_str())
+        .env("FAKE_AGENT_LOG", host.path("agent-log.jsonl"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    host.spawn(cmd)
 }
 
-impl std::ops::Deref for Machine {
-    type Target = GatewayHost;
-    fn deref(&self) -> &GatewayHost {
-        &self.host
-    }
-}
-
-impl Machine {
-    fn new() -> Machine {
-        let mut host = GatewayHost::new();
-        host.device_name = "agent-box".into();
-        Machine { host }
-    }
-
-    fn start(&self, hub: &Hub, env: &[(&str, String)]) -> RunningGateway {
-        let mut cmd = self.host.command(hub, &["start", "--foreground"]);
-        // Secrets and internal variables a child must never see.
-        cmd.env("SUPABASE_SERVICE_ROLE_KEY", "service-role-secret")
-            .env("OPENROUTER_API_KEY", "openrouter-secret")
-            .env("PANORAMA_SUPABASE_ANON_KEY", hub.anon_key.as_str())
-            .env("FAKE_AGENT_LOG", self.path("agent-log.jsonl"));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        self.host.spawn(cmd)
-    }
-
-    fn agent_log(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.path("agent-log.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
+/// Every run the fake agent logged on `host`.
+fn agent_log(host: &GatewayHost) -> Vec<Value> {
+    std::fs::read_to_string(host.path("agent-log.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 struct Setup {
     hub: Hub,
-    machine: Machine,
+    machine: GatewayHost,
     gw: PairedGateway,
     running: RunningGateway,
 }
 
 fn setup(full_control: bool, env: &[(&str, String)]) -> Setup {
     let hub = Hub::start();
-    let machine = Machine::new();
+    let mut machine = GatewayHost::new();
+    machine.device_name = "agent-box".into();
     let team = hub.create_team("delegated-team");
     let gw = hub.pair(&team, "agent-box");
     if full_control {
@@ -77,7 +59,7 @@ fn setup(full_control: bool, env: &[(&str, String)]) -> Setup {
         assert!(res.status().is_success());
     }
     machine.write_config(&hub, &gw, full_control);
-    let running = machine.start(&hub, env);
+    let running = start(&machine, &hub, env);
     hub.wait_for("gateway ready", WAIT, || {
         hub.select(
             "team_gateways",
@@ -275,9 +257,7 @@ fn claude_stream_run_is_live_in_order_and_completes() {
 
     // Lag: line i is written at agent start + i·delay (an upper bound on
     // the real write time is later, so this over-estimates the lag).
-    let start = s
-        .machine
-        .agent_log()
+    let start = agent_log(&s.machine)
         .into_iter()
         .find(|l| l["role"] == "agent" && l["argv"].to_string().contains("stream-json"))
         .expect("agent log")["ts_ms"]
@@ -629,9 +609,7 @@ fn retries_resume_fallback_denials_and_limits() {
         .find(|e| e["event_type"] == "system")
         .expect("system event");
     assert_eq!(system["payload"]["kind"], "resume_fallback");
-    let argvs: Vec<String> = s
-        .machine
-        .agent_log()
+    let argvs: Vec<String> = agent_log(&s.machine)
         .iter()
         .map(|l| l["argv"].to_string())
         .collect();
@@ -844,7 +822,7 @@ fn cancels_before_start_during_run_and_unknown() {
         json!({"subagent_id": sid, "run_id": run_id}),
     );
     let pids: Vec<i32> = s.hub.wait_for("agent and grandchildren", WAIT, || {
-        let log = s.machine.agent_log();
+        let log = agent_log(&s.machine);
         let agent = log
             .iter()
             .find(|l| l["role"] == "agent" && l["argv"].to_string().contains("fake:hold"))?["pid"]
@@ -1009,9 +987,7 @@ fn shutdown_cancels_runs_capabilities_and_failure_fallback() {
         json!({"subagent_id": sid, "run_id": run_id}),
     );
     let agent = s.hub.wait_for("agent running", WAIT, || {
-        let agent = s
-            .machine
-            .agent_log()
+        let agent = agent_log(&s.machine)
             .iter()
             .find(|l| l["role"] == "agent" && l["argv"].to_string().contains("fake:hold"))?["pid"]
             .as_i64()? as i32;
@@ -1025,7 +1001,7 @@ fn shutdown_cancels_runs_capabilities_and_failure_fallback() {
         json!({"prompt": "think [[fake:hold]]", "model": "__default__", "output_format": "text"}),
     );
     let model_agent = s.hub.wait_for("model agent running", WAIT, || {
-        s.machine.agent_log().iter().find(|l| {
+        agent_log(&s.machine).iter().find(|l| {
             l["role"] == "agent" && l["argv"].to_string().contains("think [[fake:hold]]")
         })?["pid"]
             .as_i64()

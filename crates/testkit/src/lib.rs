@@ -227,6 +227,17 @@ impl Hub {
             .next()
     }
 
+    /// The `event_type`s of a run's `subagent_run_events`, by sequence.
+    pub fn run_event_types(&self, run_id: &str) -> Vec<String> {
+        self.select(
+            "subagent_run_events",
+            &format!("run_id=eq.{run_id}&select=event_type&order=sequence.asc"),
+        )
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap_or_default().to_string())
+        .collect()
+    }
+
     /// Inserts a `gateway_jobs` row for this gateway; returns its id.
     pub fn insert_job(&self, gw: &PairedGateway, job_type: &str, payload: Value) -> String {
         self.insert(
