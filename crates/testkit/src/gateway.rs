@@ -45,6 +45,9 @@ pub struct GatewayHost {
     /// exists (`GEMINI_SANDBOX=docker`), since restricted Gemini runs are
     /// refused without one and the fake agent ignores `--sandbox`.
     fake_agents: bool,
+    /// Extra environment for every gateway command of this host (e.g. a
+    /// pinned `SHELL`), set after the defaults.
+    pub env: Vec<(String, String)>,
 }
 
 impl GatewayHost {
@@ -91,6 +94,7 @@ impl GatewayHost {
             device_name: "test-box".into(),
             program: crate::gateway_binary(),
             fake_agents: false,
+            env: Vec::new(),
         }
     }
 
@@ -188,6 +192,7 @@ impl GatewayHost {
             )
             .env("PANORAMA_GATEWAY_LOG", "info")
             .envs(self.fake_agents.then_some(("GEMINI_SANDBOX", "docker")))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(self.home())
             .arg("--config-dir")
             .arg(self.config_dir())
