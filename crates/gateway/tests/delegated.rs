@@ -47,28 +47,11 @@ fn setup(full_control: bool, env: &[(&str, String)]) -> Setup {
     let team = hub.create_team("delegated-team");
     let gw = hub.pair(&team, "agent-box");
     if full_control {
-        let res = hub
-            .req(
-                reqwest::Method::PATCH,
-                &format!("/rest/v1/team_gateways?id=eq.{}", gw.gateway_id),
-                &hub.service_key,
-            )
-            .json(&json!({"full_control_enabled": true}))
-            .send()
-            .unwrap();
-        assert!(res.status().is_success());
+        hub.set_full_control(&gw.gateway_id, true);
     }
     machine.write_config(&hub, &gw, full_control);
     let running = start(&machine, &hub, env);
-    hub.wait_for("gateway ready", WAIT, || {
-        hub.select(
-            "team_gateways",
-            &format!("id=eq.{}&select=*", gw.gateway_id),
-        )
-        .into_iter()
-        .next()
-        .filter(|r| r["status"] == "ready")
-    });
+    hub.wait_gateway_status(&gw.gateway_id, "ready", WAIT);
     Setup {
         hub,
         machine,
