@@ -127,14 +127,7 @@ impl Setup {
     }
 
     fn event_types(&self, run_id: &str) -> Vec<String> {
-        self.hub
-            .select(
-                "subagent_run_events",
-                &format!("run_id=eq.{run_id}&select=event_type&order=sequence.asc"),
-            )
-            .iter()
-            .map(|e| e["event_type"].as_str().unwrap_or_default().to_string())
-            .collect()
+        self.hub.run_event_types(run_id)
     }
 
     fn runs_of(&self, sid: &str) -> Vec<Value> {

@@ -5,46 +5,35 @@
 //! PATH makes the diagnostic result deterministic. Every network call is on
 //! 127.0.0.1.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use panorama_testkit::Hub;
+use panorama_testkit::{GatewayHost, Hub};
 use serde_json::Value;
 
-const FAKE_VERSION: &str = "2.0.14 (Claude Code)";
+const FAKE_VERSION: &str = panorama_testkit::SCRIPTED_CLAUDE_VERSION;
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A temp HOME with a fake `claude` in `<home>/bin`, first on PATH.
 struct Machine {
-    home: tempfile::TempDir,
+    host: GatewayHost,
 }
 
 impl Machine {
+    /// The testkit's scripted `claude` (prints its version, counts calls).
     fn new() -> Machine {
-        let home = tempfile::tempdir().expect("temp home");
-        let bin = home.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        let claude = bin.join("claude");
-        std::fs::write(
-            &claude,
-            format!(
-                "#!/bin/sh\necho \"$$\" >> '{}'\necho '{FAKE_VERSION}'\n",
-                home.path().join("claude-calls").display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Machine { home }
+        Machine {
+            host: GatewayHost::scripted_claude(0),
+        }
     }
 
     fn config_dir(&self) -> PathBuf {
-        self.home.path().join(".panorama").join("gateway")
+        self.host.home().join(".panorama").join("gateway")
     }
 
     fn path_env(&self) -> std::ffi::OsString {
-        std::env::join_paths(std::iter::once(self.home.path().join("bin")).chain(
+        std::env::join_paths(std::iter::once(self.host.home().join("bin")).chain(
             std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
         ))
         .unwrap()
@@ -56,9 +45,9 @@ impl Machine {
                 cmd.env_remove(key);
             }
         }
-        cmd.env("HOME", self.home.path())
+        cmd.env("HOME", self.host.home())
             .env("PATH", self.path_env())
-            .current_dir(self.home.path())
+            .current_dir(self.host.home())
             .stdin(Stdio::null());
     }
 

@@ -2,189 +2,56 @@
 //! `panorama-fake-agent` symlinked as `claude`/`codex`/`gemini` on a temp
 //! PATH. Every network call is on 127.0.0.1.
 
-use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use panorama_testkit::{procs, Hub, PairedGateway};
+use panorama_testkit::{procs, GatewayHost, Hub, PairedGateway, RunningGateway};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(40);
 
-/// `target/<profile>/panorama-fake-agent`, built when missing.
-fn fake_agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
-    let bin = profile_dir.join("panorama-fake-agent");
-    if !bin.exists() {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "-p",
-                "panorama-providers",
-                "--bin",
-                "panorama-fake-agent",
-            ])
-            .status()
-            .expect("run cargo build for panorama-fake-agent");
-        assert!(status.success(), "building panorama-fake-agent failed");
+/// `start --foreground` on `host` (the fake agent as every CLI), with
+/// secrets in the gateway's environment that no child may see.
+fn start(host: &GatewayHost, hub: &Hub, env: &[(&str, String)]) -> RunningGateway {
+    let mut cmd = host.command(hub, &["start", "--foreground"]);
+    cmd.env("SUPABASE_SERVICE_ROLE_KEY", "service-role-secret")
+        .env("OPENROUTER_API_KEY", "openrouter-secret")
+        .env("PANORAMA_SUPABASE_ANON_KEY", hub.anon_key.as_str())
+        .env("FAKE_AGENT_LOG", host.path("agent-log.jsonl"));
+    for (k, v) in env {
+        cmd.env(k, v);
     }
-    bin
+    host.spawn(cmd)
 }
 
-struct Machine {
-    home: tempfile::TempDir,
-}
-
-impl Machine {
-    fn new() -> Machine {
-        let home = tempfile::tempdir().expect("temp home");
-        let bin = home.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        let agent = fake_agent_binary();
-        for name in ["claude", "codex", "gemini"] {
-            symlink(&agent, bin.join(name)).unwrap();
-        }
-        Machine { home }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.home.path().join(rel)
-    }
-
-    fn config_dir(&self) -> PathBuf {
-        self.path(".panorama/gateway")
-    }
-
-    fn write_config(&self, hub: &Hub, gw: &PairedGateway, full_control: bool) {
-        std::fs::create_dir_all(self.config_dir()).unwrap();
-        let doc = json!({
-            "supabaseUrl": hub.url, "supabaseAnonKey": hub.anon_key,
-            "accessToken": gw.access_token, "refreshToken": gw.refresh_token,
-            "gatewayId": gw.gateway_id, "teamId": gw.team_id,
-            "full_control_enabled": full_control, "deviceName": "agent-box",
-        });
-        std::fs::write(self.config_dir().join("gateway.json"), doc.to_string()).unwrap();
-    }
-
-    fn start(&self, hub: &Hub, env: &[(&str, String)]) -> Running {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_panorama-gateway"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("PANORAMA_")
-                || key.starts_with("SUPABASE_")
-                || key.starts_with("FAKE_AGENT")
-            {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("HOME", self.home.path())
-            .env(
-                "PATH",
-                format!("{}:/usr/bin:/bin", self.path("bin").display()),
-            )
-            .env("PANORAMA_GATEWAY_LOG", "info")
-            // Secrets and internal variables a child must never see.
-            .env("SUPABASE_SERVICE_ROLE_KEY", "service-role-secret")
-            .env("OPENROUTER_API_KEY", "openrouter-secret")
-            .env("PANORAMA_SUPABASE_ANON_KEY", hub.anon_key.as_str())
-            .env("FAKE_AGENT_LOG", self.path("agent-log.jsonl"))
-            .current_dir(self.home.path())
-            .arg("--config-dir")
-            .arg(self.config_dir())
-            .args(["--supabase-url", &hub.url, "--anon-key", &hub.anon_key])
-            .args(["start", "--foreground"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(self.path("gateway.log")).unwrap(),
-            ));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Running {
-            child: Some(cmd.spawn().expect("spawn gateway")),
-        }
-    }
-
-    fn agent_log(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.path("agent-log.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-}
-
-struct Running {
-    child: Option<Child>,
-}
-
-impl Running {
-    fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + WAIT;
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("gateway did not exit after SIGTERM");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// Every run the fake agent logged on `host`.
+fn agent_log(host: &GatewayHost) -> Vec<Value> {
+    std::fs::read_to_string(host.path("agent-log.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 struct Setup {
     hub: Hub,
-    machine: Machine,
+    machine: GatewayHost,
     gw: PairedGateway,
-    running: Running,
+    running: RunningGateway,
 }
 
 fn setup(full_control: bool, env: &[(&str, String)]) -> Setup {
     let hub = Hub::start();
-    let machine = Machine::new();
+    let mut machine = GatewayHost::new();
+    machine.device_name = "agent-box".into();
     let team = hub.create_team("delegated-team");
     let gw = hub.pair(&team, "agent-box");
     if full_control {
-        let res = hub
-            .req(
-                reqwest::Method::PATCH,
-                &format!("/rest/v1/team_gateways?id=eq.{}", gw.gateway_id),
-                &hub.service_key,
-            )
-            .json(&json!({"full_control_enabled": true}))
-            .send()
-            .unwrap();
-        assert!(res.status().is_success());
+        hub.set_full_control(&gw.gateway_id, true);
     }
     machine.write_config(&hub, &gw, full_control);
-    let running = machine.start(&hub, env);
-    hub.wait_for("gateway ready", WAIT, || {
-        hub.select(
-            "team_gateways",
-            &format!("id=eq.{}&select=*", gw.gateway_id),
-        )
-        .into_iter()
-        .next()
-        .filter(|r| r["status"] == "ready")
-    });
+    let running = start(&machine, &hub, env);
+    hub.wait_gateway_status(&gw.gateway_id, "ready", WAIT);
     Setup {
         hub,
         machine,
@@ -196,7 +63,7 @@ fn setup(full_control: bool, env: &[(&str, String)]) -> Setup {
 impl Drop for Setup {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.machine.path("gateway.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(self.machine.log_path()).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             eprintln!(
                 "--- gateway log (last lines, newest first) ---\n{}",
@@ -373,9 +240,7 @@ fn claude_stream_run_is_live_in_order_and_completes() {
 
     // Lag: line i is written at agent start + i·delay (an upper bound on
     // the real write time is later, so this over-estimates the lag).
-    let start = s
-        .machine
-        .agent_log()
+    let start = agent_log(&s.machine)
         .into_iter()
         .find(|l| l["role"] == "agent" && l["argv"].to_string().contains("stream-json"))
         .expect("agent log")["ts_ms"]
@@ -727,9 +592,7 @@ fn retries_resume_fallback_denials_and_limits() {
         .find(|e| e["event_type"] == "system")
         .expect("system event");
     assert_eq!(system["payload"]["kind"], "resume_fallback");
-    let argvs: Vec<String> = s
-        .machine
-        .agent_log()
+    let argvs: Vec<String> = agent_log(&s.machine)
         .iter()
         .map(|l| l["argv"].to_string())
         .collect();
@@ -942,7 +805,7 @@ fn cancels_before_start_during_run_and_unknown() {
         json!({"subagent_id": sid, "run_id": run_id}),
     );
     let pids: Vec<i32> = s.hub.wait_for("agent and grandchildren", WAIT, || {
-        let log = s.machine.agent_log();
+        let log = agent_log(&s.machine);
         let agent = log
             .iter()
             .find(|l| l["role"] == "agent" && l["argv"].to_string().contains("fake:hold"))?["pid"]
@@ -1007,8 +870,8 @@ fn cancels_before_start_during_run_and_unknown() {
         (s.row("subagents", &sid)["status"] == "cancelled").then_some(())
     });
     let mut s = s;
-    s.running.terminate();
-    assert!(s.machine.path("gateway.log").exists());
+    s.running.terminate(WAIT);
+    assert!(s.machine.log_path().exists());
 }
 
 fn new_id() -> String {
@@ -1107,9 +970,7 @@ fn shutdown_cancels_runs_capabilities_and_failure_fallback() {
         json!({"subagent_id": sid, "run_id": run_id}),
     );
     let agent = s.hub.wait_for("agent running", WAIT, || {
-        let agent = s
-            .machine
-            .agent_log()
+        let agent = agent_log(&s.machine)
             .iter()
             .find(|l| l["role"] == "agent" && l["argv"].to_string().contains("fake:hold"))?["pid"]
             .as_i64()? as i32;
@@ -1123,14 +984,14 @@ fn shutdown_cancels_runs_capabilities_and_failure_fallback() {
         json!({"prompt": "think [[fake:hold]]", "model": "__default__", "output_format": "text"}),
     );
     let model_agent = s.hub.wait_for("model agent running", WAIT, || {
-        s.machine.agent_log().iter().find(|l| {
+        agent_log(&s.machine).iter().find(|l| {
             l["role"] == "agent" && l["argv"].to_string().contains("think [[fake:hold]]")
         })?["pid"]
             .as_i64()
             .map(|p| p as i32)
     });
     tree.extend(procs::group_members(model_agent));
-    s.running.terminate();
+    s.running.terminate(WAIT);
     let model_row = s.job_row(&model_job);
     assert_eq!(model_row["status"], "cancelled", "{model_row}");
     assert_eq!(model_row["result"]["cancelled"], true);

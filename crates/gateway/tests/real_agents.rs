@@ -128,15 +128,7 @@ fn setup(cli: &str, test: &str, as_user: bool) -> Option<Setup> {
             "the gateway does not run as {TEST_USER}: {uid_line}"
         );
     }
-    hub.wait_for("gateway ready", WAIT, || {
-        hub.select(
-            "team_gateways",
-            &format!("id=eq.{}&select=*", gw.gateway_id),
-        )
-        .into_iter()
-        .next()
-        .filter(|r| r["status"] == "ready")
-    });
+    hub.wait_gateway_status(&gw.gateway_id, "ready", WAIT);
     Some(Setup {
         hub,
         host,
@@ -197,14 +189,7 @@ impl Setup {
     }
 
     fn event_types(&self, run_id: &str) -> Vec<String> {
-        self.hub
-            .select(
-                "subagent_run_events",
-                &format!("run_id=eq.{run_id}&select=*&order=sequence.asc"),
-            )
-            .iter()
-            .map(|e| e["event_type"].as_str().unwrap_or_default().to_string())
-            .collect()
+        self.hub.run_event_types(run_id)
     }
 }
 

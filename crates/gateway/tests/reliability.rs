@@ -365,15 +365,23 @@ fn expiring_access_tokens_are_refreshed_rotated_and_persisted() {
         .as_str()
         .unwrap()
         .to_string();
-    // Jobs keep completing across several token lifetimes.
+    // Jobs keep completing across several token lifetimes (3 s each):
+    // after each job, wait for the gateway to rotate its session again
+    // (observed in the persisted gateway.json), then run the next.
     let began = Instant::now();
+    let mut seen = first_refresh.clone();
     let mut done = 0;
     while began.elapsed() < Duration::from_secs(10) || done < 4 {
+        done += 1;
         let id = insert_job(&hub, &gw);
         let row = wait_job_terminal(&hub, &id);
         assert_eq!(row["status"], "completed", "row: {row}");
-        done += 1;
-        std::thread::sleep(Duration::from_millis(1_500));
+        seen = hub.wait_for("the next session rotation", WAIT, || {
+            machine.config()["refreshToken"]
+                .as_str()
+                .filter(|r| *r != seen)
+                .map(str::to_string)
+        });
     }
     assert!(running.is_running());
     let config = machine.config();

@@ -2,54 +2,21 @@
 //! foreground runtime, heartbeats, diagnostic jobs, unsupported job types,
 //! `status --json` and SIGTERM shutdown. Every network call is on 127.0.0.1.
 
-use std::time::Duration;
-
-use panorama_testkit::{GatewayHost, Hub, PairedGateway, RunningGateway};
+use panorama_testkit::{
+    GatewayHost, Hub, PairedGateway, RunningGateway, SCRIPTED_CLAUDE_VERSION, WAIT,
+};
 use serde_json::{json, Value};
 
-const WAIT: Duration = Duration::from_secs(20);
-const FAKE_VERSION: &str = "2.0.14 (Claude Code)";
+const FAKE_VERSION: &str = SCRIPTED_CLAUDE_VERSION;
 
 /// A gateway host whose only agent CLI is a shell-script `claude` that
 /// prints a version and records each call.
-struct Machine {
-    host: GatewayHost,
+fn machine() -> GatewayHost {
+    GatewayHost::scripted_claude(0)
 }
 
-impl std::ops::Deref for Machine {
-    type Target = GatewayHost;
-    fn deref(&self) -> &GatewayHost {
-        &self.host
-    }
-}
-
-impl Machine {
-    fn new() -> Machine {
-        Self::with_claude_delay(0)
-    }
-
-    /// A machine whose fake `claude --version` takes `delay_s` seconds.
-    fn with_claude_delay(delay_s: u32) -> Machine {
-        let host = GatewayHost::bare();
-        host.write_script(
-            "claude",
-            &format!(
-                "sleep {delay_s}\necho \"$$\" >> '{}'\necho '{FAKE_VERSION}'",
-                host.path("claude-calls").display()
-            ),
-        );
-        Machine { host }
-    }
-
-    fn claude_calls(&self) -> usize {
-        std::fs::read_to_string(self.path("claude-calls"))
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    }
-
-    fn spawn(&self, hub: &Hub, args: &[&str]) -> RunningGateway {
-        self.host.spawn(self.command(hub, args))
-    }
+fn spawn(machine: &GatewayHost, hub: &Hub, args: &[&str]) -> RunningGateway {
+    machine.spawn(machine.command(hub, args))
 }
 
 fn gateway_row(hub: &Hub, gateway_id: &str) -> Option<Value> {
@@ -69,11 +36,11 @@ fn wait_job_terminal(hub: &Hub, id: &str) -> Value {
 }
 
 /// A started foreground gateway for a freshly paired gateway row.
-fn started(hub: &Hub, machine: &Machine) -> (PairedGateway, RunningGateway) {
+fn started(hub: &Hub, machine: &GatewayHost) -> (PairedGateway, RunningGateway) {
     let team = hub.create_team("runtime-team");
     let gw = hub.pair(&team, "test-box");
     machine.write_config(hub, &gw, false);
-    let running = machine.spawn(hub, &["start", "--foreground"]);
+    let running = spawn(machine, hub, &["start", "--foreground"]);
     wait_status(hub, &gw.gateway_id, "ready");
     (gw, running)
 }
@@ -85,10 +52,10 @@ fn insert_job(hub: &Hub, gw: &PairedGateway, job_type: &str) -> String {
 #[test]
 fn pair_then_foreground_runtime_reports_ready_and_shuts_down_offline() {
     let hub = Hub::start();
-    let machine = Machine::new();
+    let machine = machine();
     let team = hub.create_team("pair-team");
     let code = hub.create_pairing_code(&team);
-    let mut running = machine.spawn(&hub, &["pair", &code, "--foreground"]);
+    let mut running = spawn(&machine, &hub, &["pair", &code, "--foreground"]);
 
     let config = hub.wait_for("paired config", WAIT, || {
         std::fs::read_to_string(machine.config_path())
@@ -147,7 +114,7 @@ fn pair_then_foreground_runtime_reports_ready_and_shuts_down_offline() {
 #[test]
 fn status_json_while_running() {
     let hub = Hub::start();
-    let machine = Machine::new();
+    let machine = machine();
     let (gw, mut running) = started(&hub, &machine);
     hub.wait_for("pid file", WAIT, || {
         machine.pid_path().exists().then_some(())
@@ -168,7 +135,7 @@ fn status_json_while_running() {
 #[test]
 fn diagnostic_job_completes_with_the_version_result() {
     let hub = Hub::start();
-    let machine = Machine::new();
+    let machine = machine();
     let (gw, mut running) = started(&hub, &machine);
     let id = insert_job(&hub, &gw, "diagnostic");
     let row = wait_job_terminal(&hub, &id);
@@ -191,7 +158,7 @@ fn diagnostic_job_completes_with_the_version_result() {
 #[test]
 fn twenty_diagnostic_jobs_complete_exactly_once() {
     let hub = Hub::start();
-    let machine = Machine::new();
+    let machine = machine();
     let (gw, mut running) = started(&hub, &machine);
     // Startup provider discovery and validation also call the fake CLI.
     let baseline = machine.claude_calls();
@@ -203,8 +170,9 @@ fn twenty_diagnostic_jobs_complete_exactly_once() {
         assert_eq!(row["status"], "completed", "row: {row}");
         assert_eq!(row["result"]["version"], FAKE_VERSION);
     }
-    // Let any duplicate (realtime + reconcile) attempt show up, then count.
-    std::thread::sleep(Duration::from_millis(5_500));
+    // Let any duplicate (realtime + reconcile) attempt show up: one more
+    // reconcile pass of the queue, then count.
+    hub.wait_reconcile_pass(WAIT);
     assert_eq!(
         machine.claude_calls() - baseline,
         20,
@@ -216,7 +184,7 @@ fn twenty_diagnostic_jobs_complete_exactly_once() {
 #[test]
 fn unknown_and_unbuilt_job_types_fail_with_clear_messages() {
     let hub = Hub::start();
-    let machine = Machine::new();
+    let machine = machine();
     let (gw, mut running) = started(&hub, &machine);
     let baseline = machine.claude_calls();
     let unknown = insert_job(&hub, &gw, "teleport");
@@ -243,7 +211,7 @@ fn unknown_and_unbuilt_job_types_fail_with_clear_messages() {
 #[test]
 fn jobs_for_other_gateways_are_left_alone() {
     let hub = Hub::start();
-    let machine = Machine::new();
+    let machine = machine();
     let (gw, mut running) = started(&hub, &machine);
     let other = hub.pair(&gw.team_id, "other-box");
     let foreign = hub.insert(
@@ -255,7 +223,8 @@ fn jobs_for_other_gateways_are_left_alone() {
         .to_string();
     let mine = insert_job(&hub, &gw, "diagnostic");
     assert_eq!(wait_job_terminal(&hub, &mine)["status"], "completed");
-    std::thread::sleep(Duration::from_millis(5_500));
+    // A reconcile pass lists the queue after the foreign job was there.
+    hub.wait_reconcile_pass(WAIT);
     assert_eq!(job(&hub, &foreign)["status"], "queued");
     assert!(running.terminate(WAIT).success());
 }
@@ -263,7 +232,7 @@ fn jobs_for_other_gateways_are_left_alone() {
 #[test]
 fn doctor_succeeds_host_only_without_ai_clis() {
     let hub = Hub::start();
-    let machine = Machine::new();
+    let machine = machine();
     let out = machine.run(&hub, &["doctor", "--json"]);
     assert!(
         out.status.success(),
@@ -283,7 +252,7 @@ fn doctor_succeeds_host_only_without_ai_clis() {
 #[test]
 fn start_with_a_revoked_session_fails_with_the_spec_message() {
     let hub = Hub::start();
-    let machine = Machine::new();
+    let machine = machine();
     let team = hub.create_team("bad-session");
     let gw = hub.pair(&team, "test-box");
     let mut broken = gw.clone();
@@ -303,7 +272,7 @@ fn start_with_a_revoked_session_fails_with_the_spec_message() {
 #[test]
 fn sigterm_waits_for_a_running_job_then_goes_offline() {
     let hub = Hub::start();
-    let machine = Machine::with_claude_delay(2);
+    let machine = GatewayHost::scripted_claude(2);
     let (gw, mut running) = started(&hub, &machine);
     let id = insert_job(&hub, &gw, "diagnostic");
     hub.wait_for("job running", WAIT, || {

@@ -4,7 +4,6 @@
 //! `remote_shell` resource bound to the gateway. Every network call is on
 //! 127.0.0.1.
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use panorama_testkit::{GatewayHost, Hub, RunningGateway};
@@ -23,46 +22,22 @@ const MSG_OTHER_GATEWAY: &str = "Remote shell resource targets a different gatew
 const MSG_MISSING_GATEWAY_ID: &str = "Remote shell resource is missing metadata.gateway_id";
 const MSG_RESOURCE_CONTROL_OFF: &str = "Remote shell resource machine control is disabled";
 
-/// A gateway host whose only agent CLI is a `claude` that prints a version.
-struct Machine {
-    host: GatewayHost,
-}
-
-impl std::ops::Deref for Machine {
-    type Target = GatewayHost;
-    fn deref(&self) -> &GatewayHost {
-        &self.host
-    }
-}
-
-impl Machine {
-    fn new() -> Machine {
-        let mut host = GatewayHost::bare();
-        host.device_name = "shell-box".into();
-        host.write_script("claude", "echo '2.0.14 (Claude Code)'");
-        Machine { host }
-    }
-
-    /// Sessions open the user's `$SHELL`: pin it so the test does not
-    /// depend on the runner's.
-    fn command(&self, hub: &Hub, args: &[&str]) -> Command {
-        let mut cmd = self.host.command(hub, args);
-        cmd.env("SHELL", "/bin/bash");
-        cmd
-    }
-
-    fn run(&self, hub: &Hub, args: &[&str]) -> Output {
-        self.command(hub, args)
-            .output()
-            .expect("run panorama-gateway")
-    }
+/// A gateway host whose only agent CLI is a `claude` that prints a
+/// version. Sessions open the user's `$SHELL`: pinned, so the test does not
+/// depend on the runner's.
+fn machine() -> GatewayHost {
+    let mut host = GatewayHost::bare();
+    host.device_name = "shell-box".into();
+    host.write_script("claude", "echo '2.0.14 (Claude Code)'");
+    host.env.push(("SHELL".into(), "/bin/bash".into()));
+    host
 }
 
 /// A hub, a gateway paired with `--full-control true` and running in the
 /// foreground, and a `remote_shell` resource bound to it.
 struct Setup {
     hub: Hub,
-    machine: Machine,
+    machine: GatewayHost,
     running: RunningGateway,
     gateway_id: String,
     team_id: String,
@@ -79,7 +54,7 @@ impl Setup {
 
     fn with_team_flag(team_flag: bool) -> Setup {
         let hub = Hub::start();
-        let machine = Machine::new();
+        let machine = machine();
         let team_id = hub.create_team("shell-team");
         let code = hub.create_pairing_code(&team_id);
         let running = machine.spawn(machine.command(

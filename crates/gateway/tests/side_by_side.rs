@@ -32,9 +32,11 @@ fn answer_schema() -> Value {
 }
 
 /// A stream-json transcript slow enough to be cancelled mid-stream: an
-/// init line, one message, then a long pause before the result.
+/// init line, one message, a `streamed` marker file (`{streamed}`, the
+/// host's path), then a long pause before the result.
 const SLOW_STREAM: &str = r#"{"type":"system","subtype":"init","cwd":"/tmp","session_id":"5a1e1d2c-0000-4000-8000-00000000c0de","tools":[],"mcp_servers":[],"model":"claude-sonnet-4-5","permissionMode":"dontAsk"}
 {"type":"assistant","message":{"id":"msg_slow","type":"message","role":"assistant","content":[{"type":"text","text":"Working on it."}]},"session_id":"5a1e1d2c-0000-4000-8000-00000000c0de"}
+#!fake touch {streamed}
 #!fake sleep 60000
 {"type":"result","subtype":"success","is_error":false,"duration_ms":1,"num_turns":1,"result":"late","session_id":"5a1e1d2c-0000-4000-8000-00000000c0de"}
 "#;
@@ -91,14 +93,7 @@ impl Side {
     }
 
     fn event_types(&self, run_id: &str) -> Vec<String> {
-        self.hub
-            .select(
-                "subagent_run_events",
-                &format!("run_id=eq.{run_id}&select=event_type&order=sequence.asc"),
-            )
-            .iter()
-            .map(|e| e["event_type"].as_str().unwrap_or_default().to_string())
-            .collect()
+        self.hub.run_event_types(run_id)
     }
 }
 
@@ -109,7 +104,9 @@ fn paired(name: &'static str) -> (Hub, GatewayHost, PairedGateway, String) {
     let mut host = GatewayHost::new();
     host.program = PathBuf::from(env!("CARGO_BIN_EXE_panorama-gateway"));
     host.write_config(&hub, &gw, true);
-    std::fs::write(host.path("slow.jsonl"), SLOW_STREAM).expect("write slow transcript");
+    let transcript =
+        SLOW_STREAM.replace("{streamed}", &host.path("streamed").display().to_string());
+    std::fs::write(host.path("slow.jsonl"), transcript).expect("write slow transcript");
     (hub, host, gw, team)
 }
 
@@ -424,16 +421,12 @@ fn script(side: &Side) -> Table {
         .expect("run id")
         .to_string();
     let sid = job["payload"]["subagent_id"].as_str().expect("subagent id");
-    // The agent is streaming once it has started on the slow transcript
-    // (its first lines are printed at once; the reference writes the
-    // stream's events only later, so the events cannot tell).
-    side.hub.wait_for("the slow agent to start", WAIT, || {
-        std::fs::read_to_string(side.host.path("agent.log"))
-            .unwrap_or_default()
-            .contains("slow.jsonl")
-            .then_some(())
+    // Mid-stream: the agent has printed its first lines (then made the
+    // marker file) and waits before its result. (The reference writes the
+    // stream's events only later, so the events cannot tell.)
+    side.hub.wait_for("the slow agent to stream", WAIT, || {
+        side.host.path("streamed").exists().then_some(())
     });
-    std::thread::sleep(Duration::from_millis(1500));
     eprintln!(
         "[{}] events before the cancel: {:?}",
         side.name,

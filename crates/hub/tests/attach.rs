@@ -16,37 +16,6 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The `panorama-gateway` binary of this workspace, built (incrementally)
-/// for this test; `PANORAMA_GATEWAY_BIN` overrides it.
-fn gateway_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("PANORAMA_GATEWAY_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "-p",
-            "panorama-gateway",
-            "--bin",
-            "panorama-gateway",
-        ])
-        .status()
-        .expect("run cargo build for panorama-gateway");
-    assert!(
-        status.success(),
-        "building panorama-gateway for the attach test failed"
-    );
-    let bin = profile_dir.join("panorama-gateway");
-    assert!(bin.exists(), "no gateway binary at {}", bin.display());
-    bin
-}
-
 /// A private tmux server (its own socket, no user config); killed on drop.
 struct Tmux {
     socket: PathBuf,
@@ -175,7 +144,7 @@ fn shell_quote(s: &str) -> String {
 fn shell_attach_drives_a_remote_shell_from_a_real_terminal() {
     let home = tempfile::tempdir().expect("temp home");
     let tmux = Tmux::new(home.path());
-    let gateway_bin = gateway_binary();
+    let gateway_bin = panorama_testkit::gateway_binary();
     let hub = Hub::start();
 
     // A gateway paired with install full control, in the foreground.

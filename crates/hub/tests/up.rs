@@ -4,42 +4,33 @@
 //! diagnostic deterministic. Every network call is on 127.0.0.1.
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::PermissionsExt;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use panorama_testkit::GatewayHost;
 use serde_json::Value;
 
-const FAKE_VERSION: &str = "2.0.14 (Claude Code)";
+const FAKE_VERSION: &str = panorama_testkit::SCRIPTED_CLAUDE_VERSION;
 const WAIT: Duration = Duration::from_secs(90);
 
 /// A temp HOME with a fake `claude` in `<home>/bin` and a hub data dir.
 struct Sandbox {
-    home: tempfile::TempDir,
+    host: GatewayHost,
 }
 
 impl Sandbox {
+    /// The testkit's scripted `claude` (prints its version, counts calls).
     fn new() -> Sandbox {
-        let home = tempfile::tempdir().expect("temp home");
-        let bin = home.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        let claude = bin.join("claude");
-        std::fs::write(
-            &claude,
-            format!(
-                "#!/bin/sh\necho \"$$\" >> '{}'\necho '{FAKE_VERSION}'\n",
-                home.path().join("claude-calls").display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&claude, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Sandbox { home }
+        Sandbox {
+            host: GatewayHost::scripted_claude(0),
+        }
     }
 
     fn data_dir(&self) -> PathBuf {
-        self.home.path().join("hub-data")
+        self.host.home().join("hub-data")
     }
 
     fn gateway_dir(&self) -> PathBuf {
@@ -52,7 +43,7 @@ impl Sandbox {
         let gateway = panorama_testkit::gateway_binary();
         let path = std::env::join_paths(
             [
-                self.home.path().join("bin"),
+                self.host.home().join("bin"),
                 gateway.parent().unwrap().to_path_buf(),
             ]
             .into_iter()
@@ -73,10 +64,10 @@ impl Sandbox {
         cmd.arg("--data-dir")
             .arg(self.data_dir())
             .args(["up", "--listen", listen])
-            .env("HOME", self.home.path())
+            .env("HOME", self.host.home())
             .env("PATH", path)
             .env("PANORAMA_HUB_LOG", "warn")
-            .current_dir(self.home.path())
+            .current_dir(self.host.home())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -460,7 +451,7 @@ fn up_on_a_taken_port_says_so_and_suggests_listen() {
 fn up_without_a_gateway_binary_names_both_places() {
     let sandbox = Sandbox::new();
     // A copy of panorama-hub alone in a directory, and a PATH without the gateway.
-    let lonely = sandbox.home.path().join("lonely");
+    let lonely = sandbox.host.home().join("lonely");
     std::fs::create_dir_all(&lonely).unwrap();
     let hub = lonely.join("panorama-hub");
     if std::fs::hard_link(env!("CARGO_BIN_EXE_panorama-hub"), &hub).is_err() {
@@ -470,8 +461,8 @@ fn up_without_a_gateway_binary_names_both_places() {
         .arg("--data-dir")
         .arg(sandbox.data_dir())
         .args(["up", "--listen", &free_addr()])
-        .env("PATH", sandbox.home.path().join("bin"))
-        .env("HOME", sandbox.home.path())
+        .env("PATH", sandbox.host.home().join("bin"))
+        .env("HOME", sandbox.host.home())
         .env_remove("PANORAMA_HUB_DATA_DIR")
         .stdin(Stdio::null())
         .output()

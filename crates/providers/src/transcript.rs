@@ -4,7 +4,9 @@
 //! lines starting with `#!fake ` that are never printed:
 //! - `#!fake stderr <text>` — write `<text>` + newline to stderr;
 //! - `#!fake sleep <ms>` — pause;
-//! - `#!fake exit <code>` — the exit code when the transcript ends (last wins).
+//! - `#!fake exit <code>` — the exit code when the transcript ends (last wins);
+//! - `#!fake touch <path>` — create an empty file: a test can wait for it to
+//!   know the lines before it were printed (e.g. to cancel mid-stream).
 
 /// Prefix of a directive line.
 pub const DIRECTIVE_PREFIX: &str = "#!fake ";
@@ -15,6 +17,7 @@ pub enum TranscriptStep {
     Stderr(String),
     SleepMs(u64),
     Exit(i32),
+    Touch(String),
 }
 
 /// Parses a transcript; unknown directives are ignored.
@@ -30,6 +33,9 @@ pub fn parse_transcript(text: &str) -> Vec<TranscriptStep> {
             "stderr" => steps.push(TranscriptStep::Stderr(arg.to_string())),
             "sleep" => steps.extend(arg.trim().parse().ok().map(TranscriptStep::SleepMs)),
             "exit" => steps.extend(arg.trim().parse().ok().map(TranscriptStep::Exit)),
+            "touch" if !arg.trim().is_empty() => {
+                steps.push(TranscriptStep::Touch(arg.trim().to_string()))
+            }
             _ => {}
         }
     }
@@ -66,7 +72,7 @@ mod tests {
 
     #[test]
     fn directives() {
-        let t = "{\"a\":1}\n#!fake stderr oops\n#!fake sleep 5\n#!fake bogus\nplain\n#!fake exit 2";
+        let t = "{\"a\":1}\n#!fake stderr oops\n#!fake sleep 5\n#!fake bogus\nplain\n#!fake touch /tmp/x\n#!fake exit 2";
         assert_eq!(
             parse_transcript(t),
             vec![
@@ -74,6 +80,7 @@ mod tests {
                 TranscriptStep::Stderr("oops".into()),
                 TranscriptStep::SleepMs(5),
                 TranscriptStep::Stdout("plain".into()),
+                TranscriptStep::Touch("/tmp/x".into()),
                 TranscriptStep::Exit(2),
             ]
         );

@@ -22,6 +22,13 @@ pub fn fake_agent_binary() -> PathBuf {
     )
 }
 
+/// What the [`GatewayHost::scripted_claude`] CLI prints.
+pub const SCRIPTED_CLAUDE_VERSION: &str = "2.0.14 (Claude Code)";
+
+/// How long tests wait for something a gateway or hub does (only a bound
+/// for a failing test: a passing one never waits it out).
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Names of the agent CLIs the fake agent stands in for.
 pub const AGENT_NAMES: [&str; 3] = ["claude", "codex", "gemini"];
 
@@ -38,6 +45,9 @@ pub struct GatewayHost {
     /// exists (`GEMINI_SANDBOX=docker`), since restricted Gemini runs are
     /// refused without one and the fake agent ignores `--sandbox`.
     fake_agents: bool,
+    /// Extra environment for every gateway command of this host (e.g. a
+    /// pinned `SHELL`), set after the defaults.
+    pub env: Vec<(String, String)>,
 }
 
 impl GatewayHost {
@@ -52,6 +62,29 @@ impl GatewayHost {
         host
     }
 
+    /// A host whose only agent CLI is a shell-script `claude` that sleeps
+    /// `delay_s` seconds, records each call in `claude-calls` (see
+    /// [`GatewayHost::claude_calls`]) and prints [`SCRIPTED_CLAUDE_VERSION`]
+    /// whatever it is asked: detected, but its full validation fails.
+    pub fn scripted_claude(delay_s: u32) -> GatewayHost {
+        let host = GatewayHost::bare();
+        host.write_script(
+            "claude",
+            &format!(
+                "sleep {delay_s}\necho \"$$\" >> '{}'\necho '{SCRIPTED_CLAUDE_VERSION}'",
+                host.path("claude-calls").display()
+            ),
+        );
+        host
+    }
+
+    /// How often the [`GatewayHost::scripted_claude`] CLI ran.
+    pub fn claude_calls(&self) -> usize {
+        std::fs::read_to_string(self.path("claude-calls"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
     /// A host with an empty `bin/` on its `PATH` (no agent CLI at all).
     pub fn bare() -> GatewayHost {
         let home = tempfile::tempdir().expect("temp home");
@@ -61,6 +94,7 @@ impl GatewayHost {
             device_name: "test-box".into(),
             program: crate::gateway_binary(),
             fake_agents: false,
+            env: Vec::new(),
         }
     }
 
@@ -172,6 +206,7 @@ impl GatewayHost {
             )
             .env("PANORAMA_GATEWAY_LOG", "info")
             .envs(self.fake_agents.then_some(("GEMINI_SANDBOX", "docker")))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(self.home())
             .stdin(Stdio::null());
         cmd

@@ -16,7 +16,7 @@ pub mod people;
 pub mod procs;
 pub mod reference;
 
-pub use gateway::{fake_agent_binary, GatewayHost, RunningGateway};
+pub use gateway::{fake_agent_binary, GatewayHost, RunningGateway, SCRIPTED_CLAUDE_VERSION, WAIT};
 pub use people::UserSession;
 
 /// Finds the `panorama-hub` binary next to the running test's target dir,
@@ -227,6 +227,17 @@ impl Hub {
             .next()
     }
 
+    /// The `event_type`s of a run's `subagent_run_events`, by sequence.
+    pub fn run_event_types(&self, run_id: &str) -> Vec<String> {
+        self.select(
+            "subagent_run_events",
+            &format!("run_id=eq.{run_id}&select=event_type&order=sequence.asc"),
+        )
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap_or_default().to_string())
+        .collect()
+    }
+
     /// Inserts a `gateway_jobs` row for this gateway; returns its id.
     pub fn insert_job(&self, gw: &PairedGateway, job_type: &str, payload: Value) -> String {
         self.insert(
@@ -363,8 +374,7 @@ impl Hub {
     }
 
     /// How many REST reads (`GET /rest/v1/<table>`) the hub has answered,
-    /// from its `/metrics`. For an idle gateway running only diagnostics,
-    /// its reads are its reconcile passes (job-queue listings).
+    /// from its `/metrics`.
     pub fn rest_reads(&self) -> u64 {
         let res = self
             .http
@@ -383,13 +393,16 @@ impl Hub {
             .sum::<f64>() as u64
     }
 
-    /// Waits until some client (the test's own reads excepted, since it
-    /// makes none meanwhile) has read from the REST API again: for an idle
-    /// gateway, one reconcile pass of its job queue after this call.
-    pub fn wait_next_rest_read(&self, timeout: Duration) {
+    /// Waits until a running gateway has listed its job queue again (a
+    /// reconcile pass, every 5 s) after this call. The test must make no
+    /// REST reads meanwhile. Two more reads are awaited: a gateway's only
+    /// other periodic read, the heartbeat's clock calibration, comes every
+    /// 30 s, so two of them cannot follow each other without a reconcile
+    /// pass between.
+    pub fn wait_reconcile_pass(&self, timeout: Duration) {
         let before = self.rest_reads();
         self.wait_for("the gateway's next reconcile pass", timeout, || {
-            (self.rest_reads() > before).then_some(())
+            (self.rest_reads() >= before + 2).then_some(())
         });
     }
 

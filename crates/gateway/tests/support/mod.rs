@@ -10,11 +10,8 @@ use std::time::{Duration, Instant};
 use panorama_testkit::{GatewayHost, Hub, PairedGateway, RunningGateway};
 use serde_json::{json, Value};
 
-pub const WAIT: Duration = Duration::from_secs(60);
-
-pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
+pub use panorama_testkit::new_uuid as new_id;
+pub use panorama_testkit::WAIT;
 
 /// `(subagent_type, provider name)` of the three agent CLIs.
 pub const PROVIDERS: [(&str, &str); 3] = [

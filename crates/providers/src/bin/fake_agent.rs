@@ -465,6 +465,10 @@ fn main() {
             TranscriptStep::Stderr(line) => eprintln!("{line}"),
             TranscriptStep::SleepMs(ms) => sleep_ms(ms),
             TranscriptStep::Exit(code) => exit = code,
+            TranscriptStep::Touch(path) => {
+                let _ = std::io::stdout().flush();
+                let _ = std::fs::write(path, b"");
+            }
         }
     }
     if let Some(final_text) = synthesize(render, &json_lines) {
