@@ -346,6 +346,80 @@ impl InputOrder {
     }
 }
 
+/// What a client does with an output chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputVerdict {
+    /// The next one: show it (and acknowledge it).
+    Apply,
+    /// Already shown (a replay overlapping live output).
+    Duplicate,
+    /// One or more before it are missing: drop it; when `resume_from` is
+    /// set, send `attach {resume_from}` so the gateway replays from there
+    /// (set once per gap, so a burst of early chunks asks once).
+    Gap { resume_from: Option<u64> },
+}
+
+/// Output ordering on the client: chunks are shown in seq order, exactly
+/// once. Live chunks can overtake the replay an `attach` asked for (they
+/// were broadcast before the gateway read the `attach`); they are dropped
+/// and come again in the replay.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OutputOrder {
+    /// The highest seq shown.
+    pub last: u64,
+    /// The `resume_from` of an `attach` not yet answered by its chunk.
+    asked: Option<u64>,
+}
+
+impl OutputOrder {
+    /// Records an `attach {resume_from}` sent (the first one, or after a
+    /// reconnect); returns `resume_from`.
+    pub fn request_resume(&mut self) -> u64 {
+        let from = self.last + 1;
+        self.asked = Some(from);
+        from
+    }
+
+    /// The `resume_from` still awaited, if any (for a caller that asks
+    /// again when a replay never came).
+    pub fn awaiting(&self) -> Option<u64> {
+        self.asked
+    }
+
+    /// `attached {next_seq, oldest_seq}`: output before the ring's oldest
+    /// chunk is gone for good (continue from there), and with nothing to
+    /// replay no replay is awaited.
+    pub fn attached(&mut self, next_seq: u64, oldest_seq: u64) {
+        if oldest_seq > self.last + 1 {
+            self.last = oldest_seq - 1;
+            if self.asked.is_some() {
+                self.asked = Some(oldest_seq);
+            }
+        }
+        if next_seq <= self.last + 1 {
+            self.asked = None;
+        }
+    }
+
+    pub fn accept(&mut self, seq: u64) -> OutputVerdict {
+        if seq <= self.last {
+            OutputVerdict::Duplicate
+        } else if seq == self.last + 1 {
+            self.last = seq;
+            if self.asked.is_some_and(|a| a <= seq) {
+                self.asked = None;
+            }
+            OutputVerdict::Apply
+        } else if self.asked == Some(self.last + 1) {
+            OutputVerdict::Gap { resume_from: None }
+        } else {
+            OutputVerdict::Gap {
+                resume_from: Some(self.request_resume()),
+            }
+        }
+    }
+}
+
 /// Whether the gateway may read (and send) more output: fewer than
 /// `window` chunks after the highest acknowledgement.
 pub fn window_open(next_seq: u64, acked: u64, window: u64) -> bool {
@@ -452,6 +526,41 @@ mod tests {
         assert_eq!(o.accept(3), InputVerdict::Gap);
         assert_eq!(o.accept(2), InputVerdict::Apply);
         assert_eq!(o.accept(3), InputVerdict::Apply);
+    }
+
+    #[test]
+    fn output_order_asks_once_per_gap_and_takes_the_replay() {
+        let mut o = OutputOrder::default();
+        assert_eq!(o.request_resume(), 1);
+        // Live chunks overtake the replay: dropped, no second request.
+        assert_eq!(o.accept(3), OutputVerdict::Gap { resume_from: None });
+        assert_eq!(o.accept(4), OutputVerdict::Gap { resume_from: None });
+        // The replay.
+        assert_eq!(o.accept(1), OutputVerdict::Apply);
+        assert_eq!(o.awaiting(), None);
+        assert_eq!(o.accept(2), OutputVerdict::Apply);
+        assert_eq!(o.accept(2), OutputVerdict::Duplicate);
+        // A chunk lost mid-stream: one request, then quiet.
+        assert_eq!(
+            o.accept(4),
+            OutputVerdict::Gap {
+                resume_from: Some(3)
+            }
+        );
+        assert_eq!(o.accept(5), OutputVerdict::Gap { resume_from: None });
+        assert_eq!(o.awaiting(), Some(3));
+        assert_eq!(o.accept(3), OutputVerdict::Apply);
+        // Output older than the ring is skipped.
+        o.request_resume();
+        o.attached(12, 10);
+        assert_eq!(o.awaiting(), Some(10));
+        assert_eq!(o.accept(11), OutputVerdict::Gap { resume_from: None });
+        assert_eq!(o.accept(10), OutputVerdict::Apply);
+        // Nothing to replay: nothing awaited.
+        let mut fresh = OutputOrder::default();
+        fresh.request_resume();
+        fresh.attached(1, 1);
+        assert_eq!(fresh.awaiting(), None);
     }
 
     #[test]
