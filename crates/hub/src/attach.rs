@@ -45,7 +45,7 @@ pub enum ShellMode {
     Session,
     /// Line mode through shell_exec jobs (one command per line).
     Exec,
-    /// Experimental: the terminal stream (terminal_open, then bytes over realtime); the gateway must run with PANORAMA_GATEWAY_TERMINAL_STREAM=1. `auto` never picks it.
+    /// The terminal stream (terminal_open, then bytes over realtime); `auto` picks it when the gateway announces it.
     Stream,
 }
 
@@ -131,6 +131,9 @@ pub enum AttachError {
 /// The shell job family a gateway runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShellPath {
+    /// The terminal stream (`terminal_open`, then bytes over realtime),
+    /// where the heartbeat announces it.
+    Stream,
     /// `shell_session` (and `shell_exec` too, for panorama-gateway).
     Session,
     /// Only `shell_exec`.
@@ -145,11 +148,15 @@ fn major_minor(version: &str) -> Option<(u64, u64)> {
     Some((major, minor))
 }
 
-/// Decides from heartbeat capabilities (§12.2 `runtime`): panorama-gateway
-/// (`node_version: "rust"`) runs both families; a reference gateway runs
-/// `shell_session` before 2.30 and only `shell_exec` from then on.
-/// `None`: the heartbeat does not say (no `runtime` block yet).
+/// Decides from heartbeat capabilities (§12.2 `runtime`): the terminal
+/// stream where announced; panorama-gateway (`node_version: "rust"`) runs
+/// both job families; a reference gateway runs `shell_session` before 2.30
+/// and only `shell_exec` from then on. `None`: the heartbeat does not say
+/// (no `runtime` block yet).
 pub fn shell_path_for(capabilities: &Value) -> Option<ShellPath> {
+    if crate::term::announces_stream(capabilities) {
+        return Some(ShellPath::Stream);
+    }
     let runtime = capabilities.get("runtime")?;
     if runtime.get("node_version").and_then(Value::as_str) == Some("rust") {
         return Some(ShellPath::Session);
@@ -512,7 +519,8 @@ pub async fn run(client: &HubClient, cmd: &ShellCmd, json_output: bool) -> Resul
                 timeout: JOB_TIMEOUT,
             };
             let path = match mode {
-                ShellMode::Session | ShellMode::Stream => ShellPath::Session,
+                ShellMode::Stream => ShellPath::Stream,
+                ShellMode::Session => ShellPath::Session,
                 ShellMode::Exec => ShellPath::Exec,
                 ShellMode::Auto => match shell_path_for(&row["capabilities"]) {
                     Some(p) => p,
@@ -522,17 +530,15 @@ pub async fn run(client: &HubClient, cmd: &ShellCmd, json_output: bool) -> Resul
                     }
                 },
             };
-            // The stream is experimental: only an explicit `--mode stream`
-            // uses it, never `auto`.
-            let stream = *mode == ShellMode::Stream;
-            if path == ShellPath::Exec && !stream {
+            if path == ShellPath::Exec {
                 return line_mode(&jobs, gateway, *timeout_ms).await;
             }
-            if stream {
-                // Before anything is opened on the gateway.
-                if !std::io::stdin().is_terminal() {
-                    bail!("standard input is not a terminal: `shell attach` needs one (run it in a terminal, or use `panorama-hub shell exec {gateway} -- COMMAND` for one command); nothing was opened on the gateway");
-                }
+            // Both terminal paths need one; checked before anything is
+            // opened on the gateway.
+            if !std::io::stdin().is_terminal() {
+                bail!("standard input is not a terminal: `shell attach` needs one (run it in a terminal, or use `panorama-hub shell exec {gateway} -- COMMAND` for one command); nothing was opened on the gateway");
+            }
+            if path == ShellPath::Stream {
                 return stream_mode(&jobs).await;
             }
             let (cols, rows) = crossterm::terminal::size().unwrap_or((120, 40));
@@ -1021,6 +1027,9 @@ mod tests {
         assert_eq!(shell_path_for(&caps("v22.1.0", Some("junk"))), None);
         assert_eq!(shell_path_for(&caps("v22.1.0", None)), None);
         assert_eq!(shell_path_for(&json!({})), None);
+        let mut streaming = caps("rust", Some("0.1.0"));
+        streaming["terminal_stream"] = json!({"version": 1});
+        assert_eq!(shell_path_for(&streaming), Some(ShellPath::Stream));
     }
 
     #[test]

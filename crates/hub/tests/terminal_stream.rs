@@ -22,7 +22,7 @@ struct Setup {
     _running: RunningGateway,
 }
 
-/// A gateway with the experimental stream turned on.
+/// A gateway as started by default: the stream on.
 fn setup() -> Setup {
     setup_with(true)
 }
@@ -38,8 +38,8 @@ fn setup_with(stream_enabled: bool) -> Setup {
         ("PANORAMA_TERMINAL_IDLE_TIMEOUT_SECS", idle.as_str()),
         ("SHELL", "/bin/bash"),
     ];
-    if stream_enabled {
-        env.push(("PANORAMA_GATEWAY_TERMINAL_STREAM", "1"));
+    if !stream_enabled {
+        env.push(("PANORAMA_GATEWAY_TERMINAL_STREAM", "0"));
     }
     let running = host.start(&hub, &env);
     hub.wait_gateway_status(&gw.gateway_id, "ready", WAIT);
@@ -260,24 +260,31 @@ fn number_after(output: &[u8], key: &str) -> i32 {
 #[test]
 fn attach_without_a_terminal_opens_nothing_on_the_gateway() {
     let s = setup();
-    let out = s.hub.cli(
-        &[
-            "shell",
-            "attach",
-            "--mode",
-            "stream",
-            "--gateway",
-            &s.gateway_id,
-        ],
-        None,
-    );
-    assert_ne!(out.status.code(), Some(0));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("standard input is not a terminal") && err.contains("nothing was opened"),
-        "{err}"
-    );
-    assert!(terminal_jobs(&s).is_empty(), "{:?}", terminal_jobs(&s));
+    // Every terminal mode, the default (auto: the stream) included.
+    for mode in ["auto", "stream", "session"] {
+        let out = s.hub.cli(
+            &[
+                "shell",
+                "attach",
+                "--mode",
+                mode,
+                "--gateway",
+                &s.gateway_id,
+            ],
+            None,
+        );
+        assert_ne!(out.status.code(), Some(0), "{mode}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("standard input is not a terminal") && err.contains("nothing was opened"),
+            "{mode}: {err}"
+        );
+        assert!(
+            terminal_jobs(&s).is_empty(),
+            "{mode}: {:?}",
+            terminal_jobs(&s)
+        );
+    }
     // The gateway announces the stream in its heartbeat.
     let row = &s
         .hub
@@ -289,7 +296,7 @@ fn attach_without_a_terminal_opens_nothing_on_the_gateway() {
 }
 
 #[test]
-fn without_the_setting_the_stream_is_neither_announced_nor_served() {
+fn turned_off_the_stream_is_neither_announced_nor_served() {
     let s = setup_with(false);
     let row = &s
         .hub

@@ -15,9 +15,9 @@
 //! contained job (its cgroup, or its process tree; [`crate::contain`]) is
 //! then terminated with [`Job::terminate`].
 //!
-//! Experimental: served (and announced in the heartbeat) only when
-//! [`STREAM_ENABLE_ENV`] is `1`; otherwise `terminal_*` jobs are refused as
-//! unsupported, like any unknown job type.
+//! Served and announced in the heartbeat unless [`STREAM_ENABLE_ENV`] turns
+//! it off; then `terminal_*` jobs are refused as unsupported, like any
+//! unknown job type.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -42,8 +42,10 @@ use crate::contain::{self, Job};
 /// The idle-timeout setting (seconds): no client message for this long
 /// ends a terminal session.
 pub const IDLE_TIMEOUT_ENV: &str = "PANORAMA_TERMINAL_IDLE_TIMEOUT_SECS";
-/// Turns the experimental terminal stream on (`1`): only then does the
-/// gateway announce it and accept `terminal_open` / `terminal_close`.
+/// Turns the terminal stream off (`0`, `false`, `off`, `no`): the gateway
+/// then neither announces it nor accepts `terminal_open` /
+/// `terminal_close`, and `shell attach` falls back to `shell_session`.
+/// On by default.
 pub const STREAM_ENABLE_ENV: &str = "PANORAMA_GATEWAY_TERMINAL_STREAM";
 /// Most terminals one gateway runs at once.
 pub const MAX_TERMINALS: usize = 64;
@@ -64,9 +66,18 @@ pub fn idle_timeout_setting() -> Duration {
     Duration::from_secs_f64(secs)
 }
 
-/// Whether [`STREAM_ENABLE_ENV`] turns the stream on.
+/// Whether [`STREAM_ENABLE_ENV`] leaves the stream on.
 pub fn stream_enabled_setting() -> bool {
-    std::env::var(STREAM_ENABLE_ENV).is_ok_and(|v| v.trim() == "1")
+    stream_enabled(std::env::var(STREAM_ENABLE_ENV).ok().as_deref())
+}
+
+/// The stream is on unless the setting says off.
+pub fn stream_enabled(setting: Option<&str>) -> bool {
+    !setting.is_some_and(|v| {
+        ["0", "false", "off", "no"]
+            .iter()
+            .any(|off| v.trim().eq_ignore_ascii_case(off))
+    })
 }
 
 struct Running {
@@ -79,7 +90,7 @@ struct Running {
 pub struct Terminals {
     sessions: Mutex<HashMap<String, Running>>,
     pub idle_timeout: Duration,
-    /// The experimental stream is served (see [`STREAM_ENABLE_ENV`]).
+    /// The stream is served (see [`STREAM_ENABLE_ENV`]).
     pub enabled: bool,
 }
 
@@ -505,6 +516,15 @@ async fn next_msg(chan: &mut Option<BroadcastChannel>) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stream_is_on_unless_the_setting_turns_it_off() {
+        assert!(stream_enabled(None));
+        assert!(stream_enabled(Some("1")));
+        for off in ["0", "false", " OFF ", "no"] {
+            assert!(!stream_enabled(Some(off)), "{off}");
+        }
+    }
 
     #[test]
     fn the_start_dir_is_the_payload_then_the_resource_then_home() {
