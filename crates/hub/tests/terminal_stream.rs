@@ -425,3 +425,21 @@ async fn vanished_client(s: &Setup) {
         "the tree was reaped after {took:?}, more than the idle timeout + 1 s"
     );
 }
+
+#[test]
+fn a_shell_that_exits_ends_the_session_with_its_code() {
+    let s = setup();
+    block_on(async {
+        let mut c = Client::open(&s).await;
+        c.type_bytes(b"echo \"R\"\"EADY\"\r").await;
+        c.until(b"READY").await;
+        c.type_bytes(b"exit 3\r").await;
+        let ended = tokio::time::timeout(Duration::from_secs(15), c.exit()).await;
+        let log = s.host.log_tail(400);
+        let (code, reason) = ended.unwrap_or_else(|_| panic!("no exit; gateway log:\n{log}"));
+        assert_eq!(
+            (code, reason.as_str()),
+            (Some(3), "the shell exited with code 3")
+        );
+    });
+}

@@ -384,12 +384,14 @@ impl Pump {
                 },
                 e = &mut exit_rx, if exit.is_none() => {
                     let e = e.unwrap_or(Exit { code: None, signal: None });
+                    let reason = describe_exit(&e);
+                    // Kept: `exit_rx` is spent and must not be polled again.
+                    exit = Some(e);
                     // Let the last output drain (bounded: a background
                     // process may hold the terminal open).
                     if !output_open {
-                        break describe_exit(&e);
+                        break reason;
                     }
-                    exit = Some(e);
                     let deadline = Instant::now() + Duration::from_millis(300);
                     while let Ok(Some(bytes)) = tokio::time::timeout_at(deadline, output.recv()).await {
                         let seq = ring.push(bytes.clone());
@@ -397,7 +399,7 @@ impl Pump {
                             c.send(Message::Output { seq, data: bytes }.to_broadcast()).await;
                         }
                     }
-                    break exit.as_ref().map(describe_exit).unwrap_or_default();
+                    break reason;
                 },
                 msg = next_msg(&mut chan) => match msg {
                     None => {
