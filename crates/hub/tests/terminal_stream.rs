@@ -443,3 +443,100 @@ fn a_shell_that_exits_ends_the_session_with_its_code() {
         );
     });
 }
+
+/// Who may join a terminal as a signed-in person: members type, viewers
+/// watch only where the resource lets them (their input, resizes and
+/// closes are not relayed), people of another team are refused.
+#[test]
+fn team_members_type_viewers_watch_where_allowed_and_others_are_refused() {
+    let s = setup();
+    let member = s.hub.member(&s.team_id, "member");
+    let viewer = s.hub.member(&s.team_id, "viewer");
+    let other_team = s.hub.create_team("elsewhere");
+    let outsider = s.hub.member(&other_team, "owner");
+    block_on(async {
+        let mut c = Client::open(&s).await;
+        let topic = format!("realtime:terminal:{}", c.session_id);
+        let opts = |token: &str| BroadcastOptions {
+            url: s.hub.url.clone(),
+            apikey: s.hub.anon_key.clone(),
+            access_token: Some(token.to_string()),
+            topic: topic.clone(),
+            private: true,
+        };
+        let refused = BroadcastChannel::join(&opts(&outsider.access_token)).await;
+        assert!(refused.is_err(), "another team's owner joined");
+        let refused = BroadcastChannel::join(&opts(&viewer.access_token)).await;
+        assert!(
+            refused.is_err(),
+            "a viewer joined a resource that does not let viewers watch"
+        );
+
+        // A member types.
+        let m = BroadcastChannel::join(&opts(&member.access_token))
+            .await
+            .expect("a member joins");
+        m.send(
+            Message::Input {
+                client_id: "m".into(),
+                seq: 1,
+                data: b"echo \"M\"\"EMBER=typed\"\r".to_vec(),
+            }
+            .to_broadcast(),
+        )
+        .await;
+        c.until(b"MEMBER=typed").await;
+
+        // The resource lets viewers watch: the viewer sees the output but
+        // cannot type, resize or close.
+        tokio::task::block_in_place(|| {
+            s.hub.patch(
+                "team_resources",
+                &format!("id=eq.{}", s.resource_id),
+                json!({"metadata": {"gateway_id": s.gateway_id, "full_control": true, "viewers_may_watch": true}}),
+            )
+        });
+        let mut v = BroadcastChannel::join(&opts(&viewer.access_token))
+            .await
+            .expect("a viewer joins where the resource allows it");
+        v.send(
+            Message::Attach {
+                client_id: "v".into(),
+                resume_from: 1,
+            }
+            .to_broadcast(),
+        )
+        .await;
+        let mut watched = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !contains(&watched, b"MEMBER=typed") {
+            let msg = tokio::time::timeout_at(deadline, v.recv())
+                .await
+                .expect("the viewer sees the replay")
+                .expect("the viewer's channel ended");
+            if let Ok(Message::Output { data, .. }) = Message::from_broadcast(&msg) {
+                watched.extend_from_slice(&data);
+            }
+        }
+        for m in [
+            Message::Input {
+                client_id: "v".into(),
+                seq: 1,
+                data: b"echo \"V\"\"IEWER=typed\"\r".to_vec(),
+            },
+            Message::Resize { cols: 20, rows: 5 },
+            Message::Close {
+                client_id: "v".into(),
+            },
+        ] {
+            v.send(m.to_broadcast()).await;
+        }
+        c.type_bytes(b"stty size; echo \"A\"\"FTER=1\"\r").await;
+        c.until(b"AFTER=1").await;
+        assert!(
+            !contains(&c.output, b"VIEWER=typed") && contains(&c.output, b"30 100"),
+            "a watcher's input, resize or close reached the shell: {}",
+            tail(&c.output)
+        );
+    });
+}

@@ -346,6 +346,51 @@ impl InputOrder {
     }
 }
 
+/// What a principal may do on a terminal channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelAccess {
+    /// Watch and type: every message.
+    Full,
+    /// Watch only: `attach`, `output_ack` and `ping` (see
+    /// [`watcher_may_send`]); `input`, `resize` and `close` are refused.
+    Watch,
+}
+
+/// The resource metadata flag that lets team viewers watch its terminals.
+pub const VIEWERS_MAY_WATCH: &str = "viewers_may_watch";
+
+/// What a signed-in team member with `role` may do on a terminal of a
+/// resource (`max_access_level`, `metadata`): owners, admins and members
+/// type where the resource grants full access and watch where it is
+/// configured for viewer access; viewers watch where the resource's
+/// metadata sets [`VIEWERS_MAY_WATCH`], and are refused otherwise.
+pub fn person_access(
+    role: &str,
+    max_access_level: Option<&str>,
+    metadata: Option<&Value>,
+) -> Option<ChannelAccess> {
+    let viewer_resource = max_access_level.is_some_and(|l| l.eq_ignore_ascii_case("viewer"));
+    match role {
+        "owner" | "admin" | "member" if viewer_resource => Some(ChannelAccess::Watch),
+        "owner" | "admin" | "member" => Some(ChannelAccess::Full),
+        "viewer"
+            if metadata
+                .and_then(|m| m.get(VIEWERS_MAY_WATCH))
+                .and_then(Value::as_bool)
+                == Some(true) =>
+        {
+            Some(ChannelAccess::Watch)
+        }
+        _ => None,
+    }
+}
+
+/// Whether a watcher may send a broadcast with this event: only what
+/// reading needs (replay, acknowledgements, keep-alive).
+pub fn watcher_may_send(event: &str) -> bool {
+    matches!(event, "attach" | "output_ack" | "ping")
+}
+
 /// What a client does with an output chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputVerdict {
@@ -561,6 +606,38 @@ mod tests {
         fresh.request_resume();
         fresh.attached(1, 1);
         assert_eq!(fresh.awaiting(), None);
+    }
+
+    #[test]
+    fn people_type_watch_or_are_refused_by_role_and_resource() {
+        let watchable = json!({ VIEWERS_MAY_WATCH: true });
+        for role in ["owner", "admin", "member"] {
+            assert_eq!(
+                person_access(role, Some("editor"), None),
+                Some(ChannelAccess::Full)
+            );
+            assert_eq!(person_access(role, None, None), Some(ChannelAccess::Full));
+            assert_eq!(
+                person_access(role, Some("Viewer"), None),
+                Some(ChannelAccess::Watch)
+            );
+        }
+        assert_eq!(person_access("viewer", Some("editor"), None), None);
+        assert_eq!(
+            person_access("viewer", Some("editor"), Some(&json!({}))),
+            None
+        );
+        assert_eq!(
+            person_access("viewer", Some("editor"), Some(&watchable)),
+            Some(ChannelAccess::Watch)
+        );
+        assert_eq!(person_access("stranger", None, Some(&watchable)), None);
+        for e in ["attach", "output_ack", "ping"] {
+            assert!(watcher_may_send(e));
+        }
+        for e in ["input", "resize", "close", "output", "exit"] {
+            assert!(!watcher_may_send(e), "{e}");
+        }
     }
 
     #[test]
