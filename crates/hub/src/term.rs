@@ -23,7 +23,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::attach::ShellJobs;
+use crate::shell_jobs::ShellJobs;
 
 /// Ctrl-]: close the session and exit.
 pub const DETACH_BYTE: u8 = 0x1d;

@@ -316,23 +316,8 @@ fn shell_attach_drives_a_remote_shell_from_a_real_terminal() {
     tmux.type_text("stty size");
     tmux.key("Enter");
     tmux.wait_line("`30 100`", |l| l == "30 100");
-    tmux.run(&["resize-window", "-t", "t", "-x", "120", "-y", "35"]);
-    // The resize reaches the gateway as its own job; retry `stty size`
-    // until the new size shows (each attempt is another line).
-    let deadline = Instant::now() + WAIT;
-    loop {
-        tmux.type_text("stty size");
-        tmux.key("Enter");
-        std::thread::sleep(Duration::from_millis(700));
-        if tmux.lines().iter().any(|l| l == "35 120") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the remote terminal never became 35x120:\n{}",
-            tmux.capture()
-        );
-    }
+    // The resize reaches the gateway as its own job.
+    resize_to_35x120(tmux);
 
     // Ctrl-] detaches: attach closes the session and exits 0.
     tmux.key("C-]");
@@ -372,6 +357,26 @@ fn shell_attach_drives_a_remote_shell_from_a_real_terminal() {
         jobs.iter().all(|j| j["status"] == "completed"),
         "every shell_session job completed: {jobs:?}"
     );
+}
+
+/// Resizes the pane to 120x35 and retries `stty size` in the remote shell
+/// until it shows the new size (each attempt is another line).
+fn resize_to_35x120(tmux: &Tmux) {
+    tmux.run(&["resize-window", "-t", "t", "-x", "120", "-y", "35"]);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        tmux.type_text("stty size");
+        tmux.key("Enter");
+        std::thread::sleep(Duration::from_millis(500));
+        if tmux.lines().iter().any(|l| l == "35 120") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the remote terminal never became 35x120:\n{}",
+            tmux.capture()
+        );
+    }
 }
 
 /// `KEY=<digits>` on a pane line starting with `KEY=`.
@@ -511,21 +516,7 @@ fn shell_attach_on_the_stream_feels_like_a_local_terminal() {
 
     // Resize follows.
     run_line(tmux, "clear; stty size", "30 100");
-    tmux.run(&["resize-window", "-t", "t", "-x", "120", "-y", "35"]);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        tmux.type_text("stty size");
-        tmux.key("Enter");
-        std::thread::sleep(Duration::from_millis(300));
-        if tmux.lines().iter().any(|l| l == "35 120") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never 35x120:\n{}",
-            tmux.capture()
-        );
-    }
+    resize_to_35x120(tmux);
 
     // Ctrl-C, Ctrl-\ and Ctrl-Z reach the remote program as signals.
     run_line(tmux, "clear; echo \"S\"\"TART=1\"", "START=1");

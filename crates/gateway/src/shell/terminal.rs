@@ -35,8 +35,10 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::session::{default_shell, resolve_program, signal_name, spawn_pty, DEFAULT_SHELL_TERM};
-use super::ShellSessionsConfig;
+use super::spawn::{
+    default_shell, resolve_program, signal_name, spawn_pty, ShellSessionsConfig, SpawnedPty,
+    DEFAULT_SHELL_TERM,
+};
 use crate::contain::{self, Job};
 
 /// The idle-timeout setting (seconds): no client message for this long
@@ -351,7 +353,7 @@ impl Pump {
     async fn run(
         self,
         chan: BroadcastChannel,
-        spawned: super::session::SpawnedPty,
+        spawned: SpawnedPty,
         mut stop: watch::Receiver<Option<String>>,
     ) {
         let master: Box<dyn MasterPty + Send> = spawned.master;
