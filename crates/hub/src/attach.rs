@@ -77,7 +77,7 @@ pub enum ShellCmd {
         /// The session id `shell attach` or `shell list` printed.
         session: String,
     },
-    /// List the terminal sessions opened on a gateway (terminal_open jobs, newest first) and whether a close was requested.
+    /// List the terminal sessions opened on a gateway (terminal_open jobs, newest first): whether each is alive (its gateway answers on its stream) and whether a close was requested.
     List {
         /// Gateway id.
         #[arg(long)]
@@ -691,6 +691,9 @@ async fn stream_mode(jobs: &ShellJobs<'_>) -> Result<i32> {
     }
 }
 
+/// How long `shell list` waits for a session's gateway to answer.
+const PROBE_WAIT: Duration = Duration::from_millis(1500);
+
 /// `shell list`: the terminal sessions opened on a gateway.
 async fn list_terminals(client: &HubClient, gateway: &str, json_output: bool) -> Result<i32> {
     use panorama_protocol::terminal::{JOB_TERMINAL_CLOSE, JOB_TERMINAL_OPEN};
@@ -722,12 +725,24 @@ async fn list_terminals(client: &HubClient, gateway: &str, json_output: bool) ->
         .iter()
         .filter_map(|c| c.pointer("/payload/session_id").and_then(Value::as_str))
         .collect();
+    // Sessions whose open job completed are asked whether they still run
+    // (all at once, so a list of dead sessions takes one probe's wait).
+    let alive = futures_util::future::join_all(opened.iter().map(|o| async move {
+        let id = o["id"].as_str().unwrap_or_default();
+        if o["status"] != "completed" {
+            return None;
+        }
+        crate::term::probe(client, id, PROBE_WAIT).await
+    }))
+    .await;
     let rows: Vec<Value> = opened
         .iter()
-        .map(|o| {
+        .zip(alive)
+        .map(|(o, idle_ms)| {
             let id = o["id"].as_str().unwrap_or_default();
             json!({"session_id": id, "open_job": o["status"], "created_at": o["created_at"],
-                "resource_id": o.pointer("/payload/resource_id"), "close_requested": closed.contains(&id), "error": o["error"]})
+                "resource_id": o.pointer("/payload/resource_id"), "alive": idle_ms.is_some(),
+                "idle_ms": idle_ms, "close_requested": closed.contains(&id), "error": o["error"]})
         })
         .collect();
     if json_output {
@@ -742,23 +757,21 @@ async fn list_terminals(client: &HubClient, gateway: &str, json_output: bool) ->
         return Ok(0);
     }
     println!(
-        "{:<36}  {:<9}  {:<24}  close requested",
-        "SESSION", "OPEN JOB", "CREATED"
+        "{:<36}  {:<9}  {:<5}  {:<24}  close requested",
+        "SESSION", "OPEN JOB", "ALIVE", "CREATED"
     );
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
     for r in &rows {
         println!(
-            "{:<36}  {:<9}  {:<24}  {}",
+            "{:<36}  {:<9}  {:<5}  {:<24}  {}",
             r["session_id"].as_str().unwrap_or_default(),
             r["open_job"].as_str().unwrap_or_default(),
+            yes_no(r["alive"] == true),
             r["created_at"].as_str().unwrap_or_default(),
-            if r["close_requested"] == true {
-                "yes"
-            } else {
-                "no"
-            }
+            yes_no(r["close_requested"] == true)
         );
     }
-    println!("(a session also ends when no client is attached for the gateway's idle timeout)");
+    println!("(alive: the gateway answered for it just now; a session ends when no client is attached for the gateway's idle timeout)");
     Ok(0)
 }
 

@@ -23,6 +23,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::client::HubClient;
 use crate::shell_jobs::ShellJobs;
 
 /// Ctrl-]: close the session and exit.
@@ -135,6 +136,37 @@ pub async fn close(jobs: &ShellJobs<'_>, session_id: &str) -> Result<bool> {
         )
         .await?;
     Ok(result["closed"].as_bool().unwrap_or(false))
+}
+
+/// Whether session `session_id` is alive on its gateway: joins its stream
+/// and asks with `probe` (which does not keep the session attached).
+/// `Some(idle_ms)` when the gateway answered within `wait`.
+pub async fn probe(client: &HubClient, session_id: &str, wait: Duration) -> Option<u64> {
+    let mut chan = BroadcastChannel::join(&BroadcastOptions {
+        url: client.url.clone(),
+        apikey: client.service_key().to_string(),
+        access_token: None,
+        topic: panorama_protocol::terminal::topic(session_id),
+        private: true,
+    })
+    .await
+    .ok()?;
+    chan.send(
+        Message::Probe {
+            client_id: uuid::Uuid::new_v4().to_string(),
+        }
+        .to_broadcast(),
+    )
+    .await;
+    let answer = async {
+        while let Some(raw) = chan.recv().await {
+            if let Ok(Message::Alive { idle_ms, .. }) = Message::from_broadcast(&raw) {
+                return Some(idle_ms);
+            }
+        }
+        None
+    };
+    tokio::time::timeout(wait, answer).await.ok().flatten()
 }
 
 /// How an attach ended.

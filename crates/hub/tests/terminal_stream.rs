@@ -19,21 +19,21 @@ struct Setup {
     team_id: String,
     resource_id: String,
     host: GatewayHost,
-    _running: RunningGateway,
+    running: RunningGateway,
 }
 
 /// A gateway as started by default: the stream on.
 fn setup() -> Setup {
-    setup_with(true)
+    setup_with(true, IDLE_SECS)
 }
 
-fn setup_with(stream_enabled: bool) -> Setup {
+fn setup_with(stream_enabled: bool, idle_secs: u64) -> Setup {
     let hub = Hub::start();
     let team_id = hub.create_team("terminal");
     let gw = hub.pair(&team_id, "term-box");
     let host = GatewayHost::new();
     host.write_config(&hub, &gw, true);
-    let idle = IDLE_SECS.to_string();
+    let idle = idle_secs.to_string();
     let mut env = vec![
         ("PANORAMA_TERMINAL_IDLE_TIMEOUT_SECS", idle.as_str()),
         ("SHELL", "/bin/bash"),
@@ -58,7 +58,7 @@ fn setup_with(stream_enabled: bool) -> Setup {
         team_id,
         resource_id,
         host,
-        _running: running,
+        running,
     }
 }
 
@@ -221,12 +221,15 @@ impl Client {
 /// Runs the async part of a test on its own runtime; blocking testkit
 /// calls inside go through `block_in_place`.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime")
-        .block_on(f)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -297,7 +300,7 @@ fn attach_without_a_terminal_opens_nothing_on_the_gateway() {
 
 #[test]
 fn turned_off_the_stream_is_neither_announced_nor_served() {
-    let s = setup_with(false);
+    let s = setup_with(false, IDLE_SECS);
     let row = &s
         .hub
         .select("team_gateways", &format!("id=eq.{}", s.gateway_id))[0];
@@ -539,4 +542,54 @@ fn team_members_type_viewers_watch_where_allowed_and_others_are_refused() {
             tail(&c.output)
         );
     });
+}
+
+/// `shell list --json`: session id → alive.
+fn listed_alive(s: &Setup, session_id: &str) -> bool {
+    let out = s.hub.cli(
+        &["--json", "shell", "list", "--gateway", &s.gateway_id],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("shell list JSON");
+    let row = rows
+        .iter()
+        .find(|r| r["session_id"] == session_id)
+        .unwrap_or_else(|| panic!("session {session_id} not listed: {rows:?}"));
+    row["alive"].as_bool().expect("alive is a boolean")
+}
+
+/// `shell list` tells a live session from an ended one; the gateway's
+/// shutdown (as in an upgrade restart) reaps the shell and tells the client.
+#[test]
+fn shell_list_knows_live_sessions_and_shutdown_reaps_and_tells_the_client() {
+    // An idle timeout that cannot end the session during the test.
+    let mut s = setup_with(true, 60);
+    let rt = runtime();
+    let (mut c, pid) = rt.block_on(async {
+        let mut c = Client::open(&s).await;
+        c.type_bytes(b"echo \"P\"\"ID=$$ \"\r").await;
+        c.until(b"PID=").await;
+        c.until(b" \r\n").await;
+        let pid = number_after(&c.output, "PID=");
+        (c, pid)
+    });
+    let session_id = c.session_id.clone();
+    assert!(
+        listed_alive(&s, &session_id),
+        "a live session listed as ended"
+    );
+
+    s.running.terminate(WAIT);
+    let (_, reason) = rt.block_on(c.exit());
+    assert_eq!(reason, "the gateway is shutting down");
+    assert!(!pid_alive(pid), "the shell {pid} survived the shutdown");
+    assert!(
+        !listed_alive(&s, &session_id),
+        "an ended session listed as alive"
+    );
 }

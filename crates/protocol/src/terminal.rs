@@ -17,7 +17,9 @@
 //!   seq, then live), `input {seq, data}` (seq counts from 1 per client;
 //!   duplicates are ignored, a gap is answered with `ack` so the client
 //!   resends), `ack {seq}` (output received up to seq), `resize {cols,
-//!   rows}`, `ping {}` (keeps the session attached), `close {}`.
+//!   rows}`, `ping {}` (keeps the session attached), `close {}`, `probe
+//!   {}` (answered with `alive {next_seq, idle_ms}`; does not keep the
+//!   session attached: `shell list` asks with it).
 //!
 //! Backpressure: the gateway stops reading the PTY while more than
 //! [`WINDOW_CHUNKS`] output chunks are unacknowledged, so a slow client
@@ -134,6 +136,17 @@ pub enum Message {
     Close {
         client_id: String,
     },
+    /// Is the session alive? Answered with `alive`; unlike every other
+    /// client message it does not count as a client being attached.
+    Probe {
+        client_id: String,
+    },
+    /// The answer to `probe`: output so far, and milliseconds since the
+    /// last client message.
+    Alive {
+        next_seq: u64,
+        idle_ms: u64,
+    },
 }
 
 fn b64() -> base64::engine::GeneralPurpose {
@@ -184,6 +197,10 @@ impl Message {
             Message::Resize { cols, rows } => ("resize", json!({"cols": cols, "rows": rows})),
             Message::Ping { client_id } => ("ping", json!({"client_id": client_id})),
             Message::Close { client_id } => ("close", json!({"client_id": client_id})),
+            Message::Probe { client_id } => ("probe", json!({"client_id": client_id})),
+            Message::Alive { next_seq, idle_ms } => {
+                ("alive", json!({"next_seq": next_seq, "idle_ms": idle_ms}))
+            }
         };
         json!({"type": "broadcast", "event": event, "payload": payload})
     }
@@ -258,6 +275,13 @@ impl Message {
             },
             "close" => Message::Close {
                 client_id: s("client_id")?,
+            },
+            "probe" => Message::Probe {
+                client_id: s("client_id")?,
+            },
+            "alive" => Message::Alive {
+                next_seq: u("next_seq")?,
+                idle_ms: u("idle_ms")?,
             },
             other => return Err(format!("unknown terminal event {other:?}")),
         })
@@ -351,7 +375,7 @@ impl InputOrder {
 pub enum ChannelAccess {
     /// Watch and type: every message.
     Full,
-    /// Watch only: `attach`, `output_ack` and `ping` (see
+    /// Watch only: `attach`, `output_ack`, `ping` and `probe` (see
     /// [`watcher_may_send`]); `input`, `resize` and `close` are refused.
     Watch,
 }
@@ -388,7 +412,7 @@ pub fn person_access(
 /// Whether a watcher may send a broadcast with this event: only what
 /// reading needs (replay, acknowledgements, keep-alive).
 pub fn watcher_may_send(event: &str) -> bool {
-    matches!(event, "attach" | "output_ack" | "ping")
+    matches!(event, "attach" | "output_ack" | "ping" | "probe")
 }
 
 /// What a client does with an output chunk.
@@ -521,6 +545,13 @@ mod tests {
             Message::Close {
                 client_id: "c".into(),
             },
+            Message::Probe {
+                client_id: "c".into(),
+            },
+            Message::Alive {
+                next_seq: 4,
+                idle_ms: 1500,
+            },
         ] {
             let wire = m.to_broadcast();
             assert_eq!(wire["type"], "broadcast");
@@ -632,7 +663,7 @@ mod tests {
             Some(ChannelAccess::Watch)
         );
         assert_eq!(person_access("stranger", None, Some(&watchable)), None);
-        for e in ["attach", "output_ack", "ping"] {
+        for e in ["attach", "output_ack", "ping", "probe"] {
             assert!(watcher_may_send(e));
         }
         for e in ["input", "resize", "close", "output", "exit"] {

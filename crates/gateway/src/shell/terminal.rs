@@ -413,9 +413,14 @@ impl Pump {
                             tracing::debug!(sessionId = %self.session_id, "ignoring a malformed terminal message");
                             continue;
                         };
-                        last_client = Instant::now();
+                        if !matches!(msg, Message::Probe { .. }) {
+                            last_client = Instant::now();
+                        }
                         let Some(c) = &chan else { continue };
                         match msg {
+                            Message::Probe { .. } => {
+                                c.send(Message::Alive { next_seq: ring.next_seq(), idle_ms: last_client.elapsed().as_millis() as u64 }.to_broadcast()).await;
+                            }
                             Message::Attach { resume_from, .. } => {
                                 acked = acked.max(resume_from.saturating_sub(1));
                                 c.send(Message::Attached { next_seq: ring.next_seq(), oldest_seq: ring.oldest_seq() }.to_broadcast()).await;
@@ -440,7 +445,7 @@ impl Pump {
                             Message::Ping { .. } => {}
                             Message::Close { .. } => break "closed by the client".to_string(),
                             // Gateway-to-client messages from another gateway member: ignore.
-                            Message::Output { .. } | Message::Ack { .. } | Message::Attached { .. } | Message::Exit { .. } => {}
+                            Message::Output { .. } | Message::Ack { .. } | Message::Attached { .. } | Message::Exit { .. } | Message::Alive { .. } => {}
                         }
                     }
                 },
