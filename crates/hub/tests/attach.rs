@@ -550,8 +550,9 @@ fn shell_attach_on_the_stream_feels_like_a_local_terminal() {
         tmux.capture()
     );
 
-    // A minute in use (shortened here; ATTACH_USE_SECS for the long form):
-    // still one job.
+    // In use for ATTACH_USE_SECS from the start (the minute:
+    // ATTACH_USE_SECS=60; by default the steps above are the use), a line
+    // every half second: still one job row at the end.
     let use_for = Duration::from_secs(
         std::env::var("ATTACH_USE_SECS")
             .ok()
@@ -562,6 +563,7 @@ fn shell_attach_on_the_stream_feels_like_a_local_terminal() {
     while started.elapsed() < use_for {
         n += 1;
         run_line(tmux, &format!("echo \"N\"\"={n}\""), &format!("N={n}"));
+        std::thread::sleep(Duration::from_millis(500));
     }
 
     // `exit`: one line from attach, exit code 0.
