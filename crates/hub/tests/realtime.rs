@@ -1290,3 +1290,146 @@ async fn terminal_channels_are_private_and_open_only_to_the_service_key_and_the_
     assert_eq!(service.recv().await.payload, out);
     stranger.heartbeat("h").await;
 }
+
+impl Hub {
+    /// A signed-in person in `team` with `role`: an access token.
+    async fn person(&self, team: &str, role: &str) -> String {
+        let email = format!(
+            "{}@example.test",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let user = self
+            .rest(
+                reqwest::Method::POST,
+                "/auth/v1/admin/users",
+                json!({"email": email, "password": "correct horse battery", "email_confirm": true}),
+            )
+            .await;
+        self.insert(
+            "team_members",
+            json!({"team_id": team, "user_id": user["id"], "email": email, "role": role}),
+        )
+        .await;
+        let session = self
+            .rest(
+                reqwest::Method::POST,
+                "/auth/v1/token?grant_type=password",
+                json!({"email": email, "password": "correct horse battery"}),
+            )
+            .await;
+        session["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// A `terminal_open` job of `gw` on a new remote_shell resource.
+    async fn terminal(&self, gw: &Gateway, max_access_level: &str, metadata: Value) -> String {
+        let mut meta = metadata;
+        meta["gateway_id"] = json!(gw.id);
+        let resource = self
+            .insert(
+                "team_resources",
+                json!({"team_id": gw.team, "resource_type": "remote_shell",
+                       "max_access_level": max_access_level, "metadata": meta}),
+            )
+            .await;
+        let row = self
+            .insert(
+                "gateway_jobs",
+                json!({"team_id": gw.team, "gateway_id": gw.id, "job_type": "terminal_open",
+                       "payload": {"resource_id": resource["id"], "cols": 80, "rows": 24}}),
+            )
+            .await;
+        row["id"].as_str().unwrap().to_string()
+    }
+}
+
+/// The terminal-channel matrix for people: members type, watchers only
+/// read (their input is answered with an error and never relayed),
+/// viewers watch only where the resource lets them, other teams and
+/// non-terminal jobs are refused.
+#[tokio::test]
+async fn terminal_channels_admit_team_members_by_role_and_resource() {
+    let World { hub, a1, b1, .. } = world().await;
+    let full = hub.terminal(&a1, "editor", json!({})).await;
+    let viewer_level = hub.terminal(&a1, "viewer", json!({})).await;
+    let watchable = hub
+        .terminal(&a1, "editor", json!({"viewers_may_watch": true}))
+        .await;
+    let diagnostic = hub.job(&a1).await;
+    let member = hub.person(&a1.team, "member").await;
+    let viewer = hub.person(&a1.team, "viewer").await;
+    let other_owner = hub.person(&b1.team, "owner").await;
+
+    async fn join(hub: &Hub, session: &str, token: &str) -> (Ws, In) {
+        let mut ws = hub.connect(Some("2.0.0")).await;
+        let r = ws
+            .join_broadcast(&format!("terminal:{session}"), "1", true, Some(token))
+            .await;
+        (ws, r)
+    }
+    // (session, person, admitted, may type)
+    let cases = [
+        (&full, &member, true, true),
+        (&viewer_level, &member, true, false),
+        (&full, &viewer, false, false),
+        (&watchable, &viewer, true, false),
+        (&full, &other_owner, false, false),
+        (&watchable, &other_owner, false, false),
+        (&diagnostic, &member, false, false),
+    ];
+    for (i, (session, token, admitted, may_type)) in cases.into_iter().enumerate() {
+        let (mut ws, r) = join(&hub, session, token).await;
+        let status = r.payload["status"].as_str().unwrap().to_string();
+        assert_eq!(
+            status == "ok",
+            admitted,
+            "case {i}: {:?}",
+            r.payload["response"]
+        );
+        if !admitted {
+            assert!(
+                r.payload["response"]["reason"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Unauthorized:"),
+                "case {i}: {:?}",
+                r.raw
+            );
+            continue;
+        }
+        // The owning gateway listens; the person types and pings.
+        let (mut gw, gr) = join(&hub, session, &hub.token(&a1)).await;
+        assert_eq!(gr.payload["status"], "ok");
+        let topic = format!("realtime:terminal:{session}");
+        let input = json!({"type": "broadcast", "event": "input",
+                           "payload": {"client_id": "p", "seq": 1, "data": "aGk="}});
+        ws.push(json!("1"), "2", &topic, "broadcast", input.clone())
+            .await;
+        if !may_type {
+            let reply = ws.recv().await;
+            assert_eq!(reply.event, "phx_reply", "case {i}");
+            assert_eq!(reply.payload["status"], "error", "case {i}");
+            assert!(
+                reply.payload["response"]["reason"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("read-only"),
+                "case {i}: {:?}",
+                reply.raw
+            );
+        }
+        let ping = json!({"type": "broadcast", "event": "ping", "payload": {"client_id": "p"}});
+        ws.push(json!("1"), "3", &topic, "broadcast", ping.clone())
+            .await;
+        // The gateway gets the input only from a typist; the ping always.
+        let first = gw.recv().await;
+        if may_type {
+            assert_eq!(first.payload, input, "case {i}");
+            assert_eq!(gw.recv().await.payload, ping, "case {i}");
+        } else {
+            assert_eq!(
+                first.payload, ping,
+                "case {i}: a watcher's input was relayed"
+            );
+        }
+    }
+}
