@@ -599,7 +599,7 @@ async fn resolve_token(
             Err(e) => {
                 return Err(TokenError {
                     code: "Unauthorized",
-                    message: format!("could not check gateway {gateway_id}: {}", e.message),
+                    message: format!("could not check gateway {gateway_id}: {e}"),
                 })
             }
         }
@@ -1179,7 +1179,7 @@ async fn authorize_private(
                     count: false,
                 })
                 .await
-                .map_err(|e| format!("Unauthorized: could not check {topic}: {}", e.message))?;
+                .map_err(|e| format!("Unauthorized: could not check {topic}: {e}"))?;
             if found.rows.is_empty() {
                 refuse("this gateway does not own that session")
             } else {

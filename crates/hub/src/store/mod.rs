@@ -4,8 +4,12 @@
 //! the store compiles them to SQL ([`sql`]), runs each request in one
 //! transaction, and publishes committed row changes to the [`ChangeFeed`].
 
+pub mod engine;
+pub mod error;
 pub mod sql;
 pub mod sqlite;
+
+pub use error::StoreError;
 
 use crate::changes::Row;
 use crate::error::ApiError;
@@ -133,7 +137,7 @@ pub enum PeopleError {
     #[error("User not found")]
     UserNotFound,
     #[error(transparent)]
-    Storage(#[from] ApiError),
+    Storage(#[from] StoreError),
 }
 
 /// Which sessions a logout ends (GoTrue's `scope`).
@@ -169,8 +173,8 @@ pub trait PeopleStore: Send + Sync {
         user_metadata: &serde_json::Value,
         invitation_hash: Option<&str>,
     ) -> Result<UserRecord, PeopleError>;
-    async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, ApiError>;
-    async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, ApiError>;
+    async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError>;
+    async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError>;
     async fn update_user(
         &self,
         id: &str,
@@ -184,7 +188,7 @@ pub trait PeopleStore: Send + Sync {
         &self,
         user_id: &str,
         refresh_hash: &str,
-    ) -> Result<String, ApiError>;
+    ) -> Result<String, StoreError>;
     /// As [`Store::rotate_refresh_token`], for people; returns (user, session).
     async fn rotate_user_refresh_token(
         &self,
@@ -192,14 +196,14 @@ pub trait PeopleStore: Send + Sync {
         new_hash: &str,
         reuse_interval_secs: i64,
     ) -> Result<(String, String), RefreshError>;
-    async fn user_session_active(&self, session_id: &str) -> Result<bool, ApiError>;
+    async fn user_session_active(&self, session_id: &str) -> Result<bool, StoreError>;
     async fn end_user_sessions(
         &self,
         user_id: &str,
         session_id: &str,
         scope: LogoutScope,
-    ) -> Result<(), ApiError>;
-    async fn create_invitation(&self, inv: NewInvitation<'_>) -> Result<(), ApiError>;
+    ) -> Result<(), StoreError>;
+    async fn create_invitation(&self, inv: NewInvitation<'_>) -> Result<(), StoreError>;
     /// Redeems an invitation for `user_id` (whose email must be the
     /// invited one); returns the new `team_members` row.
     async fn accept_invitation(
@@ -211,7 +215,7 @@ pub trait PeopleStore: Send + Sync {
         &self,
         team_id: &str,
         user_id: &str,
-    ) -> Result<Option<crate::people::Role>, ApiError>;
+    ) -> Result<Option<crate::people::Role>, StoreError>;
 }
 
 /// Reads and writes inside one store transaction, for operations that must
@@ -220,27 +224,28 @@ pub trait PeopleStore: Send + Sync {
 /// written exactly as through the REST layer (write-only columns are never
 /// read back), with no policy: callers authorize first.
 pub trait TxOps {
-    fn select(&mut self, table: &'static Table, filters: &[Filter]) -> Result<Vec<Row>, ApiError>;
+    fn select(&mut self, table: &'static Table, filters: &[Filter])
+        -> Result<Vec<Row>, StoreError>;
     fn insert(
         &mut self,
         table: &'static Table,
         values: &[(&'static Column, SqlValue)],
-    ) -> Result<Row, ApiError>;
+    ) -> Result<Row, StoreError>;
     fn update(
         &mut self,
         table: &'static Table,
         filters: &[Filter],
         set: &[(&'static Column, SqlValue)],
-    ) -> Result<Vec<Row>, ApiError>;
+    ) -> Result<Vec<Row>, StoreError>;
     /// As [`Store::allocate_run_sequence`], inside the transaction.
-    fn allocate_run_sequence(&mut self, subagent_id: &str) -> Result<i64, ApiError>;
+    fn allocate_run_sequence(&mut self, subagent_id: &str) -> Result<i64, StoreError>;
     /// `(name, value)` of the team's secrets among `names` (missing names
     /// are left out). The only read of `team_secrets.value`.
     fn secret_values(
         &mut self,
         team_id: &str,
         names: &[String],
-    ) -> Result<Vec<(String, String)>, ApiError>;
+    ) -> Result<Vec<(String, String)>, StoreError>;
 }
 
 /// A unit of work for [`Store::atomic`]: committed when it returns `Ok`,
@@ -251,16 +256,16 @@ pub type TxFn =
 #[async_trait]
 pub trait Store: PeopleStore + Send + Sync + 'static {
     /// Runs `f` in one transaction (see [`TxFn`]).
-    async fn atomic(&self, f: TxFn) -> Result<serde_json::Value, ApiError>;
+    async fn atomic(&self, f: TxFn) -> Result<serde_json::Value, StoreError>;
 
-    async fn select(&self, req: SelectRequest) -> Result<SelectResult, ApiError>;
-    async fn insert(&self, req: InsertRequest) -> Result<Vec<Row>, ApiError>;
-    async fn update(&self, req: UpdateRequest) -> Result<Vec<Row>, ApiError>;
-    async fn delete(&self, req: DeleteRequest) -> Result<Vec<Row>, ApiError>;
+    async fn select(&self, req: SelectRequest) -> Result<SelectResult, StoreError>;
+    async fn insert(&self, req: InsertRequest) -> Result<Vec<Row>, StoreError>;
+    async fn update(&self, req: UpdateRequest) -> Result<Vec<Row>, StoreError>;
+    async fn delete(&self, req: DeleteRequest) -> Result<Vec<Row>, StoreError>;
 
     /// `allocate_subagent_run_sequence` (spec §16.6): strictly increasing per
     /// subagent, never colliding with an existing run.
-    async fn allocate_run_sequence(&self, subagent_id: &str) -> Result<i64, ApiError>;
+    async fn allocate_run_sequence(&self, subagent_id: &str) -> Result<i64, StoreError>;
 
     /// Redeems a pairing code and creates the gateway, its auth identity and
     /// its first session with `refresh_token_hash`, atomically (§16.9).
@@ -269,7 +274,7 @@ pub trait Store: PeopleStore + Send + Sync + 'static {
         code: &str,
         device_name: Option<&str>,
         refresh_token_hash: &str,
-    ) -> Result<PairingGrant, ApiError>;
+    ) -> Result<PairingGrant, StoreError>;
 
     /// Rotates a refresh token: `old_hash` is revoked and `new_hash` becomes
     /// the session's active token. Reuse outside the grace interval revokes
@@ -282,11 +287,11 @@ pub trait Store: PeopleStore + Send + Sync + 'static {
     ) -> Result<RefreshGrant, RefreshError>;
 
     /// Whether a session exists and is not revoked.
-    async fn session_active(&self, session_id: &str) -> Result<bool, ApiError>;
+    async fn session_active(&self, session_id: &str) -> Result<bool, StoreError>;
 
     /// Whether the gateway row exists, belongs to the team and is not
     /// revoked (`current_gateway_is_active()`).
-    async fn gateway_active(&self, gateway_id: &str, team_id: &str) -> Result<bool, ApiError>;
+    async fn gateway_active(&self, gateway_id: &str, team_id: &str) -> Result<bool, StoreError>;
 
     /// `gateway_record_heartbeat` (§16.7).
     async fn record_heartbeat(
@@ -296,7 +301,7 @@ pub trait Store: PeopleStore + Send + Sync + 'static {
         status: &str,
         capabilities: &serde_json::Value,
         device_name: Option<&str>,
-    ) -> Result<(), ApiError>;
+    ) -> Result<(), StoreError>;
 }
 
 pub type SharedStore = Arc<dyn Store>;
