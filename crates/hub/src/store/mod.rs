@@ -1,11 +1,15 @@
-//! Storage behind one trait, designed for two backends: embedded SQLite (the
-//! default, [`sqlite::SqliteStore`]) and PostgreSQL (a later addition). The
-//! REST layer hands the store already-authorized, already-cast requests;
-//! the store compiles them to SQL ([`sql`]), runs each request in one
-//! transaction, and publishes committed row changes to the [`ChangeFeed`].
+//! Storage behind one trait, with two backends: embedded SQLite (the
+//! default, [`sqlite::SqliteStore`]) and PostgreSQL ([`postgres::PgStore`],
+//! for several hub replicas on one database). The REST layer hands the
+//! store already-authorized, already-cast requests; the store compiles
+//! them to SQL ([`sql`]), runs each request in one transaction
+//! ([`engine`], shared by both backends), and publishes committed row
+//! changes to the [`crate::changes::ChangeFeed`]. Failures are
+//! [`StoreError`]s; the HTTP layer maps them to PostgREST's codes.
 
 pub mod engine;
 pub mod error;
+pub mod postgres;
 pub mod sql;
 pub mod sqlite;
 
@@ -306,9 +310,85 @@ pub trait Store: PeopleStore + Send + Sync + 'static {
 
 pub type SharedStore = Arc<dyn Store>;
 
+/// Which database the hub keeps its state in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// One SQLite file (the default: one hub on one box).
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL URL (`postgres://…`): one or several hub replicas.
+    Postgres(String),
+}
+
+impl Database {
+    /// `--database`: a `postgres://` or `postgresql://` URL, or
+    /// `sqlite:PATH` / a plain path for SQLite.
+    pub fn parse(value: &str) -> Result<Database, String> {
+        let v = value.trim();
+        if v.starts_with("postgres://") || v.starts_with("postgresql://") {
+            return Ok(Database::Postgres(v.to_string()));
+        }
+        let path = v
+            .strip_prefix("sqlite://")
+            .or_else(|| v.strip_prefix("sqlite:"))
+            .unwrap_or(v);
+        if path.is_empty() || v.contains("://") && !v.starts_with("sqlite:") {
+            return Err(format!(
+                "{value:?} is not a database the hub knows: pass postgres://USER:PASSWORD@HOST:PORT/DATABASE or a SQLite file path"
+            ));
+        }
+        Ok(Database::Sqlite(path.into()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Sqlite(#[from] sqlite::OpenError),
+    #[error(transparent)]
+    Postgres(#[from] postgres::PgOpenError),
+}
+
+/// Opens (and migrates) the database.
+pub async fn open(
+    db: &Database,
+    feed: crate::changes::ChangeFeed,
+) -> Result<SharedStore, OpenError> {
+    Ok(match db {
+        Database::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path, feed)?),
+        Database::Postgres(url) => Arc::new(postgres::PgStore::connect(url, feed).await?),
+    })
+}
+
 /// Hash under which a refresh token is stored (tokens are never stored in
 /// clear).
 pub fn hash_token(token: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Database;
+
+    #[test]
+    fn database_urls_pick_the_backend() {
+        assert_eq!(
+            Database::parse("postgres://u:p@127.0.0.1:5432/hub"),
+            Ok(Database::Postgres(
+                "postgres://u:p@127.0.0.1:5432/hub".into()
+            ))
+        );
+        assert_eq!(
+            Database::parse("sqlite:/var/lib/hub.db"),
+            Ok(Database::Sqlite("/var/lib/hub.db".into()))
+        );
+        assert_eq!(
+            Database::parse("hub.db"),
+            Ok(Database::Sqlite("hub.db".into()))
+        );
+        assert!(Database::parse("mysql://x/y")
+            .unwrap_err()
+            .contains("postgres://"));
+        assert!(Database::parse(" ").is_err());
+    }
 }
