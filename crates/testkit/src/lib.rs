@@ -13,11 +13,13 @@ pub mod agents;
 pub mod gateway;
 pub mod model_api;
 pub mod people;
+pub mod postgres;
 pub mod procs;
 pub mod reference;
 
 pub use gateway::{fake_agent_binary, GatewayHost, RunningGateway};
 pub use people::UserSession;
+pub use postgres::{backend, on_backend, Backend};
 
 /// Finds the `panorama-hub` binary next to the running test's target dir,
 /// building it when it is missing (e.g. `cargo test -p panorama-gateway`).
@@ -63,6 +65,18 @@ pub(crate) fn workspace_binary(override_var: &str, package: &str, bin: &str) -> 
     path
 }
 
+/// The PostgreSQL database a test hub with `data_dir` uses: the one it
+/// used before, or a fresh one.
+fn database_of(data_dir: &Path) -> String {
+    let remembered = data_dir.join("test-database-url");
+    if let Ok(url) = std::fs::read_to_string(&remembered) {
+        return url.trim().to_string();
+    }
+    let url = postgres::fresh_database();
+    std::fs::write(&remembered, &url).expect("remember the test database");
+    url
+}
+
 /// A running hub. Killed when dropped.
 pub struct Hub {
     pub url: String,
@@ -84,14 +98,36 @@ impl Hub {
         Self::start_in(data_dir, "127.0.0.1:0", env)
     }
 
-    /// Starts a hub on `listen` using `data_dir` (reused across restarts).
+    /// Starts a hub on `listen` using `data_dir` (reused across restarts),
+    /// on this thread's [`backend`]: on PostgreSQL, a fresh database of the
+    /// test binary's cluster, remembered in the data directory so that a
+    /// restarted hub finds its rows again.
     pub fn start_in(data_dir: tempfile::TempDir, listen: &str, env: &[(&str, &str)]) -> Hub {
+        let database = match backend() {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(database_of(data_dir.path())),
+        };
+        Self::start_on(data_dir, listen, database.as_deref(), env)
+    }
+
+    /// Starts a hub on `listen` with `data_dir` and, when given, the
+    /// database URL `database` (another replica's, for instance).
+    pub fn start_on(
+        data_dir: tempfile::TempDir,
+        listen: &str,
+        database: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Hub {
         let mut cmd = Command::new(hub_binary());
         cmd.args(["--json", "serve", "--listen", listen])
             .env("PANORAMA_HUB_DATA_DIR", data_dir.path())
             .env("PANORAMA_HUB_LOG", "warn")
+            .env_remove("PANORAMA_HUB_DATABASE_URL")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some(url) = database {
+            cmd.env("PANORAMA_HUB_DATABASE_URL", url);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
