@@ -1045,7 +1045,10 @@ impl Conn {
             if ids.is_empty() {
                 continue;
             }
-            if !crate::policy::row_visible(&c.principal, table, row, &self.state.store).await {
+            let deleted = change.kind == crate::changes::ChangeKind::Delete;
+            if !crate::policy::row_visible(&c.principal, table, row, deleted, &self.state.store)
+                .await
+            {
                 continue;
             }
             out.push((c.topic.clone(), ids));

@@ -46,18 +46,28 @@ pub fn backend() -> Backend {
 
 /// Runs `f` with hubs started on this thread using `backend`.
 pub fn on_backend<R>(backend: Backend, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Backend>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            CHOSEN.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(CHOSEN.with(|c| c.replace(Some(backend))));
+    let _chosen = choose(backend);
     f()
 }
 
+/// Chooses the backend for this thread until the guard drops (for async
+/// tests on a current-thread runtime, whose futures run on this thread).
+pub fn choose(backend: Backend) -> Chosen {
+    Chosen(CHOSEN.with(|c| c.replace(Some(backend))))
+}
+
+/// Restores the previous choice when dropped.
+pub struct Chosen(Option<Backend>);
+
+impl Drop for Chosen {
+    fn drop(&mut self) {
+        CHOSEN.with(|c| c.set(self.0));
+    }
+}
+
 /// Declares each test twice, as `<name>::sqlite` and `<name>::postgres`:
-/// the same body, its hubs on one backend then the other.
+/// the same body, its hubs on one backend then the other. `fn` items
+/// become `#[test]`s, `async fn` items `#[tokio::test]`s.
 ///
 /// ```ignore
 /// panorama_testkit::on_both_backends! {
@@ -66,24 +76,44 @@ pub fn on_backend<R>(backend: Backend, f: impl FnOnce() -> R) -> R {
 /// ```
 #[macro_export]
 macro_rules! on_both_backends {
-    ($($(#[$meta:meta])* fn $name:ident() $body:block)*) => {
-        $(
-            mod $name {
-                #[allow(unused_imports)]
-                use super::*;
-                fn body() $body
-                #[test]
-                $(#[$meta])*
-                fn sqlite() {
-                    $crate::on_backend($crate::Backend::Sqlite, body)
-                }
-                #[test]
-                $(#[$meta])*
-                fn postgres() {
-                    $crate::on_backend($crate::Backend::Postgres, body)
-                }
+    () => {};
+    ($(#[$meta:meta])* fn $name:ident() $body:block $($rest:tt)*) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            fn body() $body
+            #[test]
+            $(#[$meta])*
+            fn sqlite() {
+                $crate::on_backend($crate::Backend::Sqlite, body)
             }
-        )*
+            #[test]
+            $(#[$meta])*
+            fn postgres() {
+                $crate::on_backend($crate::Backend::Postgres, body)
+            }
+        }
+        $crate::on_both_backends! { $($rest)* }
+    };
+    ($(#[$meta:meta])* async fn $name:ident() $body:block $($rest:tt)*) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn body() $body
+            #[tokio::test]
+            $(#[$meta])*
+            async fn sqlite() {
+                let _chosen = $crate::postgres::choose($crate::Backend::Sqlite);
+                body().await
+            }
+            #[tokio::test]
+            $(#[$meta])*
+            async fn postgres() {
+                let _chosen = $crate::postgres::choose($crate::Backend::Postgres);
+                body().await
+            }
+        }
+        $crate::on_both_backends! { $($rest)* }
     };
 }
 
