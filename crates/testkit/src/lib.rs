@@ -15,11 +15,13 @@ pub mod model_api;
 pub mod people;
 pub mod postgres;
 pub mod procs;
+pub mod proxy;
 pub mod reference;
 
 pub use gateway::{fake_agent_binary, GatewayHost, RunningGateway};
 pub use people::UserSession;
 pub use postgres::{backend, on_backend, Backend};
+pub use proxy::RoundRobinProxy;
 
 /// Finds the `panorama-hub` binary next to the running test's target dir,
 /// building it when it is missing (e.g. `cargo test -p panorama-gateway`).
@@ -63,6 +65,14 @@ pub(crate) fn workspace_binary(override_var: &str, package: &str, bin: &str) -> 
         assert!(status.success(), "building {bin} for the tests failed");
     }
     path
+}
+
+/// A hub's URL and keys, reached some other way (through a proxy).
+#[derive(Debug, Clone)]
+pub struct HubView {
+    pub url: String,
+    pub anon_key: String,
+    pub service_key: String,
 }
 
 /// The PostgreSQL database a test hub with `data_dir` uses: the one it
@@ -153,6 +163,35 @@ impl Hub {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("client"),
+        }
+    }
+
+    /// Another hub process on the same database with the same keys (a
+    /// replica behind a load balancer). Only PostgreSQL hubs have replicas.
+    pub fn replica(&self) -> Hub {
+        self.replica_with_env(&[])
+    }
+
+    pub fn replica_with_env(&self, env: &[(&str, &str)]) -> Hub {
+        let database = std::fs::read_to_string(self.data_dir.path().join("test-database-url"))
+            .expect("a replica needs a hub on PostgreSQL (start it under Backend::Postgres)");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::copy(
+            self.data_dir.path().join("keys.json"),
+            dir.path().join("keys.json"),
+        )
+        .expect("copy the keys to the replica");
+        std::fs::write(dir.path().join("test-database-url"), &database)
+            .expect("remember the replica's database");
+        Self::start_on(dir, "127.0.0.1:0", Some(database.trim()), env)
+    }
+
+    /// The same hub's API reached through `url` (a proxy in front of it).
+    pub fn via(&self, url: &str) -> HubView {
+        HubView {
+            url: url.to_string(),
+            anon_key: self.anon_key.clone(),
+            service_key: self.service_key.clone(),
         }
     }
 

@@ -17,13 +17,18 @@ use super::engine::{Backend, Changes, Conn, SqlStore};
 use super::sql::Dialect;
 use super::StoreError;
 use crate::changes::ChangeFeed;
+use crate::changes::{ChangeKind, RowChange};
 use crate::values::SqlValue;
 use bytes::BytesMut;
 use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{IsNull, ToSql, Type};
 use postgres::{NoTls, Statement};
+use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Versioned migrations, applied in order, each once (`hub_migrations`).
 pub const MIGRATIONS: &[(&str, &str)] = &[
@@ -38,6 +43,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_people",
         include_str!("../../migrations/postgres/0003_people.sql"),
+    ),
+    (
+        "0004_change_feed",
+        include_str!("../../migrations/postgres/0004_change_feed.sql"),
     ),
 ];
 
@@ -90,6 +99,17 @@ impl r2d2::ManageConnection for Manager {
 
 pub struct PgBackend {
     pool: r2d2::Pool<Manager>,
+    /// This process's id in the change feed: its own changes come back
+    /// through LISTEN too, and are skipped (they were published locally).
+    origin: String,
+    /// Tells the listener thread to stop when the store goes away.
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for PgBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The store on PostgreSQL.
@@ -125,7 +145,9 @@ impl SqlStore<PgBackend> {
             .max_size(16)
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(15))
-            .build(Manager { config })
+            .build(Manager {
+                config: config.clone(),
+            })
             .map_err(|e| PgOpenError::Connect {
                 target: target.clone(),
                 message: e.to_string(),
@@ -137,7 +159,19 @@ impl SqlStore<PgBackend> {
             })?;
             migrate(&mut conn.client).map_err(PgOpenError::Migrate)?;
         }
-        Ok(SqlStore::new(PgBackend { pool }, feed))
+        let origin = uuid::Uuid::new_v4().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (origin, stop, feed) = (origin.clone(), stop.clone(), feed.clone());
+            std::thread::Builder::new()
+                .name("pg-change-feed".into())
+                .spawn(move || listen(config, origin, feed, stop))
+                .map_err(|e| PgOpenError::Connect {
+                    target: "the change listener".into(),
+                    message: format!("cannot start its thread: {e}"),
+                })?;
+        }
+        Ok(SqlStore::new(PgBackend { pool, origin, stop }, feed))
     }
 
     pub async fn connect(url: &str, feed: ChangeFeed) -> Result<PgStore, PgOpenError> {
@@ -188,6 +222,7 @@ impl Backend for PgBackend {
         F: FnOnce(&mut dyn Conn, &mut Changes) -> Result<T, StoreError> + Send + 'static,
     {
         let pool = self.pool.clone();
+        let origin = self.origin.clone();
         tokio::task::spawn_blocking(move || {
             let mut pooled = pool
                 .get()
@@ -204,11 +239,166 @@ impl Backend for PgBackend {
                 },
                 &mut changes,
             )?;
+            if !changes.is_empty() {
+                announce(&mut tx, &origin, &changes).map_err(|e| classify(e, "hub_changes"))?;
+            }
             tx.commit().map_err(|e| classify(e, "commit"))?;
             Ok((out, changes))
         })
         .await
         .map_err(|e| StoreError::backend("transaction", format!("storage task failed: {e}")))?
+    }
+}
+
+/// The NOTIFY channel of the change feed between replicas.
+const CHANNEL: &str = "panorama_hub_changes";
+/// NOTIFY payloads must stay under 8000 bytes.
+const MAX_NOTIFY: usize = 7900;
+
+fn change_json(c: &RowChange) -> Value {
+    json!({
+        "t": c.table,
+        "k": c.kind.as_str(),
+        "r": c.record,
+        "old": c.old_record,
+        "ts": c.commit_timestamp,
+    })
+}
+
+fn change_from_json(v: &Value) -> Option<RowChange> {
+    let table = crate::schema::table(v["t"].as_str()?)?;
+    let kind = match v["k"].as_str()? {
+        "INSERT" => ChangeKind::Insert,
+        "UPDATE" => ChangeKind::Update,
+        "DELETE" => ChangeKind::Delete,
+        _ => return None,
+    };
+    Some(RowChange {
+        table: table.name,
+        kind,
+        record: v["r"].as_object()?.clone(),
+        old_record: v["old"].as_object().cloned(),
+        commit_timestamp: v["ts"].as_str().unwrap_or_default().to_string(),
+    })
+}
+
+/// Announces a transaction's changes to the other replicas, inside the
+/// transaction: PostgreSQL delivers the NOTIFY only if it commits, and in
+/// commit order.
+fn announce(
+    tx: &mut postgres::Transaction<'_>,
+    origin: &str,
+    changes: &[RowChange],
+) -> Result<(), postgres::Error> {
+    let body = json!({"c": changes.iter().map(change_json).collect::<Vec<_>>()}).to_string();
+    let payload = if body.len() + origin.len() + 16 <= MAX_NOTIFY {
+        format!("{{\"o\":\"{origin}\",{}", &body[1..])
+    } else {
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO hub_changes (body) VALUES ($1) RETURNING id",
+                &[&body],
+            )?
+            .get(0);
+        json!({"o": origin, "ref": id}).to_string()
+    };
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])?;
+    Ok(())
+}
+
+/// The change feed's listener: one connection doing LISTEN, publishing
+/// other replicas' changes to this process's feed, reconnecting when the
+/// connection drops (changes announced meanwhile are missed; the gateways'
+/// reconcile finds their jobs), pruning old stored batches.
+fn listen(config: postgres::Config, origin: String, feed: ChangeFeed, stop: Arc<AtomicBool>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut last_prune = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let mut client = match config.connect(NoTls) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "change feed: cannot connect to PostgreSQL; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")) {
+            tracing::warn!(error = %e, "change feed: LISTEN failed; retrying");
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        while !stop.load(Ordering::Relaxed) && !client.is_closed() {
+            let mut payloads: Vec<String> = Vec::new();
+            {
+                let mut notes = client.notifications();
+                // Wait for one notification (or half a second, to look at
+                // the stop flag), then take whatever else already arrived.
+                let first = notes.timeout_iter(Duration::from_millis(500)).next();
+                match first {
+                    Ok(Some(n)) => payloads.push(n.payload().to_string()),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "change feed: the listening connection failed; reconnecting")
+                    }
+                }
+                if !payloads.is_empty() {
+                    let mut pending = notes.iter();
+                    while let Ok(Some(n)) = pending.next() {
+                        payloads.push(n.payload().to_string());
+                        if payloads.len() >= 256 {
+                            break;
+                        }
+                    }
+                }
+            }
+            for p in payloads {
+                publish_payload(&mut client, &origin, &feed, &p);
+            }
+            if last_prune.elapsed() > Duration::from_secs(60) {
+                last_prune = Instant::now();
+                let _ = client.execute(
+                    "DELETE FROM hub_changes WHERE created_at < now() - interval '10 minutes'",
+                    &[],
+                );
+            }
+        }
+    }
+}
+
+fn publish_payload(client: &mut postgres::Client, origin: &str, feed: &ChangeFeed, payload: &str) {
+    let Ok(v) = serde_json::from_str::<Value>(payload) else {
+        tracing::warn!("change feed: a notification that is not JSON was ignored");
+        return;
+    };
+    if v["o"].as_str() == Some(origin) {
+        return;
+    }
+    let body = match v["ref"].as_i64() {
+        Some(id) => {
+            let stored = client
+                .query_opt("SELECT body FROM hub_changes WHERE id = $1", &[&id])
+                .ok()
+                .flatten()
+                .and_then(|r| serde_json::from_str::<Value>(&r.get::<_, String>(0)).ok());
+            match stored {
+                Some(b) => b,
+                None => {
+                    tracing::warn!(
+                        id,
+                        "change feed: a stored change batch is gone; its changes are skipped"
+                    );
+                    return;
+                }
+            }
+        }
+        None => v,
+    };
+    for c in body["c"].as_array().into_iter().flatten() {
+        match change_from_json(c) {
+            Some(change) => feed.publish(change),
+            None => tracing::warn!("change feed: a change of an unknown shape was ignored"),
+        }
     }
 }
 
