@@ -25,6 +25,7 @@ pub mod schema;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod sweeper;
 pub mod term;
 pub mod up;
 pub mod values;

@@ -347,6 +347,17 @@ impl Store for TimedStore {
     async fn delete(&self, req: DeleteRequest) -> Result<Vec<Row>, StoreError> {
         timed("delete", self.inner.delete(req)).await
     }
+    async fn sweep_lost_gateways(
+        &self,
+        stale_before: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        timed(
+            "sweep_lost_gateways",
+            self.inner.sweep_lost_gateways(stale_before, limit),
+        )
+        .await
+    }
     async fn allocate_run_sequence(&self, subagent_id: &str) -> Result<i64, StoreError> {
         timed(
             "allocate_run_sequence",

@@ -34,6 +34,25 @@ pub enum ServeError {
     Serve(std::io::Error),
 }
 
+/// `PANORAMA_HUB_LOST_GATEWAY_TIMEOUT` (seconds; 0 turns the sweeper off).
+fn lost_gateway_timeout() -> std::time::Duration {
+    let default = crate::sweeper::DEFAULT_TIMEOUT_SECS as u64;
+    let secs = match std::env::var("PANORAMA_HUB_LOST_GATEWAY_TIMEOUT") {
+        Ok(v) => v.trim().parse::<u64>().unwrap_or_else(|_| {
+            tracing::warn!("PANORAMA_HUB_LOST_GATEWAY_TIMEOUT is not a whole number of seconds; using {default}");
+            default
+        }),
+        Err(_) => default,
+    };
+    if secs > 0 && secs < 2 * crate::sweeper::GATEWAY_HEARTBEAT_SECS {
+        tracing::warn!(
+            "PANORAMA_HUB_LOST_GATEWAY_TIMEOUT={secs} is shorter than two gateway heartbeats ({} s each): live gateways may have their jobs failed",
+            crate::sweeper::GATEWAY_HEARTBEAT_SECS
+        );
+    }
+    std::time::Duration::from_secs(secs)
+}
+
 /// A bound, ready-to-run hub.
 pub struct Hub {
     pub listener: tokio::net::TcpListener,
@@ -56,6 +75,7 @@ pub async fn bind(opts: ServeOptions) -> Result<Hub, ServeError> {
     }
     let feed = ChangeFeed::default();
     let store = crate::store::open(&database, feed.clone()).await?;
+    crate::sweeper::spawn(store.clone(), lost_gateway_timeout());
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .map_err(|source| ServeError::Bind {

@@ -826,8 +826,170 @@ fn heartbeat(
     Ok(())
 }
 
+/// One sweep of jobs left running on lost gateways (see
+/// [`Store::sweep_lost_gateways`]).
+fn sweep(
+    c: &mut dyn Conn,
+    changes: &mut Changes,
+    stale_before: &str,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let lock = match c.dialect() {
+        Dialect::Sqlite => "",
+        // Another replica sweeping the same job holds its lock: leave it.
+        Dialect::Postgres => " FOR UPDATE OF j SKIP LOCKED",
+    };
+    let sql = format!(
+        "SELECT j.id FROM gateway_jobs j JOIN team_gateways g ON g.id = j.gateway_id \
+         WHERE j.status = 'running' AND (g.last_seen_at IS NULL OR g.last_seen_at < ?1) \
+         ORDER BY j.created_at LIMIT {limit}{lock}"
+    );
+    let ids: Vec<String> = c
+        .query(&sql, &[t(stale_before)], "gateway_jobs")?
+        .iter()
+        .filter_map(|r| text(&r[0]))
+        .collect();
+    let now = now_timestamp();
+    let col = |table: &Table, name: &str| {
+        table
+            .column(name)
+            .ok_or_else(|| StoreError::backend(table.name, format!("no column {name}")))
+    };
+    let mut swept = Vec::new();
+    for id in ids {
+        let jobs = &schema::GATEWAY_JOBS;
+        let failed = update_rows(
+            c,
+            jobs,
+            &[Filter::eq("id", &id), Filter::eq("status", "running")],
+            &[
+                (col(jobs, "status")?, t("failed")),
+                (col(jobs, "error")?, t(super::LOST_GATEWAY_MESSAGE)),
+                (col(jobs, "completed_at")?, t(&now)),
+                (col(jobs, "updated_at")?, t(&now)),
+            ],
+            None,
+            false,
+            changes,
+        )?;
+        let Some(job) = failed.into_iter().next() else {
+            continue;
+        };
+        swept.push(id);
+        let payload = job.get("payload").cloned().unwrap_or(Value::Null);
+        let run_filter = match (
+            payload.get("run_id").and_then(Value::as_str),
+            payload.get("subagent_id").and_then(Value::as_str),
+        ) {
+            (Some(run), _) => Filter::eq("id", run),
+            (None, Some(subagent)) => Filter::eq("subagent_id", subagent),
+            (None, None) => continue,
+        };
+        let runs_table = &schema::SUBAGENT_RUNS;
+        let runs = select_where(
+            c,
+            runs_table,
+            &[run_filter, Filter::eq("status", "running")],
+            true,
+        )?;
+        for run in runs {
+            let field = |k: &str| run.get(k).and_then(Value::as_str).map(str::to_string);
+            let (Some(run_id), Some(subagent_id), Some(team_id)) =
+                (field("id"), field("subagent_id"), field("team_id"))
+            else {
+                continue;
+            };
+            let next = first(
+                c,
+                "SELECT COALESCE(MAX(sequence), -1) + 1 FROM subagent_run_events WHERE run_id = ?1",
+                &[t(&run_id)],
+                "subagent_run_events",
+            )?
+            .map(|r| int(&r[0]))
+            .unwrap_or(0);
+            let events = &schema::SUBAGENT_RUN_EVENTS;
+            insert_row(
+                c,
+                events,
+                &[
+                    (col(events, "id")?, t(&uuid::Uuid::new_v4().to_string())),
+                    (col(events, "run_id")?, t(&run_id)),
+                    (col(events, "subagent_id")?, t(&subagent_id)),
+                    (col(events, "team_id")?, t(&team_id)),
+                    (
+                        col(events, "gateway_id")?,
+                        opt(field("gateway_id").as_deref()),
+                    ),
+                    (col(events, "sequence")?, SqlValue::Int(next)),
+                    (col(events, "event_type")?, t("run_failed")),
+                    (
+                        col(events, "payload")?,
+                        t(&serde_json::json!({
+                            "reason": super::LOST_GATEWAY_MESSAGE,
+                            "source": super::LOST_GATEWAY_EVENT_SOURCE,
+                        })
+                        .to_string()),
+                    ),
+                    (col(events, "created_at")?, t(&now)),
+                ],
+                changes,
+            )?;
+            let terminal =
+                |table: &'static Table| -> Result<Vec<(&'static Column, SqlValue)>, StoreError> {
+                    Ok(vec![
+                        (col(table, "status")?, t("failed")),
+                        (col(table, "error")?, t(super::LOST_GATEWAY_MESSAGE)),
+                        (col(table, "completed_at")?, t(&now)),
+                        (col(table, "updated_at")?, t(&now)),
+                    ])
+                };
+            update_rows(
+                c,
+                runs_table,
+                &[Filter::eq("id", &run_id)],
+                &terminal(runs_table)?,
+                None,
+                false,
+                changes,
+            )?;
+            // Release the subagent so that its next run can start.
+            let subagents = &schema::SUBAGENTS;
+            update_rows(
+                c,
+                subagents,
+                &[
+                    Filter::eq("id", &subagent_id),
+                    Filter::Cond {
+                        column: "status".into(),
+                        op: crate::postgrest::Op::In,
+                        operand: crate::postgrest::Operand::List(vec![
+                            Some("running".into()),
+                            Some("queued".into()),
+                        ]),
+                    },
+                ],
+                &terminal(subagents)?,
+                None,
+                false,
+                changes,
+            )?;
+        }
+    }
+    Ok(swept)
+}
+
 #[async_trait]
 impl<B: Backend> Store for SqlStore<B> {
+    async fn sweep_lost_gateways(
+        &self,
+        stale_before: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let stale_before = stale_before.to_string();
+        self.tx(move |c, changes| sweep(c, changes, &stale_before, limit))
+            .await
+    }
+
     async fn select(&self, req: SelectRequest) -> Result<SelectResult, StoreError> {
         self.tx(move |c, _| select_request(c, &req)).await
     }

@@ -116,6 +116,12 @@ impl RefreshError {
     }
 }
 
+/// The error written on jobs, runs and subagents of a lost gateway.
+pub const LOST_GATEWAY_MESSAGE: &str = "gateway lost: no heartbeat from its gateway within the lost-gateway timeout while the job was running; the hub failed it";
+
+/// `source` of the `run_failed` event the sweep appends.
+pub const LOST_GATEWAY_EVENT_SOURCE: &str = "hub_lost_gateway_sweep";
+
 /// Default seconds during which a just-rotated refresh token may still be
 /// used once more (a client that lost the response), as GoTrue allows.
 pub const REFRESH_REUSE_INTERVAL_SECS: i64 = 10;
@@ -296,6 +302,20 @@ pub trait Store: PeopleStore + Send + Sync + 'static {
     /// Whether the gateway row exists, belongs to the team and is not
     /// revoked (`current_gateway_is_active()`).
     async fn gateway_active(&self, gateway_id: &str, team_id: &str) -> Result<bool, StoreError>;
+
+    /// The lost-gateway sweep (spec §16.10 "stale jobs"): jobs left
+    /// `running` on a gateway whose last heartbeat is older than
+    /// `stale_before` (or that never sent one) are failed with
+    /// [`LOST_GATEWAY_MESSAGE`]; their running runs get a `run_failed`
+    /// event and a failed row, and their subagents are released. At most
+    /// `limit` jobs per call, each in this one transaction; on PostgreSQL a
+    /// job another replica is sweeping is skipped (`SKIP LOCKED`). Returns
+    /// the ids of the jobs swept.
+    async fn sweep_lost_gateways(
+        &self,
+        stale_before: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
 
     /// `gateway_record_heartbeat` (§16.7).
     async fn record_heartbeat(
