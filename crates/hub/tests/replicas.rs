@@ -201,3 +201,61 @@ fn two_claims_of_one_job_through_different_replicas_make_one_claim() {
     }
     eprintln!("30 claim races in {:?}", started.elapsed());
 }
+
+/// Three replicas sweep lost gateways at the same time: every job left
+/// running on a silent gateway is failed once, and each of its runs gets
+/// exactly one `run_failed` event (`SKIP LOCKED` hands each job to one
+/// replica; a second sweep of a job finds it no longer running).
+#[test]
+fn three_replicas_sweeping_at_once_fail_each_lost_job_once() {
+    let env = [("PANORAMA_HUB_LOST_GATEWAY_TIMEOUT", "2")];
+    let (a, _b, _c) = on_backend(Backend::Postgres, || {
+        let a = Hub::start_with_env(&env);
+        let b = a.replica_with_env(&env);
+        let c = a.replica_with_env(&env);
+        (a, b, c)
+    });
+    let team = a.create_team("acme");
+    let gw = a.pair(&team, "silent");
+    let mut runs = Vec::new();
+    for _ in 0..30 {
+        let sid = panorama_testkit::new_uuid();
+        let run = panorama_testkit::new_uuid();
+        a.insert(
+            "subagents",
+            json!({"id": sid, "team_id": team, "gateway_id": gw.gateway_id,
+                   "subagent_type": "claude_code_gateway", "status": "running"}),
+        );
+        a.insert(
+            "subagent_runs",
+            json!({"id": run, "subagent_id": sid, "team_id": team, "gateway_id": gw.gateway_id,
+                   "run_sequence": 1, "status": "running"}),
+        );
+        a.insert(
+            "gateway_jobs",
+            json!({"team_id": team, "gateway_id": gw.gateway_id, "job_type": "subagent_run",
+                   "status": "running", "payload": {"subagent_id": sid, "run_id": run}}),
+        );
+        runs.push(run);
+    }
+    a.wait_for("every lost job failed", Duration::from_secs(30), || {
+        a.select(
+            "gateway_jobs",
+            &format!("team_id=eq.{team}&status=eq.running"),
+        )
+        .is_empty()
+        .then_some(())
+    });
+    for run in &runs {
+        let row = a.row("subagent_runs", run).unwrap();
+        assert_eq!(row["status"], "failed", "{row}");
+        let failed = a.select(
+            "subagent_run_events",
+            &format!("run_id=eq.{run}&event_type=eq.run_failed"),
+        );
+        assert_eq!(failed.len(), 1, "run {run}: {failed:?}");
+    }
+    let jobs = a.select("gateway_jobs", &format!("team_id=eq.{team}"));
+    assert_eq!(jobs.len(), 30);
+    assert!(jobs.iter().all(|j| j["status"] == "failed"), "{jobs:?}");
+}
