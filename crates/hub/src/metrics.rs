@@ -290,9 +290,15 @@ pub async fn endpoint(state: State, headers: HeaderMap) -> Response {
     }
     let dispatcher = state.feed.dispatcher();
     let (changes_queued, changes_dropped) = dispatcher.counts();
-    let jobs = tokio::task::spawn_blocking(count_jobs)
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+    // SQLite: a read-only connection of its own, so scrapes never wait on
+    // the writer; PostgreSQL: the store's pool.
+    let jobs = if DB_PATH.get().is_some() {
+        tokio::task::spawn_blocking(count_jobs)
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+    } else {
+        state.store.job_counts().await.map_err(|e| e.to_string())
+    };
     let snap = Snapshot {
         jobs,
         subscriptions: dispatcher.subscriptions(),
@@ -357,6 +363,9 @@ impl Store for TimedStore {
             self.inner.sweep_lost_gateways(stale_before, limit),
         )
         .await
+    }
+    async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        timed("job_counts", self.inner.job_counts()).await
     }
     async fn allocate_run_sequence(&self, subagent_id: &str) -> Result<i64, StoreError> {
         timed(

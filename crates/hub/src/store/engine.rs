@@ -980,6 +980,20 @@ fn sweep(
 
 #[async_trait]
 impl<B: Backend> Store for SqlStore<B> {
+    async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.tx(|c, _| {
+            Ok(c.query(
+                "SELECT status, COUNT(*) FROM gateway_jobs GROUP BY status ORDER BY status",
+                &[],
+                "gateway_jobs",
+            )?
+            .iter()
+            .map(|r| (text(&r[0]).unwrap_or_default(), int(&r[1])))
+            .collect())
+        })
+        .await
+    }
+
     async fn sweep_lost_gateways(
         &self,
         stale_before: &str,

@@ -317,6 +317,9 @@ pub trait Store: PeopleStore + Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<String>, StoreError>;
 
+    /// Gateway jobs by status (`/metrics`), in status order.
+    async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
+
     /// `gateway_record_heartbeat` (§16.7).
     async fn record_heartbeat(
         &self,
