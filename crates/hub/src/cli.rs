@@ -54,12 +54,27 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_LISTEN, env = "PANORAMA_HUB_LISTEN", value_parser = parse_listen)]
         listen: String,
         /// SQLite database file (default: <data-dir>/hub.db).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "database")]
         db: Option<PathBuf>,
+        /// The database: postgres://USER:PASSWORD@HOST:PORT/DATABASE (several
+        /// hub replicas may share one) or a SQLite file path. Default: SQLite
+        /// in the data directory.
+        #[arg(long, env = "PANORAMA_HUB_DATABASE_URL", value_parser = crate::store::Database::parse)]
+        database: Option<crate::store::Database>,
         /// Let anyone sign up (POST /auth/v1/signup); otherwise sign-up needs an
         /// invitation code. Also PANORAMA_HUB_OPEN_SIGNUP=true.
         #[arg(long)]
         open_signup: bool,
+    },
+    /// Create or upgrade the database schema, then exit (`serve` does the
+    /// same at start; run this first when several replicas share PostgreSQL).
+    Migrate {
+        /// SQLite database file (default: <data-dir>/hub.db).
+        #[arg(long, conflicts_with = "database")]
+        db: Option<PathBuf>,
+        /// postgres://USER:PASSWORD@HOST:PORT/DATABASE or a SQLite file path.
+        #[arg(long, env = "PANORAMA_HUB_DATABASE_URL", value_parser = crate::store::Database::parse)]
+        database: Option<crate::store::Database>,
     },
     /// Print the hub URL, anon key and service key.
     Keys,
@@ -653,8 +668,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Serve {
             listen,
             db,
+            database,
             open_signup,
-        } => serve(&cli, listen, db.clone(), *open_signup).await,
+        } => serve(&cli, listen, db.clone(), database.clone(), *open_signup).await,
+        Command::Migrate { db, database } => migrate(&cli, db.clone(), database.clone()).await,
         Command::Up(args) => crate::up::run(&cli, args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -1088,11 +1105,18 @@ pub async fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-async fn serve(cli: &Cli, listen: &str, db: Option<PathBuf>, open_signup: bool) -> Result<i32> {
+async fn serve(
+    cli: &Cli,
+    listen: &str,
+    db: Option<PathBuf>,
+    database: Option<crate::store::Database>,
+    open_signup: bool,
+) -> Result<i32> {
     let mut hub = crate::server::bind(crate::server::ServeOptions {
         listen: listen.to_string(),
         data_dir: data_dir(cli)?,
         db,
+        database,
     })
     .await?;
     if open_signup {
@@ -1110,6 +1134,32 @@ async fn serve(cli: &Cli, listen: &str, db: Option<PathBuf>, open_signup: bool) 
         );
     }
     hub.run(crate::server::shutdown_signal()).await?;
+    Ok(0)
+}
+
+async fn migrate(
+    cli: &Cli,
+    db: Option<PathBuf>,
+    database: Option<crate::store::Database>,
+) -> Result<i32> {
+    let database = match database {
+        Some(d) => d,
+        None => {
+            let dir = data_dir(cli)?;
+            config::prepare_dir(&dir)?;
+            crate::store::Database::Sqlite(db.unwrap_or_else(|| dir.join("hub.db")))
+        }
+    };
+    crate::store::open(&database, crate::changes::ChangeFeed::new(16)).await?;
+    let what = match &database {
+        crate::store::Database::Sqlite(p) => format!("SQLite database {}", p.display()),
+        crate::store::Database::Postgres(_) => "PostgreSQL database".to_string(),
+    };
+    if cli.json {
+        println!("{}", json!({"migrated": true}));
+    } else {
+        println!("{what} is at the current schema");
+    }
     Ok(0)
 }
 

@@ -27,6 +27,7 @@ pub mod secrets;
 pub mod server;
 pub mod shell_jobs;
 pub mod store;
+pub mod sweeper;
 pub mod term;
 pub mod up;
 pub mod values;

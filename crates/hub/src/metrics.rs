@@ -35,11 +35,11 @@ use axum::response::{IntoResponse, Response};
 use crate::api::State;
 use crate::auth::Principal;
 use crate::changes::Row;
-use crate::error::ApiError;
+
 use crate::store::{
     DeleteRequest, InsertRequest, LogoutScope, NewInvitation, PairingGrant, PeopleError,
     PeopleStore, RefreshError, RefreshGrant, SelectRequest, SelectResult, SharedStore, Store,
-    UpdateRequest, UserRecord,
+    StoreError, UpdateRequest, UserRecord,
 };
 
 /// Latency buckets in seconds (SQLite calls and HTTP requests alike).
@@ -290,9 +290,15 @@ pub async fn endpoint(state: State, headers: HeaderMap) -> Response {
     }
     let dispatcher = state.feed.dispatcher();
     let (changes_queued, changes_dropped) = dispatcher.counts();
-    let jobs = tokio::task::spawn_blocking(count_jobs)
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+    // SQLite: a read-only connection of its own, so scrapes never wait on
+    // the writer; PostgreSQL: the store's pool.
+    let jobs = if DB_PATH.get().is_some() {
+        tokio::task::spawn_blocking(count_jobs)
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+    } else {
+        state.store.job_counts().await.map_err(|e| e.to_string())
+    };
     let snap = Snapshot {
         jobs,
         subscriptions: dispatcher.subscriptions(),
@@ -332,22 +338,36 @@ async fn timed<T>(op: &'static str, fut: impl std::future::Future<Output = T>) -
 
 #[async_trait]
 impl Store for TimedStore {
-    async fn atomic(&self, f: crate::store::TxFn) -> Result<serde_json::Value, ApiError> {
+    async fn atomic(&self, f: crate::store::TxFn) -> Result<serde_json::Value, StoreError> {
         timed("atomic", self.inner.atomic(f)).await
     }
-    async fn select(&self, req: SelectRequest) -> Result<SelectResult, ApiError> {
+    async fn select(&self, req: SelectRequest) -> Result<SelectResult, StoreError> {
         timed("select", self.inner.select(req)).await
     }
-    async fn insert(&self, req: InsertRequest) -> Result<Vec<Row>, ApiError> {
+    async fn insert(&self, req: InsertRequest) -> Result<Vec<Row>, StoreError> {
         timed("insert", self.inner.insert(req)).await
     }
-    async fn update(&self, req: UpdateRequest) -> Result<Vec<Row>, ApiError> {
+    async fn update(&self, req: UpdateRequest) -> Result<Vec<Row>, StoreError> {
         timed("update", self.inner.update(req)).await
     }
-    async fn delete(&self, req: DeleteRequest) -> Result<Vec<Row>, ApiError> {
+    async fn delete(&self, req: DeleteRequest) -> Result<Vec<Row>, StoreError> {
         timed("delete", self.inner.delete(req)).await
     }
-    async fn allocate_run_sequence(&self, subagent_id: &str) -> Result<i64, ApiError> {
+    async fn sweep_lost_gateways(
+        &self,
+        stale_before: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        timed(
+            "sweep_lost_gateways",
+            self.inner.sweep_lost_gateways(stale_before, limit),
+        )
+        .await
+    }
+    async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        timed("job_counts", self.inner.job_counts()).await
+    }
+    async fn allocate_run_sequence(&self, subagent_id: &str) -> Result<i64, StoreError> {
         timed(
             "allocate_run_sequence",
             self.inner.allocate_run_sequence(subagent_id),
@@ -359,7 +379,7 @@ impl Store for TimedStore {
         code: &str,
         device_name: Option<&str>,
         refresh_token_hash: &str,
-    ) -> Result<PairingGrant, ApiError> {
+    ) -> Result<PairingGrant, StoreError> {
         timed(
             "pair_gateway",
             self.inner
@@ -380,10 +400,10 @@ impl Store for TimedStore {
         )
         .await
     }
-    async fn session_active(&self, session_id: &str) -> Result<bool, ApiError> {
+    async fn session_active(&self, session_id: &str) -> Result<bool, StoreError> {
         timed("session_active", self.inner.session_active(session_id)).await
     }
-    async fn gateway_active(&self, gateway_id: &str, team_id: &str) -> Result<bool, ApiError> {
+    async fn gateway_active(&self, gateway_id: &str, team_id: &str) -> Result<bool, StoreError> {
         timed(
             "gateway_active",
             self.inner.gateway_active(gateway_id, team_id),
@@ -397,7 +417,7 @@ impl Store for TimedStore {
         status: &str,
         capabilities: &serde_json::Value,
         device_name: Option<&str>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         timed(
             "record_heartbeat",
             self.inner
@@ -425,10 +445,10 @@ impl PeopleStore for TimedStore {
         )
         .await
     }
-    async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, ApiError> {
+    async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
         timed("user_by_email", self.inner.user_by_email(email)).await
     }
-    async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, ApiError> {
+    async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
         timed("user_by_id", self.inner.user_by_id(id)).await
     }
     async fn update_user(
@@ -449,7 +469,7 @@ impl PeopleStore for TimedStore {
         &self,
         user_id: &str,
         refresh_hash: &str,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, StoreError> {
         timed(
             "start_user_session",
             self.inner.start_user_session(user_id, refresh_hash),
@@ -469,7 +489,7 @@ impl PeopleStore for TimedStore {
         )
         .await
     }
-    async fn user_session_active(&self, session_id: &str) -> Result<bool, ApiError> {
+    async fn user_session_active(&self, session_id: &str) -> Result<bool, StoreError> {
         timed(
             "user_session_active",
             self.inner.user_session_active(session_id),
@@ -481,14 +501,14 @@ impl PeopleStore for TimedStore {
         user_id: &str,
         session_id: &str,
         scope: LogoutScope,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         timed(
             "end_user_sessions",
             self.inner.end_user_sessions(user_id, session_id, scope),
         )
         .await
     }
-    async fn create_invitation(&self, inv: NewInvitation<'_>) -> Result<(), ApiError> {
+    async fn create_invitation(&self, inv: NewInvitation<'_>) -> Result<(), StoreError> {
         timed("create_invitation", self.inner.create_invitation(inv)).await
     }
     async fn accept_invitation(&self, code_hash: &str, user_id: &str) -> Result<Row, PeopleError> {
@@ -502,7 +522,7 @@ impl PeopleStore for TimedStore {
         &self,
         team_id: &str,
         user_id: &str,
-    ) -> Result<Option<crate::people::Role>, ApiError> {
+    ) -> Result<Option<crate::people::Role>, StoreError> {
         timed("member_role", self.inner.member_role(team_id, user_id)).await
     }
 }

@@ -575,42 +575,102 @@ fn check_job_transition(old: &Row, new: &Row, gateway_id: &str) -> Result<(), Ap
         })
 }
 
-/// Whether `principal` may see `row` of `table` (realtime delivery uses
-/// the select policy). Simple policies are decided in memory; the ones that
-/// need a join ask the store.
+/// Whether `principal` may see a change to `row` of `table` (realtime
+/// delivery uses the select policy). Simple policies are decided in memory;
+/// the ones that need a join ask the store, from the changed row's values.
+/// A deleted row is shown only where the policy is decided in memory (a
+/// person or a gateway whose grant needs a join no longer has a row to
+/// be granted).
 pub async fn row_visible(
     principal: &Principal,
     table: &'static Table,
     row: &Row,
+    deleted: bool,
     store: &SharedStore,
 ) -> bool {
     let Ok(filters) = row_filters(principal, table, Verb::Select) else {
         return false;
     };
-    let mut needs_store = false;
-    for f in &filters {
+    let needs_store = filters.iter().any(|f| {
+        !matches!(
+            f,
+            Filter::Cond {
+                op: Op::Eq,
+                operand: Operand::Value(_),
+                ..
+            }
+        )
+    });
+    if deleted && needs_store {
+        return false;
+    }
+    let mut row_bound = Vec::new();
+    for f in filters {
         match f {
             Filter::Cond {
                 column,
                 op: Op::Eq,
                 operand: Operand::Value(v),
             } => {
-                if str_field(row, column) != Some(v.as_str()) {
+                if str_field(row, &column) != Some(v.as_str()) {
                     return false;
                 }
             }
-            _ => needs_store = true,
+            // Membership and gateway ownership are decided from the
+            // changed row's values, not by finding the row again: by the
+            // time a socket checks a change the row may already be gone
+            // or changed (several replicas, a busy pool).
+            Filter::TeamOfMember {
+                column,
+                user_id,
+                session_id,
+                roles,
+            } => {
+                let Some(team) = str_field(row, column) else {
+                    return false;
+                };
+                let member = vec![
+                    Filter::eq("team_id", team),
+                    Filter::TeamOfMember {
+                        column: "team_id",
+                        user_id,
+                        session_id,
+                        roles,
+                    },
+                ];
+                if !exists(store, &crate::schema::TEAM_MEMBERS, member)
+                    .await
+                    .unwrap_or(false)
+                {
+                    return false;
+                }
+            }
+            Filter::SubagentOfGateway(gateway_id) => {
+                let Some(subagent) = str_field(row, "subagent_id") else {
+                    return false;
+                };
+                let owned = vec![
+                    Filter::eq("id", subagent),
+                    Filter::eq("gateway_id", &gateway_id),
+                ];
+                if !exists(store, &crate::schema::SUBAGENTS, owned)
+                    .await
+                    .unwrap_or(false)
+                {
+                    return false;
+                }
+            }
+            other => row_bound.push(other),
         }
     }
-    if !needs_store {
+    if row_bound.is_empty() {
         return true;
     }
     let Some(pk) = str_field(row, table.primary_key) else {
         return false;
     };
-    let mut filters = filters;
-    filters.push(Filter::eq(table.primary_key, pk));
-    exists(store, table, filters).await.unwrap_or(false)
+    row_bound.push(Filter::eq(table.primary_key, pk));
+    exists(store, table, row_bound).await.unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -626,7 +626,7 @@ async fn resolve_token(
             Err(e) => {
                 return Err(TokenError {
                     code: "Unauthorized",
-                    message: format!("could not check gateway {gateway_id}: {}", e.message),
+                    message: format!("could not check gateway {gateway_id}: {e}"),
                 })
             }
         }
@@ -1073,7 +1073,10 @@ impl Conn {
             if ids.is_empty() {
                 continue;
             }
-            if !crate::policy::row_visible(&c.principal, table, row, &self.state.store).await {
+            let deleted = change.kind == crate::changes::ChangeKind::Delete;
+            if !crate::policy::row_visible(&c.principal, table, row, deleted, &self.state.store)
+                .await
+            {
                 continue;
             }
             out.push((c.topic.clone(), ids));

@@ -4,7 +4,7 @@
 use crate::api::{self, AppState};
 use crate::changes::ChangeFeed;
 use crate::config::{self, KeyFile};
-use crate::store::sqlite::SqliteStore;
+use crate::store::Database;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +12,11 @@ use std::sync::Arc;
 pub struct ServeOptions {
     pub listen: String,
     pub data_dir: PathBuf,
+    /// SQLite file (`--db`); ignored when `database` is given.
     pub db: Option<PathBuf>,
+    /// `--database` / `PANORAMA_HUB_DATABASE_URL`: a PostgreSQL URL or a
+    /// SQLite path.
+    pub database: Option<Database>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +24,7 @@ pub enum ServeError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
-    Open(#[from] crate::store::sqlite::OpenError),
+    Open(#[from] crate::store::OpenError),
     #[error("cannot listen on {addr}: {source}. Is another hub already running there? Pick another address with --listen")]
     Bind {
         addr: String,
@@ -28,6 +32,25 @@ pub enum ServeError {
     },
     #[error("the server stopped with an error: {0}")]
     Serve(std::io::Error),
+}
+
+/// `PANORAMA_HUB_LOST_GATEWAY_TIMEOUT` (seconds; 0 turns the sweeper off).
+fn lost_gateway_timeout() -> std::time::Duration {
+    let default = crate::sweeper::DEFAULT_TIMEOUT_SECS as u64;
+    let secs = match std::env::var("PANORAMA_HUB_LOST_GATEWAY_TIMEOUT") {
+        Ok(v) => v.trim().parse::<u64>().unwrap_or_else(|_| {
+            tracing::warn!("PANORAMA_HUB_LOST_GATEWAY_TIMEOUT is not a whole number of seconds; using {default}");
+            default
+        }),
+        Err(_) => default,
+    };
+    if secs > 0 && secs < 2 * crate::sweeper::GATEWAY_HEARTBEAT_SECS {
+        tracing::warn!(
+            "PANORAMA_HUB_LOST_GATEWAY_TIMEOUT={secs} is shorter than two gateway heartbeats ({} s each): live gateways may have their jobs failed",
+            crate::sweeper::GATEWAY_HEARTBEAT_SECS
+        );
+    }
+    std::time::Duration::from_secs(secs)
 }
 
 /// A bound, ready-to-run hub.
@@ -41,12 +64,18 @@ pub struct Hub {
 
 pub async fn bind(opts: ServeOptions) -> Result<Hub, ServeError> {
     let mut keys = config::load_or_create_keys(&opts.data_dir)?;
-    let db = opts.db.unwrap_or_else(|| opts.data_dir.join("hub.db"));
-    if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
-        config::prepare_dir(parent)?;
+    let database = opts.database.unwrap_or_else(|| {
+        Database::Sqlite(opts.db.unwrap_or_else(|| opts.data_dir.join("hub.db")))
+    });
+    if let Database::Sqlite(db) = &database {
+        if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
+            config::prepare_dir(parent)?;
+        }
+        crate::metrics::set_db_path(db.clone());
     }
     let feed = ChangeFeed::default();
-    let store = SqliteStore::open(&db, feed.clone())?;
+    let store = crate::store::open(&database, feed.clone()).await?;
+    crate::sweeper::spawn(store.clone(), lost_gateway_timeout());
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -57,12 +86,7 @@ pub async fn bind(opts: ServeOptions) -> Result<Hub, ServeError> {
     let url = format!("http://{addr}");
     keys.url = Some(url.clone());
     config::write_key_file(&opts.data_dir, &keys)?;
-    crate::metrics::set_db_path(db.clone());
-    let state = AppState::new(
-        crate::metrics::TimedStore::wrap(Arc::new(store)),
-        keys.keys(),
-        feed,
-    );
+    let state = AppState::new(crate::metrics::TimedStore::wrap(store), keys.keys(), feed);
     Ok(Hub {
         listener,
         addr,

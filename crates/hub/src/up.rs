@@ -148,6 +148,7 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> Result<i32> {
         listen: args.listen.clone(),
         data_dir: data_dir.clone(),
         db: None,
+        database: None,
     })
     .await
     .map_err(|e| match e {

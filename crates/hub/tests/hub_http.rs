@@ -5,7 +5,7 @@ use panorama_testkit::Hub;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn pairing_heartbeat_and_a_gateway_claiming_its_job() {
     let hub = Hub::start();
     let team = hub.create_team("acme");
@@ -100,8 +100,9 @@ fn pairing_heartbeat_and_a_gateway_claiming_its_job() {
     assert_eq!(row["result"], json!({"ok": true}));
     assert_eq!(row["completed_at"], "2025-01-01T12:00:01.000000+00:00");
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn pairing_codes_are_single_use_and_must_be_valid() {
     let hub = Hub::start();
     let team = hub.create_team("acme");
@@ -135,8 +136,9 @@ fn pairing_codes_are_single_use_and_must_be_valid() {
     );
     assert_eq!(pair("OLD-CODE").status(), 404, "expired codes are refused");
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn refresh_rotates_and_detects_reuse() {
     let hub = Hub::start_with_env(&[("PANORAMA_HUB_REFRESH_REUSE_INTERVAL", "0")]);
     let team = hub.create_team("acme");
@@ -195,8 +197,9 @@ fn refresh_rotates_and_detects_reuse() {
         "refresh_token_not_found"
     );
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn refresh_tolerates_a_lost_response_within_the_grace_interval() {
     let hub = Hub::start();
     let team = hub.create_team("acme");
@@ -222,8 +225,9 @@ fn refresh_tolerates_a_lost_response_within_the_grace_interval() {
         "a client that lost the response may retry: {retry}"
     );
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn postgrest_shapes_single_count_and_errors() {
     let hub = Hub::start();
     let team = hub.create_team("acme");
@@ -379,8 +383,9 @@ fn postgrest_shapes_single_count_and_errors() {
         "No API key found in request"
     );
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn run_sequences_events_and_unique_violations() {
     let hub = Hub::start();
     let team = hub.create_team("acme");
@@ -513,8 +518,9 @@ fn run_sequences_events_and_unique_violations() {
         "completed"
     );
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn tokens_expired_forged_and_anon_are_refused() {
     let hub = Hub::start_with_env(&[("PANORAMA_HUB_ACCESS_TOKEN_TTL", "1")]);
     let team = hub.create_team("acme");
@@ -554,8 +560,9 @@ fn tokens_expired_forged_and_anon_are_refused() {
         .unwrap();
     assert_eq!(res.status(), 401);
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn merge_upsert_overwrites_only_the_columns_it_names() {
     let hub = Hub::start();
     let team = hub.create_team("upsert-team");
@@ -622,4 +629,5 @@ fn merge_upsert_overwrites_only_the_columns_it_names() {
     );
     assert_eq!(row["id"], fresh.as_str());
     assert_eq!(row["status"], "queued");
+}
 }

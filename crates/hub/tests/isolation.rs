@@ -709,7 +709,7 @@ fn run_rpc(
     n
 }
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn no_principal_reaches_another_principals_rows() {
     let World {
         hub,
@@ -1105,6 +1105,7 @@ fn no_principal_reaches_another_principals_rows() {
         tally.leaks.len(),
         tally.leaks.join("\n")
     );
+}
 }
 
 /// The owner's and the service key's runs of the matrix requests; returns

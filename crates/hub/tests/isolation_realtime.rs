@@ -278,7 +278,7 @@ struct Sub {
     signs_out_after_join: Option<String>,
 }
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn no_subscriber_receives_another_principals_rows() {
     let hub = Hub::start();
     let team_a = hub.create_team("a");
@@ -522,6 +522,7 @@ fn no_subscriber_receives_another_principals_rows() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let report = rt.block_on(subscribe_and_change(&hub, &b, &gw, subs, expiring_at));
     println!("{report}");
+}
 }
 
 async fn rest(

@@ -52,7 +52,7 @@ fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).expect("CLI JSON")
 }
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn login_gives_the_cli_a_persons_view_and_logout_ends_it() {
     // Access tokens live 61 s: one refresh margin (60 s) plus one second.
     let hub = Hub::start_with_env(&[("PANORAMA_HUB_ACCESS_TOKEN_TTL", "61")]);
@@ -123,8 +123,9 @@ fn login_gives_the_cli_a_persons_view_and_logout_ends_it() {
         .unwrap();
     assert_eq!(res.status().as_u16(), 400);
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn serve_open_signup_lets_anyone_sign_up() {
     let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(HUB)
@@ -162,12 +163,13 @@ fn serve_open_signup_lets_anyone_sign_up() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user"]["email"], "open@example.test");
 }
+}
 
+panorama_testkit::on_both_backends! {
 /// Team secrets through a person's session: an admin sets (creates, then
 /// replaces: people may not merge-upsert), lists and deletes; a member
 /// lists names only; nobody sees a value; a session is not sent to
 /// another hub named by --hub-url.
-#[test]
 fn a_signed_in_admin_manages_secrets_and_a_member_lists_names() {
     let hub = Hub::start();
     let ours = hub.create_team("ours");
@@ -233,4 +235,5 @@ fn a_signed_in_admin_manages_secrets_and_a_member_lists_names() {
     assert!(hub
         .select("team_secrets", &format!("team_id=eq.{ours}"))
         .is_empty());
+}
 }

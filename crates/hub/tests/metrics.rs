@@ -33,7 +33,7 @@ fn value(samples: &[Sample], metric: &str, labels: &[(&str, &str)]) -> Option<f6
         })
 }
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn metrics_need_the_service_key_and_parse_as_prometheus_text() {
     let hub = Hub::start();
     // Without a key, and with the anon key: refused.
@@ -125,4 +125,5 @@ fn metrics_need_the_service_key_and_parse_as_prometheus_text() {
             "{gauge} missing"
         );
     }
+}
 }

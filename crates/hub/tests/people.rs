@@ -29,7 +29,7 @@ fn signup(hub: &Hub, body: Value) -> (u16, Value) {
     )
 }
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn sign_up_is_invite_only_unless_opened() {
     let hub = Hub::start();
     let team = hub.create_team("t");
@@ -111,8 +111,9 @@ fn sign_up_is_invite_only_unless_opened() {
         (422, Some("weak_password"))
     );
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn failed_sign_ins_say_nothing_about_the_email_and_are_limited() {
     let hub = Hub::start();
     hub.create_user("ada@example.test", "right password");
@@ -147,8 +148,9 @@ fn failed_sign_ins_say_nothing_about_the_email_and_are_limited() {
         200
     );
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn sessions_refresh_with_rotation_and_end_at_logout() {
     let hub = Hub::start_with_env(&[("PANORAMA_HUB_REFRESH_REUSE_INTERVAL", "0")]);
     hub.create_user("ada@example.test", "right password");
@@ -247,8 +249,9 @@ fn sessions_refresh_with_rotation_and_end_at_logout() {
         "a signed-out access token reads nothing"
     );
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn roles_decide_what_members_read_and_write() {
     let hub = Hub::start();
     let team = hub.create_team("ours");
@@ -378,4 +381,5 @@ fn roles_decide_what_members_read_and_write() {
     assert_eq!(res.status().as_u16(), 200);
     assert_eq!(get(&member.access_token, "/rest/v1/teams").1, json!([]));
     assert_eq!(job(&member.access_token, &gw.gateway_id, &team), 403);
+}
 }

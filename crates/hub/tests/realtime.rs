@@ -8,6 +8,7 @@ use panorama_hub::api::{self, AppState};
 use panorama_hub::auth::Keys;
 use panorama_hub::changes::ChangeFeed;
 use panorama_hub::realtime::{self, RealtimeOptions};
+use panorama_hub::store::postgres::PgStore;
 use panorama_hub::store::sqlite::SqliteStore;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -43,15 +44,25 @@ async fn serve(app: axum::Router) -> String {
     format!("127.0.0.1:{}", addr.port())
 }
 
-fn new_state() -> Arc<AppState> {
+/// The hub's state on this test's backend: in-memory SQLite, or a fresh
+/// database of the test binary's PostgreSQL cluster.
+async fn new_state() -> Arc<AppState> {
     let feed = ChangeFeed::default();
-    let store = SqliteStore::open_in_memory(feed.clone()).unwrap();
-    AppState::new(Arc::new(store), Keys::from_secret(SECRET, now()), feed)
+    let store: panorama_hub::store::SharedStore = match panorama_testkit::backend() {
+        panorama_testkit::Backend::Sqlite => {
+            Arc::new(SqliteStore::open_in_memory(feed.clone()).unwrap())
+        }
+        panorama_testkit::Backend::Postgres => {
+            let url = panorama_testkit::postgres::fresh_database();
+            Arc::new(PgStore::connect(&url, feed.clone()).await.unwrap())
+        }
+    };
+    AppState::new(store, Keys::from_secret(SECRET, now()), feed)
 }
 
 impl Hub {
     async fn start() -> Hub {
-        let state = new_state();
+        let state = new_state().await;
         let base = serve(api::router(state.clone())).await;
         Hub {
             base,
@@ -62,7 +73,7 @@ impl Hub {
 
     /// A hub whose realtime route uses `opts` (short timeouts).
     async fn start_with(opts: RealtimeOptions) -> Hub {
-        let state = new_state();
+        let state = new_state().await;
         let app = realtime::router_with_options(state.clone(), opts);
         let base = serve(app).await;
         Hub {
@@ -398,7 +409,7 @@ async fn world() -> World {
     World { hub, a1, a2, b1 }
 }
 
-#[tokio::test]
+panorama_testkit::on_both_backends! {
 async fn a_gateway_gets_its_own_team_jobs_only_vsn2() {
     let World { hub, a1, a2, b1 } = world().await;
     let mut ws = hub.connect(Some("2.0.0")).await;
@@ -454,8 +465,9 @@ async fn a_gateway_gets_its_own_team_jobs_only_vsn2() {
     ws.change(&name, "INSERT", &own3).await;
     ws.heartbeat("8").await;
 }
+}
 
-#[tokio::test]
+panorama_testkit::on_both_backends! {
 async fn vsn1_object_frames() {
     let World { hub, a1, b1, .. } = world().await;
     let mut ws = hub.connect(Some("1.0.0")).await;
@@ -479,8 +491,9 @@ async fn vsn1_object_frames() {
     let mut ws = hub.connect(None).await;
     ws.heartbeat("1").await;
 }
+}
 
-#[tokio::test]
+panorama_testkit::on_both_backends! {
 async fn update_bindings_and_several_ids() {
     let World { hub, a1, .. } = world().await;
     let mut ws = hub.connect(Some("2.0.0")).await;
@@ -536,8 +549,9 @@ async fn update_bindings_and_several_ids() {
     let r = ws2.change("done", "UPDATE", &job).await;
     assert_eq!(r.payload["data"]["record"]["status"], "completed");
 }
+}
 
-#[tokio::test]
+panorama_testkit::on_both_backends! {
 async fn bad_tokens_and_bad_bindings_refuse_the_join() {
     let World { hub, a1, .. } = world().await;
     let mut ws = hub.connect(Some("2.0.0")).await;
@@ -643,8 +657,9 @@ async fn bad_tokens_and_bad_bindings_refuse_the_join() {
         )
     );
 }
+}
 
-#[tokio::test]
+panorama_testkit::on_both_backends! {
 async fn access_token_updates_the_channel_principal() {
     let World { hub, a1, .. } = world().await;
     let mut ws = hub.connect(Some("2.0.0")).await;
@@ -733,8 +748,9 @@ async fn access_token_updates_the_channel_principal() {
     let j5 = hub.job(&a1).await;
     ws.change("all", "INSERT", &j5).await;
 }
+}
 
-#[tokio::test]
+panorama_testkit::on_both_backends! {
 async fn a_channel_closes_when_its_token_expires() {
     let World { hub, a1, .. } = world().await;
     let mut ws = hub.connect(Some("2.0.0")).await;
@@ -758,8 +774,9 @@ async fn a_channel_closes_when_its_token_expires() {
         json!(["1", "1", "realtime:jobs", "phx_close", {}])
     );
 }
+}
 
-#[tokio::test]
+panorama_testkit::on_both_backends! {
 async fn anon_sees_nothing_and_service_sees_everything() {
     let World { hub, a1, b1, .. } = world().await;
     let mut anon = hub.connect(Some("2.0.0")).await;
@@ -797,8 +814,9 @@ async fn anon_sees_nothing_and_service_sees_everything() {
     let team = hub.team("c").await;
     anon.change("sentinel", "INSERT", &team).await;
 }
+}
 
-#[tokio::test]
+panorama_testkit::on_both_backends! {
 async fn leave_rejoin_and_delete() {
     let World { hub, a1, .. } = world().await;
     let mut ws = hub.connect(Some("2.0.0")).await;
@@ -880,8 +898,9 @@ async fn leave_rejoin_and_delete() {
         json!(["3", "6", "realtime:jobs", "phx_reply", {"status": "error", "response": {"reason": "unmatched topic"}}])
     );
 }
+}
 
-#[tokio::test]
+panorama_testkit::on_both_backends! {
 async fn revoking_a_gateway_closes_its_channels() {
     let World { hub, a1, a2, .. } = world().await;
     let mut ws = hub.connect(Some("2.0.0")).await;
@@ -924,8 +943,9 @@ async fn revoking_a_gateway_closes_its_channels() {
     let j = hub.job(&a2).await;
     ws.change("other", "INSERT", &j).await;
 }
+}
 
-#[tokio::test]
+panorama_testkit::on_both_backends! {
 async fn malformed_frames_broadcast_presence_and_unknown_topics() {
     let World { hub, .. } = world().await;
     let mut ws = hub.connect(Some("2.0.0")).await;
@@ -1033,8 +1053,9 @@ async fn malformed_frames_broadcast_presence_and_unknown_topics() {
         .contains("whatever"));
     ws.heartbeat("10").await;
 }
+}
 
-#[tokio::test]
+panorama_testkit::on_both_backends! {
 async fn the_upgrade_needs_a_valid_api_key() {
     let hub = Hub::start().await;
     for (query, message) in [
@@ -1060,8 +1081,9 @@ async fn the_upgrade_needs_a_valid_api_key() {
         other => panic!("expected a 400, got {:?}", other.map(|_| ())),
     }
 }
+}
 
-#[tokio::test]
+panorama_testkit::on_both_backends! {
 async fn silent_sockets_are_closed_and_heartbeating_ones_are_not() {
     let hub = Hub::start_with(RealtimeOptions {
         idle_timeout: Duration::from_millis(800),
@@ -1081,6 +1103,7 @@ async fn silent_sockets_are_closed_and_heartbeating_ones_are_not() {
         assert_eq!(f.reason.as_str(), "heartbeat timeout");
     }
     alive.heartbeat("last").await;
+}
 }
 
 impl Ws {
@@ -1118,7 +1141,7 @@ impl Ws {
     }
 }
 
-#[tokio::test]
+panorama_testkit::on_both_backends! {
 async fn broadcast_reaches_the_other_sockets_in_order_across_serializers() {
     use base64::Engine;
     let World { hub, .. } = world().await;
@@ -1207,8 +1230,9 @@ async fn broadcast_reaches_the_other_sockets_in_order_across_serializers() {
     assert_eq!(v2.recv().await.payload["event"], "late");
     v1.heartbeat("h2").await;
 }
+}
 
-#[tokio::test]
+panorama_testkit::on_both_backends! {
 async fn terminal_channels_are_private_and_open_only_to_the_service_key_and_the_owning_gateway() {
     let World { hub, a1, a2, b1 } = world().await;
     let session = hub.job(&a1).await;
@@ -1290,6 +1314,7 @@ async fn terminal_channels_are_private_and_open_only_to_the_service_key_and_the_
     assert_eq!(service.recv().await.payload, out);
     stranger.heartbeat("h").await;
 }
+}
 
 impl Hub {
     /// A signed-in person in `team` with `role`: an access token.
@@ -1346,7 +1371,7 @@ impl Hub {
 /// read (their input is answered with an error and never relayed),
 /// viewers watch only where the resource lets them, other teams and
 /// non-terminal jobs are refused.
-#[tokio::test]
+panorama_testkit::on_both_backends! {
 async fn terminal_channels_admit_team_members_by_role_and_resource() {
     let World { hub, a1, b1, .. } = world().await;
     let full = hub.terminal(&a1, "editor", json!({})).await;

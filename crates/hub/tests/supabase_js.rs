@@ -256,7 +256,7 @@ fn run_with_limit(mut cmd: Command, limit: Duration) -> (bool, String, String) {
     (status.is_some_and(|s| s.success()), out, err)
 }
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn official_supabase_js_talks_to_the_hub() {
     require_tool("node");
     require_tool("npm");
@@ -332,4 +332,5 @@ fn official_supabase_js_talks_to_the_hub() {
         Some(vec![(invite_email.to_string(), "member".to_string())]),
         "team members after the sign-up: {members}"
     );
+}
 }

@@ -13,11 +13,15 @@ pub mod agents;
 pub mod gateway;
 pub mod model_api;
 pub mod people;
+pub mod postgres;
 pub mod procs;
+pub mod proxy;
 pub mod reference;
 
 pub use gateway::{fake_agent_binary, GatewayHost, RunningGateway, SCRIPTED_CLAUDE_VERSION, WAIT};
 pub use people::UserSession;
+pub use postgres::{backend, on_backend, Backend};
+pub use proxy::RoundRobinProxy;
 
 /// Finds the `panorama-hub` binary next to the running test's target dir,
 /// building it when it is missing (e.g. `cargo test -p panorama-gateway`).
@@ -68,6 +72,26 @@ pub(crate) fn workspace_binary(override_var: &str, package: &str, bin: &str) -> 
     path
 }
 
+/// A hub's URL and keys, reached some other way (through a proxy).
+#[derive(Debug, Clone)]
+pub struct HubView {
+    pub url: String,
+    pub anon_key: String,
+    pub service_key: String,
+}
+
+/// The PostgreSQL database a test hub with `data_dir` uses: the one it
+/// used before, or a fresh one.
+fn database_of(data_dir: &Path) -> String {
+    let remembered = data_dir.join("test-database-url");
+    if let Ok(url) = std::fs::read_to_string(&remembered) {
+        return url.trim().to_string();
+    }
+    let url = postgres::fresh_database();
+    std::fs::write(&remembered, &url).expect("remember the test database");
+    url
+}
+
 /// A running hub. Killed when dropped.
 pub struct Hub {
     pub url: String,
@@ -89,14 +113,36 @@ impl Hub {
         Self::start_in(data_dir, "127.0.0.1:0", env)
     }
 
-    /// Starts a hub on `listen` using `data_dir` (reused across restarts).
+    /// Starts a hub on `listen` using `data_dir` (reused across restarts),
+    /// on this thread's [`backend`]: on PostgreSQL, a fresh database of the
+    /// test binary's cluster, remembered in the data directory so that a
+    /// restarted hub finds its rows again.
     pub fn start_in(data_dir: tempfile::TempDir, listen: &str, env: &[(&str, &str)]) -> Hub {
+        let database = match backend() {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(database_of(data_dir.path())),
+        };
+        Self::start_on(data_dir, listen, database.as_deref(), env)
+    }
+
+    /// Starts a hub on `listen` with `data_dir` and, when given, the
+    /// database URL `database` (another replica's, for instance).
+    pub fn start_on(
+        data_dir: tempfile::TempDir,
+        listen: &str,
+        database: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Hub {
         let mut cmd = Command::new(hub_binary());
         cmd.args(["--json", "serve", "--listen", listen])
             .env("PANORAMA_HUB_DATA_DIR", data_dir.path())
             .env("PANORAMA_HUB_LOG", "warn")
+            .env_remove("PANORAMA_HUB_DATABASE_URL")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some(url) = database {
+            cmd.env("PANORAMA_HUB_DATABASE_URL", url);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -122,6 +168,35 @@ impl Hub {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("client"),
+        }
+    }
+
+    /// Another hub process on the same database with the same keys (a
+    /// replica behind a load balancer). Only PostgreSQL hubs have replicas.
+    pub fn replica(&self) -> Hub {
+        self.replica_with_env(&[])
+    }
+
+    pub fn replica_with_env(&self, env: &[(&str, &str)]) -> Hub {
+        let database = std::fs::read_to_string(self.data_dir.path().join("test-database-url"))
+            .expect("a replica needs a hub on PostgreSQL (start it under Backend::Postgres)");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::copy(
+            self.data_dir.path().join("keys.json"),
+            dir.path().join("keys.json"),
+        )
+        .expect("copy the keys to the replica");
+        std::fs::write(dir.path().join("test-database-url"), &database)
+            .expect("remember the replica's database");
+        Self::start_on(dir, "127.0.0.1:0", Some(database.trim()), env)
+    }
+
+    /// The same hub's API reached through `url` (a proxy in front of it).
+    pub fn via(&self, url: &str) -> HubView {
+        HubView {
+            url: url.to_string(),
+            anon_key: self.anon_key.clone(),
+            service_key: self.service_key.clone(),
         }
     }
 

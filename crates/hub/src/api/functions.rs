@@ -23,7 +23,8 @@ fn failure(status: StatusCode, error: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn failure_of(e: ApiError) -> Response {
+fn failure_of(e: impl Into<ApiError>) -> Response {
+    let e = e.into();
     failure(e.status_code(), e.message)
 }
 
@@ -84,6 +85,7 @@ async fn exchange_pairing_code(state: &State, body: Map<String, Value>) -> Respo
         .store
         .pair_gateway(code, device_name, &hash_token(&refresh_token))
         .await
+        .map_err(ApiError::from)
     {
         Ok(g) => g,
         Err(e) if e.code == "P0001" => {
@@ -149,6 +151,7 @@ async fn heartbeat(state: &State, p: &Principal, body: Map<String, Value>) -> Re
         .store
         .record_heartbeat(gateway_id, team_id, status, &capabilities, device_name)
         .await
+        .map_err(ApiError::from)
     {
         Ok(()) => Json(json!({"success": true, "egress_credential_renewal": null})).into_response(),
         Err(e) if e.code == "42501" => failure(

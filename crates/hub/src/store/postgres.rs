@@ -1,0 +1,597 @@
+//! The PostgreSQL backend: a pool of connections (`r2d2`), each request
+//! one READ COMMITTED transaction on the blocking pool, row locks where a
+//! read decides a write (see `super::engine`). Several hub processes can
+//! share one database: every rule that must hold across them (one
+//! redemption of a pairing code, one rotation of a refresh token, one
+//! claim of a job, increasing run sequences) is enforced by PostgreSQL
+//! inside the request's transaction.
+//!
+//! The driver is the synchronous `postgres` crate (a thin blocking face of
+//! `tokio-postgres`): the store's logic is synchronous code that runs
+//! inside one transaction on the blocking pool, exactly as on SQLite, so
+//! both backends share it line for line. sqlx would have made that logic
+//! async, its compile-time query checking needs a database at build time,
+//! and the hub's queries are built at run time from the schema anyway.
+
+use super::engine::{Backend, Changes, Conn, SqlStore};
+use super::sql::Dialect;
+use super::StoreError;
+use crate::changes::ChangeFeed;
+use crate::changes::{ChangeKind, RowChange};
+use crate::values::SqlValue;
+use bytes::BytesMut;
+use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::{IsNull, ToSql, Type};
+use postgres::{NoTls, Statement};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Versioned migrations, applied in order, each once (`hub_migrations`).
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_control_plane",
+        include_str!("../../migrations/postgres/0001_control_plane.sql"),
+    ),
+    (
+        "0002_team_secrets",
+        include_str!("../../migrations/postgres/0002_team_secrets.sql"),
+    ),
+    (
+        "0003_people",
+        include_str!("../../migrations/postgres/0003_people.sql"),
+    ),
+    (
+        "0004_change_feed",
+        include_str!("../../migrations/postgres/0004_change_feed.sql"),
+    ),
+];
+
+/// Serializes migrations of concurrently starting replicas.
+const MIGRATION_LOCK: i64 = 0x7061_6e6f_7261_6d61; // "panorama"
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgOpenError {
+    #[error("invalid database URL: {0}. Expected postgres://USER:PASSWORD@HOST:PORT/DATABASE")]
+    Url(postgres::Error),
+    #[error("cannot connect to PostgreSQL at {target}: {message}. Check that the server runs, the URL's host, port, user and password, and that the database exists")]
+    Connect { target: String, message: String },
+    #[error("cannot migrate the PostgreSQL database: {0}")]
+    Migrate(postgres::Error),
+}
+
+/// One pooled connection and the statements it has prepared.
+pub struct PgConnection {
+    client: postgres::Client,
+    statements: HashMap<String, Statement>,
+}
+
+/// Prepared statements kept per connection; the hub's queries take a few
+/// hundred shapes, so the cache is simply emptied when it fills.
+const STATEMENT_CACHE: usize = 1024;
+
+struct Manager {
+    config: postgres::Config,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = PgConnection;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<PgConnection, postgres::Error> {
+        Ok(PgConnection {
+            client: self.config.connect(NoTls)?,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut PgConnection) -> Result<(), postgres::Error> {
+        conn.client.simple_query("").map(|_| ())
+    }
+
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        conn.client.is_closed()
+    }
+}
+
+pub struct PgBackend {
+    pool: r2d2::Pool<Manager>,
+    /// This process's id in the change feed: its own changes come back
+    /// through LISTEN too, and are skipped (they were published locally).
+    origin: String,
+    /// Tells the listener thread to stop when the store goes away.
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for PgBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The store on PostgreSQL.
+pub type PgStore = SqlStore<PgBackend>;
+
+/// Where a URL points, without its password (for messages).
+fn describe(config: &postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            postgres::config::Host::Tcp(h) => h.clone(),
+            postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", config.get_dbname().unwrap_or_default())
+}
+
+impl SqlStore<PgBackend> {
+    /// Connects (blocking: call from the blocking pool or before the
+    /// runtime serves), migrates, and returns the store.
+    pub fn connect_blocking(url: &str, feed: ChangeFeed) -> Result<PgStore, PgOpenError> {
+        let mut config: postgres::Config = url.parse().map_err(PgOpenError::Url)?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("panorama-hub");
+        }
+        let target = describe(&config);
+        let pool = r2d2::Pool::builder()
+            .max_size(16)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(15))
+            .build(Manager {
+                config: config.clone(),
+            })
+            .map_err(|e| PgOpenError::Connect {
+                target: target.clone(),
+                message: e.to_string(),
+            })?;
+        {
+            let mut conn = pool.get().map_err(|e| PgOpenError::Connect {
+                target,
+                message: e.to_string(),
+            })?;
+            migrate(&mut conn.client).map_err(PgOpenError::Migrate)?;
+        }
+        let origin = uuid::Uuid::new_v4().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (origin, stop, feed) = (origin.clone(), stop.clone(), feed.clone());
+            std::thread::Builder::new()
+                .name("pg-change-feed".into())
+                .spawn(move || listen(config, origin, feed, stop))
+                .map_err(|e| PgOpenError::Connect {
+                    target: "the change listener".into(),
+                    message: format!("cannot start its thread: {e}"),
+                })?;
+        }
+        Ok(SqlStore::new(PgBackend { pool, origin, stop }, feed))
+    }
+
+    pub async fn connect(url: &str, feed: ChangeFeed) -> Result<PgStore, PgOpenError> {
+        let url = url.to_string();
+        tokio::task::spawn_blocking(move || Self::connect_blocking(&url, feed))
+            .await
+            .unwrap_or_else(|e| {
+                Err(PgOpenError::Connect {
+                    target: "PostgreSQL".into(),
+                    message: format!("the connecting task failed: {e}"),
+                })
+            })
+    }
+}
+
+/// Applies the migrations not yet applied; returns how many ran. Replicas
+/// starting together queue on an advisory lock.
+pub fn migrate(client: &mut postgres::Client) -> Result<usize, postgres::Error> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS hub_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)",
+    )?;
+    let applied: i64 = tx
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM hub_migrations", &[])?
+        .get(0);
+    let mut ran = 0;
+    for (i, (name, sql)) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version <= applied {
+            continue;
+        }
+        tx.batch_execute(sql)?;
+        tx.execute(
+            "INSERT INTO hub_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            &[&version, name, &crate::values::now_timestamp()],
+        )?;
+        ran += 1;
+    }
+    tx.commit()?;
+    Ok(ran)
+}
+
+impl Backend for PgBackend {
+    async fn transaction<T, F>(&self, f: F) -> Result<(T, Changes), StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Conn, &mut Changes) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let origin = self.origin.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut pooled = pool
+                .get()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let PgConnection { client, statements } = &mut *pooled;
+            let mut tx = client
+                .transaction()
+                .map_err(|e| classify(e, "transaction"))?;
+            let mut changes = Vec::new();
+            let out = f(
+                &mut PgConn {
+                    tx: &mut tx,
+                    statements,
+                },
+                &mut changes,
+            )?;
+            if !changes.is_empty() {
+                announce(&mut tx, &origin, &changes).map_err(|e| classify(e, "hub_changes"))?;
+            }
+            tx.commit().map_err(|e| classify(e, "commit"))?;
+            Ok((out, changes))
+        })
+        .await
+        .map_err(|e| StoreError::backend("transaction", format!("storage task failed: {e}")))?
+    }
+}
+
+/// The NOTIFY channel of the change feed between replicas.
+const CHANNEL: &str = "panorama_hub_changes";
+/// NOTIFY payloads must stay under 8000 bytes.
+const MAX_NOTIFY: usize = 7900;
+
+fn change_json(c: &RowChange) -> Value {
+    json!({
+        "t": c.table,
+        "k": c.kind.as_str(),
+        "r": c.record,
+        "old": c.old_record,
+        "ts": c.commit_timestamp,
+    })
+}
+
+fn change_from_json(v: &Value) -> Option<RowChange> {
+    let table = crate::schema::table(v["t"].as_str()?)?;
+    let kind = match v["k"].as_str()? {
+        "INSERT" => ChangeKind::Insert,
+        "UPDATE" => ChangeKind::Update,
+        "DELETE" => ChangeKind::Delete,
+        _ => return None,
+    };
+    Some(RowChange {
+        table: table.name,
+        kind,
+        record: v["r"].as_object()?.clone(),
+        old_record: v["old"].as_object().cloned(),
+        commit_timestamp: v["ts"].as_str().unwrap_or_default().to_string(),
+    })
+}
+
+/// Announces a transaction's changes to the other replicas, inside the
+/// transaction: PostgreSQL delivers the NOTIFY only if it commits, and in
+/// commit order.
+fn announce(
+    tx: &mut postgres::Transaction<'_>,
+    origin: &str,
+    changes: &[RowChange],
+) -> Result<(), postgres::Error> {
+    let body = json!({"c": changes.iter().map(change_json).collect::<Vec<_>>()}).to_string();
+    let payload = if body.len() + origin.len() + 16 <= MAX_NOTIFY {
+        format!("{{\"o\":\"{origin}\",{}", &body[1..])
+    } else {
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO hub_changes (body) VALUES ($1) RETURNING id",
+                &[&body],
+            )?
+            .get(0);
+        json!({"o": origin, "ref": id}).to_string()
+    };
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])?;
+    Ok(())
+}
+
+/// The change feed's listener: one connection doing LISTEN, publishing
+/// other replicas' changes to this process's feed, reconnecting when the
+/// connection drops (changes announced meanwhile are missed; the gateways'
+/// reconcile finds their jobs), pruning old stored batches.
+fn listen(config: postgres::Config, origin: String, feed: ChangeFeed, stop: Arc<AtomicBool>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut last_prune = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let mut client = match config.connect(NoTls) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "change feed: cannot connect to PostgreSQL; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")) {
+            tracing::warn!(error = %e, "change feed: LISTEN failed; retrying");
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        while !stop.load(Ordering::Relaxed) && !client.is_closed() {
+            let mut payloads: Vec<String> = Vec::new();
+            {
+                let mut notes = client.notifications();
+                // Wait for one notification (or half a second, to look at
+                // the stop flag), then take whatever else already arrived.
+                let first = notes.timeout_iter(Duration::from_millis(500)).next();
+                match first {
+                    Ok(Some(n)) => payloads.push(n.payload().to_string()),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "change feed: the listening connection failed; reconnecting")
+                    }
+                }
+                if !payloads.is_empty() {
+                    let mut pending = notes.iter();
+                    while let Ok(Some(n)) = pending.next() {
+                        payloads.push(n.payload().to_string());
+                        if payloads.len() >= 256 {
+                            break;
+                        }
+                    }
+                }
+            }
+            for p in payloads {
+                publish_payload(&mut client, &origin, &feed, &p);
+            }
+            if last_prune.elapsed() > Duration::from_secs(60) {
+                last_prune = Instant::now();
+                let _ = client.execute(
+                    "DELETE FROM hub_changes WHERE created_at < now() - interval '10 minutes'",
+                    &[],
+                );
+            }
+        }
+    }
+}
+
+fn publish_payload(client: &mut postgres::Client, origin: &str, feed: &ChangeFeed, payload: &str) {
+    let Ok(v) = serde_json::from_str::<Value>(payload) else {
+        tracing::warn!("change feed: a notification that is not JSON was ignored");
+        return;
+    };
+    if v["o"].as_str() == Some(origin) {
+        return;
+    }
+    let body = match v["ref"].as_i64() {
+        Some(id) => {
+            let stored = client
+                .query_opt("SELECT body FROM hub_changes WHERE id = $1", &[&id])
+                .ok()
+                .flatten()
+                .and_then(|r| serde_json::from_str::<Value>(&r.get::<_, String>(0)).ok());
+            match stored {
+                Some(b) => b,
+                None => {
+                    tracing::warn!(
+                        id,
+                        "change feed: a stored change batch is gone; its changes are skipped"
+                    );
+                    return;
+                }
+            }
+        }
+        None => v,
+    };
+    for c in body["c"].as_array().into_iter().flatten() {
+        match change_from_json(c) {
+            Some(change) => feed.publish(change),
+            None => tracing::warn!("change feed: a change of an unknown shape was ignored"),
+        }
+    }
+}
+
+struct PgConn<'a, 'c> {
+    tx: &'a mut postgres::Transaction<'c>,
+    statements: &'a mut HashMap<String, Statement>,
+}
+
+impl PgConn<'_, '_> {
+    fn statement(&mut self, sql: &str, table: &str) -> Result<Statement, StoreError> {
+        let sql = pg_placeholders(sql);
+        if let Some(s) = self.statements.get(&sql) {
+            return Ok(s.clone());
+        }
+        let stmt = self.tx.prepare(&sql).map_err(|e| classify(e, table))?;
+        if self.statements.len() >= STATEMENT_CACHE {
+            self.statements.clear();
+        }
+        self.statements.insert(sql, stmt.clone());
+        Ok(stmt)
+    }
+}
+
+impl Conn for PgConn<'_, '_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn execute(&mut self, sql: &str, params: &[SqlValue], table: &str) -> Result<u64, StoreError> {
+        let stmt = self.statement(sql, table)?;
+        let binds: Vec<Bind> = params.iter().map(Bind).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b as _).collect();
+        self.tx
+            .execute(&stmt, &refs)
+            .map_err(|e| classify(e, table))
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[SqlValue],
+        table: &str,
+    ) -> Result<Vec<Vec<SqlValue>>, StoreError> {
+        let stmt = self.statement(sql, table)?;
+        let binds: Vec<Bind> = params.iter().map(Bind).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b as _).collect();
+        let rows = self
+            .tx
+            .query(&stmt, &refs)
+            .map_err(|e| classify(e, table))?;
+        rows.iter()
+            .map(|r| (0..r.len()).map(|i| read_value(r, i)).collect())
+            .collect::<Result<_, _>>()
+            .map_err(|e| classify(e, table))
+    }
+}
+
+fn read_value(row: &postgres::Row, i: usize) -> Result<SqlValue, postgres::Error> {
+    let ty = row.columns()[i].type_().clone();
+    let v = match ty {
+        Type::BOOL => row.try_get::<_, Option<bool>>(i)?.map(SqlValue::Bool),
+        Type::INT2 => row
+            .try_get::<_, Option<i16>>(i)?
+            .map(|n| SqlValue::Int(n.into())),
+        Type::INT4 => row
+            .try_get::<_, Option<i32>>(i)?
+            .map(|n| SqlValue::Int(n.into())),
+        Type::INT8 => row.try_get::<_, Option<i64>>(i)?.map(SqlValue::Int),
+        _ => row.try_get::<_, Option<String>>(i)?.map(SqlValue::Text),
+    };
+    Ok(v.unwrap_or(SqlValue::Null))
+}
+
+/// `?1` → `$1` outside quoted literals (the engine writes SQLite's style).
+pub fn pg_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quoted = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '\'' => {
+                quoted = !quoted;
+                out.push(ch);
+            }
+            '?' if !quoted && chars.peek().is_some_and(char::is_ascii_digit) => out.push('$'),
+            _ => out.push(ch),
+        }
+    }
+    out
+}
+
+/// Binds a [`SqlValue`] to whatever type PostgreSQL inferred for the
+/// parameter (the hub casts values by column type before they get here).
+#[derive(Debug)]
+struct Bind<'a>(&'a SqlValue);
+
+impl ToSql for Bind<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match (self.0, ty) {
+            (SqlValue::Null, _) => Ok(IsNull::Yes),
+            (SqlValue::Bool(b), &Type::BOOL) => b.to_sql(ty, out),
+            (SqlValue::Int(n), &Type::BOOL) => (*n != 0).to_sql(ty, out),
+            (SqlValue::Bool(b), _) => int_to_sql(i64::from(*b), ty, out),
+            (SqlValue::Int(n), _) => int_to_sql(*n, ty, out),
+            (SqlValue::Text(s), &Type::BOOL) => s.parse::<bool>()?.to_sql(ty, out),
+            (SqlValue::Text(s), &Type::INT2 | &Type::INT4 | &Type::INT8) => {
+                int_to_sql(s.parse()?, ty, out)
+            }
+            (SqlValue::Text(s), _) => s.as_str().to_sql(&Type::TEXT, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+fn int_to_sql(
+    n: i64,
+    ty: &Type,
+    out: &mut BytesMut,
+) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    match *ty {
+        Type::INT2 => i16::try_from(n)?.to_sql(ty, out),
+        Type::INT4 => i32::try_from(n)?.to_sql(ty, out),
+        Type::INT8 => n.to_sql(ty, out),
+        _ => n.to_string().as_str().to_sql(&Type::TEXT, out),
+    }
+}
+
+/// Classifies a PostgreSQL error as the store's error.
+fn classify(e: postgres::Error, table: &str) -> StoreError {
+    let Some(db) = e.as_db_error() else {
+        if e.is_closed() {
+            return StoreError::Unavailable(e.to_string());
+        }
+        return StoreError::backend(table, e.to_string());
+    };
+    let code = db.code();
+    if *code == SqlState::UNIQUE_VIOLATION {
+        let columns = db
+            .detail()
+            .and_then(|d| d.strip_prefix("Key ("))
+            .and_then(|d| d.split_once(")="))
+            .map(|(cols, _)| cols.to_string())
+            .unwrap_or_default();
+        StoreError::UniqueViolation {
+            constraint: db.constraint().unwrap_or_default().to_string(),
+            columns,
+        }
+    } else if *code == SqlState::FOREIGN_KEY_VIOLATION {
+        StoreError::ForeignKeyViolation {
+            table: db.table().unwrap_or(table).to_string(),
+        }
+    } else if *code == SqlState::NOT_NULL_VIOLATION {
+        StoreError::NotNullViolation {
+            column: db.column().unwrap_or_default().to_string(),
+        }
+    } else if *code == SqlState::CHECK_VIOLATION {
+        StoreError::CheckViolation {
+            table: db.table().unwrap_or(table).to_string(),
+        }
+    } else if [
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::LOCK_NOT_AVAILABLE,
+    ]
+    .contains(code)
+    {
+        StoreError::Busy
+    } else if code.code().starts_with("08") || code.code().starts_with("57P") {
+        StoreError::Unavailable(db.message().to_string())
+    } else {
+        StoreError::backend(table, format!("{} ({})", db.message(), code.code()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_rewritten_outside_literals() {
+        assert_eq!(
+            pg_placeholders("UPDATE t SET a = ?1, b = '?2' WHERE c = ?12"),
+            "UPDATE t SET a = $1, b = '?2' WHERE c = $12"
+        );
+        assert_eq!(pg_placeholders("a ? b"), "a ? b");
+    }
+}
