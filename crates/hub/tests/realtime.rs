@@ -1367,11 +1367,11 @@ impl Hub {
     }
 }
 
+panorama_testkit::on_both_backends! {
 /// The terminal-channel matrix for people: members type, watchers only
 /// read (their input is answered with an error and never relayed),
 /// viewers watch only where the resource lets them, other teams and
 /// non-terminal jobs are refused.
-panorama_testkit::on_both_backends! {
 async fn terminal_channels_admit_team_members_by_role_and_resource() {
     let World { hub, a1, b1, .. } = world().await;
     let full = hub.terminal(&a1, "editor", json!({})).await;
@@ -1457,4 +1457,5 @@ async fn terminal_channels_admit_team_members_by_role_and_resource() {
             );
         }
     }
+}
 }
