@@ -6,10 +6,18 @@
 //! the sweeper off), with their running runs and subagents
 //! ([`crate::store::Store::sweep_lost_gateways`]). Every replica sweeps;
 //! PostgreSQL's `SKIP LOCKED` gives each job to one of them.
+//!
+//! A heartbeat can only be as recent as the hub's last chance to receive
+//! it: while this hub was stopped, or its database unreachable, every
+//! gateway's `last_seen_at` aged without the gateway being gone. So a
+//! replica sweeps only once it has been answering for a whole timeout since
+//! it started or since its store last failed ([`may_sweep`]); otherwise a
+//! hub restart after an outage would fail the jobs of every live gateway
+//! before they had a chance to heartbeat again.
 
 use crate::store::SharedStore;
 use chrono::{DateTime, Utc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Default seconds without a heartbeat after which a gateway is lost.
 pub const DEFAULT_TIMEOUT_SECS: i64 = 180;
@@ -33,6 +41,12 @@ pub fn stale_before(now: DateTime<Utc>, timeout: Duration) -> String {
     crate::values::format_timestamp(now - timeout)
 }
 
+/// Whether heartbeats have had a whole `timeout` to arrive: the hub has
+/// been answering (up, its store reachable) since `answering_since`.
+pub fn may_sweep(answering_since: Instant, now: Instant, timeout: Duration) -> bool {
+    now.saturating_duration_since(answering_since) >= timeout
+}
+
 /// Runs the sweeper until the process ends; `timeout` zero does nothing.
 pub fn spawn(store: SharedStore, timeout: Duration) {
     if timeout.is_zero() {
@@ -41,8 +55,26 @@ pub fn spawn(store: SharedStore, timeout: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval(timeout));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut answering_since = Instant::now();
+        let mut store_failed = false;
         loop {
             tick.tick().await;
+            if store_failed {
+                // The store is back (or we are about to find out): the
+                // gateways' heartbeats could not land meanwhile.
+                answering_since = Instant::now();
+                store_failed = false;
+            }
+            if !may_sweep(answering_since, Instant::now(), timeout) {
+                // Still in the grace: a sweep of no jobs is the probe that
+                // tells whether the store answers (an outage restarts it).
+                let cutoff = stale_before(Utc::now(), timeout);
+                if let Err(e) = store.sweep_lost_gateways(&cutoff, 0).await {
+                    tracing::warn!(error = %e, "lost-gateway sweeper: the store does not answer; the timeout starts again when it does");
+                    store_failed = true;
+                }
+                continue;
+            }
             loop {
                 let cutoff = stale_before(Utc::now(), timeout);
                 match store.sweep_lost_gateways(&cutoff, BATCH).await {
@@ -56,6 +88,7 @@ pub fn spawn(store: SharedStore, timeout: Duration) {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "lost-gateway sweep failed; retrying at the next tick");
+                        store_failed = true;
                         break;
                     }
                 }
@@ -73,6 +106,17 @@ mod tests {
         assert_eq!(interval(Duration::from_secs(180)), Duration::from_secs(15));
         assert_eq!(interval(Duration::from_secs(30)), Duration::from_secs(5));
         assert_eq!(interval(Duration::from_secs(1)), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn nothing_is_swept_until_heartbeats_had_a_whole_timeout_to_arrive() {
+        let since = Instant::now();
+        let timeout = Duration::from_secs(180);
+        assert!(!may_sweep(since, since, timeout));
+        assert!(!may_sweep(since, since + Duration::from_secs(179), timeout));
+        assert!(may_sweep(since, since + timeout, timeout));
+        // A clock read before `since` (another thread) is not an underflow.
+        assert!(!may_sweep(since + timeout, since, timeout));
     }
 
     #[test]
