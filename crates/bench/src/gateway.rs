@@ -66,6 +66,17 @@ impl Gateway {
         claude: &Path,
         warmup: usize,
     ) -> Result<Gateway> {
+        Self::start_with(flavor, hub, claude, warmup, &[]).await
+    }
+
+    /// [`Gateway::start`] with more `pair` arguments (e.g. `--full-control true`).
+    pub async fn start_with(
+        flavor: &Flavor,
+        hub: &Hub,
+        claude: &Path,
+        warmup: usize,
+        pair_args: &[&str],
+    ) -> Result<Gateway> {
         let home = tempfile::tempdir()?;
         let team_id = hub.create_team("bench-team").await?;
         let code = hub.pairing_code(&team_id).await?;
@@ -75,6 +86,7 @@ impl Gateway {
         let child = flavor
             .command(home.path(), Some(hub))
             .args(["pair", &code, "--foreground", "--device-name", "bench-box"])
+            .args(pair_args)
             .arg("--config-dir")
             .arg(&cfg)
             .arg("--claude-cli")

@@ -14,6 +14,7 @@ mod scenarios;
 mod shim;
 mod sim;
 mod stats;
+mod terminal;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
@@ -34,7 +35,7 @@ struct Args {
     /// Small counts and short windows (a smoke run).
     #[arg(long)]
     quick: bool,
-    /// Comma-separated scenarios to run (P1,P2,P3,P4,P5,P6); default all.
+    /// Comma-separated scenarios to run (P1,P2,P3,P4,P5,P6,P8); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Do not install or run the reference Node gateway.
@@ -55,6 +56,8 @@ struct Counts {
     p6_steps: Vec<usize>,
     p6_final_jobs: usize,
     p6_step_jobs: usize,
+    p8_stream: usize,
+    p8_session: usize,
 }
 
 impl Counts {
@@ -70,6 +73,8 @@ impl Counts {
                 p6_steps: vec![100, 300],
                 p6_final_jobs: 30,
                 p6_step_jobs: 10,
+                p8_stream: 100,
+                p8_session: 10,
             }
         } else {
             Counts {
@@ -82,6 +87,8 @@ impl Counts {
                 p6_steps: vec![1000, 2500, 5000, 10_000],
                 p6_final_jobs: 300,
                 p6_step_jobs: 50,
+                p8_stream: 1000,
+                p8_session: 100,
             }
         }
     }
@@ -188,7 +195,7 @@ async fn run(args: Args) -> Result<()> {
     std::os::unix::fs::symlink(&fake_agent, &claude)?;
     let ours = Flavor::Ours { bin: gw_bin };
 
-    let needs_gateways = ["P1", "P2", "P3", "P4", "P5"].iter().any(|p| want(p));
+    let needs_gateways = ["P1", "P2", "P3", "P4", "P5", "P8"].iter().any(|p| want(p));
     let peer = if args.no_peer || !needs_gateways {
         if args.no_peer {
             report.note("peer: not run (--no-peer)");
@@ -468,6 +475,54 @@ async fn run(args: Args) -> Result<()> {
                     }
                 }
                 Err(e) => report.skip("P4/P5", "footprint and CLI", &format!("{e:#}")),
+            }
+        }
+        if want("P8") {
+            eprintln!("[bench] P8: ours (stream, then shell_session)");
+            match terminal::p8(&hub, &ours, &claude, counts.p8_stream, counts.p8_session).await {
+                Ok((stream, session)) => {
+                    let (st, se) = (stats::summarize(&stream), stats::summarize(&session));
+                    let note = |s: &Option<stats::Summary>| {
+                        s.as_ref().map(|s| format!("n={}", s.n)).unwrap_or_default()
+                    };
+                    report.add(
+                        "P8",
+                        "keystroke → echo p50, stream",
+                        "ms",
+                        st.as_ref().map(|s| s.p50),
+                        None,
+                        Target::None,
+                        &note(&st),
+                    );
+                    report.add(
+                        "P8",
+                        "keystroke → echo p99, stream",
+                        "ms",
+                        st.as_ref().map(|s| s.p99),
+                        None,
+                        Target::AtMost(20.0),
+                        "input broadcast → output broadcast",
+                    );
+                    report.add(
+                        "P8",
+                        "keystroke → echo p50, shell_session",
+                        "ms",
+                        se.as_ref().map(|s| s.p50),
+                        None,
+                        Target::None,
+                        &note(&se),
+                    );
+                    report.add(
+                        "P8",
+                        "keystroke → echo p99, shell_session",
+                        "ms",
+                        se.as_ref().map(|s| s.p99),
+                        None,
+                        Target::None,
+                        "write job, then read jobs until the echo",
+                    );
+                }
+                Err(e) => report.skip("P8", "keystroke echo", &format!("{e:#}")),
             }
         }
         if let Ok(rows) = hub

@@ -17,7 +17,7 @@
 //!   exit code returned.
 
 use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
@@ -25,11 +25,8 @@ use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use serde_json::{json, Value};
 
 use crate::client::HubClient;
+use crate::shell_jobs::ShellJobs;
 
-/// How long one job may take before attach gives up on it.
-pub const JOB_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often a queued job's row is polled.
-const JOB_POLL: Duration = Duration::from_millis(50);
 /// Default `timeout_ms` of a `shell_exec` command (the spec's default).
 pub const EXEC_TIMEOUT_MS: u64 = 30_000;
 /// The first reference version without `shell_session` (2.29 has it,
@@ -45,7 +42,7 @@ pub enum ShellMode {
     Session,
     /// Line mode through shell_exec jobs (one command per line).
     Exec,
-    /// Experimental: the terminal stream (terminal_open, then bytes over realtime); the gateway must run with PANORAMA_GATEWAY_TERMINAL_STREAM=1. `auto` never picks it.
+    /// The terminal stream (terminal_open, then bytes over realtime); `auto` picks it when the gateway announces it.
     Stream,
 }
 
@@ -80,7 +77,7 @@ pub enum ShellCmd {
         /// The session id `shell attach` or `shell list` printed.
         session: String,
     },
-    /// List the terminal sessions opened on a gateway (terminal_open jobs, newest first) and whether a close was requested.
+    /// List the terminal sessions opened on a gateway (terminal_open jobs, newest first): whether each is alive (its gateway answers on its stream) and whether a close was requested.
     List {
         /// Gateway id.
         #[arg(long)]
@@ -105,32 +102,14 @@ pub enum ShellCmd {
     },
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AttachError {
-    #[error("{job_type} {action} job failed: {message}")]
-    JobFailed {
-        job_type: String,
-        action: String,
-        message: String,
-    },
-    #[error(
-        "{job_type} {action} job {id} did not finish within {secs} s; is the gateway running?"
-    )]
-    JobTimeout {
-        job_type: String,
-        action: String,
-        id: String,
-        secs: u64,
-    },
-    #[error("no gateway {0}: list them with `panorama-hub gateways list`")]
-    NoGateway(String),
-}
-
 // ------------------------------------------------------------------ path
 
 /// The shell job family a gateway runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShellPath {
+    /// The terminal stream (`terminal_open`, then bytes over realtime),
+    /// where the heartbeat announces it.
+    Stream,
     /// `shell_session` (and `shell_exec` too, for panorama-gateway).
     Session,
     /// Only `shell_exec`.
@@ -145,11 +124,15 @@ fn major_minor(version: &str) -> Option<(u64, u64)> {
     Some((major, minor))
 }
 
-/// Decides from heartbeat capabilities (§12.2 `runtime`): panorama-gateway
-/// (`node_version: "rust"`) runs both families; a reference gateway runs
-/// `shell_session` before 2.30 and only `shell_exec` from then on.
-/// `None`: the heartbeat does not say (no `runtime` block yet).
+/// Decides from heartbeat capabilities (§12.2 `runtime`): the terminal
+/// stream where announced; panorama-gateway (`node_version: "rust"`) runs
+/// both job families; a reference gateway runs `shell_session` before 2.30
+/// and only `shell_exec` from then on. `None`: the heartbeat does not say
+/// (no `runtime` block yet).
 pub fn shell_path_for(capabilities: &Value) -> Option<ShellPath> {
+    if crate::term::announces_stream(capabilities) {
+        return Some(ShellPath::Stream);
+    }
     let runtime = capabilities.get("runtime")?;
     if runtime.get("node_version").and_then(Value::as_str) == Some("rust") {
         return Some(ShellPath::Session);
@@ -291,179 +274,6 @@ impl SequenceTracker {
     }
 }
 
-// ------------------------------------------------------------------ jobs
-
-/// Queues shell jobs for one gateway and waits for their results.
-pub struct ShellJobs<'a> {
-    pub client: &'a HubClient,
-    pub team_id: String,
-    pub gateway_id: String,
-    pub resource_id: String,
-    pub timeout: Duration,
-}
-
-impl ShellJobs<'_> {
-    /// Queues one `shell_session` action and waits until the job is
-    /// terminal. `Ok` is the result of a completed job; a failed or
-    /// cancelled job is an error.
-    pub async fn call(&self, action: &str, mut payload: Value) -> Result<Value> {
-        if let Value::Object(map) = &mut payload {
-            map.insert("action".into(), json!(action));
-        }
-        self.run_job("shell_session", action, payload).await
-    }
-
-    /// Queues one `shell_exec` job. A command that fails still completes
-    /// the job (its result says how it ended); a refusal is an error.
-    pub async fn exec(
-        &self,
-        command: &str,
-        timeout_ms: u64,
-        secret_env: &serde_json::Map<String, Value>,
-    ) -> Result<Value> {
-        let mut payload = json!({"command": command, "timeout_ms": timeout_ms});
-        if !secret_env.is_empty() {
-            payload["secret_env"] = Value::Object(secret_env.clone());
-        }
-        // The job's own timeout plus room for queueing and reporting.
-        let wait = self
-            .timeout
-            .max(Duration::from_millis(timeout_ms) + Duration::from_secs(30));
-        self.run_job_for("shell_exec", "exec", payload, wait).await
-    }
-
-    /// Queues one job of any type on the resource and waits for its
-    /// result (a failed or cancelled job is an error).
-    pub async fn job(&self, job_type: &str, action: &str, payload: Value) -> Result<Value> {
-        self.run_job(job_type, action, payload).await
-    }
-
-    async fn run_job(&self, job_type: &str, action: &str, payload: Value) -> Result<Value> {
-        self.run_job_for(job_type, action, payload, self.timeout)
-            .await
-    }
-
-    async fn run_job_for(
-        &self,
-        job_type: &str,
-        action: &str,
-        mut payload: Value,
-        timeout: Duration,
-    ) -> Result<Value> {
-        if let Value::Object(map) = &mut payload {
-            map.insert("resource_id".into(), json!(self.resource_id));
-        }
-        let job = self
-            .client
-            .insert(
-                "gateway_jobs",
-                &json!({"team_id": self.team_id, "gateway_id": self.gateway_id,
-                    "job_type": job_type, "status": "queued", "payload": payload,
-                    "requested_via": "panorama-hub-cli"}),
-            )
-            .await
-            .with_context(|| format!("queueing a {job_type} {action} job"))?;
-        let id = job
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("the hub returned a job without an id: {job}"))?
-            .to_string();
-        let deadline = Instant::now() + timeout;
-        loop {
-            let rows = self
-                .client
-                .select(
-                    "gateway_jobs",
-                    &[
-                        ("id", format!("eq.{id}")),
-                        ("select", "status,result,error".into()),
-                    ],
-                )
-                .await?;
-            let row = rows.into_iter().next().unwrap_or(Value::Null);
-            match row.get("status").and_then(Value::as_str) {
-                Some("completed") => return Ok(row.get("result").cloned().unwrap_or(Value::Null)),
-                Some("failed") | Some("cancelled") => {
-                    let message = row
-                        .get("error")
-                        .and_then(Value::as_str)
-                        .or_else(|| row.pointer("/result/message").and_then(Value::as_str))
-                        .unwrap_or("unknown error")
-                        .to_string();
-                    return Err(AttachError::JobFailed {
-                        job_type: job_type.into(),
-                        action: action.into(),
-                        message,
-                    }
-                    .into());
-                }
-                _ => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(AttachError::JobTimeout {
-                    job_type: job_type.into(),
-                    action: action.into(),
-                    id,
-                    secs: timeout.as_secs(),
-                }
-                .into());
-            }
-            tokio::time::sleep(JOB_POLL).await;
-        }
-    }
-}
-
-/// The `remote_shell` resource bound to `gateway_id`: `wanted` when given,
-/// else the only one there is.
-async fn pick_resource(
-    client: &HubClient,
-    team_id: &str,
-    gateway_id: &str,
-    wanted: Option<&str>,
-) -> Result<String> {
-    if let Some(r) = wanted {
-        return Ok(r.to_string());
-    }
-    let rows = client
-        .select(
-            "team_resources",
-            &[
-                ("team_id", format!("eq.{team_id}")),
-                ("resource_type", "eq.remote_shell".into()),
-                ("select", "id,metadata".into()),
-            ],
-        )
-        .await
-        .context("looking up the gateway's remote_shell resources")?;
-    let ids: Vec<&str> = rows
-        .iter()
-        .filter(|r| r.pointer("/metadata/gateway_id").and_then(Value::as_str) == Some(gateway_id))
-        .filter_map(|r| r.get("id").and_then(Value::as_str))
-        .collect();
-    match ids.as_slice() {
-        [one] => Ok(one.to_string()),
-        [] => bail!("gateway {gateway_id} has no remote_shell resource: create one with `panorama-hub resource create --team {team_id} --gateway {gateway_id} --machine-control`"),
-        many => bail!("gateway {gateway_id} has {} remote_shell resources ({}); pick one with --resource", many.len(), many.join(", ")),
-    }
-}
-
-/// The gateway's row (team and capabilities), or a clear error.
-async fn gateway_row(client: &HubClient, gateway: &str) -> Result<Value> {
-    Ok(client
-        .select(
-            "team_gateways",
-            &[
-                ("id", format!("eq.{gateway}")),
-                ("select", "id,team_id,capabilities".into()),
-            ],
-        )
-        .await
-        .context("looking up the gateway")?
-        .into_iter()
-        .next()
-        .ok_or_else(|| AttachError::NoGateway(gateway.to_string()))?)
-}
-
 /// Restores the terminal when dropped.
 struct RawMode;
 
@@ -502,17 +312,11 @@ pub async fn run(client: &HubClient, cmd: &ShellCmd, json_output: bool) -> Resul
             mode,
             timeout_ms,
         } => {
-            let row = gateway_row(client, gateway).await?;
-            let team_id = row["team_id"].as_str().unwrap_or_default().to_string();
-            let jobs = ShellJobs {
-                client,
-                resource_id: pick_resource(client, &team_id, gateway, resource.as_deref()).await?,
-                team_id,
-                gateway_id: gateway.clone(),
-                timeout: JOB_TIMEOUT,
-            };
+            let (jobs, row) = ShellJobs::for_gateway(client, gateway).await?;
+            let jobs = jobs.on_resource(resource.as_deref()).await?;
             let path = match mode {
-                ShellMode::Session | ShellMode::Stream => ShellPath::Session,
+                ShellMode::Stream => ShellPath::Stream,
+                ShellMode::Session => ShellPath::Session,
                 ShellMode::Exec => ShellPath::Exec,
                 ShellMode::Auto => match shell_path_for(&row["capabilities"]) {
                     Some(p) => p,
@@ -522,17 +326,15 @@ pub async fn run(client: &HubClient, cmd: &ShellCmd, json_output: bool) -> Resul
                     }
                 },
             };
-            // The stream is experimental: only an explicit `--mode stream`
-            // uses it, never `auto`.
-            let stream = *mode == ShellMode::Stream;
-            if path == ShellPath::Exec && !stream {
+            if path == ShellPath::Exec {
                 return line_mode(&jobs, gateway, *timeout_ms).await;
             }
-            if stream {
-                // Before anything is opened on the gateway.
-                if !std::io::stdin().is_terminal() {
-                    bail!("standard input is not a terminal: `shell attach` needs one (run it in a terminal, or use `panorama-hub shell exec {gateway} -- COMMAND` for one command); nothing was opened on the gateway");
-                }
+            // Both terminal paths need one; checked before anything is
+            // opened on the gateway.
+            if !std::io::stdin().is_terminal() {
+                bail!("standard input is not a terminal: `shell attach` needs one (run it in a terminal, or use `panorama-hub shell exec {gateway} -- COMMAND` for one command); nothing was opened on the gateway");
+            }
+            if path == ShellPath::Stream {
                 return stream_mode(&jobs).await;
             }
             let (cols, rows) = crossterm::terminal::size().unwrap_or((120, 40));
@@ -554,14 +356,7 @@ pub async fn run(client: &HubClient, cmd: &ShellCmd, json_output: bool) -> Resul
             }
         }
         ShellCmd::Close { gateway, session } => {
-            let row = gateway_row(client, gateway).await?;
-            let jobs = ShellJobs {
-                client,
-                team_id: row["team_id"].as_str().unwrap_or_default().to_string(),
-                resource_id: String::new(),
-                gateway_id: gateway.clone(),
-                timeout: JOB_TIMEOUT,
-            };
+            let (jobs, _) = ShellJobs::for_gateway(client, gateway).await?;
             if crate::term::close(&jobs, session).await? {
                 println!("session {session} closed");
                 Ok(0)
@@ -579,15 +374,8 @@ pub async fn run(client: &HubClient, cmd: &ShellCmd, json_output: bool) -> Resul
             command,
         } => {
             let secret_env = parse_secret_env(secret_env)?;
-            let row = gateway_row(client, gateway).await?;
-            let team_id = row["team_id"].as_str().unwrap_or_default().to_string();
-            let jobs = ShellJobs {
-                client,
-                resource_id: pick_resource(client, &team_id, gateway, resource.as_deref()).await?,
-                team_id,
-                gateway_id: gateway.clone(),
-                timeout: JOB_TIMEOUT,
-            };
+            let (jobs, _) = ShellJobs::for_gateway(client, gateway).await?;
+            let jobs = jobs.on_resource(resource.as_deref()).await?;
             let result = jobs
                 .exec(&command.join(" "), *timeout_ms, &secret_env)
                 .await?;
@@ -903,6 +691,9 @@ async fn stream_mode(jobs: &ShellJobs<'_>) -> Result<i32> {
     }
 }
 
+/// How long `shell list` waits for a session's gateway to answer.
+const PROBE_WAIT: Duration = Duration::from_millis(1500);
+
 /// `shell list`: the terminal sessions opened on a gateway.
 async fn list_terminals(client: &HubClient, gateway: &str, json_output: bool) -> Result<i32> {
     use panorama_protocol::terminal::{JOB_TERMINAL_CLOSE, JOB_TERMINAL_OPEN};
@@ -934,12 +725,24 @@ async fn list_terminals(client: &HubClient, gateway: &str, json_output: bool) ->
         .iter()
         .filter_map(|c| c.pointer("/payload/session_id").and_then(Value::as_str))
         .collect();
+    // Sessions whose open job completed are asked whether they still run
+    // (all at once, so a list of dead sessions takes one probe's wait).
+    let alive = futures_util::future::join_all(opened.iter().map(|o| async move {
+        let id = o["id"].as_str().unwrap_or_default();
+        if o["status"] != "completed" {
+            return None;
+        }
+        crate::term::probe(client, id, PROBE_WAIT).await
+    }))
+    .await;
     let rows: Vec<Value> = opened
         .iter()
-        .map(|o| {
+        .zip(alive)
+        .map(|(o, idle_ms)| {
             let id = o["id"].as_str().unwrap_or_default();
             json!({"session_id": id, "open_job": o["status"], "created_at": o["created_at"],
-                "resource_id": o.pointer("/payload/resource_id"), "close_requested": closed.contains(&id), "error": o["error"]})
+                "resource_id": o.pointer("/payload/resource_id"), "alive": idle_ms.is_some(),
+                "idle_ms": idle_ms, "close_requested": closed.contains(&id), "error": o["error"]})
         })
         .collect();
     if json_output {
@@ -954,23 +757,21 @@ async fn list_terminals(client: &HubClient, gateway: &str, json_output: bool) ->
         return Ok(0);
     }
     println!(
-        "{:<36}  {:<9}  {:<24}  close requested",
-        "SESSION", "OPEN JOB", "CREATED"
+        "{:<36}  {:<9}  {:<5}  {:<24}  close requested",
+        "SESSION", "OPEN JOB", "ALIVE", "CREATED"
     );
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
     for r in &rows {
         println!(
-            "{:<36}  {:<9}  {:<24}  {}",
+            "{:<36}  {:<9}  {:<5}  {:<24}  {}",
             r["session_id"].as_str().unwrap_or_default(),
             r["open_job"].as_str().unwrap_or_default(),
+            yes_no(r["alive"] == true),
             r["created_at"].as_str().unwrap_or_default(),
-            if r["close_requested"] == true {
-                "yes"
-            } else {
-                "no"
-            }
+            yes_no(r["close_requested"] == true)
         );
     }
-    println!("(a session also ends when no client is attached for the gateway's idle timeout)");
+    println!("(alive: the gateway answered for it just now; a session ends when no client is attached for the gateway's idle timeout)");
     Ok(0)
 }
 
@@ -1021,6 +822,9 @@ mod tests {
         assert_eq!(shell_path_for(&caps("v22.1.0", Some("junk"))), None);
         assert_eq!(shell_path_for(&caps("v22.1.0", None)), None);
         assert_eq!(shell_path_for(&json!({})), None);
+        let mut streaming = caps("rust", Some("0.1.0"));
+        streaming["terminal_stream"] = json!({"version": 1});
+        assert_eq!(shell_path_for(&streaming), Some(ShellPath::Stream));
     }
 
     #[test]

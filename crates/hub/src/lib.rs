@@ -25,6 +25,7 @@ pub mod runs;
 pub mod schema;
 pub mod secrets;
 pub mod server;
+pub mod shell_jobs;
 pub mod store;
 pub mod term;
 pub mod up;

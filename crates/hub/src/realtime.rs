@@ -29,9 +29,10 @@
 //!   ([`broadcast`]), and the sender too when it joined with `self: true`;
 //!   public and private (`config.private`) channels of a topic are distinct.
 //!   A private channel is joined only by principals its topic allows
-//!   ([`authorize_private`]): `terminal:<session_id>` for the service key
-//!   and the gateway whose `terminal_open` job is that session. Presence
-//!   pushes are acknowledged and not tracked;
+//!   ([`authorize_private`]): `terminal:<session_id>` for the service key,
+//!   the gateway whose `terminal_open` job is that session, and team
+//!   members by role and resource (watchers' `input`/`resize`/`close` are
+//!   not relayed). Presence pushes are acknowledged and not tracked;
 //! * a socket too slow to take its changes (its dispatcher queue filled up)
 //!   gets `phx_error` on its bound channels, so that clients rejoin and
 //!   reconcile (see [`Conn::fail_bound_channels`]).
@@ -56,6 +57,7 @@ use broadcast::{Body, ChannelKey, Delivery};
 use dispatch::{Item, Route, Subscription};
 use filter::{binding_id, columns_json, Binding};
 use frame::{BinaryPush, Frame, Vsn};
+use panorama_protocol::terminal::{person_access, watcher_may_send, ChannelAccess};
 use serde_json::{json, Map, Value};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -219,6 +221,9 @@ struct Channel {
     broadcast_self: bool,
     /// Joined with `config.private: true` (authorized by topic).
     private: bool,
+    /// A terminal watcher: only the broadcasts reading needs are relayed
+    /// ([`panorama_protocol::terminal::watcher_may_send`]).
+    read_only: bool,
 }
 
 impl Channel {
@@ -465,6 +470,20 @@ impl Conn {
                     self.channels[idx].broadcast_ack,
                     self.channels[idx].broadcast_self,
                 );
+                if self.channels[idx].read_only {
+                    let event = frame.payload.get("event").and_then(Value::as_str);
+                    if !event.is_some_and(watcher_may_send) {
+                        tracing::debug!(topic = %frame.topic, event = ?event, "a terminal watcher's broadcast was not relayed");
+                        if frame.ref_.is_null() {
+                            return Ok(());
+                        }
+                        let reason = format!(
+                            "read-only: a watcher of {} may send attach, output_ack and ping only",
+                            frame.topic
+                        );
+                        return self.reply(&frame, error_reply(&reason)).await;
+                    }
+                }
                 let key = self.channels[idx].key();
                 self.state.broadcasts.publish(
                     self.socket_id,
@@ -520,6 +539,14 @@ impl Conn {
         let Some(idx) = self.channel_index(&push.topic) else {
             return self.reply(&req, error_reply("unmatched topic")).await;
         };
+        if self.channels[idx].read_only {
+            return self
+                .reply(
+                    &req,
+                    error_reply("read-only: a terminal watcher may not send binary broadcasts"),
+                )
+                .await;
+        }
         let (ack, echo) = (
             self.channels[idx].broadcast_ack,
             self.channels[idx].broadcast_self,
@@ -739,7 +766,7 @@ async fn prepare_channel(
         .topic
         .strip_prefix("realtime:")
         .unwrap_or(&frame.topic);
-    authorize_private(state, &principal, sub_topic, private).await?;
+    let access = authorize_private(state, &principal, sub_topic, private).await?;
     let entries: &[Value] = match config.get("postgres_changes") {
         None | Some(Value::Null) => &[],
         Some(Value::Array(a)) => a,
@@ -787,6 +814,7 @@ async fn prepare_channel(
         broadcast_ack: flag("broadcast", "ack"),
         broadcast_self: flag("broadcast", "self"),
         private,
+        read_only: access == Some(ChannelAccess::Watch),
     };
     Ok((channel, echo, flag("presence", "enabled")))
 }
@@ -1123,21 +1151,24 @@ pub const TERMINAL_TOPIC_PREFIX: &str = "terminal:";
 
 /// Who may join a channel, by topic (Realtime authorizes private channels
 /// with RLS on `realtime.messages`; ours are authorized here, like the
-/// tables). A terminal channel must be private and is open only to the
-/// service key and to the gateway that owns the session; any other private
-/// topic is refused, having no policy. Public topics are open to anyone
-/// holding an API key, as in Realtime.
+/// tables). A terminal channel must be private and is open to the service
+/// key and the gateway that owns the session (full access), and to signed-in
+/// members of the session's team as [`person_access`] decides from their
+/// role and the session's resource (full, watch-only, or refused); any other
+/// private topic is refused, having no policy. Public topics are open to
+/// anyone holding an API key, as in Realtime. `Some` is a terminal
+/// channel's access.
 async fn authorize_private(
     state: &AppState,
     principal: &Principal,
     topic: &str,
     private: bool,
-) -> Result<(), String> {
+) -> Result<Option<ChannelAccess>, String> {
     let Some(session_id) = topic.strip_prefix(TERMINAL_TOPIC_PREFIX) else {
         return if private {
             Err(format!("Unauthorized: You do not have permissions to read from this Channel topic: {topic}"))
         } else {
-            Ok(())
+            Ok(None)
         };
     };
     if !private {
@@ -1150,43 +1181,137 @@ async fn authorize_private(
             "Unauthorized: You do not have permissions to read from this Channel topic: {topic} ({why})"
         ))
     };
+    if !matches!(principal, Principal::Service) && uuid::Uuid::parse_str(session_id).is_err() {
+        return refuse("the session id is not a job id");
+    }
+    let check =
+        |e: crate::error::ApiError| format!("Unauthorized: could not check {topic}: {}", e.message);
     match principal {
-        Principal::Service => Ok(()),
+        Principal::Service => Ok(Some(ChannelAccess::Full)),
         Principal::Anon => refuse("the anon key may not join terminal streams"),
-        // Not yet: which people may watch or type is the console's part of
-        // the terminal issue; until then a person is refused, never admitted.
-        Principal::User { .. } => refuse("signed-in people may not join terminal streams yet"),
+        Principal::User {
+            user_id,
+            session_id: login,
+        } => {
+            // The session's job, in a team the person belongs to through a
+            // live sign-in (both read in one statement).
+            let job = select_one(
+                state,
+                &schema::GATEWAY_JOBS,
+                vec![
+                    crate::postgrest::Filter::eq("id", session_id),
+                    crate::postgrest::Filter::eq(
+                        "job_type",
+                        panorama_protocol::terminal::JOB_TERMINAL_OPEN,
+                    ),
+                    crate::postgrest::Filter::TeamOfMember {
+                        column: "team_id",
+                        user_id: user_id.clone(),
+                        session_id: login.clone(),
+                        roles: crate::people::ALL_ROLES,
+                    },
+                ],
+            )
+            .await
+            .map_err(check)?;
+            let Some(job) = job else {
+                return refuse("no terminal session of a team you belong to");
+            };
+            let team_id = job
+                .get("team_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let member = select_one(
+                state,
+                &schema::TEAM_MEMBERS,
+                vec![
+                    crate::postgrest::Filter::eq("team_id", team_id),
+                    crate::postgrest::Filter::eq("user_id", user_id),
+                ],
+            )
+            .await
+            .map_err(check)?;
+            let role = member
+                .as_ref()
+                .and_then(|m| m.get("role"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let resource_id = job
+                .get("payload")
+                .and_then(|p| p.get("resource_id"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let resource = if uuid::Uuid::parse_str(resource_id).is_ok() {
+                select_one(
+                    state,
+                    &schema::TEAM_RESOURCES,
+                    vec![
+                        crate::postgrest::Filter::eq("id", resource_id),
+                        crate::postgrest::Filter::eq("team_id", team_id),
+                    ],
+                )
+                .await
+                .map_err(check)?
+            } else {
+                None
+            };
+            let Some(resource) = resource else {
+                return refuse("the session's remote_shell resource is gone");
+            };
+            match person_access(
+                role,
+                resource.get("max_access_level").and_then(Value::as_str),
+                resource.get("metadata"),
+            ) {
+                Some(access) => Ok(Some(access)),
+                None => refuse("your team role may not watch this resource's terminals"),
+            }
+        }
         Principal::Gateway {
             gateway_id,
             team_id,
             ..
         } => {
-            if uuid::Uuid::parse_str(session_id).is_err() {
-                return refuse("the session id is not a job id");
-            }
-            let found = state
-                .store
-                .select(crate::store::SelectRequest {
-                    table: &schema::GATEWAY_JOBS,
-                    filters: vec![
-                        crate::postgrest::Filter::eq("id", session_id),
-                        crate::postgrest::Filter::eq("gateway_id", gateway_id),
-                        crate::postgrest::Filter::eq("team_id", team_id),
-                    ],
-                    order: vec![],
-                    limit: Some(1),
-                    offset: None,
-                    count: false,
-                })
-                .await
-                .map_err(|e| format!("Unauthorized: could not check {topic}: {}", e.message))?;
-            if found.rows.is_empty() {
+            let found = select_one(
+                state,
+                &schema::GATEWAY_JOBS,
+                vec![
+                    crate::postgrest::Filter::eq("id", session_id),
+                    crate::postgrest::Filter::eq("gateway_id", gateway_id),
+                    crate::postgrest::Filter::eq("team_id", team_id),
+                ],
+            )
+            .await
+            .map_err(check)?;
+            if found.is_none() {
                 refuse("this gateway does not own that session")
             } else {
-                Ok(())
+                Ok(Some(ChannelAccess::Full))
             }
         }
     }
+}
+
+/// The first row of `table` matching `filters`.
+async fn select_one(
+    state: &AppState,
+    table: &'static schema::Table,
+    filters: Vec<crate::postgrest::Filter>,
+) -> Result<Option<crate::changes::Row>, crate::error::ApiError> {
+    Ok(state
+        .store
+        .select(crate::store::SelectRequest {
+            table,
+            filters,
+            order: vec![],
+            limit: Some(1),
+            offset: None,
+            count: false,
+        })
+        .await?
+        .rows
+        .into_iter()
+        .next())
 }
 
 async fn next_item(sub: &mut Option<Subscription>) -> Item {

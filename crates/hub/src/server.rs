@@ -78,9 +78,18 @@ impl Hub {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
+        use axum::serve::ListenerExt;
+        // Nagle off: realtime frames (terminal keystrokes and echoes above
+        // all) are small and must not wait ~40 ms for the previous one's
+        // acknowledgement.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         // Peer addresses feed the per-address sign-in limiter.
         axum::serve(
-            self.listener,
+            listener,
             api::router(self.state).into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use panorama_protocol::terminal::{
-    InputOrder, InputVerdict, Message, CLIENT_PING_MS, JOB_TERMINAL_CLOSE, JOB_TERMINAL_OPEN,
+    Message, OutputOrder, OutputVerdict, CLIENT_PING_MS, JOB_TERMINAL_CLOSE, JOB_TERMINAL_OPEN,
 };
 use panorama_supabase::broadcast::{BroadcastChannel, BroadcastOptions};
 use serde_json::{json, Value};
@@ -23,7 +23,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::attach::ShellJobs;
+use crate::client::HubClient;
+use crate::shell_jobs::ShellJobs;
 
 /// Ctrl-]: close the session and exit.
 pub const DETACH_BYTE: u8 = 0x1d;
@@ -137,6 +138,37 @@ pub async fn close(jobs: &ShellJobs<'_>, session_id: &str) -> Result<bool> {
     Ok(result["closed"].as_bool().unwrap_or(false))
 }
 
+/// Whether session `session_id` is alive on its gateway: joins its stream
+/// and asks with `probe` (which does not keep the session attached).
+/// `Some(idle_ms)` when the gateway answered within `wait`.
+pub async fn probe(client: &HubClient, session_id: &str, wait: Duration) -> Option<u64> {
+    let mut chan = BroadcastChannel::join(&BroadcastOptions {
+        url: client.url.clone(),
+        apikey: client.service_key().to_string(),
+        access_token: None,
+        topic: panorama_protocol::terminal::topic(session_id),
+        private: true,
+    })
+    .await
+    .ok()?;
+    chan.send(
+        Message::Probe {
+            client_id: uuid::Uuid::new_v4().to_string(),
+        }
+        .to_broadcast(),
+    )
+    .await;
+    let answer = async {
+        while let Some(raw) = chan.recv().await {
+            if let Ok(Message::Alive { idle_ms, .. }) = Message::from_broadcast(&raw) {
+                return Some(idle_ms);
+            }
+        }
+        None
+    };
+    tokio::time::timeout(wait, answer).await.ok().flatten()
+}
+
 /// How an attach ended.
 #[derive(Debug)]
 pub enum Ended {
@@ -206,7 +238,8 @@ async fn pump(
     let mut stdin = stdin_bytes();
     let mut stdout = std::io::stdout();
     let mut unacked = Unacked::default();
-    let mut output = InputOrder::default();
+    let mut output = OutputOrder::default();
+    let mut asked_at = Instant::now();
     let mut winch = signal(SignalKind::window_change())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -218,7 +251,7 @@ async fn pump(
     chan.send(
         Message::Attach {
             client_id: cid(),
-            resume_from: 1,
+            resume_from: output.request_resume(),
         }
         .to_broadcast(),
     )
@@ -247,26 +280,26 @@ async fn pump(
                 let Some(raw) = msg else {
                     // The socket dropped: join again and resume.
                     *chan = rejoin(opts).await?;
-                    chan.send(Message::Attach { client_id: cid(), resume_from: output.last + 1 }.to_broadcast()).await;
+                    asked_at = Instant::now();
+                    chan.send(Message::Attach { client_id: cid(), resume_from: output.request_resume() }.to_broadcast()).await;
                     continue;
                 };
                 let Ok(msg) = Message::from_broadcast(&raw) else { continue };
                 match msg {
                     Message::Output { seq, data } => match output.accept(seq) {
-                        InputVerdict::Apply => {
+                        OutputVerdict::Apply => {
                             stdout.write_all(&data).context("writing to the terminal")?;
                             stdout.flush().context("writing to the terminal")?;
                             chan.send(Message::OutputAck { client_id: cid(), seq }.to_broadcast()).await;
                         }
-                        InputVerdict::Duplicate => {}
-                        InputVerdict::Gap => {
-                            chan.send(Message::Attach { client_id: cid(), resume_from: output.last + 1 }.to_broadcast()).await;
+                        OutputVerdict::Duplicate | OutputVerdict::Gap { resume_from: None } => {}
+                        OutputVerdict::Gap { resume_from: Some(from) } => {
+                            asked_at = Instant::now();
+                            chan.send(Message::Attach { client_id: cid(), resume_from: from }.to_broadcast()).await;
                         }
                     },
                     // Output older than the ring cannot come back.
-                    Message::Attached { oldest_seq, .. } if oldest_seq > output.last + 1 => {
-                        output.last = oldest_seq - 1;
-                    }
+                    Message::Attached { next_seq, oldest_seq } => output.attached(next_seq, oldest_seq),
                     Message::Ack { input_seq } => unacked.ack(input_seq),
                     Message::Exit { reason, code, .. } => return Ok(Ended::Exited { reason, code }),
                     _ => {}
@@ -282,6 +315,11 @@ async fn pump(
             _ = int.recv() => return Ok(Ended::Signalled("SIGINT")),
             _ = quit.recv() => return Ok(Ended::Signalled("SIGQUIT")),
             _ = tick.tick() => {
+                // A replay that never came (its attach or chunks lost): ask again.
+                if output.awaiting().is_some() && asked_at.elapsed() >= RESEND_AFTER * 2 {
+                    asked_at = Instant::now();
+                    chan.send(Message::Attach { client_id: cid(), resume_from: output.request_resume() }.to_broadcast()).await;
+                }
                 for (seq, data) in unacked.due(Instant::now(), RESEND_AFTER) {
                     chan.send(Message::Input { client_id: cid(), seq, data }.to_broadcast()).await;
                 }

@@ -17,7 +17,9 @@
 //!   seq, then live), `input {seq, data}` (seq counts from 1 per client;
 //!   duplicates are ignored, a gap is answered with `ack` so the client
 //!   resends), `ack {seq}` (output received up to seq), `resize {cols,
-//!   rows}`, `ping {}` (keeps the session attached), `close {}`.
+//!   rows}`, `ping {}` (keeps the session attached), `close {}`, `probe
+//!   {}` (answered with `alive {next_seq, idle_ms}`; does not keep the
+//!   session attached: `shell list` asks with it).
 //!
 //! Backpressure: the gateway stops reading the PTY while more than
 //! [`WINDOW_CHUNKS`] output chunks are unacknowledged, so a slow client
@@ -134,6 +136,17 @@ pub enum Message {
     Close {
         client_id: String,
     },
+    /// Is the session alive? Answered with `alive`; unlike every other
+    /// client message it does not count as a client being attached.
+    Probe {
+        client_id: String,
+    },
+    /// The answer to `probe`: output so far, and milliseconds since the
+    /// last client message.
+    Alive {
+        next_seq: u64,
+        idle_ms: u64,
+    },
 }
 
 fn b64() -> base64::engine::GeneralPurpose {
@@ -184,6 +197,10 @@ impl Message {
             Message::Resize { cols, rows } => ("resize", json!({"cols": cols, "rows": rows})),
             Message::Ping { client_id } => ("ping", json!({"client_id": client_id})),
             Message::Close { client_id } => ("close", json!({"client_id": client_id})),
+            Message::Probe { client_id } => ("probe", json!({"client_id": client_id})),
+            Message::Alive { next_seq, idle_ms } => {
+                ("alive", json!({"next_seq": next_seq, "idle_ms": idle_ms}))
+            }
         };
         json!({"type": "broadcast", "event": event, "payload": payload})
     }
@@ -258,6 +275,13 @@ impl Message {
             },
             "close" => Message::Close {
                 client_id: s("client_id")?,
+            },
+            "probe" => Message::Probe {
+                client_id: s("client_id")?,
+            },
+            "alive" => Message::Alive {
+                next_seq: u("next_seq")?,
+                idle_ms: u("idle_ms")?,
             },
             other => return Err(format!("unknown terminal event {other:?}")),
         })
@@ -346,6 +370,125 @@ impl InputOrder {
     }
 }
 
+/// What a principal may do on a terminal channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelAccess {
+    /// Watch and type: every message.
+    Full,
+    /// Watch only: `attach`, `output_ack`, `ping` and `probe` (see
+    /// [`watcher_may_send`]); `input`, `resize` and `close` are refused.
+    Watch,
+}
+
+/// The resource metadata flag that lets team viewers watch its terminals.
+pub const VIEWERS_MAY_WATCH: &str = "viewers_may_watch";
+
+/// What a signed-in team member with `role` may do on a terminal of a
+/// resource (`max_access_level`, `metadata`): owners, admins and members
+/// type where the resource grants full access and watch where it is
+/// configured for viewer access; viewers watch where the resource's
+/// metadata sets [`VIEWERS_MAY_WATCH`], and are refused otherwise.
+pub fn person_access(
+    role: &str,
+    max_access_level: Option<&str>,
+    metadata: Option<&Value>,
+) -> Option<ChannelAccess> {
+    let viewer_resource = max_access_level.is_some_and(|l| l.eq_ignore_ascii_case("viewer"));
+    match role {
+        "owner" | "admin" | "member" if viewer_resource => Some(ChannelAccess::Watch),
+        "owner" | "admin" | "member" => Some(ChannelAccess::Full),
+        "viewer"
+            if metadata
+                .and_then(|m| m.get(VIEWERS_MAY_WATCH))
+                .and_then(Value::as_bool)
+                == Some(true) =>
+        {
+            Some(ChannelAccess::Watch)
+        }
+        _ => None,
+    }
+}
+
+/// Whether a watcher may send a broadcast with this event: only what
+/// reading needs (replay, acknowledgements, keep-alive).
+pub fn watcher_may_send(event: &str) -> bool {
+    matches!(event, "attach" | "output_ack" | "ping" | "probe")
+}
+
+/// What a client does with an output chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputVerdict {
+    /// The next one: show it (and acknowledge it).
+    Apply,
+    /// Already shown (a replay overlapping live output).
+    Duplicate,
+    /// One or more before it are missing: drop it; when `resume_from` is
+    /// set, send `attach {resume_from}` so the gateway replays from there
+    /// (set once per gap, so a burst of early chunks asks once).
+    Gap { resume_from: Option<u64> },
+}
+
+/// Output ordering on the client: chunks are shown in seq order, exactly
+/// once. Live chunks can overtake the replay an `attach` asked for (they
+/// were broadcast before the gateway read the `attach`); they are dropped
+/// and come again in the replay.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OutputOrder {
+    /// The highest seq shown.
+    pub last: u64,
+    /// The `resume_from` of an `attach` not yet answered by its chunk.
+    asked: Option<u64>,
+}
+
+impl OutputOrder {
+    /// Records an `attach {resume_from}` sent (the first one, or after a
+    /// reconnect); returns `resume_from`.
+    pub fn request_resume(&mut self) -> u64 {
+        let from = self.last + 1;
+        self.asked = Some(from);
+        from
+    }
+
+    /// The `resume_from` still awaited, if any (for a caller that asks
+    /// again when a replay never came).
+    pub fn awaiting(&self) -> Option<u64> {
+        self.asked
+    }
+
+    /// `attached {next_seq, oldest_seq}`: output before the ring's oldest
+    /// chunk is gone for good (continue from there), and with nothing to
+    /// replay no replay is awaited.
+    pub fn attached(&mut self, next_seq: u64, oldest_seq: u64) {
+        if oldest_seq > self.last + 1 {
+            self.last = oldest_seq - 1;
+            if self.asked.is_some() {
+                self.asked = Some(oldest_seq);
+            }
+        }
+        if next_seq <= self.last + 1 {
+            self.asked = None;
+        }
+    }
+
+    pub fn accept(&mut self, seq: u64) -> OutputVerdict {
+        if seq <= self.last {
+            OutputVerdict::Duplicate
+        } else if seq == self.last + 1 {
+            self.last = seq;
+            if self.asked.is_some_and(|a| a <= seq) {
+                self.asked = None;
+            }
+            OutputVerdict::Apply
+        } else if self.asked == Some(self.last + 1) {
+            OutputVerdict::Gap { resume_from: None }
+        } else {
+            OutputVerdict::Gap {
+                resume_from: Some(self.request_resume()),
+            }
+        }
+    }
+}
+
 /// Whether the gateway may read (and send) more output: fewer than
 /// `window` chunks after the highest acknowledgement.
 pub fn window_open(next_seq: u64, acked: u64, window: u64) -> bool {
@@ -402,6 +545,13 @@ mod tests {
             Message::Close {
                 client_id: "c".into(),
             },
+            Message::Probe {
+                client_id: "c".into(),
+            },
+            Message::Alive {
+                next_seq: 4,
+                idle_ms: 1500,
+            },
         ] {
             let wire = m.to_broadcast();
             assert_eq!(wire["type"], "broadcast");
@@ -452,6 +602,73 @@ mod tests {
         assert_eq!(o.accept(3), InputVerdict::Gap);
         assert_eq!(o.accept(2), InputVerdict::Apply);
         assert_eq!(o.accept(3), InputVerdict::Apply);
+    }
+
+    #[test]
+    fn output_order_asks_once_per_gap_and_takes_the_replay() {
+        let mut o = OutputOrder::default();
+        assert_eq!(o.request_resume(), 1);
+        // Live chunks overtake the replay: dropped, no second request.
+        assert_eq!(o.accept(3), OutputVerdict::Gap { resume_from: None });
+        assert_eq!(o.accept(4), OutputVerdict::Gap { resume_from: None });
+        // The replay.
+        assert_eq!(o.accept(1), OutputVerdict::Apply);
+        assert_eq!(o.awaiting(), None);
+        assert_eq!(o.accept(2), OutputVerdict::Apply);
+        assert_eq!(o.accept(2), OutputVerdict::Duplicate);
+        // A chunk lost mid-stream: one request, then quiet.
+        assert_eq!(
+            o.accept(4),
+            OutputVerdict::Gap {
+                resume_from: Some(3)
+            }
+        );
+        assert_eq!(o.accept(5), OutputVerdict::Gap { resume_from: None });
+        assert_eq!(o.awaiting(), Some(3));
+        assert_eq!(o.accept(3), OutputVerdict::Apply);
+        // Output older than the ring is skipped.
+        o.request_resume();
+        o.attached(12, 10);
+        assert_eq!(o.awaiting(), Some(10));
+        assert_eq!(o.accept(11), OutputVerdict::Gap { resume_from: None });
+        assert_eq!(o.accept(10), OutputVerdict::Apply);
+        // Nothing to replay: nothing awaited.
+        let mut fresh = OutputOrder::default();
+        fresh.request_resume();
+        fresh.attached(1, 1);
+        assert_eq!(fresh.awaiting(), None);
+    }
+
+    #[test]
+    fn people_type_watch_or_are_refused_by_role_and_resource() {
+        let watchable = json!({ VIEWERS_MAY_WATCH: true });
+        for role in ["owner", "admin", "member"] {
+            assert_eq!(
+                person_access(role, Some("editor"), None),
+                Some(ChannelAccess::Full)
+            );
+            assert_eq!(person_access(role, None, None), Some(ChannelAccess::Full));
+            assert_eq!(
+                person_access(role, Some("Viewer"), None),
+                Some(ChannelAccess::Watch)
+            );
+        }
+        assert_eq!(person_access("viewer", Some("editor"), None), None);
+        assert_eq!(
+            person_access("viewer", Some("editor"), Some(&json!({}))),
+            None
+        );
+        assert_eq!(
+            person_access("viewer", Some("editor"), Some(&watchable)),
+            Some(ChannelAccess::Watch)
+        );
+        assert_eq!(person_access("stranger", None, Some(&watchable)), None);
+        for e in ["attach", "output_ack", "ping", "probe"] {
+            assert!(watcher_may_send(e));
+        }
+        for e in ["input", "resize", "close", "output", "exit"] {
+            assert!(!watcher_may_send(e), "{e}");
+        }
     }
 
     #[test]

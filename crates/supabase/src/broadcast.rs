@@ -55,7 +55,9 @@ impl BroadcastChannel {
     /// Connects and joins; `Err` carries the server's refusal reason.
     pub async fn join(opts: &BroadcastOptions) -> Result<BroadcastChannel> {
         let url = websocket_url(&opts.url, &opts.apikey, &[], Vsn::V2);
-        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        // Nagle off: keystrokes and echoes are small frames that must not
+        // wait for the previous one's acknowledgement (~40 ms each way).
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
             .await
             .map_err(|e| transport("the realtime connection", e))?;
         let mut payload = json!({

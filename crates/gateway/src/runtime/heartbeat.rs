@@ -135,8 +135,8 @@ async fn send_locked(
         .as_ref()
         .map(Capabilities::to_value)
         .unwrap_or_else(|| json!({}));
-    // Extension (issue 15, experimental): this gateway serves `terminal_open`
-    // streams, announced only when the operator turned the stream on.
+    // Extension (issue 15): this gateway serves `terminal_open` streams,
+    // unless the operator turned the stream off.
     if gw.shell_sessions.terminals().enabled {
         if let Some(caps) = capabilities.as_object_mut() {
             caps.insert(

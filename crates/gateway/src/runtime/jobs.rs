@@ -162,10 +162,9 @@ fn log_processing(job: &GatewayJobRow) {
 /// handler of its type. A payload that does not decode completes the job
 /// with the spec's message for it, without running anything.
 async fn dispatch(gw: &Gateway, row: &GatewayJobRow) -> JobCompletion {
-    // `terminal_open` / `terminal_close` (issue 15) are an experimental
-    // extension outside the protocol's job types: served only when the
-    // operator turned the stream on, otherwise refused as unsupported like
-    // any other unknown type.
+    // `terminal_open` / `terminal_close` (issue 15) are an extension
+    // outside the protocol's job types: served unless the operator turned
+    // the stream off, then refused as unsupported like any unknown type.
     if let JobType::Unknown(t) = &row.job_type {
         if super::shell_glue::is_terminal_job(t) && gw.shell_sessions.terminals().enabled {
             return super::shell_glue::handle(gw, row, None).await;

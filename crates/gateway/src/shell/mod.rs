@@ -13,6 +13,7 @@ pub mod error;
 pub mod exec;
 pub mod gate;
 pub mod session;
+pub mod spawn;
 pub mod terminal;
 
 use std::sync::Arc;
@@ -32,7 +33,8 @@ pub use gate::{
     check_machine_control, check_resource, check_shell_gate, GateInputs, ShellGateKind,
     ShellIdentity,
 };
-pub use session::{Clock, Session, ShellSessions, ShellSessionsConfig};
+pub use session::{Session, ShellSessions};
+pub use spawn::{Clock, ShellSessionsConfig};
 
 pub use panorama_protocol::secrets::MSG_SECRETS_OUTSIDE_VM;
 
@@ -105,6 +107,29 @@ pub struct ShellContext {
 /// A `shell_session` action: the five of the spec plus `resize`.
 pub use panorama_protocol::jobs::ShellJobAction as SessionAction;
 
+/// How every shell job starts: refused as cancelled (`cancelled_message`)
+/// when the job was cancelled since it was claimed, then the machine-control
+/// gate (§4.9). Returns the gate inputs for the resource check.
+async fn gate_preamble(
+    ctx: &ShellContext,
+    kind: ShellGateKind,
+    cancelled_message: &str,
+) -> Result<GateInputs, ShellJobError> {
+    if ctx.control.job_cancelled(&ctx.job_id).await {
+        return Err(ShellJobError::with_fields(
+            cancelled_message,
+            json!({ "cancelled": true }),
+        ));
+    }
+    let inputs = ctx.control.load_gate_inputs().await;
+    let now_ms = ctx
+        .control
+        .freshness_now_ms()
+        .unwrap_or_else(|| ctx.sessions.now_ms());
+    check_machine_control(kind, &inputs, now_ms).map_err(ShellJobError::message)?;
+    Ok(inputs)
+}
+
 async fn validate_resource(
     ctx: &ShellContext,
     kind: ShellGateKind,
@@ -132,21 +157,8 @@ pub async fn handle_shell_session_job(
     let sessions = &ctx.sessions;
     // 1. Purge.
     sessions.purge_expired();
-    // 2. Cancelled since it was claimed?
-    if ctx.control.job_cancelled(&ctx.job_id).await {
-        return Err(ShellJobError::with_fields(
-            MSG_SHELL_JOB_CANCELLED,
-            json!({ "cancelled": true }),
-        ));
-    }
-    // 3. Machine control.
-    let inputs = ctx.control.load_gate_inputs().await;
-    let now_ms = ctx
-        .control
-        .freshness_now_ms()
-        .unwrap_or_else(|| sessions.now_ms());
-    check_machine_control(ShellGateKind::Session, &inputs, now_ms)
-        .map_err(ShellJobError::message)?;
+    // 2–3. Cancelled since it was claimed? Machine control.
+    let inputs = gate_preamble(ctx, ShellGateKind::Session, MSG_SHELL_JOB_CANCELLED).await?;
     // 4–5. Action, resource id.
     let action = job
         .action
@@ -210,18 +222,7 @@ pub async fn handle_shell_exec_job(
     ctx: &ShellContext,
     job: &ShellExecJob,
 ) -> Result<Value, ShellJobError> {
-    if ctx.control.job_cancelled(&ctx.job_id).await {
-        return Err(ShellJobError::with_fields(
-            MSG_SHELL_EXEC_JOB_CANCELLED,
-            json!({ "cancelled": true }),
-        ));
-    }
-    let inputs = ctx.control.load_gate_inputs().await;
-    let now_ms = ctx
-        .control
-        .freshness_now_ms()
-        .unwrap_or_else(|| ctx.sessions.now_ms());
-    check_machine_control(ShellGateKind::Exec, &inputs, now_ms).map_err(ShellJobError::message)?;
+    let inputs = gate_preamble(ctx, ShellGateKind::Exec, MSG_SHELL_EXEC_JOB_CANCELLED).await?;
     let resource_id = job
         .resource_id
         .clone()
@@ -295,19 +296,7 @@ pub async fn handle_terminal_job(
             .await;
         return Ok(json!({ "session_id": session_id, "closed": closed }));
     }
-    if ctx.control.job_cancelled(&ctx.job_id).await {
-        return Err(ShellJobError::with_fields(
-            MSG_SHELL_JOB_CANCELLED,
-            json!({ "cancelled": true }),
-        ));
-    }
-    let inputs = ctx.control.load_gate_inputs().await;
-    let now_ms = ctx
-        .control
-        .freshness_now_ms()
-        .unwrap_or_else(|| ctx.sessions.now_ms());
-    check_machine_control(ShellGateKind::Session, &inputs, now_ms)
-        .map_err(ShellJobError::message)?;
+    let inputs = gate_preamble(ctx, ShellGateKind::Session, MSG_SHELL_JOB_CANCELLED).await?;
     let parsed = OpenPayload::parse(payload).map_err(ShellJobError::message)?;
     let resource = ctx.control.load_resource(&parsed.resource_id).await;
     check_resource(

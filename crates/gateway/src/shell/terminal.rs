@@ -15,9 +15,9 @@
 //! contained job (its cgroup, or its process tree; [`crate::contain`]) is
 //! then terminated with [`Job::terminate`].
 //!
-//! Experimental: served (and announced in the heartbeat) only when
-//! [`STREAM_ENABLE_ENV`] is `1`; otherwise `terminal_*` jobs are refused as
-//! unsupported, like any unknown job type.
+//! Served and announced in the heartbeat unless [`STREAM_ENABLE_ENV`] turns
+//! it off; then `terminal_*` jobs are refused as unsupported, like any
+//! unknown job type.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -35,15 +35,19 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::session::{default_shell, resolve_program, signal_name, spawn_pty, DEFAULT_SHELL_TERM};
-use super::ShellSessionsConfig;
+use super::spawn::{
+    default_shell, resolve_program, signal_name, spawn_pty, ShellSessionsConfig, SpawnedPty,
+    DEFAULT_SHELL_TERM,
+};
 use crate::contain::{self, Job};
 
 /// The idle-timeout setting (seconds): no client message for this long
 /// ends a terminal session.
 pub const IDLE_TIMEOUT_ENV: &str = "PANORAMA_TERMINAL_IDLE_TIMEOUT_SECS";
-/// Turns the experimental terminal stream on (`1`): only then does the
-/// gateway announce it and accept `terminal_open` / `terminal_close`.
+/// Turns the terminal stream off (`0`, `false`, `off`, `no`): the gateway
+/// then neither announces it nor accepts `terminal_open` /
+/// `terminal_close`, and `shell attach` falls back to `shell_session`.
+/// On by default.
 pub const STREAM_ENABLE_ENV: &str = "PANORAMA_GATEWAY_TERMINAL_STREAM";
 /// Most terminals one gateway runs at once.
 pub const MAX_TERMINALS: usize = 64;
@@ -64,9 +68,18 @@ pub fn idle_timeout_setting() -> Duration {
     Duration::from_secs_f64(secs)
 }
 
-/// Whether [`STREAM_ENABLE_ENV`] turns the stream on.
+/// Whether [`STREAM_ENABLE_ENV`] leaves the stream on.
 pub fn stream_enabled_setting() -> bool {
-    std::env::var(STREAM_ENABLE_ENV).is_ok_and(|v| v.trim() == "1")
+    stream_enabled(std::env::var(STREAM_ENABLE_ENV).ok().as_deref())
+}
+
+/// The stream is on unless the setting says off.
+pub fn stream_enabled(setting: Option<&str>) -> bool {
+    !setting.is_some_and(|v| {
+        ["0", "false", "off", "no"]
+            .iter()
+            .any(|off| v.trim().eq_ignore_ascii_case(off))
+    })
 }
 
 struct Running {
@@ -79,7 +92,7 @@ struct Running {
 pub struct Terminals {
     sessions: Mutex<HashMap<String, Running>>,
     pub idle_timeout: Duration,
-    /// The experimental stream is served (see [`STREAM_ENABLE_ENV`]).
+    /// The stream is served (see [`STREAM_ENABLE_ENV`]).
     pub enabled: bool,
 }
 
@@ -340,7 +353,7 @@ impl Pump {
     async fn run(
         self,
         chan: BroadcastChannel,
-        spawned: super::session::SpawnedPty,
+        spawned: SpawnedPty,
         mut stop: watch::Receiver<Option<String>>,
     ) {
         let master: Box<dyn MasterPty + Send> = spawned.master;
@@ -373,12 +386,14 @@ impl Pump {
                 },
                 e = &mut exit_rx, if exit.is_none() => {
                     let e = e.unwrap_or(Exit { code: None, signal: None });
+                    let reason = describe_exit(&e);
+                    // Kept: `exit_rx` is spent and must not be polled again.
+                    exit = Some(e);
                     // Let the last output drain (bounded: a background
                     // process may hold the terminal open).
                     if !output_open {
-                        break describe_exit(&e);
+                        break reason;
                     }
-                    exit = Some(e);
                     let deadline = Instant::now() + Duration::from_millis(300);
                     while let Ok(Some(bytes)) = tokio::time::timeout_at(deadline, output.recv()).await {
                         let seq = ring.push(bytes.clone());
@@ -386,7 +401,7 @@ impl Pump {
                             c.send(Message::Output { seq, data: bytes }.to_broadcast()).await;
                         }
                     }
-                    break exit.as_ref().map(describe_exit).unwrap_or_default();
+                    break reason;
                 },
                 msg = next_msg(&mut chan) => match msg {
                     None => {
@@ -398,9 +413,14 @@ impl Pump {
                             tracing::debug!(sessionId = %self.session_id, "ignoring a malformed terminal message");
                             continue;
                         };
-                        last_client = Instant::now();
+                        if !matches!(msg, Message::Probe { .. }) {
+                            last_client = Instant::now();
+                        }
                         let Some(c) = &chan else { continue };
                         match msg {
+                            Message::Probe { .. } => {
+                                c.send(Message::Alive { next_seq: ring.next_seq(), idle_ms: last_client.elapsed().as_millis() as u64 }.to_broadcast()).await;
+                            }
                             Message::Attach { resume_from, .. } => {
                                 acked = acked.max(resume_from.saturating_sub(1));
                                 c.send(Message::Attached { next_seq: ring.next_seq(), oldest_seq: ring.oldest_seq() }.to_broadcast()).await;
@@ -425,7 +445,7 @@ impl Pump {
                             Message::Ping { .. } => {}
                             Message::Close { .. } => break "closed by the client".to_string(),
                             // Gateway-to-client messages from another gateway member: ignore.
-                            Message::Output { .. } | Message::Ack { .. } | Message::Attached { .. } | Message::Exit { .. } => {}
+                            Message::Output { .. } | Message::Ack { .. } | Message::Attached { .. } | Message::Exit { .. } | Message::Alive { .. } => {}
                         }
                     }
                 },
@@ -505,6 +525,15 @@ async fn next_msg(chan: &mut Option<BroadcastChannel>) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stream_is_on_unless_the_setting_turns_it_off() {
+        assert!(stream_enabled(None));
+        assert!(stream_enabled(Some("1")));
+        for off in ["0", "false", " OFF ", "no"] {
+            assert!(!stream_enabled(Some(off)), "{off}");
+        }
+    }
 
     #[test]
     fn the_start_dir_is_the_payload_then_the_resource_then_home() {
