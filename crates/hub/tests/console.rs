@@ -11,8 +11,9 @@
 //! and sees events while it is still running; cancels a second run and sees
 //! it end cancelled; dispatches a diagnostic, a shell command and a text
 //! model run and sees their results; pages and filters the job history
-//! (55 older jobs); runs `echo hi` in the
-//! terminal; signs out. The owner of another team sees none of it and is
+//! (55 older jobs); in the terminal, over the interactive stream, runs
+//! `echo hi`, answers a `read` by typing, has the browser answer `ESC[6n`
+//! and interrupts `sleep` with Ctrl-C; signs out. The owner of another team sees none of it and is
 //! refused when acting on it. No request leaves the hub's origin.
 //!
 //! Screenshots of every screen go to `target/console-screenshots/`, or to

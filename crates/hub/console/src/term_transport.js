@@ -1,9 +1,7 @@
-// How the console's terminal reaches a machine. One small module so the
-// transport can be switched: today people run each line as one
-// `shell_exec` job (the hub refuses signed-in people on the interactive
-// `terminal:<session>` broadcast stream until it decides who may watch or
-// type — ARCHITECTURE.md, "Terminal stream"). A stream transport would
-// implement the same `{ kind, run(line), close() }` with a raw byte pipe.
+// Line mode: how the console's terminal reaches a machine that does not
+// announce the terminal stream (term_stream.js is the interactive path).
+// Each line runs as one `shell_exec` job; the directory is carried between
+// lines.
 
 import { jobRow } from './recipes.js';
 
@@ -58,7 +56,7 @@ export function lineTransport(sb, { teamId, gatewayId, userId, resourceId, timeo
   };
 }
 
-/** The transport the console uses for a machine. */
+/** The line-mode transport for a machine. */
 export function openTransport(sb, opts) {
   return lineTransport(sb, opts);
 }

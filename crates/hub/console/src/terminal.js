@@ -40,6 +40,8 @@ function mountStream(term, sb, opts) {
     rows: term.rows,
     onOutput: (bytes) => term.write(bytes),
     onExit: (why) => term.writeln(`\r\n\x1b[33m[session ended: ${why}]\x1b[0m`),
+    // A dropped socket shows until supabase-js has joined again (and the session resumed).
+    onStatus: (status) => { if (!closed && status !== 'SUBSCRIBED') term.writeln(`\r\n\x1b[33m[terminal stream: ${status}]\x1b[0m`); },
   }).then((t) => {
     if (closed) { t.close(); return; }
     transport = t;
