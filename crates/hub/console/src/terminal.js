@@ -2,6 +2,7 @@
 // (term_stream.js: raw bytes both ways) when the machine announces it, else
 // with local line editing over shell_exec jobs (term_transport.js).
 import { Terminal } from '@xterm/xterm';
+import { FitAddon } from '@xterm/addon-fit';
 import '@xterm/xterm/css/xterm.css';
 import { openTransport } from './term_transport.js';
 import { streamTransport } from './term_stream.js';
@@ -24,6 +25,17 @@ function newTerminal(el, dark) {
     theme: dark ? { background: '#111418', foreground: '#e6e6e6' } : { background: '#fbfbfb', foreground: '#1b1b1b', cursor: '#1b1b1b', selectionBackground: '#b3d4fc' },
   });
   term.open(el);
+  // Columns follow the page's width (rows stay 24); the stream sends each new size as a resize.
+  const fit = new FitAddon();
+  term.loadAddon(fit);
+  const refit = () => {
+    const d = fit.proposeDimensions();
+    if (d?.cols > 0 && d.cols !== term.cols) term.resize(d.cols, term.rows);
+  };
+  refit();
+  const observer = new ResizeObserver(refit);
+  observer.observe(el);
+  term.release = () => { observer.disconnect(); term.dispose(); };
   return term;
 }
 
@@ -50,7 +62,7 @@ function mountStream(term, sb, opts) {
   term.onData((data) => transport?.send(data));
   term.onResize(({ cols, rows }) => transport?.resize(cols, rows));
   term.focus();
-  return () => { closed = true; transport?.close(); term.dispose(); };
+  return () => { closed = true; transport?.close(); term.release(); };
 }
 
 /** Line mode over shell_exec jobs: local line editing, one job per line. */
@@ -102,5 +114,5 @@ function mountLines(term, sb, opts) {
     }
   });
   term.focus();
-  return () => { transport.close(); term.dispose(); };
+  return () => { transport.close(); term.release(); };
 }

@@ -216,6 +216,12 @@ try {
   await p.keyboard.type(`bash -c 'printf "\\033[6n"; IFS= read -rsd R pos; echo "pos:\${pos#*[}"'`);
   await p.keyboard.press('Enter');
   await waitRow('pos:ROW;COL', (r) => /^pos:\d+;\d+$/.test(r));
+  stepTo('terminal: the shell sees the width the page fits');
+  const cols = await p.evaluate(() => Math.floor(document.querySelector('#terminal .xterm-screen').getBoundingClientRect().width));
+  await p.keyboard.type('stty size');
+  await p.keyboard.press('Enter');
+  const sized = (await waitRow('stty size', (r) => /^24 \d+$/.test(r))).find((r) => /^24 \d+$/.test(r));
+  if (!(Number(sized.split(' ')[1]) > 80)) throw new Error(`the shell's terminal is ${sized} wide on a ${cols}px screen: the fitted width never reached it`);
   stepTo('terminal: Ctrl-C interrupts a running program');
   await p.keyboard.type('sleep 100; echo slept');
   await p.keyboard.press('Enter');
