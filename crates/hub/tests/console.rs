@@ -268,6 +268,21 @@ fn console_in_chromium() {
         .map(|r| r["status"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(statuses, ["completed", "cancelled"], "{runs:?}");
+    // The terminal was one session (one job row for everything typed), and
+    // leaving its screen closed it: the gateway no longer answers for it.
+    let opens = hub.select(
+        "gateway_jobs",
+        &format!("gateway_id=eq.{gateway_id}&job_type=eq.terminal_open"),
+    );
+    assert_eq!(opens.len(), 1, "one terminal_open job: {opens:?}");
+    let sessions = hub.cli_json(&["shell", "list", "--gateway", &gateway_id]);
+    let sessions = sessions.as_array().expect("shell list --json is an array");
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(
+        sessions[0]["alive"],
+        json!(false),
+        "leaving the terminal screen closes the session: {sessions:?}"
+    );
 }
 
 /// The console's pure functions (dispatch rows, pairing codes, the
