@@ -6,6 +6,7 @@
 // transport at the bottom is the only I/O.
 
 import { jobRow } from './recipes.js';
+import { submitAndWait } from './term_transport.js';
 
 /** The heartbeat capability key a gateway announces the stream with. */
 export const CAPABILITY_KEY = 'terminal_stream';
@@ -98,23 +99,6 @@ export class Unacked {
   }
 }
 
-const TERMINAL = ['completed', 'failed', 'cancelled'];
-
-/** Inserts one job and waits for its result (the same job the CLI's `shell attach` inserts). */
-async function runJob(sb, row, timeoutMs) {
-  const { data: job, error } = await sb.from('gateway_jobs').insert(row).select().single();
-  if (error) throw new Error(error.message);
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const { data: r, error: e } = await sb.from('gateway_jobs').select('status,result,error').eq('id', job.id).single();
-    if (e) throw new Error(e.message);
-    if (r.status === 'completed') return r.result || {};
-    if (TERMINAL.includes(r.status)) throw new Error(`opening the terminal ${r.status}: ${r.error || r.result?.message || 'no reason given'}`);
-    if (Date.now() > deadline) throw new Error('no answer from the machine in time (is it online?)');
-    await new Promise((res) => setTimeout(res, 100));
-  }
-}
-
 /**
  * A stream transport: opens a session (`terminal_open`, as the signed-in
  * person), joins `terminal:<session>` and pumps bytes. `onOutput(bytes)`
@@ -122,8 +106,9 @@ async function runJob(sb, row, timeoutMs) {
  * Returns `{ kind, sessionId, send(data), resize(cols, rows), close() }`.
  */
 export async function streamTransport(sb, { teamId, gatewayId, userId, resourceId, cols, rows, onOutput, onExit, onStatus = () => {} }) {
-  const opened = await runJob(sb, jobRow({ teamId, gatewayId, userId, jobType: 'terminal_open', payload: { resource_id: resourceId, cols, rows, term: 'xterm-256color' } }), 60000);
-  const sessionId = opened.session_id;
+  const row = await submitAndWait(sb, jobRow({ teamId, gatewayId, userId, jobType: 'terminal_open', payload: { resource_id: resourceId, cols, rows, term: 'xterm-256color' } }), 60000);
+  if (row.status !== 'completed') throw new Error(`opening the terminal ${row.status}: ${row.error || row.result?.message || 'no reason given'}`);
+  const sessionId = row.result?.session_id;
   if (!sessionId) throw new Error('the machine opened a terminal without a session id');
   const clientId = crypto.randomUUID();
   const order = new OutputOrder();
