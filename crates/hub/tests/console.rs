@@ -11,8 +11,9 @@
 //! and sees events while it is still running; cancels a second run and sees
 //! it end cancelled; dispatches a diagnostic, a shell command and a text
 //! model run and sees their results; pages and filters the job history
-//! (55 older jobs); runs `echo hi` in the
-//! terminal; signs out. The owner of another team sees none of it and is
+//! (55 older jobs); in the terminal, over the interactive stream, runs
+//! `echo hi`, answers a `read` by typing, has the browser answer `ESC[6n`
+//! and interrupts `sleep` with Ctrl-C; signs out. The owner of another team sees none of it and is
 //! refused when acting on it. No request leaves the hub's origin.
 //!
 //! Screenshots of every screen go to `target/console-screenshots/`, or to
@@ -267,6 +268,21 @@ fn console_in_chromium() {
         .map(|r| r["status"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(statuses, ["completed", "cancelled"], "{runs:?}");
+    // The terminal was one session (one job row for everything typed), and
+    // leaving its screen closed it: the gateway no longer answers for it.
+    let opens = hub.select(
+        "gateway_jobs",
+        &format!("gateway_id=eq.{gateway_id}&job_type=eq.terminal_open"),
+    );
+    assert_eq!(opens.len(), 1, "one terminal_open job: {opens:?}");
+    let sessions = hub.cli_json(&["shell", "list", "--gateway", &gateway_id]);
+    let sessions = sessions.as_array().expect("shell list --json is an array");
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(
+        sessions[0]["alive"],
+        json!(false),
+        "leaving the terminal screen closes the session: {sessions:?}"
+    );
 }
 
 /// The console's pure functions (dispatch rows, pairing codes, the

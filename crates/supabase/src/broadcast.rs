@@ -135,6 +135,16 @@ impl BroadcastChannel {
                     }
                     msg = ws.next() => {
                         let Some(Ok(msg)) = msg else { break };
+                        // supabase-js (vsn 2.0.0) sends its broadcasts as binary
+                        // frames; the server relays them to us as binary too.
+                        if let Message::Binary(bytes) = &msg {
+                            if let Some((t, push)) = decode_user_broadcast(bytes) {
+                                if t == topic && in_tx.send(push).await.is_err() {
+                                    break;
+                                }
+                            }
+                            continue;
+                        }
                         let Message::Text(text) = msg else {
                             if matches!(msg, Message::Close(_)) { break }
                             continue;
@@ -204,5 +214,87 @@ impl BroadcastChannel {
 impl Drop for BroadcastChannel {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A vsn 2.0.0 binary user broadcast from the server (kind 4: `u8` lengths
+/// of topic, event and metadata, `u8` encoding, the three fields, then the
+/// payload) as `(topic, {type: "broadcast", event, payload})`. Only JSON
+/// payloads (encoding 1) have that form; anything else is `None`.
+pub fn decode_user_broadcast(bytes: &[u8]) -> Option<(String, Value)> {
+    let (&kind, rest) = bytes.split_first()?;
+    if kind != 4 || rest.len() < 4 {
+        return None;
+    }
+    let (topic_len, event_len, meta_len, encoding) = (
+        rest[0] as usize,
+        rest[1] as usize,
+        rest[2] as usize,
+        rest[3],
+    );
+    let body = &rest[4..];
+    if encoding != 1 || body.len() < topic_len + event_len + meta_len {
+        return None;
+    }
+    let (topic, body) = body.split_at(topic_len);
+    let (event, body) = body.split_at(event_len);
+    let payload: Value = serde_json::from_slice(&body[meta_len..]).ok()?;
+    let topic = std::str::from_utf8(topic).ok()?.to_string();
+    let event = std::str::from_utf8(event).ok()?;
+    Some((
+        topic,
+        json!({"type": "broadcast", "event": event, "payload": payload}),
+    ))
+}
+
+#[cfg(test)]
+mod binary_tests {
+    use super::*;
+
+    fn frame(topic: &str, event: &str, meta: &str, encoding: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![
+            4,
+            topic.len() as u8,
+            event.len() as u8,
+            meta.len() as u8,
+            encoding,
+        ];
+        out.extend_from_slice(topic.as_bytes());
+        out.extend_from_slice(event.as_bytes());
+        out.extend_from_slice(meta.as_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn a_json_user_broadcast_reads_as_its_push() {
+        let bytes = frame("realtime:t", "input", "", 1, br#"{"seq":1,"data":"aGk="}"#);
+        assert_eq!(
+            decode_user_broadcast(&bytes),
+            Some((
+                "realtime:t".into(),
+                json!({"type": "broadcast", "event": "input", "payload": {"seq": 1, "data": "aGk="}})
+            ))
+        );
+        let with_meta = frame("realtime:t", "ping", r#"{"id":"x"}"#, 1, b"{}");
+        assert_eq!(
+            decode_user_broadcast(&with_meta).unwrap().1["event"],
+            "ping"
+        );
+    }
+
+    #[test]
+    fn binary_payloads_other_kinds_and_short_frames_are_ignored() {
+        assert_eq!(
+            decode_user_broadcast(&frame("t", "e", "", 0, b"\x00\x01")),
+            None
+        );
+        assert_eq!(decode_user_broadcast(&[3, 0, 0, 0, 1]), None);
+        assert_eq!(decode_user_broadcast(&[4, 9, 0, 0, 1, b'a']), None);
+        assert_eq!(decode_user_broadcast(&[]), None);
+        assert_eq!(
+            decode_user_broadcast(&frame("t", "e", "", 1, b"not json")),
+            None
+        );
     }
 }

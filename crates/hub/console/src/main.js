@@ -7,6 +7,7 @@ import { h, fill, ago, duration, badge, notify, attempt, must } from './ui.js';
 import { PROVIDERS, OUTPUT_FORMATS, newPairingCode, pairCommand, dispatchSubagentRun, dispatchJob, cancelRun, modelRunPayload } from './recipes.js';
 import { renderEvent, upsertEvent } from './run_events.js';
 import { mountTerminal } from './terminal.js';
+import { announcesStream } from './term_stream.js';
 
 const app = document.getElementById('app');
 const ROLES = ['owner', 'admin', 'member', 'viewer'];
@@ -499,8 +500,9 @@ async function terminalView(gatewayId) {
   const resourceId = await shellResource(gw);
   if (!resourceId) return layout('Terminal', h('p', {}, `${gw.device_name} has no remote shell resource yet: an owner or admin creates it by opening this terminal once.`));
   const el = h('div', { id: 'terminal', class: 'terminal' });
-  layout(`Terminal on ${gw.device_name}`, h('p', { class: 'muted' }, 'Tab leaves the terminal.'), el);
-  return mountTerminal(el, sb, { teamId: teamId(), gatewayId: gw.id, userId: user.id, resourceId, deviceName: gw.device_name }, isDark());
+  const stream = announcesStream(gw.capabilities);
+  layout(`Terminal on ${gw.device_name}`, h('p', { class: 'muted' }, stream ? 'Interactive terminal: Shift+Tab leaves it.' : 'Line mode (this machine has no terminal stream): Tab leaves the terminal.'), el);
+  return mountTerminal(el, sb, { teamId: teamId(), gatewayId: gw.id, userId: user.id, resourceId, deviceName: gw.device_name, stream }, isDark());
 }
 
 /**

@@ -1,9 +1,7 @@
-// How the console's terminal reaches a machine. One small module so the
-// transport can be switched: today people run each line as one
-// `shell_exec` job (the hub refuses signed-in people on the interactive
-// `terminal:<session>` broadcast stream until it decides who may watch or
-// type — ARCHITECTURE.md, "Terminal stream"). A stream transport would
-// implement the same `{ kind, run(line), close() }` with a raw byte pipe.
+// Line mode: how the console's terminal reaches a machine that does not
+// announce the terminal stream (term_stream.js is the interactive path).
+// Each line runs as one `shell_exec` job; the directory is carried between
+// lines.
 
 import { jobRow } from './recipes.js';
 
@@ -24,6 +22,25 @@ export function splitCwd(stdout, cwd) {
   return { out: stdout.slice(0, i), cwd: stdout.slice(i + 1) || cwd };
 }
 
+/**
+ * Inserts one job as the signed-in person and polls it until it ends;
+ * returns `{status, result, error}`. Throws when the hub refuses, when
+ * `isClosed()` turns true, or after `waitMs` without an end.
+ */
+export async function submitAndWait(sb, row, waitMs, isClosed = () => false) {
+  const { data: job, error } = await sb.from('gateway_jobs').insert(row).select().single();
+  if (error) throw new Error(error.message);
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    if (isClosed()) throw new Error('terminal closed');
+    const { data: r, error: e } = await sb.from('gateway_jobs').select('status,result,error').eq('id', job.id).single();
+    if (e) throw new Error(e.message);
+    if (TERMINAL.includes(r.status)) return r;
+    if (Date.now() > deadline) throw new Error('no answer from the machine in time (is it online?)');
+    await new Promise((res) => setTimeout(res, 100));
+  }
+}
+
 /** A line-mode transport over `shell_exec` jobs. */
 export function lineTransport(sb, { teamId, gatewayId, userId, resourceId, timeoutMs = 30000 }) {
   let cwd = '/';
@@ -32,33 +49,20 @@ export function lineTransport(sb, { teamId, gatewayId, userId, resourceId, timeo
     kind: 'shell_exec',
     get cwd() { return cwd; },
     async run(line) {
-      const { data: job, error } = await sb.from('gateway_jobs')
-        .insert(jobRow({ teamId, gatewayId, userId, jobType: 'shell_exec', payload: { command: lineCommand(line, cwd), timeout_ms: timeoutMs, resource_id: resourceId } }))
-        .select().single();
-      if (error) throw new Error(error.message);
-      const deadline = Date.now() + timeoutMs + 30000;
-      for (;;) {
-        if (closed) throw new Error('terminal closed');
-        const { data: row, error: e } = await sb.from('gateway_jobs').select('status,result,error').eq('id', job.id).single();
-        if (e) throw new Error(e.message);
-        if (TERMINAL.includes(row.status)) {
-          const r = row.result || {};
-          if (row.status !== 'completed' && !r.stdout && !r.stderr) {
-            return { out: '', err: `${row.error || r.message || row.status}\n`, code: 1 };
-          }
-          const split = splitCwd(r.stdout || '', cwd);
-          cwd = split.cwd;
-          return { out: split.out, err: r.stderr || '', code: r.exit_code ?? (r.timed_out ? 124 : 1) };
-        }
-        if (Date.now() > deadline) throw new Error('no answer from the machine in time (is it online?)');
-        await new Promise((res) => setTimeout(res, 150));
+      const row = await submitAndWait(sb, jobRow({ teamId, gatewayId, userId, jobType: 'shell_exec', payload: { command: lineCommand(line, cwd), timeout_ms: timeoutMs, resource_id: resourceId } }), timeoutMs + 30000, () => closed);
+      const r = row.result || {};
+      if (row.status !== 'completed' && !r.stdout && !r.stderr) {
+        return { out: '', err: `${row.error || r.message || row.status}\n`, code: 1 };
       }
+      const split = splitCwd(r.stdout || '', cwd);
+      cwd = split.cwd;
+      return { out: split.out, err: r.stderr || '', code: r.exit_code ?? (r.timed_out ? 124 : 1) };
     },
     close() { closed = true; },
   };
 }
 
-/** The transport the console uses for a machine. */
+/** The line-mode transport for a machine. */
 export function openTransport(sb, opts) {
   return lineTransport(sb, opts);
 }

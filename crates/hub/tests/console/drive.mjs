@@ -43,6 +43,7 @@ async function person() {
   const page = await ctx.newPage();
   page.on('request', (r) => { if (!r.url().startsWith(HUB) && !r.url().startsWith('data:')) offOrigin.push(r.url()); });
   page.on('pageerror', (e) => log(`page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') log(`page console ${m.type()}: ${m.text()}`); });
   page.setDefaultTimeout(20000);
   return { ctx, page };
 }
@@ -184,13 +185,52 @@ try {
   await p.waitForSelector('#page-info:has-text("Page 1 of 2")');
 
   // ------------------------------------------------------------ terminal
-  stepTo('terminal: echo hi');
+  stepTo('terminal over the stream: echo hi');
   await p.goto(HUB + `/#/terminal/${gatewayId}`);
   await p.waitForSelector('#terminal .xterm');
-  await p.waitForFunction(() => document.querySelector('#terminal .xterm-rows')?.textContent.includes('$'));
+  await p.waitForSelector('p:has-text("Interactive terminal")');
+  // The session is open (data-session) and the shell has printed its prompt.
+  await p.waitForSelector('#terminal[data-session]', { timeout: 30000 });
+  const termRows = () => p.evaluate(() => [...document.querySelectorAll('#terminal .xterm-rows > div')].map((r) => r.textContent.trimEnd()));
+  const waitRow = async (what, test) => {
+    const until = Date.now() + 30000;
+    for (;;) {
+      const rows = await termRows();
+      if (rows.some(test)) return rows;
+      if (Date.now() > until) throw new Error(`the terminal never showed ${what}; it shows:\n${rows.filter(Boolean).join('\n')}`);
+      await p.waitForTimeout(100);
+    }
+  };
+  await waitRow('a prompt', (r) => /[$#]$/.test(r));
   await p.keyboard.type('echo hi');
   await p.keyboard.press('Enter');
-  await p.waitForFunction(() => [...document.querySelectorAll('#terminal .xterm-rows > div')].some((r) => r.textContent.trim() === 'hi'), null, { timeout: 30000 });
+  await waitRow('hi', (r) => r === 'hi');
+  stepTo('terminal: a program reads what is typed');
+  await p.keyboard.type('read x; echo got:$x');
+  await p.keyboard.press('Enter');
+  await p.waitForTimeout(300);
+  await p.keyboard.type('typed-later');
+  await p.keyboard.press('Enter');
+  await waitRow('got:typed-later', (r) => r === 'got:typed-later');
+  stepTo('terminal: the browser answers a cursor position query (ESC[6n)');
+  await p.keyboard.type(`bash -c 'printf "\\033[6n"; IFS= read -rsd R pos; echo "pos:\${pos#*[}"'`);
+  await p.keyboard.press('Enter');
+  await waitRow('pos:ROW;COL', (r) => /^pos:\d+;\d+$/.test(r));
+  stepTo('terminal: the shell sees the width the page fits');
+  const cols = await p.evaluate(() => Math.floor(document.querySelector('#terminal .xterm-screen').getBoundingClientRect().width));
+  await p.keyboard.type('stty size');
+  await p.keyboard.press('Enter');
+  const sized = (await waitRow('stty size', (r) => /^24 \d+$/.test(r))).find((r) => /^24 \d+$/.test(r));
+  if (!(Number(sized.split(' ')[1]) > 80)) throw new Error(`the shell's terminal is ${sized} wide on a ${cols}px screen: the fitted width never reached it`);
+  stepTo('terminal: Ctrl-C interrupts a running program');
+  await p.keyboard.type('sleep 100; echo slept');
+  await p.keyboard.press('Enter');
+  await p.waitForTimeout(300);
+  await p.keyboard.press('Control+c');
+  await p.keyboard.type('echo after-interrupt');
+  await p.keyboard.press('Enter');
+  await waitRow('after-interrupt', (r) => r === 'after-interrupt');
+  if ((await termRows()).includes('slept')) throw new Error('Ctrl-C did not interrupt sleep');
   await shot(p, 'terminal');
 
   // ------------------------------------------------------------ dark
