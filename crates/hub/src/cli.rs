@@ -1,6 +1,7 @@
 //! The operator command line: `serve` runs the hub; every other command
 //! talks to a running hub over HTTP with the service key.
 
+pub use crate::cli_text::{parse_listen, printable, printable_lines};
 use crate::client::HubClient;
 use crate::config::{self, DEFAULT_LISTEN, DEFAULT_URL};
 use anyhow::{anyhow, bail, Context, Result};
@@ -451,39 +452,6 @@ pub fn parse_args() -> Cli {
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
-pub fn parse_listen(text: &str) -> std::result::Result<String, String> {
-    let text = text.trim();
-    if text.parse::<std::net::SocketAddr>().is_ok() {
-        return Ok(text.to_string());
-    }
-    if text.parse::<std::net::IpAddr>().is_ok()
-        || text
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok()
-    {
-        let host = text.trim_matches(['[', ']']);
-        let example = if host.contains(':') {
-            format!("[{host}]:54321")
-        } else {
-            format!("{host}:54321")
-        };
-        return Err(format!(
-            "{text:?} has no port: give HOST:PORT, e.g. {example}"
-        ));
-    }
-    match text.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-            Ok(text.to_string())
-        }
-        Some((_, port)) if port.parse::<u16>().is_err() => Err(format!(
-            "{text:?}: the port {port:?} is not a number from 0 to 65535"
-        )),
-        _ => Err(format!(
-            "{text:?} has no port: give HOST:PORT, e.g. 127.0.0.1:54321"
-        )),
-    }
-}
 
 /// The id of a team given by name or id, with a clear error for neither.
 async fn resolve_team(c: &HubClient, team: &str) -> Result<String> {
@@ -523,34 +491,6 @@ fn ensure_id(what: &str, id: &str, list_with: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// User-supplied text with control characters escaped, so a name cannot
-/// drive the terminal (colours, title, clearing the screen).
-pub fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for ch in text.chars() {
-        if ch.is_control() {
-            out.extend(ch.escape_default());
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
-
-/// [`printable`] that keeps line breaks and tabs: for multi-line text such
-/// as error messages.
-pub fn printable_lines(text: &str) -> String {
-    text.split('\n')
-        .map(|line| {
-            line.split('\t')
-                .map(printable)
-                .collect::<Vec<_>>()
-                .join("\t")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// [`s`] for user-supplied text: control characters escaped.
@@ -672,7 +612,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             open_signup,
         } => serve(&cli, listen, db.clone(), database.clone(), *open_signup).await,
         Command::Migrate { db, database } => migrate(&cli, db.clone(), database.clone()).await,
-        Command::Up(args) => crate::up::run(&cli, args).await,
+        Command::Up(args) => crate::up::run(cli.data_dir.as_deref(), cli.json, args).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,

@@ -5,7 +5,7 @@
 //! Content-Security-Policy says so to the browser), through supabase-js,
 //! like any other Supabase client.
 
-use crate::api::State;
+use crate::app::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,7 +30,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsa
     form-action 'none'; frame-ancestors 'none'";
 
 /// The console's routes, merged into the API router.
-pub fn routes() -> Router<Arc<crate::api::AppState>> {
+pub fn routes() -> Router<Arc<crate::app::AppState>> {
     Router::new()
         .route("/", get(index))
         .route(

@@ -6,10 +6,12 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+pub mod app;
 pub mod attach;
 pub mod auth;
 pub mod changes;
 pub mod cli;
+pub mod cli_text;
 pub mod client;
 pub mod config;
 pub mod console;

@@ -32,7 +32,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::api::State;
+use crate::app::State;
 use crate::auth::Principal;
 use crate::changes::Row;
 
@@ -276,8 +276,8 @@ pub fn render(snap: &Snapshot) -> String {
 pub async fn endpoint(state: State, headers: HeaderMap) -> Response {
     // A bare `Authorization: Bearer <service key>` is enough (what
     // Prometheus sends); the Supabase-style `apikey` header works too.
-    let bearer = crate::api::bearer(&headers).map(str::to_string);
-    match crate::api::principal(&state, &headers, bearer.as_deref()) {
+    let bearer = crate::app::bearer(&headers).map(str::to_string);
+    match crate::app::principal(&state, &headers, bearer.as_deref()) {
         Ok(Principal::Service) => {}
         Ok(_) => {
             return (

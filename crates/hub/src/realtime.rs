@@ -42,7 +42,7 @@ pub mod dispatch;
 pub mod filter;
 pub mod frame;
 
-use crate::api::{self, AppState, State};
+use crate::app::{self, AppState};
 use crate::auth::{principal_of_claims, AuthError, Principal};
 use crate::changes::{ChangeKind, RowChange};
 use crate::schema;
@@ -100,39 +100,23 @@ impl Default for RealtimeOptions {
     }
 }
 
-/// `GET /realtime/v1/websocket?apikey=…&vsn=…`.
-pub async fn websocket(
-    axum::extract::State(state): State,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    upgrade(
-        state,
-        query.as_deref(),
-        &headers,
-        ws,
-        RealtimeOptions::default(),
+/// `GET /realtime/v1/websocket?apikey=…&vsn=…` on `opts` (the defaults,
+/// or tests' short timeouts); `crate::api::router` mounts it.
+pub fn websocket_route<S>(
+    state: Arc<AppState>,
+    opts: RealtimeOptions,
+) -> axum::routing::MethodRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    axum::routing::get(
+        move |RawQuery(q): RawQuery,
+              headers: HeaderMap,
+              ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>| {
+            let st = state.clone();
+            async move { upgrade(st, q.as_deref(), &headers, ws, opts) }
+        },
     )
-}
-
-/// The hub's whole API, with the realtime endpoint on `opts` instead of
-/// the defaults (tests and embedders that tune realtime).
-pub fn router_with_options(state: Arc<AppState>, opts: RealtimeOptions) -> axum::Router {
-    let st = state.clone();
-    axum::Router::new()
-        .route(
-            "/realtime/v1/websocket",
-            axum::routing::get(
-                move |RawQuery(q): RawQuery,
-                      headers: HeaderMap,
-                      ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>| {
-                    let st = st.clone();
-                    async move { upgrade(st, q.as_deref(), &headers, ws, opts) }
-                },
-            ),
-        )
-        .fallback_service(api::router(state))
 }
 
 /// The upgrade itself, with explicit options (tests use short timeouts).
@@ -154,12 +138,12 @@ pub fn upgrade(
             _ => {}
         }
     }
-    let principal = match api::principal(&state, headers, apikey.as_deref()) {
+    let principal = match app::principal(&state, headers, apikey.as_deref()) {
         Ok(p) => p,
         Err(resp) => return resp,
     };
     let socket_token = match principal {
-        Principal::Gateway { .. } => api::bearer(headers).map(str::to_string),
+        Principal::Gateway { .. } => app::bearer(headers).map(str::to_string),
         _ => None,
     };
     let vsn = match vsn_param.as_deref() {

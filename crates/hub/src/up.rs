@@ -7,7 +7,7 @@
 //! Ctrl-C or SIGTERM, stops the gateway (which goes offline) and then the
 //! hub.
 
-use crate::cli::Cli;
+use crate::cli_text::{parse_listen, printable};
 use crate::client::HubClient;
 use crate::config::{self, DEFAULT_LISTEN};
 use crate::server::{self, ServeError, ServeOptions};
@@ -37,7 +37,7 @@ const POLL: Duration = Duration::from_millis(100);
 #[derive(Args, Debug, Clone)]
 pub struct UpArgs {
     /// Address to listen on (HOST:PORT).
-    #[arg(long, default_value = DEFAULT_LISTEN, value_parser = crate::cli::parse_listen)]
+    #[arg(long, default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
     pub listen: String,
     /// Seconds to wait for the gateway to be ready, and then for the diagnostic job.
     #[arg(long, default_value_t = 60)]
@@ -131,14 +131,16 @@ impl Ui {
     }
 }
 
-pub async fn run(cli: &Cli, args: &UpArgs) -> Result<i32> {
-    let data_dir = match &cli.data_dir {
-        Some(d) => d.clone(),
+/// `data_dir` is the global `--data-dir` when given; `json` the global
+/// `--json`.
+pub async fn run(data_dir_flag: Option<&Path>, json: bool, args: &UpArgs) -> Result<i32> {
+    let data_dir = match data_dir_flag {
+        Some(d) => d.to_path_buf(),
         None => config::default_data_dir()?,
     };
     let ui = Ui {
-        json: cli.json,
-        spin: !cli.json && std::io::stderr().is_terminal(),
+        json,
+        spin: !json && std::io::stderr().is_terminal(),
     };
     let gateway_bin = find_gateway_binary(
         std::env::current_exe().ok().as_deref(),
@@ -182,8 +184,8 @@ pub async fn run(cli: &Cli, args: &UpArgs) -> Result<i32> {
         Some(Err(e)) => Err(e),
         Some(Ok(())) => {
             if let Some(gw) = gateway.as_mut() {
-                let submit_hint = match &cli.data_dir {
-                    Some(d) if Some(d) != config::default_data_dir().ok().as_ref() => {
+                let submit_hint = match data_dir_flag {
+                    Some(d) if Some(d) != config::default_data_dir().ok().as_deref() => {
                         format!("panorama-hub --data-dir {} ", d.display())
                     }
                     _ => "panorama-hub ".to_string(),
@@ -522,11 +524,11 @@ pub fn describe_shell_exec(job: &Value) -> String {
     );
     if let Some(stdout) = result.get("stdout").and_then(Value::as_str) {
         for line in stdout.trim_end().lines() {
-            out.push_str(&format!("\n  {}", crate::cli::printable(line)));
+            out.push_str(&format!("\n  {}", printable(line)));
         }
     }
     if let Some(e) = job.get("error").and_then(Value::as_str) {
-        out.push_str(&format!("\n  error: {}", crate::cli::printable(e)));
+        out.push_str(&format!("\n  error: {}", printable(e)));
     }
     out
 }

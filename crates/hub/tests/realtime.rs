@@ -7,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use panorama_hub::api::{self, AppState};
 use panorama_hub::auth::Keys;
 use panorama_hub::changes::ChangeFeed;
-use panorama_hub::realtime::{self, RealtimeOptions};
+use panorama_hub::realtime::RealtimeOptions;
 use panorama_hub::store::postgres::PgStore;
 use panorama_hub::store::sqlite::SqliteStore;
 use serde_json::{json, Value};
@@ -74,7 +74,7 @@ impl Hub {
     /// A hub whose realtime route uses `opts` (short timeouts).
     async fn start_with(opts: RealtimeOptions) -> Hub {
         let state = new_state().await;
-        let app = realtime::router_with_options(state.clone(), opts);
+        let app = api::router_with_realtime(state.clone(), opts);
         let base = serve(app).await;
         Hub {
             base,

@@ -6,10 +6,10 @@
 //! clients.
 
 use futures_util::{SinkExt, StreamExt};
-use panorama_hub::api::AppState;
+use panorama_hub::api::{self, AppState};
 use panorama_hub::auth::Keys;
 use panorama_hub::changes::ChangeFeed;
-use panorama_hub::realtime::{self, RealtimeOptions};
+use panorama_hub::realtime::RealtimeOptions;
 use panorama_hub::store::sqlite::SqliteStore;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -43,7 +43,7 @@ impl Hub {
         let feed = ChangeFeed::default();
         let store = SqliteStore::open_in_memory(feed.clone()).unwrap();
         let state = AppState::new(Arc::new(store), Keys::from_secret(SECRET, now()), feed);
-        let app = realtime::router_with_options(state.clone(), opts);
+        let app = api::router_with_realtime(state.clone(), opts);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move {

@@ -6,98 +6,25 @@ pub mod auth_routes;
 pub mod functions;
 pub mod rest;
 
-use crate::auth::{AuthError, Keys, Principal};
-use crate::changes::ChangeFeed;
-use crate::error::ApiError;
-use crate::store::SharedStore;
+pub use crate::app::{
+    auth_error_response, bearer, ensure_active, principal, AppState, State,
+    ACCESS_TOKEN_TTL_SECS, MAX_BODY_BYTES, SIGNIN_FAILURE_LIMIT, SIGNIN_FAILURE_WINDOW_SECS,
+};
+use crate::realtime::RealtimeOptions;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use std::sync::Arc;
 
-/// Largest request body accepted (PostgREST has no limit of its own; the
-/// Supabase gateway refuses large bodies too). Run events and job results
-/// are far smaller.
-pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
-
-/// Lifetime of a gateway access token (spec §16.1 recommends 1 h).
-pub const ACCESS_TOKEN_TTL_SECS: i64 = 3600;
-
-/// Everything a request handler needs. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub store: SharedStore,
-    pub keys: Keys,
-    pub feed: ChangeFeed,
-    pub access_token_ttl_secs: i64,
-    /// Grace period for re-presenting a just-rotated refresh token.
-    pub refresh_reuse_interval_secs: i64,
-    /// Whether anyone may sign up (`PANORAMA_HUB_OPEN_SIGNUP`); otherwise
-    /// only with an invitation code.
-    pub open_signup: bool,
-    /// Failed password sign-ins, per account and per client address.
-    pub signin_failures: Arc<std::sync::Mutex<crate::people::FailureLimiter>>,
-    /// Realtime broadcast fan-out between sockets.
-    pub broadcasts: Arc<crate::realtime::broadcast::Broadcasts>,
-}
-
-/// Failed sign-ins allowed per account and per address in the window.
-pub const SIGNIN_FAILURE_LIMIT: usize = 5;
-pub const SIGNIN_FAILURE_WINDOW_SECS: i64 = 300;
-
-impl AppState {
-    pub fn new(store: SharedStore, keys: Keys, feed: ChangeFeed) -> Arc<AppState> {
-        Arc::new(AppState {
-            store,
-            keys,
-            feed,
-            broadcasts: Default::default(),
-            access_token_ttl_secs: env_secs("PANORAMA_HUB_ACCESS_TOKEN_TTL", ACCESS_TOKEN_TTL_SECS),
-            refresh_reuse_interval_secs: env_secs(
-                "PANORAMA_HUB_REFRESH_REUSE_INTERVAL",
-                crate::store::REFRESH_REUSE_INTERVAL_SECS,
-            ),
-            open_signup: env_flag("PANORAMA_HUB_OPEN_SIGNUP"),
-            signin_failures: Arc::new(std::sync::Mutex::new(crate::people::FailureLimiter::new(
-                SIGNIN_FAILURE_LIMIT,
-                std::time::Duration::from_secs(env_secs(
-                    "PANORAMA_HUB_SIGNIN_FAILURE_WINDOW",
-                    SIGNIN_FAILURE_WINDOW_SECS,
-                ) as u64),
-            ))),
-        })
-    }
-}
-
-/// A duration in seconds from the environment (for operators and tests
-/// that need short-lived tokens), or the default when unset or invalid.
-fn env_secs(name: &str, default: i64) -> i64 {
-    match std::env::var(name).ok().map(|v| v.trim().parse::<i64>()) {
-        Some(Ok(n)) if n >= 0 => n,
-        Some(_) => {
-            tracing::warn!("{name} is not a non-negative number of seconds; using {default}");
-            default
-        }
-        None => default,
-    }
-}
-
-/// A boolean setting from the environment: 1/true/yes/on.
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "1" | "true" | "yes" | "on"
-        )
-    })
-}
-
-pub type State = axum::extract::State<Arc<AppState>>;
-
+/// Every route of the hub on one origin.
 pub fn router(state: Arc<AppState>) -> Router {
+    router_with_realtime(state, RealtimeOptions::default())
+}
+
+/// [`router`] with explicit realtime options (tests that tune timeouts).
+pub fn router_with_realtime(state: Arc<AppState>, realtime: RealtimeOptions) -> Router {
     Router::new()
         .route("/rest/v1/rpc/{function}", post(rest::rpc).get(rest::rpc_get))
         .route(
@@ -114,7 +41,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/v1/signup", post(auth_routes::signup))
         .route("/auth/v1/logout", post(auth_routes::logout))
         .route("/auth/v1/admin/users", post(auth_routes::admin_create_user))
-        .route("/realtime/v1/websocket", get(crate::realtime::websocket))
+        .route(
+            "/realtime/v1/websocket",
+            crate::realtime::websocket_route(state.clone(), realtime),
+        )
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(crate::metrics::endpoint))
         .merge(crate::console::routes())
@@ -127,79 +57,4 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(axum::middleware::from_fn(crate::metrics::track_request))
         .with_state(state)
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = header(headers, "authorization")?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// The request's principal, or the Supabase gateway's / PostgREST's error.
-pub fn principal(
-    state: &AppState,
-    headers: &HeaderMap,
-    query_apikey: Option<&str>,
-) -> Result<Principal, Response> {
-    let apikey = header(headers, "apikey").or(query_apikey);
-    state
-        .keys
-        .resolve(apikey, bearer(headers))
-        .map_err(auth_error_response)
-}
-
-pub fn auth_error_response(e: AuthError) -> Response {
-    match e {
-        AuthError::MissingApiKey => (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"message": "No API key found in request", "hint": "No `apikey` request header or url param was found."})),
-        )
-            .into_response(),
-        AuthError::InvalidApiKey => (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"message": "Invalid API key", "hint": "Double check your Supabase `anon` or `service_role` API key."})),
-        )
-            .into_response(),
-        AuthError::Expired => ApiError::new(401, "PGRST303", "JWT expired")
-            .hint("Refresh the session (POST /auth/v1/token?grant_type=refresh_token) and retry.")
-            .into_response(),
-        AuthError::Invalid(why) => ApiError::new(401, "PGRST301", format!("JWT could not be verified: {why}"))
-            .hint("Use the access token the hub issued at pairing or refresh.")
-            .into_response(),
-    }
-}
-
-/// A gateway whose row was revoked or deleted gets nothing (RLS's
-/// `current_gateway_is_active()`), with an error that says why; so does a
-/// person whose session was signed out.
-pub async fn ensure_active(state: &AppState, p: &Principal) -> Result<(), ApiError> {
-    if let Principal::User { session_id, .. } = p {
-        if !state.store.user_session_active(session_id).await? {
-            return Err(ApiError::new(
-                401,
-                "PGRST301",
-                "the session of this access token has ended",
-            )
-            .hint("Sign in again (POST /auth/v1/token?grant_type=password)."));
-        }
-    }
-    if let Principal::Gateway {
-        gateway_id,
-        team_id,
-        ..
-    } = p
-    {
-        if !state.store.gateway_active(gateway_id, team_id).await? {
-            return Err(ApiError::pg(
-                "42501",
-                format!("gateway {gateway_id} is revoked or no longer exists"),
-            )
-            .hint("Pair this machine again with a new pairing code."));
-        }
-    }
-    Ok(())
 }
