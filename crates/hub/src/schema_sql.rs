@@ -29,6 +29,9 @@ pub fn render() -> String {
     for table in TABLES {
         out.push_str(&security(table));
     }
+    for table in TABLES {
+        out.push_str(&column_guard(table));
+    }
     out.push_str(RPCS);
     out.push_str(&publication());
     out
@@ -308,6 +311,50 @@ fn security(table: &Table) -> String {
         }
     }
     out
+}
+
+/// Gateways and people share the `authenticated` role, so a column grant
+/// cannot tell them apart. Where both may update a table (subagents), a
+/// trigger refuses a change to a column outside the writer's own grant
+/// (policy.rs `check_columns`).
+fn column_guard(table: &Table) -> String {
+    let t = table.name;
+    let (Some(gateway), Some(user)) = (
+        gateway_writable(t, Verb::Update),
+        user_grant(t, Verb::Update),
+    ) else {
+        return String::new();
+    };
+    let changed_outside = |allowed: &[&str]| -> String {
+        let list: Vec<String> = table
+            .readable_columns()
+            .filter(|c| !allowed.contains(&c.name) && c.name != "updated_at")
+            .map(|c| format!("new.{0} is distinct from old.{0}", c.name))
+            .collect();
+        if list.is_empty() {
+            "false".into()
+        } else {
+            list.join("\n       or ")
+        }
+    };
+    format!(
+        "\n-- {t}: each writer changes only its own columns (policy.rs `check_columns`).\n\
+         create or replace function public.{t}_columns_guard() returns trigger\n\
+         language plpgsql as $$\nbegin\n  \
+         if current_user <> 'authenticated' then\n    return new;\n  end if;\n  \
+         if public.current_gateway_id() is not null then\n    \
+         if {gw} then\n      \
+         raise exception 'a gateway may not write these columns of {t}' using errcode = '42501';\n    \
+         end if;\n  \
+         elsif {person} then\n    \
+         raise exception 'a team member may not write these columns of {t}' using errcode = '42501';\n  \
+         end if;\n  return new;\nend $$;\n\
+         drop trigger if exists {t}_columns_guard on public.{t};\n\
+         create trigger {t}_columns_guard before update on public.{t}\n  \
+         for each row execute function public.{t}_columns_guard();\n",
+        gw = changed_outside(gateway),
+        person = changed_outside(user.columns),
+    )
 }
 
 fn publication() -> String {
