@@ -149,6 +149,7 @@ fn case(name: &str, claims: &Value, sql: &str, expect: Expect) -> Case {
             .replace("{SA1}", SUB_A1)
             .replace("{SB1}", SUB_B1)
             .replace("{RA1}", RUN_A1)
+            .replace("{RB1}", RUN_B1)
             .replace("{A}", TEAM_A)
             .replace("{B}", TEAM_B)
             .replace("{OWNA}", OWNER_A)
@@ -225,6 +226,10 @@ fn matrix() -> Vec<Case> {
         case("member updates a subagent's input", &member_a, "update subagents set input = '{}' where id = '{SA1}'", Rows(1)),
         case("member cannot forge a subagent's output", &member_a, "update subagents set output = '{}' where id = '{SA1}'", Denied),
         case("member of A cannot update B's subagent", &member_a, "update subagents set input = '{}' where id = '{SB1}'", Rows(0)),
+        case("gateway appends an event to its run", &ga1, "insert into subagent_run_events (run_id, subagent_id, team_id, gateway_id, sequence, event_type) values ('{RA1}', '{SA1}', '{A}', '{GA1}', 2, 'message')", Rows(1)),
+        case("gateway cannot append to another team's run", &ga1, "insert into subagent_run_events (run_id, subagent_id, team_id, gateway_id, sequence, event_type) values ('{RB1}', '{SB1}', '{A}', '{GA1}', 2, 'message')", Denied),
+        case("gateway heartbeats through the RPC", &ga1, "select count(*) from gateway_record_heartbeat('ready', '{}'::jsonb, 'box') r where r ->> 'success' = 'true'", Rows(1)),
+        case("revoked gateway cannot heartbeat", &revoked, "select count(*) from gateway_record_heartbeat('ready', '{}'::jsonb, 'box')", Denied),
         case("gateway cannot delete its jobs", &ga1, "delete from gateway_jobs where id = '{JA1Q}'", Denied),
         case("revoked gateway reads nothing", &revoked, "select count(*) from gateway_jobs", Rows(0)),
         case("forged claims (team A, team B's gateway) read nothing", &forged, "select count(*) from gateway_jobs", Rows(0)),
@@ -281,6 +286,10 @@ fn printed_schema_enforces_the_isolation_matrix_as_postgres_rls() {
     }
     let url = panorama_testkit::postgres::fresh_database();
     let mut client = Client::connect(&url, NoTls).expect("connect to the test cluster");
+    // As on Supabase, where the realtime publication exists before the script.
+    client
+        .batch_execute("create publication supabase_realtime")
+        .expect("create the realtime publication");
     let script = printed_schema();
     client
         .batch_execute(&script)
@@ -291,6 +300,17 @@ fn printed_schema_enforces_the_isolation_matrix_as_postgres_rls() {
     client
         .batch_execute(&seed_sql())
         .expect("seed rows as the superuser");
+    let published: i64 = client
+        .query_one(
+            "select count(*) from pg_publication_tables where pubname = 'supabase_realtime' and tablename = 'gateway_jobs'",
+            &[],
+        )
+        .expect("read the publication")
+        .get(0);
+    assert_eq!(
+        published, 1,
+        "gateway_jobs is in the realtime publication once"
+    );
 
     let cases = matrix();
     let mut failures = Vec::new();
