@@ -13,6 +13,7 @@
 //! them), tables with `IF NOT EXISTS`, policies and triggers dropped and
 //! recreated, functions replaced.
 
+use crate::people::DISPATCH_ROLES;
 use crate::policy::{gateway_can_select, gateway_writable, team_column, user_grant, Verb};
 use crate::schema::{ColDefault, ColType, Column, Table, TABLES};
 use std::fmt::Write;
@@ -32,7 +33,7 @@ pub fn render() -> String {
     for table in TABLES {
         out.push_str(&column_guard(table));
     }
-    out.push_str(RPCS);
+    out.push_str(&RPCS.replace("{DISPATCH_ROLES}", &role_array(DISPATCH_ROLES)));
     out.push_str(&publication());
     out
 }
@@ -406,11 +407,15 @@ begin
 end $$;
 
 -- auth.uid() and auth.jwt() read the claims PostgREST puts in
--- `request.jwt.claims`; created only where missing (Supabase has them).
+-- `request.jwt.claims`; created only where missing (Supabase has them, and
+-- its `auth` schema is not ours to change). Supabase's default privileges
+-- grant anon and authenticated everything on new tables and functions: the
+-- grants below start from `revoke all`.
 create schema if not exists auth;
 do $$
 begin
   if to_regprocedure('auth.jwt()') is null then
+    grant usage on schema auth to anon, authenticated, service_role;
     create function auth.jwt() returns jsonb language sql stable as
       'select coalesce(nullif(current_setting(''request.jwt.claims'', true), ''''), ''{}'')::jsonb';
   end if;
@@ -419,7 +424,6 @@ begin
       'select nullif(auth.jwt() ->> ''sub'', '''')::uuid';
   end if;
 end $$;
-grant usage on schema auth to anon, authenticated, service_role;
 grant usage on schema public to anon, authenticated, service_role;
 
 create or replace function public.set_updated_at() returns trigger
@@ -437,6 +441,7 @@ create table if not exists public.subagent_run_sequence_counters (
   last_sequence integer not null
 );
 alter table public.subagent_run_sequence_counters enable row level security;
+revoke all on public.subagent_run_sequence_counters from anon, authenticated, service_role;
 "#;
 
 /// Identity helpers (spec §16.2, §16.5) and the job transition guard
@@ -527,6 +532,13 @@ begin
           and s.team_id = public.current_gateway_team_id()) then
     raise exception 'subagent not accessible' using errcode = '42501';
   end if;
+  -- A person allocates only for subagents of teams where they dispatch
+  -- (the hub's rest.rs rpc); the service key for any.
+  if public.current_gateway_id() is null and auth.jwt() ->> 'role' = 'authenticated' and not exists (
+       select 1 from subagents s
+        where s.id = p_subagent_id and public.is_team_member(s.team_id, {DISPATCH_ROLES})) then
+    raise exception 'subagent not accessible' using errcode = '42501';
+  end if;
   select coalesce(max(run_sequence), 0) into v_max from subagent_runs where subagent_id = p_subagent_id;
   insert into subagent_run_sequence_counters as c (subagent_id, last_sequence)
   values (p_subagent_id, v_max + 1)
@@ -535,7 +547,7 @@ begin
   returning c.last_sequence into v_next;
   return v_next;
 end $$;
-revoke all on function public.allocate_subagent_run_sequence(uuid) from public;
+revoke all on function public.allocate_subagent_run_sequence(uuid) from public, anon, authenticated;
 grant execute on function public.allocate_subagent_run_sequence(uuid) to authenticated, service_role;
 
 create or replace function public.gateway_record_heartbeat(
@@ -564,7 +576,7 @@ begin
   end if;
   return jsonb_build_object('success', true, 'egress_credential_renewal', null);
 end $$;
-revoke all on function public.gateway_record_heartbeat(text, jsonb, text) from public;
+revoke all on function public.gateway_record_heartbeat(text, jsonb, text) from public, anon, authenticated;
 grant execute on function public.gateway_record_heartbeat(text, jsonb, text) to authenticated;
 
 create or replace function public.redeem_gateway_pairing_code(p_code text, p_device_name text)
@@ -596,7 +608,7 @@ grant execute on function public.redeem_gateway_pairing_code(text, text) to serv
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::people::{ALL_ROLES, DISPATCH_ROLES, MANAGE_ROLES};
+    use crate::people::{ALL_ROLES, MANAGE_ROLES};
 
     #[test]
     fn every_table_gets_rls_and_the_secret_value_is_never_granted_for_select() {

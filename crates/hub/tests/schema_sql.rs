@@ -230,6 +230,10 @@ fn matrix() -> Vec<Case> {
         case("gateway cannot append to another team's run", &ga1, "insert into subagent_run_events (run_id, subagent_id, team_id, gateway_id, sequence, event_type) values ('{RB1}', '{SB1}', '{A}', '{GA1}', 2, 'message')", Denied),
         case("gateway heartbeats through the RPC", &ga1, "select count(*) from gateway_record_heartbeat('ready', '{}'::jsonb, 'box') r where r ->> 'success' = 'true'", Rows(1)),
         case("revoked gateway cannot heartbeat", &revoked, "select count(*) from gateway_record_heartbeat('ready', '{}'::jsonb, 'box')", Denied),
+        case("member allocates a run sequence in their team", &member_a, "select allocate_subagent_run_sequence('{SA1}')::bigint", Rows(2)),
+        case("viewer cannot allocate run sequences", &viewer_a, "select allocate_subagent_run_sequence('{SA1}')::bigint", Denied),
+        case("owner of B cannot allocate for A's subagent", &owner_b, "select allocate_subagent_run_sequence('{SA1}')::bigint", Denied),
+        case("anon cannot allocate run sequences", &anon, "select allocate_subagent_run_sequence('{SA1}')::bigint", Denied),
         case("gateway cannot delete its jobs", &ga1, "delete from gateway_jobs where id = '{JA1Q}'", Denied),
         case("revoked gateway reads nothing", &revoked, "select count(*) from gateway_jobs", Rows(0)),
         case("forged claims (team A, team B's gateway) read nothing", &forged, "select count(*) from gateway_jobs", Rows(0)),
@@ -264,6 +268,12 @@ fn matrix() -> Vec<Case> {
         case("service role redeems a pairing code", &service, "select count(*) from redeem_gateway_pairing_code('codea', 'new box')", Rows(1)),
         case("people cannot redeem pairing codes", &owner_a, "select count(*) from redeem_gateway_pairing_code('codea', 'new box')", Denied),
     ];
+    cases.push(case(
+        "the run-sequence counters are for the RPC only",
+        &member_a,
+        "select count(*) from subagent_run_sequence_counters",
+        Denied,
+    ));
     // The anon key reads nothing at all.
     for table in panorama_hub::schema::TABLES {
         cases.push(case(
@@ -276,27 +286,42 @@ fn matrix() -> Vec<Case> {
     cases
 }
 
-#[test]
-fn printed_schema_enforces_the_isolation_matrix_as_postgres_rls() {
-    if !postgres_installed() {
-        eprintln!(
-            "SKIPPED schema_sql: PostgreSQL is not installed (apt-get install postgresql, or set PANORAMA_TEST_PG_BIN)"
-        );
-        return;
-    }
+/// What a Supabase project has before the script: the roles, its own
+/// `auth.uid()` / `auth.jwt()`, default privileges that grant anon and
+/// authenticated everything on new tables and functions, and the realtime
+/// publication. (Roles are per cluster: the plain database ran first.)
+const SUPABASE_LIKE: &str = r#"
+create schema auth;
+create function auth.jwt() returns jsonb language sql stable as $$
+  select coalesce(nullif(current_setting('request.jwt.claim', true), ''),
+                  nullif(current_setting('request.jwt.claims', true), ''))::jsonb
+$$;
+create function auth.uid() returns uuid language sql stable as $$
+  select coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
+                  (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))::uuid
+$$;
+grant usage on schema auth to anon, authenticated, service_role;
+alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
+alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
+alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+create publication supabase_realtime;
+"#;
+
+/// Applies the printed script (twice) to a fresh database prepared by
+/// `prelude`, seeds it, and runs the whole matrix; returns the case count.
+fn apply_and_run_matrix(what: &str, prelude: &str) -> usize {
     let url = panorama_testkit::postgres::fresh_database();
     let mut client = Client::connect(&url, NoTls).expect("connect to the test cluster");
-    // As on Supabase, where the realtime publication exists before the script.
     client
-        .batch_execute("create publication supabase_realtime")
-        .expect("create the realtime publication");
+        .batch_execute(prelude)
+        .unwrap_or_else(|e| panic!("{what}: prepare the database: {e}"));
     let script = printed_schema();
     client
         .batch_execute(&script)
-        .expect("the printed schema applies to PostgreSQL 15");
+        .unwrap_or_else(|e| panic!("{what}: the printed schema applies: {e:?}"));
     client
         .batch_execute(&script)
-        .expect("the printed schema applies a second time");
+        .unwrap_or_else(|e| panic!("{what}: the printed schema applies a second time: {e:?}"));
     client
         .batch_execute(&seed_sql())
         .expect("seed rows as the superuser");
@@ -307,9 +332,10 @@ fn printed_schema_enforces_the_isolation_matrix_as_postgres_rls() {
         )
         .expect("read the publication")
         .get(0);
+    let expected = i64::from(prelude.contains("supabase_realtime"));
     assert_eq!(
-        published, 1,
-        "gateway_jobs is in the realtime publication once"
+        published, expected,
+        "{what}: gateway_jobs in the realtime publication"
     );
 
     let cases = matrix();
@@ -326,10 +352,26 @@ fn printed_schema_enforces_the_isolation_matrix_as_postgres_rls() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} cases failed:\n{}",
+        "{what}: {} of {} cases failed:\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n")
     );
-    eprintln!("schema_sql: {} cases passed", cases.len());
+    cases.len()
+}
+
+#[test]
+fn printed_schema_enforces_the_isolation_matrix_as_postgres_rls() {
+    if !postgres_installed() {
+        eprintln!(
+            "SKIPPED schema_sql: PostgreSQL is not installed (apt-get install postgresql, or set PANORAMA_TEST_PG_BIN)"
+        );
+        return;
+    }
+    // One test, in this order: roles are per cluster, and the plain
+    // database is where the script must create them.
+    let n = apply_and_run_matrix("plain PostgreSQL", "");
+    eprintln!("schema_sql: plain PostgreSQL, {n} cases passed");
+    let n = apply_and_run_matrix("Supabase-like", SUPABASE_LIKE);
+    eprintln!("schema_sql: Supabase-like database, {n} cases passed");
 }
