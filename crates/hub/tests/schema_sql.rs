@@ -332,6 +332,17 @@ fn apply_and_run_matrix(what: &str, prelude: &str) -> usize {
         )
         .expect("read the publication")
         .get(0);
+    let secrets_published: i64 = client
+        .query_one(
+            "select count(*) from pg_publication_tables where pubname = 'supabase_realtime' and tablename = 'team_secrets'",
+            &[],
+        )
+        .expect("read the publication")
+        .get(0);
+    assert_eq!(
+        secrets_published, 0,
+        "{what}: secret values never reach realtime"
+    );
     let expected = i64::from(prelude.contains("supabase_realtime"));
     assert_eq!(
         published, expected,
