@@ -515,6 +515,9 @@ const RPCS: &str = r#"
 -- calls redeem_gateway_pairing_code with the service key, then creates the
 -- gateway's auth user with app_metadata {principal, gateway_id, team_id};
 -- gateway-heartbeat forwards to gateway_record_heartbeat with the gateway's JWT.
+-- Not in this script (the hub implements them in Rust): the later protocol's
+-- accept_subagent_run, request_subagent_run_cancellation and
+-- resolve_secret_placeholders_for_job, and the team invitation RPCs.
 create or replace function public.allocate_subagent_run_sequence(p_subagent_id uuid)
 returns integer
 language plpgsql security definer set search_path = public as $$
