@@ -28,25 +28,6 @@ const MEMBER_A: &str = "aaaaaaaa-0000-4000-8000-00000000e002";
 const VIEWER_A: &str = "aaaaaaaa-0000-4000-8000-00000000e003";
 const OWNER_B: &str = "bbbbbbbb-0000-4000-8000-00000000e001";
 
-/// Whether PostgreSQL's server binaries are here (as the testkit finds them).
-fn postgres_installed() -> bool {
-    if std::env::var_os("PANORAMA_TEST_PG_BIN").is_some() {
-        return true;
-    }
-    let via_pg_config = Command::new("pg_config")
-        .arg("--bindir")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .is_some_and(|d| std::path::Path::new(&d).join("initdb").exists());
-    via_pg_config
-        || std::fs::read_dir("/usr/lib/postgresql")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| e.path().join("bin/initdb").exists())
-}
-
 fn printed_schema() -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_panorama-hub"))
         .args(["schema", "--print"])
@@ -373,7 +354,7 @@ fn apply_and_run_matrix(what: &str, prelude: &str) -> usize {
 
 #[test]
 fn printed_schema_enforces_the_isolation_matrix_as_postgres_rls() {
-    if !postgres_installed() {
+    if !panorama_testkit::postgres::installed() {
         eprintln!(
             "SKIPPED schema_sql: PostgreSQL is not installed (apt-get install postgresql, or set PANORAMA_TEST_PG_BIN)"
         );
