@@ -67,6 +67,13 @@ pub enum Command {
         #[arg(long)]
         open_signup: bool,
     },
+    /// The schema as PostgreSQL with row-level security, for a Supabase
+    /// project or PostgREST: `panorama-hub schema --print | psql "$DATABASE_URL"`.
+    Schema {
+        /// Print the SQL script to standard output.
+        #[arg(long)]
+        print: bool,
+    },
     /// Create or upgrade the database schema, then exit (`serve` does the
     /// same at start; run this first when several replicas share PostgreSQL).
     Migrate {
@@ -620,6 +627,13 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 "panorama-hub",
                 &mut std::io::stdout(),
             );
+            Ok(0)
+        }
+        Command::Schema { print } => {
+            if !print {
+                bail!("nothing to do: run `panorama-hub schema --print` to print the SQL script");
+            }
+            print!("{}", crate::schema_sql::render());
             Ok(0)
         }
         Command::Keys => {

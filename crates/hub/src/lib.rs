@@ -25,6 +25,7 @@ pub mod postgrest;
 pub mod realtime;
 pub mod runs;
 pub mod schema;
+pub mod schema_sql;
 pub mod secrets;
 pub mod server;
 pub mod shell_jobs;

@@ -30,7 +30,7 @@ pub enum Verb {
 }
 
 /// Columns a gateway may write, per table and verb (the SQL grants).
-fn gateway_writable(table: &str, verb: Verb) -> Option<&'static [&'static str]> {
+pub(crate) fn gateway_writable(table: &str, verb: Verb) -> Option<&'static [&'static str]> {
     match (table, verb) {
         ("gateway_jobs", Verb::Update) => Some(&[
             "status",
@@ -93,7 +93,7 @@ fn gateway_writable(table: &str, verb: Verb) -> Option<&'static [&'static str]> 
     }
 }
 
-fn gateway_can_select(table: &str) -> bool {
+pub(crate) fn gateway_can_select(table: &str) -> bool {
     matches!(
         table,
         "team_gateways"
@@ -107,9 +107,9 @@ fn gateway_can_select(table: &str) -> bool {
 
 /// A person's grant on a table for one verb: the team roles that hold it
 /// and, for writes, the columns they may set.
-struct UserGrant {
-    roles: &'static [&'static str],
-    columns: &'static [&'static str],
+pub(crate) struct UserGrant {
+    pub(crate) roles: &'static [&'static str],
+    pub(crate) columns: &'static [&'static str],
 }
 
 const RESOURCE_COLUMNS: &[&str] = &[
@@ -129,7 +129,7 @@ const RESOURCE_COLUMNS: &[&str] = &[
 /// to hand out a role above their own.
 const OWNER_ONLY: &[&str] = &["owner"];
 
-fn user_grant(table: &str, verb: Verb) -> Option<UserGrant> {
+pub(crate) fn user_grant(table: &str, verb: Verb) -> Option<UserGrant> {
     let grant = |roles, columns| Some(UserGrant { roles, columns });
     match (table, verb) {
         ("gateway_pairing_codes", Verb::Select) => grant(MANAGE_ROLES, &[]),
@@ -204,7 +204,7 @@ fn user_grant(table: &str, verb: Verb) -> Option<UserGrant> {
 }
 
 /// The row column naming the team a row belongs to.
-fn team_column(table: &str) -> &'static str {
+pub(crate) fn team_column(table: &str) -> &'static str {
     if table == "teams" {
         "id"
     } else {

@@ -158,14 +158,29 @@ pub fn fresh_database() -> String {
     cluster().create_database()
 }
 
+/// Whether PostgreSQL's server binaries can be found (for a test that
+/// skips, loudly, where they cannot).
+pub fn installed() -> bool {
+    find_pg_bin_dir().is_some()
+}
+
 fn pg_bin_dir() -> PathBuf {
+    find_pg_bin_dir().unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL is not installed: the hub's PostgreSQL tests need initdb and postgres \
+             (apt-get install postgresql, or set PANORAMA_TEST_PG_BIN to their directory)"
+        )
+    })
+}
+
+fn find_pg_bin_dir() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("PANORAMA_TEST_PG_BIN") {
-        return PathBuf::from(p);
+        return Some(PathBuf::from(p));
     }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if dir.join("initdb").exists() {
-            return dir;
+            return Some(dir);
         }
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -176,12 +191,7 @@ fn pg_bin_dir() -> PathBuf {
         .filter(|b| b.join("initdb").exists())
         .collect();
     found.sort();
-    found.pop().unwrap_or_else(|| {
-        panic!(
-            "PostgreSQL is not installed: the hub's PostgreSQL tests need initdb and postgres \
-             (apt-get install postgresql, or set PANORAMA_TEST_PG_BIN to their directory)"
-        )
-    })
+    found.pop()
 }
 
 /// `(uid, gid)` of the `postgres` user when we are root (initdb refuses
