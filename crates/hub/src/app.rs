@@ -93,7 +93,6 @@ fn env_flag(name: &str) -> bool {
 
 pub type State = axum::extract::State<Arc<AppState>>;
 
-
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }

@@ -459,7 +459,6 @@ pub fn parse_args() -> Cli {
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
-
 /// The id of a team given by name or id, with a clear error for neither.
 async fn resolve_team(c: &HubClient, team: &str) -> Result<String> {
     let rows = if uuid::Uuid::parse_str(team).is_ok() {

@@ -7,8 +7,8 @@ pub mod functions;
 pub mod rest;
 
 pub use crate::app::{
-    auth_error_response, bearer, ensure_active, principal, AppState, State,
-    ACCESS_TOKEN_TTL_SECS, MAX_BODY_BYTES, SIGNIN_FAILURE_LIMIT, SIGNIN_FAILURE_WINDOW_SECS,
+    auth_error_response, bearer, ensure_active, principal, AppState, State, ACCESS_TOKEN_TTL_SECS,
+    MAX_BODY_BYTES, SIGNIN_FAILURE_LIMIT, SIGNIN_FAILURE_WINDOW_SECS,
 };
 use crate::realtime::RealtimeOptions;
 use axum::extract::DefaultBodyLimit;
