@@ -925,13 +925,33 @@ async fn existing_session_checks_and_open_failures() {
         e.error,
         "Failed to open shell session: spawn /bin/sh ENOENT"
     );
-    let e = h
-        .job(json!({"action": "open", "resource_id": "res-1", "shell": "/bin/sh", "shell_args": ["-c", "exit 3"]}))
-        .await
-        .unwrap_err();
+    // The startup check is best-effort by design (runtime.md §3.3: a
+    // process that exits a moment after the short startup turn counts as
+    // started). On a loaded machine `sh -c "exit 3"` can outlive that turn,
+    // so try a few times: the check must catch it when it exits in time,
+    // and a miss must be an ordinary opened session (closed again here).
+    let mut caught = None;
+    for _ in 0..10 {
+        match h
+            .job(json!({"action": "open", "resource_id": "res-1", "shell": "/bin/sh", "shell_args": ["-c", "exit 3"]}))
+            .await
+        {
+            Err(e) => {
+                caught = Some(e.error);
+                break;
+            }
+            Ok(opened) => {
+                assert_eq!(opened["message"], "Shell session opened");
+                let session_id = opened["session_id"].as_str().unwrap();
+                let _ = h
+                    .job(json!({"action": "close", "resource_id": "res-1", "session_id": session_id}))
+                    .await;
+            }
+        }
+    }
     assert_eq!(
-        e.error,
-        "Failed to open shell session: Process exited during startup (code 3)"
+        caught.as_deref(),
+        Some("Failed to open shell session: Process exited during startup (code 3)")
     );
     let e = h
         .job(json!({"action": "open", "resource_id": "res-1", "shell_args": "-l"}))
