@@ -1,6 +1,7 @@
 //! Auth (GoTrue) subset: session storage, single-flight refresh, `GET /user`.
+//! Everything here works on a [`Transport`]; `Client` exposes it.
 
-use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
@@ -8,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::client::{error_chain, header_value, Client, Inner};
 use crate::error::{Error, Result};
 use crate::jwt;
+use crate::transport::{error_chain, header_value, Transport};
 
 /// An auth session (what GoTrue returns from `/token`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,7 +85,7 @@ impl AuthState {
         self.token_tx.subscribe()
     }
 
-    fn store(&self, s: Option<Session>) {
+    pub(crate) fn store(&self, s: Option<Session>) {
         let token = s
             .as_ref()
             .map(|s| s.access_token.clone())
@@ -112,7 +113,7 @@ impl AuthState {
     /// the new session; otherwise return the current session unchanged.
     pub(crate) async fn refresh_if(
         &self,
-        client: &Client,
+        transport: &Transport,
         pred: impl Fn(&Session) -> bool,
     ) -> Result<Session> {
         let _guard = self.refresh_lock.lock().await;
@@ -120,14 +121,14 @@ impl AuthState {
         if !pred(&cur) {
             return Ok(cur);
         }
-        let cooldown = client.inner.opts.refresh_failure_cooldown;
+        let cooldown = transport.opts.refresh_failure_cooldown;
         if let Some((rt, at, err)) = lock(&self.last_failure).as_ref() {
             if *rt == cur.refresh_token && at.elapsed() < cooldown {
                 tracing::debug!("refresh skipped: the same refresh token failed recently");
                 return Err(err.clone());
             }
         }
-        match refresh_with_retry(&client.inner, &cur.refresh_token).await {
+        match refresh_with_retry(transport, &cur.refresh_token).await {
             Ok(new) => {
                 *lock(&self.last_failure) = None;
                 self.store(Some(new.clone()));
@@ -161,7 +162,7 @@ fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn auth_headers(inner: &Inner, bearer: &str, with_body: bool) -> HeaderMap {
+fn auth_headers(inner: &Transport, bearer: &str, with_body: bool) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert("apikey", header_value(&inner.anon_key));
     h.insert(AUTHORIZATION, header_value(&format!("Bearer {bearer}")));
@@ -241,7 +242,7 @@ pub(crate) fn parse_session(v: &Value) -> Result<Session> {
 }
 
 /// One `POST /auth/v1/token?grant_type=refresh_token`.
-async fn refresh_once(inner: &Inner, refresh_token: &str) -> Result<Session> {
+async fn refresh_once(inner: &Transport, refresh_token: &str) -> Result<Session> {
     let url = format!("{}/auth/v1/token?grant_type=refresh_token", inner.base);
     let body = json!({ "refresh_token": refresh_token }).to_string();
     let resp = inner
@@ -275,7 +276,7 @@ async fn refresh_once(inner: &Inner, refresh_token: &str) -> Result<Session> {
 
 /// Refresh with auth-js retry: retry only retryable errors, backoff
 /// 200 ms · 2^(n-1), stop when the next wait would exceed the budget.
-async fn refresh_with_retry(inner: &Inner, refresh_token: &str) -> Result<Session> {
+async fn refresh_with_retry(inner: &Transport, refresh_token: &str) -> Result<Session> {
     let start = Instant::now();
     let budget = inner.opts.refresh_retry_budget;
     let mut attempt: u32 = 0;
@@ -300,48 +301,30 @@ async fn refresh_with_retry(inner: &Inner, refresh_token: &str) -> Result<Sessio
     }
 }
 
-impl Client {
-    /// Register a callback that receives every new session (each rotation by
-    /// a refresh, and `set_session`). It runs synchronously *before* the
-    /// refreshed token is handed to anyone, so it can persist the new
-    /// refresh token to disk first. Keep it short and non-blocking-ish.
-    pub fn on_session_change(&self, cb: SessionCallback) {
-        lock(&self.inner.auth.listeners).push(Arc::from(cb));
+impl AuthState {
+    /// Register a callback that receives every new session.
+    pub(crate) fn add_listener(&self, cb: SessionCallback) {
+        lock(&self.listeners).push(Arc::from(cb));
     }
 
-    /// The current session, if any (no network).
-    pub fn session(&self) -> Option<Session> {
-        self.inner.auth.snapshot()
-    }
-
-    /// Install a session without any network call and without invoking the
-    /// callbacks (e.g. tokens loaded from disk whose expiry is known).
-    pub fn restore_session(&self, session: Session) {
-        self.inner.auth.store(Some(session));
-    }
-
-    /// Forget the session locally (requests then use the anon key).
-    pub fn clear_session(&self) {
-        self.inner.auth.store(None);
-    }
-
-    /// supabase-js `auth.setSession({access_token, refresh_token})`:
-    /// decodes `exp` (unverified); if expired, refreshes with
-    /// `refresh_token`; otherwise validates with `GET /auth/v1/user`.
-    /// Stores the session and invokes the session callbacks.
-    pub async fn set_session(&self, access_token: &str, refresh_token: &str) -> Result<Session> {
+    /// supabase-js `auth.setSession`: refresh an expired access token,
+    /// else validate it with `GET /auth/v1/user`; store the session and
+    /// run the callbacks.
+    pub(crate) async fn set_session(
+        &self,
+        transport: &Transport,
+        access_token: &str,
+        refresh_token: &str,
+    ) -> Result<Session> {
         if access_token.is_empty() || refresh_token.is_empty() {
             return Err(Error::session_missing());
         }
         let exp = jwt::decode_exp(access_token)?;
-        let auth = &self.inner.auth;
-        let _guard = auth.refresh_lock.lock().await;
+        let _guard = self.refresh_lock.lock().await;
         let session = match exp {
-            Some(exp) if exp <= now_secs() => {
-                refresh_with_retry(&self.inner, refresh_token).await?
-            }
+            Some(exp) if exp <= now_secs() => refresh_with_retry(transport, refresh_token).await?,
             _ => {
-                let user = self.fetch_user(access_token).await?;
+                let user = fetch_user(transport, access_token).await?;
                 Session {
                     access_token: access_token.to_string(),
                     refresh_token: refresh_token.to_string(),
@@ -351,67 +334,22 @@ impl Client {
                 }
             }
         };
-        *lock(&auth.last_failure) = None;
-        auth.store(Some(session.clone()));
-        auth.notify(&session);
+        *lock(&self.last_failure) = None;
+        self.store(Some(session.clone()));
+        self.notify(&session);
         Ok(session)
     }
 
-    /// Refresh now (`POST /auth/v1/token?grant_type=refresh_token`).
-    /// Concurrent callers share one refresh: whoever waits behind an
-    /// in-flight refresh gets its result instead of refreshing again.
-    pub async fn refresh(&self) -> Result<Session> {
+    /// Refresh now; concurrent callers share one refresh (whoever waits
+    /// behind an in-flight refresh gets its result instead of refreshing
+    /// again).
+    pub(crate) async fn refresh(&self, transport: &Transport) -> Result<Session> {
         let seen = self
-            .inner
-            .auth
             .snapshot()
             .ok_or_else(Error::session_missing)?
             .refresh_token;
-        self.inner
-            .auth
-            .refresh_if(self, |s| s.refresh_token == seen)
+        self.refresh_if(transport, |s| s.refresh_token == seen)
             .await
-    }
-
-    /// `GET /auth/v1/user` with the (possibly refreshed) session token.
-    pub async fn get_user(&self) -> Result<Value> {
-        let (token, from_session) = self.bearer_token().await?;
-        if !from_session {
-            return Err(Error::session_missing());
-        }
-        self.fetch_user(&token).await
-    }
-
-    async fn fetch_user(&self, token: &str) -> Result<Value> {
-        let url = format!("{}/auth/v1/user", self.inner.base);
-        let resp = self
-            .inner
-            .http
-            .get(url)
-            .headers(auth_headers(&self.inner, token, false))
-            .send()
-            .await
-            .map_err(|e| Error::Auth {
-                status: 0,
-                code: None,
-                message: format!("network error fetching the user: {}", error_chain(&e)),
-                retryable: true,
-            })?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Error::transport("GET /auth/v1/user", e))?;
-        if !(200..300).contains(&status) {
-            return Err(parse_auth_error(status, &headers, &bytes));
-        }
-        let v: Value =
-            serde_json::from_slice(&bytes).map_err(|e| Error::decode("the user response", e))?;
-        Ok(match v.get("user") {
-            Some(u) if u.is_object() && v.get("id").is_none() => u.clone(),
-            _ => v,
-        })
     }
 
     /// The bearer for the next request: the session access token (refreshed
@@ -419,16 +357,18 @@ impl Client {
     /// key. Returns `(token, is_session_token)`. If the refresh fails and the
     /// stored token has already expired, the refresh error is returned
     /// (rather than silently downgrading to the anon role).
-    pub(crate) async fn bearer_token(&self) -> Result<(String, bool)> {
-        let auth = &self.inner.auth;
-        let Some(cur) = auth.snapshot() else {
-            return Ok((self.inner.anon_key.clone(), false));
+    pub(crate) async fn bearer_token(&self, transport: &Transport) -> Result<(String, bool)> {
+        let Some(cur) = self.snapshot() else {
+            return Ok((transport.anon_key.clone(), false));
         };
-        let margin = self.inner.opts.refresh_margin.as_secs() as i64;
+        let margin = transport.opts.refresh_margin.as_secs() as i64;
         if cur.expires_in() >= margin {
             return Ok((cur.access_token, true));
         }
-        match auth.refresh_if(self, |s| s.expires_in() < margin).await {
+        match self
+            .refresh_if(transport, |s| s.expires_in() < margin)
+            .await
+        {
             Ok(s) => Ok((s.access_token, true)),
             Err(e) if !cur.is_expired() => {
                 tracing::debug!(error = %e, "using the still-valid access token after a failed refresh");
@@ -437,49 +377,38 @@ impl Client {
             Err(e) => Err(e),
         }
     }
+}
 
-    /// The current access token (refreshing first if needed), or the anon
-    /// key when there is no session.
-    pub async fn access_token(&self) -> Result<String> {
-        Ok(self.bearer_token().await?.0)
+/// `GET /auth/v1/user` with `token`.
+pub(crate) async fn fetch_user(transport: &Transport, token: &str) -> Result<Value> {
+    let url = format!("{}/auth/v1/user", transport.base);
+    let resp = transport
+        .http
+        .get(url)
+        .headers(auth_headers(transport, token, false))
+        .send()
+        .await
+        .map_err(|e| Error::Auth {
+            status: 0,
+            code: None,
+            message: format!("network error fetching the user: {}", error_chain(&e)),
+            retryable: true,
+        })?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Error::transport("GET /auth/v1/user", e))?;
+    if !(200..300).contains(&status) {
+        return Err(parse_auth_error(status, &headers, &bytes));
     }
-
-    /// A watch of the bearer realtime should use (access token, or the anon
-    /// key without a session). Changes on every refresh / session change.
-    pub fn token_watch(&self) -> watch::Receiver<String> {
-        self.inner.auth.token_watch()
-    }
-
-    /// Start the auth-js style auto-refresh ticker: every
-    /// `auto_refresh_interval` (first tick immediately) refresh when less
-    /// than `auto_refresh_threshold` remains. The task holds only a weak
-    /// reference and ends when every `Client` clone is dropped; abort the
-    /// handle to stop it earlier.
-    pub fn start_auto_refresh(&self) -> tokio::task::JoinHandle<()> {
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let period = self.inner.opts.auto_refresh_interval;
-        let threshold = self.inner.opts.auto_refresh_threshold.as_secs() as i64;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                let client = Client { inner };
-                let Some(s) = client.session() else { continue };
-                if s.expires_in() < threshold {
-                    if let Err(e) = client
-                        .inner
-                        .auth
-                        .refresh_if(&client, |s| s.expires_in() < threshold)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "auto-refresh failed");
-                    }
-                }
-            }
-        })
-    }
+    let v: Value =
+        serde_json::from_slice(&bytes).map_err(|e| Error::decode("the user response", e))?;
+    Ok(match v.get("user") {
+        Some(u) if u.is_object() && v.get("id").is_none() => u.clone(),
+        _ => v,
+    })
 }
 
 #[cfg(test)]

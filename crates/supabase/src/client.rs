@@ -1,61 +1,22 @@
-//! `Client`: configuration, shared HTTP plumbing and bearer selection.
+//! `Client`: the facade — a [`Transport`] plus the session ([`AuthState`]);
+//! picks each request's bearer and refreshes on a 401. PostgREST
+//! (`postgrest.rs`) and Functions (`functions.rs`) add their own `impl Client`
+//! blocks on top, so this file imports neither.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::header::{HeaderMap, AUTHORIZATION, RETRY_AFTER};
 use reqwest::Method;
+use serde_json::Value;
+use tokio::sync::watch;
 use url::Url;
 
-use crate::auth::AuthState;
+use crate::auth::{self, AuthState, Session, SessionCallback};
 use crate::error::{Error, Result};
-use crate::functions::Functions;
-use crate::postgrest::QueryBuilder;
-
-/// Tunables. `Default` matches supabase-js timings.
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    /// Value of `X-Client-Info`. Default `panorama-gateway/<crate version>; runtime=rust`.
-    pub client_info: String,
-    /// PostgREST schema for `Accept-Profile` / `Content-Profile`. Default `public`.
-    pub schema: String,
-    /// Per-request timeout (whole request). Default 30 s.
-    pub request_timeout: Duration,
-    /// Retries of GET requests on network errors / 503 / 520. Default 3.
-    pub read_retries: u32,
-    /// Base delay of those retries (`base · 2^k`, capped at 30 s). Default 1 s.
-    pub read_retry_base: Duration,
-    /// Refresh inline before a request when the token expires within this. Default 90 s.
-    pub refresh_margin: Duration,
-    /// The auto-refresh ticker refreshes when less than this remains. Default 120 s.
-    pub auto_refresh_threshold: Duration,
-    /// Auto-refresh tick period. Default 30 s.
-    pub auto_refresh_interval: Duration,
-    /// Total budget of retryable refresh attempts (backoff 200 ms · 2^n). Default 30 s.
-    pub refresh_retry_budget: Duration,
-    /// A failed refresh with a given refresh token is not re-attempted for this long. Default 60 s.
-    pub refresh_failure_cooldown: Duration,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        ClientOptions {
-            client_info: format!(
-                "panorama-gateway/{}; runtime=rust",
-                env!("CARGO_PKG_VERSION")
-            ),
-            schema: "public".into(),
-            request_timeout: Duration::from_secs(30),
-            read_retries: 3,
-            read_retry_base: Duration::from_secs(1),
-            refresh_margin: Duration::from_secs(90),
-            auto_refresh_threshold: Duration::from_secs(120),
-            auto_refresh_interval: Duration::from_secs(30),
-            refresh_retry_budget: Duration::from_secs(30),
-            refresh_failure_cooldown: Duration::from_secs(60),
-        }
-    }
-}
+use crate::transport::{
+    backoff, error_chain, header_value, Bearer, ClientOptions, RawResponse, Transport,
+};
 
 /// Supabase client. Cheap to clone (an `Arc` inside); all clones share the
 /// session, the single-flight refresh and the session-change callbacks.
@@ -65,36 +26,16 @@ pub struct Client {
 }
 
 pub(crate) struct Inner {
-    /// Base URL without trailing slash, e.g. `http://127.0.0.1:54321`.
-    pub(crate) base: String,
-    pub(crate) anon_key: String,
-    pub(crate) http: reqwest::Client,
-    pub(crate) opts: ClientOptions,
+    pub(crate) transport: Transport,
     pub(crate) auth: AuthState,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("url", &self.inner.base)
+            .field("url", &self.inner.transport.base)
             .finish_non_exhaustive()
     }
-}
-
-/// Which bearer a request carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Bearer {
-    /// Session access token (refreshed first if needed), else the anon key.
-    Session,
-    /// Always the anon key (pairing, auth endpoints).
-    Anon,
-}
-
-/// A raw HTTP answer (any status).
-pub(crate) struct RawResponse {
-    pub status: u16,
-    pub headers: HeaderMap,
-    pub body: Vec<u8>,
 }
 
 impl Client {
@@ -106,68 +47,130 @@ impl Client {
 
     /// Like [`Client::new`] with explicit options.
     pub fn with_options(url: &str, anon_key: &str, opts: ClientOptions) -> Result<Client> {
-        let parsed = Url::parse(url)
-            .map_err(|e| Error::InvalidRequest(format!("invalid Supabase URL {url:?}: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(Error::InvalidRequest(format!(
-                "Supabase URL must be http(s), got {url:?}"
-            )));
-        }
-        if anon_key.is_empty() {
-            return Err(Error::InvalidRequest("anon key is empty".into()));
-        }
-        let http = reqwest::Client::builder()
-            .timeout(opts.request_timeout)
-            .build()
-            .map_err(|e| Error::transport("building the HTTP client", e))?;
-        let base = url.trim_end_matches('/').to_string();
         Ok(Client {
             inner: Arc::new(Inner {
-                base,
-                anon_key: anon_key.to_string(),
-                http,
+                transport: Transport::new(url, anon_key, opts)?,
                 auth: AuthState::new(anon_key),
-                opts,
             }),
         })
     }
 
     /// The base URL (no trailing slash).
     pub fn url(&self) -> &str {
-        &self.inner.base
+        &self.inner.transport.base
     }
 
     /// The anon (publishable) key.
     pub fn anon_key(&self) -> &str {
-        &self.inner.anon_key
+        &self.inner.transport.anon_key
     }
 
     /// The options in effect.
     pub fn options(&self) -> &ClientOptions {
-        &self.inner.opts
+        &self.inner.transport.opts
     }
 
-    /// Start a PostgREST query on `table` (`{url}/rest/v1/<table>`).
-    pub fn from(&self, table: &str) -> QueryBuilder {
-        QueryBuilder::new(self.clone(), table)
+    /// Register a callback that receives every new session (each rotation by
+    /// a refresh, and `set_session`). It runs synchronously *before* the
+    /// refreshed token is handed to anyone, so it can persist the new
+    /// refresh token to disk first. Keep it short and non-blocking-ish.
+    pub fn on_session_change(&self, cb: SessionCallback) {
+        self.inner.auth.add_listener(cb);
     }
 
-    /// Edge Functions (`{url}/functions/v1/<name>`).
-    pub fn functions(&self) -> Functions {
-        Functions::new(self.clone())
+    /// The current session, if any (no network).
+    pub fn session(&self) -> Option<Session> {
+        self.inner.auth.snapshot()
+    }
+
+    /// Install a session without any network call and without invoking the
+    /// callbacks (e.g. tokens loaded from disk whose expiry is known).
+    pub fn restore_session(&self, session: Session) {
+        self.inner.auth.store(Some(session));
+    }
+
+    /// Forget the session locally (requests then use the anon key).
+    pub fn clear_session(&self) {
+        self.inner.auth.store(None);
+    }
+
+    /// supabase-js `auth.setSession({access_token, refresh_token})`:
+    /// decodes `exp` (unverified); if expired, refreshes with
+    /// `refresh_token`; otherwise validates with `GET /auth/v1/user`.
+    /// Stores the session and invokes the session callbacks.
+    pub async fn set_session(&self, access_token: &str, refresh_token: &str) -> Result<Session> {
+        self.inner
+            .auth
+            .set_session(&self.inner.transport, access_token, refresh_token)
+            .await
+    }
+
+    /// Refresh now (`POST /auth/v1/token?grant_type=refresh_token`).
+    /// Concurrent callers share one refresh: whoever waits behind an
+    /// in-flight refresh gets its result instead of refreshing again.
+    pub async fn refresh(&self) -> Result<Session> {
+        self.inner.auth.refresh(&self.inner.transport).await
+    }
+
+    /// `GET /auth/v1/user` with the (possibly refreshed) session token.
+    pub async fn get_user(&self) -> Result<Value> {
+        let (token, from_session) = self.inner.auth.bearer_token(&self.inner.transport).await?;
+        if !from_session {
+            return Err(Error::session_missing());
+        }
+        auth::fetch_user(&self.inner.transport, &token).await
+    }
+
+    /// The current access token (refreshing first if needed), or the anon
+    /// key when there is no session.
+    pub async fn access_token(&self) -> Result<String> {
+        Ok(self.inner.auth.bearer_token(&self.inner.transport).await?.0)
+    }
+
+    /// A watch of the bearer realtime should use (access token, or the anon
+    /// key without a session). Changes on every refresh / session change.
+    pub fn token_watch(&self) -> watch::Receiver<String> {
+        self.inner.auth.token_watch()
+    }
+
+    /// Start the auth-js style auto-refresh ticker: every
+    /// `auto_refresh_interval` (first tick immediately) refresh when less
+    /// than `auto_refresh_threshold` remains. The task holds only a weak
+    /// reference and ends when every `Client` clone is dropped; abort the
+    /// handle to stop it earlier.
+    pub fn start_auto_refresh(&self) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let period = self.inner.transport.opts.auto_refresh_interval;
+        let threshold = self.inner.transport.opts.auto_refresh_threshold.as_secs() as i64;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let Some(s) = inner.auth.snapshot() else {
+                    continue;
+                };
+                if s.expires_in() < threshold {
+                    if let Err(e) = inner
+                        .auth
+                        .refresh_if(&inner.transport, |s| s.expires_in() < threshold)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "auto-refresh failed");
+                    }
+                }
+            }
+        })
     }
 
     pub(crate) fn endpoint(&self, path: &str) -> Result<Url> {
-        Url::parse(&format!("{}{}", self.inner.base, path))
-            .map_err(|e| Error::InvalidRequest(format!("bad URL for {path}: {e}")))
+        self.inner.transport.endpoint(path)
     }
 
     /// Headers common to REST and Functions (`apikey`, `X-Client-Info`).
     pub(crate) fn base_headers(&self) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert("apikey", header_value(&self.inner.anon_key));
-        h.insert("x-client-info", header_value(&self.inner.opts.client_info));
-        h
+        self.inner.transport.base_headers()
     }
 
     /// Send a REST/Functions request: picks the bearer (refreshing first if
@@ -183,16 +186,17 @@ impl Client {
         bearer: Bearer,
     ) -> Result<RawResponse> {
         let (mut token, mut from_session) = match bearer {
-            Bearer::Anon => (self.inner.anon_key.clone(), false),
-            Bearer::Session => self.bearer_token().await?,
+            Bearer::Anon => (self.inner.transport.anon_key.clone(), false),
+            Bearer::Session => self.inner.auth.bearer_token(&self.inner.transport).await?,
         };
         let retry_reads = method == Method::GET || method == Method::HEAD;
-        let opts = &self.inner.opts;
+        let opts = &self.inner.transport.opts;
         let mut attempt: u32 = 0;
         let mut auth_retried = false;
         loop {
             let mut req = self
                 .inner
+                .transport
                 .http
                 .request(method.clone(), url.clone())
                 .headers(headers.clone())
@@ -238,7 +242,7 @@ impl Client {
                 match self
                     .inner
                     .auth
-                    .refresh_if(self, |s| s.access_token == used)
+                    .refresh_if(&self.inner.transport, |s| s.access_token == used)
                     .await
                 {
                     Ok(s) if s.access_token != used => {
@@ -265,25 +269,4 @@ impl Client {
             });
         }
     }
-}
-
-pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
-    let d = base.saturating_mul(1u32 << attempt.min(16));
-    d.min(Duration::from_secs(30))
-}
-
-pub(crate) fn header_value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-/// `reqwest::Error` display plus its sources (the useful part is often the cause).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

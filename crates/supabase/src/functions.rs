@@ -4,9 +4,10 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::client::{header_value, Bearer, Client};
+use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::postgrest::{encode_path_segment, handle_response};
+use crate::transport::{header_value, Bearer};
 
 /// Options for [`Functions::invoke_with`].
 #[derive(Debug, Clone, Default)]
@@ -129,6 +130,11 @@ impl Functions {
 }
 
 impl Client {
+    /// Edge Functions (`{url}/functions/v1/<name>`).
+    pub fn functions(&self) -> Functions {
+        Functions::new(self.clone())
+    }
+
     /// `POST {url}/rest/v1/rpc/<name>` with named arguments (`Null` → `{}`).
     /// Returns the body: a scalar, object or array; `Null` for void / 204.
     pub async fn rpc(&self, name: &str, args: Value) -> Result<Value> {

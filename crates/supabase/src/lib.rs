@@ -17,9 +17,10 @@ mod functions;
 pub mod jwt;
 pub mod postgrest;
 pub mod realtime;
+mod transport;
 
 pub use auth::{Session, SessionCallback};
-pub use client::{Client, ClientOptions};
+pub use client::Client;
 pub use error::{Error, Result};
 pub use functions::{Functions, InvokeOptions};
 pub use postgrest::{FilterValue, QueryBuilder};
@@ -27,3 +28,4 @@ pub use realtime::{
     ChannelHandle, ChannelStatus, CloseReason, PostgresBinding, PostgresChange, Realtime,
     RealtimeEvent, RealtimeEventKind, RealtimeOptions, ReconnectBackoff, Vsn,
 };
+pub use transport::ClientOptions;

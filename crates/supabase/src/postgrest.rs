@@ -4,8 +4,9 @@ use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::client::{header_value, Bearer, Client, RawResponse};
+use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::transport::{header_value, Bearer, RawResponse};
 
 /// A value usable in a filter (`eq.<v>` etc.), stringified like JS `String(v)`.
 pub trait FilterValue {
@@ -122,6 +123,13 @@ pub struct QueryBuilder {
     body: Option<Value>,
     object_accept: bool,
     schema: Option<String>,
+}
+
+impl Client {
+    /// Start a PostgREST query on `table` (`{url}/rest/v1/<table>`).
+    pub fn from(&self, table: &str) -> QueryBuilder {
+        QueryBuilder::new(self.clone(), table)
+    }
 }
 
 impl QueryBuilder {
