@@ -465,51 +465,6 @@ impl ShellSessionAction {
     }
 }
 
-/// Preamble steps 4–5 of `shell_session`: action, then `resource_id`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShellSessionRequest {
-    pub action: ShellSessionAction,
-    pub resource_id: String,
-}
-
-impl ShellSessionRequest {
-    pub fn parse(payload: &Value) -> Result<Self, PayloadError> {
-        let map = payload_object(payload, "action", MSG_INVALID_SHELL_ACTION)?;
-        let action = match map.get("action") {
-            Some(Value::String(raw)) => {
-                ShellSessionAction::normalize(raw).ok_or(PayloadError::new(
-                    "action",
-                    PayloadProblem::Invalid {
-                        reason: "expected open, write, read, close or status",
-                    },
-                    MSG_INVALID_SHELL_ACTION,
-                ))?
-            }
-            None | Some(Value::Null) => {
-                return Err(PayloadError::new(
-                    "action",
-                    PayloadProblem::Missing,
-                    MSG_INVALID_SHELL_ACTION,
-                ))
-            }
-            Some(other) => {
-                return Err(PayloadError::new(
-                    "action",
-                    PayloadProblem::WrongType {
-                        expected: "a string",
-                        found: json_type_name(other),
-                    },
-                    MSG_INVALID_SHELL_ACTION,
-                ))
-            }
-        };
-        Ok(ShellSessionRequest {
-            action,
-            resource_id: parse_resource_id(payload)?,
-        })
-    }
-}
-
 /// `resource_id`, trimmed and non-empty (both shell job types).
 pub fn parse_resource_id(payload: &Value) -> Result<String, PayloadError> {
     let map = payload_object(payload, "resource_id", MSG_MISSING_RESOURCE_ID)?;
@@ -1236,29 +1191,29 @@ mod tests {
     }
 
     #[test]
-    fn shell_session_preamble_order_and_messages() {
-        let r = ShellSessionRequest::parse(&json!({"action": " OPEN ", "resource_id": " res-1 "}))
-            .unwrap();
+    fn shell_session_job_parts_and_messages() {
+        let j = ShellSessionJob::parse(&json!({"action": " OPEN ", "resource_id": " res-1 "}));
         assert_eq!(
-            r,
-            ShellSessionRequest {
-                action: ShellSessionAction::Open,
-                resource_id: "res-1".into()
-            }
+            j.action,
+            Some(ShellJobAction::Spec(ShellSessionAction::Open))
         );
-        // The action is checked before resource_id.
-        let e = err_of(ShellSessionRequest::parse(&json!({"action": "exec"})));
-        assert_eq!(
-            (e.field, e.result_message),
-            ("action", "Invalid shell session action")
-        );
-        let e = err_of(ShellSessionRequest::parse(
-            &json!({"action": 1, "resource_id": "r"}),
-        ));
-        assert_eq!(e.result_message, "Invalid shell session action");
-        let e = err_of(ShellSessionRequest::parse(
-            &json!({"action": "read", "resource_id": "   "}),
-        ));
+        assert_eq!(j.resource_id, Ok("res-1".to_string()));
+        let j = ShellSessionJob::parse(&json!({"action": " Resize ", "cols": 80, "rows": "24"}));
+        assert_eq!(j.action, Some(ShellJobAction::Resize));
+        assert_eq!(j.resize, Some(ShellResizePayload { cols: 80, rows: 24 }));
+        // Each part keeps its own outcome: an unknown or non-string action
+        // is `None` (the handler's `Invalid shell session action`) whatever
+        // the other fields say.
+        for bad in [
+            json!({"action": "exec", "resource_id": "r"}),
+            json!({"action": 1, "resource_id": "r"}),
+        ] {
+            let j = ShellSessionJob::parse(&bad);
+            assert_eq!(j.action, None);
+            assert_eq!(j.resource_id, Ok("r".to_string()));
+        }
+        let j = ShellSessionJob::parse(&json!({"action": "read", "resource_id": "   "}));
+        let e = j.resource_id.unwrap_err();
         assert_eq!(
             (e.field, e.result_message),
             ("resource_id", "Missing resource_id in payload")

@@ -284,9 +284,17 @@ proptest! {
                 prop_assert_eq!((e.result_message, e.job_error), expected);
             }
         }
-        match ShellSessionRequest::parse(&p) {
-            Ok(r) => prop_assert!(!r.resource_id.is_empty() && r.resource_id.trim() == r.resource_id),
-            Err(e) => check_error(&e, &p, &["action", "resource_id"])?,
+        let job = ShellSessionJob::parse(&p);
+        match &job.resource_id {
+            Ok(id) => prop_assert!(!id.is_empty() && id.trim() == id),
+            Err(e) => check_error(e, &p, &["resource_id"])?,
+        }
+        if let Some(action) = job.action {
+            let raw = p["action"].as_str().expect("a parsed action is a string");
+            prop_assert!(
+                ShellSessionAction::normalize(raw).map(ShellJobAction::Spec) == Some(action)
+                    || (action == ShellJobAction::Resize && raw.trim().eq_ignore_ascii_case("resize"))
+            );
         }
         match parse_resource_id(&p) {
             Ok(id) => prop_assert!(!id.is_empty() && id.trim() == id),
@@ -454,9 +462,9 @@ proptest! {
         let p = Value::Object(m);
         let fail = |e: PayloadError| TestCaseError::fail(e.to_string());
 
-        let req = ShellSessionRequest::parse(&p).map_err(fail)?;
-        prop_assert_eq!(req.action, action);
-        prop_assert_eq!(req.resource_id.as_str(), resource_id.trim());
+        let job = ShellSessionJob::parse(&p);
+        prop_assert_eq!(job.action, Some(ShellJobAction::Spec(action)));
+        prop_assert_eq!(job.resource_id.clone().map_err(fail)?, resource_id.trim());
 
         let open = ShellOpenPayload::parse(&p).map_err(fail)?;
         prop_assert_eq!(&open.shell_args, &args);
