@@ -1,7 +1,10 @@
 //! The hub's relational schema (control-plane spec §16.3), described once as
-//! data. Both storage backends build their DDL from it, and the REST layer
-//! uses it to validate column names and to cast filter values, so that
-//! SQLite and PostgreSQL answer bad input identically.
+//! data. The REST layer uses it to validate column names and to cast filter
+//! values, so that SQLite and PostgreSQL answer bad input identically;
+//! `schema_sql.rs` prints the row-level-security script from it. Each
+//! backend's tables come from its own versioned migrations (history, never
+//! rewritten); `tests/schema_agreement.rs` migrates both and fails on any
+//! drift from this description.
 
 /// Column types the API distinguishes. They decide how a filter value or a
 /// body value is cast, and how a stored value is turned back into JSON.
