@@ -471,18 +471,14 @@ pub async fn update(
     );
     let n = updated.len();
     let range = content_range(0, n, prefs.count.then_some(n as u64));
-    if prefs.representation {
-        let rows = try_resp!(project(table, updated, &query.select));
-        return try_resp!(rows_response(
-            StatusCode::OK,
-            rows,
-            single,
-            range,
-            prefs.applied(),
-            false
-        ));
-    }
-    empty_response(StatusCode::NO_CONTENT, range)
+    try_resp!(mutation_response(
+        table,
+        updated,
+        &query.select,
+        &prefs,
+        single,
+        range
+    ))
 }
 
 pub async fn delete(
@@ -510,18 +506,31 @@ pub async fn delete(
     );
     let n = deleted.len();
     let range = content_range(0, 0, prefs.count.then_some(n as u64));
-    if prefs.representation {
-        let rows = try_resp!(project(table, deleted, &query.select));
-        return try_resp!(rows_response(
-            StatusCode::OK,
-            rows,
-            single,
-            range,
-            prefs.applied(),
-            false
-        ));
+    try_resp!(mutation_response(
+        table,
+        deleted,
+        &query.select,
+        &prefs,
+        single,
+        range
+    ))
+}
+
+/// The answer to an update or a delete: the affected rows projected by
+/// `select` with `Prefer: return=representation`, else 204 with the range.
+fn mutation_response(
+    table: &Table,
+    rows: Vec<Row>,
+    select: &Option<Vec<String>>,
+    prefs: &Prefs,
+    single: bool,
+    range: String,
+) -> Result<Response, ApiError> {
+    if !prefs.representation {
+        return Ok(empty_response(StatusCode::NO_CONTENT, range));
     }
-    empty_response(StatusCode::NO_CONTENT, range)
+    let rows = project(table, rows, select)?;
+    rows_response(StatusCode::OK, rows, single, range, prefs.applied(), false)
 }
 
 fn scalar_response(v: Value) -> Response {
