@@ -5,6 +5,7 @@
 // and the size of the error variant does not matter on this path.
 #![allow(clippy::result_large_err)]
 
+pub mod active_cache;
 pub mod api;
 pub mod app;
 pub mod attach;

@@ -21,6 +21,7 @@ use super::{
     PeopleStore, RefreshError, RefreshGrant, SelectRequest, SelectResult, Store, StoreError, TxFn,
     TxOps, UpdateGuard, UpdateRequest, UserRecord,
 };
+use crate::active_cache::Invalidation;
 use crate::changes::{ChangeFeed, ChangeKind, Row, RowChange};
 use crate::error::ApiError;
 use crate::people::Role;
@@ -45,8 +46,28 @@ pub trait Conn {
     ) -> Result<Vec<Vec<SqlValue>>, StoreError>;
 }
 
-/// Row changes a transaction collected, published after it commits.
-pub type Changes = Vec<RowChange>;
+/// What a transaction changed, published after it commits: its row
+/// changes, and the revocations no row change carries (sessions ended by
+/// sign-out or refresh-token reuse), for the active-principal cache.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub rows: Vec<RowChange>,
+    pub revoked: Vec<Invalidation>,
+}
+
+impl Changes {
+    pub fn push(&mut self, change: RowChange) {
+        self.rows.push(change);
+    }
+
+    pub fn revoke(&mut self, inv: Invalidation) {
+        self.revoked.push(inv);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.revoked.is_empty()
+    }
+}
 
 /// A database that runs closures in transactions.
 pub trait Backend: Send + Sync + 'static {
@@ -79,7 +100,10 @@ impl<B: Backend> SqlStore<B> {
         F: FnOnce(&mut dyn Conn, &mut Changes) -> Result<T, StoreError> + Send + 'static,
     {
         let (out, changes) = self.backend.transaction(f).await?;
-        for c in changes {
+        for inv in &changes.revoked {
+            self.feed.invalidate(inv);
+        }
+        for c in changes.rows {
             self.feed.publish(c);
         }
         Ok(out)
@@ -669,16 +693,20 @@ fn pair(
 pub(crate) struct TokenFamily {
     tokens: &'static str,
     sessions: &'static str,
+    /// What revoking one of these sessions tells the active cache.
+    revoked: fn(String) -> Invalidation,
 }
 
 const GATEWAY_TOKENS: TokenFamily = TokenFamily {
     tokens: "auth_refresh_tokens",
     sessions: "auth_sessions",
+    revoked: Invalidation::GatewaySession,
 };
 
 const USER_TOKENS: TokenFamily = TokenFamily {
     tokens: "user_refresh_tokens",
     sessions: "user_sessions",
+    revoked: Invalidation::UserSession,
 };
 
 /// Refresh-token rotation with reuse detection, shared by gateway and user
@@ -690,6 +718,7 @@ const USER_TOKENS: TokenFamily = TokenFamily {
 /// run one after another even on several hub replicas.
 fn rotate_in_family<T>(
     c: &mut dyn Conn,
+    changes: &mut Changes,
     family: &TokenFamily,
     old_hash: &str,
     new_hash: &str,
@@ -744,6 +773,7 @@ fn rotate_in_family<T>(
                 &[t(&format_timestamp(now)), t(&session_id)],
                 family.sessions,
             )?;
+            changes.revoke((family.revoked)(session_id));
             return Ok(Err(RefreshError::AlreadyUsed));
         }
     }
@@ -1076,9 +1106,10 @@ impl<B: Backend> Store for SqlStore<B> {
     ) -> Result<RefreshGrant, RefreshError> {
         let (old_hash, new_hash) = (old_hash.to_string(), new_hash.to_string());
         let outcome = self
-            .tx(move |c, _| {
+            .tx(move |c, changes| {
                 rotate_in_family(
                     c,
+                    changes,
                     &GATEWAY_TOKENS,
                     &old_hash,
                     &new_hash,
@@ -1123,13 +1154,23 @@ impl<B: Backend> Store for SqlStore<B> {
         .await
     }
 
-    async fn gateway_active(&self, gateway_id: &str, team_id: &str) -> Result<bool, StoreError> {
-        let (gateway_id, team_id) = (gateway_id.to_string(), team_id.to_string());
+    async fn gateway_active(
+        &self,
+        gateway_id: &str,
+        team_id: &str,
+        session_id: &str,
+    ) -> Result<bool, StoreError> {
+        let (gateway_id, team_id, session_id) = (
+            gateway_id.to_string(),
+            team_id.to_string(),
+            session_id.to_string(),
+        );
         self.tx(move |c, _| {
             exists(
                 c,
-                "SELECT COUNT(*) FROM team_gateways WHERE id = ?1 AND team_id = ?2 AND revoked_at IS NULL",
-                &[t(&gateway_id), t(&team_id)],
+                "SELECT COUNT(*) FROM team_gateways WHERE id = ?1 AND team_id = ?2 AND revoked_at IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM auth_sessions WHERE id = ?3 AND revoked_at IS NOT NULL)",
+                &[t(&gateway_id), t(&team_id), t(&session_id)],
                 "team_gateways",
             )
         })
@@ -1400,9 +1441,10 @@ impl<B: Backend> PeopleStore for SqlStore<B> {
     ) -> Result<(String, String), RefreshError> {
         let (old_hash, new_hash) = (old_hash.to_string(), new_hash.to_string());
         let outcome = self
-            .tx(move |c, _| {
+            .tx(move |c, changes| {
                 rotate_in_family(
                     c,
+                    changes,
                     &USER_TOKENS,
                     &old_hash,
                     &new_hash,
@@ -1443,7 +1485,11 @@ impl<B: Backend> PeopleStore for SqlStore<B> {
         scope: LogoutScope,
     ) -> Result<(), StoreError> {
         let (user_id, session_id) = (user_id.to_string(), session_id.to_string());
-        self.tx(move |c, _| {
+        self.tx(move |c, changes| {
+            changes.revoke(match scope {
+                LogoutScope::Local => Invalidation::UserSession(session_id.clone()),
+                LogoutScope::Global | LogoutScope::Others => Invalidation::User(user_id.clone()),
+            });
             let (which, args) = match scope {
                 LogoutScope::Local => ("AND id = ?3", vec![t(&session_id)]),
                 LogoutScope::Global => ("", vec![]),

@@ -300,8 +300,15 @@ pub trait Store: PeopleStore + Send + Sync + 'static {
     async fn session_active(&self, session_id: &str) -> Result<bool, StoreError>;
 
     /// Whether the gateway row exists, belongs to the team and is not
-    /// revoked (`current_gateway_is_active()`).
-    async fn gateway_active(&self, gateway_id: &str, team_id: &str) -> Result<bool, StoreError>;
+    /// revoked (`current_gateway_is_active()`), and the token's session was
+    /// not revoked (refresh-token reuse ends a stolen family's access
+    /// tokens too; a session the hub never stored is not refused).
+    async fn gateway_active(
+        &self,
+        gateway_id: &str,
+        team_id: &str,
+        session_id: &str,
+    ) -> Result<bool, StoreError>;
 
     /// The lost-gateway sweep (spec §16.10 "stale jobs"): jobs left
     /// `running` on a gateway whose last heartbeat is older than

@@ -326,7 +326,7 @@ impl Backend for SqliteBackend {
             let tx = guard
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|e| classify(e, "transaction"))?;
-            let mut changes = Vec::new();
+            let mut changes = Changes::default();
             let out = f(&mut SqliteConn { tx: &tx }, &mut changes)?;
             tx.commit().map_err(|e| classify(e, "commit"))?;
             Ok((out, changes))
