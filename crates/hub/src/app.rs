@@ -8,6 +8,7 @@ use crate::active_cache::{Lookup, Subject};
 use crate::auth::{AuthError, Keys, Principal};
 use crate::changes::ChangeFeed;
 use crate::error::ApiError;
+use crate::realtime::dispatch::Dispatcher;
 use crate::store::{SharedStore, StoreError};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -45,6 +46,19 @@ pub struct AppState {
     pub signin_failures: Arc<std::sync::Mutex<crate::people::FailureLimiter>>,
     /// Realtime broadcast fan-out between sockets.
     pub broadcasts: Arc<crate::realtime::broadcast::Broadcasts>,
+    /// The feed's one realtime dispatcher, started on first use from inside
+    /// the runtime that serves sockets (the state may be built before
+    /// there is one).
+    dispatcher: Arc<std::sync::OnceLock<Dispatcher>>,
+}
+
+impl AppState {
+    /// The realtime dispatcher reading this hub's change feed, started (on
+    /// the current Tokio runtime) the first time it is asked for.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        self.dispatcher
+            .get_or_init(|| Dispatcher::start(self.feed.subscribe()))
+    }
 }
 
 /// Failed sign-ins allowed per account and per address in the window.
@@ -63,6 +77,7 @@ impl AppState {
             keys,
             feed,
             broadcasts: Default::default(),
+            dispatcher: Default::default(),
             access_token_ttl_secs: env_secs("PANORAMA_HUB_ACCESS_TOKEN_TTL", ACCESS_TOKEN_TTL_SECS),
             refresh_reuse_interval_secs: env_secs(
                 "PANORAMA_HUB_REFRESH_REUSE_INTERVAL",

@@ -1,8 +1,8 @@
 //! Row changes committed by the store, fanned out to realtime subscribers.
 //!
 //! The store publishes one [`RowChange`] per inserted, updated or deleted row
-//! *after* its transaction commits. One dispatcher task per feed
-//! ([`crate::realtime::dispatch`]) receives them and routes each only to the
+//! *after* its transaction commits. One dispatcher task per hub
+//! (`crate::realtime::dispatch`, started by `AppState::dispatcher`) receives them and routes each only to the
 //! realtime sockets whose subscriptions can match; those filter it per
 //! binding and per subscriber's authorization.
 //!
@@ -12,9 +12,8 @@
 //! synchronously, before the write that made them returns.
 
 use crate::active_cache::{ActiveCache, Invalidation};
-use crate::realtime::dispatch::Dispatcher;
 use serde_json::{Map, Value};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use tokio::sync::broadcast;
 
 pub type Row = Map<String, Value>;
@@ -53,9 +52,6 @@ pub struct RowChange {
 #[derive(Clone)]
 pub struct ChangeFeed {
     tx: broadcast::Sender<Arc<RowChange>>,
-    /// Started on first use, from inside the runtime that serves sockets
-    /// (the feed itself may be built before there is one).
-    dispatcher: Arc<OnceLock<Dispatcher>>,
     /// "Is this principal active?" answers, invalidated by what passes here.
     active: Arc<ActiveCache>,
 }
@@ -65,7 +61,6 @@ impl ChangeFeed {
         let (tx, _) = broadcast::channel(capacity);
         ChangeFeed {
             tx,
-            dispatcher: Arc::new(OnceLock::new()),
             active: Arc::new(ActiveCache::default()),
         }
     }
@@ -95,13 +90,6 @@ impl ChangeFeed {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RowChange>> {
         self.tx.subscribe()
-    }
-
-    /// The feed's one realtime dispatcher, started (on the current Tokio
-    /// runtime) the first time it is asked for.
-    pub fn dispatcher(&self) -> &Dispatcher {
-        self.dispatcher
-            .get_or_init(|| Dispatcher::start(self.tx.subscribe()))
     }
 }
 

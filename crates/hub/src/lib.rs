@@ -31,6 +31,7 @@ pub mod secrets;
 pub mod server;
 pub mod shell_jobs;
 pub mod store;
+pub mod store_http;
 pub mod sweeper;
 pub mod term;
 pub mod up;

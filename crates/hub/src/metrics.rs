@@ -320,7 +320,7 @@ pub async fn endpoint(state: State, headers: HeaderMap) -> Response {
         }
         Err(resp) => return resp,
     }
-    let dispatcher = state.feed.dispatcher();
+    let dispatcher = state.dispatcher();
     let (changes_queued, changes_dropped) = dispatcher.counts();
     // SQLite: a read-only connection of its own, so scrapes never wait on
     // the writer; PostgreSQL: the store's pool.

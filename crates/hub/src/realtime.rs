@@ -934,7 +934,7 @@ impl Conn {
                         self.channels.first().map_or("", |c| c.topic.as_str())
                     ),
                 };
-                self.sub = Some(self.state.feed.dispatcher().register(
+                self.sub = Some(self.state.dispatcher().register(
                     routes,
                     label,
                     self.opts.queue_capacity,

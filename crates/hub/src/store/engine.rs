@@ -15,6 +15,7 @@
 //! code is redeemed once, a refresh token rotates once, the job transition
 //! guard sees the row it updates.
 
+use super::error::Refusal;
 use super::sql::{order_clause, quote_ident, where_clause, Dialect, Params};
 use super::{
     Conflict, DeleteRequest, InsertRequest, LogoutScope, NewInvitation, PairingGrant, PeopleError,
@@ -23,7 +24,6 @@ use super::{
 };
 use crate::active_cache::Invalidation;
 use crate::changes::{ChangeFeed, ChangeKind, Row, RowChange};
-use crate::error::ApiError;
 use crate::people::Role;
 use crate::postgrest::Filter;
 use crate::schema::{self, Column, Table};
@@ -494,7 +494,7 @@ fn insert_request(
                         .iter()
                         .find(|(c, _)| c.name == col)
                         .map(|(_, v)| v.clone())
-                        .ok_or_else(|| ApiError::unknown_column(table.name, col))?;
+                        .ok_or_else(|| Refusal::unknown_column(table.name, col))?;
                     conds.push(format!("{} = {}", quote_ident(col), p.push(v)));
                 }
                 let sql = format!(
@@ -631,7 +631,7 @@ fn pair(
                 .is_some_and(|e| e > chrono::Utc::now())
     });
     let Some(r) = valid else {
-        return Err(ApiError::pg("P0001", "Invalid or expired pairing code").into());
+        return Err(Refusal::new("P0001", "Invalid or expired pairing code").into());
     };
     let (stored_code, team_id) = (
         text(&r[0]).unwrap_or_default(),
@@ -826,7 +826,7 @@ fn heartbeat(
         },
     ];
     let Some(old) = select_where(c, table, &filters, true)?.into_iter().next() else {
-        return Err(ApiError::pg("42501", "gateway not found or revoked").into());
+        return Err(Refusal::new("42501", "gateway not found or revoked").into());
     };
     let now = now_timestamp();
     let was_ready = old.get("status").and_then(Value::as_str) == Some("ready")
@@ -1070,7 +1070,7 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn atomic(&self, f: TxFn) -> Result<Value, StoreError> {
-        self.tx(move |c, changes| Ok(f(&mut ConnTx { c, changes })?))
+        self.tx(move |c, changes| f(&mut ConnTx { c, changes }))
             .await
     }
 
@@ -1186,10 +1186,10 @@ impl<B: Backend> Store for SqlStore<B> {
         device_name: Option<&str>,
     ) -> Result<(), StoreError> {
         if !schema::GATEWAY_STATUSES.contains(&status) {
-            return Err(ApiError::pg("22023", format!("invalid status {status}")).into());
+            return Err(Refusal::new("22023", format!("invalid status {status}")).into());
         }
         if !capabilities.is_object() {
-            return Err(ApiError::pg("22023", "capabilities must be an object").into());
+            return Err(Refusal::new("22023", "capabilities must be an object").into());
         }
         let (gateway_id, team_id, status) = (
             gateway_id.to_string(),
@@ -1512,7 +1512,7 @@ impl<B: Backend> PeopleStore for SqlStore<B> {
     async fn create_invitation(&self, inv: NewInvitation<'_>) -> Result<(), StoreError> {
         if parse_timestamp(inv.expires_at).is_none() {
             return Err(
-                ApiError::pg("22007", format!("invalid expiry {:?}", inv.expires_at)).into(),
+                Refusal::new("22007", format!("invalid expiry {:?}", inv.expires_at)).into(),
             );
         }
         let params = vec![

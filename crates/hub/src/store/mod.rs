@@ -13,10 +13,9 @@ pub mod postgres;
 pub mod sql;
 pub mod sqlite;
 
-pub use error::StoreError;
+pub use error::{Refusal, StoreError};
 
 use crate::changes::Row;
-use crate::error::ApiError;
 use crate::postgrest::{Filter, Order};
 use crate::schema::{Column, Table};
 use crate::values::SqlValue;
@@ -62,7 +61,7 @@ pub struct InsertRequest {
 /// Checks each (old, new) row pair of an update inside its transaction; an
 /// error rolls the whole statement back (the job transition guard, RLS
 /// `with check`).
-pub type UpdateGuard = Arc<dyn Fn(&Row, &Row) -> Result<(), ApiError> + Send + Sync>;
+pub type UpdateGuard = Arc<dyn Fn(&Row, &Row) -> Result<(), Refusal> + Send + Sync>;
 
 pub struct UpdateRequest {
     pub table: &'static Table,
@@ -261,7 +260,7 @@ pub trait TxOps {
 /// A unit of work for [`Store::atomic`]: committed when it returns `Ok`,
 /// rolled back (nothing changed, nothing published) on `Err`.
 pub type TxFn =
-    Box<dyn FnOnce(&mut dyn TxOps) -> Result<serde_json::Value, ApiError> + Send + 'static>;
+    Box<dyn FnOnce(&mut dyn TxOps) -> Result<serde_json::Value, StoreError> + Send + 'static>;
 
 #[async_trait]
 pub trait Store: PeopleStore + Send + Sync + 'static {

@@ -493,9 +493,7 @@ mod tests {
         let store = SqliteStore::open(&path, ChangeFeed::new(16)).unwrap();
         store
             .atomic(Box::new(|tx| {
-                tx.allocate_run_sequence("x")
-                    .map(serde_json::Value::from)
-                    .map_err(Into::into)
+                tx.allocate_run_sequence("x").map(serde_json::Value::from)
             }))
             .await
             .unwrap_err(); // no such subagent: the write still opened the WAL
