@@ -276,9 +276,10 @@ fn a_silent_listener_stops_being_trusted_after_its_lease() {
             assert_eq!(unsafe { libc::kill(*pid, sig) }, 0, "signal {sig} to {pid}");
         }
     };
+    // Revoked first, so that nothing between SIGSTOP and SIGCONT can fail.
+    revoke_in_sql(&mut db, &gw);
     signal(libc::SIGSTOP);
     let stopped = Instant::now();
-    revoke_in_sql(&mut db, &gw);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         until_refused(&b, &gw.access_token, stopped, Duration::from_secs(5))
     }));
