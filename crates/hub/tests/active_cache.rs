@@ -7,7 +7,7 @@
 
 use panorama_testkit::{on_backend, Backend, Hub, PairedGateway};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 const LONG_TTL: (&str, &str) = ("PANORAMA_HUB_ACTIVE_CACHE_TTL", "60");
@@ -71,21 +71,6 @@ fn revoke_through_rest(hub: &Hub, gw: &PairedGateway) {
         json!({"revoked_at": chrono::Utc::now().to_rfc3339()}),
     );
     assert_eq!(rows.len(), 1);
-}
-
-fn refresh(hub: &Hub, token: &str) -> (u16, Value) {
-    let res = hub
-        .http()
-        .post(format!(
-            "{}/auth/v1/token?grant_type=refresh_token",
-            hub.url
-        ))
-        .header("apikey", &hub.anon_key)
-        .header("authorization", format!("Bearer {}", hub.anon_key))
-        .json(&json!({"refresh_token": token}))
-        .send()
-        .expect("refresh request");
-    (res.status().as_u16(), res.json().unwrap_or(Value::Null))
 }
 
 /// Reads as `token` until refused; how long that took after `since`, and
@@ -170,11 +155,11 @@ fn refresh_token_reuse_on_one_replica_ends_access_tokens_on_another() {
         ("person", &person.access_token, &person.refresh_token),
     ] {
         warm(&b, access);
-        let (status, rotated) = refresh(&a, refresh_token);
+        let (status, rotated) = a.refresh_session(refresh_token);
         assert_eq!(status, 200, "{who}: {rotated}");
         let new_access = rotated["access_token"].as_str().unwrap().to_string();
         warm(&b, &new_access);
-        let (status, reused) = refresh(&a, refresh_token);
+        let (status, reused) = a.refresh_session(refresh_token);
         assert_eq!(
             (status, reused["code"].as_str()),
             (400, Some("refresh_token_already_used")),
