@@ -280,3 +280,64 @@ fn a_silent_listener_stops_being_trusted_after_its_lease() {
         || (metric(&b, "panorama_hub_active_cache_trusted") == 1.0).then_some(()),
     );
 }
+
+/// A realtime join on replica B answers `status` (`ok` or `error`), as a
+/// gateway joins its job channel with its access token.
+fn join_jobs_channel(
+    rt: &tokio::runtime::Runtime,
+    hub: &Hub,
+    gw: &PairedGateway,
+    topic: &str,
+) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    rt.block_on(async {
+        let url = format!(
+            "{}/realtime/v1/websocket?apikey={}&vsn=1.0.0",
+            hub.url.replacen("http", "ws", 1),
+            hub.anon_key
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("realtime socket");
+        let join = json!({
+            "topic": format!("realtime:{topic}"), "event": "phx_join", "ref": "1", "join_ref": "1",
+            "payload": {"access_token": gw.access_token, "config": {"postgres_changes": [
+                {"event": "INSERT", "schema": "public", "table": "gateway_jobs",
+                 "filter": format!("team_id=eq.{}", gw.team_id)}]}},
+        });
+        ws.send(Message::text(join.to_string())).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let frame = tokio::time::timeout_at(deadline, ws.next())
+                .await
+                .expect("a join reply within 10 s")
+                .expect("the socket stays open")
+                .expect("a frame");
+            if let Message::Text(text) = frame {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if v["event"] == "phx_reply" && v["ref"] == "1" {
+                    return v["payload"]["status"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                }
+            }
+        }
+    })
+}
+
+/// Realtime's token check shares the cache: a gateway revoked through
+/// replica A can no longer join a channel on replica B, whose cache held
+/// "active" for it a moment before.
+#[test]
+fn a_gateway_revoked_through_one_replica_cannot_join_realtime_on_another() {
+    let (a, b) = replicas();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let team = a.create_team("acme");
+    let gw = a.pair(&team, "box");
+    warm(&b, &gw.access_token);
+    assert_eq!(join_jobs_channel(&rt, &b, &gw, "before"), "ok");
+    revoke_through_rest(&a, &gw);
+    assert_eq!(join_jobs_channel(&rt, &b, &gw, "after"), "error");
+}
