@@ -52,15 +52,6 @@ pub struct AppState {
     dispatcher: Arc<std::sync::OnceLock<Dispatcher>>,
 }
 
-impl AppState {
-    /// The realtime dispatcher reading this hub's change feed, started (on
-    /// the current Tokio runtime) the first time it is asked for.
-    pub fn dispatcher(&self) -> &Dispatcher {
-        self.dispatcher
-            .get_or_init(|| Dispatcher::start(self.feed.subscribe()))
-    }
-}
-
 /// Failed sign-ins allowed per account and per address in the window.
 pub const SIGNIN_FAILURE_LIMIT: usize = 5;
 pub const SIGNIN_FAILURE_WINDOW_SECS: i64 = 300;
@@ -92,6 +83,13 @@ impl AppState {
                 ) as u64),
             ))),
         })
+    }
+
+    /// The realtime dispatcher reading this hub's change feed, started (on
+    /// the current Tokio runtime) the first time it is asked for.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        self.dispatcher
+            .get_or_init(|| Dispatcher::start(self.feed.subscribe()))
     }
 }
 
