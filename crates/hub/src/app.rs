@@ -4,20 +4,28 @@
 //! `realtime` and `metrics`, so none of them imports the router that
 //! composes them.
 
+use crate::active_cache::{Lookup, Subject};
 use crate::auth::{AuthError, Keys, Principal};
 use crate::changes::ChangeFeed;
 use crate::error::ApiError;
-use crate::store::SharedStore;
+use crate::realtime::dispatch::Dispatcher;
+use crate::store::{SharedStore, StoreError};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Largest request body accepted (PostgREST has no limit of its own; the
 /// Supabase gateway refuses large bodies too). Run events and job results
 /// are far smaller.
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Lifetime of a cached "this principal is active" answer
+/// (`PANORAMA_HUB_ACTIVE_CACHE_TTL`, seconds; 0 turns the cache off). The
+/// change feed ends answers early; this only bounds a missed invalidation.
+pub const ACTIVE_CACHE_TTL_SECS: i64 = 5;
 
 /// Lifetime of a gateway access token (spec §16.1 recommends 1 h).
 pub const ACCESS_TOKEN_TTL_SECS: i64 = 3600;
@@ -38,6 +46,10 @@ pub struct AppState {
     pub signin_failures: Arc<std::sync::Mutex<crate::people::FailureLimiter>>,
     /// Realtime broadcast fan-out between sockets.
     pub broadcasts: Arc<crate::realtime::broadcast::Broadcasts>,
+    /// The feed's one realtime dispatcher, started on first use from inside
+    /// the runtime that serves sockets (the state may be built before
+    /// there is one).
+    dispatcher: Arc<std::sync::OnceLock<Dispatcher>>,
 }
 
 /// Failed sign-ins allowed per account and per address in the window.
@@ -46,11 +58,17 @@ pub const SIGNIN_FAILURE_WINDOW_SECS: i64 = 300;
 
 impl AppState {
     pub fn new(store: SharedStore, keys: Keys, feed: ChangeFeed) -> Arc<AppState> {
+        feed.active_cache()
+            .set_ttl(std::time::Duration::from_secs(env_secs(
+                "PANORAMA_HUB_ACTIVE_CACHE_TTL",
+                ACTIVE_CACHE_TTL_SECS,
+            ) as u64));
         Arc::new(AppState {
             store,
             keys,
             feed,
             broadcasts: Default::default(),
+            dispatcher: Default::default(),
             access_token_ttl_secs: env_secs("PANORAMA_HUB_ACCESS_TOKEN_TTL", ACCESS_TOKEN_TTL_SECS),
             refresh_reuse_interval_secs: env_secs(
                 "PANORAMA_HUB_REFRESH_REUSE_INTERVAL",
@@ -65,6 +83,13 @@ impl AppState {
                 ) as u64),
             ))),
         })
+    }
+
+    /// The realtime dispatcher reading this hub's change feed, started (on
+    /// the current Tokio runtime) the first time it is asked for.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        self.dispatcher
+            .get_or_init(|| Dispatcher::start(self.feed.subscribe()))
     }
 }
 
@@ -139,31 +164,83 @@ pub fn auth_error_response(e: AuthError) -> Response {
 
 /// A gateway whose row was revoked or deleted gets nothing (RLS's
 /// `current_gateway_is_active()`), with an error that says why; so does a
-/// person whose session was signed out.
+/// gateway whose session reuse detection revoked, and a person whose
+/// session was signed out.
 pub async fn ensure_active(state: &AppState, p: &Principal) -> Result<(), ApiError> {
-    if let Principal::User { session_id, .. } = p {
-        if !state.store.user_session_active(session_id).await? {
-            return Err(ApiError::new(
-                401,
-                "PGRST301",
-                "the session of this access token has ended",
-            )
-            .hint("Sign in again (POST /auth/v1/token?grant_type=password)."));
-        }
+    let Some(subject) = subject_of(p) else {
+        return Ok(());
+    };
+    if is_active(state, subject).await? {
+        return Ok(());
     }
-    if let Principal::Gateway {
-        gateway_id,
-        team_id,
-        ..
-    } = p
-    {
-        if !state.store.gateway_active(gateway_id, team_id).await? {
-            return Err(ApiError::pg(
-                "42501",
-                format!("gateway {gateway_id} is revoked or no longer exists"),
-            )
-            .hint("Pair this machine again with a new pairing code."));
-        }
+    Err(match p {
+        Principal::Gateway { gateway_id, .. } => ApiError::pg(
+            "42501",
+            format!(
+                "gateway {gateway_id} is revoked or no longer exists, or its session was revoked"
+            ),
+        )
+        .hint("Pair this machine again with a new pairing code."),
+        _ => ApiError::new(
+            401,
+            "PGRST301",
+            "the session of this access token has ended",
+        )
+        .hint("Sign in again (POST /auth/v1/token?grant_type=password)."),
+    })
+}
+
+/// Whose activity a principal's requests depend on (`None`: the anon and
+/// service keys, which are never revoked this way).
+pub fn subject_of(p: &Principal) -> Option<Subject> {
+    match p {
+        Principal::Gateway {
+            gateway_id,
+            team_id,
+            session_id,
+            ..
+        } => Some(Subject::Gateway {
+            gateway_id: gateway_id.clone(),
+            team_id: team_id.clone(),
+            session_id: session_id.clone(),
+        }),
+        Principal::User {
+            user_id,
+            session_id,
+        } => Some(Subject::UserSession {
+            user_id: user_id.clone(),
+            session_id: session_id.clone(),
+        }),
+        Principal::Anon | Principal::Service => None,
     }
-    Ok(())
+}
+
+/// Whether `subject` is active: from the active cache (`active_cache.rs`,
+/// kept current by the change feed), else from the store, remembering a
+/// positive answer.
+pub async fn is_active(state: &AppState, subject: Subject) -> Result<bool, StoreError> {
+    let cache = state.feed.active_cache();
+    let ticket = match cache.lookup(&subject, Instant::now()) {
+        Lookup::Active => return Ok(true),
+        Lookup::Unknown(ticket) => ticket,
+    };
+    let active = match &subject {
+        Subject::Gateway {
+            gateway_id,
+            team_id,
+            session_id,
+        } => {
+            state
+                .store
+                .gateway_active(gateway_id, team_id, session_id)
+                .await?
+        }
+        Subject::UserSession { session_id, .. } => {
+            state.store.user_session_active(session_id).await?
+        }
+    };
+    if active {
+        cache.remember(subject, ticket, Instant::now());
+    }
+    Ok(active)
 }

@@ -132,37 +132,6 @@ pub fn status_of_sqlstate(code: &str) -> u16 {
     }
 }
 
-/// The store's failures as PostgREST reports the PostgreSQL errors behind
-/// them: the same SQLSTATE, message and status whichever backend ran.
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> ApiError {
-        use crate::store::StoreError as S;
-        let message = e.to_string();
-        match e {
-            S::UniqueViolation { columns, .. } => {
-                ApiError::pg("23505", message).details(format!("Key ({columns}) already exists."))
-            }
-            S::ForeignKeyViolation { .. } => ApiError::pg("23503", message)
-                .details("A referenced row (team, gateway, subagent or run) does not exist."),
-            S::NotNullViolation { .. } => ApiError::pg("23502", message),
-            S::CheckViolation { .. } => ApiError::pg("23514", message),
-            S::Busy => ApiError::new(503, "53300", message)
-                .hint("Another writer holds the hub database; retry in a moment."),
-            S::Unavailable(_) => ApiError::new(503, "08006", message)
-                .hint("Check that the hub's database is running and reachable, then retry."),
-            S::NotSingle(n) => ApiError::not_single(n),
-            S::Rejected(e) => e,
-            S::Backend { .. } => ApiError::internal(message),
-        }
-    }
-}
-
-impl axum::response::IntoResponse for crate::store::StoreError {
-    fn into_response(self) -> axum::response::Response {
-        ApiError::from(self).into_response()
-    }
-}
-
 impl axum::response::IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
         let mut res = (self.status_code(), axum::Json(self.body())).into_response();
@@ -179,29 +148,6 @@ impl axum::response::IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn store_errors_keep_their_postgrest_codes() {
-        use crate::store::StoreError;
-        let dup = ApiError::from(StoreError::UniqueViolation {
-            constraint: "teams_pkey".into(),
-            columns: "id".into(),
-        });
-        assert_eq!((dup.status, dup.code.as_str()), (409, "23505"));
-        assert_eq!(
-            dup.message,
-            "duplicate key value violates unique constraint \"teams_pkey\""
-        );
-        assert_eq!(dup.details.as_deref(), Some("Key (id) already exists."));
-        let fk = ApiError::from(StoreError::ForeignKeyViolation {
-            table: "gateway_jobs".into(),
-        });
-        assert_eq!((fk.status, fk.code.as_str()), (409, "23503"));
-        assert_eq!(ApiError::from(StoreError::Busy).status, 503);
-        assert_eq!(ApiError::from(StoreError::NotSingle(2)).code, "PGRST116");
-        let guard = ApiError::pg("P0001", "invalid transition");
-        assert_eq!(ApiError::from(StoreError::Rejected(guard.clone())), guard);
-    }
 
     #[test]
     fn sqlstates_map_to_postgrest_statuses() {

@@ -5,6 +5,7 @@
 // and the size of the error variant does not matter on this path.
 #![allow(clippy::result_large_err)]
 
+pub mod active_cache;
 pub mod api;
 pub mod app;
 pub mod attach;
@@ -30,6 +31,7 @@ pub mod secrets;
 pub mod server;
 pub mod shell_jobs;
 pub mod store;
+pub mod store_http;
 pub mod sweeper;
 pub mod term;
 pub mod up;

@@ -182,6 +182,7 @@ pub struct Snapshot {
     pub feed_backlog: usize,
     pub changes_queued: u64,
     pub changes_dropped: u64,
+    pub active_cache: crate::active_cache::CacheStats,
 }
 
 /// Render the exposition text (pure apart from reading the registry).
@@ -225,7 +226,8 @@ pub fn render(snap: &Snapshot) -> String {
         }
         Err(e) => tracing::warn!(error = %e, "metrics: could not count jobs"),
     }
-    let gauges: [(&str, &str, &str, String); 6] = [
+    let cache = &snap.active_cache;
+    let gauges: [(&str, &str, &str, String); 11] = [
         (
             "panorama_hub_realtime_sockets",
             "gauge",
@@ -262,6 +264,36 @@ pub fn render(snap: &Snapshot) -> String {
             "Changes dropped because a socket's queue was full.",
             snap.changes_dropped.to_string(),
         ),
+        (
+            "panorama_hub_active_cache_entries",
+            "gauge",
+            "Cached \"this gateway / session is active\" answers.",
+            cache.entries.to_string(),
+        ),
+        (
+            "panorama_hub_active_cache_hits_total",
+            "counter",
+            "Revocation checks answered from the active cache.",
+            cache.hits.to_string(),
+        ),
+        (
+            "panorama_hub_active_cache_misses_total",
+            "counter",
+            "Revocation checks that asked the database.",
+            cache.misses.to_string(),
+        ),
+        (
+            "panorama_hub_active_cache_trusted",
+            "gauge",
+            "1 while the change feed is in sync and cached answers are served.",
+            u8::from(cache.trusted).to_string(),
+        ),
+        (
+            "panorama_hub_active_cache_feed_losses_total",
+            "counter",
+            "Times the database change listener lost its connection (the cache was dropped).",
+            cache.feed_losses.to_string(),
+        ),
     ];
     for (name, kind, help, value) in gauges {
         let _ = write!(
@@ -288,7 +320,7 @@ pub async fn endpoint(state: State, headers: HeaderMap) -> Response {
         }
         Err(resp) => return resp,
     }
-    let dispatcher = state.feed.dispatcher();
+    let dispatcher = state.dispatcher();
     let (changes_queued, changes_dropped) = dispatcher.counts();
     // SQLite: a read-only connection of its own, so scrapes never wait on
     // the writer; PostgreSQL: the store's pool.
@@ -306,6 +338,7 @@ pub async fn endpoint(state: State, headers: HeaderMap) -> Response {
         feed_backlog: state.feed.backlog(),
         changes_queued,
         changes_dropped,
+        active_cache: state.feed.active_cache().stats(Instant::now()),
     };
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
@@ -403,10 +436,15 @@ impl Store for TimedStore {
     async fn session_active(&self, session_id: &str) -> Result<bool, StoreError> {
         timed("session_active", self.inner.session_active(session_id)).await
     }
-    async fn gateway_active(&self, gateway_id: &str, team_id: &str) -> Result<bool, StoreError> {
+    async fn gateway_active(
+        &self,
+        gateway_id: &str,
+        team_id: &str,
+        session_id: &str,
+    ) -> Result<bool, StoreError> {
         timed(
             "gateway_active",
-            self.inner.gateway_active(gateway_id, team_id),
+            self.inner.gateway_active(gateway_id, team_id, session_id),
         )
         .await
     }

@@ -544,12 +544,12 @@ pub fn update_guard(principal: &Principal, table: &'static Table) -> Option<Upda
     let (gateway_id, team_id) = (gateway_id.clone(), team_id.clone());
     Some(Arc::new(move |old: &Row, new: &Row| {
         if str_field(new, "team_id") != Some(team_id.as_str()) {
-            return Err(ApiError::rls_violation(table.name));
+            return Err(ApiError::rls_violation(table.name).into());
         }
         if matches!(table.name, "gateway_jobs" | "subagents")
             && str_field(new, "gateway_id") != Some(gateway_id.as_str())
         {
-            return Err(ApiError::rls_violation(table.name));
+            return Err(ApiError::rls_violation(table.name).into());
         }
         if table.name == "gateway_jobs" {
             check_job_transition(old, new, &gateway_id)?;

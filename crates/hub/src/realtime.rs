@@ -591,35 +591,21 @@ async fn resolve_token(
         })?;
         (principal, Some(claims.exp))
     };
-    if let Principal::Gateway {
-        gateway_id,
-        team_id,
-        ..
-    } = &principal
-    {
-        match state.store.gateway_active(gateway_id, team_id).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(TokenError {
-                    code: "Unauthorized",
-                    message: format!(
-                    "gateway {gateway_id} is revoked or no longer exists; pair this machine again"
-                ),
-                })
+    if let Some(subject) = crate::app::subject_of(&principal) {
+        let refused = match (&principal, crate::app::is_active(state, subject).await) {
+            (_, Ok(true)) => None,
+            (Principal::Gateway { gateway_id, .. }, Ok(false)) => Some(format!(
+                "gateway {gateway_id} is revoked or no longer exists, or its session was revoked; pair this machine again"
+            )),
+            (Principal::Gateway { gateway_id, .. }, Err(e)) => {
+                Some(format!("could not check gateway {gateway_id}: {e}"))
             }
-            Err(e) => {
-                return Err(TokenError {
-                    code: "Unauthorized",
-                    message: format!("could not check gateway {gateway_id}: {e}"),
-                })
-            }
-        }
-    }
-    if let Principal::User { session_id, .. } = &principal {
-        if !matches!(state.store.user_session_active(session_id).await, Ok(true)) {
+            (_, _) => Some("the session of this access token has ended; sign in again".into()),
+        };
+        if let Some(message) = refused {
             return Err(TokenError {
                 code: "Unauthorized",
-                message: "the session of this access token has ended; sign in again".into(),
+                message,
             });
         }
     }
@@ -948,7 +934,7 @@ impl Conn {
                         self.channels.first().map_or("", |c| c.topic.as_str())
                     ),
                 };
-                self.sub = Some(self.state.feed.dispatcher().register(
+                self.sub = Some(self.state.dispatcher().register(
                     routes,
                     label,
                     self.opts.queue_capacity,

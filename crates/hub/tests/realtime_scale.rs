@@ -162,11 +162,11 @@ impl Hub {
 }
 
 fn subs(s: &AppState) -> usize {
-    s.feed.dispatcher().subscriptions()
+    s.dispatcher().subscriptions()
 }
 
 fn entries(s: &AppState) -> usize {
-    s.feed.dispatcher().index_entries()
+    s.dispatcher().index_entries()
 }
 
 struct Ws {
@@ -352,7 +352,7 @@ async fn filtered_bindings_receive_only_matching_rows() {
     // B's INSERT was not queued to it). The service: all 3 INSERTs (a `neq`
     // binding is checked per change, by the socket) and the UPDATE to
     // `running` (exact lookup; the one to `cancelled` was not queued).
-    let (queued, dropped) = hub.state.feed.dispatcher().counts();
+    let (queued, dropped) = hub.state.dispatcher().counts();
     assert_eq!((queued, dropped), (2 + 4, 0));
 }
 
@@ -383,7 +383,7 @@ async fn leaving_unbinding_and_closing_stop_delivery_and_unregister() {
     for f in [&first, &second] {
         assert_eq!(f.payload["data"]["record"]["id"], j1.as_str());
     }
-    assert_eq!(hub.state.feed.dispatcher().counts().0, 1);
+    assert_eq!(hub.state.dispatcher().counts().0, 1);
 
     // Leaving one channel: the other still receives.
     ws.leave("one", "1").await;
@@ -463,7 +463,7 @@ async fn a_slow_consumer_does_not_block_others_and_is_told_to_rejoin() {
     let flood: Vec<Gateway> = std::iter::repeat_n(b.clone(), 4 * SLOW_QUEUE).collect();
     hub.jobs(&flood, json!({ "filler": filler })).await;
     hub.until("the slow socket's queue to overflow", |s| {
-        s.feed.dispatcher().counts().1 > 0
+        s.dispatcher().counts().1 > 0
     })
     .await;
 
@@ -489,7 +489,7 @@ async fn a_slow_consumer_does_not_block_others_and_is_told_to_rejoin() {
     };
     // What was not delivered was dropped (the flood plus A's job, which
     // found the queue full too).
-    let dropped = hub.state.feed.dispatcher().counts().1;
+    let dropped = hub.state.dispatcher().counts().1;
     assert!(delivered >= 1 && dropped >= 1, "{delivered} {dropped}");
     assert!(
         delivered as u64 + dropped <= flood.len() as u64 + 1,
@@ -583,10 +583,10 @@ async fn two_thousand_gateways_each_get_only_their_own_jobs() {
     let jobs = 2 * (TEAMS * PER_TEAM) as u64;
     let expected = jobs * PER_TEAM as u64;
     hub.until("every job to be routed", |s| {
-        s.feed.dispatcher().counts().0 >= expected
+        s.dispatcher().counts().0 >= expected
     })
     .await;
-    assert_eq!(hub.state.feed.dispatcher().counts(), (expected, 0));
+    assert_eq!(hub.state.dispatcher().counts(), (expected, 0));
 
     drop(checked);
     hub.until("every socket to unregister", |s| {
@@ -620,7 +620,7 @@ async fn heartbeats_wake_no_socket_and_revocation_still_closes() {
     // The job inserted after them arrives: they were all dispatched.
     let j = hub.jobs(&gws, json!({})).await[0].clone();
     ws.change("jobs", &j).await;
-    assert_eq!(hub.state.feed.dispatcher().counts(), (1, 0));
+    assert_eq!(hub.state.dispatcher().counts(), (1, 0));
 
     // Revoking it reaches the socket, which closes the channel.
     patch(json!({"revoked_at": "2025-01-01T00:00:00Z"})).await;

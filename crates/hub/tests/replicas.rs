@@ -119,31 +119,17 @@ fn fifty_parallel_uses_of_one_pairing_code_pair_exactly_one_gateway() {
 fn a_refresh_token_reused_on_two_replicas_at_once_rotates_once() {
     let (a, b, _c) = replicas();
     let team = a.create_team("acme");
-    let refresh = |hub: &Hub, token: &str| -> (u16, Value) {
-        let res = hub
-            .http()
-            .post(format!(
-                "{}/auth/v1/token?grant_type=refresh_token",
-                hub.url
-            ))
-            .header("apikey", &hub.anon_key)
-            .header("authorization", format!("Bearer {}", hub.anon_key))
-            .json(&json!({"refresh_token": token}))
-            .send()
-            .expect("refresh request");
-        (res.status().as_u16(), res.json().unwrap_or(Value::Null))
-    };
     for round in 0..20 {
         let gw = a.pair(&team, &format!("box-{round}"));
         let barrier = std::sync::Barrier::new(2);
         let (on_a, on_b) = std::thread::scope(|s| {
             let ta = s.spawn(|| {
                 barrier.wait();
-                refresh(&a, &gw.refresh_token)
+                a.refresh_session(&gw.refresh_token)
             });
             let tb = s.spawn(|| {
                 barrier.wait();
-                refresh(&b, &gw.refresh_token)
+                b.refresh_session(&gw.refresh_token)
             });
             (ta.join().unwrap(), tb.join().unwrap())
         });
@@ -154,7 +140,7 @@ fn a_refresh_token_reused_on_two_replicas_at_once_rotates_once() {
         assert_eq!(refused.0, 400, "round {round}: {refused:?}");
         assert_eq!(refused.1["code"], "refresh_token_already_used");
         let new_token = rotated[0].1["refresh_token"].as_str().unwrap();
-        let (status, body) = refresh(&a, new_token);
+        let (status, body) = a.refresh_session(new_token);
         assert_eq!(status, 400, "the session ended after reuse: {body}");
     }
 }

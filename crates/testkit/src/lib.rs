@@ -392,6 +392,21 @@ impl Hub {
         }
     }
 
+    /// `POST /auth/v1/token?grant_type=refresh_token` with the anon key (a
+    /// gateway's or a person's refresh token): status and JSON body.
+    pub fn refresh_session(&self, refresh_token: &str) -> (u16, Value) {
+        let res = self
+            .req(
+                reqwest::Method::POST,
+                "/auth/v1/token?grant_type=refresh_token",
+                &self.anon_key,
+            )
+            .json(&json!({"refresh_token": refresh_token}))
+            .send()
+            .expect("refresh request");
+        (res.status().as_u16(), res.json().unwrap_or(Value::Null))
+    }
+
     /// `panorama-hub <args>` (the operator CLI) pointed at this hub through
     /// its data directory, with none of the runner's `PANORAMA_HUB_URL`,
     /// `PANORAMA_HUB_SERVICE_KEY` or `NO_COLOR`, and warnings-only logs.

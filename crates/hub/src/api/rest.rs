@@ -784,7 +784,7 @@ async fn accept_subagent_run(state: &State, p: &Principal, args: &Map<String, Va
                 &scope,
                 "accept_subagent_run",
             )?;
-            crate::runs::accept(tx, &req, &now)
+            Ok(crate::runs::accept(tx, &req, &now)?)
         }),
     )
     .await
@@ -825,7 +825,12 @@ async fn cancel_unstarted_run(state: &State, p: &Principal, args: &Map<String, V
                 &scope,
                 "request_subagent_run_cancellation",
             )?;
-            crate::runs::cancel_unstarted(tx, &run_id, reason.as_deref(), &now)
+            Ok(crate::runs::cancel_unstarted(
+                tx,
+                &run_id,
+                reason.as_deref(),
+                &now,
+            )?)
         }),
     )
     .await
@@ -858,7 +863,14 @@ async fn resolve_secret_placeholders(state: &State, p: &Principal, job_id: &Valu
     let (gateway_id, team_id) = (gateway_id.clone(), team_id.clone());
     atomic_answer(
         state,
-        Box::new(move |tx| crate::secrets::resolve_for_job(tx, &job_id, &gateway_id, &team_id)),
+        Box::new(move |tx| {
+            Ok(crate::secrets::resolve_for_job(
+                tx,
+                &job_id,
+                &gateway_id,
+                &team_id,
+            )?)
+        }),
     )
     .await
 }

@@ -15,14 +15,15 @@
 //! code is redeemed once, a refresh token rotates once, the job transition
 //! guard sees the row it updates.
 
+use super::error::Refusal;
 use super::sql::{order_clause, quote_ident, where_clause, Dialect, Params};
 use super::{
     Conflict, DeleteRequest, InsertRequest, LogoutScope, NewInvitation, PairingGrant, PeopleError,
     PeopleStore, RefreshError, RefreshGrant, SelectRequest, SelectResult, Store, StoreError, TxFn,
     TxOps, UpdateGuard, UpdateRequest, UserRecord,
 };
+use crate::active_cache::Invalidation;
 use crate::changes::{ChangeFeed, ChangeKind, Row, RowChange};
-use crate::error::ApiError;
 use crate::people::Role;
 use crate::postgrest::Filter;
 use crate::schema::{self, Column, Table};
@@ -45,8 +46,28 @@ pub trait Conn {
     ) -> Result<Vec<Vec<SqlValue>>, StoreError>;
 }
 
-/// Row changes a transaction collected, published after it commits.
-pub type Changes = Vec<RowChange>;
+/// What a transaction changed, published after it commits: its row
+/// changes, and the revocations no row change carries (sessions ended by
+/// sign-out or refresh-token reuse), for the active-principal cache.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub rows: Vec<RowChange>,
+    pub revoked: Vec<Invalidation>,
+}
+
+impl Changes {
+    pub fn push(&mut self, change: RowChange) {
+        self.rows.push(change);
+    }
+
+    pub fn revoke(&mut self, inv: Invalidation) {
+        self.revoked.push(inv);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.revoked.is_empty()
+    }
+}
 
 /// A database that runs closures in transactions.
 pub trait Backend: Send + Sync + 'static {
@@ -79,7 +100,10 @@ impl<B: Backend> SqlStore<B> {
         F: FnOnce(&mut dyn Conn, &mut Changes) -> Result<T, StoreError> + Send + 'static,
     {
         let (out, changes) = self.backend.transaction(f).await?;
-        for c in changes {
+        for inv in &changes.revoked {
+            self.feed.invalidate(inv);
+        }
+        for c in changes.rows {
             self.feed.publish(c);
         }
         Ok(out)
@@ -470,7 +494,7 @@ fn insert_request(
                         .iter()
                         .find(|(c, _)| c.name == col)
                         .map(|(_, v)| v.clone())
-                        .ok_or_else(|| ApiError::unknown_column(table.name, col))?;
+                        .ok_or_else(|| Refusal::unknown_column(table.name, col))?;
                     conds.push(format!("{} = {}", quote_ident(col), p.push(v)));
                 }
                 let sql = format!(
@@ -607,7 +631,7 @@ fn pair(
                 .is_some_and(|e| e > chrono::Utc::now())
     });
     let Some(r) = valid else {
-        return Err(ApiError::pg("P0001", "Invalid or expired pairing code").into());
+        return Err(Refusal::new("P0001", "Invalid or expired pairing code").into());
     };
     let (stored_code, team_id) = (
         text(&r[0]).unwrap_or_default(),
@@ -669,16 +693,20 @@ fn pair(
 pub(crate) struct TokenFamily {
     tokens: &'static str,
     sessions: &'static str,
+    /// What revoking one of these sessions tells the active cache.
+    revoked: fn(String) -> Invalidation,
 }
 
 const GATEWAY_TOKENS: TokenFamily = TokenFamily {
     tokens: "auth_refresh_tokens",
     sessions: "auth_sessions",
+    revoked: Invalidation::GatewaySession,
 };
 
 const USER_TOKENS: TokenFamily = TokenFamily {
     tokens: "user_refresh_tokens",
     sessions: "user_sessions",
+    revoked: Invalidation::UserSession,
 };
 
 /// Refresh-token rotation with reuse detection, shared by gateway and user
@@ -690,6 +718,7 @@ const USER_TOKENS: TokenFamily = TokenFamily {
 /// run one after another even on several hub replicas.
 fn rotate_in_family<T>(
     c: &mut dyn Conn,
+    changes: &mut Changes,
     family: &TokenFamily,
     old_hash: &str,
     new_hash: &str,
@@ -744,6 +773,7 @@ fn rotate_in_family<T>(
                 &[t(&format_timestamp(now)), t(&session_id)],
                 family.sessions,
             )?;
+            changes.revoke((family.revoked)(session_id));
             return Ok(Err(RefreshError::AlreadyUsed));
         }
     }
@@ -796,7 +826,7 @@ fn heartbeat(
         },
     ];
     let Some(old) = select_where(c, table, &filters, true)?.into_iter().next() else {
-        return Err(ApiError::pg("42501", "gateway not found or revoked").into());
+        return Err(Refusal::new("42501", "gateway not found or revoked").into());
     };
     let now = now_timestamp();
     let was_ready = old.get("status").and_then(Value::as_str) == Some("ready")
@@ -1040,7 +1070,7 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn atomic(&self, f: TxFn) -> Result<Value, StoreError> {
-        self.tx(move |c, changes| Ok(f(&mut ConnTx { c, changes })?))
+        self.tx(move |c, changes| f(&mut ConnTx { c, changes }))
             .await
     }
 
@@ -1076,9 +1106,10 @@ impl<B: Backend> Store for SqlStore<B> {
     ) -> Result<RefreshGrant, RefreshError> {
         let (old_hash, new_hash) = (old_hash.to_string(), new_hash.to_string());
         let outcome = self
-            .tx(move |c, _| {
+            .tx(move |c, changes| {
                 rotate_in_family(
                     c,
+                    changes,
                     &GATEWAY_TOKENS,
                     &old_hash,
                     &new_hash,
@@ -1123,13 +1154,23 @@ impl<B: Backend> Store for SqlStore<B> {
         .await
     }
 
-    async fn gateway_active(&self, gateway_id: &str, team_id: &str) -> Result<bool, StoreError> {
-        let (gateway_id, team_id) = (gateway_id.to_string(), team_id.to_string());
+    async fn gateway_active(
+        &self,
+        gateway_id: &str,
+        team_id: &str,
+        session_id: &str,
+    ) -> Result<bool, StoreError> {
+        let (gateway_id, team_id, session_id) = (
+            gateway_id.to_string(),
+            team_id.to_string(),
+            session_id.to_string(),
+        );
         self.tx(move |c, _| {
             exists(
                 c,
-                "SELECT COUNT(*) FROM team_gateways WHERE id = ?1 AND team_id = ?2 AND revoked_at IS NULL",
-                &[t(&gateway_id), t(&team_id)],
+                "SELECT COUNT(*) FROM team_gateways WHERE id = ?1 AND team_id = ?2 AND revoked_at IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM auth_sessions WHERE id = ?3 AND revoked_at IS NOT NULL)",
+                &[t(&gateway_id), t(&team_id), t(&session_id)],
                 "team_gateways",
             )
         })
@@ -1145,10 +1186,10 @@ impl<B: Backend> Store for SqlStore<B> {
         device_name: Option<&str>,
     ) -> Result<(), StoreError> {
         if !schema::GATEWAY_STATUSES.contains(&status) {
-            return Err(ApiError::pg("22023", format!("invalid status {status}")).into());
+            return Err(Refusal::new("22023", format!("invalid status {status}")).into());
         }
         if !capabilities.is_object() {
-            return Err(ApiError::pg("22023", "capabilities must be an object").into());
+            return Err(Refusal::new("22023", "capabilities must be an object").into());
         }
         let (gateway_id, team_id, status) = (
             gateway_id.to_string(),
@@ -1400,9 +1441,10 @@ impl<B: Backend> PeopleStore for SqlStore<B> {
     ) -> Result<(String, String), RefreshError> {
         let (old_hash, new_hash) = (old_hash.to_string(), new_hash.to_string());
         let outcome = self
-            .tx(move |c, _| {
+            .tx(move |c, changes| {
                 rotate_in_family(
                     c,
+                    changes,
                     &USER_TOKENS,
                     &old_hash,
                     &new_hash,
@@ -1443,7 +1485,11 @@ impl<B: Backend> PeopleStore for SqlStore<B> {
         scope: LogoutScope,
     ) -> Result<(), StoreError> {
         let (user_id, session_id) = (user_id.to_string(), session_id.to_string());
-        self.tx(move |c, _| {
+        self.tx(move |c, changes| {
+            changes.revoke(match scope {
+                LogoutScope::Local => Invalidation::UserSession(session_id.clone()),
+                LogoutScope::Global | LogoutScope::Others => Invalidation::User(user_id.clone()),
+            });
             let (which, args) = match scope {
                 LogoutScope::Local => ("AND id = ?3", vec![t(&session_id)]),
                 LogoutScope::Global => ("", vec![]),
@@ -1466,7 +1512,7 @@ impl<B: Backend> PeopleStore for SqlStore<B> {
     async fn create_invitation(&self, inv: NewInvitation<'_>) -> Result<(), StoreError> {
         if parse_timestamp(inv.expires_at).is_none() {
             return Err(
-                ApiError::pg("22007", format!("invalid expiry {:?}", inv.expires_at)).into(),
+                Refusal::new("22007", format!("invalid expiry {:?}", inv.expires_at)).into(),
             );
         }
         let params = vec![

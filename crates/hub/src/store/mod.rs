@@ -13,10 +13,9 @@ pub mod postgres;
 pub mod sql;
 pub mod sqlite;
 
-pub use error::StoreError;
+pub use error::{Refusal, StoreError};
 
 use crate::changes::Row;
-use crate::error::ApiError;
 use crate::postgrest::{Filter, Order};
 use crate::schema::{Column, Table};
 use crate::values::SqlValue;
@@ -62,7 +61,7 @@ pub struct InsertRequest {
 /// Checks each (old, new) row pair of an update inside its transaction; an
 /// error rolls the whole statement back (the job transition guard, RLS
 /// `with check`).
-pub type UpdateGuard = Arc<dyn Fn(&Row, &Row) -> Result<(), ApiError> + Send + Sync>;
+pub type UpdateGuard = Arc<dyn Fn(&Row, &Row) -> Result<(), Refusal> + Send + Sync>;
 
 pub struct UpdateRequest {
     pub table: &'static Table,
@@ -261,7 +260,7 @@ pub trait TxOps {
 /// A unit of work for [`Store::atomic`]: committed when it returns `Ok`,
 /// rolled back (nothing changed, nothing published) on `Err`.
 pub type TxFn =
-    Box<dyn FnOnce(&mut dyn TxOps) -> Result<serde_json::Value, ApiError> + Send + 'static>;
+    Box<dyn FnOnce(&mut dyn TxOps) -> Result<serde_json::Value, StoreError> + Send + 'static>;
 
 #[async_trait]
 pub trait Store: PeopleStore + Send + Sync + 'static {
@@ -300,8 +299,15 @@ pub trait Store: PeopleStore + Send + Sync + 'static {
     async fn session_active(&self, session_id: &str) -> Result<bool, StoreError>;
 
     /// Whether the gateway row exists, belongs to the team and is not
-    /// revoked (`current_gateway_is_active()`).
-    async fn gateway_active(&self, gateway_id: &str, team_id: &str) -> Result<bool, StoreError>;
+    /// revoked (`current_gateway_is_active()`), and the token's session was
+    /// not revoked (refresh-token reuse ends a stolen family's access
+    /// tokens too; a session the hub never stored is not refused).
+    async fn gateway_active(
+        &self,
+        gateway_id: &str,
+        team_id: &str,
+        session_id: &str,
+    ) -> Result<bool, StoreError>;
 
     /// The lost-gateway sweep (spec §16.10 "stale jobs"): jobs left
     /// `running` on a gateway whose last heartbeat is older than

@@ -16,6 +16,7 @@
 use super::engine::{Backend, Changes, Conn, SqlStore};
 use super::sql::Dialect;
 use super::StoreError;
+use crate::active_cache::{Invalidation, LISTENER_PING};
 use crate::changes::ChangeFeed;
 use crate::changes::{ChangeKind, RowChange};
 use crate::values::SqlValue;
@@ -161,6 +162,9 @@ impl SqlStore<PgBackend> {
         }
         let origin = uuid::Uuid::new_v4().to_string();
         let stop = Arc::new(AtomicBool::new(false));
+        // Other replicas write too: the active cache may serve answers only
+        // while the listener below confirms it is in sync.
+        feed.active_cache().fed_by_listener();
         {
             let (origin, stop, feed) = (origin.clone(), stop.clone(), feed.clone());
             std::thread::Builder::new()
@@ -231,7 +235,7 @@ impl Backend for PgBackend {
             let mut tx = client
                 .transaction()
                 .map_err(|e| classify(e, "transaction"))?;
-            let mut changes = Vec::new();
+            let mut changes = Changes::default();
             let out = f(
                 &mut PgConn {
                     tx: &mut tx,
@@ -282,15 +286,19 @@ fn change_from_json(v: &Value) -> Option<RowChange> {
     })
 }
 
-/// Announces a transaction's changes to the other replicas, inside the
-/// transaction: PostgreSQL delivers the NOTIFY only if it commits, and in
-/// commit order.
+/// Announces a transaction's changes (rows, and revocations for the other
+/// replicas' active caches) to the other replicas, inside the transaction:
+/// PostgreSQL delivers the NOTIFY only if it commits, and in commit order.
 fn announce(
     tx: &mut postgres::Transaction<'_>,
     origin: &str,
-    changes: &[RowChange],
+    changes: &Changes,
 ) -> Result<(), postgres::Error> {
-    let body = json!({"c": changes.iter().map(change_json).collect::<Vec<_>>()}).to_string();
+    let body = json!({
+        "c": changes.rows.iter().map(change_json).collect::<Vec<_>>(),
+        "inv": changes.revoked,
+    })
+    .to_string();
     let payload = if body.len() + origin.len() + 16 <= MAX_NOTIFY {
         format!("{{\"o\":\"{origin}\",{}", &body[1..])
     } else {
@@ -310,7 +318,17 @@ fn announce(
 /// other replicas' changes to this process's feed, reconnecting when the
 /// connection drops (changes announced meanwhile are missed; the gateways'
 /// reconcile finds their jobs), pruning old stored batches.
+///
+/// It also keeps the active cache honest (`crate::active_cache`): every
+/// [`LISTENER_PING`] it NOTIFYs its own sync channel; notifications arrive
+/// in commit order, so when ping *n* comes back every change committed
+/// before it was sent has been applied, and the cache may serve answers
+/// for a lease from that instant. Losing the connection drops the cache
+/// until the first ping after reconnecting.
 fn listen(config: postgres::Config, origin: String, feed: ChangeFeed, stop: Arc<AtomicBool>) {
+    let mut config = config;
+    config.application_name(LISTENER_APPLICATION);
+    let sync_channel = format!("panorama_hub_sync_{}", origin.replace('-', ""));
     let mut backoff = Duration::from_millis(100);
     let mut last_prune = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -323,47 +341,139 @@ fn listen(config: postgres::Config, origin: String, feed: ChangeFeed, stop: Arc<
                 continue;
             }
         };
-        if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")) {
+        if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {sync_channel}")) {
             tracing::warn!(error = %e, "change feed: LISTEN failed; retrying");
+            std::thread::sleep(backoff);
             continue;
         }
         backoff = Duration::from_millis(100);
-        while !stop.load(Ordering::Relaxed) && !client.is_closed() {
-            let mut payloads: Vec<String> = Vec::new();
-            {
-                let mut notes = client.notifications();
-                // Wait for one notification (or half a second, to look at
-                // the stop flag), then take whatever else already arrived.
-                let first = notes.timeout_iter(Duration::from_millis(500)).next();
-                match first {
-                    Ok(Some(n)) => payloads.push(n.payload().to_string()),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "change feed: the listening connection failed; reconnecting")
-                    }
-                }
-                if !payloads.is_empty() {
-                    let mut pending = notes.iter();
-                    while let Ok(Some(n)) = pending.next() {
-                        payloads.push(n.payload().to_string());
-                        if payloads.len() >= 256 {
-                            break;
-                        }
-                    }
-                }
-            }
-            for p in payloads {
-                publish_payload(&mut client, &origin, &feed, &p);
-            }
-            if last_prune.elapsed() > Duration::from_secs(60) {
-                last_prune = Instant::now();
-                let _ = client.execute(
-                    "DELETE FROM hub_changes WHERE created_at < now() - interval '10 minutes'",
-                    &[],
-                );
-            }
+        let mut pings = PingLedger::default();
+        let outcome = serve_notifications(
+            &mut client,
+            &origin,
+            &feed,
+            &stop,
+            &sync_channel,
+            &mut pings,
+            &mut last_prune,
+        );
+        // Whatever ended the connection, changes may now be missed.
+        feed.active_cache().feed_lost();
+        if let Err(e) = outcome {
+            let error = e
+                .as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_string());
+            tracing::warn!(%error, "change feed: the listening connection failed; cached revocation answers dropped; reconnecting");
         }
     }
+}
+
+/// `application_name` of the listening connection (operators can find it
+/// in `pg_stat_activity`).
+pub const LISTENER_APPLICATION: &str = "panorama-hub-listener";
+
+/// Pings sent and not yet back: sequence number → instant sent.
+#[derive(Default)]
+struct PingLedger {
+    next: u64,
+    sent: std::collections::VecDeque<(u64, Instant)>,
+    last_sent: Option<Instant>,
+}
+
+impl PingLedger {
+    fn due(&self, now: Instant) -> bool {
+        self.last_sent
+            .is_none_or(|t| now.saturating_duration_since(t) >= LISTENER_PING)
+    }
+
+    fn send(&mut self, now: Instant) -> u64 {
+        self.next += 1;
+        self.sent.push_back((self.next, now));
+        // A ping lost for good (it cannot be, short of a bug) must not grow
+        // the ledger without bound.
+        if self.sent.len() > 64 {
+            self.sent.pop_front();
+        }
+        self.last_sent = Some(now);
+        self.next
+    }
+
+    /// Ping `seq` came back: the instant it was sent, if it was ours.
+    fn returned(&mut self, seq: u64) -> Option<Instant> {
+        let mut at = None;
+        while let Some(&(n, t)) = self.sent.front() {
+            if n > seq {
+                break;
+            }
+            self.sent.pop_front();
+            if n == seq {
+                at = Some(t);
+            }
+        }
+        at
+    }
+}
+
+/// Reads notifications until the connection fails or the store stops.
+fn serve_notifications(
+    client: &mut postgres::Client,
+    origin: &str,
+    feed: &ChangeFeed,
+    stop: &AtomicBool,
+    sync_channel: &str,
+    pings: &mut PingLedger,
+    last_prune: &mut Instant,
+) -> Result<(), postgres::Error> {
+    while !stop.load(Ordering::Relaxed) && !client.is_closed() {
+        let now = Instant::now();
+        if pings.due(now) {
+            let seq = pings.send(now);
+            client.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&sync_channel, &seq.to_string()],
+            )?;
+        }
+        let wait = pings
+            .last_sent
+            .map_or(LISTENER_PING, |t| {
+                (t + LISTENER_PING).saturating_duration_since(Instant::now())
+            })
+            .max(Duration::from_millis(1));
+        let mut notes_in: Vec<(bool, String)> = Vec::new();
+        {
+            let mut notes = client.notifications();
+            // Wait for one notification (or until the next ping is due),
+            // then take whatever else already arrived, in order.
+            let first = notes.timeout_iter(wait).next();
+            if let Some(n) = first? {
+                notes_in.push((n.channel() == sync_channel, n.payload().to_string()));
+                let mut pending = notes.iter();
+                while let Some(n) = pending.next()? {
+                    notes_in.push((n.channel() == sync_channel, n.payload().to_string()));
+                    if notes_in.len() >= 256 {
+                        break;
+                    }
+                }
+            }
+        }
+        for (is_ping, payload) in notes_in {
+            if is_ping {
+                if let Some(sent) = payload.parse().ok().and_then(|n| pings.returned(n)) {
+                    feed.active_cache().feed_synced(sent);
+                }
+            } else {
+                publish_payload(client, origin, feed, &payload);
+            }
+        }
+        if last_prune.elapsed() > Duration::from_secs(60) {
+            *last_prune = Instant::now();
+            let _ = client.execute(
+                "DELETE FROM hub_changes WHERE created_at < now() - interval '10 minutes'",
+                &[],
+            );
+        }
+    }
+    Ok(())
 }
 
 fn publish_payload(client: &mut postgres::Client, origin: &str, feed: &ChangeFeed, payload: &str) {
@@ -394,6 +504,19 @@ fn publish_payload(client: &mut postgres::Client, origin: &str, feed: &ChangeFee
         }
         None => v,
     };
+    for inv in body["inv"].as_array().into_iter().flatten() {
+        match serde_json::from_value::<Invalidation>(inv.clone()) {
+            Ok(inv) => feed.invalidate(&inv),
+            // Unknown means a newer replica's kind: forget everything
+            // rather than miss a revocation.
+            Err(_) => {
+                tracing::warn!(
+                    "change feed: a revocation of an unknown kind; the active cache is emptied"
+                );
+                feed.active_cache().clear();
+            }
+        }
+    }
     for c in body["c"].as_array().into_iter().flatten() {
         match change_from_json(c) {
             Some(change) => feed.publish(change),

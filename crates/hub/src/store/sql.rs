@@ -3,7 +3,7 @@
 //! values cast to the column type (22P02) before any SQL is built, so no
 //! request text ever reaches SQL unescaped.
 
-use crate::error::ApiError;
+use super::error::Refusal;
 use crate::postgrest::{Filter, IsValue, Op, Operand, Order};
 use crate::schema::{ColType, Column, Table};
 use crate::values::{cast_text, SqlValue};
@@ -51,12 +51,12 @@ pub fn quote_ident(name: &str) -> String {
 /// A column a request may read, filter or order by: 42703 when there is
 /// none, 42501 for a write-only column (a filter on a secret would be an
 /// oracle for its value).
-pub fn readable_column(table: &Table, name: &str) -> Result<&'static Column, ApiError> {
+pub fn readable_column(table: &Table, name: &str) -> Result<&'static Column, Refusal> {
     let col = table
         .column(name)
-        .ok_or_else(|| ApiError::unknown_column(table.name, name))?;
+        .ok_or_else(|| Refusal::unknown_column(table.name, name))?;
     if col.write_only {
-        return Err(ApiError::pg(
+        return Err(Refusal::new(
             "42501",
             format!(
                 "permission denied for column {name} of table {}",
@@ -69,7 +69,7 @@ pub fn readable_column(table: &Table, name: &str) -> Result<&'static Column, Api
 }
 
 /// `WHERE …` for an AND of filters (`TRUE` when empty).
-pub fn where_clause(table: &Table, filters: &[Filter], p: &mut Params) -> Result<String, ApiError> {
+pub fn where_clause(table: &Table, filters: &[Filter], p: &mut Params) -> Result<String, Refusal> {
     if filters.is_empty() {
         return Ok("1=1".into());
     }
@@ -80,7 +80,7 @@ pub fn where_clause(table: &Table, filters: &[Filter], p: &mut Params) -> Result
     Ok(parts.join(" AND "))
 }
 
-fn compile(table: &Table, f: &Filter, p: &mut Params) -> Result<String, ApiError> {
+fn compile(table: &Table, f: &Filter, p: &mut Params) -> Result<String, Refusal> {
     match f {
         Filter::And(items) | Filter::Or(items) => {
             if items.is_empty() {
@@ -190,8 +190,8 @@ fn compile(table: &Table, f: &Filter, p: &mut Params) -> Result<String, ApiError
     }
 }
 
-fn mismatch(column: &str) -> ApiError {
-    ApiError::parse(
+fn mismatch(column: &str) -> Refusal {
+    Refusal::parse(
         format!("\"failed to parse filter on {column}\" (line 1, column 1)"),
         "operator and value do not fit together",
     )
@@ -199,7 +199,7 @@ fn mismatch(column: &str) -> ApiError {
 
 /// `ORDER BY …` (empty when no order), with PostgreSQL's NULL placement
 /// written out so that both backends sort alike.
-pub fn order_clause(table: &Table, order: &[Order]) -> Result<String, ApiError> {
+pub fn order_clause(table: &Table, order: &[Order]) -> Result<String, Refusal> {
     if order.is_empty() {
         return Ok(String::new());
     }
@@ -218,13 +218,14 @@ pub fn order_clause(table: &Table, order: &[Order]) -> Result<String, ApiError> 
                 }
             ))
         })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .collect::<Result<Vec<_>, Refusal>>()?;
     Ok(format!(" ORDER BY {}", parts.join(", ")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ApiError;
     use crate::postgrest::parse_query;
     use crate::schema::GATEWAY_JOBS;
 

@@ -326,7 +326,7 @@ impl Backend for SqliteBackend {
             let tx = guard
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|e| classify(e, "transaction"))?;
-            let mut changes = Vec::new();
+            let mut changes = Changes::default();
             let out = f(&mut SqliteConn { tx: &tx }, &mut changes)?;
             tx.commit().map_err(|e| classify(e, "commit"))?;
             Ok((out, changes))
@@ -493,9 +493,7 @@ mod tests {
         let store = SqliteStore::open(&path, ChangeFeed::new(16)).unwrap();
         store
             .atomic(Box::new(|tx| {
-                tx.allocate_run_sequence("x")
-                    .map(serde_json::Value::from)
-                    .map_err(Into::into)
+                tx.allocate_run_sequence("x").map(serde_json::Value::from)
             }))
             .await
             .unwrap_err(); // no such subagent: the write still opened the WAL
