@@ -14,9 +14,9 @@
 //! * `soak_across_three_replicas` is the same soak against three hub
 //!   replicas on one PostgreSQL (the testkit's cluster) behind the testkit's
 //!   round-robin balancer, with two machines whose gateways connect through
-//!   it (their realtime sockets land on different replicas; the test's
-//!   writes go to the replicas in turn, so most jobs reach their gateway
-//!   through another replica's change feed), and one more fault kind: kill
+//!   it (their requests and realtime sockets spread over the replicas and
+//!   move when one dies; the test's writes go to the replicas in turn, so
+//!   most jobs reach their gateway through another replica's change feed), and one more fault kind: kill
 //!   -9 of one replica, restarted on its port after 0.1–2.5 s while the
 //!   others serve. `hub_restart` there kills and restarts all three. The
 //!   first faults of either soak are each kind once.
@@ -769,7 +769,7 @@ fn soak_mixed_jobs_under_faults() {
 
 /// Three hub replicas on one PostgreSQL behind a round-robin balancer, two
 /// machines whose gateways connect through it (so their realtime sockets
-/// and requests land on different replicas, and most jobs reach them
+/// and requests spread over the replicas, and most jobs reach them
 /// through another replica's change feed); one more fault kind: kill -9 of
 /// a replica.
 #[test]
