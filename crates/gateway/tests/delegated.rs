@@ -170,8 +170,14 @@ fn iso_ms(s: &str) -> i64 {
         .timestamp_millis()
 }
 
+/// Held by the live-lag measurement: its twin on the other backend would
+/// otherwise run at the same time (adjacent names) and, on a 2-core box,
+/// the two would measure each other rather than the gateway and the hub.
+static LAG_MEASUREMENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 panorama_testkit::on_both_backends! {
 fn claude_stream_run_is_live_in_order_and_completes() {
+    let _alone = LAG_MEASUREMENT.lock().unwrap_or_else(|e| e.into_inner());
     const LINES: usize = 200;
     const DELAY_MS: i64 = 20;
     let transcripts = tempfile::tempdir().unwrap();
