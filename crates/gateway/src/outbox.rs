@@ -20,7 +20,11 @@
 //! * **Strict order.** Entries are delivered one at a time in sequence
 //!   order; entry N+1 is not sent before entry N was delivered or
 //!   dead-lettered. A batch [`OutboxWrite::Insert`] is one entry (one
-//!   request, inserted atomically by the hub).
+//!   request, inserted atomically by the hub). A backlog of consecutive
+//!   inserts into one table (a live run's event batches while requests are
+//!   slow) goes out as one request, still in order and atomic; if it is
+//!   refused (a 23505 one of them may have caused), its entries are sent
+//!   again one at a time, each under its own rule.
 //! * **Retry forever, never block on bad data.** Transport errors, auth
 //!   errors (after the client's own refresh), HTTP 5xx, 401, 408 and 429 are
 //!   retried with capped exponential backoff (100 ms doubling up to 5 s).
@@ -705,18 +709,131 @@ impl Drop for RunningGuard {
     }
 }
 
+/// The most rows, and log bytes, one coalesced insert carries.
+const COALESCE_MAX_ROWS: usize = 500;
+const COALESCE_MAX_BYTES: u64 = 1 << 20;
+
+/// The rows of an insert the outbox may send together with its neighbours:
+/// a batch insert whose duplicate counts as delivered.
+fn coalescable(write: &OutboxWrite) -> Option<(&str, Vec<Value>)> {
+    match write {
+        OutboxWrite::Insert {
+            table,
+            rows,
+            duplicate_is_delivered: true,
+        } => Some((
+            table.as_str(),
+            match rows {
+                Value::Array(items) => items.clone(),
+                one => vec![one.clone()],
+            },
+        )),
+        _ => None,
+    }
+}
+
+/// The deliverable entries at the front of `pending` that go out as one
+/// request: consecutive inserts into one table (a live run's event batches,
+/// queued every 50 ms), within the row and size caps. Returns the write and
+/// the sequence numbers it covers (one entry when nothing coalesces).
+///
+/// Entries are delivered one request at a time, in order; when a request
+/// takes longer than the batches come, one entry per request falls
+/// further and further behind (a loaded machine: live events seconds
+/// late). One request for the backlog keeps up, and stays in order: the
+/// hub inserts a bulk insert in one transaction (PostgREST too), so it is
+/// all delivered or none.
+fn next_request(
+    pending: &VecDeque<Entry>,
+    synced: u64,
+    solo_through: u64,
+) -> Option<(OutboxWrite, Vec<u64>)> {
+    let first = pending.front().filter(|e| e.seq <= synced)?;
+    let solo = || Some((first.write.clone(), vec![first.seq]));
+    if first.seq <= solo_through {
+        return solo();
+    }
+    let Some((table, mut rows)) = coalescable(&first.write) else {
+        return solo();
+    };
+    let mut seqs = vec![first.seq];
+    let mut bytes = first.bytes;
+    for e in pending.iter().skip(1).take_while(|e| e.seq <= synced) {
+        let Some((t, more)) = coalescable(&e.write) else {
+            break;
+        };
+        if t != table
+            || rows.len() + more.len() > COALESCE_MAX_ROWS
+            || bytes + e.bytes > COALESCE_MAX_BYTES
+        {
+            break;
+        }
+        rows.extend(more);
+        bytes += e.bytes;
+        seqs.push(e.seq);
+    }
+    if seqs.len() == 1 {
+        return solo();
+    }
+    // A 23505 must not count the whole group as delivered (only one of its
+    // entries may have landed before): it is reported, and the group is
+    // sent again one entry at a time, each with its own 23505 rule.
+    Some((
+        OutboxWrite::Insert {
+            table: table.to_string(),
+            rows: Value::Array(rows),
+            duplicate_is_delivered: false,
+        },
+        seqs,
+    ))
+}
+
 async fn delivery_loop(inner: Arc<Inner>, client: panorama_supabase::Client) {
     let mut attempt: u32 = 0;
     // Retries are logged at warn level on the first failure of an entry and
     // then at most once a minute; the rest at debug level.
     let mut last_warn: Option<std::time::Instant> = None;
+    // Entries up to this sequence go out one per request again (a
+    // coalesced request of theirs was refused).
+    let mut solo_through: u64 = 0;
     loop {
         let next = {
             let st = inner.lock();
-            st.pending.front().filter(|e| e.seq <= st.synced).cloned()
+            next_request(&st.pending, st.synced, solo_through)
         };
-        let Some(entry) = next else {
+        let Some((write, seqs)) = next else {
             inner.wake.notified().await;
+            continue;
+        };
+        if seqs.len() > 1 {
+            match deliver_once(&client, &write).await {
+                Disposition::Delivered => {
+                    attempt = 0;
+                    for seq in seqs {
+                        inner.ack(seq);
+                    }
+                }
+                Disposition::Retry(err) => {
+                    tracing::debug!(entries = seqs.len(), error = %err, "coalesced outbox insert failed; retrying");
+                    let delay = retry_delay(attempt);
+                    attempt = attempt.saturating_add(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = inner.kick.notified() => {}
+                    }
+                }
+                Disposition::Permanent(err) => {
+                    tracing::debug!(entries = seqs.len(), error = %err, "coalesced outbox insert refused; sending its entries one at a time");
+                    solo_through = *seqs.last().expect("a group has entries");
+                }
+            }
+            continue;
+        }
+        let entry = {
+            let st = inner.lock();
+            st.pending.front().cloned()
+        };
+        let Some(entry) = entry.filter(|e| e.seq == seqs[0]) else {
             continue;
         };
         match deliver_once(&client, &entry.write).await {
@@ -994,6 +1111,89 @@ mod tests {
             rows: json!({"message": format!("event {n}")}),
             duplicate_is_delivered: true,
         }
+    }
+
+    fn queue(writes: Vec<OutboxWrite>) -> VecDeque<Entry> {
+        writes
+            .into_iter()
+            .enumerate()
+            .map(|(i, write)| Entry {
+                seq: i as u64 + 1,
+                write,
+                bytes: 100,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_backlog_of_inserts_into_one_table_goes_out_as_one_request() {
+        let update = OutboxWrite::Update {
+            table: "gateway_jobs".into(),
+            filters: vec![("id".into(), "eq.j".into())],
+            patch: json!({"status": "completed"}),
+        };
+        let other_table = OutboxWrite::Insert {
+            table: "subagent_run_events".into(),
+            rows: json!([{"sequence": 0}, {"sequence": 1}]),
+            duplicate_is_delivered: true,
+        };
+        let pending = queue(vec![
+            event(1),
+            event(2),
+            event(3),
+            other_table,
+            event(4),
+            update,
+            event(5),
+        ]);
+        // The three gateway_events inserts, in order, as one insert whose
+        // 23505 is not taken for delivery.
+        let (write, seqs) = next_request(&pending, 7, 0).unwrap();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        let OutboxWrite::Insert {
+            table,
+            rows,
+            duplicate_is_delivered,
+        } = write
+        else {
+            panic!("an insert: {write:?}")
+        };
+        assert_eq!(table, "gateway_events");
+        assert!(!duplicate_is_delivered);
+        let messages: Vec<&str> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["message"].as_str().unwrap())
+            .collect();
+        assert_eq!(messages, ["event 1", "event 2", "event 3"]);
+        // Not past what is fsync'd, nor past a group that was refused.
+        assert_eq!(next_request(&pending, 2, 0).unwrap().1, vec![1, 2]);
+        assert_eq!(next_request(&pending, 1, 0).unwrap().1, vec![1]);
+        assert!(next_request(&pending, 0, 0).is_none());
+        let (write, seqs) = next_request(&pending, 7, 3).unwrap();
+        assert_eq!(seqs, vec![1]);
+        assert_eq!(write, event(1), "a single entry goes as it is");
+    }
+
+    #[test]
+    fn a_coalesced_request_stays_under_its_caps() {
+        let big = |n: u64| OutboxWrite::Insert {
+            table: "subagent_run_events".into(),
+            rows: Value::Array((0..100).map(|i| json!({"sequence": n * 100 + i})).collect()),
+            duplicate_is_delivered: true,
+        };
+        let pending = queue((0..8).map(big).collect());
+        assert_eq!(
+            next_request(&pending, 8, 0).unwrap().1,
+            vec![1, 2, 3, 4, 5],
+            "500 rows at most"
+        );
+        let mut heavy = queue((0..3).map(event).collect());
+        for e in heavy.iter_mut() {
+            e.bytes = COALESCE_MAX_BYTES / 2;
+        }
+        assert_eq!(next_request(&heavy, 3, 0).unwrap().1, vec![1, 2]);
     }
 
     fn mode(p: &Path) -> u32 {

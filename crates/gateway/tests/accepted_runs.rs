@@ -183,7 +183,7 @@ fn assert_completed_accepted_run(s: &Setup, sid: &str, run_id: &str) {
     );
 }
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn accepted_run_completes_through_the_finalize_function() {
     let s = setup(&[]);
     let (sid, run_id) = s.accepted_run(json!({}), "say hello");
@@ -214,8 +214,9 @@ fn accepted_run_completes_through_the_finalize_function() {
     let run = s.wait_run_status(&seed_run, "completed");
     assert_eq!(run["run_sequence"], 1);
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn accepted_run_finalizes_with_direct_writes_where_the_function_is_missing() {
     let s = start(&[], true);
     let (sid, run_id) = s.accepted_run(json!({}), "say hello");
@@ -235,8 +236,9 @@ fn accepted_run_finalizes_with_direct_writes_where_the_function_is_missing() {
         "no terminal write was dead-lettered"
     );
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn a_run_the_control_plane_cancelled_mid_run_is_not_overwritten() {
     let s = setup(&[("FAKE_AGENT_HOLD_MS", "3000")]);
     let (sid, run_id) = s.accepted_run(json!({}), "take your time");
@@ -279,8 +281,9 @@ fn a_run_the_control_plane_cancelled_mid_run_is_not_overwritten() {
     );
     assert!(!types.iter().any(|t| t == "run_completed"), "{types:?}");
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn a_job_that_does_not_match_its_accepted_run_is_cancelled_and_touches_nothing() {
     let s = setup(&[]);
     // The accepted run's prompt differs from the subagent's input.
@@ -329,6 +332,7 @@ fn a_job_that_does_not_match_its_accepted_run_is_cancelled_and_touches_nothing()
     assert_eq!(s.row("subagents", &sid)["status"], "running");
     assert!(s.event_types(&run_id).is_empty());
     assert_eq!(s.runs_of(&sid).len(), 1);
+}
 }
 
 /// A loopback HTTP proxy in front of the hub that has no

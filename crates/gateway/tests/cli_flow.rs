@@ -115,7 +115,7 @@ fn gateway_row(hub: &Hub, id: &str) -> Value {
         .expect("gateway row")
 }
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn pair_start_run_a_job_inspect_and_stop_with_the_real_clis() {
     let hub = Hub::start();
     let machine = Machine::new();
@@ -292,4 +292,5 @@ fn pair_start_run_a_job_inspect_and_stop_with_the_real_clis() {
     let stdout = ok(&machine.gateway(&["status"]), "status");
     assert!(stdout.contains("Gateway Status: Stopped"), "{stdout}");
     assert_eq!(gateway_row(&hub, &gateway_id)["status"], "offline");
+}
 }

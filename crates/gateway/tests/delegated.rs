@@ -170,8 +170,14 @@ fn iso_ms(s: &str) -> i64 {
         .timestamp_millis()
 }
 
-#[test]
+/// Held by the live-lag measurement: its twin on the other backend would
+/// otherwise run at the same time (adjacent names) and, on a 2-core box,
+/// the two would measure each other rather than the gateway and the hub.
+static LAG_MEASUREMENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+panorama_testkit::on_both_backends! {
 fn claude_stream_run_is_live_in_order_and_completes() {
+    let _alone = LAG_MEASUREMENT.lock().unwrap_or_else(|e| e.into_inner());
     const LINES: usize = 200;
     const DELAY_MS: i64 = 20;
     let transcripts = tempfile::tempdir().unwrap();
@@ -260,12 +266,13 @@ fn claude_stream_run_is_live_in_order_and_completes() {
     );
     assert!(p99 <= 250, "p99 lag {p99} ms > 250 ms (lags: {lags:?})");
 }
+}
 
+panorama_testkit::on_both_backends! {
 /// runtime.md §3.4 / providers.md §7: the stream keeps the LAST 2,000
 /// entries, oldest dropped. Live rows cannot be taken back, so the first
 /// 2,000 lines are live and of the later ones the newest 2,000 are stored
 /// when the stream ends; the lines in between are the dropped ones.
-#[test]
 fn stream_past_the_event_cap_keeps_the_last_lines() {
     const CAP: usize = 2_000;
     const LINES: usize = 4_500;
@@ -342,8 +349,9 @@ fn stream_past_the_event_cap_keeps_the_last_lines() {
     });
     assert_eq!(run["metadata"]["stream_events_truncated"], true);
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn codex_gemini_model_run_and_scrubbed_environment() {
     let dumps = tempfile::tempdir().unwrap();
     let dump = dumps.path().join("env.json");
@@ -478,8 +486,9 @@ fn codex_gemini_model_run_and_scrubbed_environment() {
         }
     }
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn retries_resume_fallback_denials_and_limits() {
     let transcripts = tempfile::tempdir().unwrap();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../providers/fixtures/claude");
@@ -659,8 +668,9 @@ fn retries_resume_fallback_denials_and_limits() {
     assert!(calls <= 4_000, "{calls} tool calls stored");
     assert!(types.contains(&"system".to_string()));
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn cancels_before_start_during_run_and_unknown() {
     let transcripts = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -873,12 +883,13 @@ fn cancels_before_start_during_run_and_unknown() {
     s.running.terminate(WAIT);
     assert!(s.machine.log_path().exists());
 }
+}
 
 fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn shutdown_cancels_runs_capabilities_and_failure_fallback() {
     let transcripts = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -1013,4 +1024,5 @@ fn shutdown_cancels_runs_capabilities_and_failure_fallback() {
     assert_eq!(last[0]["payload"]["source"], "gateway_shutdown");
     assert_eq!(s.row("subagent_runs", &run_id)["status"], "cancelled");
     assert_eq!(s.row("subagents", &sid)["status"], "cancelled");
+}
 }

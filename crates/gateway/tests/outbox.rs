@@ -150,7 +150,7 @@ fn dead_letter_lines(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn writes_pushed_while_the_hub_is_down_are_delivered_in_order_after_it_returns() {
     let rt = runtime();
     let (hub, gw) = setup();
@@ -252,8 +252,9 @@ fn writes_pushed_while_the_hub_is_down_are_delivered_in_order_after_it_returns()
     );
     task.abort();
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn replayed_insert_hitting_23505_counts_as_delivered() {
     let rt = runtime();
     let (hub, gw) = setup();
@@ -320,8 +321,9 @@ fn replayed_insert_hitting_23505_counts_as_delivered() {
     assert_eq!(dead[0]["code"], json!("23505"));
     task.abort();
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn permanent_4xx_goes_to_dead_letters_and_does_not_block_later_entries() {
     let rt = runtime();
     let (hub, gw) = setup();
@@ -376,8 +378,9 @@ fn permanent_4xx_goes_to_dead_letters_and_does_not_block_later_entries() {
     task.abort();
     assert_eq!(Outbox::open(tmp.path()).unwrap().dead_letters(), 3);
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn reopened_outbox_delivers_what_the_previous_process_left() {
     let (hub, gw) = setup();
     let tmp = tempfile::tempdir().unwrap();
@@ -417,8 +420,9 @@ fn reopened_outbox_delivers_what_the_previous_process_left() {
     assert_eq!(outbox.pending(), 0);
     assert_eq!(outbox.push(gateway_event(&gw, "left", 9)).unwrap(), 5);
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn recovery_fails_jobs_claimed_by_the_previous_process() {
     let (hub, gw) = setup();
     let state = tempfile::tempdir().unwrap();
@@ -492,8 +496,9 @@ fn recovery_fails_jobs_claimed_by_the_previous_process() {
     assert!(again.recovered_jobs.is_empty() && again.already_terminal.is_empty());
     task.abort();
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn recovery_fails_an_interrupted_subagent_run() {
     let (hub, gw) = setup();
     let state = tempfile::tempdir().unwrap();
@@ -597,4 +602,5 @@ fn recovery_fails_an_interrupted_subagent_run() {
     assert_eq!(job["error"], json!(RESTART_MESSAGE));
     assert!(ledger.outstanding().is_empty());
     task.abort();
+}
 }

@@ -194,7 +194,7 @@ fn outbox_empty(machine: &Machine) -> bool {
     std::fs::metadata(machine.outbox_log()).map_or(true, |m| m.len() == 0)
 }
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn hub_killed_mid_job_the_job_completes_and_the_outbox_drains_after_it_returns() {
     let hub = Hub::start();
     let machine = Machine::with_claude_delay(2);
@@ -271,8 +271,9 @@ fn hub_killed_mid_job_the_job_completes_and_the_outbox_drains_after_it_returns()
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(gateway_row(&hub, &gw.gateway_id)["status"], "offline");
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn sigkill_mid_job_then_start_finalizes_the_orphan_before_claiming_new_work() {
     let hub = Hub::start();
     let machine = Machine::with_claude_delay(2);
@@ -303,8 +304,9 @@ fn sigkill_mid_job_then_start_finalizes_the_orphan_before_claiming_new_work() {
         .contains("Recovered jobs interrupted by an earlier gateway process"));
     assert!(running.terminate(WAIT).success());
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn sigterm_past_the_grace_cancels_the_job_and_kills_its_whole_process_group() {
     let hub = Hub::start();
     let machine = Machine {
@@ -355,8 +357,9 @@ fn sigterm_past_the_grace_cancels_the_job_and_kills_its_whole_process_group() {
     let survivors: Vec<i32> = recorded.into_iter().filter(|p| pid_alive(*p)).collect();
     assert!(survivors.is_empty(), "still alive: {survivors:?}");
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn expiring_access_tokens_are_refreshed_rotated_and_persisted() {
     let hub = Hub::start_with_env(&[("PANORAMA_HUB_ACCESS_TOKEN_TTL", "3")]);
     let machine = Machine::with_claude_delay(0);
@@ -396,8 +399,9 @@ fn expiring_access_tokens_are_refreshed_rotated_and_persisted() {
     assert_eq!(wait_job_terminal(&hub, &id)["status"], "completed");
     assert!(again.terminate(WAIT).success());
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn start_with_a_revoked_gateway_fails_and_says_pair_again() {
     let hub = Hub::start();
     let machine = Machine::with_claude_delay(0);
@@ -431,8 +435,9 @@ fn start_with_a_revoked_gateway_fails_and_says_pair_again() {
     );
     assert!(!machine.pid_path().exists());
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn replacing_the_executable_drains_then_re_execs_in_place_and_keeps_working() {
     let hub = Hub::start();
     let mut machine = Machine::with_claude_delay(2);
@@ -494,8 +499,9 @@ fn replacing_the_executable_drains_then_re_execs_in_place_and_keeps_working() {
     assert_eq!(gateway_row(&hub, &gw.gateway_id)["status"], "offline");
     assert!(!Path::new(&machine.pid_path()).exists());
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn a_burst_of_thirty_jobs_runs_each_exactly_once() {
     let hub = Hub::start();
     let machine = Machine::with_claude_delay(0);
@@ -513,8 +519,9 @@ fn a_burst_of_thirty_jobs_runs_each_exactly_once() {
     assert_eq!(machine.claude_calls(), 31, "each job ran exactly once");
     assert!(running.terminate(WAIT).success());
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn a_replacement_that_cannot_be_executed_makes_the_gateway_exit_non_zero() {
     let hub = Hub::start();
     let mut machine = Machine::with_claude_delay(0);
@@ -545,8 +552,9 @@ fn a_replacement_that_cannot_be_executed_makes_the_gateway_exit_non_zero() {
     assert!(!machine.pid_path().exists(), "PID file removed");
     assert_eq!(gateway_row(&hub, &gw.gateway_id)["status"], "offline");
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn a_symlink_swapped_to_a_new_version_is_re_executed() {
     let hub = Hub::start();
     let mut machine = Machine::with_claude_delay(0);
@@ -590,4 +598,5 @@ fn a_symlink_swapped_to_a_new_version_is_re_executed() {
     let id = insert_job(&hub, &gw);
     assert_eq!(wait_job_terminal(&hub, &id)["status"], "completed");
     assert!(running.terminate(WAIT).success());
+}
 }

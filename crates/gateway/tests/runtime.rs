@@ -49,7 +49,7 @@ fn insert_job(hub: &Hub, gw: &PairedGateway, job_type: &str) -> String {
     hub.insert_job(gw, job_type, json!({}))
 }
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn pair_then_foreground_runtime_reports_ready_and_shuts_down_offline() {
     let hub = Hub::start();
     let machine = machine();
@@ -110,8 +110,9 @@ fn pair_then_foreground_runtime_reports_ready_and_shuts_down_offline() {
     assert_eq!(row["status"], "offline");
     assert!(!machine.pid_path().exists(), "PID file removed at shutdown");
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn status_json_while_running() {
     let hub = Hub::start();
     let machine = machine();
@@ -131,8 +132,9 @@ fn status_json_while_running() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
     assert_eq!(report["running"], false);
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn diagnostic_job_completes_with_the_version_result() {
     let hub = Hub::start();
     let machine = machine();
@@ -154,8 +156,9 @@ fn diagnostic_job_completes_with_the_version_result() {
     assert!(row["completed_at"].is_string());
     assert!(running.terminate(WAIT).success());
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn twenty_diagnostic_jobs_complete_exactly_once() {
     let hub = Hub::start();
     let machine = machine();
@@ -180,8 +183,9 @@ fn twenty_diagnostic_jobs_complete_exactly_once() {
     );
     assert!(running.terminate(WAIT).success());
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn unknown_and_unbuilt_job_types_fail_with_clear_messages() {
     let hub = Hub::start();
     let machine = machine();
@@ -207,8 +211,9 @@ fn unknown_and_unbuilt_job_types_fail_with_clear_messages() {
     assert_eq!(machine.claude_calls(), baseline);
     assert!(running.terminate(WAIT).success());
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn jobs_for_other_gateways_are_left_alone() {
     let hub = Hub::start();
     let machine = machine();
@@ -228,8 +233,9 @@ fn jobs_for_other_gateways_are_left_alone() {
     assert_eq!(job(&hub, &foreign)["status"], "queued");
     assert!(running.terminate(WAIT).success());
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn doctor_succeeds_host_only_without_ai_clis() {
     let hub = Hub::start();
     let machine = machine();
@@ -248,8 +254,9 @@ fn doctor_succeeds_host_only_without_ai_clis() {
     assert_eq!(report["providers"]["claude_code"]["status"], "unhealthy");
     assert_eq!(report["providers"]["claude_code"]["check_type"], "full");
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn start_with_a_revoked_session_fails_with_the_spec_message() {
     let hub = Hub::start();
     let machine = machine();
@@ -268,8 +275,9 @@ fn start_with_a_revoked_session_fails_with_the_spec_message() {
     );
     assert!(!machine.pid_path().exists());
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn sigterm_waits_for_a_running_job_then_goes_offline() {
     let hub = Hub::start();
     let machine = GatewayHost::scripted_claude(2);
@@ -290,4 +298,5 @@ fn sigterm_waits_for_a_running_job_then_goes_offline() {
         "offline"
     );
     assert!(!machine.pid_path().exists());
+}
 }

@@ -303,7 +303,7 @@ fn wait_process_gone(pid: i32) {
     }
 }
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn interactive_session_through_the_pty_with_paging_resize_and_close() {
     let s = Setup::new();
     let row = s.open_bash(&s.resource_id, json!({"COLUMNS": "90", "LINES": "25"}));
@@ -442,8 +442,9 @@ fn interactive_session_through_the_pty_with_paging_resize_and_close() {
     let result = s.denied(unknown, "Shell session not found or expired");
     assert_eq!(result["session_id"], "no-such-session");
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn shell_exec_returns_output_and_exit_code() {
     let s = Setup::new();
     let ok = s.job(
@@ -491,6 +492,7 @@ fn shell_exec_returns_output_and_exit_code() {
     assert_eq!(missing["status"], "failed", "row: {missing}");
     assert_eq!(missing["error"], "Missing command in payload");
 }
+}
 
 /// Runs `job` until its job error is `message`: the gateway's own
 /// heartbeat may refresh `last_seen_at` between `stale()` and the job.
@@ -506,7 +508,7 @@ fn denied_after(s: &Setup, stale: impl Fn(), job: impl Fn() -> Value, message: &
     panic!("never denied with {message:?}");
 }
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn machine_control_denials_use_the_spec_messages() {
     let s = Setup::with_team_flag(false);
     let open = || s.open_bash(&s.resource_id, json!({}));
@@ -572,8 +574,9 @@ fn machine_control_denials_use_the_spec_messages() {
         s.machine.log()
     );
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn resource_denials_use_the_spec_messages() {
     let s = Setup::new();
     let gw = s.gateway_id.clone();
@@ -641,8 +644,9 @@ fn resource_denials_use_the_spec_messages() {
     let no_session = s.session_on(&s.resource_id, "read", json!({}));
     s.denied(no_session, "Missing session_id in payload");
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn a_resource_revoked_mid_session_closes_the_session() {
     let s = Setup::new();
     let r = s.resource_id.clone();
@@ -701,8 +705,9 @@ fn a_resource_revoked_mid_session_closes_the_session() {
     let mismatch = s.session_on(&r, "status", json!({"session_id": sid2}));
     s.denied(mismatch, "Shell session resource mismatch");
 }
+}
 
-#[test]
+panorama_testkit::on_both_backends! {
 fn shutdown_closes_running_sessions() {
     let mut s = Setup::new();
     let r = s.resource_id.clone();
@@ -714,4 +719,5 @@ fn shutdown_closes_running_sessions() {
     assert!(status.success(), "gateway exit status {status:?}");
     assert!(!process_alive(pid), "the shell outlived the gateway");
     assert_eq!(s.gateway_row().unwrap()["status"], "offline");
+}
 }

@@ -11,6 +11,15 @@
 //!   must have executed, and every run's events must be dense from 0, in
 //!   order, end with exactly one terminal event, and be complete for a run
 //!   that completed. `SOAK_SEED` replays a run.
+//! * `soak_across_three_replicas` is the same soak against three hub
+//!   replicas on one PostgreSQL (the testkit's cluster) behind the testkit's
+//!   round-robin balancer, with two machines whose gateways connect through
+//!   it (their requests and realtime sockets spread over the replicas and
+//!   move when one dies; the test's writes go to the replicas in turn, so
+//!   most jobs reach their gateway through another replica's change feed), and one more fault kind: kill
+//!   -9 of one replica, restarted on its port after 0.1–2.5 s while the
+//!   others serve. `hub_restart` there kills and restarts all three. The
+//!   first faults of either soak are each kind once.
 //! * `hub_outage_during_streaming_run` stops the hub for `OUTAGE_SECS`
 //!   (default 8; the long form uses 60) while a subagent run streams, and
 //!   checks every event and the terminal state land after the hub returns.
@@ -19,9 +28,11 @@
 //!   insert, "mark subagent running"), and a recovery killed between its
 //!   writes.
 //!
-//! CI: `cargo test -p panorama-gateway --test soak` (200 jobs, 12 faults,
-//! 8 s outage). Long form: `SOAK_JOBS=1000 SOAK_FAULTS=50 cargo test
-//! --release -p panorama-gateway --test soak soak_mixed -- --nocapture` and
+//! CI: `cargo test -p panorama-gateway --test soak` (200 jobs, 12 faults;
+//! across replicas 150 jobs, 10 faults; 8 s outage). Long form:
+//! `SOAK_JOBS=1000 SOAK_FAULTS=50 cargo test --release -p panorama-gateway
+//! --test soak soak_mixed -- --nocapture` (`soak_across` for the replicas),
+//! and
 //! `OUTAGE_SECS=60 cargo test -p panorama-gateway --test soak hub_outage --
 //! --nocapture`. Other knobs: `SOAK_SEED`, `SOAK_LINES`,
 //! `SOAK_LINE_DELAY_MS`, `SOAK_SETTLE_SECS`.
@@ -34,7 +45,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use panorama_testkit::{GatewayHost, Hub, PairedGateway, RunningGateway};
+use panorama_testkit::{
+    on_backend, Backend, GatewayHost, Hub, PairedGateway, RoundRobinProxy, RunningGateway,
+};
 use serde_json::{json, Value};
 
 /// Seeded splitmix64: reproducible fault schedules.
@@ -93,18 +106,46 @@ fn write_stream_transcript(path: &Path, lines: usize) {
     std::fs::write(path, body).expect("write transcript");
 }
 
-/// The world under test: a hub that can be restarted on the same port and
-/// data dir, and a gateway host whose gateway can be killed and restarted.
-struct World {
-    hub: Option<Hub>,
-    listen: String,
-    url: String,
-    anon_key: String,
+/// One machine of the world: a gateway host, its paired gateway, the
+/// running gateway process (when up) and its `remote_shell` resource.
+struct Machine {
     host: GatewayHost,
     gw: PairedGateway,
     running: Option<RunningGateway>,
-    gateway_env: Vec<(String, String)>,
     resource_id: String,
+}
+
+/// How the control plane is deployed in a world.
+#[derive(Debug, Clone, Copy)]
+enum Deployment {
+    /// One hub, on the backend `PANORAMA_TEST_BACKEND` chooses, optionally
+    /// behind a rule-driven proxy.
+    Single,
+    /// `n` hub replicas on one PostgreSQL database behind the testkit's
+    /// round-robin proxy; gateways connect through the proxy, the test's
+    /// own writes go to the replicas in turn.
+    Replicas(usize),
+}
+
+/// The world under test: hubs that can be killed and restarted on the same
+/// ports and data dirs, and machines whose gateways can be killed and
+/// restarted.
+struct World {
+    /// The hub replicas (one for [`Deployment::Single`]); `None` while down.
+    hubs: Vec<Option<Hub>>,
+    /// Each replica's listen address, reused by its restarts.
+    listens: Vec<String>,
+    /// The replicas' shared PostgreSQL database.
+    database: Option<String>,
+    /// Where gateways reach the control plane.
+    url: String,
+    /// The round-robin balancer in front of the replicas.
+    _balancer: Option<RoundRobinProxy>,
+    anon_key: String,
+    machines: Vec<Machine>,
+    gateway_env: Vec<(String, String)>,
+    /// Where the test's next write goes (replicas in turn).
+    next_hub: std::cell::Cell<usize>,
     /// Gateways started again by [`World::supervise`].
     supervisor_restarts: usize,
 }
@@ -117,64 +158,137 @@ impl World {
     /// A world whose gateway talks to the hub through `proxy` (started
     /// here, in front of the new hub) instead of directly.
     fn build(gateway_env: Vec<(String, String)>, proxy: Option<Arc<ProxyRules>>) -> World {
-        let hub = Hub::start();
-        let listen = hub
-            .url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
+        World::deploy(gateway_env, proxy, Deployment::Single, 1)
+    }
+
+    fn deploy(
+        gateway_env: Vec<(String, String)>,
+        proxy: Option<Arc<ProxyRules>>,
+        deployment: Deployment,
+        machines: usize,
+    ) -> World {
+        let (hubs, database) = match deployment {
+            Deployment::Single => (vec![Hub::start()], None),
+            Deployment::Replicas(n) => {
+                let first = on_backend(Backend::Postgres, Hub::start);
+                let database =
+                    std::fs::read_to_string(first.data_dir.path().join("test-database-url"))
+                        .expect("the first replica's database")
+                        .trim()
+                        .to_string();
+                let mut hubs = vec![first];
+                for _ in 1..n {
+                    hubs.push(hubs[0].replica());
+                }
+                (hubs, Some(database))
+            }
+        };
+        let listens: Vec<String> = hubs
+            .iter()
+            .map(|h| {
+                h.url
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_string()
+            })
+            .collect();
+        let hub = &hubs[0];
         let team = hub.create_team("soak-team");
-        let gw = hub.pair(&team, "soak-box");
-        hub.set_full_control(&gw.gateway_id, true);
-        let resource_id = hub.insert(
-            "team_resources",
-            json!({"team_id": gw.team_id, "resource_type": "remote_shell", "title": "soak shell",
-                   "max_access_level": "editor",
-                   "metadata": {"gateway_id": gw.gateway_id, "full_control": true}}),
-        )["id"]
-            .as_str()
-            .expect("resource id")
-            .to_string();
-        let host = GatewayHost::new();
-        host.write_config(&hub, &gw, true);
-        let url = match proxy {
-            Some(rules) => start_proxy(&listen, rules),
-            None => hub.url.clone(),
+        let machines: Vec<Machine> = (0..machines)
+            .map(|m| {
+                let gw = hub.pair(&team, &format!("soak-box-{m}"));
+                hub.set_full_control(&gw.gateway_id, true);
+                let resource_id = hub.insert(
+                    "team_resources",
+                    json!({"team_id": gw.team_id, "resource_type": "remote_shell",
+                           "title": format!("soak shell {m}"), "max_access_level": "editor",
+                           "metadata": {"gateway_id": gw.gateway_id, "full_control": true}}),
+                )["id"]
+                    .as_str()
+                    .expect("resource id")
+                    .to_string();
+                let host = GatewayHost::new();
+                host.write_config(hub, &gw, true);
+                Machine {
+                    host,
+                    gw,
+                    running: None,
+                    resource_id,
+                }
+            })
+            .collect();
+        let (url, balancer) = match (deployment, proxy) {
+            (Deployment::Replicas(_), _) => {
+                let urls: Vec<&str> = hubs.iter().map(|h| h.url.as_str()).collect();
+                let balancer = RoundRobinProxy::start(&urls);
+                (balancer.url.clone(), Some(balancer))
+            }
+            (Deployment::Single, Some(rules)) => (start_proxy(&listens[0], rules), None),
+            (Deployment::Single, None) => (hub.url.clone(), None),
         };
         let mut world = World {
             url,
+            _balancer: balancer,
             anon_key: hub.anon_key.clone(),
-            hub: Some(hub),
-            listen,
-            host,
-            gw,
-            running: None,
+            hubs: hubs.into_iter().map(Some).collect(),
+            listens,
+            database,
+            machines,
             gateway_env,
-            resource_id,
+            next_hub: std::cell::Cell::new(0),
             supervisor_restarts: 0,
         };
-        world.start_gateway();
-        world
-            .hub()
-            .wait_gateway_status(&world.gw.gateway_id, "ready", Duration::from_secs(60));
+        for m in 0..world.machines.len() {
+            world.start_gateway_on(m);
+        }
+        for m in &world.machines {
+            world
+                .hub()
+                .wait_gateway_status(&m.gw.gateway_id, "ready", Duration::from_secs(60));
+        }
         world
     }
 
+    /// A hub that is up (the first live replica).
     fn hub(&self) -> &Hub {
-        self.hub.as_ref().expect("hub is up")
+        self.hubs.iter().flatten().next().expect("a hub is up")
     }
 
-    fn agent_log_path(&self) -> PathBuf {
-        self.host.path("agent-log.jsonl")
+    /// The next live replica in turn, for the test's writes: with replicas,
+    /// a job inserted through one reaches a gateway whose realtime socket
+    /// is on another only through the cross-replica change feed.
+    fn write_hub(&self) -> &Hub {
+        let live: Vec<&Hub> = self.hubs.iter().flatten().collect();
+        let i = self.next_hub.get();
+        self.next_hub.set(i.wrapping_add(1));
+        live[i % live.len()]
     }
 
+    /// The first machine's gateway (the single-machine tests').
+    fn gw(&self) -> &PairedGateway {
+        &self.machines[0].gw
+    }
+
+    fn agent_log_path_of(&self, m: usize) -> PathBuf {
+        self.machines[m].host.path("agent-log.jsonl")
+    }
+
+    /// One shell log for every machine (appends of one short line each).
     fn shell_log_path(&self) -> PathBuf {
-        self.host.path("shell-exec.log")
+        self.machines[0].host.path("shell-exec.log")
     }
 
-    /// Starts the gateway; works while the hub is down (the gateway must
-    /// then wait for it), so it does not go through a live [`Hub`].
     fn start_gateway(&mut self) {
+        for m in 0..self.machines.len() {
+            self.start_gateway_on(m);
+        }
+    }
+
+    /// Starts machine `m`'s gateway; works while the hub is down (the
+    /// gateway must then wait for it), so it does not go through a live
+    /// [`Hub`].
+    fn start_gateway_on(&mut self, m: usize) {
+        let host = &self.machines[m].host;
         let mut cmd = std::process::Command::new(panorama_testkit::gateway_binary());
         for (key, _) in std::env::vars() {
             if key.starts_with("PANORAMA_")
@@ -184,55 +298,81 @@ impl World {
                 cmd.env_remove(key);
             }
         }
-        cmd.env("HOME", self.host.home())
+        cmd.env("HOME", host.home())
             .env(
                 "PATH",
-                format!("{}:/usr/bin:/bin", self.host.bin_dir().display()),
+                format!("{}:/usr/bin:/bin", host.bin_dir().display()),
             )
             .env("PANORAMA_GATEWAY_LOG", "info")
-            .env("FAKE_AGENT_LOG", self.agent_log_path())
-            .current_dir(self.host.home())
+            .env("FAKE_AGENT_LOG", self.agent_log_path_of(m))
+            .current_dir(host.home())
             .arg("--config-dir")
-            .arg(self.host.config_dir())
+            .arg(host.config_dir())
             .args(["--supabase-url", &self.url, "--anon-key", &self.anon_key])
-            .args(["--device-name", &self.host.device_name])
+            .args(["--device-name", &host.device_name])
             .args(["start", "--foreground"])
             .stdin(std::process::Stdio::null());
         for (k, v) in &self.gateway_env {
             cmd.env(k, v);
         }
-        self.running = Some(self.host.spawn(cmd));
+        let running = host.spawn(cmd);
+        self.machines[m].running = Some(running);
     }
 
     /// Plays the service manager (systemd `Restart=always`): a gateway that
     /// exited on its own is started again. (A gateway started while the hub
     /// is down waits for it with backoff instead of exiting.)
     fn supervise(&mut self) {
-        if let Some(g) = self.running.as_mut() {
-            if !g.is_running() {
-                self.supervisor_restarts += 1;
-                self.start_gateway();
+        for m in 0..self.machines.len() {
+            if let Some(g) = self.machines[m].running.as_mut() {
+                if !g.is_running() {
+                    self.supervisor_restarts += 1;
+                    self.start_gateway_on(m);
+                }
             }
         }
     }
 
     fn kill_gateway(&mut self) {
-        if let Some(mut g) = self.running.take() {
+        for m in 0..self.machines.len() {
+            self.kill_gateway_on(m);
+        }
+    }
+
+    fn kill_gateway_on(&mut self, m: usize) {
+        if let Some(mut g) = self.machines[m].running.take() {
             g.sigkill();
         }
     }
 
-    fn stop_hub(&mut self) -> tempfile::TempDir {
-        self.hub.take().expect("hub is up").kill()
+    /// Kills every hub replica (SIGKILL); hands back their data dirs.
+    fn stop_hub(&mut self) -> Vec<tempfile::TempDir> {
+        (0..self.hubs.len()).map(|r| self.kill_replica(r)).collect()
     }
 
-    fn start_hub(&mut self, dir: tempfile::TempDir) {
-        self.hub = Some(Hub::start_in(dir, &self.listen, &[]));
+    fn start_hub(&mut self, dirs: Vec<tempfile::TempDir>) {
+        for (r, dir) in dirs.into_iter().enumerate() {
+            self.start_replica(r, dir);
+        }
+    }
+
+    /// Kills replica `r` (SIGKILL); hands back its data dir.
+    fn kill_replica(&mut self, r: usize) -> tempfile::TempDir {
+        self.hubs[r].take().expect("the replica is up").kill()
+    }
+
+    /// Starts replica `r` again on its port and data dir (and database).
+    fn start_replica(&mut self, r: usize, dir: tempfile::TempDir) {
+        let listen = &self.listens[r];
+        self.hubs[r] = Some(match &self.database {
+            Some(db) => Hub::start_on(dir, listen, Some(db), &[]),
+            None => Hub::start_in(dir, listen, &[]),
+        });
     }
 
     /// POST with the service key; `Err` when the hub cannot be reached.
     fn try_insert(&self, table: &str, row: &Value) -> Result<Value, String> {
-        let hub = self.hub();
+        let hub = self.write_hub();
         let res = hub
             .req(
                 reqwest::Method::POST,
@@ -267,9 +407,14 @@ impl World {
     }
 
     fn job(&self, job_type: &str, payload: Value) -> String {
+        self.job_on(0, job_type, payload)
+    }
+
+    fn job_on(&self, m: usize, job_type: &str, payload: Value) -> String {
+        let gw = &self.machines[m].gw;
         self.insert(
             "gateway_jobs",
-            json!({"team_id": self.gw.team_id, "gateway_id": self.gw.gateway_id,
+            json!({"team_id": gw.team_id, "gateway_id": gw.gateway_id,
                    "job_type": job_type, "payload": payload}),
         )["id"]
             .as_str()
@@ -278,10 +423,15 @@ impl World {
     }
 
     fn subagent(&self, subagent_type: &str, config: Value, prompt: &str) -> String {
+        self.subagent_on(0, subagent_type, config, prompt)
+    }
+
+    fn subagent_on(&self, m: usize, subagent_type: &str, config: Value, prompt: &str) -> String {
+        let gw = &self.machines[m].gw;
         let id = new_id();
         self.insert(
             "subagents",
-            json!({"id": id, "team_id": self.gw.team_id, "gateway_id": self.gw.gateway_id,
+            json!({"id": id, "team_id": gw.team_id, "gateway_id": gw.gateway_id,
                    "subagent_type": subagent_type, "status": "idle", "config": config,
                    "input": {"prompt": prompt}, "metadata": {}}),
         );
@@ -291,24 +441,26 @@ impl World {
     /// The later protocol's recipe (control-plane §16.10): the control plane
     /// accepted the run before the job — a `running` run row (sequence 1)
     /// and the subagent `running` on it. Returns (subagent id, run id).
-    fn accepted_subagent(
+    fn accepted_subagent_on(
         &self,
+        m: usize,
         subagent_type: &str,
         config: Value,
         prompt: &str,
     ) -> (String, String) {
+        let gw = &self.machines[m].gw;
         let (sid, run_id) = (new_id(), new_id());
         self.insert(
             "subagents",
-            json!({"id": sid, "team_id": self.gw.team_id, "gateway_id": self.gw.gateway_id,
+            json!({"id": sid, "team_id": gw.team_id, "gateway_id": gw.gateway_id,
                    "subagent_type": subagent_type, "status": "running", "config": config,
                    "input": {"prompt": prompt, "run_id": run_id, "run_sequence": 1},
                    "metadata": {"current_run_id": run_id, "current_run_sequence": 1}}),
         );
         self.insert(
             "subagent_runs",
-            json!({"id": run_id, "subagent_id": sid, "team_id": self.gw.team_id,
-                   "gateway_id": self.gw.gateway_id, "run_sequence": 1, "status": "running",
+            json!({"id": run_id, "subagent_id": sid, "team_id": gw.team_id,
+                   "gateway_id": gw.gateway_id, "run_sequence": 1, "status": "running",
                    "prompt": prompt, "metadata": {}}),
         );
         (sid, run_id)
@@ -321,28 +473,31 @@ impl World {
         )
     }
 
+    /// Every job of the team's gateways, by id.
     fn jobs_by_id(&self) -> HashMap<String, Value> {
         self.hub()
             .select(
                 "gateway_jobs",
-                &format!("gateway_id=eq.{}&select=*", self.gw.gateway_id),
+                &format!("team_id=eq.{}&select=*", self.gw().team_id),
             )
             .into_iter()
             .filter_map(|r| Some((r["id"].as_str()?.to_string(), r)))
             .collect()
     }
 
-    /// The fake agents' executions, and how many log lines did not parse
-    /// (a torn line would hide an execution).
+    /// The fake agents' executions on every machine, and how many log
+    /// lines did not parse (a torn line would hide an execution).
     fn agent_executions(&self) -> (Vec<Value>, usize) {
-        let text = std::fs::read_to_string(self.agent_log_path()).unwrap_or_default();
         let mut torn = 0;
         let mut out = Vec::new();
-        for line in text.lines() {
-            match serde_json::from_str::<Value>(line) {
-                Ok(v) if v["role"] == "agent" => out.push(v),
-                Ok(_) => {}
-                Err(_) => torn += 1,
+        for m in 0..self.machines.len() {
+            let text = std::fs::read_to_string(self.agent_log_path_of(m)).unwrap_or_default();
+            for line in text.lines() {
+                match serde_json::from_str::<Value>(line) {
+                    Ok(v) if v["role"] == "agent" => out.push(v),
+                    Ok(_) => {}
+                    Err(_) => torn += 1,
+                }
             }
         }
         (out, torn)
@@ -350,13 +505,22 @@ impl World {
 
     fn dump_on_panic(&self) {
         if std::thread::panicking() {
-            let keep =
-                std::env::temp_dir().join(format!("soak-gateway-{}.log", std::process::id()));
-            let _ = std::fs::copy(self.host.log_path(), &keep);
-            let _ = std::fs::copy(self.agent_log_path(), keep.with_extension("agents.jsonl"));
-            eprintln!("soak: gateway log kept at {}", keep.display());
-            if let Some(hub) = self.hub.as_ref() {
-                let db = keep.with_extension("hub");
+            for (m, machine) in self.machines.iter().enumerate() {
+                let keep = std::env::temp_dir()
+                    .join(format!("soak-gateway-{}-{m}.log", std::process::id()));
+                let _ = std::fs::copy(machine.host.log_path(), &keep);
+                let _ = std::fs::copy(
+                    self.agent_log_path_of(m),
+                    keep.with_extension("agents.jsonl"),
+                );
+                eprintln!("soak: gateway {m} log kept at {}", keep.display());
+                eprintln!(
+                    "--- gateway {m} log (last 60 lines) ---\n{}",
+                    machine.host.log_tail(60)
+                );
+            }
+            if let Some(hub) = self.hubs.iter().flatten().next() {
+                let db = std::env::temp_dir().join(format!("soak-hub-{}", std::process::id()));
                 let _ = std::fs::create_dir_all(&db);
                 for entry in std::fs::read_dir(hub.data_dir.path())
                     .into_iter()
@@ -367,10 +531,6 @@ impl World {
                 }
                 eprintln!("soak: hub data kept in {}", db.display());
             }
-            eprintln!(
-                "--- gateway log (last 60 lines) ---\n{}",
-                self.host.log_tail(60)
-            );
         }
     }
 }
@@ -398,6 +558,8 @@ struct Job {
     marker: String,
     /// subagent_run: (subagent id, run id).
     run: Option<(String, String)>,
+    /// The machine whose gateway it was queued for.
+    machine: usize,
 }
 
 /// What the checks found.
@@ -487,7 +649,7 @@ fn check_run_events(
             ));
         } else if events.len() > n {
             defects.push(format!(
-                "run {run_id}: {} events, expected {n}",
+                "run {run_id}: {} events, expected {n}: {types:?}",
                 events.len()
             ));
         }
@@ -510,37 +672,118 @@ fn markers_in(text: &str) -> Vec<String> {
     out
 }
 
-/// One fault: kill -9 of the gateway (55 %), a hub kill -9 and restart on
-/// the same data dir and port (35 %), or both, the gateway dying and
-/// starting again while the hub is down (10 %).
-fn inject_fault(world: &mut World, rng: &mut Rng, faults: &mut BTreeMap<&'static str, usize>) {
-    let roll = rng.range(0, 100);
-    if roll < 55 {
-        world.kill_gateway();
-        std::thread::sleep(Duration::from_millis(rng.range(0, 800)));
-        world.start_gateway();
-        *faults.entry("gateway_kill9").or_default() += 1;
-    } else if roll < 90 {
-        let dir = world.stop_hub();
-        std::thread::sleep(Duration::from_millis(rng.range(100, 2500)));
-        world.start_hub(dir);
-        *faults.entry("hub_restart").or_default() += 1;
-    } else {
-        let dir = world.stop_hub();
-        std::thread::sleep(Duration::from_millis(rng.range(0, 500)));
-        world.kill_gateway();
-        world.start_gateway();
-        std::thread::sleep(Duration::from_millis(rng.range(100, 1500)));
-        world.start_hub(dir);
-        *faults.entry("hub_and_gateway").or_default() += 1;
+/// A fault the soak injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// kill -9 of one machine's gateway, started again after up to 0.8 s.
+    GatewayKill9,
+    /// kill -9 of every hub process, restarted on the same data dirs and
+    /// ports after 0.1–2.5 s.
+    HubRestart,
+    /// Both: a gateway dies and starts again while the hubs are down.
+    HubAndGateway,
+    /// kill -9 of one hub replica, restarted after 0.1–2.5 s while the
+    /// others serve (the balancer sends new connections to them).
+    ReplicaKill9,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::GatewayKill9 => "gateway_kill9",
+            Fault::HubRestart => "hub_restart",
+            Fault::HubAndGateway => "hub_and_gateway",
+            Fault::ReplicaKill9 => "replica_kill9",
+        }
+    }
+
+    /// The kinds a deployment gets, with their weights (percent).
+    fn mix(deployment: Deployment) -> &'static [(Fault, u64)] {
+        match deployment {
+            Deployment::Single => &[
+                (Fault::GatewayKill9, 55),
+                (Fault::HubRestart, 35),
+                (Fault::HubAndGateway, 10),
+            ],
+            Deployment::Replicas(_) => &[
+                (Fault::GatewayKill9, 40),
+                (Fault::ReplicaKill9, 35),
+                (Fault::HubRestart, 15),
+                (Fault::HubAndGateway, 10),
+            ],
+        }
     }
 }
 
+/// The `k`-th fault of a soak: the first ones are each kind once, so that
+/// a short run covers them all; then drawn by weight.
+fn pick_fault(k: usize, mix: &[(Fault, u64)], rng: &mut Rng) -> Fault {
+    if k < mix.len() {
+        return mix[k].0;
+    }
+    let mut roll = rng.range(0, mix.iter().map(|(_, w)| w).sum());
+    for (fault, weight) in mix {
+        if roll < *weight {
+            return *fault;
+        }
+        roll -= weight;
+    }
+    unreachable!("the roll is below the weights' sum")
+}
+
+fn inject_fault(world: &mut World, fault: Fault, rng: &mut Rng) {
+    let machine = rng.range(0, world.machines.len() as u64) as usize;
+    match fault {
+        Fault::GatewayKill9 => {
+            world.kill_gateway_on(machine);
+            std::thread::sleep(Duration::from_millis(rng.range(0, 800)));
+            world.start_gateway_on(machine);
+        }
+        Fault::HubRestart => {
+            let dirs = world.stop_hub();
+            std::thread::sleep(Duration::from_millis(rng.range(100, 2500)));
+            world.start_hub(dirs);
+        }
+        Fault::HubAndGateway => {
+            let dirs = world.stop_hub();
+            std::thread::sleep(Duration::from_millis(rng.range(0, 500)));
+            world.kill_gateway_on(machine);
+            world.start_gateway_on(machine);
+            std::thread::sleep(Duration::from_millis(rng.range(100, 1500)));
+            world.start_hub(dirs);
+        }
+        Fault::ReplicaKill9 => {
+            let replica = rng.range(0, world.hubs.len() as u64) as usize;
+            let dir = world.kill_replica(replica);
+            std::thread::sleep(Duration::from_millis(rng.range(100, 2500)));
+            world.start_replica(replica, dir);
+        }
+    }
+}
+
+/// One hub (the backend `PANORAMA_TEST_BACKEND` chooses), one machine.
 #[test]
 fn soak_mixed_jobs_under_faults() {
+    soak(Deployment::Single, 1, 200, 12);
+}
+
+/// Three hub replicas on one PostgreSQL behind a round-robin balancer, two
+/// machines whose gateways connect through it (so their realtime sockets
+/// and requests spread over the replicas, and most jobs reach them
+/// through another replica's change feed); one more fault kind: kill -9 of
+/// a replica.
+#[test]
+fn soak_across_three_replicas() {
+    soak(Deployment::Replicas(3), 2, 150, 10);
+}
+
+/// Submits `SOAK_JOBS` (default `jobs`) mixed jobs while `SOAK_FAULTS`
+/// (default `faults`) faults hit the deployment, then checks every job and
+/// run (see the module's doc).
+fn soak(deployment: Deployment, machines: usize, jobs: u64, faults: u64) {
     let started = Instant::now();
-    let jobs_n = env_u64("SOAK_JOBS", 200) as usize;
-    let faults_n = env_u64("SOAK_FAULTS", 12) as usize;
+    let jobs_n = env_u64("SOAK_JOBS", jobs) as usize;
+    let faults_n = env_u64("SOAK_FAULTS", faults) as usize;
     let lines = env_u64("SOAK_LINES", 30) as usize;
     let line_delay = env_u64("SOAK_LINE_DELAY_MS", 10);
     let seed = std::env::var("SOAK_SEED")
@@ -554,7 +797,7 @@ fn soak_mixed_jobs_under_faults() {
                 & 0xFFFF_FFFF
         });
     eprintln!(
-        "soak: seed={seed} jobs={jobs_n} faults={faults_n} lines={lines} line_delay_ms={line_delay} (replay with SOAK_SEED={seed})"
+        "soak: {deployment:?} machines={machines} seed={seed} jobs={jobs_n} faults={faults_n} lines={lines} line_delay_ms={line_delay} (replay with SOAK_SEED={seed})"
     );
     let mut rng = Rng(seed);
 
@@ -562,11 +805,17 @@ fn soak_mixed_jobs_under_faults() {
     let stream = transcripts.path().join("soak-stream.jsonl");
     write_stream_transcript(&stream, lines);
 
-    let mut world = World::new(vec![(
-        "FAKE_AGENT_LINE_DELAY_MS".to_string(),
-        line_delay.to_string(),
-    )]);
+    let mut world = World::deploy(
+        vec![(
+            "FAKE_AGENT_LINE_DELAY_MS".to_string(),
+            line_delay.to_string(),
+        )],
+        None,
+        deployment,
+        machines,
+    );
     let shell_log = world.shell_log_path();
+    let fault_mix = Fault::mix(deployment);
 
     // Fault points: job indices before which a fault is injected.
     let mut fault_at: Vec<usize> = (0..faults_n)
@@ -574,6 +823,12 @@ fn soak_mixed_jobs_under_faults() {
         .collect();
     fault_at.sort();
     let mut faults: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut fault_rng = Rng(seed ^ 0xFA17);
+    let mut inject = |world: &mut World| {
+        let fault = pick_fault(faults.values().sum(), fault_mix, &mut fault_rng);
+        inject_fault(world, fault, &mut fault_rng);
+        *faults.entry(fault.name()).or_default() += 1;
+    };
     let mut jobs: Vec<Job> = Vec::new();
     // Runs a cancel will be sent for later: (due at job index, job index).
     let mut pending_cancels: Vec<(usize, usize)> = Vec::new();
@@ -585,7 +840,7 @@ fn soak_mixed_jobs_under_faults() {
         world.supervise();
         while next_fault < fault_at.len() && fault_at[next_fault] <= i {
             next_fault += 1;
-            inject_fault(&mut world, &mut rng, &mut faults);
+            inject(&mut world);
         }
 
         // Cancels that are due.
@@ -600,8 +855,10 @@ fn soak_mixed_jobs_under_faults() {
                 break;
             }
             let (sid, run_id) = jobs[j].run.clone().unwrap();
+            let machine = jobs[j].machine;
             let marker = format!("soakjob-{i}-{seed}");
-            let id = world.job(
+            let id = world.job_on(
+                machine,
                 "subagent_cancel",
                 json!({"subagent_id": sid, "run_id": run_id, "reason": format!("stop {marker}")}),
             );
@@ -610,6 +867,7 @@ fn soak_mixed_jobs_under_faults() {
                 kind: Kind::Cancel,
                 marker,
                 run: Some((sid, run_id)),
+                machine,
             });
             i += 1;
         }
@@ -618,14 +876,20 @@ fn soak_mixed_jobs_under_faults() {
         }
 
         let marker = format!("soakjob-{i}-{seed}");
+        let machine = if world.machines.len() > 1 {
+            rng.range(0, world.machines.len() as u64) as usize
+        } else {
+            0
+        };
         let roll = rng.range(0, 100);
         let job = if roll < 15 {
-            let id = world.job("diagnostic", json!({"note": marker}));
+            let id = world.job_on(machine, "diagnostic", json!({"note": marker}));
             Job {
                 id,
                 kind: Kind::Diagnostic,
                 marker,
                 run: None,
+                machine,
             }
         } else if roll < 30 {
             let (model, extra) = match rng.range(0, 3) {
@@ -646,12 +910,13 @@ fn soak_mixed_jobs_under_faults() {
             for (k, v) in extra.as_object().unwrap() {
                 payload[k] = v.clone();
             }
-            let id = world.job("model_run", payload);
+            let id = world.job_on(machine, "model_run", payload);
             Job {
                 id,
                 kind: Kind::ModelRun,
                 marker,
                 run: None,
+                machine,
             }
         } else if roll < 70 {
             let prompt = format!("{marker} [[fake:{}]]", stream.display());
@@ -660,14 +925,15 @@ fn soak_mixed_jobs_under_faults() {
             // creates the run) and the later one (the run is pre-accepted).
             let (sid, run_id) = if rng.chance(50) {
                 accepted_runs += 1;
-                world.accepted_subagent("claude_code_gateway", config, &prompt)
+                world.accepted_subagent_on(machine, "claude_code_gateway", config, &prompt)
             } else {
                 (
-                    world.subagent("claude_code_gateway", config, &prompt),
+                    world.subagent_on(machine, "claude_code_gateway", config, &prompt),
                     new_id(),
                 )
             };
-            let id = world.job(
+            let id = world.job_on(
+                machine,
                 "subagent_run",
                 json!({"subagent_id": sid, "run_id": run_id}),
             );
@@ -679,11 +945,18 @@ fn soak_mixed_jobs_under_faults() {
                 kind: Kind::StreamRun,
                 marker,
                 run: Some((sid, run_id)),
+                machine,
             }
         } else if roll < 80 {
-            let sid = world.subagent("codex_gateway", json!({}), &format!("Summarize {marker}"));
+            let sid = world.subagent_on(
+                machine,
+                "codex_gateway",
+                json!({}),
+                &format!("Summarize {marker}"),
+            );
             let run_id = new_id();
-            let id = world.job(
+            let id = world.job_on(
+                machine,
                 "subagent_run",
                 json!({"subagent_id": sid, "run_id": run_id}),
             );
@@ -692,11 +965,13 @@ fn soak_mixed_jobs_under_faults() {
                 kind: Kind::CodexRun,
                 marker,
                 run: Some((sid, run_id)),
+                machine,
             }
         } else {
-            let id = world.job(
+            let id = world.job_on(
+                machine,
                 "shell_exec",
-                json!({"resource_id": world.resource_id,
+                json!({"resource_id": world.machines[machine].resource_id,
                        "command": format!("echo {marker} >> '{}'", shell_log.display()),
                        "timeout_ms": 20000}),
             );
@@ -705,6 +980,7 @@ fn soak_mixed_jobs_under_faults() {
                 kind: Kind::ShellExec,
                 marker,
                 run: None,
+                machine,
             }
         };
         jobs.push(job);
@@ -714,7 +990,7 @@ fn soak_mixed_jobs_under_faults() {
     // Faults whose point a run of cancels skipped over.
     while next_fault < fault_at.len() {
         next_fault += 1;
-        inject_fault(&mut world, &mut rng, &mut faults);
+        inject(&mut world);
     }
     let submitted_in = started.elapsed();
 
@@ -876,9 +1152,30 @@ fn soak_mixed_jobs_under_faults() {
     }
 
     let faults_total: usize = faults.values().sum();
+    // From insert to claim: realtime's pickup, or the reconcile's for a job
+    // queued while its gateway or the hubs were down.
+    let mut pickup_ms: Vec<i64> = jobs
+        .iter()
+        .filter_map(|j| {
+            let row = rows.get(&j.id)?;
+            let at = |k: &str| {
+                chrono::DateTime::parse_from_rfc3339(row[k].as_str()?)
+                    .ok()
+                    .map(|t| t.timestamp_millis())
+            };
+            Some(at("started_at")? - at("created_at")?)
+        })
+        .collect();
+    pickup_ms.sort();
+    let pct = |p: usize| {
+        pickup_ms
+            .get(pickup_ms.len() * p / 100)
+            .copied()
+            .unwrap_or(-1)
+    };
     eprintln!("soak: outcomes by kind/status: {by_status:?}; failed by restart: {restarted}; other errors: {other_errors:#?}; agent executions: {}", executions.len());
     println!(
-        "SOAK seed={seed} jobs={} accepted_runs={accepted_runs} faults={faults_total} {:?} supervisor_restarts={} lost={} duplicated={} phantom={} missing_events={} event_defects={} submitted_in={:.1}s elapsed={:.1}s",
+        "SOAK {deployment:?} machines={machines} seed={seed} jobs={} accepted_runs={accepted_runs} faults={faults_total} {:?} supervisor_restarts={} lost={} duplicated={} phantom={} missing_events={} event_defects={} pickup_ms_p50={} p90={} submitted_in={:.1}s elapsed={:.1}s",
         jobs.len(),
         faults,
         world.supervisor_restarts,
@@ -887,6 +1184,8 @@ fn soak_mixed_jobs_under_faults() {
         f.phantom.len(),
         f.missing_events,
         f.event_defects.len(),
+        pct(50),
+        pct(90),
         submitted_in.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
@@ -1028,7 +1327,7 @@ fn claim_whose_answer_is_lost_still_runs_the_job_once() {
     for i in 0..2 {
         ids.push(world.job(
             "shell_exec",
-            json!({"resource_id": world.resource_id,
+            json!({"resource_id": world.machines[0].resource_id,
                    "command": format!("echo lost-answer-{i} >> '{}'", log.display())}),
         ));
     }
@@ -1271,7 +1570,7 @@ fn recovery_finishes_what_a_killed_recovery_started() {
 /// left it. Returns the run id.
 fn running_run_with_events(world: &World, sid: &str, events: &[(&str, Value)]) -> String {
     let hub = world.hub();
-    let gw = &world.gw;
+    let gw = world.gw();
     let run_id = new_id();
     hub.patch(
         "subagents",
@@ -1298,7 +1597,7 @@ fn running_run_with_events(world: &World, sid: &str, events: &[(&str, Value)]) -
 /// A `subagent_run` job row for the run, `running` as an earlier process
 /// claimed it; returns the job id.
 fn running_job(world: &World, sid: &str, run_id: &str) -> String {
-    let gw = &world.gw;
+    let gw = world.gw();
     world.hub().insert(
         "gateway_jobs",
         json!({"team_id": gw.team_id, "gateway_id": gw.gateway_id, "job_type": "subagent_run",

@@ -11,7 +11,9 @@
 //!   `…_realtime_queued_changes` (changes waiting in socket queues),
 //!   `…_change_feed_backlog`, `…_realtime_changes_{queued,dropped}_total`;
 //! - `panorama_hub_store_operation_duration_seconds{operation}`: store
-//!   latency, measured by [`TimedStore`] around every store call.
+//!   latency, measured by [`TimedStore`] around every store call;
+//! - `panorama_hub_lost_gateway_jobs_failed_total`: jobs this process's
+//!   lost-gateway sweeper failed (with replicas, each counts its own).
 //!
 //! Who may read it: the service key only (bearer or `apikey`), like the
 //! rest of the control plane's own API. The hub's one port is the one
@@ -22,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -96,6 +98,7 @@ struct Registry {
 
 static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
 static SOCKETS: AtomicI64 = AtomicI64::new(0);
+static LOST_GATEWAY_JOBS: AtomicU64 = AtomicU64::new(0);
 static DB_PATH: OnceLock<PathBuf> = OnceLock::new();
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
@@ -108,6 +111,11 @@ fn registry() -> std::sync::MutexGuard<'static, Registry> {
 /// Where `panorama_hub_jobs` is counted (set once by `server::bind`).
 pub fn set_db_path(path: PathBuf) {
     let _ = DB_PATH.set(path);
+}
+
+/// Counts jobs the lost-gateway sweeper of this process failed.
+pub fn lost_gateway_jobs_failed(n: usize) {
+    LOST_GATEWAY_JOBS.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 /// Counts an open realtime socket until dropped.
@@ -227,7 +235,7 @@ pub fn render(snap: &Snapshot) -> String {
         Err(e) => tracing::warn!(error = %e, "metrics: could not count jobs"),
     }
     let cache = &snap.active_cache;
-    let gauges: [(&str, &str, &str, String); 11] = [
+    let gauges: [(&str, &str, &str, String); 12] = [
         (
             "panorama_hub_realtime_sockets",
             "gauge",
@@ -293,6 +301,12 @@ pub fn render(snap: &Snapshot) -> String {
             "counter",
             "Times the database change listener lost its connection (the cache was dropped).",
             cache.feed_losses.to_string(),
+        ),
+        (
+            "panorama_hub_lost_gateway_jobs_failed_total",
+            "counter",
+            "Jobs this process's lost-gateway sweeper failed (gateway without heartbeat).",
+            LOST_GATEWAY_JOBS.load(Ordering::Relaxed).to_string(),
         ),
     ];
     for (name, kind, help, value) in gauges {

@@ -460,13 +460,25 @@ async fn check_user_insert(
     Ok(())
 }
 
+/// The owners a batch insert's earlier rows were found to have: the
+/// `(subagent, run)` pairs proved to be the gateway's. A batch of one run's
+/// events (the gateway sends up to 100 rows at once) then costs two reads,
+/// not two per row — on PostgreSQL each read is a transaction of its own,
+/// and per-row reads made a live run's event batches fall behind under
+/// load. Lives for one request: the check is as current as the per-row one
+/// (all of them are read before the insert's transaction).
+#[derive(Debug, Default)]
+pub struct VerifiedOwners(std::collections::HashSet<(String, String)>);
+
 /// `WITH CHECK` for an inserted row: it must belong to the gateway's team
 /// and gateway, and (for runs and events) to a subagent of this gateway.
+/// `verified` carries what earlier rows of the same request proved.
 pub async fn check_insert(
     principal: &Principal,
     table: &'static Table,
     row: &Row,
     store: &SharedStore,
+    verified: &mut VerifiedOwners,
 ) -> Result<(), ApiError> {
     if let Principal::User {
         user_id,
@@ -496,6 +508,15 @@ pub async fn check_insert(
     let subagent_ok = match table.name {
         "subagent_runs" | "subagent_run_events" => {
             let subagent_id = str_field(row, "subagent_id").unwrap_or_default();
+            // A run row names no run to check (only its subagent).
+            let run_id = match table.name {
+                "subagent_run_events" => str_field(row, "run_id").unwrap_or_default(),
+                _ => "",
+            };
+            let key = (subagent_id.to_string(), run_id.to_string());
+            if verified.0.contains(&key) {
+                return Ok(());
+            }
             let mut filters = vec![
                 Filter::eq("id", subagent_id),
                 Filter::eq("gateway_id", gateway_id),
@@ -506,7 +527,6 @@ pub async fn check_insert(
             }
             let mut ok = exists(store, &crate::schema::SUBAGENTS, filters).await?;
             if ok && table.name == "subagent_run_events" {
-                let run_id = str_field(row, "run_id").unwrap_or_default();
                 ok = uuid::Uuid::parse_str(run_id).is_ok()
                     && exists(
                         store,
@@ -517,6 +537,9 @@ pub async fn check_insert(
                         ],
                     )
                     .await?;
+            }
+            if ok {
+                verified.0.insert(key);
             }
             ok
         }

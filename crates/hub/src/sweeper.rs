@@ -79,6 +79,7 @@ pub fn spawn(store: SharedStore, timeout: Duration) {
                 let cutoff = stale_before(Utc::now(), timeout);
                 match store.sweep_lost_gateways(&cutoff, BATCH).await {
                     Ok(jobs) => {
+                        crate::metrics::lost_gateway_jobs_failed(jobs.len());
                         for job in &jobs {
                             tracing::warn!(job_id = %job, "lost gateway: failed a job left running on a gateway with no heartbeat since before {cutoff}");
                         }

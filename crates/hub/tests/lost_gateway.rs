@@ -1,11 +1,14 @@
 //! The lost-gateway sweeper (spec §16.10 "stale jobs"), end to end on both
 //! backends: a real gateway is killed for good (SIGKILL, never restarted)
 //! while it runs a stream-json subagent run and a `shell_exec`; after the
-//! timeout the hub has failed both jobs, the run has a `run_failed` event
-//! and a failed row, and the released subagent's next run, on another
-//! gateway, starts and completes.
+//! timeout the hub has failed both jobs, each once, the run has exactly one
+//! `run_failed` event and a failed row, and the released subagent's next
+//! run, on another gateway, starts and completes. On SQLite one hub sweeps;
+//! on PostgreSQL three replicas of one database sweep at once (the gateways
+//! connected to two of them, the test's writes going to the third), and
+//! their sweep counters add up to exactly the two jobs.
 
-use panorama_testkit::{new_uuid, GatewayHost, Hub, PairedGateway};
+use panorama_testkit::{backend, new_uuid, Backend, GatewayHost, Hub, PairedGateway};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -16,6 +19,32 @@ const TIMEOUT_SECS: &str = "40";
 /// From the kill to the sweep: the timeout after the last heartbeat, plus
 /// the sweep interval and slack.
 const SWEPT_WITHIN: Duration = Duration::from_secs(75);
+/// The sweeper's interval for [`TIMEOUT_SECS`] (`timeout / 6`), rounded up.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(7);
+
+/// The hubs that sweep: one on SQLite; on PostgreSQL, three replicas of
+/// one database, every one running the sweeper.
+fn sweeping_hubs() -> Vec<Hub> {
+    let env = [("PANORAMA_HUB_LOST_GATEWAY_TIMEOUT", TIMEOUT_SECS)];
+    let first = Hub::start_with_env(&env);
+    let mut hubs = Vec::new();
+    if backend() == Backend::Postgres {
+        hubs.push(first.replica_with_env(&env));
+        hubs.push(first.replica_with_env(&env));
+    }
+    hubs.insert(0, first);
+    hubs
+}
+
+/// Jobs the hubs' sweepers failed, summed over the replicas.
+fn jobs_swept(hubs: &[Hub]) -> f64 {
+    hubs.iter()
+        .map(|h| {
+            h.metric("panorama_hub_lost_gateway_jobs_failed_total")
+                .expect("the sweep counter in /metrics")
+        })
+        .sum()
+}
 
 fn start_gateway(
     hub: &Hub,
@@ -80,15 +109,21 @@ fn wait_status_for(hub: &Hub, table: &str, id: &str, status: &str, wait: Duratio
 
 panorama_testkit::on_both_backends! {
 fn a_gateway_killed_for_good_has_its_jobs_failed_and_its_subagent_released() {
-    let hub = Hub::start_with_env(&[("PANORAMA_HUB_LOST_GATEWAY_TIMEOUT", TIMEOUT_SECS)]);
+    let hubs = sweeping_hubs();
+    // The test writes and reads through the first hub; the doomed gateway
+    // is connected to the second, its rescuer to the third (all the same
+    // hub on SQLite).
+    let hub = &hubs[0];
+    let doomed_on = &hubs[1 % hubs.len()];
+    let rescuer_on = &hubs[2 % hubs.len()];
     let team = hub.create_team("lost");
     let gw = hub.pair(&team, "doomed");
     // The agent holds its process open after its output, so the run is
     // still running when the gateway dies.
     hub.set_full_control(&gw.gateway_id, true);
-    let (host, mut running) = start_gateway(&hub, &gw, &[("FAKE_AGENT_HOLD_MS", "30000")]);
+    let (host, mut running) = start_gateway(doomed_on, &gw, &[("FAKE_AGENT_HOLD_MS", "30000")]);
     let sid = new_uuid();
-    let (run_id, run_job) = accepted_run(&hub, &gw, &sid, 1);
+    let (run_id, run_job) = accepted_run(hub, &gw, &sid, 1);
     let resource = hub.insert(
         "team_resources",
         json!({"team_id": team, "resource_type": "remote_shell", "title": "shell",
@@ -103,22 +138,23 @@ fn a_gateway_killed_for_good_has_its_jobs_failed_and_its_subagent_released() {
         "shell_exec",
         json!({"resource_id": resource, "command": "sleep 30", "timeout_ms": 60000}),
     );
-    wait_status(&hub, "gateway_jobs", &run_job, "running");
-    wait_status(&hub, "gateway_jobs", &shell_job, "running");
+    wait_status(hub, "gateway_jobs", &run_job, "running");
+    wait_status(hub, "gateway_jobs", &shell_job, "running");
     hub.wait_for("the run's first event", WAIT, || {
         (!hub.select("subagent_run_events", &format!("run_id=eq.{run_id}")).is_empty()).then_some(())
     });
     running.sigkill();
 
     for job in [&run_job, &shell_job] {
-        let row = wait_status_for(&hub, "gateway_jobs", job, "failed", SWEPT_WITHIN);
+        let row = wait_status_for(hub, "gateway_jobs", job, "failed", SWEPT_WITHIN);
         assert!(
             row["error"].as_str().unwrap_or_default().starts_with("gateway lost"),
             "{row}\n{}",
             host.log_tail(20)
         );
     }
-    let run = wait_status(&hub, "subagent_runs", &run_id, "failed");
+    let swept_at = std::time::Instant::now();
+    let run = wait_status(hub, "subagent_runs", &run_id, "failed");
     assert!(run["error"].as_str().unwrap().starts_with("gateway lost"), "{run}");
     let events = hub.select(
         "subagent_run_events",
@@ -133,10 +169,22 @@ fn a_gateway_killed_for_good_has_its_jobs_failed_and_its_subagent_released() {
     // gateway (the unique "one running run per subagent" index would have
     // refused the new run row otherwise).
     let gw2 = hub.pair(&team, "rescuer");
-    let (_host2, _running2) = start_gateway(&hub, &gw2, &[]);
-    let (run2, job2) = accepted_run(&hub, &gw2, &sid, 2);
+    let (_host2, _running2) = start_gateway(rescuer_on, &gw2, &[]);
+    let (run2, job2) = accepted_run(hub, &gw2, &sid, 2);
     let done = hub.wait_job_terminal(&job2, WAIT);
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(hub.row("subagent_runs", &run2).unwrap()["status"], "completed");
+
+    // Every sweeper has looked again since: each job was failed by exactly
+    // one of them, once, and the run got exactly one run_failed.
+    std::thread::sleep(SWEEP_INTERVAL.saturating_sub(swept_at.elapsed()));
+    assert_eq!(jobs_swept(&hubs), 2.0, "jobs failed by the sweepers of {} hubs", hubs.len());
+    let failed_events = hub
+        .select(
+            "subagent_run_events",
+            &format!("run_id=eq.{run_id}&event_type=eq.run_failed"),
+        )
+        .len();
+    assert_eq!(failed_events, 1, "run_failed events of the lost run");
 }
 }

@@ -463,17 +463,31 @@ impl Hub {
         })
     }
 
-    /// How many REST reads (`GET /rest/v1/<table>`) the hub has answered,
-    /// from its `/metrics`.
-    pub fn rest_reads(&self) -> u64 {
+    /// The hub's `/metrics` text (service key).
+    pub fn metrics_text(&self) -> String {
         let res = self
             .http
             .get(format!("{}/metrics", self.url))
             .bearer_auth(&self.service_key)
             .send()
             .expect("metrics request");
-        let body = res.text().expect("metrics text");
-        body.lines()
+        assert!(res.status().is_success(), "metrics: {}", res.status());
+        res.text().expect("metrics text")
+    }
+
+    /// The value of an unlabelled metric in the hub's `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics_text().lines().find_map(|l| {
+            let (key, value) = l.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok())?
+        })
+    }
+
+    /// How many REST reads (`GET /rest/v1/<table>`) the hub has answered,
+    /// from its `/metrics`.
+    pub fn rest_reads(&self) -> u64 {
+        self.metrics_text()
+            .lines()
             .filter(|l| {
                 l.starts_with("panorama_hub_http_requests_total{")
                     && l.contains("route=\"/rest/v1/:table\"")

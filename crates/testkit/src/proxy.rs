@@ -1,7 +1,11 @@
 //! A round-robin TCP proxy on loopback: each accepted connection goes to
 //! the next backend in turn (a stand-in for the load balancer in front of
 //! several hub replicas). HTTP keep-alive connections and WebSockets stay
-//! on the replica they were sent to, as behind a real L4 balancer.
+//! on the replica they were sent to, as behind a real L4 balancer. A
+//! backend that refuses the connection (a replica killed or restarting) is
+//! skipped for the next one, as a balancer's passive health check would
+//! (HAProxy's `redispatch`, nginx's `proxy_next_upstream`); a connection
+//! already open to a replica that dies is cut, and the client reconnects.
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -37,9 +41,14 @@ impl RoundRobinProxy {
                     break;
                 }
                 let Ok(client) = conn else { continue };
-                let target = targets[next.fetch_add(1, Ordering::Relaxed) % targets.len()];
+                let first = next.fetch_add(1, Ordering::Relaxed);
+                let order: Vec<SocketAddr> = (0..targets.len())
+                    .map(|i| targets[(first + i) % targets.len()])
+                    .collect();
                 std::thread::spawn(move || {
-                    if let Ok(upstream) = TcpStream::connect(target) {
+                    // Every backend refused: the client's connection is
+                    // closed, as a balancer with no healthy backend would.
+                    if let Some(upstream) = order.iter().find_map(|t| TcpStream::connect(t).ok()) {
                         let _ = pipe(client, upstream);
                     }
                 });

@@ -43,6 +43,9 @@ pub struct RunControl {
     stop_tx: watch::Sender<Option<String>>,
     cancel: Mutex<Option<CancelInfo>>,
     pgid: Mutex<Option<i32>>,
+    /// The run's outcome is decided ([`ActiveRuns::settle`]): a cancel no
+    /// longer finds it active. Read and written under the registry lock.
+    settled: std::sync::atomic::AtomicBool,
 }
 
 impl RunControl {
@@ -134,6 +137,7 @@ impl ActiveRuns {
             stop_tx,
             cancel: Mutex::new(None),
             pgid: Mutex::new(None),
+            settled: std::sync::atomic::AtomicBool::new(false),
         });
         let mut inner = self.lock();
         let pending = inner
@@ -168,11 +172,32 @@ impl ActiveRuns {
             .or_else(|| inner.pending.remove(subagent_id))
     }
 
+    /// The runner decided the run's outcome (completed or failed): a cancel
+    /// that was requested meanwhile wins (returned: the run ends
+    /// cancelled, `emit_terminal` is not called); otherwise the run is
+    /// settled and `emit_terminal` queues its terminal event, both under
+    /// the registry lock that [`ActiveRuns::request_cancel`] holds for its
+    /// check, event and signal. So a cancel either reaches the run before
+    /// the decision or finds it settled and its terminal event sequenced
+    /// (soak across replicas: a cancel answered "accepted" with a
+    /// `cancellation_requested` for a run that then completed).
+    pub fn settle(&self, run: &RunControl, emit_terminal: impl FnOnce()) -> Option<CancelInfo> {
+        let _inner = self.lock();
+        let cancel = run.cancelled();
+        if cancel.is_none() {
+            run.settled
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            emit_terminal();
+        }
+        cancel
+    }
+
     /// §9.5 step 8 (`requestSubagentCancel`). When this gateway runs the
-    /// subagent (and the run id, if given, matches), `before_signal` runs
-    /// with the run under the registry lock (so `cancellation_requested` is
-    /// sequenced before the run's acknowledgement), then the run is
-    /// cancelled. Otherwise the cancel is remembered as pending.
+    /// subagent (and the run id, if given, matches) and the run's outcome
+    /// is not yet settled, `before_signal` runs with the run under the
+    /// registry lock (so `cancellation_requested` is sequenced before the
+    /// run's acknowledgement), then the run is cancelled. Otherwise the
+    /// cancel is remembered as pending.
     pub fn request_cancel(
         &self,
         subagent_id: &str,
@@ -184,7 +209,11 @@ impl ActiveRuns {
         let local = inner
             .runs
             .values()
-            .find(|r| r.subagent_id == subagent_id && run_id.is_none_or(|id| id == r.run_id))
+            .find(|r| {
+                r.subagent_id == subagent_id
+                    && run_id.is_none_or(|id| id == r.run_id)
+                    && !r.settled.load(std::sync::atomic::Ordering::Relaxed)
+            })
             .cloned();
         match local {
             Some(run) => {
@@ -276,5 +305,64 @@ impl ActiveRuns {
             .values()
             .find(|r| r.job_id == job_id)
             .and_then(|r| r.pgid())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delegated::events::RunIds;
+    use crate::outbox::Outbox;
+    use panorama_protocol::status::RunEventType;
+    use serde_json::json;
+
+    fn registered(runs: &ActiveRuns, outbox: &Outbox) -> Arc<RunControl> {
+        let ids = RunIds {
+            run_id: "r".into(),
+            subagent_id: "s".into(),
+            team_id: "t".into(),
+            gateway_id: "g".into(),
+        };
+        runs.register("r", "s", "j", EventSink::start(outbox.clone(), ids, 0))
+    }
+
+    /// A cancel after the run settled finds no active run (remembered as
+    /// pending, nothing written into the run), and the terminal event was
+    /// sequenced when the run settled.
+    #[tokio::test]
+    async fn a_cancel_after_the_outcome_is_settled_does_not_reach_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let runs = ActiveRuns::default();
+        let run = registered(&runs, &outbox);
+        let mut terminal = None;
+        let settled = runs.settle(&run, || {
+            terminal = run.sink.emit(RunEventType::RunCompleted, json!({}));
+        });
+        assert!(settled.is_none());
+        assert_eq!(terminal, Some(0));
+        let signal = runs.request_cancel("s", Some("r"), "stop", |_| {
+            unreachable!("a settled run is not active")
+        });
+        assert_eq!(signal, CancelSignal::Pending);
+        assert!(run.cancelled().is_none());
+    }
+
+    /// A cancel that reached the run before it settled wins: the terminal
+    /// event is not emitted and the runner gets the cancel.
+    #[tokio::test]
+    async fn a_cancel_before_the_outcome_is_settled_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let runs = ActiveRuns::default();
+        let run = registered(&runs, &outbox);
+        let signal = runs.request_cancel("s", Some("r"), "stop", |local| {
+            local
+                .sink
+                .emit(RunEventType::CancellationRequested, json!({}));
+        });
+        assert_eq!(signal, CancelSignal::Active);
+        let settled = runs.settle(&run, || unreachable!("the cancel won"));
+        assert_eq!(settled.map(|c| c.reason), Some("stop".to_string()));
     }
 }

@@ -1194,11 +1194,30 @@ async fn attempts(
         if let Some(upstream) = ctx.closed_upstream().await {
             return ctx.stand_down(&upstream);
         }
-        if ok {
-            ctx.sink.emit(
+        let failure = (!ok).then(|| match a.process.limit_hit {
+            Some(hit) => hit.message(),
+            None => provider_failure_message(provider, detail.as_deref()),
+        });
+        let (event, payload) = match &failure {
+            None => (
                 RunEventType::RunCompleted,
                 json!({"duration_ms": ctx.duration_ms(), "parse_error": terminal.parse_error, "retry_count": terminal.retry_count}),
-            );
+            ),
+            Some(message) => (
+                RunEventType::RunFailed,
+                json!({"reason": message, "duration_ms": ctx.duration_ms(), "parse_error": terminal.parse_error}),
+            ),
+        };
+        // The outcome is decided: a cancel that came in since the process
+        // ended (the await above can take a while) still wins; one that
+        // comes later finds no active run and, with the terminal event
+        // sequenced under the same lock, loses the race cleanly.
+        if let Some(cancel) = gw.delegated.active.settle(run, || {
+            ctx.sink.emit(event, payload);
+        }) {
+            return ctx.finish_cancelled(&cancel, &terminal).await;
+        }
+        let Some(message) = failure else {
             let output = serde_json::to_value(&a.adapter.output).unwrap_or(Value::Null);
             let metadata = ctx.terminal_metadata(&terminal, None);
             ctx.persist_terminal(("completed", &output, None), &metadata, None);
@@ -1206,15 +1225,7 @@ async fn attempts(
                 "subagent_id": ctx.sid, "status": "completed", "output": output, "error": null,
                 "resource_usage": terminal.resource_usage,
             }));
-        }
-        let message = match a.process.limit_hit {
-            Some(hit) => hit.message(),
-            None => provider_failure_message(provider, detail.as_deref()),
         };
-        ctx.sink.emit(
-            RunEventType::RunFailed,
-            json!({"reason": message, "duration_ms": ctx.duration_ms(), "parse_error": terminal.parse_error}),
-        );
         let metadata = ctx.terminal_metadata(&terminal, None);
         let envelope = error_envelope(&message);
         ctx.persist_terminal(("failed", &envelope, Some(&message)), &metadata, None);

@@ -313,6 +313,7 @@ pub async fn insert(
         try_resp!(check_conflict_target(table, &target));
     }
     let mut rows = Vec::with_capacity(objects.len());
+    let mut verified = policy::VerifiedOwners::default();
     for obj in &objects {
         try_resp!(policy::check_columns(&p, table, Verb::Insert, obj));
         if prefs.merge_duplicates {
@@ -328,7 +329,7 @@ pub async fn insert(
             .iter()
             .map(|(c, v)| (c.name.to_string(), to_json(c, v.clone())))
             .collect();
-        try_resp!(policy::check_insert(&p, table, &as_json, &state.store).await);
+        try_resp!(policy::check_insert(&p, table, &as_json, &state.store, &mut verified).await);
         rows.push(prepared);
     }
     let conflict = if prefs.ignore_duplicates {

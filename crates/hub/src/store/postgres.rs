@@ -145,6 +145,11 @@ impl SqlStore<PgBackend> {
         let pool = r2d2::Pool::builder()
             .max_size(16)
             .min_idle(Some(1))
+            // Testing each checkout is a round trip per transaction (and a
+            // request takes several): a connection the server closed fails
+            // at BEGIN instead, before anything ran, and `transaction`
+            // starts again on a fresh one.
+            .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(15))
             .build(Manager {
                 config: config.clone(),
@@ -231,10 +236,22 @@ impl Backend for PgBackend {
             let mut pooled = pool
                 .get()
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            let PgConnection { client, statements } = &mut *pooled;
-            let mut tx = client
-                .transaction()
-                .map_err(|e| classify(e, "transaction"))?;
+            // (Held until the end: the transaction borrows it.)
+            let mut fresh = None;
+            let (statements, mut tx) = match begin(&mut pooled) {
+                Ok(begun) => begun,
+                // Not a refusal by the database: the connection is gone
+                // (the server restarted, a proxy cut it). Nothing ran; the
+                // pool drops it, and a fresh one is tried once.
+                Err(e) if e.as_db_error().is_none() => {
+                    let next = fresh.insert(
+                        pool.get()
+                            .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+                    );
+                    begin(next).map_err(|e| classify(e, "transaction"))?
+                }
+                Err(e) => return Err(classify(e, "transaction")),
+            };
             let mut changes = Changes::default();
             let out = f(
                 &mut PgConn {
@@ -252,6 +269,15 @@ impl Backend for PgBackend {
         .await
         .map_err(|e| StoreError::backend("transaction", format!("storage task failed: {e}")))?
     }
+}
+
+/// Starts a transaction on a pooled connection; hands back its statement
+/// cache beside it.
+fn begin(
+    pooled: &mut PgConnection,
+) -> Result<(&mut HashMap<String, Statement>, postgres::Transaction<'_>), postgres::Error> {
+    let PgConnection { client, statements } = pooled;
+    Ok((statements, client.transaction()?))
 }
 
 /// The NOTIFY channel of the change feed between replicas.
