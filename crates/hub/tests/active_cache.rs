@@ -36,16 +36,7 @@ fn read_as(hub: &Hub, token: &str) -> u16 {
 
 /// A counter or gauge from the hub's `/metrics`.
 fn metric(hub: &Hub, name: &str) -> f64 {
-    let text = hub
-        .http()
-        .get(format!("{}/metrics", hub.url))
-        .header("authorization", format!("Bearer {}", hub.service_key))
-        .send()
-        .expect("metrics request")
-        .text()
-        .expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    hub.metric(name)
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
