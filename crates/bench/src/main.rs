@@ -23,7 +23,7 @@ mod terminal;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use deploy::{Backend, Setup};
-use gateway::Flavor;
+use gateway::{Flavor, Gateway};
 use report::{Report, Target};
 use scenarios::{Env, P3};
 use serde_json::json;
@@ -376,6 +376,20 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// The capabilities of a ready gateway of `hub`, if there is one.
+async fn ready_capabilities(hub: &hub::Hub) -> Option<serde_json::Value> {
+    let rows = hub
+        .select(
+            "team_gateways",
+            "select=capabilities&status=eq.ready&limit=1",
+        )
+        .await
+        .ok()?;
+    rows.first()
+        .map(|r| r["capabilities"].clone())
+        .filter(|c| c.is_object())
+}
+
 /// The chosen scenarios on one setup's hubs (fresh ones for P1–P5 and
 /// for P6), figures into `report`.
 async fn run_setup(ctx: &Ctx, setup: Setup, report: &mut Report) -> Result<()> {
@@ -690,25 +704,27 @@ async fn run_setup(ctx: &Ctx, setup: Setup, report: &mut Report) -> Result<()> {
                 Err(e) => report.skip("P8", "keystroke echo", &format!("{e:#}")),
             }
         }
-        if let Ok(rows) = hub
-            .select(
-                "team_gateways",
-                "select=capabilities&status=eq.ready&limit=1",
-            )
-            .await
-        {
-            if let Some(c) = rows
-                .first()
-                .map(|r| r["capabilities"].clone())
-                .filter(|c| c.is_object())
-            {
-                caps = c;
-            }
+        if let Some(c) = ready_capabilities(hub).await {
+            caps = c;
         }
     }
 
     if want("P6") {
         let deployment = deploy::Deployment::start(&ctx.hub_bin, setup, ctx.cluster.as_ref())?;
+        if !needs_gateways {
+            // The sims heartbeat what a real gateway does: its
+            // capabilities are most of each heartbeat's row.
+            eprintln!("[bench] P6: one real gateway, for the capabilities the sims report");
+            let gw = Gateway::start(ours, &deployment.front, &ctx.claude, 0).await?;
+            if let Some(c) = ready_capabilities(&deployment.front).await {
+                caps = c;
+            }
+            drop(gw);
+        }
+        report.note(format!(
+            "P6: the sims heartbeat capabilities of {} bytes",
+            caps.to_string().len()
+        ));
         let steps = ctx.p6_steps(setup);
         match sim::run(
             &deployment.replicas,
@@ -745,7 +761,7 @@ async fn run_setup(ctx: &Ctx, setup: Setup, report: &mut Report) -> Result<()> {
                         None,
                         target,
                         &format!(
-                            "p50 {}; missed {}; hub RSS {} MiB, {:.1} KiB/conn; hub CPU {}{}",
+                            "p50 {}; missed {}; hub RSS {} MiB, {:.1} KiB/conn; hub CPU {}{}{}",
                             s.pickup
                                 .map(|p| report::fmt_num(p.p50))
                                 .unwrap_or("-".into()),
@@ -757,7 +773,16 @@ async fn run_setup(ctx: &Ctx, setup: Setup, report: &mut Report) -> Result<()> {
                                 (Some(c), Some(m)) =>
                                     format!("; PostgreSQL CPU {c:.0} %, PSS {} MiB", m / 1024),
                                 _ => String::new(),
-                            }
+                            },
+                            format_args!(
+                                "; heartbeats {:.0}/s answered, p99 {} ms, {} failed, {} skipped (previous unanswered)",
+                                s.heartbeats.hb_sent as f64 / s.window_secs.max(0.001),
+                                s.heartbeat_ms
+                                    .map(|h| report::fmt_num(h.p99))
+                                    .unwrap_or("-".into()),
+                                s.heartbeats.hb_failed,
+                                s.heartbeats.hb_skipped
+                            )
                         ),
                     );
                 }

@@ -45,6 +45,10 @@ pub struct Step {
     /// one) over the pickup window, % of one core.
     pub hub_cpu: Option<f64>,
     pub db_cpu: Option<f64>,
+    /// The sims' heartbeats during the pickup window.
+    pub heartbeats: Heartbeats,
+    pub heartbeat_ms: Option<stats::Summary>,
+    pub window_secs: f64,
     /// The database server's memory (PSS: shared buffers counted once).
     pub db_pss_kib: Option<u64>,
 }
@@ -129,13 +133,36 @@ enum WorkerLine {
         failed: Vec<String>,
         error: Option<String>,
     },
+    Heartbeats(Heartbeats),
+}
+
+/// A worker's `gateway-heartbeat` calls since the last `stats` order.
+#[derive(Serialize, Deserialize, Debug, Default, Clone)]
+pub struct Heartbeats {
+    pub hb_sent: u64,
+    pub hb_failed: u64,
+    /// Heartbeats not sent because the sim's previous one had not been
+    /// answered yet (a gateway heartbeats one at a time): the hub falling
+    /// behind.
+    pub hb_skipped: u64,
+    /// Request → answer, ms.
+    pub hb_ms: Vec<f64>,
+}
+
+impl Heartbeats {
+    fn merge(&mut self, other: Heartbeats) {
+        self.hb_sent += other.hb_sent;
+        self.hb_failed += other.hb_failed;
+        self.hb_skipped += other.hb_skipped;
+        self.hb_ms.extend(other.hb_ms);
+    }
 }
 
 /// A running worker process.
 struct Worker {
     child: tokio::process::Child,
     stdin: tokio::process::ChildStdin,
-    replies: mpsc::UnboundedReceiver<(usize, Vec<String>, Option<String>)>,
+    replies: mpsc::UnboundedReceiver<WorkerLine>,
 }
 
 impl Worker {
@@ -167,12 +194,8 @@ impl Worker {
                     Ok(WorkerLine::Pick { pick, at }) => {
                         let _ = picked.send((pick, at));
                     }
-                    Ok(WorkerLine::Connected {
-                        connected,
-                        failed,
-                        error,
-                    }) => {
-                        let _ = reply_tx.send((connected, failed, error));
+                    Ok(reply) => {
+                        let _ = reply_tx.send(reply);
                     }
                     Err(_) => eprintln!("[bench] P6 worker {index}: {line}"),
                 }
@@ -185,15 +208,31 @@ impl Worker {
         })
     }
 
-    async fn connect(&mut self, n: usize) -> Result<(usize, Vec<String>, Option<String>)> {
-        self.stdin
-            .write_all(format!("connect {n}\n").as_bytes())
-            .await?;
+    async fn order(&mut self, order: &str) -> Result<WorkerLine> {
+        self.stdin.write_all(format!("{order}\n").as_bytes()).await?;
         self.stdin.flush().await?;
         self.replies
             .recv()
             .await
             .ok_or_else(|| anyhow!("a simulated-gateway worker exited"))
+    }
+
+    async fn connect(&mut self, n: usize) -> Result<(usize, Vec<String>, Option<String>)> {
+        match self.order(&format!("connect {n}")).await? {
+            WorkerLine::Connected {
+                connected,
+                failed,
+                error,
+            } => Ok((connected, failed, error)),
+            other => bail!("a worker answered {other:?} to `connect`"),
+        }
+    }
+
+    async fn heartbeats(&mut self) -> Result<Heartbeats> {
+        match self.order("stats").await? {
+            WorkerLine::Heartbeats(h) => Ok(h),
+            other => bail!("a worker answered {other:?} to `stats`"),
+        }
     }
 
     async fn stop(mut self) {
@@ -299,19 +338,33 @@ pub async fn run(
         // CPU over the pickup window (heartbeats of every connected sim
         // included): the fan-out's cost shows here before it shows in
         // pickup latency.
+        for w in workers.iter_mut() {
+            w.heartbeats().await?;
+        }
         let (hub_cpu0, db_cpu0, t0) = (cpu_of(&hub_pids), cpu_of(&db_pids), Instant::now());
         let (pickup, missed) = pickup(hubs, &live, jobs, &mut picked_rx).await?;
         let secs = t0.elapsed().as_secs_f64();
+        let mut heartbeats = Heartbeats::default();
+        for w in workers.iter_mut() {
+            heartbeats.merge(w.heartbeats().await?);
+        }
+        let hb = stats::summarize(&heartbeats.hb_ms);
         let hub_cpu = stats::cpu_percent(cpu_of(&hub_pids) - hub_cpu0, secs);
         let db_cpu = db_pid.and_then(|_| stats::cpu_percent(cpu_of(&db_pids) - db_cpu0, secs));
         let db_pss_kib = db_pid.map(procs::tree_pss_kib);
         eprintln!(
-            "[bench] P6: {connected} connected, hub RSS {} MiB, pickup p50 {:?} p99 {:?} ms, missed {missed}, hub CPU {:.0} %, database CPU {:?} % during pickups",
+            "[bench] P6: {connected} connected, hub RSS {} MiB, pickup p50 {:?} p99 {:?} ms, missed {missed}, hub CPU {:.0} %, database CPU {:?} % during pickups; heartbeats {} sent ({:.0}/s), {} failed, {} skipped, p50 {:?} p99 {:?} ms",
             rss / 1024,
             pickup.map(|s| s.p50),
             pickup.map(|s| s.p99),
             hub_cpu.unwrap_or_default(),
             db_cpu,
+            heartbeats.hb_sent,
+            heartbeats.hb_sent as f64 / secs,
+            heartbeats.hb_failed,
+            heartbeats.hb_skipped,
+            hb.map(|s| s.p50),
+            hb.map(|s| s.p99),
         );
         out.steps.push(Step {
             connected,
@@ -323,6 +376,12 @@ pub async fn run(
             hub_cpu,
             db_cpu,
             db_pss_kib,
+            heartbeats: Heartbeats {
+                hb_ms: Vec::new(),
+                ..heartbeats
+            },
+            heartbeat_ms: hb,
+            window_secs: secs,
         });
         out.reached = connected;
         if let Some(f) = failure {
@@ -446,12 +505,21 @@ async fn worker(args: &[String]) -> Result<()> {
     let mut next = 0usize;
     let mut connected = 0usize;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let hb = Arc::new(HbShared {
+        permits: tokio::sync::Semaphore::new(HEARTBEAT_CONNECTIONS),
+        stats: std::sync::Mutex::new(Heartbeats::default()),
+    });
     while let Some(line) = lines.next_line().await? {
+        if line.trim() == "stats" {
+            let taken = std::mem::take(&mut *hb.stats.lock().expect("stats lock"));
+            let _ = out_tx.send(serde_json::to_string(&WorkerLine::Heartbeats(taken))? + "\n");
+            continue;
+        }
         let Some(n) = line
             .strip_prefix("connect ")
             .and_then(|n| n.trim().parse::<usize>().ok())
         else {
-            bail!("unknown order {line:?} (expected `connect N`)");
+            bail!("unknown order {line:?} (expected `connect N` or `stats`)");
         };
         let batch: Vec<Paired> = spec.sims[next..n.min(spec.sims.len())].to_vec();
         next += batch.len();
@@ -487,6 +555,7 @@ async fn worker(args: &[String]) -> Result<()> {
                     connected += 1;
                     tasks.push(tokio::spawn(sim_task(
                         hub.clone(),
+                        hb.clone(),
                         ws,
                         p,
                         caps.clone(),
@@ -517,9 +586,20 @@ async fn worker(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// HTTP connections a worker's sims share for their heartbeats (a real
+/// gateway keeps its own; 10,000 of those would cost each replica another
+/// 10,000 open files, which this machine's 20,000 per process cannot hold).
+const HEARTBEAT_CONNECTIONS: usize = 128;
+
+struct HbShared {
+    permits: tokio::sync::Semaphore,
+    stats: std::sync::Mutex<Heartbeats>,
+}
+
 /// One simulated gateway until `stop` flips or its socket closes.
 async fn sim_task(
     hub: Arc<Hub>,
+    hb: Arc<HbShared>,
     mut ws: phx::Ws,
     p: Paired,
     caps: Arc<Value>,
@@ -536,6 +616,7 @@ async fn sim_task(
         Duration::from_secs(25),
     );
     let body = json!({"status": "ready", "capabilities": *caps, "device_name": "sim"});
+    let in_flight = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut n = 1u64;
     loop {
         tokio::select! {
@@ -557,9 +638,25 @@ async fn sim_task(
                 }
             }
             _ = hb_http.tick() => {
-                let hub = hub.clone();
+                if in_flight.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    hb.stats.lock().expect("stats lock").hb_skipped += 1;
+                    continue;
+                }
+                let (hub, hb, in_flight) = (hub.clone(), hb.clone(), in_flight.clone());
                 let (token, body) = (p.access_token.clone(), body.clone());
-                tokio::spawn(async move { let _ = hub.heartbeat(&token, &body).await; });
+                tokio::spawn(async move {
+                    let Ok(_permit) = hb.permits.acquire().await else { return };
+                    let t0 = Instant::now();
+                    let ok = hub.heartbeat(&token, &body).await.is_ok();
+                    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                    {
+                        let mut s = hb.stats.lock().expect("stats lock");
+                        s.hb_sent += 1;
+                        s.hb_failed += u64::from(!ok);
+                        s.hb_ms.push(ms);
+                    }
+                    in_flight.store(false, std::sync::atomic::Ordering::Release);
+                });
             }
             _ = stop.changed() => break,
         }
