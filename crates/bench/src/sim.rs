@@ -209,7 +209,9 @@ impl Worker {
     }
 
     async fn order(&mut self, order: &str) -> Result<WorkerLine> {
-        self.stdin.write_all(format!("{order}\n").as_bytes()).await?;
+        self.stdin
+            .write_all(format!("{order}\n").as_bytes())
+            .await?;
         self.stdin.flush().await?;
         self.replies
             .recv()
