@@ -728,7 +728,10 @@ async fn run_setup(ctx: &Ctx, setup: Setup, report: &mut Report) -> Result<()> {
         let steps = ctx.p6_steps(setup);
         match sim::run(
             &deployment.replicas,
-            ctx.cluster.as_ref().map(|c| c.pid()),
+            ctx.cluster
+                .as_ref()
+                .filter(|_| setup.backend == Backend::Postgres)
+                .map(|c| c.pid()),
             &steps,
             counts.p6_final_jobs,
             counts.p6_step_jobs,
