@@ -376,18 +376,18 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The capabilities of a ready gateway of `hub`, if there is one.
-async fn ready_capabilities(hub: &hub::Hub) -> Option<serde_json::Value> {
+/// The largest capabilities object a gateway of `hub` reported (the
+/// gateways of P1–P5 have stopped by now: their rows are offline, and
+/// still carry what they heartbeated).
+async fn gateway_capabilities(hub: &hub::Hub) -> Option<serde_json::Value> {
     let rows = hub
-        .select(
-            "team_gateways",
-            "select=capabilities&status=eq.ready&limit=1",
-        )
+        .select("team_gateways", "select=capabilities&limit=100")
         .await
         .ok()?;
-    rows.first()
-        .map(|r| r["capabilities"].clone())
+    rows.into_iter()
+        .map(|mut r| r["capabilities"].take())
         .filter(|c| c.is_object())
+        .max_by_key(|c| c.to_string().len())
 }
 
 /// The chosen scenarios on one setup's hubs (fresh ones for P1–P5 and
@@ -704,7 +704,7 @@ async fn run_setup(ctx: &Ctx, setup: Setup, report: &mut Report) -> Result<()> {
                 Err(e) => report.skip("P8", "keystroke echo", &format!("{e:#}")),
             }
         }
-        if let Some(c) = ready_capabilities(hub).await {
+        if let Some(c) = gateway_capabilities(hub).await {
             caps = c;
         }
     }
@@ -716,7 +716,7 @@ async fn run_setup(ctx: &Ctx, setup: Setup, report: &mut Report) -> Result<()> {
             // capabilities are most of each heartbeat's row.
             eprintln!("[bench] P6: one real gateway, for the capabilities the sims report");
             let gw = Gateway::start(ours, &deployment.front, &ctx.claude, 0).await?;
-            if let Some(c) = ready_capabilities(&deployment.front).await {
+            if let Some(c) = gateway_capabilities(&deployment.front).await {
                 caps = c;
             }
             drop(gw);
