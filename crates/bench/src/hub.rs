@@ -14,11 +14,13 @@ pub struct Hub {
     pub anon_key: String,
     pub service_key: String,
     pub http: reqwest::Client,
-    child: Child,
-    _data: tempfile::TempDir,
+    /// `None` for a view of hubs started elsewhere (a proxy in front of
+    /// replicas, or a simulated-gateway worker's replica).
+    child: Option<Child>,
+    data: Option<tempfile::TempDir>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Paired {
     pub gateway_id: String,
     pub team_id: String,
@@ -26,13 +28,28 @@ pub struct Paired {
 }
 
 impl Hub {
-    pub fn start(bin: &Path) -> Result<Hub> {
+    /// Starts a hub on SQLite in a fresh data directory, or on the
+    /// PostgreSQL `database` when given; `keys_of` is another hub whose
+    /// keys this one shares (a replica).
+    pub fn start(bin: &Path, database: Option<&str>, keys_of: Option<&Hub>) -> Result<Hub> {
         let data = tempfile::tempdir()?;
+        if let Some(other) = keys_of.and_then(|h| h.data.as_ref()) {
+            std::fs::copy(
+                other.path().join("keys.json"),
+                data.path().join("keys.json"),
+            )
+            .context("copying the first replica's keys")?;
+        }
         let log = std::fs::File::create(data.path().join("hub-stderr.log"))?;
-        let mut child = Command::new(bin)
-            .args(["--json", "serve", "--listen", "127.0.0.1:0"])
+        let mut cmd = Command::new(bin);
+        cmd.args(["--json", "serve", "--listen", "127.0.0.1:0"])
             .env("PANORAMA_HUB_DATA_DIR", data.path())
             .env("PANORAMA_HUB_LOG", "warn")
+            .env_remove("PANORAMA_HUB_DATABASE_URL");
+        if let Some(url) = database {
+            cmd.env("PANORAMA_HUB_DATABASE_URL", url);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -40,8 +57,11 @@ impl Hub {
             .with_context(|| format!("spawning {}", bin.display()))?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
-        let ready: Value = serde_json::from_str(line.trim())
-            .map_err(|_| anyhow!("hub did not start: {line:?}"))?;
+        let ready: Value = serde_json::from_str(line.trim()).map_err(|_| {
+            let log =
+                std::fs::read_to_string(data.path().join("hub-stderr.log")).unwrap_or_default();
+            anyhow!("hub did not start: {line:?}; its log: {}", log.trim())
+        })?;
         let keys: Value =
             serde_json::from_str(&std::fs::read_to_string(data.path().join("keys.json"))?)?;
         let s = |v: &Value, k: &str| {
@@ -49,21 +69,39 @@ impl Hub {
                 .map(str::to_string)
                 .ok_or_else(|| anyhow!("no {k}"))
         };
+        let mut hub = Hub::remote(
+            &s(&ready, "url")?,
+            &s(&keys, "anon_key")?,
+            &s(&keys, "service_key")?,
+        )?;
+        hub.child = Some(child);
+        hub.data = Some(data);
+        Ok(hub)
+    }
+
+    /// A hub (or several behind a proxy) reached at `url` with these keys.
+    pub fn remote(url: &str, anon_key: &str, service_key: &str) -> Result<Hub> {
         Ok(Hub {
-            url: s(&ready, "url")?,
-            anon_key: s(&keys, "anon_key")?,
-            service_key: s(&keys, "service_key")?,
+            url: url.to_string(),
+            anon_key: anon_key.to_string(),
+            service_key: service_key.to_string(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .pool_max_idle_per_host(64)
                 .build()?,
-            child,
-            _data: data,
+            child: None,
+            data: None,
         })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// The same keys at another URL (a proxy in front of this hub).
+    pub fn via(&self, url: &str) -> Result<Hub> {
+        Hub::remote(url, &self.anon_key, &self.service_key)
+    }
+
+    /// The hub's process id (`None` for a view).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn ws_url(&self, key: &str) -> String {
@@ -193,8 +231,10 @@ impl Hub {
 
 impl Drop for Hub {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

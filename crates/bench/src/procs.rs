@@ -40,6 +40,20 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// Proportional set size of one process, KiB: shared pages (a database
+/// server's shared buffers) divided among the processes that map them,
+/// so a tree's sum counts them once.
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+pub fn tree_pss_kib(pid: u32) -> u64 {
+    tree(pid).into_iter().filter_map(pss_kib).sum()
+}
+
 pub fn tree_rss_kib(pid: u32) -> u64 {
     tree(pid).into_iter().filter_map(rss_kib).sum()
 }
@@ -95,6 +109,7 @@ mod tests {
     fn reads_our_own_process() {
         let me = std::process::id();
         assert!(rss_kib(me).unwrap() > 0);
+        assert!(pss_kib(me).unwrap() > 0);
         assert!(cpu_secs(me).is_some());
         assert!(tree(me).contains(&me));
         assert!(raise_nofile(256) >= 256);

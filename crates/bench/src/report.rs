@@ -152,6 +152,58 @@ impl Report {
     }
 }
 
+/// One table of several reports (one per setup, measured in one run):
+/// a row per metric (in first-seen order), a column per setup with our
+/// figure, then the ratio of each setup to the one before it.
+pub fn matrix_table(columns: &[(String, &Report)]) -> String {
+    let mut keys: Vec<(String, String, String)> = Vec::new();
+    for (_, r) in columns {
+        for row in &r.rows {
+            let key = (row.scenario.clone(), row.metric.clone(), row.unit.clone());
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    let mut out = String::from("| metric |");
+    for (label, _) in columns {
+        out.push_str(&format!(" {label} |"));
+    }
+    for pair in columns.windows(2) {
+        out.push_str(&format!(" {} / {} |", pair[1].0, pair[0].0));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---|".repeat(columns.len() + columns.len().saturating_sub(1)));
+    out.push('\n');
+    for (scenario, metric, unit) in keys {
+        let values: Vec<Option<f64>> = columns
+            .iter()
+            .map(|(_, r)| {
+                r.rows
+                    .iter()
+                    .find(|row| row.scenario == scenario && row.metric == metric)
+                    .and_then(|row| row.ours)
+            })
+            .collect();
+        out.push_str(&format!("| {scenario} {metric} |"));
+        for v in &values {
+            let cell = v
+                .map(|v| format!("{} {unit}", fmt_num(v)).trim().to_string())
+                .unwrap_or("-".into());
+            out.push_str(&format!(" {cell} |"));
+        }
+        for pair in values.windows(2) {
+            let cell = match (pair[0], pair[1]) {
+                (Some(a), Some(b)) if a != 0.0 => format!("{}×", fmt_num(b / a)),
+                _ => "-".into(),
+            };
+            out.push_str(&format!(" {cell} |"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Three significant figures, no exponent for everyday magnitudes.
 pub fn fmt_num(v: f64) -> String {
     let a = v.abs();
@@ -218,6 +270,74 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("skipped: subagent_run not supported"));
+    }
+
+    #[test]
+    fn matrix_lines_up_setups_and_ratios() {
+        let mut a = Report::default();
+        a.add(
+            "P2",
+            "throughput",
+            "jobs/s",
+            Some(100.0),
+            None,
+            Target::None,
+            "",
+        );
+        a.add(
+            "P6",
+            "10 sims: pickup p99",
+            "ms",
+            Some(2.0),
+            None,
+            Target::None,
+            "",
+        );
+        let mut b = Report::default();
+        b.add(
+            "P2",
+            "throughput",
+            "jobs/s",
+            Some(50.0),
+            None,
+            Target::None,
+            "",
+        );
+        let mut c = Report::default();
+        c.add(
+            "P2",
+            "throughput",
+            "jobs/s",
+            Some(75.0),
+            None,
+            Target::None,
+            "",
+        );
+        c.add(
+            "P6",
+            "30 sims: pickup p99",
+            "ms",
+            Some(4.0),
+            None,
+            Target::None,
+            "",
+        );
+        let t = matrix_table(&[("A".into(), &a), ("B".into(), &b), ("C".into(), &c)]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "| metric | A | B | C | B / A | C / B |");
+        assert_eq!(lines[1], "|---|---|---|---|---|---|");
+        assert_eq!(
+            lines[2],
+            "| P2 throughput | 100 jobs/s | 50.0 jobs/s | 75.0 jobs/s | 0.500× | 1.50× |"
+        );
+        assert_eq!(
+            lines[3],
+            "| P6 10 sims: pickup p99 | 2.00 ms | - | - | - | - |"
+        );
+        assert_eq!(
+            lines[4],
+            "| P6 30 sims: pickup p99 | - | - | 4.00 ms | - | - |"
+        );
     }
 
     #[test]

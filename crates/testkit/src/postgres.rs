@@ -10,6 +10,9 @@
 //! milliseconds). The server is stopped and its directory removed when the
 //! test binary exits, and it dies with the binary if that is killed.
 //!
+//! The bench starts its own cluster with its own settings
+//! ([`Cluster::spawn`]).
+//!
 //! Binaries: `PANORAMA_TEST_PG_BIN`, else `pg_config --bindir`, else
 //! `/usr/lib/postgresql/*/bin` (`.ci/run` installs the `postgresql`
 //! package where it is missing).
@@ -123,33 +126,28 @@ pub struct Cluster {
     bin: PathBuf,
     pid: i32,
     dir: PathBuf,
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
+/// Server settings of the tests' cluster: speed over durability (nothing
+/// here must survive a crash).
+pub const TEST_SETTINGS: &[(&str, &str)] = &[
+    ("fsync", "off"),
+    ("synchronous_commit", "off"),
+    ("full_page_writes", "off"),
+    ("max_connections", "400"),
+    ("shared_buffers", "64MB"),
+    ("log_min_messages", "fatal"),
+];
+
 /// The test binary's cluster, started on first use.
 pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
-        // Started from a thread that lives as long as the process: the
-        // server's parent-death signal follows the thread that forked it.
-        let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("postgres-cluster".into())
-            .spawn(move || {
-                let started = std::panic::catch_unwind(Cluster::start);
-                let _ = tx.send(started);
-                loop {
-                    std::thread::park();
-                }
-            })
-            .expect("spawn the cluster thread");
-        match rx.recv().expect("the cluster thread answers") {
-            Ok(c) => {
-                register_cleanup(&c);
-                c
-            }
-            Err(e) => std::panic::resume_unwind(e),
-        }
+        let c = Cluster::spawn(TEST_SETTINGS);
+        register_cleanup(&c);
+        c
     })
 }
 
@@ -243,7 +241,35 @@ fn command(bin: &Path, tool: &str, user: Option<(u32, u32)>) -> Command {
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    /// Starts a cluster with the server `settings` (`-c name=value`
+    /// each), from a thread that lives as long as the process: the
+    /// server's parent-death signal follows the thread that forked it, so
+    /// it must not be a pool thread that may exit. The server is stopped
+    /// when the returned value is dropped (or, at the latest, dies with
+    /// this process).
+    pub fn spawn(settings: &[(&str, &str)]) -> Cluster {
+        let settings: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("postgres-cluster".into())
+            .spawn(move || {
+                let started = std::panic::catch_unwind(|| Cluster::start(&settings));
+                let _ = tx.send(started);
+                loop {
+                    std::thread::park();
+                }
+            })
+            .expect("spawn the cluster thread");
+        match rx.recv().expect("the cluster thread answers") {
+            Ok(c) => c,
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    }
+
+    fn start(settings: &[(String, String)]) -> Cluster {
         use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
         let bin = pg_bin_dir();
@@ -285,20 +311,11 @@ impl Cluster {
             .arg(&data)
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
             .arg(&dir)
-            .args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=400",
-                "-c",
-                "shared_buffers=64MB",
-                "-c",
-                "log_min_messages=fatal",
-            ])
+            .args(
+                settings
+                    .iter()
+                    .flat_map(|(k, v)| ["-c".to_string(), format!("{k}={v}")]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         // SAFETY: prctl is async-signal-safe. The server dies with the
@@ -315,6 +332,7 @@ impl Cluster {
             bin,
             pid: child.id() as i32,
             dir,
+            stopped: std::sync::atomic::AtomicBool::new(false),
         };
         // The child is reaped at exit by `stop`; don't let Child's drop
         // (which does nothing) mislead: we keep only the pid.
@@ -345,6 +363,11 @@ impl Cluster {
         cluster
     }
 
+    /// The server's process id (its backends are its children).
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
@@ -371,8 +394,12 @@ impl Cluster {
         self.url(&name)
     }
 
-    /// Stops the server (immediate shutdown) and removes its directory.
+    /// Stops the server (immediate shutdown) and removes its directory;
+    /// once.
     fn stop(&self) {
+        if self.stopped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         // SAFETY: plain syscalls on our own child's pid.
         unsafe {
             libc::kill(self.pid, libc::SIGQUIT);
@@ -380,6 +407,12 @@ impl Cluster {
             libc::waitpid(self.pid, &mut status, 0);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

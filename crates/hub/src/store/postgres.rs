@@ -295,7 +295,10 @@ fn change_json(c: &RowChange) -> Value {
     })
 }
 
-fn change_from_json(v: &Value) -> Option<RowChange> {
+/// A change of the feed, moved out of its parsed JSON (a heartbeat's
+/// change carries the gateway row twice, capabilities and all: every
+/// replica receives every change, so copies add up).
+fn change_from_json(mut v: Value) -> Option<RowChange> {
     let table = crate::schema::table(v["t"].as_str()?)?;
     let kind = match v["k"].as_str()? {
         "INSERT" => ChangeKind::Insert,
@@ -303,13 +306,25 @@ fn change_from_json(v: &Value) -> Option<RowChange> {
         "DELETE" => ChangeKind::Delete,
         _ => return None,
     };
+    let Value::Object(record) = v["r"].take() else {
+        return None;
+    };
+    let old_record = match v["old"].take() {
+        Value::Object(old) => Some(old),
+        _ => None,
+    };
     Some(RowChange {
         table: table.name,
         kind,
-        record: v["r"].as_object()?.clone(),
-        old_record: v["old"].as_object().cloned(),
+        record,
+        old_record,
         commit_timestamp: v["ts"].as_str().unwrap_or_default().to_string(),
     })
+}
+
+/// The start of every notification `origin` sends (see [`announce`]).
+fn origin_prefix(origin: &str) -> String {
+    format!("{{\"o\":\"{origin}\"")
 }
 
 /// Announces a transaction's changes (rows, and revocations for the other
@@ -326,7 +341,7 @@ fn announce(
     })
     .to_string();
     let payload = if body.len() + origin.len() + 16 <= MAX_NOTIFY {
-        format!("{{\"o\":\"{origin}\",{}", &body[1..])
+        format!("{},{}", origin_prefix(origin), &body[1..])
     } else {
         let id: i64 = tx
             .query_one(
@@ -334,7 +349,7 @@ fn announce(
                 &[&body],
             )?
             .get(0);
-        json!({"o": origin, "ref": id}).to_string()
+        format!("{},\"ref\":{id}}}", origin_prefix(origin))
     };
     tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])?;
     Ok(())
@@ -503,6 +518,11 @@ fn serve_notifications(
 }
 
 fn publish_payload(client: &mut postgres::Client, origin: &str, feed: &ChangeFeed, payload: &str) {
+    // This replica's own changes come back too; they were published
+    // locally. Told apart by their first bytes, before any parsing.
+    if payload.starts_with(&origin_prefix(origin)) {
+        return;
+    }
     let Ok(v) = serde_json::from_str::<Value>(payload) else {
         tracing::warn!("change feed: a notification that is not JSON was ignored");
         return;
@@ -510,7 +530,7 @@ fn publish_payload(client: &mut postgres::Client, origin: &str, feed: &ChangeFee
     if v["o"].as_str() == Some(origin) {
         return;
     }
-    let body = match v["ref"].as_i64() {
+    let mut body = match v["ref"].as_i64() {
         Some(id) => {
             let stored = client
                 .query_opt("SELECT body FROM hub_changes WHERE id = $1", &[&id])
@@ -543,7 +563,11 @@ fn publish_payload(client: &mut postgres::Client, origin: &str, feed: &ChangeFee
             }
         }
     }
-    for c in body["c"].as_array().into_iter().flatten() {
+    let Value::Array(changes) = body["c"].take() else {
+        tracing::warn!("change feed: a notification without changes was ignored");
+        return;
+    };
+    for c in changes {
         match change_from_json(c) {
             Some(change) => feed.publish(change),
             None => tracing::warn!("change feed: a change of an unknown shape was ignored"),
@@ -734,6 +758,39 @@ fn classify(e: postgres::Error, table: &str) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn feed_changes_round_trip_and_carry_their_origin() {
+        let mut record = serde_json::Map::new();
+        record.insert("id".into(), json!("g1"));
+        record.insert("capabilities".into(), json!({"providers": ["claude"]}));
+        let change = RowChange {
+            table: "team_gateways",
+            kind: ChangeKind::Update,
+            record: record.clone(),
+            old_record: Some(record.clone()),
+            commit_timestamp: "2026-01-01T00:00:00.000Z".into(),
+        };
+        let body = json!({"c": [change_json(&change)]}).to_string();
+        let payload = format!("{},{}", origin_prefix("o-1"), &body[1..]);
+        let v: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(v["o"], "o-1");
+        assert!(payload.starts_with(&origin_prefix("o-1")));
+        assert!(!payload.starts_with(&origin_prefix("o-2")));
+        let back = change_from_json(v["c"][0].clone()).unwrap();
+        assert_eq!(back.table, "team_gateways");
+        assert_eq!(back.kind, ChangeKind::Update);
+        assert_eq!(back.record, record);
+        assert_eq!(back.old_record, Some(record));
+        assert_eq!(back.commit_timestamp, "2026-01-01T00:00:00.000Z");
+        let stored: Value =
+            serde_json::from_str(&format!("{},\"ref\":42}}", origin_prefix("o-1"))).unwrap();
+        assert_eq!(
+            (stored["o"].as_str(), stored["ref"].as_i64()),
+            (Some("o-1"), Some(42))
+        );
+        assert!(change_from_json(json!({"t": "team_gateways", "k": "UPDATE"})).is_none());
+    }
 
     #[test]
     fn placeholders_are_rewritten_outside_literals() {
