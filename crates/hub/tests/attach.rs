@@ -55,6 +55,22 @@ impl Tmux {
         out
     }
 
+    /// Runs `command` in a detached 100x30 session `t`, the terminal every
+    /// test attaches in.
+    fn start_pane(&self, command: &str) {
+        self.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            command,
+        ]);
+    }
+
     fn capture(&self) -> String {
         String::from_utf8_lossy(
             &self
@@ -258,17 +274,7 @@ fn shell_attach_drives_a_remote_shell_from_a_real_terminal() {
     // `shell attach` in a 100x30 terminal.
     let attach = rig.attach_command("session");
     let pane = format!("{attach}; echo \"[attach exited $?]\"; sleep 600");
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &pane,
-    ]);
+    tmux.start_pane(&pane);
     tmux.wait_line("the attach banner", |l| {
         l.starts_with("attached to shell session ")
     });
@@ -382,17 +388,7 @@ fn shell_attach_on_the_stream_feels_like_a_local_terminal() {
         "{}; echo \"[attach exited $?]\"; sleep 600",
         rig.attach_command("auto")
     );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &pane,
-    ]);
+    tmux.start_pane(&pane);
 
     // The shell starts in $HOME (the gateway runs in /).
     run_line(
@@ -563,17 +559,7 @@ fn a_killed_attach_client_s_remote_tree_is_reaped_after_the_idle_timeout() {
     let rig = rig(&[("PANORAMA_TERMINAL_IDLE_TIMEOUT_SECS", "2")]);
     let tmux = &rig.tmux;
     let pane = format!("{}; sleep 600", rig.attach_command("stream"));
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "t",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &pane,
-    ]);
+    tmux.start_pane(&pane);
     run_line(
         tmux,
         "sleep 1000 & echo \"C\"\"HILD=$!\"; echo \"S\"\"HELL=$$\"",

@@ -87,21 +87,25 @@ struct Client {
     order: OutputOrder,
 }
 
+/// Submits a `terminal_open` job (100x30) and waits until it ends:
+/// `(job id, job row)`. The testkit's HTTP client blocks.
+fn open_terminal_job(s: &Setup) -> (String, Value) {
+    let id = s.hub.insert(
+        "gateway_jobs",
+        json!({"team_id": s.team_id, "gateway_id": s.gateway_id, "job_type": JOB_TERMINAL_OPEN,
+               "payload": {"resource_id": s.resource_id, "cols": 100, "rows": 30}}),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let row = s.hub.wait_job_terminal(&id, WAIT);
+    (id, row)
+}
+
 impl Client {
     async fn open(s: &Setup) -> Client {
         // The testkit's HTTP client blocks: off the runtime's workers.
-        let (id, row) = tokio::task::block_in_place(|| {
-            let id = s.hub.insert(
-                "gateway_jobs",
-                json!({"team_id": s.team_id, "gateway_id": s.gateway_id, "job_type": JOB_TERMINAL_OPEN,
-                       "payload": {"resource_id": s.resource_id, "cols": 100, "rows": 30}}),
-            )["id"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            let row = s.hub.wait_job_terminal(&id, WAIT);
-            (id, row)
-        });
+        let (id, row) = tokio::task::block_in_place(|| open_terminal_job(s));
         assert_eq!(row["status"], "completed", "terminal_open: {row}");
         assert_eq!(row["result"]["session_id"], id.as_str());
         let topic = row["result"]["topic"].as_str().unwrap().to_string();
@@ -308,15 +312,7 @@ fn turned_off_the_stream_is_neither_announced_nor_served() {
         row["capabilities"].get("terminal_stream").is_none(),
         "{row}"
     );
-    let id = s.hub.insert(
-        "gateway_jobs",
-        json!({"team_id": s.team_id, "gateway_id": s.gateway_id, "job_type": JOB_TERMINAL_OPEN,
-               "payload": {"resource_id": s.resource_id, "cols": 100, "rows": 30}}),
-    )["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let row = s.hub.wait_job_terminal(&id, WAIT);
+    let (_, row) = open_terminal_job(&s);
     assert_eq!(row["status"], "failed", "{row}");
     assert!(
         row["error"].to_string().contains("Unsupported job type"),
